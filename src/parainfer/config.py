@@ -1,0 +1,36 @@
+"""Validated settings of a batch job (pydantic)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class JobConfig(BaseModel):
+    """Everything ``parainfer run`` needs. Field docs are the CLI help.
+
+    Raises pydantic.ValidationError (shown as a one-line usage error) on a bad value.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str = Field(description="input file (.jsonl .csv .parquet .txt) or - for JSONL on stdin")
+    output: str = Field(description="output file (.jsonl .csv .parquet) or - for JSONL on stdout")
+    task: str = "classify"
+    model: str | None = None
+    dtype: str = "auto"
+    device: str = "cpu"
+    workers: int = Field(default=0, ge=0, description="worker processes; 0 = one per core")
+    threads_per_worker: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=64, ge=1, description="most records per task")
+    max_batch_tokens: int | None = Field(default=8192, ge=1, description="most padded tokens per task")
+    bucket_window: int = Field(default=2048, ge=1, description="records sorted by length together; 1 = off")
+    policy: str = "dynamic"
+    text_column: str = "text"
+    id_column: str = "id"
+    report: str | None = None
+    errors: str | None = None
+    quiet: bool = False
+    prefetch: int = Field(default=2, ge=1, description="tasks queued per worker ahead of the running one")
+    max_buffered_records: int | None = Field(default=None, ge=1, description="reorder buffer bound")
+    max_retries: int = Field(default=3, ge=0, description="times a task is given out again after its worker died")
+    generation: dict = Field(default_factory=dict, description="sampling options for --task generate")

@@ -1,0 +1,243 @@
+"""The job loop: source -> tasks -> scheduling policy -> executor -> merger -> sink.
+
+One thread in the driver does everything between the workers, in a loop of three steps:
+create tasks (while the reorder buffer and the policy's queue have room), dispatch tasks to
+workers with room (at most ``prefetch`` queued per worker besides the running one), and
+handle events (results are merged and written in input order at once). Worker model loading
+overlaps with reading and tokenising the first windows of input.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from parainfer.config import JobConfig
+from parainfer.executors.base import TaskResult, WorkerFailed, WorkerReady
+from parainfer.executors.local import LocalExecutor, default_threads
+from parainfer.io.sinks import ErrorSink, default_errors_path, open_sink
+from parainfer.io.sources import open_source
+from parainfer.merger import Merger
+from parainfer.models.base import Predictor
+from parainfer.models.registry import build_predictor
+from parainfer.monitor import Progress
+from parainfer.records import Record, RecordError
+from parainfer.report import TimingReport, summary_lines, write_report
+from parainfer.scheduling import make_policy
+from parainfer.tasks import Task, TaskBuilder
+
+
+class JobError(RuntimeError):
+    """The job cannot go on (for example every worker failed to load the model)."""
+
+
+def count_records(path: str) -> int | None:
+    """Fast estimate of the number of input records for the progress bar (None if unknown)."""
+    if path == "-":
+        return None
+    try:
+        if path.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows
+        lines = 0
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                lines += chunk.count(b"\n")
+        return max(0, lines - 1) if path.endswith(".csv") else lines
+    except OSError:
+        return None
+
+
+@dataclass
+class _State:
+    """Mutable bookkeeping of one run."""
+
+    ready: set[int] = field(default_factory=set)
+    t_first_dispatch: float | None = None
+    t_last_result: float = 0.0
+    source_done: bool = False
+
+
+class Job:
+    """One batch-inference run.
+
+    Args:
+        config: the validated settings.
+        predictor: a ready-made (unloaded) predictor; default: built from config.task/model.
+
+    ``run()`` returns the report dict; raises UsageError for bad input files or options and
+    JobError when the workers cannot run the model.
+    """
+
+    def __init__(self, config: JobConfig, predictor: Predictor | None = None):
+        self.config = config
+        # Input problems are reported before any model is built or worker started.
+        self.source = open_source(config.input, text_column=config.text_column, id_column=config.id_column)
+        self.predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device,
+                                                      **config.generation)
+        self.num_workers = config.workers or default_threads(1)
+        self.bucket = config.bucket_window > 1
+        self.window = config.bucket_window if self.bucket else config.batch_size
+        self.max_buffered = config.max_buffered_records or max(
+            4 * self.window, 4 * self.num_workers * (config.prefetch + 1) * config.batch_size)
+
+    def run(self) -> dict[str, Any]:
+        """Run the job to the end; returns the report dict (also written to config.report)."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        policy = make_policy(cfg.policy, self.num_workers)
+        executor = LocalExecutor(self.predictor, self.num_workers, cfg.threads_per_worker)
+        builder = TaskBuilder(self.predictor.token_lengths, None, cfg.batch_size, cfg.max_batch_tokens, self.bucket)
+        report = TimingReport(workers=self.num_workers, policy=cfg.policy)
+        merger = Merger(cfg.id_column, cfg.text_column)
+        errors = ErrorSink(cfg.errors or default_errors_path(cfg.output))
+        sink = open_sink(cfg.output, id_column=cfg.id_column, text_column=cfg.text_column)
+        progress = Progress(count_records(cfg.input), enabled=not cfg.quiet)
+        executor.start()
+        builder.max_input_tokens = self.predictor.window()
+        self._executor, self._policy, self._builder, self._report = executor, policy, builder, report
+        self._merger, self._errors, self._tasks = merger, errors, {}
+        state = _State()
+        records = iter(self.source)
+        try:
+            with sink:
+                while True:
+                    if not state.source_done and self._has_room():
+                        self._create_tasks(records, state)
+                    self._dispatch(state)
+                    if state.source_done and not self._tasks:
+                        break
+                    busy = state.source_done or not self._has_room()
+                    for event in executor.poll(timeout=0.05 if busy else 0.0):
+                        self._handle(event, state)
+                    t = time.perf_counter()
+                    rows = merger.drain()
+                    if rows:
+                        sink.write_rows(rows)
+                    report.t_write_s += time.perf_counter() - t
+                    elapsed = time.perf_counter() - (state.t_first_dispatch or t0)
+                    progress.update(merger.next_seq, merger.next_seq / elapsed if elapsed > 0 else 0.0)
+        finally:
+            progress.close()
+            executor.shutdown()
+            errors.close()
+        return self._finish(report, state, merger, t0)
+
+    def _has_room(self) -> bool:
+        return (self._policy.pending() < 2 * self.num_workers * (self.config.prefetch + 1)
+                and self._merger.buffered < self.max_buffered)
+
+    def _create_tasks(self, records: Iterator[Record | RecordError], state: _State) -> None:
+        t = time.perf_counter()
+        window: list[Record] = []
+        taken = 0
+        for item in itertools.islice(records, self.window):
+            taken += 1
+            if isinstance(item, RecordError):
+                self._merger.fail(item)
+                self._errors.write([item])
+            else:
+                window.append(item)
+        self._report.records += taken
+        state.source_done = taken < self.window
+        self._merger.expect(window)
+        tasks = self._builder.build(window)
+        for task in tasks:
+            self._tasks[task.index] = task
+        self._policy.add_tasks(tasks)
+        self._report.t_create_s += time.perf_counter() - t
+
+    def _dispatch(self, state: _State) -> None:
+        t = time.perf_counter()
+        prefetch = self.config.prefetch
+        for w in sorted(state.ready):
+            while self._executor.in_flight(w) <= prefetch:
+                task = self._policy.next_task(w)
+                if task is None:
+                    break
+                if state.t_first_dispatch is None:
+                    state.t_first_dispatch = time.perf_counter()
+                self._executor.submit(w, task)
+        self._report.t_schedule_s += time.perf_counter() - t
+
+    def _handle(self, event: Any, state: _State) -> None:
+        t = time.perf_counter()
+        if isinstance(event, WorkerReady):
+            state.ready.add(event.worker_id)
+            self._report.per_worker[event.worker_id].load_s = event.load_s
+            self._report.extra["model"] = event.info  # as loaded: the resolved dtype
+        elif isinstance(event, TaskResult):
+            self._on_result(event, state)
+        elif isinstance(event, WorkerFailed):
+            self._on_worker_failed(event, state)
+        self._report.t_schedule_s += time.perf_counter() - t
+
+    def _on_result(self, res: TaskResult, state: _State) -> None:
+        task = self._tasks.pop(res.task_index, None)
+        if task is None:  # a duplicate from a task given out twice: exactly once wins
+            return
+        busy = res.t_end - res.t_start
+        stats = self._report.per_worker[res.worker_id]
+        stats.busy_s += busy
+        stats.tasks += 1
+        stats.records += len(task)
+        state.t_last_result = time.perf_counter()
+        origin = state.t_first_dispatch or 0.0
+        self._report.timeline.append([task.index, res.worker_id, round(res.t_start - origin, 6),
+                                      round(res.t_end - origin, 6), len(task), task.tokens])
+        for pos, reason in res.errors:
+            self._fail_record(task, pos, reason)
+        self._merger.complete(task.seqs, res.outputs)
+        self._policy.on_task_done(res.worker_id, task, busy)
+
+    def _fail_record(self, task: Task, pos: int, reason: str) -> None:
+        seq = task.seqs[pos]
+        rec = self._merger.record(seq)
+        err = RecordError(seq=seq, line=seq + 1, id=rec.id if rec else None, reason=reason, text=task.texts[pos])
+        self._merger.fail(err)
+        self._errors.write([err])
+
+    def _on_worker_failed(self, event: WorkerFailed, state: _State) -> None:
+        state.ready.discard(event.worker_id)
+        if event.fatal:
+            raise JobError(f"worker {event.worker_id}: {event.reason.strip()}")
+        self._executor.restart(event.worker_id)
+        self._report.per_worker[event.worker_id].restarts += 1
+        for task in event.tasks:
+            if task.index not in self._tasks:
+                continue
+            if task.attempt >= self.config.max_retries:
+                self._tasks.pop(task.index)
+                for pos in range(len(task)):
+                    self._fail_record(task, pos, f"worker died {task.attempt + 1} times running this task "
+                                                 f"({event.reason})")
+                continue
+            task.attempt += 1
+            self._report.retries += 1
+            self._policy.requeue(task)
+
+    def _finish(self, report: TimingReport, state: _State, merger: Merger, t0: float) -> dict[str, Any]:
+        report.wall_s = time.perf_counter() - t0
+        start = state.t_first_dispatch or t0
+        report.t_startup_s = start - t0
+        report.t_parallel_s = max(0.0, (state.t_last_result or start) - start)
+        stats = self._builder.stats
+        report.tasks = stats.tasks
+        report.truncated_records = stats.truncated_records
+        report.real_tokens, report.padded_tokens = stats.real_tokens, stats.padded_tokens
+        report.failed_records = merger.failed
+        report.extra.setdefault("model", self.predictor.describe())
+        report.extra["errors_file"] = self._errors.path if self._errors.count else None
+        out = report.to_dict()
+        if self.config.report:
+            write_report(out, self.config.report)
+        return out
+
+
+def print_summary(report: dict[str, Any], stream: Any) -> None:
+    """Write the short summary to ``stream`` (stderr)."""
+    for line in summary_lines(report):
+        print(line, file=stream)

@@ -1,0 +1,85 @@
+"""Executor contract and the messages between the driver and its workers.
+
+An executor starts N workers (each holds one model replica), sends each the tasks the
+scheduling policy gives it, and reports back events: a worker became ready, a task finished,
+a worker died (with the tasks it held). Times are ``time.perf_counter()`` seconds, which on
+Linux is CLOCK_MONOTONIC and so comparable between processes of one machine.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from parainfer.tasks import Task
+
+
+@dataclass(slots=True)
+class WorkerReady:
+    """A worker finished loading its model replica."""
+
+    worker_id: int
+    load_s: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class TaskResult:
+    """A finished task.
+
+    Attributes:
+        task_index: Task.index.
+        worker_id: who ran it.
+        outputs: one dict per record in task order, or None where that record failed.
+        errors: (position in task, reason) for each failed record.
+        t_received, t_start, t_end: when the worker took it off its queue, started and
+            finished computing (perf_counter seconds).
+    """
+
+    task_index: int
+    worker_id: int
+    outputs: list[dict[str, Any] | None]
+    errors: list[tuple[int, str]]
+    t_received: float
+    t_start: float
+    t_end: float
+
+
+@dataclass(slots=True)
+class WorkerFailed:
+    """A worker process died or failed to load; ``tasks`` are the tasks it held."""
+
+    worker_id: int
+    reason: str
+    tasks: list[Task]
+    fatal: bool = False  # True when the model failed to load: restarting will not help
+
+
+Event = WorkerReady | TaskResult | WorkerFailed
+
+
+class Executor(ABC):
+    """Starts, feeds and watches N workers. Implementations: ``local`` (processes)."""
+
+    num_workers: int
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start all workers (non-blocking); WorkerReady events follow as each loads."""
+
+    @abstractmethod
+    def submit(self, worker_id: int, task: Task) -> None:
+        """Queue ``task`` on ``worker_id`` (non-blocking)."""
+
+    @abstractmethod
+    def poll(self, timeout: float) -> list[Event]:
+        """Events since the last call; waits up to ``timeout`` seconds for the first one."""
+
+    @abstractmethod
+    def in_flight(self, worker_id: int) -> int:
+        """Tasks submitted to ``worker_id`` and not yet finished."""
+
+    @abstractmethod
+    def shutdown(self) -> None:
+        """Stop all workers and release their resources."""

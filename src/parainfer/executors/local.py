@@ -1,0 +1,171 @@
+"""The local executor: N worker processes on this machine, one model replica each.
+
+Processes are started with the ``spawn`` method (safe with PyTorch and threads). Each worker
+has its own task queue, so the scheduling policy decides exactly which worker runs which
+task, and its own result pipe, so a worker killed mid-write (SIGKILL, OOM) corrupts nothing
+the other workers use. A death is noticed through the process sentinel and reported as
+``WorkerFailed`` with the tasks the worker held; ``restart`` replaces it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from multiprocessing.connection import wait
+from typing import Any
+
+from parainfer.executors.base import Event, Executor, TaskResult, WorkerFailed
+from parainfer.executors.worker import worker_main
+from parainfer.models.base import Predictor
+from parainfer.tasks import Task
+
+
+def default_threads(num_workers: int) -> int:
+    """Threads per worker: usable cores // workers, at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, num_workers))
+
+
+class _Slot:
+    """One worker's process, task queue, result pipe and the tasks it holds."""
+
+    def __init__(self, proc: Any, inbox: Any, results: Any):
+        self.proc, self.inbox, self.results = proc, inbox, results
+        self.held: dict[int, Task] = {}
+
+
+class LocalExecutor(Executor):
+    """N worker processes fed through per-worker queues.
+
+    Args:
+        predictor: an unloaded Predictor (pickled to each worker, loaded there once).
+        num_workers: N >= 1.
+        threads_per_worker: intra-op threads per worker (default cores // N).
+        env: extra environment variables for the workers.
+    """
+
+    def __init__(self, predictor: Predictor, num_workers: int, threads_per_worker: int | None = None,
+                 env: dict[str, str] | None = None):
+        if num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        self.predictor = predictor
+        self.num_workers = num_workers
+        self.threads = threads_per_worker or default_threads(num_workers)
+        self.env = dict(env or {})
+        self._ctx = mp.get_context("spawn")
+        self._slots: list[_Slot | None] = [None] * num_workers
+        self.restarts = 0
+
+    def start(self) -> None:
+        for w in range(self.num_workers):
+            self._spawn(w)
+
+    def _spawn(self, w: int) -> None:
+        inbox = self._ctx.Queue()
+        reader, writer = self._ctx.Pipe(duplex=False)
+        env = {**self.env, "PARAINFER_NUM_WORKERS": str(self.num_workers)}
+        proc = self._ctx.Process(target=worker_main, name=f"parainfer-worker-{w}", daemon=True,
+                                 args=(w, self.predictor, inbox, writer, self.threads, env))
+        proc.start()
+        writer.close()  # the worker holds the only write end: EOF on the reader means it died
+        self._slots[w] = _Slot(proc, inbox, reader)
+
+    def restart(self, worker_id: int) -> None:
+        """Replace a worker with a fresh process (its model is loaded again)."""
+        slot = self._slots[worker_id]
+        if slot is not None:
+            self._close(slot)
+        self.restarts += 1
+        self._spawn(worker_id)
+
+    def kill(self, worker_id: int) -> None:
+        """SIGKILL a worker (for a hung task); the next ``poll`` reports its death."""
+        slot = self._slots[worker_id]
+        if slot is not None and slot.proc.is_alive():
+            slot.proc.kill()
+
+    def alive(self, worker_id: int) -> bool:
+        """True while the worker's process is running."""
+        slot = self._slots[worker_id]
+        return slot is not None and slot.proc.is_alive()
+
+    def submit(self, worker_id: int, task: Task) -> None:
+        slot = self._slots[worker_id]
+        if slot is None:
+            raise RuntimeError(f"worker {worker_id} is not running")
+        slot.held[task.index] = task
+        slot.inbox.put(task)
+
+    def in_flight(self, worker_id: int) -> int:
+        slot = self._slots[worker_id]
+        return len(slot.held) if slot is not None else 0
+
+    def held(self, worker_id: int) -> list[Task]:
+        """Tasks submitted to ``worker_id`` and not finished, in submission order."""
+        slot = self._slots[worker_id]
+        return list(slot.held.values()) if slot is not None else []
+
+    def pid(self, worker_id: int) -> int | None:
+        slot = self._slots[worker_id]
+        return slot.proc.pid if slot is not None else None
+
+    def poll(self, timeout: float) -> list[Event]:
+        live = {w: s for w, s in enumerate(self._slots) if s is not None}
+        handles: dict[Any, int] = {}
+        for w, s in live.items():
+            handles[s.results] = w
+            handles[s.proc.sentinel] = w
+        events: list[Event] = []
+        dead: set[int] = set()
+        for ready in wait(list(handles), timeout=timeout):
+            w = handles[ready]
+            if ready is live[w].results:
+                dead_now = self._drain(live[w], events)
+            else:
+                dead_now = True
+            if dead_now:
+                dead.add(w)
+        for w in sorted(dead):
+            slot = live[w]
+            self._drain(slot, events)  # everything it sent before dying is still readable
+            slot.proc.join(timeout=1)
+            events.append(WorkerFailed(w, f"worker {w} (pid {slot.proc.pid}) exited with code "
+                                          f"{slot.proc.exitcode}", list(slot.held.values())))
+            self._close(slot)
+            self._slots[w] = None
+        return events
+
+    def _drain(self, slot: _Slot, events: list[Event]) -> bool:
+        """Read all pending messages of one worker; True when its pipe is closed (it died)."""
+        try:
+            while slot.results.poll():
+                ev = slot.results.recv()
+                if isinstance(ev, TaskResult):
+                    slot.held.pop(ev.task_index, None)
+                events.append(ev)
+        except (EOFError, OSError):
+            return True
+        except Exception:  # noqa: BLE001 - a message cut short by a kill does not unpickle
+            return True
+        return False
+
+    def _close(self, slot: _Slot) -> None:
+        if slot.proc.is_alive():
+            slot.proc.kill()
+        slot.proc.join(timeout=5)
+        slot.results.close()
+        slot.inbox.close()
+        slot.inbox.cancel_join_thread()
+
+    def shutdown(self) -> None:
+        for slot in self._slots:
+            if slot is not None and slot.proc.is_alive():
+                try:
+                    slot.inbox.put(None)
+                except (OSError, ValueError):
+                    pass
+        for w, slot in enumerate(self._slots):
+            if slot is not None:
+                slot.proc.join(timeout=10)
+                self._close(slot)
+                self._slots[w] = None

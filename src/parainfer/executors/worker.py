@@ -1,0 +1,79 @@
+"""The worker process: load one model replica, then run tasks from its queue until told to stop.
+
+A batch whose ``predict`` raises is retried record by record, so one bad record fails alone
+(its reason goes back to the driver) and the rest of the batch succeeds.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from typing import Any
+
+from parainfer.executors.base import TaskResult, WorkerFailed, WorkerReady
+from parainfer.models.base import Predictor
+from parainfer.tasks import Task
+
+
+# Workers never reach a model hub, print no download bars, and leave threading to the executor.
+WORKER_ENV_DEFAULTS = {
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+
+
+def _describe_error(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def run_task(predictor: Predictor, task: Task, worker_id: int, t_received: float) -> TaskResult:
+    """Run one task on a loaded predictor; per-record fallback when the batch raises."""
+    t_start = time.perf_counter()
+    errors: list[tuple[int, str]] = []
+    try:
+        outputs: list[dict[str, Any] | None] = list(predictor.predict(task.texts))
+        if len(outputs) != len(task.texts):
+            raise ValueError(f"model returned {len(outputs)} outputs for {len(task.texts)} texts")
+    except Exception:
+        outputs = []
+        for pos, text in enumerate(task.texts):
+            try:
+                outputs.append(predictor.predict([text])[0])
+            except Exception as e:  # noqa: BLE001 - any model error quarantines the record
+                outputs.append(None)
+                errors.append((pos, f"model error: {_describe_error(e)}"))
+    return TaskResult(task.index, worker_id, outputs, errors, t_received, t_start, time.perf_counter())
+
+
+def worker_main(worker_id: int, predictor: Predictor, inbox: Any, outbox: Any, threads: int | None,
+                env: dict[str, str]) -> None:
+    """Process entry point. ``inbox`` yields Task objects, then None to stop."""
+    for var, value in WORKER_ENV_DEFAULTS.items():
+        os.environ.setdefault(var, value)
+    os.environ.update(env)
+    os.environ["PARAINFER_WORKER_ID"] = str(worker_id)
+    t0 = time.perf_counter()
+    if threads:
+        # Read by OpenMP/MKL when torch initialises; set_num_threads below covers a torch
+        # that was imported already (for example by the parent under fork).
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(threads)
+    try:
+        predictor.load()
+        if threads and "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
+    except BaseException as e:  # noqa: BLE001 - report any load failure to the driver
+        outbox.send(WorkerFailed(worker_id, f"model failed to load: {_describe_error(e)}\n"
+                                f"{traceback.format_exc(limit=3)}", [], fatal=True))
+        return
+    outbox.send(WorkerReady(worker_id, time.perf_counter() - t0, predictor.describe()))
+    while True:
+        task = inbox.get()
+        if task is None:
+            break
+        outbox.send(run_task(predictor, task, worker_id, time.perf_counter()))

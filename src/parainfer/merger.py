@@ -1,0 +1,87 @@
+"""The merger: puts results back in input order, exactly once, through a reorder buffer.
+
+Records wait in the buffer (keyed by their input position ``seq``) from the moment their
+task is created until their result, or their failure, is known. ``drain`` releases the
+longest run of finished records that starts at the write frontier, in input order. The
+engine bounds the buffer by not creating tasks while it holds too many records.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from parainfer.records import Record, RecordError
+
+_FAILED = object()
+
+
+def to_jsonable(value: Any) -> Any:
+    """numpy arrays/scalars -> lists/Python numbers, so every sink can write them."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class Merger:
+    """Reorder buffer from task results to output rows.
+
+    Args:
+        id_column, text_column: names used for the id and text in output rows.
+    """
+
+    def __init__(self, id_column: str = "id", text_column: str = "text"):
+        self.id_column = id_column
+        self.text_column = text_column
+        self._records: dict[int, Record] = {}
+        self._done: dict[int, Any] = {}
+        self.next_seq = 0
+        self.written = 0
+        self.failed = 0
+
+    def expect(self, records: list[Record]) -> None:
+        """Register records whose tasks were just created."""
+        for r in records:
+            self._records[r.seq] = r
+
+    def fail(self, err: RecordError) -> None:
+        """Mark a record failed (it will be skipped in the output; it is in the errors file)."""
+        self._records.pop(err.seq, None)
+        self._done[err.seq] = _FAILED
+        self.failed += 1
+
+    def complete(self, seqs: list[int], outputs: list[dict[str, Any] | None]) -> None:
+        """Store results for ``seqs`` (None marks a record the caller has failed)."""
+        for seq, out in zip(seqs, outputs):
+            if out is not None:
+                self._done[seq] = out
+
+    def record(self, seq: int) -> Record | None:
+        """The buffered record at ``seq`` (for error reporting)."""
+        return self._records.get(seq)
+
+    @property
+    def buffered(self) -> int:
+        """Records held: waiting for a result or for an earlier record."""
+        return len(self._records)
+
+    def drain(self) -> list[dict[str, Any]]:
+        """Rows ready to write, in input order; each record is released exactly once."""
+        rows: list[dict[str, Any]] = []
+        done, records = self._done, self._records
+        while self.next_seq in done:
+            seq = self.next_seq
+            out = done.pop(seq)
+            self.next_seq += 1
+            if out is _FAILED:
+                continue
+            rec = records.pop(seq)
+            row = {self.id_column: rec.id, self.text_column: rec.text, **rec.extra}
+            for key, value in out.items():
+                row[key] = to_jsonable(value)
+            rows.append(row)
+        self.written += len(rows)
+        return rows

@@ -1,0 +1,64 @@
+"""The predictor interface: what a worker calls to run a model on a batch of texts.
+
+A predictor is built in the driver from a picklable :class:`PredictorSpec`, shipped to each
+worker process, and loaded there exactly once (``load``); the worker then calls ``predict``
+once per task. ``token_lengths`` is cheap and runs in the driver to size and bucket tasks.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+
+class Predictor(ABC):
+    """A model replica held by one worker.
+
+    Subclasses must be picklable before ``load`` is called (keep heavy state out of
+    ``__init__``), so the driver can send them to worker processes.
+
+    Attributes:
+        task: "classify", "embed" or "generate"; decides the output columns.
+        max_input_tokens: the model's window in tokens; longer texts are truncated (and
+            counted). None when the model has no window (a Python callable).
+    """
+
+    task: str = "custom"
+    max_input_tokens: int | None = None
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load weights and tokenizer into this process. Called once per worker."""
+
+    @abstractmethod
+    def predict(self, texts: list[str]) -> list[dict[str, Any]]:
+        """Run the model on a batch.
+
+        Args:
+            texts: B strings.
+
+        Returns:
+            B dicts of JSON-able outputs, in the order of ``texts`` (for example
+            ``{"label": "positive", "score": 0.97}`` or ``{"embedding": [384 floats]}``).
+
+        Raises:
+            Any exception when the batch fails; the worker then retries record by record so
+            only the failing records are quarantined.
+        """
+
+    def window(self) -> int | None:
+        """The model's input window in tokens (None: no limit). Cheap; runs in the driver."""
+        return self.max_input_tokens
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        """Estimated length of each text in model tokens (before truncation).
+
+        The default is a characters/4 heuristic (about right for English BPE/WordPiece);
+        tokenizer-backed predictors override it with the real tokenizer. Used by the driver to
+        bucket by length, form token-budget batches, and estimate task cost.
+        """
+        return [len(t) // 4 + 1 for t in texts]
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able description (name, path, dtype) for reports and fingerprints."""
+        return {"class": type(self).__name__, "task": self.task}

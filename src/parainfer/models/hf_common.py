@@ -1,0 +1,148 @@
+"""Shared loading code for Hugging Face (PyTorch) encoders: tokenizer, dtype, threads, window.
+
+Owns: loading a local model directory offline, picking the compute dtype (with the bf16
+tolerance check of ``--dtype auto``), tokenising a batch with truncation to the model window.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from parainfer.errors import UsageError
+from parainfer.models.dtype import check_dtype, resolve_dtype
+
+# Calibration texts for the ``auto`` dtype check: varied length, sentiment and vocabulary.
+CALIBRATION_TEXTS = [
+    "I loved this film, the acting was superb and the story moved me.",
+    "Terrible service. We waited an hour and the food was cold.",
+    "The committee will meet on Tuesday to discuss the budget proposal.",
+    "not bad at all :)",
+    "Shares of the company fell 4% after the quarterly earnings report missed estimates.",
+    "What a waste of money, it broke after two days and support never answered.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Honestly? Best purchase I've made all year. Works perfectly, battery lasts for days.",
+    "The government announced new measures to curb inflation, but critics say they come too late "
+    "and will hurt the poorest households the most, while doing little for growth.",
+    "meh",
+    "He scored twice in the second half to secure the win for his team.",
+    "I can't believe how boring and predictable this sequel turned out to be.",
+]
+
+
+def read_window(model_dir: Path, tokenizer: Any, config: Any) -> int:
+    """The model's input window in tokens.
+
+    sentence-transformers' ``max_seq_length`` (sentence_bert_config.json) when present,
+    else the smaller of the tokenizer's ``model_max_length`` and the config's
+    ``max_position_embeddings``.
+    """
+    sbert = model_dir / "sentence_bert_config.json"
+    if sbert.exists():
+        value = json.loads(sbert.read_text()).get("max_seq_length")
+        if value:
+            return int(value)
+    limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
+    return min(limits) if limits else 512
+
+
+def check_model_dir(path: str | os.PathLike) -> Path:
+    """Raise UsageError unless ``path`` is a directory holding a Hugging Face config.json."""
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise UsageError(
+            f"model directory {str(p)!r} has no config.json; expected a local Hugging Face model "
+            "directory (sequence classification or sentence embedding)"
+        )
+    return p
+
+
+class HFTokenizerMixin:
+    """Driver-side token counting and worker-side batch tokenisation for an HF model dir.
+
+    Subclasses set ``self.model_dir`` and ``self.max_input_tokens`` (after ``load``, or lazily).
+    """
+
+    model_dir: Path
+    max_input_tokens: int | None
+    _tokenizer: Any = None
+
+    def _get_tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+            if self.max_input_tokens is None:
+                from transformers import AutoConfig
+
+                config = AutoConfig.from_pretrained(str(self.model_dir))
+                self.max_input_tokens = read_window(self.model_dir, self._tokenizer, config)
+        return self._tokenizer
+
+    def window(self) -> int | None:
+        """The model window in tokens; loads only the tokenizer and config (driver side)."""
+        self._get_tokenizer()
+        return self.max_input_tokens
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        """Tokens per text including special tokens, before truncation (fast tokenizer)."""
+        enc = self._get_tokenizer()(texts, add_special_tokens=True, return_attention_mask=False,
+                                    return_token_type_ids=False)
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def _encode_batch(self, texts: list[str]) -> dict[str, Any]:
+        return self._get_tokenizer()(texts, padding=True, truncation=True,
+                                     max_length=self.max_input_tokens, return_tensors="pt")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tokenizers and models are rebuilt in each worker by load(); ship only the settings.
+        state = dict(self.__dict__)
+        state["_tokenizer"] = None
+        state["_model"] = None
+        return state
+
+
+def load_torch_model(model_dir: Path, auto_cls: Any, dtype: str, device: str = "cpu") -> tuple[Any, str]:
+    """Load ``auto_cls.from_pretrained(model_dir)`` in eval mode; returns (model, dtype name).
+
+    ``dtype`` is "float32", "bfloat16" or "auto"; with "auto" the model is returned in fp32
+    and the caller decides after its tolerance check (see ``pick_dtype``).
+    """
+    import torch
+
+    check_dtype(dtype)
+    model = auto_cls.from_pretrained(str(model_dir), dtype=torch.float32).eval().to(device)
+    if dtype == "bfloat16":
+        model = model.to(torch.bfloat16)
+    return model, dtype
+
+
+def pick_dtype(model: Any, dtype: str, compare: Any, device: str = "cpu") -> tuple[Any, str]:
+    """Resolve ``auto``: try bf16 if the hardware has it and ``compare(model_fp32, model_bf16)``
+    returns True (outputs within tolerance on the calibration texts), else keep fp32.
+
+    Returns (model, "bfloat16" | "float32").
+    """
+    import copy
+
+    import torch
+
+    if dtype != "auto":
+        return model, dtype
+    if resolve_dtype("auto", device) != "bfloat16":
+        return model, "float32"
+    candidate = copy.deepcopy(model).to(torch.bfloat16)
+    if compare(model, candidate):
+        return candidate, "bfloat16"
+    return model, "float32"
+
+
+def set_threads(num_threads: int | None) -> None:
+    """Set torch intra-op threads for this process (None leaves torch's default)."""
+    if num_threads:
+        import torch
+
+        torch.set_num_threads(int(num_threads))

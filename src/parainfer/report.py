@@ -1,0 +1,126 @@
+"""The run report: where the time went, with the timing model of docs/timing.md.
+
+For N workers: T_c task creation (read, tokenise, batch; driver), T_s scheduling and dispatch
+(policy decisions, serialisation and IPC both ways; driver), T_e execution (sum of task
+compute inside workers), T_w waiting (worker-seconds idle during the parallel phase: tasks
+not there yet, or the worker blocked). The parallel time T_N is the makespan of the parallel
+phase (first dispatch to last result), i.e. the MAX over workers, never the minimum.
+T_1 (serial estimate) = T_e; speedup S = T_1 / T_N; efficiency E = S / N;
+imbalance = max / mean worker busy time; Karp-Flatt serial fraction
+e = (1/S - 1/N) / (1 - 1/N) (Karp & Flatt, CACM 33(5), 1990), the Amdahl serial fraction
+that the measured speedup implies.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class WorkerStats:
+    """Per-worker totals (seconds are compute time inside the worker)."""
+
+    busy_s: float = 0.0
+    tasks: int = 0
+    records: int = 0
+    load_s: float = 0.0
+    restarts: int = 0
+
+
+@dataclass
+class TimingReport:
+    """Counters and timings collected by the engine; ``to_dict`` derives the report."""
+
+    workers: int
+    policy: str = "dynamic"
+    records: int = 0
+    failed_records: int = 0
+    truncated_records: int = 0
+    tasks: int = 0
+    retries: int = 0
+    wall_s: float = 0.0
+    t_startup_s: float = 0.0
+    t_parallel_s: float = 0.0
+    t_create_s: float = 0.0
+    t_schedule_s: float = 0.0
+    t_write_s: float = 0.0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    per_worker: list[WorkerStats] = field(default_factory=list)
+    timeline: list[list[Any]] = field(default_factory=list)
+    batch_sizes: list[list[Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.per_worker:
+            self.per_worker = [WorkerStats() for _ in range(self.workers)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON report (see docs/timing.md for each field)."""
+        busy = [w.busy_s for w in self.per_worker]
+        t_execute = sum(busy)
+        t_n = self.t_parallel_s
+        mean_busy = t_execute / len(busy) if busy else 0.0
+        speedup = t_execute / t_n if t_n > 0 else 0.0
+        n = self.workers
+        karp_flatt = ((1 / speedup - 1 / n) / (1 - 1 / n)) if (n > 1 and speedup > 0) else None
+        return {
+            "records": self.records,
+            "failed_records": self.failed_records,
+            "truncated_records": self.truncated_records,
+            "tasks": self.tasks,
+            "retries": self.retries,
+            "restarts": sum(w.restarts for w in self.per_worker),
+            "workers": n,
+            "policy": self.policy,
+            "wall_s": self.wall_s,
+            "t_startup_s": self.t_startup_s,
+            "t_parallel_s": t_n,
+            "t_create_s": self.t_create_s,
+            "t_schedule_s": self.t_schedule_s,
+            "t_execute_s": t_execute,
+            "t_wait_s": max(0.0, n * t_n - t_execute),
+            "t_write_s": self.t_write_s,
+            "t1_estimate_s": t_execute,
+            "throughput_records_per_s": self.records / self.wall_s if self.wall_s > 0 else 0.0,
+            "parallel_throughput_records_per_s": self.records / t_n if t_n > 0 else 0.0,
+            "speedup": speedup,
+            "efficiency": speedup / n if n else 0.0,
+            "imbalance": max(busy) / mean_busy if mean_busy > 0 else 1.0,
+            "serial_fraction_karp_flatt": karp_flatt,
+            "padding_efficiency": self.real_tokens / self.padded_tokens if self.padded_tokens else 1.0,
+            "real_tokens": self.real_tokens,
+            "padded_tokens": self.padded_tokens,
+            "per_worker": [vars(w) | {"worker": i} for i, w in enumerate(self.per_worker)],
+            "batch_sizes": self.batch_sizes,
+            "timeline_columns": ["task", "worker", "start_s", "end_s", "records", "tokens"],
+            "timeline": self.timeline,
+            **self.extra,
+        }
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """A short human summary of a report dict (printed on stderr at the end of a job)."""
+    lines = [
+        f"{report['records']:,} records ({report['failed_records']:,} failed, "
+        f"{report['truncated_records']:,} truncated) in {report['tasks']:,} tasks on "
+        f"{report['workers']} workers [{report['policy']}]",
+        f"wall {report['wall_s']:.2f} s (startup {report['t_startup_s']:.2f} s, parallel "
+        f"{report['t_parallel_s']:.2f} s): {report['throughput_records_per_s']:,.1f} records/s overall, "
+        f"{report['parallel_throughput_records_per_s']:,.1f} records/s in the parallel phase",
+        f"T_c {report['t_create_s']:.2f} s  T_s {report['t_schedule_s']:.2f} s  "
+        f"T_e {report['t_execute_s']:.2f} s  T_w {report['t_wait_s']:.2f} s  "
+        f"speedup {report['speedup']:.2f}  efficiency {report['efficiency']:.2f}  "
+        f"imbalance {report['imbalance']:.2f}  padding efficiency {report['padding_efficiency']:.2f}",
+    ]
+    if report.get("restarts") or report.get("retries"):
+        lines.append(f"worker restarts {report['restarts']}, task retries {report['retries']}")
+    return lines
+
+
+def write_report(report: dict[str, Any], path: str | Path) -> None:
+    """Write the report as indented JSON."""
+    Path(path).write_text(json.dumps(report, indent=1) + "\n")

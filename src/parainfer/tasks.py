@@ -1,0 +1,119 @@
+"""Records -> tasks: batching under a size and token budget, with length bucketing.
+
+A task is the unit of scheduling: a batch of records (their input positions and texts) with
+its estimated cost in tokens. Records' ids and other columns stay in the driver (the merger
+holds them); only texts travel to workers.
+
+Length bucketing: within a window of W records, records are sorted by token length before
+batching, so each batch holds texts of similar length and little padding. Padded tokens of a
+batch = batch size x its longest (truncated) text, as a padded encoder batch computes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from parainfer.records import Record
+
+
+@dataclass(slots=True)
+class Task:
+    """A batch of records to run on one worker.
+
+    Attributes:
+        index: 0-based creation order within the job.
+        seqs: input positions (Record.seq) of the B records, in batch order.
+        texts: the B texts, aligned with ``seqs``.
+        tokens: real tokens after truncation (sum over the batch); the cost estimate.
+        padded_tokens: B x longest truncated length (what a padded batch computes).
+        attempt: how many times this task was given out before (for retries).
+    """
+
+    index: int
+    seqs: list[int]
+    texts: list[str]
+    tokens: int
+    padded_tokens: int
+    attempt: int = 0
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+
+@dataclass
+class TaskStats:
+    """Running totals over all tasks built (for the report)."""
+
+    tasks: int = 0
+    records: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    truncated_records: int = 0
+
+    @property
+    def padding_efficiency(self) -> float:
+        """Real tokens / padded tokens (1.0 = no padding)."""
+        return self.real_tokens / self.padded_tokens if self.padded_tokens else 1.0
+
+
+class TaskBuilder:
+    """Cuts windows of records into tasks.
+
+    Args:
+        length_fn: texts -> token counts (the predictor's ``token_lengths``).
+        max_input_tokens: the model window; longer texts count as truncated (None: no window).
+        batch_size: most records per task (>= 1).
+        max_batch_tokens: most padded tokens per task (B x longest); a single record longer
+            than the budget still forms a task of its own. None: no token budget.
+        bucket: sort each window by token length before batching (length bucketing).
+    """
+
+    def __init__(self, length_fn: Callable[[list[str]], list[int]], max_input_tokens: int | None,
+                 batch_size: int = 64, max_batch_tokens: int | None = None, bucket: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_batch_tokens is not None and max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
+        self.length_fn = length_fn
+        self.max_input_tokens = max_input_tokens
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.bucket = bucket
+        self.stats = TaskStats()
+
+    def build(self, window: Sequence[Record]) -> list[Task]:
+        """Turn one window of records into tasks (in the order they should be queued)."""
+        if not window:
+            return []
+        lengths = self.length_fn([r.text for r in window])
+        cap = self.max_input_tokens
+        if cap is not None:
+            self.stats.truncated_records += sum(1 for n in lengths if n > cap)
+            lengths = [min(n, cap) for n in lengths]
+        order = sorted(range(len(window)), key=lengths.__getitem__) if self.bucket else range(len(window))
+        tasks: list[Task] = []
+        batch: list[int] = []
+        longest = 0
+        for i in order:
+            n = lengths[i]
+            grown = max(longest, n)
+            if batch and (len(batch) >= self.batch_size or
+                          (self.max_batch_tokens is not None and grown * (len(batch) + 1) > self.max_batch_tokens)):
+                tasks.append(self._make(window, lengths, batch, longest))
+                batch, grown = [], n
+            batch.append(i)
+            longest = grown
+        tasks.append(self._make(window, lengths, batch, longest))
+        return tasks
+
+    def _make(self, window: Sequence[Record], lengths: list[int], batch: list[int], longest: int) -> Task:
+        tokens = sum(lengths[i] for i in batch)
+        task = Task(index=self.stats.tasks, seqs=[window[i].seq for i in batch],
+                    texts=[window[i].text for i in batch], tokens=tokens, padded_tokens=longest * len(batch))
+        self.stats.tasks += 1
+        self.stats.records += len(batch)
+        self.stats.real_tokens += tokens
+        self.stats.padded_tokens += task.padded_tokens
+        return task

@@ -1,0 +1,63 @@
+"""Callable test models for ``--model parainfer.testing:NAME`` (tests, benchmarks, demos).
+
+They need no weights and make scheduling effects visible:
+
+* ``echo``: returns the text length; costs nothing (scheduler-overhead benchmarks).
+* ``sleepy``: sleeps ``PARAINFER_TEST_MS_PER_TOKEN`` ms per (chars/4) token; worker
+  ``PARAINFER_TEST_SLOW_WORKER`` (if set) is ``PARAINFER_TEST_SLOWDOWN`` times slower: a straggler.
+* ``crash_on_marker``: like echo, but a text containing ``PARAINFER_TEST_MARKER`` (default
+  "@@crash@@") kills its worker process with SIGKILL (a poison record);
+  ``raise_on_marker`` raises ValueError instead.
+* ``hang_on_marker``: a text containing the marker sleeps for an hour (a hung task).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+
+def _worker_id() -> int:
+    return int(os.environ.get("PARAINFER_WORKER_ID", "0"))
+
+
+def _marker() -> str:
+    return os.environ.get("PARAINFER_TEST_MARKER", "@@crash@@")
+
+
+def echo(texts: list[str]) -> list[dict]:
+    """Returns ``{"length": len(text)}`` per text."""
+    return [{"length": len(t)} for t in texts]
+
+
+def sleepy(texts: list[str]) -> list[dict]:
+    """Sleeps in proportion to the batch's tokens (chars/4 + 1 each); returns echo's output."""
+    ms = float(os.environ.get("PARAINFER_TEST_MS_PER_TOKEN", "0.05"))
+    slow = os.environ.get("PARAINFER_TEST_SLOW_WORKER")
+    factor = float(os.environ.get("PARAINFER_TEST_SLOWDOWN", "3")) if slow and int(slow) == _worker_id() else 1.0
+    tokens = sum(len(t) // 4 + 1 for t in texts)
+    time.sleep(tokens * ms * factor / 1000.0)
+    return echo(texts)
+
+
+def crash_on_marker(texts: list[str]) -> list[dict]:
+    """SIGKILLs the worker when a text holds the marker; else echo."""
+    if any(_marker() in t for t in texts):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return echo(texts)
+
+
+def raise_on_marker(texts: list[str]) -> list[dict]:
+    """Raises ValueError when a text holds the marker; else echo."""
+    for t in texts:
+        if _marker() in t:
+            raise ValueError(f"poison record: {t[:40]!r}")
+    return echo(texts)
+
+
+def hang_on_marker(texts: list[str]) -> list[dict]:
+    """Sleeps an hour when a text holds the marker; else echo."""
+    if any(_marker() in t for t in texts):
+        time.sleep(3600)
+    return echo(texts)

@@ -1,0 +1,57 @@
+"""LocalExecutor with real processes: readiness, results, per-record errors, worker death."""
+
+from __future__ import annotations
+
+import time
+
+from parainfer.executors.base import TaskResult, WorkerFailed, WorkerReady
+from parainfer.executors.local import LocalExecutor
+from parainfer.models.python_callable import CallablePredictor
+from parainfer.tasks import Task
+
+
+def collect(executor: LocalExecutor, kinds: tuple, n: int, timeout: float = 60) -> list:
+    got, deadline = [], time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        got += [e for e in executor.poll(0.1) if isinstance(e, kinds)]
+    return got
+
+
+def task(index: int, texts: list[str]) -> Task:
+    return Task(index=index, seqs=list(range(len(texts))), texts=texts, tokens=len(texts), padded_tokens=len(texts))
+
+
+def test_workers_load_run_tasks_and_quarantine_bad_records() -> None:
+    ex = LocalExecutor(CallablePredictor("parainfer.testing:raise_on_marker"), num_workers=2)
+    ex.start()
+    try:
+        ready = collect(ex, (WorkerReady,), 2)
+        assert sorted(e.worker_id for e in ready) == [0, 1]
+        ex.submit(0, task(0, ["a", "bb"]))
+        ex.submit(1, task(1, ["ccc", "x @@crash@@", "dddd"]))
+        results = {r.task_index: r for r in collect(ex, (TaskResult,), 2)}
+        assert results[0].outputs == [{"length": 1}, {"length": 2}] and results[0].errors == []
+        assert results[1].outputs[0] == {"length": 3} and results[1].outputs[1] is None
+        assert results[1].errors[0][0] == 1 and "poison record" in results[1].errors[0][1]
+        assert results[1].t_start <= results[1].t_end
+        assert ex.in_flight(0) == ex.in_flight(1) == 0
+    finally:
+        ex.shutdown()
+
+
+def test_killed_worker_is_reported_with_its_tasks_and_restarts() -> None:
+    ex = LocalExecutor(CallablePredictor("parainfer.testing:crash_on_marker"), num_workers=1)
+    ex.start()
+    try:
+        collect(ex, (WorkerReady,), 1)
+        ex.submit(0, task(7, ["@@crash@@"]))
+        (failed,) = collect(ex, (WorkerFailed,), 1)
+        assert failed.worker_id == 0 and [t.index for t in failed.tasks] == [7]
+        assert "-9" in failed.reason
+        ex.restart(0)
+        collect(ex, (WorkerReady,), 1)
+        ex.submit(0, task(8, ["fine"]))
+        (res,) = collect(ex, (TaskResult,), 1)
+        assert res.outputs == [{"length": 4}] and ex.restarts == 1
+    finally:
+        ex.shutdown()
