@@ -196,7 +196,8 @@ class Job:
     def _fail_record(self, task: Task, pos: int, reason: str) -> None:
         seq = task.seqs[pos]
         rec = self._merger.record(seq)
-        err = RecordError(seq=seq, line=seq + 1, id=rec.id if rec else None, reason=reason, text=task.texts[pos])
+        err = RecordError(seq=seq, line=rec.line if rec else 0, id=rec.id if rec else None, reason=reason,
+                          text=task.texts[pos])
         self._merger.fail(err)
         self._errors.write([err])
 

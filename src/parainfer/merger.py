@@ -18,9 +18,7 @@ _FAILED = object()
 
 
 def to_jsonable(value: Any) -> Any:
-    """numpy arrays/scalars -> lists/Python numbers, so every sink can write them."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
+    """numpy scalars -> Python numbers; arrays stay numpy (every sink writes them natively)."""
     if isinstance(value, np.generic):
         return value.item()
     return value

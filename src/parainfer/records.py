@@ -15,12 +15,14 @@ class Record:
         id: the row's id (from the id column, or the 1-based line number for .txt input).
         text: the text the model reads.
         extra: every other input column, passed through to the output unchanged.
+        line: 1-based line (or row) number in the input file (0 when unknown).
     """
 
     seq: int
     id: Any
     text: str
     extra: dict[str, Any] = field(default_factory=dict)
+    line: int = 0
 
 
 @dataclass(slots=True)

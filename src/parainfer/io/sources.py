@@ -1,0 +1,258 @@
+"""Sources: stream the input file's rows as Records (or RecordErrors), in input order.
+
+A source owns reading and validating input: one format reader per file type yields
+(line number, row dict or fault reason); `Source` numbers the rows (seq) and turns each into a
+`Record` or, when the row is unusable, a `RecordError` for the quarantine. Nothing is read
+ahead: memory stays flat whatever the input size.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import sys
+from typing import Any, BinaryIO, Callable, Iterator
+
+from parainfer.errors import UsageError
+from parainfer.records import Record, RecordError
+
+FORMATS = (".jsonl", ".ndjson", ".csv", ".parquet", ".txt")
+STDIN = "-"
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number",
+               bool: "boolean", type(None): "null"}
+
+Row = dict[str, Any] | str  # a row's columns, or the reason it could not be read
+Rows = Iterator[tuple[int, Row]]  # (1-based line or row number, row)
+
+
+class Source:
+    """An input: iterate it for `Record | RecordError` in input order, seq = 0, 1, 2, ...
+
+    Every input row gets a seq, failing rows included. A file source can be iterated again
+    (it re-reads the file); stdin can be iterated once.
+
+    Attributes:
+        path: the input path, or "-" for stdin.
+        columns: the input's column names; None until known (JSONL: after the first object row).
+    """
+
+    def __init__(self, path: str, reader: Callable[[], Rows], text_column: str, id_column: str,
+                 columns: list[str] | None = None) -> None:
+        self.path, self.columns = path, columns
+        self.text_column, self.id_column = text_column, id_column
+        self._reader, self._fingerprint = reader, None
+
+    def __iter__(self) -> Iterator[Record | RecordError]:
+        for seq, (line, row) in enumerate(self._reader()):
+            if isinstance(row, str):
+                yield RecordError(seq, line, None, row)
+                continue
+            if self.columns is None:
+                self.columns = list(row)
+            yield to_record(seq, line, row, self.text_column, self.id_column)
+
+    def fingerprint(self) -> str | None:
+        """Return "sha256:<hex digest>:<size in bytes>" of the input file, None for stdin.
+
+        The file is hashed in 1 MiB chunks on the first call (never loaded whole) and cached.
+        A checkpoint compares it to refuse resuming onto a changed input.
+        """
+        if self.path == STDIN:
+            return None
+        if self._fingerprint is None:
+            digest, size = hashlib.sha256(), 0
+            with open(self.path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+                    size += len(chunk)
+            self._fingerprint = f"sha256:{digest.hexdigest()}:{size}"
+        return self._fingerprint
+
+
+def open_source(path: str, text_column: str = "text", id_column: str = "id") -> Source:
+    """Open an input file for streaming; the format comes from the extension.
+
+    Args:
+        path: a `.jsonl`/`.ndjson` file (one JSON object per line; blank lines are skipped),
+            `.csv` (header row first), `.parquet`, `.txt` (one text per line, id = the 1-based
+            line number, column "text"; nothing skipped), or "-" for JSONL on stdin.
+        text_column: the column holding the text the model reads.
+        id_column: the column holding the row id. A row without it (or with a null id) gets
+            the 1-based line number (row number for Parquet) as its id.
+
+    Returns:
+        A `Source` yielding one `Record` per usable row, with `extra` = the other columns in
+        input order, or a `RecordError` (1-based `line`, and a reason naming the bad value) for
+        a row that is not valid UTF-8, not valid JSON, not a JSON object, lacks the text column,
+        or whose text is null, not a string, or empty/whitespace only. CSV lines count the
+        header as line 1; a row spanning several lines gets the line where it starts.
+
+    Raises:
+        UsageError: the file is missing or a directory, the extension is not one of FORMATS,
+            or a CSV/Parquet file is unreadable or has no `text_column` (the message lists the
+            columns found).
+    """
+    if path == STDIN:
+        return Source(path, lambda: _jsonl_rows(sys.stdin.buffer), text_column, id_column)
+    if not os.path.exists(path):
+        raise UsageError(f"input file {path!r} does not exist; expected a file with extension "
+                         f"{', '.join(FORMATS)}, or '-' for JSONL on stdin")
+    if os.path.isdir(path):
+        raise UsageError(f"input {path!r} is a directory; expected a file with extension "
+                         f"{', '.join(FORMATS)}")
+    ext = os.path.splitext(path)[1].lower()
+    if ext in (".jsonl", ".ndjson"):
+        return Source(path, lambda: _opened(path, _jsonl_rows), text_column, id_column)
+    if ext == ".txt":
+        return Source(path, lambda: _opened(path, _txt_rows), "text", "id", ["id", "text"])
+    if ext == ".csv":
+        header = _csv_header(path, text_column)
+        return Source(path, lambda: _opened(path, _csv_rows), text_column, id_column, header)
+    if ext == ".parquet":
+        columns = _parquet_columns(path, text_column)
+        return Source(path, lambda: _opened(path, _parquet_rows), text_column, id_column, columns)
+    raise UsageError(f"input {path!r} has unknown extension {ext or '(none)'!r}; "
+                     f"accepted: {', '.join(FORMATS)}, or '-' for JSONL on stdin")
+
+
+def to_record(seq: int, line: int, row: dict[str, Any], text_column: str,
+              id_column: str) -> Record | RecordError:
+    """Turn one row dict into a Record, or a RecordError saying what is wrong with its text."""
+    rid = row.get(id_column)
+    rid = line if rid is None else rid
+    text = row.get(text_column)
+    if text_column not in row:
+        found = ", ".join(map(repr, row)) or "none"
+        reason = f"missing text column {text_column!r} (columns found: {found})"
+    elif text is None:
+        reason = f"null text in column {text_column!r}"
+    elif not isinstance(text, str):
+        reason = (f"non-string text in column {text_column!r}: {type(text).__name__} "
+                  f"{text!r:.60}, expected a string")
+    elif not text.strip():
+        reason = f"empty text in column {text_column!r}: {text!r:.60}"
+    else:
+        extra = {k: v for k, v in row.items() if k != text_column and k != id_column}
+        return Record(seq, rid, text, extra, line)
+    return RecordError(seq, line, rid, reason)
+
+
+def _decode(raw: bytes, line: int) -> str:
+    """Decode one line of UTF-8 (a BOM on line 1 is dropped); raises UnicodeDecodeError."""
+    return raw.decode("utf-8-sig" if line == 1 else "utf-8").rstrip("\r\n")
+
+
+def _bad_utf8(raw: bytes, err: UnicodeDecodeError) -> str:
+    return f"invalid UTF-8: byte 0x{raw[err.start]:02x} at column {err.start + 1}"
+
+
+def _opened(path: str, rows: Callable[[BinaryIO], Rows]) -> Rows:
+    """Open the file when iteration starts, close it when it ends."""
+    with open(path, "rb") as f:
+        yield from rows(f)
+
+
+def _jsonl_rows(stream: BinaryIO) -> Rows:
+    for line, raw in enumerate(stream, 1):
+        try:
+            s = _decode(raw, line)
+        except UnicodeDecodeError as e:
+            yield line, _bad_utf8(raw, e)
+            continue
+        if not s.strip():
+            continue
+        try:
+            obj = json.loads(s)
+        except json.JSONDecodeError as e:
+            yield line, f"line is not valid JSON ({e.msg} at column {e.colno}): {s:.60}"
+            continue
+        if isinstance(obj, dict):
+            yield line, obj
+        else:
+            kind = _JSON_TYPES.get(type(obj), type(obj).__name__)
+            yield line, f"line is a JSON {kind} ({s:.40}), expected an object {{...}}"
+
+
+def _txt_rows(stream: BinaryIO) -> Rows:
+    for line, raw in enumerate(stream, 1):
+        try:
+            yield line, {"id": line, "text": _decode(raw, line)}
+        except UnicodeDecodeError as e:
+            yield line, _bad_utf8(raw, e)
+
+
+def _csv_lines(stream: BinaryIO) -> Iterator[str]:
+    """Decode line by line; invalid bytes become lone surrogates, caught per row later."""
+    for line, raw in enumerate(stream, 1):
+        yield raw.decode("utf-8-sig" if line == 1 else "utf-8", "surrogateescape")
+
+
+def _csv_reader(stream: BinaryIO) -> Any:
+    csv.field_size_limit(2**31 - 1)
+    return csv.reader(_csv_lines(stream))
+
+
+def _csv_header(path: str, text_column: str) -> list[str]:
+    with open(path, "rb") as f:
+        header = next(_csv_reader(f), None)
+    if not header:
+        raise UsageError(f"CSV file {path!r} is empty; expected a header row naming the "
+                         f"columns, one of them {text_column!r}")
+    if text_column not in header:
+        raise UsageError(f"CSV file {path!r} has no text column {text_column!r}; columns found: "
+                         f"{', '.join(map(repr, header))} (choose one with the text column option)")
+    return header
+
+
+def _csv_rows(stream: BinaryIO) -> Rows:
+    reader = _csv_reader(stream)
+    header, end = next(reader), reader.line_num
+    while True:
+        start = end + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            end = reader.line_num
+            yield start, f"line is not valid CSV: {e}"
+            continue
+        end = reader.line_num
+        if not fields:  # a blank line is not a row
+            continue
+        try:
+            "".join(fields).encode("utf-8")
+        except UnicodeEncodeError:
+            yield start, "invalid UTF-8 in this row"
+            continue
+        if len(fields) != len(header):
+            yield start, (f"row has {len(fields)} fields but the header has {len(header)} "
+                          f"({', '.join(header)})")
+            continue
+        yield start, dict(zip(header, fields))
+
+
+def _parquet_columns(path: str, text_column: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... for a bad file
+        raise UsageError(f"input {path!r} is not a readable Parquet file: {e}") from e
+    if text_column not in names:
+        raise UsageError(f"Parquet file {path!r} has no text column {text_column!r}; columns "
+                         f"found: {', '.join(map(repr, names))} (choose one with the text "
+                         "column option)")
+    return names
+
+
+def _parquet_rows(stream: BinaryIO, batch_size: int = 4096) -> Rows:
+    import pyarrow.parquet as pq
+
+    line = 0
+    for batch in pq.ParquetFile(stream).iter_batches(batch_size=batch_size):
+        for row in batch.to_pylist():
+            line += 1
+            yield line, row
