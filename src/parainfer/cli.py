@@ -25,17 +25,21 @@ def run(
     task: str = typer.Option("classify", help="classify | embed | generate"),
     model: Optional[str] = typer.Option(None, help="built-in name, local HF directory, or module:function"),
     workers: int = typer.Option(0, help="worker processes (0 = one per core)"),
-    batch_size: int = typer.Option(64, help="most records per task"),
+    batch_size: str = typer.Option("64", help="most records per task, or 'auto' to tune it from measured throughput"),
     max_batch_tokens: int = typer.Option(8192, help="most padded tokens (batch x longest) per task"),
     bucket_window: int = typer.Option(2048, help="records sorted by length together (1 = no bucketing)"),
-    policy: str = typer.Option("dynamic", help="scheduling policy"),
+    policy: str = typer.Option("dynamic", help="scheduling policy: static | dynamic | lpt | steal"),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16"),
     threads_per_worker: Optional[int] = typer.Option(None, help="threads per worker (default cores / workers)"),
     text_column: str = typer.Option("text", help="column holding the text"),
     id_column: str = typer.Option("id", help="column holding the record id"),
     report: Optional[str] = typer.Option(None, help="write the JSON run report here"),
     errors: Optional[str] = typer.Option(None, help="errors file (default: next to the output)"),
-    max_retries: int = typer.Option(3, help="retries of a task whose worker died"),
+    max_retries: int = typer.Option(3, help="retries of a task whose worker died (or timed out)"),
+    task_timeout: Optional[float] = typer.Option(None, help="seconds a task may run before its worker is killed "
+                                                           "and the task retried (default: no limit)"),
+    overwrite: bool = typer.Option(False, help="start over even if OUTPUT has a checkpoint of another job"),
+    checkpoint_every: float = typer.Option(2.0, help="seconds between checkpoint commits"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
 ) -> None:
     """Run a batch job: every input record's result, in input order, computed by N workers."""
@@ -43,16 +47,36 @@ def run(
     from parainfer.engine import Job, print_summary
 
     config = JobConfig(input=input, output=output, task=task, model=model, workers=workers,
-                       batch_size=batch_size, max_batch_tokens=max_batch_tokens, bucket_window=bucket_window,
+                       batch_size=_batch_size(batch_size), max_batch_tokens=max_batch_tokens, bucket_window=bucket_window,
                        policy=policy, dtype=dtype, threads_per_worker=threads_per_worker,
                        text_column=text_column, id_column=id_column, report=report, errors=errors,
-                       max_retries=max_retries, quiet=quiet)
-    result = Job(config).run()
-    if not quiet:
+                       max_retries=max_retries, quiet=quiet, task_timeout=task_timeout, overwrite=overwrite,
+                       checkpoint_every_s=checkpoint_every)
+    from parainfer.recovery import Interrupted
+
+    try:
+        result = Job(config).run()
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        raise typer.Exit(130) from None
+    failed = result["failed_records"] + result.get("resumed_failed_records", 0)
+    if result.get("already_complete"):
+        print(f"{output} is already complete ({result['resumed_records']:,} input records, checkpoint "
+              f"{result['checkpoint']}); nothing to do (--overwrite to run again)", file=sys.stderr)
+    elif not quiet:
         print_summary(result, sys.stderr)
-        if result["failed_records"]:
-            print(f"{result['failed_records']} records failed; see {result['errors_file']}", file=sys.stderr)
-    raise typer.Exit(1 if result["failed_records"] else 0)
+        if failed:
+            print(f"{failed} records failed; see {result['errors_file']}", file=sys.stderr)
+    raise typer.Exit(1 if failed else 0)
+
+
+def _batch_size(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"--batch-size {value!r} is not a number; accepted: a positive integer or 'auto'") from None
 
 
 @datasets_app.command("fetch")
@@ -89,6 +113,79 @@ def train_head(
     head = th.train(dataset, out or th.DEFAULT_HEAD, seed=seed, workers=workers)
     print(f"held-out accuracy {head['accuracy']:.4f} on {head['n_test']} texts "
           f"(trained on {head['n_train']}); saved {out or th.DEFAULT_HEAD}")
+
+
+@app.command("report")
+def report_command(
+    report: str = typer.Argument(..., help="a report written by `parainfer run --report`"),
+    plot: Optional[str] = typer.Option(None, help="draw the timeline and breakdown to .png/.svg/.pdf/.html"),
+) -> None:
+    """Print a run report's summary; with --plot, draw its per-worker timeline and time breakdown."""
+    import json
+    from pathlib import Path
+
+    from parainfer.report import summary_lines
+
+    path = Path(report)
+    if not path.is_file():
+        raise UsageError(f"report {report!r} not found; write one with `parainfer run ... --report FILE`")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise UsageError(f"report {report!r} is not JSON: {e}") from None
+    for line in summary_lines(data):
+        print(line)
+    if plot:
+        from parainfer.plots import save_plot
+
+        print(f"plot written to {save_plot(data, plot)}")
+
+
+@app.command("simulate")
+def simulate_command(
+    workers: str = typer.Option("1,2,4,8,16,32,64,128,256,512,1024", help="comma-separated worker counts"),
+    policy: str = typer.Option("dynamic", help="policy, or a comma-separated list of policies"),
+    cost_from: str = typer.Option(..., help="a measured report (`parainfer run --report`) to fit costs from"),
+    records: Optional[int] = typer.Option(None, help="records in the simulated job (default: as measured)"),
+    speed_sigma: float = typer.Option(0.0, help="worker speed spread: speed = exp(sigma * N(0,1))"),
+    slowdown: float = typer.Option(1.0, help="make the last worker this many times slower"),
+    dispatch_latency_ms: float = typer.Option(0.2, help="one-way driver-to-worker latency"),
+    out: Optional[str] = typer.Option(None, help="also save the rows as JSON here"),
+    seed: int = typer.Option(0, help="random seed"),
+) -> None:
+    """Predict T_N, speedup, efficiency and imbalance at many worker counts (discrete-event)."""
+    import json
+
+    from parainfer import simulate as sim
+    from parainfer.scheduling import make_policy
+
+    try:
+        counts = [int(x) for x in workers.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--workers {workers!r} must be comma-separated integers, e.g. 1,2,4") from None
+    if not counts or min(counts) < 1:
+        raise UsageError(f"--workers {workers!r} must list worker counts >= 1")
+    policies = [p.strip() for p in policy.split(",")]
+    for name in policies:
+        make_policy(name, 1)  # validates the name
+    workload = sim.Workload.from_report(cost_from)
+    rows = [sim.simulate(workload, n, p, records=records, speed_sigma=speed_sigma, slowdown=slowdown,
+                         dispatch_latency_s=dispatch_latency_ms / 1e3, seed=seed)
+            for p in policies for n in counts]
+    print(f"fitted task cost: {workload.overhead_s * 1e3:.3f} ms + {workload.s_per_token * 1e6:.3f} ms per 1k "
+          f"padded tokens; driver {workload.driver_s * 1e3:.3f} ms per task (serial)")
+    print(sim.table(rows))
+    for name in policies:
+        print(f"{name}: Amdahl serial fraction {sim.amdahl_fraction([r for r in rows if r['policy'] == name]):.5f}")
+    if out:
+        with open(out, "w") as f:
+            json.dump({"workload": {"overhead_s": workload.overhead_s, "s_per_token": workload.s_per_token,
+                                    "driver_s": workload.driver_s}, "rows": rows}, f, indent=1)
+
+
+from parainfer.serving.cli import serve_command  # noqa: E402
+
+app.command("serve")(serve_command)
 
 
 def main() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class JobConfig(BaseModel):
@@ -21,7 +23,8 @@ class JobConfig(BaseModel):
     device: str = "cpu"
     workers: int = Field(default=0, ge=0, description="worker processes; 0 = one per core")
     threads_per_worker: int | None = Field(default=None, ge=1)
-    batch_size: int = Field(default=64, ge=1, description="most records per task")
+    batch_size: int | Literal["auto"] = Field(default=64, description="most records per task, or auto")
+    max_auto_batch_size: int = Field(default=256, ge=1, description="largest size --batch-size auto tries")
     max_batch_tokens: int | None = Field(default=8192, ge=1, description="most padded tokens per task")
     bucket_window: int = Field(default=2048, ge=1, description="records sorted by length together; 1 = off")
     policy: str = "dynamic"
@@ -30,7 +33,18 @@ class JobConfig(BaseModel):
     report: str | None = None
     errors: str | None = None
     quiet: bool = False
-    prefetch: int = Field(default=2, ge=1, description="tasks queued per worker ahead of the running one")
+    prefetch: int = Field(default=1, ge=1, description="tasks queued per worker ahead of the running one")
     max_buffered_records: int | None = Field(default=None, ge=1, description="reorder buffer bound")
     max_retries: int = Field(default=3, ge=0, description="times a task is given out again after its worker died")
+    task_timeout: float | None = Field(default=None, gt=0, description="seconds a task may run before its worker "
+                                                                       "is killed and the task retried")
+    overwrite: bool = Field(default=False, description="start over even if the output has another job's checkpoint")
+    checkpoint_every_s: float = Field(default=2.0, ge=0, description="seconds between checkpoint commits")
+    @field_validator("batch_size")
+    @classmethod
+    def _positive_batch(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("batch size must be >= 1 or 'auto'")
+        return value
+
     generation: dict = Field(default_factory=dict, description="sampling options for --task generate")

@@ -5,6 +5,11 @@ create tasks (while the reorder buffer and the policy's queue have room), dispat
 workers with room (at most ``prefetch`` queued per worker besides the running one), and
 handle events (results are merged and written in input order at once). Worker model loading
 overlaps with reading and tokenising the first windows of input.
+
+Faults (see docs/fault-tolerance.md): a dead or hung worker's tasks go through
+``recovery.TaskRecovery`` (requeue, bisect, quarantine); ``io.checkpoint.Checkpoint`` commits
+the written prefix every few seconds and makes a rerun resume; the first SIGINT/SIGTERM stops
+dispatching, lets in-flight tasks finish, commits and raises ``recovery.Interrupted``.
 """
 
 from __future__ import annotations
@@ -17,15 +22,17 @@ from typing import Any, Iterator
 from parainfer.config import JobConfig
 from parainfer.executors.base import TaskResult, WorkerFailed, WorkerReady
 from parainfer.executors.local import LocalExecutor, default_threads
-from parainfer.io.sinks import ErrorSink, default_errors_path, open_sink
+from parainfer.io.checkpoint import Checkpoint
 from parainfer.io.sources import open_source
 from parainfer.merger import Merger
 from parainfer.models.base import Predictor
 from parainfer.models.registry import build_predictor
 from parainfer.monitor import Progress
 from parainfer.records import Record, RecordError
+from parainfer.recovery import GracefulStop, Interrupted, TaskRecovery, Watchdog
 from parainfer.report import TimingReport, summary_lines, write_report
 from parainfer.scheduling import make_policy
+from parainfer.scheduling.autobatch import BatchSizeTuner
 from parainfer.tasks import Task, TaskBuilder
 
 
@@ -59,6 +66,7 @@ class _State:
     t_first_dispatch: float | None = None
     t_last_result: float = 0.0
     source_done: bool = False
+    dispatched: int = 0
 
 
 class Job:
@@ -79,10 +87,13 @@ class Job:
         self.predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device,
                                                       **config.generation)
         self.num_workers = config.workers or default_threads(1)
+        self.tuner = (BatchSizeTuner(max_size=config.max_auto_batch_size, tasks_per_trial=4 * self.num_workers)
+                      if config.batch_size == "auto" else None)
+        batch_size = self.tuner.max_size if self.tuner else int(config.batch_size)
         self.bucket = config.bucket_window > 1
-        self.window = config.bucket_window if self.bucket else config.batch_size
+        self.window = config.bucket_window if self.bucket else batch_size
         self.max_buffered = config.max_buffered_records or max(
-            4 * self.window, 4 * self.num_workers * (config.prefetch + 1) * config.batch_size)
+            4 * self.window, 4 * self.num_workers * (config.prefetch + 1) * batch_size)
 
     def run(self) -> dict[str, Any]:
         """Run the job to the end; returns the report dict (also written to config.report)."""
@@ -90,41 +101,77 @@ class Job:
         t0 = time.perf_counter()
         policy = make_policy(cfg.policy, self.num_workers)
         executor = LocalExecutor(self.predictor, self.num_workers, cfg.threads_per_worker)
-        builder = TaskBuilder(self.predictor.token_lengths, None, cfg.batch_size, cfg.max_batch_tokens, self.bucket)
+        first_size = self.tuner.current if self.tuner else int(cfg.batch_size)
+        builder = TaskBuilder(self.predictor.token_lengths, None, first_size, cfg.max_batch_tokens, self.bucket)
         report = TimingReport(workers=self.num_workers, policy=cfg.policy)
         merger = Merger(cfg.id_column, cfg.text_column)
-        errors = ErrorSink(cfg.errors or default_errors_path(cfg.output))
-        sink = open_sink(cfg.output, id_column=cfg.id_column, text_column=cfg.text_column)
+        ckpt = Checkpoint(cfg, self.source, self.predictor)
+        if ckpt.finished:
+            out = _already_complete_report(ckpt, report, t0)
+            if cfg.report:
+                write_report(out, cfg.report)
+            return out
+        errors, sink = ckpt.errors, ckpt.sink
+        merger.next_seq = ckpt.resumed_records
         progress = Progress(count_records(cfg.input), enabled=not cfg.quiet)
         executor.start()
         builder.max_input_tokens = self.predictor.window()
         self._executor, self._policy, self._builder, self._report = executor, policy, builder, report
         self._merger, self._errors, self._tasks = merger, errors, {}
+        self._ckpt, self._watchdog = ckpt, Watchdog(cfg.task_timeout)
+        self._recovery = TaskRecovery(cfg.max_retries, self._new_task_index)
         state = _State()
-        records = iter(self.source)
+        records = ckpt.skip(self.source)
+        stop = GracefulStop(on_abort=self._kill_workers)
+        done = False
         try:
-            with sink:
+            with sink, stop:
                 while True:
-                    if not state.source_done and self._has_room():
+                    if not stop.requested and not state.source_done and self._has_room():
                         self._create_tasks(records, state)
-                    self._dispatch(state)
-                    if state.source_done and not self._tasks:
+                    if not stop.requested:
+                        self._dispatch(state)
+                    done = state.source_done and not self._tasks
+                    if done or (stop.requested and self._stop_now(stop.deadline)):
                         break
-                    busy = state.source_done or not self._has_room()
+                    busy = state.source_done or not self._has_room() or stop.requested
                     for event in executor.poll(timeout=0.05 if busy else 0.0):
                         self._handle(event, state)
+                    self._watchdog.check(executor)
                     t = time.perf_counter()
                     rows = merger.drain()
                     if rows:
                         sink.write_rows(rows)
+                    ckpt.advance(merger.next_seq, merger.failed)
                     report.t_write_s += time.perf_counter() - t
                     elapsed = time.perf_counter() - (state.t_first_dispatch or t0)
                     progress.update(merger.next_seq, merger.next_seq / elapsed if elapsed > 0 else 0.0)
+                sink.write_rows(merger.drain())  # records failed while reading the last window
+                (ckpt.finish if done else ckpt.commit)(merger.next_seq, merger.failed)
         finally:
             progress.close()
+            if not done:
+                self._kill_workers()
             executor.shutdown()
             errors.close()
+        if not done:
+            raise Interrupted(merger.next_seq, ckpt.path)
         return self._finish(report, state, merger, t0)
+
+    def _stop_now(self, deadline: float) -> bool:
+        """After a stop request: True once no task is in flight, or the grace time is over."""
+        idle = all(self._executor.in_flight(w) == 0 for w in range(self.num_workers))
+        return idle or time.perf_counter() > deadline
+
+    def _kill_workers(self) -> None:
+        for w in range(self.num_workers):
+            self._executor.kill(w)
+
+    def _new_task_index(self) -> int:
+        """A fresh Task.index (for the halves of a bisected task); counted in the report's tasks."""
+        index = self._builder.stats.tasks
+        self._builder.stats.tasks += 1
+        return index
 
     def _has_room(self) -> bool:
         return (self._policy.pending() < 2 * self.num_workers * (self.config.prefetch + 1)
@@ -144,6 +191,8 @@ class Job:
         self._report.records += taken
         state.source_done = taken < self.window
         self._merger.expect(window)
+        if self.tuner:
+            self._builder.batch_size = self.tuner.current
         tasks = self._builder.build(window)
         for task in tasks:
             self._tasks[task.index] = task
@@ -161,6 +210,7 @@ class Job:
                 if state.t_first_dispatch is None:
                     state.t_first_dispatch = time.perf_counter()
                 self._executor.submit(w, task)
+                state.dispatched += 1
         self._report.t_schedule_s += time.perf_counter() - t
 
     def _handle(self, event: Any, state: _State) -> None:
@@ -187,11 +237,16 @@ class Job:
         state.t_last_result = time.perf_counter()
         origin = state.t_first_dispatch or 0.0
         self._report.timeline.append([task.index, res.worker_id, round(res.t_start - origin, 6),
-                                      round(res.t_end - origin, 6), len(task), task.tokens])
+                                      round(res.t_end - origin, 6), len(task), task.tokens, task.padded_tokens])
         for pos, reason in res.errors:
             self._fail_record(task, pos, reason)
         self._merger.complete(task.seqs, res.outputs)
         self._policy.on_task_done(res.worker_id, task, busy)
+        if self.tuner:
+            # Judge sizes by compute plus the driver's per-task cost (dispatch, IPC, merge), so
+            # a cheap model still learns that tiny tasks waste the driver.
+            per_task_driver_s = self._report.t_schedule_s / max(1, state.dispatched)
+            self.tuner.observe(task.batch_size, task.tokens, busy + per_task_driver_s, time.perf_counter() - origin)
 
     def _fail_record(self, task: Task, pos: int, reason: str) -> None:
         seq = task.seqs[pos]
@@ -207,18 +262,16 @@ class Job:
             raise JobError(f"worker {event.worker_id}: {event.reason.strip()}")
         self._executor.restart(event.worker_id)
         self._report.per_worker[event.worker_id].restarts += 1
-        for task in event.tasks:
-            if task.index not in self._tasks:
-                continue
-            if task.attempt >= self.config.max_retries:
-                self._tasks.pop(task.index)
-                for pos in range(len(task)):
-                    self._fail_record(task, pos, f"worker died {task.attempt + 1} times running this task "
-                                                 f"({event.reason})")
-                continue
-            task.attempt += 1
-            self._report.retries += 1
+        for task in event.tasks:  # split or failed tasks leave the dead worker's backlog too
+            self._policy.forget(task)
+        plan = self._recovery.plan(event, self._tasks, self._watchdog.reason(event.worker_id))
+        for task, reason in plan.failed:
+            for pos in range(len(task)):
+                self._fail_record(task, pos, reason)
+        for task in plan.requeue:
             self._policy.requeue(task)
+        self._report.retries += plan.retries
+        self._report.extra["bisected_tasks"] = self._report.extra.get("bisected_tasks", 0) + plan.bisected
 
     def _finish(self, report: TimingReport, state: _State, merger: Merger, t0: float) -> dict[str, Any]:
         report.wall_s = time.perf_counter() - t0
@@ -231,11 +284,35 @@ class Job:
         report.real_tokens, report.padded_tokens = stats.real_tokens, stats.padded_tokens
         report.failed_records = merger.failed
         report.extra.setdefault("model", self.predictor.describe())
-        report.extra["errors_file"] = self._errors.path if self._errors.count else None
+        report.extra["threads_per_worker"] = self._executor.threads
+        report.extra["scheduling"] = {**self._policy.stats, "cost_model": self._cost_summary()}
+        report.batch_sizes = ([list(h) for h in self.tuner.history] if self.tuner
+                              else [[0.0, self._builder.batch_size]])
+        ckpt = self._ckpt
+        report.extra.update(resumed_records=ckpt.resumed_records, resumed_failed_records=ckpt.resumed_failed,
+                            checkpoint=ckpt.path)
+        report.extra["errors_file"] = self._errors.path if self._errors.count or ckpt.resumed_failed else None
         out = report.to_dict()
         if self.config.report:
             write_report(out, self.config.report)
         return out
+
+
+    def _cost_summary(self) -> list[dict[str, float]]:
+        """Fitted per-worker task cost: overhead (ms) and ms per 1,000 padded tokens."""
+        out = []
+        for w in range(self.num_workers):
+            a, b = self._policy.cost.coefficients(w)
+            out.append({"worker": w, "overhead_ms": round(a * 1e3, 3), "ms_per_1k_tokens": round(b * 1e6, 3)})
+        return out
+
+
+def _already_complete_report(ckpt: Checkpoint, report: TimingReport, t0: float) -> dict[str, Any]:
+    report.wall_s = time.perf_counter() - t0
+    report.extra.update(already_complete=True, resumed_records=ckpt.resumed_records,
+                        resumed_failed_records=ckpt.resumed_failed, checkpoint=ckpt.path,
+                        errors_file=ckpt.errors.path if ckpt.resumed_failed else None)
+    return report.to_dict()
 
 
 def print_summary(report: dict[str, Any], stream: Any) -> None:

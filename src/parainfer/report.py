@@ -96,7 +96,7 @@ class TimingReport:
             "padded_tokens": self.padded_tokens,
             "per_worker": [vars(w) | {"worker": i} for i, w in enumerate(self.per_worker)],
             "batch_sizes": self.batch_sizes,
-            "timeline_columns": ["task", "worker", "start_s", "end_s", "records", "tokens"],
+            "timeline_columns": ["task", "worker", "start_s", "end_s", "records", "tokens", "padded_tokens"],
             "timeline": self.timeline,
             **self.extra,
         }

@@ -5,13 +5,16 @@ its estimated cost in tokens. Records' ids and other columns stay in the driver 
 holds them); only texts travel to workers.
 
 Length bucketing: within a window of W records, records are sorted by token length before
-batching, so each batch holds texts of similar length and little padding. Padded tokens of a
+batching, so each batch holds texts of similar length and little padding; the window's
+batches are then queued in a fixed pseudo-random order (seeded by the window's first task
+index, so runs are reproducible). Padded tokens of a
 batch = batch size x its longest (truncated) text, as a padded encoder batch computes it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import random
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from parainfer.records import Record
@@ -28,6 +31,7 @@ class Task:
         tokens: real tokens after truncation (sum over the batch); the cost estimate.
         padded_tokens: B x longest truncated length (what a padded batch computes).
         attempt: how many times this task was given out before (for retries).
+        batch_size: the batch-size setting it was built with (it may hold fewer records).
     """
 
     index: int
@@ -36,7 +40,7 @@ class Task:
     tokens: int
     padded_tokens: int
     attempt: int = 0
-    meta: dict = field(default_factory=dict)
+    batch_size: int = 0
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -106,12 +110,18 @@ class TaskBuilder:
             batch.append(i)
             longest = grown
         tasks.append(self._make(window, lengths, batch, longest))
+        if self.bucket:
+            # Sorted batches run shortest first; a fixed shuffle of their order gives every
+            # stretch of the job a representative mix of lengths (for feedback measurements and
+            # for the static round robin), at no cost to ordering: the merger restores it.
+            random.Random(tasks[0].index).shuffle(tasks)
         return tasks
 
     def _make(self, window: Sequence[Record], lengths: list[int], batch: list[int], longest: int) -> Task:
         tokens = sum(lengths[i] for i in batch)
         task = Task(index=self.stats.tasks, seqs=[window[i].seq for i in batch],
-                    texts=[window[i].text for i in batch], tokens=tokens, padded_tokens=longest * len(batch))
+                    texts=[window[i].text for i in batch], tokens=tokens, padded_tokens=longest * len(batch),
+                    batch_size=self.batch_size)
         self.stats.tasks += 1
         self.stats.records += len(batch)
         self.stats.real_tokens += tokens

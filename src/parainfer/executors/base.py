@@ -54,6 +54,17 @@ class WorkerFailed:
     reason: str
     tasks: list[Task]
     fatal: bool = False  # True when the model failed to load: restarting will not help
+    running: int | None = None  # Task.index it had started and not finished (None: none known)
+
+
+@dataclass(slots=True)
+class TaskStarted:
+    """A worker took a task off its queue and started it (consumed by the executor: it tells
+    which held task is suspect when the worker dies, and how long the running one has run)."""
+
+    worker_id: int
+    task_index: int
+    t_start: float
 
 
 Event = WorkerReady | TaskResult | WorkerFailed

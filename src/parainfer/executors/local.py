@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
 from multiprocessing.connection import wait
 from typing import Any
 
-from parainfer.executors.base import Event, Executor, TaskResult, WorkerFailed
+from parainfer.executors.base import Event, Executor, TaskResult, TaskStarted, WorkerFailed
 from parainfer.executors.worker import worker_main
 from parainfer.models.base import Predictor
 from parainfer.tasks import Task
@@ -32,6 +33,7 @@ class _Slot:
     def __init__(self, proc: Any, inbox: Any, results: Any):
         self.proc, self.inbox, self.results = proc, inbox, results
         self.held: dict[int, Task] = {}
+        self.running: tuple[int, float] | None = None  # (Task.index, t_start) of the task it runs
 
 
 class LocalExecutor(Executor):
@@ -63,7 +65,8 @@ class LocalExecutor(Executor):
     def _spawn(self, w: int) -> None:
         inbox = self._ctx.Queue()
         reader, writer = self._ctx.Pipe(duplex=False)
-        env = {**self.env, "PARAINFER_NUM_WORKERS": str(self.num_workers)}
+        env = {**self.env, "PARAINFER_NUM_WORKERS": str(self.num_workers),
+               "PARAINFER_DIE_WITH_PARENT": "1" if threading.current_thread() is threading.main_thread() else "0"}
         proc = self._ctx.Process(target=worker_main, name=f"parainfer-worker-{w}", daemon=True,
                                  args=(w, self.predictor, inbox, writer, self.threads, env))
         proc.start()
@@ -105,6 +108,11 @@ class LocalExecutor(Executor):
         slot = self._slots[worker_id]
         return list(slot.held.values()) if slot is not None else []
 
+    def running(self, worker_id: int) -> tuple[int, float] | None:
+        """(Task.index, perf_counter start) of the task ``worker_id`` is running, or None."""
+        slot = self._slots[worker_id]
+        return slot.running if slot is not None else None
+
     def pid(self, worker_id: int) -> int | None:
         slot = self._slots[worker_id]
         return slot.proc.pid if slot is not None else None
@@ -129,8 +137,9 @@ class LocalExecutor(Executor):
             slot = live[w]
             self._drain(slot, events)  # everything it sent before dying is still readable
             slot.proc.join(timeout=1)
+            running = slot.running[0] if slot.running and slot.running[0] in slot.held else None
             events.append(WorkerFailed(w, f"worker {w} (pid {slot.proc.pid}) exited with code "
-                                          f"{slot.proc.exitcode}", list(slot.held.values())))
+                                          f"{slot.proc.exitcode}", list(slot.held.values()), running=running))
             self._close(slot)
             self._slots[w] = None
         return events
@@ -140,8 +149,13 @@ class LocalExecutor(Executor):
         try:
             while slot.results.poll():
                 ev = slot.results.recv()
+                if isinstance(ev, TaskStarted):
+                    slot.running = (ev.task_index, ev.t_start)
+                    continue
                 if isinstance(ev, TaskResult):
                     slot.held.pop(ev.task_index, None)
+                    if slot.running and slot.running[0] == ev.task_index:
+                        slot.running = None
                 events.append(ev)
         except (EOFError, OSError):
             return True

@@ -1,18 +1,23 @@
 """The worker process: load one model replica, then run tasks from its queue until told to stop.
 
 A batch whose ``predict`` raises is retried record by record, so one bad record fails alone
-(its reason goes back to the driver) and the rest of the batch succeeds.
+(its reason goes back to the driver) and the rest of the batch succeeds. Before each task the
+worker sends a small ``TaskStarted`` (which held task is suspect if it dies; how long it has
+run, for ``--task-timeout``). Workers ignore SIGINT (a terminal Ctrl-C is the driver's to
+handle) and exit when the driver process is gone (no orphans after a driver SIGKILL).
 """
 
 from __future__ import annotations
 
 import os
+import queue
+import signal
 import sys
 import time
 import traceback
 from typing import Any
 
-from parainfer.executors.base import TaskResult, WorkerFailed, WorkerReady
+from parainfer.executors.base import TaskResult, TaskStarted, WorkerFailed, WorkerReady
 from parainfer.models.base import Predictor
 from parainfer.tasks import Task
 
@@ -53,6 +58,9 @@ def run_task(predictor: Predictor, task: Task, worker_id: int, t_received: float
 def worker_main(worker_id: int, predictor: Predictor, inbox: Any, outbox: Any, threads: int | None,
                 env: dict[str, str]) -> None:
     """Process entry point. ``inbox`` yields Task objects, then None to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if env.get("PARAINFER_DIE_WITH_PARENT") == "1":
+        _die_with_parent()
     for var, value in WORKER_ENV_DEFAULTS.items():
         os.environ.setdefault(var, value)
     os.environ.update(env)
@@ -72,8 +80,33 @@ def worker_main(worker_id: int, predictor: Predictor, inbox: Any, outbox: Any, t
                                 f"{traceback.format_exc(limit=3)}", [], fatal=True))
         return
     outbox.send(WorkerReady(worker_id, time.perf_counter() - t0, predictor.describe()))
+    parent = os.getppid()
     while True:
-        task = inbox.get()
+        try:
+            task = inbox.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:  # the driver died (SIGKILL): nobody will read our results
+                return
+            continue
         if task is None:
             break
-        outbox.send(run_task(predictor, task, worker_id, time.perf_counter()))
+        try:
+            outbox.send(TaskStarted(worker_id, task.index, time.perf_counter()))
+            outbox.send(run_task(predictor, task, worker_id, time.perf_counter()))
+        except (BrokenPipeError, EOFError):  # the driver is gone
+            return
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this worker when the driver dies (even mid-task).
+
+    The kernel fires on the exit of the driver *thread* that spawned us, so the executor asks
+    for this only when it spawns from the main thread.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

@@ -266,11 +266,33 @@ class ErrorSink:
     """The quarantine file: one JSONL row {"line", "id", "reason", "text"} per RecordError.
 
     The file is created (overwriting an old one) only when the first error arrives, so a clean
-    run leaves none. Attributes: path, count (errors written so far).
+    run leaves none; ``resume(offset)`` instead continues a checkpointed file. Attributes: path,
+    count (errors written so far), offset (bytes in the file so far).
     """
 
     def __init__(self, path: str) -> None:
         self.path, self.count, self._stream = path, 0, None
+
+    @property
+    def offset(self) -> int:
+        """Bytes in the file so far (0 before the first error)."""
+        return self._stream.tell() if self._stream is not None else 0
+
+    def resume(self, offset: int) -> None:
+        """Continue a checkpointed errors file: cut it back to ``offset`` bytes (its committed
+        length) and append after that; offset 0 deletes a stale file. Raises UsageError when
+        the file is shorter than ``offset`` (it was changed since the checkpoint)."""
+        if offset == 0:
+            if os.path.isfile(self.path):
+                os.remove(self.path)
+            return
+        size = os.path.getsize(self.path) if os.path.isfile(self.path) else -1
+        if size < offset:
+            raise UsageError(f"errors file {self.path!r} has {max(size, 0)} bytes, fewer than the {offset} "
+                             "its checkpoint committed; it was changed: rerun with --overwrite to start over")
+        self._stream = open(self.path, "r+b")
+        self._stream.truncate(offset)
+        self._stream.seek(offset)
 
     def write(self, errs: list[RecordError]) -> None:
         """Append the errors, creating the file on the first one. Raises UsageError when the

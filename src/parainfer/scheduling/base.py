@@ -19,18 +19,45 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from parainfer.scheduling.cost import CostModel
 from parainfer.tasks import Task
 
 
 class SchedulingPolicy(ABC):
-    """Places tasks on workers. Implementations live one per module in this package."""
+    """Places tasks on workers. Implementations live one per module in this package.
+
+    The base class keeps what every policy may use: the online :class:`CostModel` and each
+    worker's outstanding work (estimated seconds of the tasks handed to it and not finished).
+    Subclasses call ``_handed(worker_id, task)`` for each task ``next_task`` returns.
+    """
 
     name: str = "base"
 
-    def __init__(self, num_workers: int):
+    def __init__(self, num_workers: int, cost: CostModel | None = None):
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         self.num_workers = num_workers
+        self.cost = cost or CostModel(num_workers)
+        self._outstanding: list[dict[int, float]] = [{} for _ in range(num_workers)]
+        self._backlog = [0.0] * num_workers
+        self.stats: dict[str, int] = {}
+
+    def backlog(self, worker_id: int) -> float:
+        """Estimated seconds of work handed to ``worker_id`` and not finished."""
+        return self._backlog[worker_id]
+
+    def _handed(self, worker_id: int, task: Task) -> Task:
+        estimate = self.cost.estimate(task.padded_tokens, worker_id)
+        self._outstanding[worker_id][task.index] = estimate
+        self._backlog[worker_id] += estimate
+        return task
+
+    def forget(self, task: Task) -> None:
+        """Drop ``task`` from every worker's outstanding work (it was split or given up)."""
+        for w, held in enumerate(self._outstanding):
+            estimate = held.pop(task.index, None)
+            if estimate is not None:
+                self._backlog[w] = max(0.0, self._backlog[w] - estimate) if held else 0.0
 
     @abstractmethod
     def add_tasks(self, tasks: list[Task]) -> None:
@@ -46,7 +73,13 @@ class SchedulingPolicy(ABC):
 
     def on_task_done(self, worker_id: int, task: Task, busy_s: float) -> None:
         """Feedback: ``task`` took ``busy_s`` seconds of compute on ``worker_id``."""
+        self.forget(task)
+        self.cost.observe(worker_id, task.padded_tokens, busy_s)
 
     def requeue(self, task: Task) -> None:
-        """Give ``task`` out again (its worker died); default: back in through add_tasks."""
+        """Give ``task`` out again (its worker died); it is queued first where the policy can."""
+        self.forget(task)
+        self._requeue(task)
+
+    def _requeue(self, task: Task) -> None:
         self.add_tasks([task])

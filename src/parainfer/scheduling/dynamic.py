@@ -16,18 +16,18 @@ class DynamicPolicy(SchedulingPolicy):
 
     name = "dynamic"
 
-    def __init__(self, num_workers: int):
-        super().__init__(num_workers)
+    def __init__(self, num_workers: int, **kwargs: object):
+        super().__init__(num_workers, **kwargs)
         self._queue: deque[Task] = deque()
 
     def add_tasks(self, tasks: list[Task]) -> None:
         self._queue.extend(tasks)
 
-    def requeue(self, task: Task) -> None:
+    def _requeue(self, task: Task) -> None:
         self._queue.appendleft(task)  # a retried task goes first: it blocks the merger
 
     def next_task(self, worker_id: int) -> Task | None:
-        return self._queue.popleft() if self._queue else None
+        return self._handed(worker_id, self._queue.popleft()) if self._queue else None
 
     def pending(self) -> int:
         return len(self._queue)

@@ -17,8 +17,8 @@ class StaticPolicy(SchedulingPolicy):
 
     name = "static"
 
-    def __init__(self, num_workers: int):
-        super().__init__(num_workers)
+    def __init__(self, num_workers: int, **kwargs: object):
+        super().__init__(num_workers, **kwargs)
         self._queues: list[deque[Task]] = [deque() for _ in range(num_workers)]
         self._next = 0
 
@@ -27,12 +27,12 @@ class StaticPolicy(SchedulingPolicy):
             self._queues[self._next].append(task)
             self._next = (self._next + 1) % self.num_workers
 
-    def requeue(self, task: Task) -> None:
+    def _requeue(self, task: Task) -> None:
         self._queues[task.index % self.num_workers].appendleft(task)
 
     def next_task(self, worker_id: int) -> Task | None:
         q = self._queues[worker_id]
-        return q.popleft() if q else None
+        return self._handed(worker_id, q.popleft()) if q else None
 
     def pending(self) -> int:
         return sum(len(q) for q in self._queues)

@@ -1,0 +1,286 @@
+"""The checkpoint: a small manifest next to the output that makes a rerun resume exactly once.
+
+The merger writes rows in input order, so the durable state of a job is one number and two
+offsets: "the first K input records are done; the output is B bytes long (Parquet: P part
+files are committed); the errors file is E bytes long". A commit (every ``every_s`` seconds,
+and at the end) fsyncs the output and the errors file first, then replaces the manifest
+atomically (write ``MANIFEST.tmp``, fsync, ``os.replace``, fsync the folder). Whatever moment
+the driver dies, the manifest on disk describes a prefix of the output that is on disk too.
+
+A rerun of the same command reads the manifest and, when the job fingerprint matches (input
+file hash, model, task, requested dtype, columns, output format), cuts the output and the
+errors file back to B and E, skips the first K input records and goes on; a finished job is
+a no-op. A different fingerprint is refused (UsageError, exit 2) unless ``overwrite``.
+
+The manifest lives at ``OUTPUT.parainfer-checkpoint.json`` (Parquet parts in
+``OUTPUT.parainfer-parts/``). Stdout output or stdin input has no checkpoint. Errors are
+written to the errors file in input order, only once the write frontier passes them
+(``OrderedErrors``), so the errors file is a prefix-consistent part of the checkpoint too.
+
+Manifest (JSON)::
+
+    {"version": 1, "job": {...fingerprint...}, "records_done": K, "failed_records": F,
+     "output_bytes": B, "output_parts": P, "errors_bytes": E, "sink": {"csv_header": [...]},
+     "finished": false}
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import os
+import time
+from typing import Any, Iterable, Iterator
+
+from parainfer.errors import UsageError
+from parainfer.io.parquet_parts import PartedParquetSink, fsync_dir
+from parainfer.io.sinks import STDOUT, CsvSink, ErrorSink, JsonlSink, Sink, default_errors_path, open_sink
+from parainfer.records import RecordError
+
+VERSION = 1
+SUFFIX = ".parainfer-checkpoint.json"
+PARTS_SUFFIX = ".parainfer-parts"
+
+
+def manifest_path(output: str) -> str:
+    """Where the manifest of ``output`` lives: ``OUTPUT.parainfer-checkpoint.json``."""
+    return output + SUFFIX
+
+
+def write_manifest(path: str, manifest: dict[str, Any]) -> None:
+    """Replace the manifest atomically and durably (temp file, fsync, rename, fsync folder)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path))
+
+
+def read_manifest(path: str) -> dict[str, Any] | None:
+    """The manifest at ``path``, or None when there is none. Raises UsageError when it is not a
+    parainfer manifest of this version."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"checkpoint {path!r} is unreadable ({e}); delete it or rerun with --overwrite") from None
+    if not isinstance(manifest, dict) or manifest.get("version") != VERSION:
+        raise UsageError(f"checkpoint {path!r} is not a version-{VERSION} parainfer checkpoint; "
+                         "delete it or rerun with --overwrite")
+    return manifest
+
+
+def job_fingerprint(config: Any, source: Any, predictor: Any) -> dict[str, Any]:
+    """What must not change between a job and its resume: everything that changes results.
+
+    Batch size, workers, policy and such are left out (they change speed, not results). The
+    model's dtype is the requested one (``config.dtype``), never the one resolved at load.
+    """
+    model = {k: v for k, v in predictor.describe().items() if k != "dtype"}
+    return {"input": source.fingerprint(), "task": config.task, "model": model, "dtype": config.dtype,
+            "text_column": config.text_column, "id_column": config.id_column,
+            "generation": config.generation, "output_format": os.path.splitext(config.output)[1].lower()}
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
+    """'key: old -> new' for each differing key, nested dicts as 'model.model'."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.append(_differences(a, b, f"{prefix}{k}."))
+        elif k == "input":
+            out.append(f"{prefix}input file content changed ({str(a)[:19]}... -> {str(b)[:19]}...)")
+        else:
+            out.append(f"{prefix}{k}: {a!r:.60} -> {b!r:.60}")
+    return "; ".join(out)
+
+
+class OrderedErrors:
+    """Holds record errors until the write frontier passes them, then writes them in input order.
+
+    ``write(errs)`` buffers; ``release(next_seq)`` writes every held error with seq < next_seq.
+    Attributes path, count and offset are the file's (see ErrorSink).
+    """
+
+    def __init__(self, sink: ErrorSink):
+        self.sink = sink
+        self._held: list[tuple[int, int, RecordError]] = []
+        self._tie = itertools.count()
+
+    @property
+    def path(self) -> str:
+        return self.sink.path
+
+    @property
+    def count(self) -> int:
+        return self.sink.count
+
+    @property
+    def offset(self) -> int:
+        return self.sink.offset
+
+    def write(self, errs: Iterable[RecordError]) -> None:
+        for e in errs:
+            heapq.heappush(self._held, (e.seq, next(self._tie), e))
+
+    def release(self, next_seq: int) -> None:
+        """Write the held errors of records before ``next_seq``, in input order."""
+        out = []
+        while self._held and self._held[0][0] < next_seq:
+            out.append(heapq.heappop(self._held)[2])
+        self.sink.write(out)
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+class Checkpoint:
+    """Opens the output and errors file for a job, resuming from the manifest when it matches.
+
+    Args:
+        config: the JobConfig (input, output, errors, overwrite, checkpoint_every_s ...).
+        source: the opened Source (its ``fingerprint()`` hashes the input file).
+        predictor: the unloaded Predictor (its ``describe()`` goes in the fingerprint).
+        row_group_size: Parquet rows per row group in the final file.
+
+    Attributes:
+        path: the manifest path, or None when the job has no checkpoint (stdin or stdout).
+        sink, errors: the output Sink and the OrderedErrors to write to.
+        resumed_records, resumed_failed: K and F from the manifest (0 on a fresh start).
+        finished: the manifest says this very job already finished (nothing to do; no sink).
+
+    Raises:
+        UsageError: the manifest belongs to a different job (and not ``config.overwrite``), or
+            the output is shorter than its checkpoint says.
+    """
+
+    def __init__(self, config: Any, source: Any, predictor: Any, row_group_size: int = 10_000):
+        self.config, self.every_s = config, getattr(config, "checkpoint_every_s", 2.0)
+        self.output = config.output
+        self.resumed_records = self.resumed_failed = 0
+        self.finished = False
+        self.sink: Sink | None = None
+        errors_path = config.errors or default_errors_path(config.output)
+        self.errors = OrderedErrors(ErrorSink(errors_path))
+        self._last_commit = time.monotonic()
+        if config.output == STDOUT or config.input == "-":
+            self.path, self.job = None, None
+            self.sink = open_sink(config.output, id_column=config.id_column, text_column=config.text_column,
+                                  row_group_size=row_group_size)
+            return
+        self.path = manifest_path(config.output)
+        self.parts = config.output + PARTS_SUFFIX if config.output.lower().endswith(".parquet") else None
+        self.job = job_fingerprint(config, source, predictor)
+        old = None if getattr(config, "overwrite", False) else read_manifest(self.path)
+        if old is not None and old.get("job") != self.job:
+            raise UsageError(f"output {config.output!r} has a checkpoint from a different job "
+                             f"({_differences(old.get('job') or {}, self.job)}); rerun with --overwrite to "
+                             "start over, or choose another --output")
+        if old is not None and old.get("finished") and self._output_size() == old.get("output_bytes"):
+            self.finished, self.resumed_records = True, old["records_done"]
+            self.resumed_failed = old.get("failed_records", 0)
+            return
+        if old is not None and not old.get("finished") and self._resumable(old):
+            self._resume(old, row_group_size)
+        else:
+            self._fresh(row_group_size)
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def _output_size(self) -> int:
+        return os.path.getsize(self.output) if os.path.isfile(self.output) else -1
+
+    def _resumable(self, old: dict[str, Any]) -> bool:
+        if self.parts is not None:
+            return all(os.path.isfile(os.path.join(self.parts, f"part-{n:06d}.parquet"))
+                       for n in range(old.get("output_parts", 0)))
+        return self._output_size() >= old.get("output_bytes", 0)
+
+    def _fresh(self, row_group_size: int) -> None:
+        cfg = self.config
+        self.errors.sink.resume(0)  # a stale errors file belongs to an older run of this output
+        if self.parts is not None:
+            self.sink = PartedParquetSink(cfg.output, self.parts, cfg.id_column, cfg.text_column, row_group_size)
+        else:
+            self.sink = open_sink(cfg.output, id_column=cfg.id_column, text_column=cfg.text_column)
+        self.commit(0, 0)
+
+    def _resume(self, old: dict[str, Any], row_group_size: int) -> None:
+        cfg = self.config
+        self.resumed_records, self.resumed_failed = old["records_done"], old.get("failed_records", 0)
+        self.errors.sink.resume(old.get("errors_bytes", 0))
+        if self.parts is not None:
+            self.sink = PartedParquetSink(cfg.output, self.parts, cfg.id_column, cfg.text_column, row_group_size,
+                                          parts=old.get("output_parts", 0))
+            return
+        offset = old.get("output_bytes", 0)
+        stream = open(cfg.output, "r+b")
+        stream.truncate(offset)
+        stream.seek(offset)
+        kind = CsvSink if cfg.output.lower().endswith(".csv") else JsonlSink
+        sink = kind(cfg.output, stream, cfg.id_column, cfg.text_column)
+        sink.bytes_written = offset
+        header = (old.get("sink") or {}).get("csv_header")
+        if kind is CsvSink and header:
+            sink._header, sink._known = list(header), set(header)  # the header is in the file already
+        self.sink = sink
+
+    # -- running ---------------------------------------------------------------------------
+
+    def skip(self, records: Iterable[Any]) -> Iterator[Any]:
+        """The input records after the K already committed."""
+        return itertools.islice(iter(records), self.resumed_records, None)
+
+    def advance(self, next_seq: int, failed: int) -> None:
+        """After rows up to ``next_seq`` went to the sink: write their errors; commit when due.
+
+        ``failed``: records failed in this run so far (the resumed ones are added here).
+        """
+        self.errors.release(next_seq)
+        if self.path is not None and time.monotonic() - self._last_commit >= self.every_s:
+            self.commit(next_seq, failed)
+
+    def commit(self, next_seq: int, failed: int) -> None:
+        """Make the first ``next_seq`` records durable: sink, then errors, then the manifest."""
+        self.errors.release(next_seq)
+        assert self.sink is not None
+        self.sink.flush()
+        self.errors.flush()
+        self._last_commit = time.monotonic()
+        self._write(next_seq, failed, finished=False)
+
+    def finish(self, next_seq: int, failed: int) -> None:
+        """The job is done: finish the output (Parquet: assemble the parts), mark it finished."""
+        assert self.sink is not None
+        self.errors.release(next_seq)
+        if isinstance(self.sink, PartedParquetSink):
+            self.commit(next_seq, failed)  # the parts are durable before they are assembled
+            self.sink.finish()
+        else:
+            self.sink.close()
+        self.errors.flush()
+        self._write(next_seq, failed, finished=True)
+        if isinstance(self.sink, PartedParquetSink):
+            self.sink.cleanup()
+
+    def _write(self, next_seq: int, failed: int, finished: bool) -> None:
+        if self.path is None:
+            return
+        assert self.sink is not None
+        sink_state = {"csv_header": list(self.sink._header)} if isinstance(self.sink, CsvSink) else {}
+        write_manifest(self.path, {
+            "version": VERSION, "job": self.job, "records_done": next_seq,
+            "failed_records": self.resumed_failed + failed, "output_bytes": self.sink.bytes_written,
+            "output_parts": getattr(self.sink, "parts", 0), "errors_bytes": self.errors.offset,
+            "sink": sink_state, "finished": finished})

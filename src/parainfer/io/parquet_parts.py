@@ -1,0 +1,164 @@
+"""A Parquet sink that can resume: committed rows go to numbered part files, assembled at the end.
+
+A Parquet file cannot be appended to or cut back (its footer is at the end), so a checkpointed
+job writes its Parquet output in two steps:
+
+1. every ``flush()`` (each checkpoint commit) writes the rows buffered since the last one as a
+   new, complete, fsync'd part file ``DIR/part-000000.parquet``, ``part-000001`` ...; the
+   checkpoint manifest records how many parts are committed, and a resume deletes any later
+   (uncommitted) part;
+2. ``finish()`` (job done) streams the parts, in order, into the output file, in row groups of
+   exactly ``row_group_size`` rows whatever the part sizes (written to ``OUTPUT.tmp``, fsync'd,
+   renamed over OUTPUT); ``cleanup()`` deletes the parts folder once that is recorded.
+
+Because step 2 re-cuts rows into fixed row groups from contiguous arrays, the final file is
+byte-identical however often the job was interrupted. The schema comes from the first part
+(``embedding`` as list<float32>, as in ``ParquetSink``); later parts are written with it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+from parainfer.io.sinks import EMBEDDING_COLUMN, Sink
+
+
+def part_path(folder: str, n: int) -> str:
+    """The n-th part file (0-based) in ``folder``."""
+    return os.path.join(folder, f"part-{n:06d}.parquet")
+
+
+def fsync_dir(folder: str) -> None:
+    """fsync a directory, so a file created or renamed in it survives a crash."""
+    fd = os.open(folder or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PartedParquetSink(Sink):
+    """Parquet output through committed part files (see module doc).
+
+    Args:
+        path: the final .parquet output.
+        folder: the parts folder (created if missing).
+        id_column, text_column: written first in every row.
+        row_group_size: rows per row group in the final file.
+        parts: parts already committed (resume); later part files are deleted. 0: a fresh
+            start (every old part is deleted).
+
+    ``bytes_written`` is 0 until ``finish``; ``parts`` counts committed part files.
+    """
+
+    def __init__(self, path: str, folder: str, id_column: str, text_column: str, row_group_size: int = 10_000,
+                 parts: int = 0) -> None:
+        super().__init__(path, _NullStream(), id_column, text_column)
+        self.folder, self.row_group_size, self.parts = folder, row_group_size, parts
+        self._buffer: list[dict[str, Any]] = []
+        self._schema: Any = None
+        os.makedirs(folder, exist_ok=True)
+        for name in os.listdir(folder):
+            if name.startswith("part-") and not _is_committed(name, parts):
+                os.remove(os.path.join(folder, name))
+        if parts:
+            import pyarrow.parquet as pq
+
+            self._schema = pq.read_schema(part_path(folder, 0))
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        self._buffer.extend(rows)
+
+    def flush(self) -> None:
+        """Write the buffered rows as the next part file (fsync'd); nothing when empty."""
+        if not self._buffer:
+            return
+        import pyarrow.parquet as pq
+
+        table = self._table(self._buffer)
+        path = part_path(self.folder, self.parts)
+        with open(path, "wb") as f:
+            pq.write_table(table, f)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(self.folder)
+        self.parts += 1
+        self._buffer = []
+
+    def _table(self, rows: list[dict[str, Any]]) -> Any:
+        import pyarrow as pa
+
+        if self._schema is None:
+            table = pa.Table.from_pylist(rows)
+            if EMBEDDING_COLUMN in table.column_names:
+                i = table.schema.get_field_index(EMBEDDING_COLUMN)
+                table = table.set_column(i, EMBEDDING_COLUMN, table[EMBEDDING_COLUMN].cast(pa.list_(pa.float32())))
+            self._schema = table.schema
+            return table
+        if extra := set().union(*rows) - set(self._schema.names):
+            raise ValueError(f"rows have columns {sorted(extra)} not in the Parquet schema "
+                             f"{self._schema.names} (taken from the first rows)")
+        try:
+            return pa.Table.from_pylist(rows, schema=self._schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            fields = ", ".join(f"{f.name}: {f.type}" for f in self._schema)
+            raise ValueError(f"rows do not fit the Parquet schema taken from the first rows ({fields}): {e}") from e
+
+    def finish(self) -> None:
+        """Flush, assemble the parts into the output (row groups of ``row_group_size``), fsync it.
+        Safe to repeat after a crash: the parts stay until ``cleanup``."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.flush()
+        tmp = self.path + ".tmp"
+        with open(tmp, "wb") as f:
+            writer = pq.ParquetWriter(f, self._schema if self._schema is not None else pa.schema([]))
+            pending: list[Any] = []
+            held = 0
+            for n in range(self.parts):
+                table = pq.read_table(part_path(self.folder, n)).cast(self._schema)
+                pending.append(table)
+                held += table.num_rows
+                while held >= self.row_group_size:
+                    whole = pa.concat_tables(pending)
+                    writer.write_table(whole.slice(0, self.row_group_size).combine_chunks(),
+                                       row_group_size=self.row_group_size)
+                    pending, held = [whole.slice(self.row_group_size)], held - self.row_group_size
+            if held:
+                writer.write_table(pa.concat_tables(pending).combine_chunks(), row_group_size=self.row_group_size)
+            writer.close()
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        fsync_dir(os.path.dirname(self.path))
+        self.bytes_written = os.path.getsize(self.path)
+
+    def cleanup(self) -> None:
+        """Delete the parts folder (after the finished output is recorded)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def close(self) -> None:
+        """Close without assembling (parts stay for a resume); ``finish`` ends a job."""
+        self._stream.close()
+
+
+def _is_committed(name: str, parts: int) -> bool:
+    try:
+        return int(name[len("part-"):].split(".")[0]) < parts and name.endswith(".parquet")
+    except ValueError:
+        return False
+
+
+class _NullStream:
+    """Stands in for the file stream of ``Sink`` (parts are files of their own)."""
+
+    closed = False
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True

@@ -1,0 +1,172 @@
+"""The HTTP app: OpenAI-compatible routes over an InferenceService.
+
+Routes: POST /v1/embeddings (--task embed), POST /v1/classify (--task classify), GET /v1/models,
+GET /health (503 until every replica has loaded), GET /metrics (Prometheus text), plus FastAPI's
+/openapi.json and /docs. ``create_app(config)`` builds a fresh app with its own metrics
+registry; the lifespan starts the workers and, on shutdown (after uvicorn has finished the
+in-flight requests), stops them.
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import time
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import numpy as np
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from parainfer import __version__
+from parainfer.models.base import Predictor
+from parainfer.models.registry import build_predictor
+from parainfer.serving.config import ServeConfig
+from parainfer.serving.errors import ApiError, install_error_handlers
+from parainfer.serving.metrics import ServingMetrics
+from parainfer.serving.middleware import AuthMiddleware, BodyLimitMiddleware, MetricsMiddleware
+from parainfer.serving.schemas import (
+    ClassifyRequest,
+    ClassifyResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ErrorResponse,
+    ModelList,
+)
+from parainfer.serving.service import ClientGone, InferenceService
+
+CLIENT_CLOSED = 499  # nginx's code for "client closed request"; nobody reads it
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in
+                                            (400, 401, 413, 422, 429, 503, 504)}
+
+
+def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastAPI:
+    """Build the app (workers start with its lifespan, not here).
+
+    Args:
+        config: the server settings.
+        predictor: an unloaded predictor; default ``build_predictor(config.task, config.model, ...)``.
+
+    Raises:
+        UsageError: unknown model or task (from the registry).
+    """
+    predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device)
+    metrics = ServingMetrics()
+    service = InferenceService(config, predictor, metrics)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    lenient = {"strict_content_type": False} if "strict_content_type" in inspect.signature(FastAPI).parameters else {}
+    app = FastAPI(title="parainfer", version=__version__, lifespan=lifespan, **lenient,
+                  description="OpenAI-compatible embeddings and classification, batched across model replicas.")
+    app.state.service, app.state.config, app.state.metrics = service, config, metrics
+    install_error_handlers(app)
+    app.include_router(_v1_routes(config, service))
+    app.include_router(_ops_routes(service, metrics))
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    if config.api_key:
+        app.add_middleware(AuthMiddleware, api_key=config.api_key)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 401s and 413s too
+    return app
+
+
+def _texts(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else value
+
+
+async def _infer(service: InferenceService, texts: list[str], request: Request) -> tuple[list[dict], int] | Response:
+    try:
+        return await service.infer(texts, request)
+    except ClientGone:
+        return Response(status_code=CLIENT_CLOSED)
+
+
+def _v1_routes(config: ServeConfig, service: InferenceService) -> APIRouter:
+    router = APIRouter(tags=["v1"], responses=_ERRORS)  # full paths: route labels in metrics stay whole
+    name = config.served_model_name()
+    created = int(time.time())
+
+    @router.post("/v1/embeddings", response_model=EmbeddingResponse)
+    async def embeddings(body: EmbeddingRequest, request: Request) -> Any:
+        """Embed one text or a list of texts (OpenAI's embeddings API)."""
+        if config.task != "embed":
+            raise ApiError(400, f"this server runs --task {config.task}; /v1/embeddings needs --task embed "
+                                "(use /v1/classify)", code="wrong_task")
+        got = await _infer(service, _texts(body.input), request)
+        if isinstance(got, Response):
+            return got
+        outputs, tokens = got
+        data = [{"object": "embedding", "index": i, "embedding": _encode_vector(out, body.encoding_format, i)}
+                for i, out in enumerate(outputs)]
+        return JSONResponse({"object": "list", "data": data, "model": name,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    @router.post("/v1/classify", response_model=ClassifyResponse)
+    async def classify(body: ClassifyRequest, request: Request) -> Any:
+        """Classify one text or a list: ``data[i]`` = {index, label, score} (plus any other model outputs)."""
+        if config.task != "classify":
+            raise ApiError(400, f"this server runs --task {config.task}; /v1/classify needs --task classify "
+                                "(use /v1/embeddings)", code="wrong_task")
+        got = await _infer(service, _texts(body.input), request)
+        if isinstance(got, Response):
+            return got
+        outputs, tokens = got
+        data = [{"index": i, **{k: _plain(v) for k, v in out.items()}} for i, out in enumerate(outputs)]
+        return JSONResponse({"object": "list", "data": data, "model": name,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    @router.get("/v1/models", response_model=ModelList)
+    async def models() -> Any:
+        """The one model this server runs."""
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": created,
+                                            "owned_by": "parainfer", "task": config.task}]}
+
+    return router
+
+
+def _ops_routes(service: InferenceService, metrics: ServingMetrics) -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/health")
+    async def health() -> JSONResponse:
+        """200 once every replica has loaded (and one can take work), else 503; replica details."""
+        pool = service.pool
+        body = {"status": "ok" if service.ready else ("failed" if pool.all_dead else "loading"),
+                "replicas_ready": pool.ready_count, "replicas": len(pool.replicas),
+                "queue_depth": service.batcher.depth, "replica_state": pool.describe()}
+        return JSONResponse(body, status_code=200 if service.ready else 503)
+
+    @router.get("/metrics")
+    async def prometheus() -> Response:
+        """Prometheus text exposition (own registry)."""
+        metrics.queue_depth.set(service.batcher.depth)
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    return router
+
+
+def _encode_vector(out: dict[str, Any], encoding: str, index: int) -> list[float] | str:
+    """An embedding as floats, or base64 of its little-endian float32 bytes (OpenAI's encoding)."""
+    if "embedding" not in out:
+        raise ApiError(422, f"the model returned no 'embedding' for input {index} (keys: {sorted(out)})",
+                       param=f"input.{index}", code="model_error")
+    vector = np.asarray(out["embedding"], dtype="<f4")
+    if encoding == "base64":
+        return base64.b64encode(vector.tobytes()).decode("ascii")
+    return vector.tolist()
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars/arrays -> JSON-able Python values."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -1,0 +1,195 @@
+"""Dynamic batching: inputs of concurrent requests are gathered into model batches.
+
+Each request puts its B inputs into one shared waiting queue (one :class:`Item` and one future
+per input) and awaits the futures; the batcher's loop cuts batches from the queue and hands them
+to ``dispatch`` (the replica router), which resolves the futures. A request's inputs may end up
+in several batches; ``asyncio.gather`` over its futures puts the outputs back in input order.
+
+When a batch is formed (``take_batches``):
+
+1. a replica must have room (``free_slots() > 0``), and
+2. the queue holds ``max_batch_size`` inputs, or its oldest input waited ``max_wait_s``.
+
+Then the oldest ``window`` waiting inputs are sorted by token length and cut into runs of
+``max_batch_size`` (length grouping: a padded encoder batch costs B x its longest input, so
+mixing a 5-token and a 200-token text wastes 97% of the short one's row). The runs are
+dispatched oldest-first (the run holding the oldest input goes first), at most one per free
+slot; the rest stay queued. The oldest input is always in the first run, so none starves.
+
+Worked example (max_batch_size=2, lengths by arrival a:9 b:2 c:8 d:3, one free slot):
+sorted b:2 d:3 c:8 a:9 -> runs [b d] [c a]; [c a] holds the oldest (a) -> dispatch [c a];
+[b d] waits for the next free slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+class QueueFull(Exception):
+    """The waiting queue cannot take a request's inputs (HTTP 429).
+
+    Attributes:
+        retry_after_s: a hint of when there may be room (whole seconds, >= 1).
+    """
+
+    def __init__(self, waiting: int, asked: int, limit: int, retry_after_s: int):
+        super().__init__(f"queue full: {waiting} inputs waiting + {asked} asked > max_queue {limit}")
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(eq=False)
+class Item:
+    """One input waiting for a model batch.
+
+    Attributes:
+        text: the input text.
+        tokens: its length in model tokens (truncated to the window); the sort key and cost.
+        future: resolves to the model's output dict for this text, or raises.
+        t_enqueued: ``time.monotonic()`` when it was queued.
+    """
+
+    text: str
+    tokens: int
+    future: asyncio.Future = field(repr=False)
+    t_enqueued: float = field(default_factory=time.monotonic)
+    key: int = 0
+
+
+def take_batches(waiting: list[Item], max_batch_size: int, slots: int, window: int,
+                 group_by_length: bool = True) -> list[list[Item]]:
+    """Cut up to ``slots`` batches from ``waiting`` (oldest first); see the module docstring.
+
+    Args:
+        waiting: queued items in arrival order.
+        max_batch_size: most items per batch (>= 1).
+        slots: most batches to return (free replica slots).
+        window: how many of the oldest items are sorted together (>= max_batch_size).
+        group_by_length: False keeps arrival order (no sorting).
+
+    Returns:
+        Batches in dispatch order; inside a batch items are sorted by tokens (when grouping).
+        The caller removes the returned items from its queue.
+    """
+    if slots < 1 or not waiting:
+        return []
+    head = waiting[:window]
+    arrival = {id(item): i for i, item in enumerate(head)}
+    ordered = sorted(head, key=lambda it: it.tokens) if group_by_length else head
+    runs = [ordered[i:i + max_batch_size] for i in range(0, len(ordered), max_batch_size)]
+    runs.sort(key=lambda run: min(arrival[id(it)] for it in run))
+    return runs[:slots]
+
+
+class DynamicBatcher:
+    """The waiting queue and the loop that turns it into batches.
+
+    Args:
+        dispatch: called with each batch (list of Items) on the event loop; must not block.
+            It owns resolving the items' futures from then on.
+        free_slots: how many batches may be dispatched right now (replicas with room).
+        max_batch_size: most inputs per batch.
+        max_wait_s: the longest the oldest input waits for a batch to fill once a slot is free.
+        max_queue: most inputs waiting; ``submit`` raises QueueFull beyond it.
+        group_by_length: sort by token length before cutting batches (see ``take_batches``).
+        window_batches: the sorting window, in batches (window = this x max_batch_size).
+
+    Call ``wake()`` whenever ``free_slots()`` may have grown. All methods run on one event loop.
+    """
+
+    def __init__(self, dispatch: Callable[[list[Item]], None], free_slots: Callable[[], int],
+                 max_batch_size: int = 32, max_wait_s: float = 0.005, max_queue: int = 1024,
+                 group_by_length: bool = True, window_batches: int = 8):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.dispatch, self.free_slots = dispatch, free_slots
+        self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_s, max_queue
+        self.group_by_length = group_by_length
+        self.window = max(1, window_batches) * max_batch_size
+        self._waiting: dict[int, Item] = {}  # insertion order = arrival order; O(1) removal
+        self._keys = itertools.count()
+        self._wakeup = asyncio.Event()
+        self.items_per_second = 0.0  # recent dispatch rate, for Retry-After (set by the owner)
+
+    @property
+    def depth(self) -> int:
+        """Inputs waiting (not yet in a batch)."""
+        return len(self._waiting)
+
+    def submit(self, texts: list[str], tokens: list[int]) -> list[Item]:
+        """Queue one request's inputs; returns their Items (await ``item.future``), in order.
+
+        Raises:
+            QueueFull: the queue lacks room for all ``len(texts)`` inputs (nothing is queued).
+        """
+        if len(self._waiting) + len(texts) > self.max_queue:
+            rate = max(self.items_per_second, 1.0)
+            raise QueueFull(len(self._waiting), len(texts), self.max_queue,
+                            retry_after_s=max(1, round(len(self._waiting) / rate)))
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        items = [Item(t, n, loop.create_future(), now, next(self._keys)) for t, n in zip(texts, tokens)]
+        for item in items:
+            self._waiting[item.key] = item
+        self._wakeup.set()
+        return items
+
+    def cancel(self, items: list[Item]) -> int:
+        """Drop the still-queued ones of ``items`` (client gone, timed out); returns how many."""
+        dropped = 0
+        for item in items:
+            if self._waiting.pop(item.key, None) is not None:
+                dropped += 1
+            if not item.future.done():
+                item.future.cancel()
+        return dropped
+
+    def fail_all(self, exc: BaseException) -> None:
+        """Fail every queued input with ``exc`` (shutdown, no replica can run them)."""
+        for item in self._waiting.values():
+            if not item.future.done():
+                item.future.set_exception(exc)
+        self._waiting.clear()
+
+    def wake(self) -> None:
+        """Tell the loop that a slot may have freed up."""
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Form and dispatch batches until cancelled."""
+        while True:
+            await self._wait_until(lambda: bool(self._waiting) and self.free_slots() > 0)
+            oldest = next(iter(self._waiting.values()))
+            deadline = oldest.t_enqueued + self.max_wait_s
+            await self._wait_until(lambda: len(self._waiting) >= self.max_batch_size, deadline)
+            self._dispatch_now()
+
+    def _dispatch_now(self) -> None:
+        for key in [k for k, it in self._waiting.items() if it.future.done()]:
+            del self._waiting[key]  # its request was cancelled without calling cancel()
+        batches = take_batches(list(self._waiting.values()), self.max_batch_size, self.free_slots(),
+                               self.window, self.group_by_length)
+        for batch in batches:
+            for item in batch:
+                del self._waiting[item.key]
+            self.dispatch(batch)
+
+    async def _wait_until(self, ready: Callable[[], bool], deadline: float | None = None) -> None:
+        """Sleep until ``ready()`` or ``deadline`` (monotonic); re-checked on every ``wake``."""
+        while not ready():
+            self._wakeup.clear()
+            timeout = None if deadline is None else deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except asyncio.TimeoutError:
+                return
+
+    def stats(self) -> dict[str, Any]:
+        """Queue depth for /health and metrics."""
+        return {"waiting": self.depth, "max_queue": self.max_queue}

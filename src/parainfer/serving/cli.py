@@ -1,0 +1,52 @@
+"""``parainfer serve``: the command (registered in parainfer.cli) and ``run_server``.
+
+Uvicorn handles SIGTERM/SIGINT: it stops accepting connections, lets in-flight requests finish
+(up to ``--graceful-timeout-s``), then runs the app's lifespan shutdown, which stops the workers.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from parainfer.serving.config import ServeConfig
+
+
+def run_server(config: ServeConfig, log_level: str = "info", graceful_timeout_s: float | None = 30.0) -> None:
+    """Build the app and serve it until SIGTERM/SIGINT (blocking)."""
+    import uvicorn
+
+    from parainfer.serving.app import create_app
+
+    app = create_app(config)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, access_log=False,
+                timeout_graceful_shutdown=graceful_timeout_s)
+
+
+def serve_command(
+    task: str = typer.Option("embed", help="classify | embed"),
+    model: Optional[str] = typer.Option(None, help="built-in name, local HF directory, or module:function"),
+    workers: int = typer.Option(2, help="worker processes, one model replica each"),
+    host: str = typer.Option("127.0.0.1", help="interface to bind (loopback by default)"),
+    port: int = typer.Option(8000, help="TCP port"),
+    max_batch_size: int = typer.Option(32, help="most inputs per model batch (1 = batching off)"),
+    max_wait_ms: float = typer.Option(5.0, help="longest a free replica waits for a batch to fill"),
+    max_queue: int = typer.Option(1024, help="most inputs waiting; requests beyond get 429"),
+    request_timeout_s: float = typer.Option(30.0, help="requests not answered by then get 504"),
+    api_key: Optional[str] = typer.Option(None, envvar="PARAINFER_API_KEY",
+                                          help="require 'Authorization: Bearer KEY' on /v1 routes"),
+    dtype: str = typer.Option("auto", help="auto | float32 | bfloat16"),
+    max_inputs_per_request: int = typer.Option(2048, help="more inputs in one request get 413"),
+    max_body_bytes: int = typer.Option(8 << 20, help="larger request bodies get 413"),
+    threads_per_worker: Optional[int] = typer.Option(None, help="threads per worker (default cores / workers)"),
+    group_by_length: bool = typer.Option(True, help="sort waiting inputs by length before batching"),
+    log_level: str = typer.Option("info", help="uvicorn log level"),
+) -> None:
+    """Serve the model over HTTP: OpenAI-compatible /v1/embeddings, /v1/classify, /health, /metrics."""
+    config = ServeConfig(task=task, model=model, workers=workers, host=host, port=port,
+                         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                         request_timeout_s=request_timeout_s, api_key=api_key, dtype=dtype,
+                         max_inputs_per_request=max_inputs_per_request, max_body_bytes=max_body_bytes,
+                         threads_per_worker=threads_per_worker, group_by_length=group_by_length)
+    run_server(config, log_level=log_level)

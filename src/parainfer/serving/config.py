@@ -1,0 +1,42 @@
+"""Validated settings of one ``parainfer serve`` process (pydantic).
+
+Every field is also a ``parainfer serve`` option (``max_batch_size`` is ``--max-batch-size``).
+Raises pydantic.ValidationError naming the field on a bad value.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ServeConfig(BaseModel):
+    """Everything the HTTP server needs; defaults are the CLI defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Literal["classify", "embed"] = "embed"
+    model: str | None = Field(default=None, description="built-in name, local HF directory, or module:function")
+    workers: int = Field(default=2, ge=1, description="worker processes, one model replica each")
+    host: str = Field(default="127.0.0.1", description="interface to bind; loopback unless told otherwise")
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_batch_size: int = Field(default=32, ge=1, description="most inputs per model batch")
+    max_wait_ms: float = Field(default=5.0, ge=0, description="longest a free replica waits to fill a batch")
+    max_queue: int = Field(default=1024, ge=1, description="most inputs waiting for a replica; more get 429")
+    max_inputs_per_request: int = Field(default=2048, ge=1, description="more inputs in one request get 413")
+    max_body_bytes: int = Field(default=8 << 20, ge=1024, description="larger request bodies get 413")
+    request_timeout_s: float = Field(default=30.0, gt=0, description="a request still waiting after this gets 504")
+    api_key: str | None = Field(default=None, description="when set, /v1 routes need Authorization: Bearer KEY")
+    dtype: str = "auto"
+    device: str = "cpu"
+    threads_per_worker: int | None = Field(default=None, ge=1, description="default: cores // workers")
+    group_by_length: bool = Field(default=True, description="sort waiting inputs by length before cutting batches")
+    max_in_flight_per_replica: int = Field(default=1, ge=1, description="batches queued on one replica at once")
+    retries: int = Field(default=1, ge=0, description="times a batch is run again after its replica died")
+
+    def served_model_name(self) -> str:
+        """The id reported by /v1/models and in responses ("all-MiniLM-L6-v2" for the default embedder)."""
+        if self.model in (None, "default"):
+            return {"embed": "all-MiniLM-L6-v2", "classify": "sentiment-vader"}.get(self.task, "default")
+        return self.model.rstrip("/").rsplit("/", 1)[-1] if ":" not in self.model else self.model

@@ -1,0 +1,54 @@
+"""Prometheus metrics of one server, in its own CollectorRegistry (never the global one).
+
+Names (all prefixed ``parainfer_``):
+
+* ``http_requests_total{route,status}``: requests answered, by route template and status code.
+* ``http_request_duration_seconds{route}``: latency histogram, arrival to response.
+* ``queue_depth``: inputs waiting for a batch (gauge).
+* ``batch_size``: inputs per model batch (histogram; mean = _sum / _count).
+* ``batch_tokens_total{kind="real"|"padded"}``: real tokens vs B x longest per batch; their
+  ratio is the padding efficiency that length grouping buys.
+* ``replica_busy_seconds_total{replica}``: model compute time per replica.
+* ``replica_restarts_total{replica}``: replicas restarted after a crash.
+* ``replicas_ready``: replicas that can take batches (gauge).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 128, 256)
+
+
+class ServingMetrics:
+    """The metric objects of one app; ``render()`` is the /metrics body."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("parainfer_http_requests", "HTTP requests answered", ["route", "status"], registry=r)
+        self.latency = Histogram("parainfer_http_request_duration_seconds", "HTTP request latency (s)", ["route"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("parainfer_queue_depth", "inputs waiting for a model batch", registry=r)
+        self.batch_size = Histogram("parainfer_batch_size", "inputs per model batch", buckets=BATCH_BUCKETS,
+                                    registry=r)
+        self.batch_tokens = Counter("parainfer_batch_tokens", "tokens in model batches: real, or padded "
+                                    "(batch size x longest)", ["kind"], registry=r)
+        self.busy = Counter("parainfer_replica_busy_seconds", "model compute seconds per replica", ["replica"],
+                            registry=r)
+        self.restarts = Counter("parainfer_replica_restarts", "replica restarts after a crash", ["replica"],
+                                registry=r)
+        self.replicas_ready = Gauge("parainfer_replicas_ready", "replicas that can take batches", registry=r)
+
+    def observe_batch(self, tokens: list[int]) -> None:
+        """Count one model batch of inputs with these token lengths."""
+        self.batch_size.observe(len(tokens))
+        self.batch_tokens.labels("real").inc(sum(tokens))
+        self.batch_tokens.labels("padded").inc(len(tokens) * max(tokens))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,154 @@
+"""The inference service behind the routes: tokens -> batcher -> replicas -> outputs.
+
+``InferenceService.infer(texts, request)`` is the one call a route makes. It counts tokens
+(the batcher's sort key and the ``usage`` numbers), queues the inputs, and waits for their
+outputs, the client's disconnect, or the timeout, whichever comes first. Queued inputs of a
+request that times out or whose client left are dropped from the queue at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from starlette.requests import Request
+
+from parainfer.executors.local import LocalExecutor
+from parainfer.models.base import Predictor
+from parainfer.serving.batcher import DynamicBatcher, Item, QueueFull
+from parainfer.serving.config import ServeConfig
+from parainfer.serving.errors import ApiError
+from parainfer.serving.metrics import ServingMetrics
+from parainfer.serving.router import InputFailed, ReplicaPool, ReplicaUnavailable
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+class InferenceService:
+    """Owns the batcher, the replica pool and the metrics of one app.
+
+    Args:
+        config: the server settings.
+        predictor: an unloaded predictor (its ``token_lengths`` runs here, ``predict`` in workers).
+        metrics: where to count batches, queue depth and replica events.
+    """
+
+    def __init__(self, config: ServeConfig, predictor: Predictor, metrics: ServingMetrics):
+        self.config, self.predictor, self.metrics = config, predictor, metrics
+        self.window = predictor.window()
+        executor = LocalExecutor(predictor, config.workers, config.threads_per_worker)
+        self.pool = ReplicaPool(executor, config.max_in_flight_per_replica, config.retries,
+                                on_capacity=self._on_capacity, on_batch_done=self._on_batch_done,
+                                on_restart=lambda w: metrics.restarts.labels(str(w)).inc())
+        self.batcher = DynamicBatcher(self._dispatch, self.pool.free_slots, config.max_batch_size,
+                                      config.max_wait_ms / 1000.0, config.max_queue, config.group_by_length)
+        self._task: asyncio.Task | None = None
+        self._done_times: list[float] = []  # recent completions, for the Retry-After estimate
+        for w in range(config.workers):  # the series exist (at 0) from the first scrape
+            metrics.busy.labels(str(w))
+            metrics.restarts.labels(str(w))
+
+    async def start(self) -> None:
+        """Start the workers (they load in the background) and the batching loop."""
+        self.pool.start()
+        self._task = asyncio.create_task(self.batcher.run(), name="parainfer-batcher")
+
+    async def stop(self) -> None:
+        """Fail what is still queued, stop the loop, stop the workers."""
+        self.batcher.fail_all(ReplicaUnavailable("server is shutting down"))
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.to_thread(self.pool.stop)
+
+    @property
+    def ready(self) -> bool:
+        """Every replica loaded at least once and one can take batches now."""
+        return self.pool.all_loaded_once and self.pool.ready_count > 0
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        """Model tokens per text, truncated to the window (the cost the model will pay)."""
+        lengths = self.predictor.token_lengths(texts)
+        return [min(n, self.window) for n in lengths] if self.window else lengths
+
+    async def infer(self, texts: list[str], request: Request) -> tuple[list[dict[str, Any]], int]:
+        """Run ``texts`` through the model; returns (one output dict per text in order, tokens).
+
+        Raises:
+            ApiError: 413 too many inputs, 429 queue full, 503 no replica, 504 timeout,
+                422 the model raised on an input.
+            ClientGone: the client disconnected (its queued inputs are dropped).
+        """
+        limit = min(self.config.max_inputs_per_request, self.config.max_queue)
+        if len(texts) > limit:
+            raise ApiError(413, f"{len(texts)} inputs in one request; at most {limit} are accepted "
+                                "(split the list into several requests)", param="input", code="too_many_inputs")
+        if self.pool.all_dead:
+            raise ApiError(503, "no replica could load the model; see the server log", code="no_replica")
+        tokens = self.token_lengths(texts)
+        try:
+            items = self.batcher.submit(texts, tokens)
+        except QueueFull as e:
+            raise ApiError(429, f"server busy: {e}; retry after {e.retry_after_s}s", code="queue_full",
+                           headers={"Retry-After": str(e.retry_after_s)}) from None
+        self.metrics.queue_depth.set(self.batcher.depth)
+        try:
+            outputs = await self._wait(items, request)
+        finally:
+            if self.batcher.cancel(items):
+                self.metrics.queue_depth.set(self.batcher.depth)
+        return outputs, sum(tokens)
+
+    async def _wait(self, items: list[Item], request: Request) -> list[dict[str, Any]]:
+        results = asyncio.gather(*(it.future for it in items), return_exceptions=True)
+        gone = asyncio.create_task(_disconnected(request))
+        try:
+            done, _ = await asyncio.wait({results, gone}, timeout=self.config.request_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if results not in done:
+            results.cancel()
+            if gone in done:
+                raise ClientGone()
+            raise ApiError(504, f"request not answered within {self.config.request_timeout_s}s "
+                                "(--request-timeout-s)", code="timeout")
+        outputs = results.result()
+        for i, out in enumerate(outputs):
+            if isinstance(out, InputFailed):
+                raise ApiError(422, f"the model failed on input {i}: {out}", param=f"input.{i}", code="model_error")
+            if isinstance(out, ReplicaUnavailable):
+                raise ApiError(503, f"input {i} could not be run: {out}", code="replica_unavailable",
+                               headers={"Retry-After": "1"})
+            if isinstance(out, BaseException):
+                raise ApiError(503, f"input {i} could not be run: {type(out).__name__}: {out}", code="unavailable")
+        return outputs
+
+    # -- callbacks from the batcher and the pool (on the loop) --------------------------------
+    def _dispatch(self, batch: list[Item]) -> None:
+        self.metrics.observe_batch([it.tokens for it in batch])
+        self.metrics.queue_depth.set(self.batcher.depth)
+        self.pool.dispatch(batch)
+
+    def _on_capacity(self) -> None:
+        self.metrics.replicas_ready.set(self.pool.ready_count)
+        self.batcher.wake()
+
+    def _on_batch_done(self, replica: int, size: int, busy_s: float) -> None:
+        self.metrics.busy.labels(str(replica)).inc(busy_s)
+        now = time.monotonic()
+        self._done_times.append(now)
+        self._done_times = [t for t in self._done_times[-64:] if now - t < 10.0]
+        span = now - self._done_times[0] if len(self._done_times) > 1 else 0.0
+        self.batcher.items_per_second = size * len(self._done_times) / span if span > 0 else 0.0
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (the body was read already)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

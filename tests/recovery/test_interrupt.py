@@ -1,0 +1,52 @@
+"""Ctrl-C / SIGTERM: the first signal finishes in-flight tasks, commits and exits 130; a second
+exits at once. Either way the same command resumes to a byte-identical output."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+import faultkit
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_first_signal_commits_and_exits_130(sig: int, fault_input: Path, clean_output, tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    cmd = faultkit.command(fault_input, out, "--checkpoint-every", "60")  # only the stop commits
+    proc = faultkit.start(cmd)
+    deadline = time.monotonic() + 30
+    while not (out.exists() and out.stat().st_size > 0) and time.monotonic() < deadline:
+        time.sleep(0.05)  # rows are being written (not yet committed)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "resume with the same command" in stderr
+    committed = json.loads(Path(str(out) + ".parainfer-checkpoint.json").read_text())["records_done"]
+    assert 0 < committed < faultkit.RECORDS
+    assert len(out.read_text().splitlines()) == committed  # no bad records: one row per record
+    resumed = faultkit.run(cmd)
+    assert resumed.returncode == 0, resumed.stderr
+    assert out.read_bytes() == clean_output("jsonl")
+
+
+def test_second_signal_exits_at_once_and_the_checkpoint_stays_consistent(fault_input: Path, clean_output,
+                                                                         tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    cmd = faultkit.command(fault_input, out)
+    proc = faultkit.start(cmd, env={"PARAINFER_TEST_MS_PER_TOKEN": "0.5"})  # slow tasks: a long grace
+    time.sleep(2.0)
+    workers = faultkit.worker_pids(proc.pid)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    t = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and time.monotonic() - t < 3, stderr
+    assert faultkit.wait_gone(workers) == []
+    resumed = faultkit.run(cmd)
+    assert resumed.returncode == 0, resumed.stderr
+    assert out.read_bytes() == clean_output("csv")

@@ -1,0 +1,55 @@
+"""Fixtures: real servers on a free loopback port (uvicorn in a thread, workers in processes)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from typing import Iterator
+
+import httpx
+import pytest
+import uvicorn
+
+from parainfer.serving.app import create_app
+from parainfer.serving.config import ServeConfig
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(wait_ready: bool = True, **settings: object) -> Iterator[str]:
+    """Serve ``ServeConfig(**settings)`` on 127.0.0.1:<free port>; yields the base URL.
+
+    With ``wait_ready`` it returns once /health says 200 (every replica loaded).
+    """
+    config = ServeConfig(port=free_port(), **settings)
+    server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=config.port,
+                                           log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{config.port}"
+    try:
+        deadline = time.monotonic() + 120
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+        while wait_ready and httpx.get(f"{url}/health").status_code != 200:
+            assert time.monotonic() < deadline, "replicas did not load"
+            time.sleep(0.05)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def echo_server() -> Iterator[str]:
+    """One replica of the cheap echo model (task classify): outputs {"length": n}."""
+    with running_server(task="classify", model="parainfer.testing:echo", workers=1) as url:
+        yield url

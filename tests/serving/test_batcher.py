@@ -1,0 +1,147 @@
+"""The dynamic batcher on its own: batch forming, length grouping, order, backpressure, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from parainfer.serving.batcher import DynamicBatcher, Item, QueueFull, take_batches
+
+
+def items(lengths: list[int]) -> list[Item]:
+    loop = asyncio.new_event_loop()
+    out = [Item(f"t{i}", n, loop.create_future(), t_enqueued=float(i), key=i) for i, n in enumerate(lengths)]
+    loop.close()
+    return out
+
+
+def texts(batch: list[Item]) -> list[str]:
+    return [it.text for it in batch]
+
+
+def test_take_batches_groups_by_length_and_serves_the_oldest_first():
+    # The docstring's worked example: lengths by arrival a:9 b:2 c:8 d:3, batches of 2, one slot.
+    waiting = items([9, 2, 8, 3])
+    assert [texts(b) for b in take_batches(waiting, 2, slots=1, window=8)] == [["t2", "t0"]]
+    assert [texts(b) for b in take_batches(waiting, 2, slots=2, window=8)] == [["t2", "t0"], ["t1", "t3"]]
+
+
+def test_take_batches_without_grouping_keeps_arrival_order():
+    waiting = items([9, 2, 8, 3, 1])
+    assert [texts(b) for b in take_batches(waiting, 2, slots=5, window=8, group_by_length=False)] == [
+        ["t0", "t1"], ["t2", "t3"], ["t4"]]
+
+
+def test_take_batches_sorts_only_the_window_of_oldest_items():
+    waiting = items([50, 40, 30, 1, 1, 1])
+    batches = take_batches(waiting, 2, slots=3, window=2)
+    assert [texts(b) for b in batches] == [["t1", "t0"]]  # the newer short ones do not jump ahead
+
+
+def test_take_batches_cuts_padding():
+    """Grouping: padded tokens (B x longest) fall toward the real tokens."""
+    lengths = [5, 200, 7, 180, 6, 190, 8, 170]
+    def padded(batches: list[list[Item]]) -> int:
+        return sum(len(b) * max(it.tokens for it in b) for b in batches)
+    mixed = take_batches(items(lengths), 4, slots=9, window=8, group_by_length=False)
+    grouped = take_batches(items(lengths), 4, slots=9, window=8)
+    assert padded(grouped) < 0.6 * padded(mixed)
+
+
+class FakeReplicas:
+    """Records batches; resolves each item with its text's length after ``delay_s``."""
+
+    def __init__(self, slots: int = 1, delay_s: float = 0.01):
+        self.slots, self.delay_s, self.busy = slots, delay_s, 0
+        self.batches: list[list[str]] = []
+        self.batcher: DynamicBatcher | None = None
+
+    def free(self) -> int:
+        return self.slots - self.busy
+
+    def dispatch(self, batch: list[Item]) -> None:
+        self.batches.append(texts(batch))
+        self.busy += 1
+        asyncio.get_running_loop().call_later(self.delay_s, self._finish, batch)
+
+    def _finish(self, batch: list[Item]) -> None:
+        self.busy -= 1
+        for it in batch:
+            if not it.future.done():
+                it.future.set_result({"text": it.text})
+        assert self.batcher is not None
+        self.batcher.wake()
+
+
+def make(replicas: FakeReplicas, **kw: object) -> DynamicBatcher:
+    batcher = DynamicBatcher(replicas.dispatch, replicas.free, **kw)
+    replicas.batcher = batcher
+    return batcher
+
+
+async def request(batcher: DynamicBatcher, words: list[str]) -> list[str]:
+    queued = batcher.submit(words, [len(w) for w in words])
+    return [out["text"] for out in await asyncio.gather(*(it.future for it in queued))]
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_outputs_in_order():
+    async def main() -> None:
+        reps = FakeReplicas(slots=1, delay_s=0.02)
+        batcher = make(reps, max_batch_size=8, max_wait_s=0.05)
+        loop = asyncio.create_task(batcher.run())
+        reqs = [[f"r{r}-{i}" + "x" * ((r * 7 + i * 3) % 11) for i in range(3)] for r in range(10)]
+        answers = await asyncio.gather(*(request(batcher, words) for words in reqs))
+        loop.cancel()
+        assert answers == reqs  # each request gets exactly its outputs, in its input order
+        assert max(len(b) for b in reps.batches) == 8  # 30 inputs went in full batches...
+        assert len(reps.batches) == 4  # ... of 8, 8, 8, 6: requests span batches
+    asyncio.run(main())
+
+
+def test_a_lone_input_waits_at_most_max_wait():
+    async def main() -> None:
+        reps = FakeReplicas()
+        batcher = make(reps, max_batch_size=32, max_wait_s=0.02)
+        loop = asyncio.create_task(batcher.run())
+        t0 = asyncio.get_running_loop().time()
+        assert await request(batcher, ["alone"]) == ["alone"]
+        assert asyncio.get_running_loop().time() - t0 < 0.5
+        loop.cancel()
+    asyncio.run(main())
+
+
+def test_no_batch_is_formed_while_every_replica_is_busy():
+    async def main() -> None:
+        reps = FakeReplicas(slots=1, delay_s=0.1)
+        batcher = make(reps, max_batch_size=64, max_wait_s=0.0)
+        loop = asyncio.create_task(batcher.run())
+        first = asyncio.create_task(request(batcher, ["a"]))
+        await asyncio.sleep(0.02)  # "a" is running; the next 20 inputs wait for the replica
+        rest = [asyncio.create_task(request(batcher, [f"b{i}"])) for i in range(20)]
+        await asyncio.gather(first, *rest)
+        loop.cancel()
+        assert [len(b) for b in reps.batches] == [1, 20]
+    asyncio.run(main())
+
+
+def test_queue_full_raises_and_queues_nothing():
+    async def main() -> None:
+        batcher = DynamicBatcher(lambda b: None, lambda: 0, max_queue=5)
+        batcher.submit(["a", "b", "c"], [1, 1, 1])
+        with pytest.raises(QueueFull) as err:
+            batcher.submit(["d", "e", "f"], [1, 1, 1])
+        assert err.value.retry_after_s >= 1
+        assert batcher.depth == 3
+    asyncio.run(main())
+
+
+def test_cancel_drops_queued_inputs():
+    async def main() -> None:
+        batcher = DynamicBatcher(lambda b: None, lambda: 0, max_queue=10)
+        keep = batcher.submit(["a", "b"], [1, 1])
+        drop = batcher.submit(["c", "d", "e"], [1, 1, 1])
+        assert batcher.cancel(drop) == 3
+        assert batcher.depth == 2 and all(it.future.cancelled() for it in drop)
+        assert not any(it.future.done() for it in keep)
+    asyncio.run(main())
