@@ -44,9 +44,10 @@ def test_failed_records_are_skipped_and_counted() -> None:
     assert merger.failed == 1
 
 
-def test_numpy_scalars_become_python_numbers() -> None:
+def test_numpy_outputs_pass_through_to_the_sink() -> None:
     merger = Merger()
     merger.expect([Record(seq=0, id=0, text="t")])
-    merger.complete([0], [{"embedding": np.arange(3, dtype=np.float32), "score": np.float32(0.5)}])
+    vector = np.arange(3, dtype=np.float32)
+    merger.complete([0], [{"embedding": vector, "score": np.float32(0.5)}])
     (row,) = merger.drain()
-    assert row["embedding"].tolist() == [0.0, 1.0, 2.0] and type(row["score"]) is float
+    assert row["embedding"] is vector and row["score"] == 0.5

@@ -10,18 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from parainfer.records import Record, RecordError
 
 _FAILED = object()
-
-
-def to_jsonable(value: Any) -> Any:
-    """numpy scalars -> Python numbers; arrays stay numpy (every sink writes them natively)."""
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 class Merger:
@@ -77,9 +68,7 @@ class Merger:
             if out is _FAILED:
                 continue
             rec = records.pop(seq)
-            row = {self.id_column: rec.id, self.text_column: rec.text, **rec.extra}
-            for key, value in out.items():
-                row[key] = to_jsonable(value)
-            rows.append(row)
+            # Model outputs may hold numpy arrays and scalars: every sink writes them natively.
+            rows.append({self.id_column: rec.id, self.text_column: rec.text, **rec.extra, **out})
         self.written += len(rows)
         return rows

@@ -100,8 +100,9 @@ class Sink:
         self.close()
 
     def _ordered(self, row: dict[str, Any]) -> dict[str, Any]:
-        keys = tuple(k for k in self._first if k in row)
-        if tuple(row)[:len(keys)] == keys:
+        keys = [k for k in self._first if k in row]
+        it = iter(row)
+        if all(next(it) == k for k in keys):  # the common case: already id, text, ...
             return row
         return {**{k: row[k] for k in keys}, **row}
 

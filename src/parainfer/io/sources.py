@@ -15,6 +15,8 @@ import os
 import sys
 from typing import Any, BinaryIO, Callable, Iterator
 
+import orjson
+
 from parainfer.errors import UsageError
 from parainfer.records import Record, RecordError
 
@@ -156,6 +158,13 @@ def _opened(path: str, rows: Callable[[BinaryIO], Rows]) -> Rows:
 
 def _jsonl_rows(stream: BinaryIO) -> Rows:
     for line, raw in enumerate(stream, 1):
+        try:  # fast path: orjson parses the bytes and validates UTF-8 in one go
+            obj = orjson.loads(raw)
+            if isinstance(obj, dict):
+                yield line, obj
+                continue
+        except orjson.JSONDecodeError:
+            pass  # the slow path below finds and names the exact fault
         try:
             s = _decode(raw, line)
         except UnicodeDecodeError as e:
