@@ -16,13 +16,7 @@ import numpy as np
 
 from parainfer.errors import UsageError
 from parainfer.models.base import Predictor
-from parainfer.models.hf_common import (
-    CALIBRATION_TEXTS,
-    HFTokenizerMixin,
-    check_model_dir,
-    load_torch_model,
-    pick_dtype,
-)
+from parainfer.models.hf_common import CALIBRATION_TEXTS, HFModel
 from parainfer.models.hf_embed import HFEncoder, default_embed_model_dir
 
 HEADS_DIR = Path(__file__).parent / "heads"
@@ -84,12 +78,10 @@ class HeadClassifierPredictor(HFEncoder, Predictor):
         return apply_head(self.encode(texts), self.weight, self.bias, self.labels)
 
     def describe(self) -> dict[str, Any]:
-        return {"class": "HeadClassifierPredictor", "task": self.task, "model": str(self.model_dir),
-                "head": self.head_path.name, "head_sha256": self.meta.get("sha256_hint", ""),
-                "dtype": self.dtype, "max_input_tokens": self.max_input_tokens}
+        return {**super().describe(), "head": self.head_path.name, "head_accuracy": self.meta.get("accuracy", "")}
 
 
-class HFSequenceClassifierPredictor(HFTokenizerMixin, Predictor):
+class HFSequenceClassifierPredictor(HFModel, Predictor):
     """Any local ``AutoModelForSequenceClassification`` directory.
 
     Output per text: ``label`` from ``config.id2label`` and ``score`` = its softmax probability.
@@ -99,25 +91,14 @@ class HFSequenceClassifierPredictor(HFTokenizerMixin, Predictor):
 
     task = "classify"
 
-    def __init__(self, model_dir: str | os.PathLike, dtype: str = "auto", device: str = "cpu"):
-        self.model_dir = check_model_dir(model_dir)
-        self.dtype = dtype
-        self.device = device
-        self.max_input_tokens: int | None = None
-        self._model: Any = None
-
     def load(self) -> None:
         from transformers import AutoModelForSequenceClassification
 
-        self._get_tokenizer()
-        model, _ = load_torch_model(self.model_dir, AutoModelForSequenceClassification, self.dtype, self.device)
-        self._model = model
-        if self.dtype == "auto":
-            def close_enough(fp32: Any, bf16: Any) -> bool:
-                a, b = self._probs(fp32, CALIBRATION_TEXTS), self._probs(bf16, CALIBRATION_TEXTS)
-                return bool((a.argmax(1) == b.argmax(1)).all() and np.abs(a - b).max() <= 0.02)
+        def close_enough(fp32: Any, bf16: Any) -> bool:
+            a, b = self._probs(fp32, CALIBRATION_TEXTS), self._probs(bf16, CALIBRATION_TEXTS)
+            return bool((a.argmax(1) == b.argmax(1)).all() and np.abs(a - b).max() <= 0.02)
 
-            self._model, self.dtype = pick_dtype(model, "auto", close_enough, self.device)
+        self._load(AutoModelForSequenceClassification, close_enough)
 
     def _probs(self, model: Any, texts: list[str]) -> np.ndarray:
         import torch
@@ -132,7 +113,3 @@ class HFSequenceClassifierPredictor(HFTokenizerMixin, Predictor):
         id2label = self._model.config.id2label
         best = probs.argmax(axis=1)
         return [{"label": str(id2label[int(i)]), "score": float(probs[r, i])} for r, i in enumerate(best)]
-
-    def describe(self) -> dict[str, Any]:
-        return {"class": "HFSequenceClassifierPredictor", "task": self.task, "model": str(self.model_dir),
-                "dtype": self.dtype, "max_input_tokens": self.max_input_tokens}

