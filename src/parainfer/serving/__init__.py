@@ -2,6 +2,8 @@
 
 HTTP request -> ``service`` (tokens, queue, wait) -> ``batcher`` (group by length, max batch
 size / max wait) -> ``router`` (least outstanding work, restart + retry) -> worker -> response.
+``--task generate``: ``generation_routes`` -> ``generation_service`` -> one LLMEngine in the
+server process (continuous batching inside the engine) -> streamed response.
 Entry points: ``create_app(ServeConfig(...))`` and ``parainfer serve`` (``cli.serve_command``).
 """
 

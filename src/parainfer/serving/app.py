@@ -1,10 +1,11 @@
 """The HTTP app: OpenAI-compatible routes over an InferenceService.
 
-Routes: POST /v1/embeddings (--task embed), POST /v1/classify (--task classify), GET /v1/models,
-GET /health (503 until every replica has loaded), GET /metrics (Prometheus text), plus FastAPI's
-/openapi.json and /docs. ``create_app(config)`` builds a fresh app with its own metrics
-registry; the lifespan starts the workers and, on shutdown (after uvicorn has finished the
-in-flight requests), stops them.
+Routes: POST /v1/embeddings (--task embed), POST /v1/classify (--task classify),
+POST /v1/completions and /v1/chat/completions (--task generate, in ``generation_routes``),
+GET /v1/models, GET /health (503 until every replica, or the engine, has loaded), GET /metrics
+(Prometheus text), plus FastAPI's /openapi.json and /docs. ``create_app(config)`` builds a fresh
+app with its own metrics registry; the lifespan starts the workers (or loads the generation
+engine) and, on shutdown (after uvicorn has finished the in-flight requests), stops them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from parainfer.models.base import Predictor
 from parainfer.models.registry import build_predictor
 from parainfer.serving.config import ServeConfig
 from parainfer.serving.errors import ApiError, install_error_handlers
+from parainfer.serving.generation_routes import generation_routes
+from parainfer.serving.generation_service import GenerationService
 from parainfer.serving.metrics import ServingMetrics
 from parainfer.serving.middleware import AuthMiddleware, BodyLimitMiddleware, MetricsMiddleware
 from parainfer.serving.schemas import (
@@ -46,14 +49,17 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
 
     Args:
         config: the server settings.
-        predictor: an unloaded predictor; default ``build_predictor(config.task, config.model, ...)``.
+        predictor: an unloaded predictor; default ``build_predictor(config.task, config.model, ...)``
+            (not used by ``--task generate``, whose engine loads in the lifespan).
 
     Raises:
         UsageError: unknown model or task (from the registry).
     """
-    predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device)
     metrics = ServingMetrics()
-    service = InferenceService(config, predictor, metrics)
+    generator = GenerationService(config, metrics) if config.task == "generate" else None
+    if generator is None:
+        predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device)
+    service: InferenceService | GenerationService = generator or InferenceService(config, predictor, metrics)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -65,10 +71,11 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
 
     lenient = {"strict_content_type": False} if "strict_content_type" in inspect.signature(FastAPI).parameters else {}
     app = FastAPI(title="parainfer", version=__version__, lifespan=lifespan, **lenient,
-                  description="OpenAI-compatible embeddings and classification, batched across model replicas.")
+                  description="OpenAI-compatible embeddings, classification and text generation.")
     app.state.service, app.state.config, app.state.metrics = service, config, metrics
     install_error_handlers(app)
     app.include_router(_v1_routes(config, service))
+    app.include_router(generation_routes(config, generator))
     app.include_router(_ops_routes(service, metrics))
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     if config.api_key:
@@ -88,7 +95,14 @@ async def _infer(service: InferenceService, texts: list[str], request: Request) 
         return Response(status_code=CLIENT_CLOSED)
 
 
-def _v1_routes(config: ServeConfig, service: InferenceService) -> APIRouter:
+def _wrong_task(config: ServeConfig, route: str, needed: str) -> ApiError:
+    use = {"embed": "/v1/embeddings", "classify": "/v1/classify",
+           "generate": "/v1/completions or /v1/chat/completions"}[config.task]
+    return ApiError(400, f"this server runs --task {config.task}; {route} needs --task {needed} (use {use})",
+                    code="wrong_task")
+
+
+def _v1_routes(config: ServeConfig, service: Any) -> APIRouter:
     router = APIRouter(tags=["v1"], responses=_ERRORS)  # full paths: route labels in metrics stay whole
     name = config.served_model_name()
     created = int(time.time())
@@ -97,8 +111,7 @@ def _v1_routes(config: ServeConfig, service: InferenceService) -> APIRouter:
     async def embeddings(body: EmbeddingRequest, request: Request) -> Any:
         """Embed one text or a list of texts (OpenAI's embeddings API)."""
         if config.task != "embed":
-            raise ApiError(400, f"this server runs --task {config.task}; /v1/embeddings needs --task embed "
-                                "(use /v1/classify)", code="wrong_task")
+            raise _wrong_task(config, "/v1/embeddings", "embed")
         got = await _infer(service, _texts(body.input), request)
         if isinstance(got, Response):
             return got
@@ -112,8 +125,7 @@ def _v1_routes(config: ServeConfig, service: InferenceService) -> APIRouter:
     async def classify(body: ClassifyRequest, request: Request) -> Any:
         """Classify one text or a list: ``data[i]`` = {index, label, score} (plus any other model outputs)."""
         if config.task != "classify":
-            raise ApiError(400, f"this server runs --task {config.task}; /v1/classify needs --task classify "
-                                "(use /v1/embeddings)", code="wrong_task")
+            raise _wrong_task(config, "/v1/classify", "classify")
         got = await _infer(service, _texts(body.input), request)
         if isinstance(got, Response):
             return got
@@ -131,22 +143,18 @@ def _v1_routes(config: ServeConfig, service: InferenceService) -> APIRouter:
     return router
 
 
-def _ops_routes(service: InferenceService, metrics: ServingMetrics) -> APIRouter:
+def _ops_routes(service: InferenceService | GenerationService, metrics: ServingMetrics) -> APIRouter:
     router = APIRouter(tags=["operations"])
 
     @router.get("/health")
     async def health() -> JSONResponse:
-        """200 once every replica has loaded (and one can take work), else 503; replica details."""
-        pool = service.pool
-        body = {"status": "ok" if service.ready else ("failed" if pool.all_dead else "loading"),
-                "replicas_ready": pool.ready_count, "replicas": len(pool.replicas),
-                "queue_depth": service.batcher.depth, "replica_state": pool.describe()}
-        return JSONResponse(body, status_code=200 if service.ready else 503)
+        """200 once every replica (or the generation engine) has loaded and can take work, else 503."""
+        return JSONResponse(service.health(), status_code=200 if service.ready else 503)
 
     @router.get("/metrics")
     async def prometheus() -> Response:
         """Prometheus text exposition (own registry)."""
-        metrics.queue_depth.set(service.batcher.depth)
+        metrics.queue_depth.set(service.queue_depth)
         return Response(metrics.render(), media_type=metrics.content_type)
 
     return router

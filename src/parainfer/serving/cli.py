@@ -25,28 +25,35 @@ def run_server(config: ServeConfig, log_level: str = "info", graceful_timeout_s:
 
 
 def serve_command(
-    task: str = typer.Option("embed", help="classify | embed"),
-    model: Optional[str] = typer.Option(None, help="built-in name, local HF directory, or module:function"),
-    workers: int = typer.Option(2, help="worker processes, one model replica each"),
+    task: str = typer.Option("embed", help="classify | embed | generate"),
+    model: Optional[str] = typer.Option(None, help="built-in name, local HF directory, or module:function "
+                                        "(generate: local HF Llama-family directory; default SmolLM2-135M-Instruct)"),
+    workers: int = typer.Option(2, help="worker processes, one model replica each (generate: not used)"),
     host: str = typer.Option("127.0.0.1", help="interface to bind (loopback by default)"),
     port: int = typer.Option(8000, help="TCP port"),
     max_batch_size: int = typer.Option(32, help="most inputs per model batch (1 = batching off)"),
     max_wait_ms: float = typer.Option(5.0, help="longest a free replica waits for a batch to fill"),
-    max_queue: int = typer.Option(1024, help="most inputs waiting; requests beyond get 429"),
-    request_timeout_s: float = typer.Option(30.0, help="requests not answered by then get 504"),
+    max_queue: int = typer.Option(1024, help="most inputs waiting (generate: sequences in the engine); "
+                                  "requests beyond get 429"),
+    request_timeout_s: float = typer.Option(30.0, help="requests not answered by then get 504 "
+                                            "(generate: non-streaming only)"),
     api_key: Optional[str] = typer.Option(None, envvar="PARAINFER_API_KEY",
                                           help="require 'Authorization: Bearer KEY' on /v1 routes"),
-    dtype: str = typer.Option("auto", help="auto | float32 | bfloat16"),
+    dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 (generate: auto = float32)"),
     max_inputs_per_request: int = typer.Option(2048, help="more inputs in one request get 413"),
     max_body_bytes: int = typer.Option(8 << 20, help="larger request bodies get 413"),
-    threads_per_worker: Optional[int] = typer.Option(None, help="threads per worker (default cores / workers)"),
+    threads_per_worker: Optional[int] = typer.Option(None, help="threads per worker (default cores / workers; "
+                                                     "generate: the engine's torch threads)"),
+    max_num_seqs: int = typer.Option(64, help="generate: most sequences in the engine's running batch"),
     group_by_length: bool = typer.Option(True, help="sort waiting inputs by length before batching"),
     log_level: str = typer.Option("info", help="uvicorn log level"),
 ) -> None:
-    """Serve the model over HTTP: OpenAI-compatible /v1/embeddings, /v1/classify, /health, /metrics."""
+    """Serve the model over HTTP: OpenAI-compatible /v1/embeddings, /v1/classify, /v1/completions,
+    /v1/chat/completions (--task generate), /health, /metrics."""
     config = ServeConfig(task=task, model=model, workers=workers, host=host, port=port,
                          max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          request_timeout_s=request_timeout_s, api_key=api_key, dtype=dtype,
                          max_inputs_per_request=max_inputs_per_request, max_body_bytes=max_body_bytes,
-                         threads_per_worker=threads_per_worker, group_by_length=group_by_length)
+                         threads_per_worker=threads_per_worker, group_by_length=group_by_length,
+                         max_num_seqs=max_num_seqs)
     run_server(config, log_level=log_level)

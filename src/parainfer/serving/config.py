@@ -16,27 +16,34 @@ class ServeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: Literal["classify", "embed"] = "embed"
-    model: str | None = Field(default=None, description="built-in name, local HF directory, or module:function")
-    workers: int = Field(default=2, ge=1, description="worker processes, one model replica each")
+    task: Literal["classify", "embed", "generate"] = "embed"
+    model: str | None = Field(default=None, description="built-in name, local HF directory, or module:function "
+                              "(generate: a local HF Llama-family directory; default SmolLM2-135M-Instruct)")
+    workers: int = Field(default=2, ge=1, description="worker processes, one model replica each (not used by "
+                         "generate: one engine in the server process)")
     host: str = Field(default="127.0.0.1", description="interface to bind; loopback unless told otherwise")
     port: int = Field(default=8000, ge=0, le=65535)
     max_batch_size: int = Field(default=32, ge=1, description="most inputs per model batch")
     max_wait_ms: float = Field(default=5.0, ge=0, description="longest a free replica waits to fill a batch")
-    max_queue: int = Field(default=1024, ge=1, description="most inputs waiting for a replica; more get 429")
+    max_queue: int = Field(default=1024, ge=1, description="most inputs waiting for a replica (generate: most "
+                           "sequences in the engine, running + waiting); more get 429")
     max_inputs_per_request: int = Field(default=2048, ge=1, description="more inputs in one request get 413")
     max_body_bytes: int = Field(default=8 << 20, ge=1024, description="larger request bodies get 413")
-    request_timeout_s: float = Field(default=30.0, gt=0, description="a request still waiting after this gets 504")
+    request_timeout_s: float = Field(default=30.0, gt=0, description="a request still waiting after this gets 504 "
+                                     "(generate: non-streaming requests only)")
     api_key: str | None = Field(default=None, description="when set, /v1 routes need Authorization: Bearer KEY")
-    dtype: str = "auto"
+    dtype: str = Field(default="auto", description="auto | float32 | bfloat16 (generate: auto = float32)")
     device: str = "cpu"
-    threads_per_worker: int | None = Field(default=None, ge=1, description="default: cores // workers")
+    threads_per_worker: int | None = Field(default=None, ge=1, description="default: cores // workers "
+                                           "(generate: the engine's torch threads; default torch's)")
     group_by_length: bool = Field(default=True, description="sort waiting inputs by length before cutting batches")
     max_in_flight_per_replica: int = Field(default=1, ge=1, description="batches queued on one replica at once")
     retries: int = Field(default=1, ge=0, description="times a batch is run again after its replica died")
+    max_num_seqs: int = Field(default=64, ge=1, description="generate: most sequences in the engine's running batch")
 
     def served_model_name(self) -> str:
         """The id reported by /v1/models and in responses ("all-MiniLM-L6-v2" for the default embedder)."""
         if self.model in (None, "default"):
-            return {"embed": "all-MiniLM-L6-v2", "classify": "sentiment-vader"}.get(self.task, "default")
+            return {"embed": "all-MiniLM-L6-v2", "classify": "sentiment-vader",
+                    "generate": "SmolLM2-135M-Instruct"}.get(self.task, "default")
         return self.model.rstrip("/").rsplit("/", 1)[-1] if ":" not in self.model else self.model

@@ -1,6 +1,7 @@
 """HTTP errors in OpenAI's envelope, and the handlers that make every failure one of them.
 
-Status codes: 400 malformed JSON or wrong task for the route; 401 API key; 413 too many inputs
+Status codes: 400 malformed JSON, wrong task for the route, or (generate) a prompt + max_tokens
+over the context window or an unsupported option; 401 API key; 413 too many inputs
 or body too large; 422 a field of the wrong type/shape (the message names it, e.g.
 ``input.3``), or the model raised on one input; 429 queue full (with Retry-After); 503 no
 replica could run the input; 504 past --request-timeout-s. Bad input never yields 500.
@@ -37,7 +38,7 @@ class ApiError(Exception):
 
 def _field(loc: tuple[Any, ...]) -> str:
     """("body", "input", 3) -> "input.3"; a union's branch names ("str", "list[str]") are dropped."""
-    parts = [str(p) for p in loc[1:] if p not in ("str", "list[str]") and not str(p).startswith("function-")]
+    parts = [str(p) for p in loc[1:] if p not in ("str", "int") and not str(p).startswith(("function-", "list["))]
     return ".".join(parts) or "body"
 
 

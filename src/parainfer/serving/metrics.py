@@ -11,6 +11,15 @@ Names (all prefixed ``parainfer_``):
 * ``replica_busy_seconds_total{replica}``: model compute time per replica.
 * ``replica_restarts_total{replica}``: replicas restarted after a crash.
 * ``replicas_ready``: replicas that can take batches (gauge).
+
+Generation (``--task generate``):
+
+* ``time_to_first_token_seconds``: request arrival to its first generated token (histogram).
+* ``inter_token_latency_seconds``: time between consecutive tokens of one sequence (histogram).
+* ``generated_tokens_total``: tokens generated (EOS included, as the usage numbers count them).
+* ``generation_sequences_total{finish_reason}``: sequences ended: stop, length, abort (client
+  left or timed out), error.
+* ``generation_sequences_running``: sequences in the engine, running or waiting (gauge).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 128, 256)
+TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 
 
 class ServingMetrics:
@@ -43,6 +53,15 @@ class ServingMetrics:
         self.restarts = Counter("parainfer_replica_restarts", "replica restarts after a crash", ["replica"],
                                 registry=r)
         self.replicas_ready = Gauge("parainfer_replicas_ready", "replicas that can take batches", registry=r)
+        self.ttft = Histogram("parainfer_time_to_first_token_seconds", "request arrival to first generated token (s)",
+                              buckets=LATENCY_BUCKETS, registry=r)
+        self.itl = Histogram("parainfer_inter_token_latency_seconds", "time between tokens of one sequence (s)",
+                             buckets=TOKEN_BUCKETS, registry=r)
+        self.generated_tokens = Counter("parainfer_generated_tokens", "tokens generated", registry=r)
+        self.sequences = Counter("parainfer_generation_sequences", "generated sequences ended, by finish reason",
+                                 ["finish_reason"], registry=r)
+        self.sequences_running = Gauge("parainfer_generation_sequences_running",
+                                       "sequences in the engine (running or waiting)", registry=r)
 
     def observe_batch(self, tokens: list[int]) -> None:
         """Count one model batch of inputs with these token lengths."""

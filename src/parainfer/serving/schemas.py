@@ -97,3 +97,99 @@ class ErrorResponse(BaseModel):
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     """The JSON of an error response."""
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+# ---- generation (--task generate): OpenAI's completions and chat completions ----------------
+
+Prompt = Annotated[str | Annotated[list[str], Field(min_length=1)] | Annotated[list[int], Field(min_length=1)]
+                   | Annotated[list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1)], Field(
+    description="one text, a list of texts (one choice each), token ids, or a list of token-id lists")]
+
+
+class SamplingFields(BaseModel):
+    """The sampling fields both generation routes share (OpenAI's names and defaults, except
+    ``max_tokens``: 16 for completions as OpenAI's, 256 for chat). Unknown fields are ignored;
+    fields that ask for something not supported (``n`` > 1, ``logprobs``, ``echo``) get 400."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(default="", description="accepted for compatibility; the served model answers")
+    max_tokens: int | None = Field(default=None, ge=1, description="most tokens to generate")
+    temperature: float = Field(default=1.0, ge=0, le=2, description="0 = greedy")
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    seed: int | None = Field(default=None, description="seeds this request's sampler (same seed, same text)")
+    stop: str | list[str] | None = Field(default=None, description="strings that end the text (not included)")
+    stream: bool = False
+    stream_options: dict[str, Any] | None = Field(default=None, description='{"include_usage": true} adds a '
+                                                  "last chunk with usage")
+    ignore_eos: bool = Field(default=False, description="keep going past the end-of-sequence token (vLLM's "
+                             "extension; benchmarks use it for fixed output lengths)")
+    n: int = Field(default=1, description="only 1 is supported")
+    logprobs: Any = None
+    user: str | None = None
+
+
+class CompletionRequest(SamplingFields):
+    """POST /v1/completions."""
+
+    prompt: Prompt
+    echo: bool = False
+
+
+class ChatMessage(BaseModel):
+    """One chat message; ``content`` is a string or a list of ``{"type": "text", "text": ...}`` parts."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatCompletionRequest(SamplingFields):
+    """POST /v1/chat/completions."""
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: int | None = Field(default=None, ge=1, description="newer name of max_tokens")
+
+
+class CompletionUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: CompletionUsage
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: CompletionUsage

@@ -69,6 +69,17 @@ class InferenceService:
         """Every replica loaded at least once and one can take batches now."""
         return self.pool.all_loaded_once and self.pool.ready_count > 0
 
+    @property
+    def queue_depth(self) -> int:
+        return self.batcher.depth
+
+    def health(self) -> dict[str, Any]:
+        """The /health body: status ok | loading | failed, replica counts and details."""
+        pool = self.pool
+        return {"status": "ok" if self.ready else ("failed" if pool.all_dead else "loading"),
+                "replicas_ready": pool.ready_count, "replicas": len(pool.replicas),
+                "queue_depth": self.batcher.depth, "replica_state": pool.describe()}
+
     def token_lengths(self, texts: list[str]) -> list[int]:
         """Model tokens per text, truncated to the window (the cost the model will pay)."""
         lengths = self.predictor.token_lengths(texts)

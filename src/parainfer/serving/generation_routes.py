@@ -1,0 +1,195 @@
+"""POST /v1/completions and POST /v1/chat/completions (OpenAI's schema), plain or streamed.
+
+``stream: true`` answers with server-sent events in OpenAI's format: ``data: {chunk}\\n\\n`` per
+piece of text (``object`` "text_completion" or "chat.completion.chunk"; chat sends the delta
+``{"role": "assistant"}`` first, then ``{"content": ...}`` deltas), a last chunk per choice with
+its ``finish_reason``, a usage chunk when ``stream_options.include_usage``, then
+``data: [DONE]\\n\\n``. A client that leaves mid-stream aborts its sequences in the engine.
+On a server of another task the routes answer 400 naming the task they need.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from contextlib import aclosing
+from typing import Any, AsyncIterator, Callable
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from parainfer.serving.config import ServeConfig
+from parainfer.serving.errors import ApiError
+from parainfer.serving.generation_service import ClientLeft, GenerationService
+from parainfer.serving.schemas import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    SamplingFields,
+    error_body,
+)
+
+CLIENT_CLOSED = 499
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 422, 429, 503, 504)}
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def generation_routes(config: ServeConfig, service: GenerationService | None) -> APIRouter:
+    """The two generation routes; ``service`` is None on an embed/classify server (they answer 400)."""
+    router = APIRouter(tags=["v1"], responses=_ERRORS)
+    name = config.served_model_name()
+
+    def need(route: str) -> GenerationService:
+        if service is None:
+            raise ApiError(400, f"this server runs --task {config.task}; {route} needs --task generate "
+                                f"(use /v1/{'embeddings' if config.task == 'embed' else 'classify'})",
+                           code="wrong_task")
+        return service
+
+    @router.post("/v1/completions", response_model=CompletionResponse)
+    async def completions(body: CompletionRequest, request: Request) -> Any:
+        """Complete one prompt or a list (one choice each); text prompts get no chat template."""
+        gen = need("/v1/completions")
+        _check_supported(body)
+        if body.echo:
+            raise ApiError(400, "echo is not supported; leave it false", param="echo", code="unsupported")
+        prompts = gen.prompts_from_completion(body.prompt)
+        params = gen.params(body, prompts, default_max_tokens=16)
+        gen.admit(prompts, params)
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": name}
+        if body.stream:
+            return _sse(_completion_events(gen.stream(prompts, params), head, _include_usage(body), prompts))
+        choices = await _complete(gen, prompts, params, request)
+        if isinstance(choices, Response):
+            return choices
+        return JSONResponse({**head, "usage": _usage(choices),
+                             "choices": [{"index": c.index, "text": c.text, "logprobs": None,
+                                          "finish_reason": c.finish_reason} for c in choices]})
+
+    @router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+        """Answer a conversation with the model's chat template (one choice)."""
+        gen = need("/v1/chat/completions")
+        _check_supported(body)
+        prompts = [gen.prompt_from_chat(_messages(body))]
+        params = gen.params(body, prompts, default_max_tokens=None)
+        gen.admit(prompts, params)
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": name}
+        if body.stream:
+            head["object"] = "chat.completion.chunk"
+            return _sse(_chat_events(gen.stream(prompts, params), head, _include_usage(body), prompts))
+        choices = await _complete(gen, prompts, params, request)
+        if isinstance(choices, Response):
+            return choices
+        return JSONResponse({**head, "usage": _usage(choices),
+                             "choices": [{"index": c.index, "message": {"role": "assistant", "content": c.text},
+                                          "logprobs": None, "finish_reason": c.finish_reason} for c in choices]})
+
+    return router
+
+
+def _check_supported(body: SamplingFields) -> None:
+    if body.n != 1:
+        raise ApiError(400, f"n={body.n} is not supported; only n=1 (send the request n times with different "
+                            "seeds)", param="n", code="unsupported")
+    if body.logprobs not in (None, False, 0):
+        raise ApiError(400, "logprobs are not supported; leave logprobs unset", param="logprobs", code="unsupported")
+
+
+def _messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
+    """Plain {role, content} dicts; text parts are joined, other parts are refused."""
+    out = []
+    for i, m in enumerate(body.messages):
+        content = m.content
+        if isinstance(content, list):
+            kinds = {part.get("type") for part in content} - {"text"}
+            if kinds:
+                raise ApiError(400, f"messages.{i}.content has parts of type {sorted(map(str, kinds))}; only "
+                                    "'text' parts are supported", param=f"messages.{i}.content", code="unsupported")
+            content = "".join(str(part.get("text", "")) for part in content)
+        out.append({"role": "system" if m.role == "developer" else m.role, "content": content or ""})
+    return out
+
+
+def _include_usage(body: SamplingFields) -> bool:
+    return bool((body.stream_options or {}).get("include_usage"))
+
+
+async def _complete(gen: GenerationService, prompts: list[list[int]], params: Any, request: Request) -> Any:
+    try:
+        return await gen.complete(prompts, params, request)
+    except ClientLeft:
+        return Response(status_code=CLIENT_CLOSED)
+
+
+def _usage(choices: Any) -> dict[str, int]:
+    prompt = sum(c.prompt_tokens for c in choices)
+    completion = sum(c.completion_tokens for c in choices)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    async def encode() -> AsyncIterator[bytes]:
+        async with aclosing(events) as chunks:
+            async for chunk in chunks:
+                yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+    return StreamingResponse(encode(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def _events(outputs: AsyncIterator[tuple[int, Any]], head: dict[str, Any], include_usage: bool,
+                  prompts: list[list[int]], choice: Callable[[int, Any], dict[str, Any] | None]
+                  ) -> AsyncIterator[dict[str, Any]]:
+    """Chunks from engine outputs; ``choice(index, out)`` shapes one choice (None: nothing to send).
+    An engine failure mid-stream becomes an ``{"error": ...}`` event (the openai client raises it)."""
+    completion = [0] * len(prompts)
+    try:
+        async with aclosing(outputs) as outs:
+            async for i, out in outs:
+                if out is not None:  # None: chat's role delta, before any token
+                    completion[i] = out.completion_tokens
+                shaped = choice(i, out)
+                if shaped is not None:
+                    yield {**head, "choices": [shaped]}
+    except Exception as exc:  # noqa: BLE001 - the status line was sent already
+        yield error_body(f"generation failed: {type(exc).__name__}: {exc}", "server_error", code="engine_error")
+        return
+    if include_usage:
+        prompt = sum(len(p) for p in prompts)
+        yield {**head, "choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": sum(completion),
+                                                "total_tokens": prompt + sum(completion)}}
+
+
+def _completion_events(outputs: AsyncIterator[tuple[int, Any]], head: dict[str, Any], include_usage: bool,
+                       prompts: list[list[int]]) -> AsyncIterator[dict[str, Any]]:
+    def choice(i: int, out: Any) -> dict[str, Any] | None:
+        if not out.new_text and not out.finished:
+            return None
+        return {"index": i, "text": out.new_text, "logprobs": None,
+                "finish_reason": out.finish_reason if out.finished else None}
+    return _events(outputs, head, include_usage, prompts, choice)
+
+
+def _chat_events(outputs: AsyncIterator[tuple[int, Any]], head: dict[str, Any], include_usage: bool,
+                 prompts: list[list[int]]) -> AsyncIterator[dict[str, Any]]:
+    async def with_role() -> AsyncIterator[tuple[int, Any]]:
+        for i in range(len(prompts)):  # the role delta goes first, before any text
+            yield i, None
+        async with aclosing(outputs) as outs:
+            async for item in outs:
+                yield item
+
+    def choice(i: int, out: Any) -> dict[str, Any] | None:
+        if out is None:
+            return {"index": i, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}
+        if out.finished:
+            delta = {"content": out.new_text} if out.new_text else {}
+            return {"index": i, "delta": delta, "logprobs": None, "finish_reason": out.finish_reason}
+        return {"index": i, "delta": {"content": out.new_text}, "logprobs": None, "finish_reason": None} \
+            if out.new_text else None
+    return _events(with_role(), head, include_usage, prompts, choice)
