@@ -1,0 +1,51 @@
+"""Linear layers with weights prepacked for oneDNN, falling back to ``F.linear``.
+
+On CPU, ``F.linear`` calls MKL sgemm, which re-reads the weight in its plain [out, in] layout
+at every call. oneDNN can reorder a weight once into its blocked layout
+(``torch.ops.mkldnn._reorder_linear_weight``) and then run ``_linear_pointwise`` on it; on the
+2-core AMD EPYC we measured, per decode step of SmolLM2-135M (1 thread, fp32): 8 rows
+28 -> 17 ms, 32 rows 84 -> 63 ms, and the 49152-row LM head at 32 rows 39 -> 20 ms. These are
+the same kernels PyTorch's inductor uses for CPU linear layers. Results agree with F.linear to
+fp32 rounding (different summation order), not bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def onednn_available() -> bool:
+    """True when this torch build has the oneDNN linear ops used here."""
+    ops = torch.ops.mkldnn
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(ops, "_reorder_linear_weight")
+        and hasattr(ops, "_linear_pointwise")
+    )
+
+
+class Linear:
+    """y = x @ weight.T + bias, with the weight prepacked for oneDNN when ``pack`` is True.
+
+    Args:
+        weight: [out, in] dense weight (fp32 or bf16, contiguous).
+        bias: [out] or None.
+        pack: prepack for oneDNN (falls back to F.linear when oneDNN is unavailable).
+        batch_hint: typical number of rows, a hint for oneDNN's layout choice.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, pack: bool, batch_hint: int = 32) -> None:
+        self.out_features, self.in_features = weight.shape
+        self.bias = bias
+        self.packed = pack and onednn_available()
+        if self.packed:
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, batch_hint)
+        else:
+            self.weight = weight
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x [T, in] -> [T, out]."""
+        if self.packed:
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)

@@ -1,0 +1,85 @@
+"""Runs one scheduled batch through the model: build the flat inputs, forward, sample.
+
+Input layout (see :mod:`parainfer.generation.attention`): decode rows first, one per decoding
+sequence (its last token at position ``num_tokens - 1``), then every prefilling sequence's
+tokens at positions ``0 .. num_tokens - 1``. Logits are computed only for the last row of each
+sequence, so the LM head costs B rows, not T.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from parainfer.generation.attention import AttentionMetadata
+from parainfer.generation.kv_cache import KVCache
+from parainfer.generation.llama import LlamaForward
+from parainfer.generation.sampling import sample
+from parainfer.generation.scheduler import ScheduledBatch
+
+
+class ModelRunner:
+    """Owns the model forward and the KV cache tensors.
+
+    Args:
+        model: the :class:`LlamaForward` weights.
+        kv_cache: the paged cache (its block ids come from the scheduler's BlockManager).
+    """
+
+    def __init__(self, model: LlamaForward, kv_cache: KVCache) -> None:
+        self.model = model
+        self.kv_cache = kv_cache
+        self.block_size = kv_cache.block_size
+
+    @torch.inference_mode()
+    def run(self, batch: ScheduledBatch) -> list[int]:
+        """Forward the batch and sample; returns one next-token id per ``batch.seqs`` entry."""
+        input_ids, positions, meta, logit_rows = self.prepare(batch)
+        logits = self.model.forward(input_ids, positions, meta, self.kv_cache, logit_rows)
+        return sample(logits, batch.seqs)
+
+    def prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
+        """Flat input ids [T], positions [T], attention metadata and logit rows [B]."""
+        bs = self.block_size
+        ids: list[int] = []
+        pos: list[int] = []
+        slots: list[int] = []
+        for seq in batch.decode:
+            p = seq.num_tokens - 1
+            ids.append(seq.last_token_id)
+            pos.append(p)
+            slots.append(seq.block_table[p // bs] * bs + p % bs)
+        logit_rows = list(range(len(batch.decode)))
+        bounds = []
+        for seq in batch.prefill:
+            n = seq.num_tokens
+            start = len(ids)
+            ids.extend(seq.token_ids)
+            pos.extend(range(n))
+            table = seq.block_table
+            slots.extend(table[p // bs] * bs + p % bs for p in range(n))
+            bounds.append((start, start + n))
+            logit_rows.append(start + n - 1)
+        tables, mask = self._decode_tables(batch)
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.long),
+            num_decode=len(batch.decode),
+            decode_block_tables=tables,
+            decode_mask=mask,
+            prefill_bounds=bounds,
+        )
+        return (
+            torch.tensor(ids, dtype=torch.long),
+            torch.tensor(pos, dtype=torch.long),
+            meta,
+            torch.tensor(logit_rows, dtype=torch.long),
+        )
+
+    def _decode_tables(self, batch: ScheduledBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Block tables padded to the longest one [Bd, MB], and the key mask [Bd, 1, 1, MB * bs]."""
+        if not batch.decode:
+            return None, None
+        width = max(len(s.block_table) for s in batch.decode)
+        tables = torch.tensor([s.block_table + [0] * (width - len(s.block_table)) for s in batch.decode])
+        lengths = torch.tensor([s.num_tokens for s in batch.decode])
+        mask = torch.arange(width * self.block_size).unsqueeze(0) < lengths.unsqueeze(1)
+        return tables, mask[:, None, None, :]

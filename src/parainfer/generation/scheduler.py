@@ -1,0 +1,141 @@
+"""Continuous batching: which sequences prefill and which decode at each step.
+
+The running batch is re-formed at every step (iteration-level scheduling, Yu et al. 2022,
+"Orca", OSDI): finished sequences leave at once, waiting ones join as soon as blocks and the
+token budget allow. Order of :meth:`Scheduler.schedule`:
+
+1. Decode every running sequence, oldest first (1 token each). When the KV cache has no
+   block for a sequence's next token, the NEWEST running sequence is preempted: its blocks
+   are freed and it goes to the FRONT of the waiting queue, to be recomputed (prompt plus the
+   tokens it already generated are prefilled again) when blocks free up. Recompute keeps the
+   output exact: the sampler never re-draws tokens that were already generated.
+2. If nothing was preempted, admit waiting sequences in FIFO order while the running batch
+   has fewer than ``max_num_seqs`` sequences, their prefill tokens fit the remaining token
+   budget, and the block manager can allocate all their tokens. A prompt longer than the
+   whole budget is admitted when it is the first prefill of the step, so it never starves.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from parainfer.generation.kv_cache import BlockManager
+from parainfer.generation.sequence import Sequence, SequenceStatus
+
+
+@dataclass
+class ScheduledBatch:
+    """What one step runs.
+
+    Attributes:
+        decode: sequences that feed their last token (1 query token each), oldest first.
+        prefill: sequences that feed all their tokens (prompt, plus outputs after a preemption).
+        preempted: sequences preempted while forming this batch (for stats and tests).
+    """
+
+    decode: list[Sequence] = field(default_factory=list)
+    prefill: list[Sequence] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def seqs(self) -> list[Sequence]:
+        """Decode then prefill sequences: the order of the model runner's outputs."""
+        return self.decode + self.prefill
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.decode) + sum(s.num_tokens for s in self.prefill)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.decode and not self.prefill
+
+
+class Scheduler:
+    """FCFS continuous-batching scheduler over a :class:`BlockManager`.
+
+    Args:
+        block_manager: owns the KV-cache blocks.
+        max_num_seqs: most sequences in the running batch.
+        max_num_batched_tokens: token budget of one step (decode tokens + prefill tokens).
+    """
+
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+        if max_num_seqs < 1 or max_num_batched_tokens < 1:
+            raise ValueError(
+                f"max_num_seqs and max_num_batched_tokens must be >= 1, got {max_num_seqs}, "
+                f"{max_num_batched_tokens}"
+            )
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: deque[Sequence] = deque()
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        """Queue a new sequence (status WAITING) at the back of the waiting queue."""
+        seq.status = SequenceStatus.WAITING
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> ScheduledBatch:
+        """Form this step's batch; see the module docstring for the policy."""
+        batch = ScheduledBatch()
+        self._schedule_decodes(batch)
+        if not batch.preempted:
+            self._schedule_prefills(batch)
+        return batch
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        """Mark ``seq`` FINISHED with ``reason``, free its blocks, drop it from the queues."""
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        self.block_manager.free(seq)
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+
+    def _schedule_decodes(self, batch: ScheduledBatch) -> None:
+        kept: list[Sequence] = []
+        while self.running:
+            seq = self.running.popleft()
+            while not self.block_manager.can_append(seq):
+                if self.running:
+                    self._preempt(self.running.pop(), batch)
+                else:
+                    self._preempt(seq, batch)
+                    break
+            else:
+                self.block_manager.append_slot(seq)
+                kept.append(seq)
+        self.running.extend(kept)
+        batch.decode = kept
+
+    def _schedule_prefills(self, batch: ScheduledBatch) -> None:
+        budget = self.max_num_batched_tokens - len(batch.decode)
+        while self.waiting and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            n = seq.num_tokens
+            if n > budget and batch.prefill:
+                break
+            if not self.block_manager.can_allocate(seq):
+                break
+            self.block_manager.allocate(seq)
+            self.waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            batch.prefill.append(seq)
+            budget -= n
+
+    def _preempt(self, seq: Sequence, batch: ScheduledBatch) -> None:
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)
+        batch.preempted.append(seq)
