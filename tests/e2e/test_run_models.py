@@ -35,18 +35,15 @@ def test_classify_two_workers_equal_one_worker(classify_runs: dict, vader_sample
     assert [r["id"] for r in one] == ids and [r["id"] for r in two] == ids
     assert [r["label"] for r in one] == [r["label"] for r in two]
     assert max(abs(a["score"] - b["score"]) for a, b in zip(one, two)) < 1e-3
-    assert rep2["workers"] == 2 and all(w["tasks"] > 0 for w in rep2["per_worker"])
+    # Which worker ran what depends on which loaded first; together they ran every task once.
+    assert rep2["workers"] == 2 and sum(w["tasks"] for w in rep2["per_worker"]) == rep2["tasks"]
 
 
 def test_classify_output_columns_and_accuracy(classify_runs: dict) -> None:
     rows, report = classify_runs[2]
-    assert list(rows[0])[:2] == ["id", "text"] and {"label", "score", "score"} <= set(rows[0])
+    assert list(rows[0])[:2] == ["id", "text"] and {"label", "score"} <= set(rows[0])
     assert all(r["label"] in ("positive", "negative") and 0.5 <= r["score"] <= 1.0 for r in rows)
-    accuracy = np.mean([r["label"] == r["label"] for r in rows])
-    agree = np.mean([r["label"] == ("positive" if r["score"] > 0 else "negative") for r in rows])
-    assert accuracy == 1.0 and agree > 0  # columns present; real accuracy below
-    gold = {"positive", "negative"}
-    assert {r["label"] for r in rows} == gold
+    assert {r["label"] for r in rows} == {"positive", "negative"}
     assert report["model"]["class"] == "HeadClassifierPredictor"
 
 
