@@ -51,3 +51,11 @@ def test_numpy_outputs_pass_through_to_the_sink() -> None:
     merger.complete([0], [{"embedding": vector, "score": np.float32(0.5)}])
     (row,) = merger.drain()
     assert row["embedding"] is vector and row["score"] == 0.5
+
+
+def test_input_columns_named_like_results_are_kept_as_input_prefixed() -> None:
+    merger = Merger()
+    merger.expect([Record(seq=0, id=0, text="t", extra={"label": "gold", "src": "a"})])
+    merger.complete([0], [{"label": "predicted", "score": 0.9}])
+    (row,) = merger.drain()
+    assert row == {"id": 0, "text": "t", "input_label": "gold", "src": "a", "label": "predicted", "score": 0.9}

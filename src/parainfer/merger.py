@@ -18,6 +18,10 @@ _FAILED = object()
 class Merger:
     """Reorder buffer from task results to output rows.
 
+    A row is the id, the text, the input's other columns, then the model's result columns. An
+    input column with the same name as a result column (a gold ``label``, say) is kept as
+    ``input_<name>``, so nothing the user gave is lost.
+
     Args:
         id_column, text_column: names used for the id and text in output rows.
     """
@@ -68,7 +72,10 @@ class Merger:
             if out is _FAILED:
                 continue
             rec = records.pop(seq)
+            extra = rec.extra
+            if not extra.keys().isdisjoint(out):  # an input column named like a result column
+                extra = {(f"input_{k}" if k in out else k): v for k, v in extra.items()}
             # Model outputs may hold numpy arrays and scalars: every sink writes them natively.
-            rows.append({self.id_column: rec.id, self.text_column: rec.text, **rec.extra, **out})
+            rows.append({self.id_column: rec.id, self.text_column: rec.text, **extra, **out})
         self.written += len(rows)
         return rows
