@@ -35,7 +35,8 @@ print(json.dumps({k: v for k, v in report.items() if k != "timeline"}))
 def run_job(env: dict[str, str] | None = None, **config: object) -> tuple[dict, float | None]:
     """Run a job in a fresh process; returns (report + driver_peak_rss_mb, seconds to first output)."""
     out = Path(str(config["output"]))
-    proc = subprocess.Popen([sys.executable, "-c", RUNNER, json.dumps({"quiet": True, **config})],
+    out.unlink(missing_ok=True)  # so the first-output clock sees only this run's rows
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER, json.dumps({"quiet": True, "overwrite": True, **config})],
                             stdout=subprocess.PIPE, env={**os.environ, **(env or {})}, text=True)
     t0, first = time.perf_counter(), None
     while proc.poll() is None:

@@ -89,8 +89,15 @@ class HFTokenizerMixin:
 
     def token_lengths(self, texts: list[str]) -> list[int]:
         """Tokens per text including special tokens, before truncation (fast tokenizer)."""
-        enc = self._get_tokenizer()(texts, add_special_tokens=True, return_attention_mask=False,
-                                    return_token_type_ids=False)
+        from transformers.utils import logging as hf_logging
+
+        tokenizer = self._get_tokenizer()
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # counting long texts is expected: no "longer than max" warning
+        try:
+            enc = tokenizer(texts, add_special_tokens=True, return_attention_mask=False, return_token_type_ids=False)
+        finally:
+            hf_logging.set_verbosity(level)
         return [len(ids) for ids in enc["input_ids"]]
 
     def _encode_batch(self, texts: list[str]) -> dict[str, Any]:

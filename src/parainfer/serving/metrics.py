@@ -48,6 +48,8 @@ class ServingMetrics:
                                     registry=r)
         self.batch_tokens = Counter("parainfer_batch_tokens", "tokens in model batches: real, or padded "
                                     "(batch size x longest)", ["kind"], registry=r)
+        for kind in ("real", "padded"):  # exported as 0 before the first batch, so scrapers see both
+            self.batch_tokens.labels(kind)
         self.busy = Counter("parainfer_replica_busy_seconds", "model compute seconds per replica", ["replica"],
                             registry=r)
         self.restarts = Counter("parainfer_replica_restarts", "replica restarts after a crash", ["replica"],
