@@ -73,3 +73,15 @@ def test_timeline_covers_every_task(straggler_runs: dict) -> None:
     for task, worker, start, end, records, tokens, padded in report["timeline"]:
         assert 0 <= worker < 3 and 0 <= start <= end <= report["t_parallel_s"] + 1e-3
         assert records <= tokens <= padded
+
+
+def test_all_policies_identical_on_real_data_with_the_real_model(vader_sample: Path, tmp_path: Path) -> None:
+    """The default classifier on 300 VADER texts: every policy writes the same output."""
+    outputs = {}
+    for policy in ("static", "dynamic", "lpt", "steal"):
+        out = tmp_path / f"{policy}.jsonl"
+        Job(JobConfig(input=str(vader_sample), output=str(out), workers=2, policy=policy, batch_size=16,
+                      dtype="float32", quiet=True)).run()
+        outputs[policy] = [(r["id"], r["label"], round(r["score"], 4)) for r in read_jsonl(out)]
+    assert len(outputs["static"]) == 300
+    assert all(rows == outputs["static"] for rows in outputs.values())

@@ -57,16 +57,6 @@ class WorkerFailed:
     running: int | None = None  # Task.index it had started and not finished (None: none known)
 
 
-@dataclass(slots=True)
-class TaskStarted:
-    """A worker took a task off its queue and started it (consumed by the executor: it tells
-    which held task is suspect when the worker dies, and how long the running one has run)."""
-
-    worker_id: int
-    task_index: int
-    t_start: float
-
-
 Event = WorkerReady | TaskResult | WorkerFailed
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import threading
+import time
 from multiprocessing.connection import wait
 from typing import Any
 
-from parainfer.executors.base import Event, Executor, TaskResult, TaskStarted, WorkerFailed
+from parainfer.executors.base import Event, Executor, TaskResult, WorkerFailed, WorkerReady
 from parainfer.executors.worker import worker_main
 from parainfer.models.base import Predictor
 from parainfer.tasks import Task
@@ -32,8 +33,17 @@ class _Slot:
 
     def __init__(self, proc: Any, inbox: Any, results: Any):
         self.proc, self.inbox, self.results = proc, inbox, results
-        self.held: dict[int, Task] = {}
-        self.running: tuple[int, float] | None = None  # (Task.index, t_start) of the task it runs
+        self.held: dict[int, Task] = {}  # in submission order = the order the worker runs them
+        self.submitted: dict[int, float] = {}  # Task.index -> perf_counter when it was queued
+        self.free_since = time.perf_counter()  # when it last finished a task (or became ready)
+
+    def running(self) -> tuple[int, float] | None:
+        """(Task.index, estimated start) of the task being run: the oldest held one, started
+        when it was queued or when the worker finished its previous task, whichever is later."""
+        if not self.held:
+            return None
+        index = next(iter(self.held))
+        return index, max(self.submitted[index], self.free_since)
 
 
 class LocalExecutor(Executor):
@@ -97,6 +107,7 @@ class LocalExecutor(Executor):
         if slot is None:
             raise RuntimeError(f"worker {worker_id} is not running")
         slot.held[task.index] = task
+        slot.submitted[task.index] = time.perf_counter()
         slot.inbox.put(task)
 
     def in_flight(self, worker_id: int) -> int:
@@ -111,7 +122,7 @@ class LocalExecutor(Executor):
     def running(self, worker_id: int) -> tuple[int, float] | None:
         """(Task.index, perf_counter start) of the task ``worker_id`` is running, or None."""
         slot = self._slots[worker_id]
-        return slot.running if slot is not None else None
+        return slot.running() if slot is not None else None
 
     def pid(self, worker_id: int) -> int | None:
         slot = self._slots[worker_id]
@@ -137,7 +148,7 @@ class LocalExecutor(Executor):
             slot = live[w]
             self._drain(slot, events)  # everything it sent before dying is still readable
             slot.proc.join(timeout=1)
-            running = slot.running[0] if slot.running and slot.running[0] in slot.held else None
+            running = slot.running()[0] if slot.held else None
             events.append(WorkerFailed(w, f"worker {w} (pid {slot.proc.pid}) exited with code "
                                           f"{slot.proc.exitcode}", list(slot.held.values()), running=running))
             self._close(slot)
@@ -149,13 +160,11 @@ class LocalExecutor(Executor):
         try:
             while slot.results.poll():
                 ev = slot.results.recv()
-                if isinstance(ev, TaskStarted):
-                    slot.running = (ev.task_index, ev.t_start)
-                    continue
+                if isinstance(ev, (TaskResult, WorkerReady)):
+                    slot.free_since = time.perf_counter()
                 if isinstance(ev, TaskResult):
                     slot.held.pop(ev.task_index, None)
-                    if slot.running and slot.running[0] == ev.task_index:
-                        slot.running = None
+                    slot.submitted.pop(ev.task_index, None)
                 events.append(ev)
         except (EOFError, OSError):
             return True

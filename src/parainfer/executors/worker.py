@@ -1,9 +1,9 @@
 """The worker process: load one model replica, then run tasks from its queue until told to stop.
 
 A batch whose ``predict`` raises is retried record by record, so one bad record fails alone
-(its reason goes back to the driver) and the rest of the batch succeeds. Before each task the
-worker sends a small ``TaskStarted`` (which held task is suspect if it dies; how long it has
-run, for ``--task-timeout``). Workers ignore SIGINT (a terminal Ctrl-C is the driver's to
+(its reason goes back to the driver) and the rest of the batch succeeds. A worker runs its
+queue strictly in order, so the driver knows which task it is running without being told
+(one message per task, not two). Workers ignore SIGINT (a terminal Ctrl-C is the driver's to
 handle) and exit when the driver process is gone (no orphans after a driver SIGKILL).
 """
 
@@ -17,7 +17,7 @@ import time
 import traceback
 from typing import Any
 
-from parainfer.executors.base import TaskResult, TaskStarted, WorkerFailed, WorkerReady
+from parainfer.executors.base import TaskResult, WorkerFailed, WorkerReady
 from parainfer.models.base import Predictor, RecordFailure
 from parainfer.tasks import Task
 
@@ -95,7 +95,6 @@ def worker_main(worker_id: int, predictor: Predictor, inbox: Any, outbox: Any, t
         if task is None:
             break
         try:
-            outbox.send(TaskStarted(worker_id, task.index, time.perf_counter()))
             outbox.send(run_task(predictor, task, worker_id, time.perf_counter()))
         except (BrokenPipeError, EOFError):  # the driver is gone
             return

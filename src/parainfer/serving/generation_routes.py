@@ -21,7 +21,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from parainfer.serving.config import ServeConfig
 from parainfer.serving.errors import ApiError
-from parainfer.serving.generation_service import ClientLeft, GenerationService
+from parainfer.serving.generation_service import GenerationService
+from parainfer.serving.service import ClientGone
 from parainfer.serving.schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -123,7 +124,7 @@ def _include_usage(body: SamplingFields) -> bool:
 async def _complete(gen: GenerationService, prompts: list[list[int]], params: Any, request: Request) -> Any:
     try:
         return await gen.complete(prompts, params, request)
-    except ClientLeft:
+    except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
 
 

@@ -33,13 +33,10 @@ from parainfer.errors import UsageError
 from parainfer.serving.config import ServeConfig
 from parainfer.serving.errors import ApiError
 from parainfer.serving.metrics import ServingMetrics
+from parainfer.serving.service import wait_or_give_up
 
 log = logging.getLogger(__name__)
 CHAT_DEFAULT_MAX_TOKENS = 256
-
-
-class ClientLeft(Exception):
-    """The client disconnected before a non-streaming answer was ready."""
 
 
 @dataclass
@@ -211,23 +208,11 @@ class GenerationService:
 
         Raises:
             ApiError: 504 past --request-timeout-s, 503 the engine failed.
-            ClientLeft: the client disconnected (its sequences were aborted).
+            ClientGone: the client disconnected (its sequences were aborted).
         """
         t0 = time.perf_counter()
         work = asyncio.gather(*(self._collect(i, ids, params, t0) for i, ids in enumerate(prompts)))
-        gone = asyncio.create_task(_disconnected(request))
-        try:
-            done, _ = await asyncio.wait({work, gone}, timeout=self.config.request_timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-        if work not in done:
-            work.cancel()  # cancels each sequence's stream: the engine aborts them
-            await asyncio.gather(work, return_exceptions=True)
-            if gone in done:
-                raise ClientLeft()
-            raise ApiError(504, f"request not answered within {self.config.request_timeout_s}s "
-                                "(--request-timeout-s; or stream it)", code="timeout")
+        await wait_or_give_up(work, request, self.config.request_timeout_s, "; or stream it")
         try:
             return work.result()
         except ApiError:
@@ -304,11 +289,3 @@ class GenerationService:
             self.metrics.sequences.labels(reason).inc()
             now = time.monotonic()
             self._done_times = [t for t in self._done_times[-255:] if now - t < 10.0] + [now]
-
-
-async def _disconnected(request: Request) -> None:
-    """Returns when the client closes the connection (the body was read already)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return

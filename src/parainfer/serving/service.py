@@ -115,18 +115,7 @@ class InferenceService:
 
     async def _wait(self, items: list[Item], request: Request) -> list[dict[str, Any]]:
         results = asyncio.gather(*(it.future for it in items), return_exceptions=True)
-        gone = asyncio.create_task(_disconnected(request))
-        try:
-            done, _ = await asyncio.wait({results, gone}, timeout=self.config.request_timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-        if results not in done:
-            results.cancel()
-            if gone in done:
-                raise ClientGone()
-            raise ApiError(504, f"request not answered within {self.config.request_timeout_s}s "
-                                "(--request-timeout-s)", code="timeout")
+        await wait_or_give_up(results, request, self.config.request_timeout_s)
         outputs = results.result()
         for i, out in enumerate(outputs):
             if isinstance(out, InputFailed):
@@ -163,3 +152,25 @@ async def _disconnected(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
+
+
+async def wait_or_give_up(work: asyncio.Future, request: Request, timeout_s: float, hint: str = "") -> None:
+    """Wait until ``work`` is done; if the client disconnects first or ``timeout_s`` passes,
+    cancel ``work`` (and wait for the cancellation to settle) and raise.
+
+    Raises:
+        ClientGone: the client closed the connection.
+        ApiError: 504 when ``timeout_s`` seconds passed (``hint`` is appended to the message).
+    """
+    gone = asyncio.create_task(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({work, gone}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if work in done:
+        return
+    work.cancel()
+    await asyncio.gather(work, return_exceptions=True)
+    if gone in done:
+        raise ClientGone()
+    raise ApiError(504, f"request not answered within {timeout_s}s (--request-timeout-s{hint})", code="timeout")
