@@ -14,7 +14,7 @@ import base64
 import inspect
 import time
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import numpy as np
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -107,32 +107,30 @@ def _v1_routes(config: ServeConfig, service: Any) -> APIRouter:
     name = config.served_model_name()
     created = int(time.time())
 
-    @router.post("/v1/embeddings", response_model=EmbeddingResponse)
-    async def embeddings(body: EmbeddingRequest, request: Request) -> Any:
-        """Embed one text or a list of texts (OpenAI's embeddings API)."""
-        if config.task != "embed":
-            raise _wrong_task(config, "/v1/embeddings", "embed")
-        got = await _infer(service, _texts(body.input), request)
+    async def answer_list(task: str, route: str, inputs: str | list[str], request: Request,
+                          item: Callable[[int, dict], dict]) -> Any:
+        """The path both list endpoints share: task check, inference, then
+        ``{object: list, data: [item(i, output)], model, usage}`` (or the client-closed answer)."""
+        if config.task != task:
+            raise _wrong_task(config, route, task)
+        got = await _infer(service, _texts(inputs), request)
         if isinstance(got, Response):
             return got
         outputs, tokens = got
-        data = [{"object": "embedding", "index": i, "embedding": _encode_vector(out, body.encoding_format, i)}
-                for i, out in enumerate(outputs)]
-        return JSONResponse({"object": "list", "data": data, "model": name,
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+        return JSONResponse({"object": "list", "data": [item(i, out) for i, out in enumerate(outputs)],
+                             "model": name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    @router.post("/v1/embeddings", response_model=EmbeddingResponse)
+    async def embeddings(body: EmbeddingRequest, request: Request) -> Any:
+        """Embed one text or a list of texts (OpenAI's embeddings API)."""
+        return await answer_list("embed", "/v1/embeddings", body.input, request, lambda i, out: {
+            "object": "embedding", "index": i, "embedding": _encode_vector(out, body.encoding_format, i)})
 
     @router.post("/v1/classify", response_model=ClassifyResponse)
     async def classify(body: ClassifyRequest, request: Request) -> Any:
         """Classify one text or a list: ``data[i]`` = {index, label, score} (plus any other model outputs)."""
-        if config.task != "classify":
-            raise _wrong_task(config, "/v1/classify", "classify")
-        got = await _infer(service, _texts(body.input), request)
-        if isinstance(got, Response):
-            return got
-        outputs, tokens = got
-        data = [{"index": i, **{k: _plain(v) for k, v in out.items()}} for i, out in enumerate(outputs)]
-        return JSONResponse({"object": "list", "data": data, "model": name,
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+        return await answer_list("classify", "/v1/classify", body.input, request,
+                                 lambda i, out: {"index": i, **{k: _plain(v) for k, v in out.items()}})
 
     @router.get("/v1/models", response_model=ModelList)
     async def models() -> Any:
