@@ -56,6 +56,17 @@ def worker_pids(driver_pid: int) -> list[int]:
     return pids
 
 
+def wait_workers(proc: subprocess.Popen, count: int = 2, timeout: float = 60.0) -> list[int]:
+    """Wait until the driver ``proc`` has ``count`` live workers (imports can take seconds on a loaded
+    machine); returns their pids, or fewer if the driver exited or ``timeout`` passed first."""
+    deadline = time.monotonic() + timeout
+    pids = worker_pids(proc.pid)
+    while len(pids) < count and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+        pids = worker_pids(proc.pid)
+    return pids
+
+
 def alive(pid: int) -> bool:
     """True while ``pid`` runs (a zombie counts as gone)."""
     try:

@@ -38,8 +38,9 @@ def test_second_signal_exits_at_once_and_the_checkpoint_stays_consistent(fault_i
     out = tmp_path / "out.csv"
     cmd = faultkit.command(fault_input, out)
     proc = faultkit.start(cmd, env={"PARAINFER_TEST_MS_PER_TOKEN": "0.5"})  # slow tasks: a long grace
-    time.sleep(2.0)
-    workers = faultkit.worker_pids(proc.pid)
+    workers = faultkit.wait_workers(proc)
+    assert len(workers) == 2
+    time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.2)
     t = time.monotonic()

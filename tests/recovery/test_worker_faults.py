@@ -20,9 +20,12 @@ def test_worker_killed_at_a_random_moment_loses_and_duplicates_nothing(trial: in
     rng = random.Random(100 + trial)
     out, report = tmp_path / "out.jsonl", tmp_path / "report.json"
     proc = faultkit.start(faultkit.command(fault_input, out, "--report", str(report)))
-    kills = 0
-    for delay in sorted(rng.uniform(0.6, 2.4) for _ in range(2)):
-        time.sleep(max(0.0, delay - 0.6 * kills))
+    assert len(faultkit.wait_workers(proc)) == 2
+    # The job needs >= 1.5 s of (sleep) compute per worker once they exist, so the first kill
+    # always lands while it runs; the second may come after the end of the job.
+    kills, started = 0, time.monotonic()
+    for delay in sorted(rng.uniform(0.0, 1.8) for _ in range(2)):
+        time.sleep(max(0.0, started + delay - time.monotonic()))
         pids = faultkit.worker_pids(proc.pid)
         if pids and proc.poll() is None:
             faultkit.os.kill(rng.choice(pids), signal.SIGKILL)
