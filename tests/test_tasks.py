@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from parainfer.records import Record
-from parainfer.tasks import TaskBuilder
+from parainfer.tasks import TaskBuilder, split_by_padding
 
 
 def words(n: int) -> str:
@@ -70,3 +71,32 @@ def test_every_record_in_exactly_one_task(lengths: list[int], batch: int, budget
         assert 1 <= len(t) <= batch
         assert len(t) == 1 or t.padded_tokens <= budget
         assert t.texts == [words(lengths[s]) for s in t.seqs]
+
+
+def _partitions(n: int):
+    """Every way to cut range(n) into consecutive non-empty runs (as lists of cut points)."""
+    for mask in range(1 << max(0, n - 1)):
+        cuts = [i + 1 for i in range(n - 1) if mask >> i & 1]
+        yield [range(a, b) for a, b in zip([0, *cuts], [*cuts, n])]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 300), min_size=1, max_size=9), st.floats(0, 500))
+def test_split_by_padding_is_optimal_and_covers_the_batch(lengths: list[int], overhead: float) -> None:
+    lengths = sorted(lengths)
+
+    def cost(runs) -> float:
+        return sum(overhead + len(r) * lengths[r[-1]] for r in runs)
+
+    runs = split_by_padding(lengths, overhead)
+    assert [i for r in runs for i in r] == list(range(len(lengths)))
+    assert cost(runs) <= min(cost(p) for p in _partitions(len(lengths))) + 1e-6
+
+
+def test_split_by_padding_cuts_a_mixed_batch_and_leaves_a_uniform_one() -> None:
+    assert split_by_padding([5] * 10 + [200] * 10, 48) == [range(0, 10), range(10, 20)]
+    assert split_by_padding([30, 31, 32, 33], 48) == [range(0, 4)]  # 6 padded tokens < one call
+    assert split_by_padding([5] * 10 + [200] * 10, float("inf")) == [range(0, 20)]
+    assert split_by_padding([], 48) == []
+    with pytest.raises(ValueError, match="ascending"):
+        split_by_padding([3, 2], 1)

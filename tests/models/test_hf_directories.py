@@ -59,3 +59,23 @@ def test_encoder_directory_as_embed_model(tmp_path: Path) -> None:
 def test_wrong_kind_of_directory_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="not a sequence classifier"):
         build_predictor("classify", str(default_embed_model_dir()))
+
+
+def test_length_groups_give_each_text_the_vector_it_gets_alone(vader_sample: Path) -> None:
+    """A batch mixing short and long texts is cut into length groups (less padding); every text
+    still gets, in input order, the embedding it gets when run alone (fp32)."""
+    from parainfer.models.hf_embed import HFEncoder
+
+    texts = [json.loads(line)["text"] for line in vader_sample.read_text().splitlines()][:40]
+    texts += ["ok", "word " * 150]  # very short and very long: certainly different groups
+    encoder = HFEncoder(default_embed_model_dir(), dtype="float32")
+    encoder.load()
+    groups = list(encoder._length_groups(texts))
+    assert len(groups) > 1 and sorted(r for rows, _ in groups for r in rows) == list(range(len(texts)))
+    lengths = encoder.token_lengths(texts)
+    padded = sum(b["input_ids"].numel() for _, b in groups)
+    assert padded < len(texts) * min(max(lengths), 256)
+    together = encoder.encode(texts)
+    alone = np.stack([encoder.encode([t])[0] for t in texts])
+    assert together.shape == (len(texts), 384)
+    assert float(np.min(np.sum(together * alone, axis=1))) > 0.99999

