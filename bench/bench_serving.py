@@ -87,6 +87,7 @@ def server(args: argparse.Namespace, settings: list[str]) -> Iterator[str]:
     """A server subprocess on a free loopback port; SIGTERM at the end."""
     port = free_port()
     cmd = [sys.executable, "-m", "parainfer.serving", "--task", args.task, "--workers", str(args.workers),
+           "--device", args.device,
            "--port", str(port), "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning", *settings] + (["--model", args.model] if args.model else [])
     proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
@@ -209,6 +210,7 @@ def main() -> None:
     parser.add_argument("--task", default="embed")
     parser.add_argument("--model", default=None)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (the server's --device)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load point")
     parser.add_argument("--concurrency", default="1,8,32,64", help="closed-loop client counts")
     parser.add_argument("--rates", default="25,50,100", help="open-loop requests/s ('' for none)")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from parainfer.config import JobConfig
+from parainfer.devices import default_workers
 from parainfer.executors.base import TaskResult, WorkerFailed, WorkerReady
 from parainfer.executors.local import LocalExecutor, default_threads
 from parainfer.io.checkpoint import Checkpoint
@@ -86,7 +87,7 @@ class Job:
         self.source = open_source(config.input, text_column=config.text_column, id_column=config.id_column)
         self.predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device,
                                                       **config.generation)
-        self.num_workers = config.workers or default_threads(1)
+        self.num_workers = config.workers or default_workers(config.device, default_threads(1))
         self.tuner = (BatchSizeTuner(max_size=config.max_auto_batch_size, tasks_per_trial=4 * self.num_workers)
                       if config.batch_size == "auto" else None)
         batch_size = self.tuner.max_size if self.tuner else int(config.batch_size)

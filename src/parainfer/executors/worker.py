@@ -17,6 +17,7 @@ import time
 import traceback
 from typing import Any
 
+from parainfer.devices import worker_device
 from parainfer.executors.base import TaskResult, WorkerFailed, WorkerReady
 from parainfer.models.base import Predictor, RecordFailure
 from parainfer.tasks import Task
@@ -75,6 +76,8 @@ def worker_main(worker_id: int, predictor: Predictor, inbox: Any, outbox: Any, t
         # that was imported already (for example by the parent under fork).
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(threads)
+    if getattr(predictor, "device", "cpu") == "cuda":
+        predictor.device = worker_device("cuda", worker_id)  # replicas spread over the GPUs
     try:
         predictor.load()
         if threads and "torch" in sys.modules:

@@ -188,7 +188,7 @@ class HFModel(HFTokenizerMixin):
     def describe(self) -> dict[str, Any]:
         """Class, task, model path, dtype (as resolved after load) and window."""
         return {"class": type(self).__name__, "task": self.task, "model": str(self.model_dir),
-                "dtype": self.dtype, "max_input_tokens": self.max_input_tokens}
+                "dtype": self.dtype, "device": self.device, "max_input_tokens": self.max_input_tokens}
 
 
 def load_torch_model(model_dir: Path, auto_cls: Any, dtype: str, device: str = "cpu") -> tuple[Any, str]:

@@ -40,6 +40,7 @@ def serve_command(
     api_key: Optional[str] = typer.Option(None, envvar="PARAINFER_API_KEY",
                                           help="require 'Authorization: Bearer KEY' on /v1 routes"),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 (generate: auto = float32)"),
+    device: str = typer.Option("cpu", help="cpu | cuda (replicas spread over the GPUs) | cuda:N | auto"),
     max_inputs_per_request: int = typer.Option(2048, help="more inputs in one request get 413"),
     max_body_bytes: int = typer.Option(8 << 20, help="larger request bodies get 413"),
     threads_per_worker: Optional[int] = typer.Option(None, help="threads per worker (default cores / workers; "
@@ -52,7 +53,7 @@ def serve_command(
     /v1/chat/completions (--task generate), /health, /metrics."""
     config = ServeConfig(task=task, model=model, workers=workers, host=host, port=port,
                          max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                         request_timeout_s=request_timeout_s, api_key=api_key, dtype=dtype,
+                         request_timeout_s=request_timeout_s, api_key=api_key, dtype=dtype, device=device,
                          max_inputs_per_request=max_inputs_per_request, max_body_bytes=max_body_bytes,
                          threads_per_worker=threads_per_worker, group_by_length=group_by_length,
                          max_num_seqs=max_num_seqs)
