@@ -5,7 +5,8 @@
 2. ``straggler``: makespan and imbalance of each policy with one worker 3x slower
    (``parainfer.testing:sleepy``, 3 workers);
 3. ``overhead``: the whole engine with a no-op model (``parainfer.testing:echo``) at 10k, 100k
-   and 1M records: records/s, tasks/s, the driver's peak memory, time to the first output row.
+   and 1M records, batches of 256 and 16 (and 1 at 100k): records/s, tasks/s, the driver's peak
+   memory, time to the first output row.
 
 Usage: python bench/bench_scheduling.py [bucketing] [straggler] [overhead] [--quick]
 """
@@ -98,7 +99,7 @@ def overhead(tmp: Path, quick: bool) -> None:
         with src.open("w") as f:
             for i in range(n):
                 f.write(json.dumps({"id": i, "text": "word " * rng.randint(1, 40)}) + "\n")
-        for batch in (256, 16):
+        for batch in (256, 16, 1) if n == 100_000 else (256, 16):  # batch 1: the per-task cost alone
             rep, first = run_job(input=str(src), output=str(tmp / "echo_out.jsonl"), workers=2, batch_size=batch,
                                  model="parainfer.testing:echo")
             tasks_s = rep["tasks"] / rep["t_parallel_s"] if rep["t_parallel_s"] else 0.0

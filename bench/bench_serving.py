@@ -124,12 +124,18 @@ class Connection:
     """A minimal keep-alive HTTP/1.1 client for one connection: the load generator must cost far
     less CPU than the server it measures (httpx costs milliseconds a request on a busy 2-core box)."""
 
+    IDLE_S = 2.0  # reconnect after this long unused: uvicorn closes keep-alive connections idle 5 s
+
     def __init__(self, host: str, port: int):
         self.host, self.port = host, port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.last_used = 0.0
 
     async def post(self, path: str, body: bytes) -> int:
+        if self.writer is not None and time.monotonic() - self.last_used > self.IDLE_S:
+            self.close()  # the server may have closed it: a request on it would fail as a "conn" error
+        self.last_used = time.monotonic()
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
@@ -139,6 +145,7 @@ class Connection:
         status = int(head.split(b" ", 2)[1])
         length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
         await self.reader.readexactly(length)
+        self.last_used = time.monotonic()
         if re.search(rb"(?i)connection: *close", head):
             self.close()
         return status

@@ -111,6 +111,50 @@ def test_a_lone_input_waits_at_most_max_wait():
     asyncio.run(main())
 
 
+class DispatchClock(FakeReplicas):
+    """FakeReplicas that also notes when each batch was dispatched (loop time)."""
+
+    def __init__(self, **kw: object):
+        super().__init__(**kw)
+        self.times: list[float] = []
+
+    def dispatch(self, batch: list[Item]) -> None:
+        self.times.append(asyncio.get_running_loop().time())
+        super().dispatch(batch)
+
+
+def test_under_a_trickle_an_idle_replica_takes_a_lone_input_at_once():
+    """No input arrived in the last second besides this one: waiting 0.3 s could not fill the
+    batch, so it is dispatched without waiting."""
+    async def main() -> None:
+        reps = DispatchClock(delay_s=0.001)
+        batcher = make(reps, max_batch_size=32, max_wait_s=0.3)
+        loop = asyncio.create_task(batcher.run())
+        t0 = asyncio.get_running_loop().time()
+        assert await request(batcher, ["alone"]) == ["alone"]
+        loop.cancel()
+        assert reps.times[0] - t0 < 0.1
+    asyncio.run(main())
+
+
+def test_under_load_an_idle_replica_waits_for_the_batch_to_fill():
+    """40 inputs arrived in the last second (40/s x 0.1 s = 4 expected within max_wait): a lone
+    input waits up to max_wait for company, and the inputs that come meanwhile share its batch."""
+    async def main() -> None:
+        reps = DispatchClock(delay_s=0.001)
+        batcher = make(reps, max_batch_size=32, max_wait_s=0.1)
+        loop = asyncio.create_task(batcher.run())
+        await asyncio.gather(*(request(batcher, [f"warm{i}"]) for i in range(40)))
+        t0 = asyncio.get_running_loop().time()
+        lone = asyncio.create_task(request(batcher, ["first"]))
+        await asyncio.sleep(0.03)
+        assert await asyncio.gather(lone, request(batcher, ["second"])) == [["first"], ["second"]]
+        loop.cancel()
+        assert sorted(reps.batches[-1]) == ["first", "second"]
+        assert reps.times[-1] - t0 >= 0.09
+    asyncio.run(main())
+
+
 def test_no_batch_is_formed_while_every_replica_is_busy():
     async def main() -> None:
         reps = FakeReplicas(slots=1, delay_s=0.1)

@@ -8,7 +8,12 @@ in several batches; ``asyncio.gather`` over its futures puts the outputs back in
 When a batch is formed (``take_batches``):
 
 1. a replica must have room (``free_slots() > 0``), and
-2. the queue holds ``max_batch_size`` inputs, or its oldest input waited ``max_wait_s``.
+2. the queue holds ``max_batch_size`` inputs, or its oldest input waited ``max_wait_s``,
+   or waiting is not worth it: at the arrival rate of the last second (inputs/s), fewer than
+   one more input is expected within ``max_wait_s`` (``rate x max_wait_s < 1``). An idle
+   replica then takes what is queued at once: under light load (one client, a trickle of
+   requests) waiting only adds latency, while under load the replicas are busy and batches fill
+   while they are (a batch is cut only when a slot frees up), wait or no wait.
 
 Then the oldest ``window`` waiting inputs are sorted by token length and cut into runs of
 ``max_batch_size`` (length grouping: a padded encoder batch costs B x its longest input, so
@@ -24,10 +29,15 @@ sorted b:2 d:3 c:8 a:9 -> runs [b d] [c a]; [c a] holds the oldest (a) -> dispat
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+
+# Arrival rate window (s) for the "is waiting worth it" test.
+ARRIVAL_WINDOW_S = 1.0
 
 
 class QueueFull(Exception):
@@ -93,7 +103,8 @@ class DynamicBatcher:
             It owns resolving the items' futures from then on.
         free_slots: how many batches may be dispatched right now (replicas with room).
         max_batch_size: most inputs per batch.
-        max_wait_s: the longest the oldest input waits for a batch to fill once a slot is free.
+        max_wait_s: the longest the oldest input waits for a batch to fill once a slot is free
+            (only while at least one more input is expected in that time; see the module docstring).
         max_queue: most inputs waiting; ``submit`` raises QueueFull beyond it.
         group_by_length: sort by token length before cutting batches (see ``take_batches``).
         window_batches: the sorting window, in batches (window = this x max_batch_size).
@@ -114,6 +125,8 @@ class DynamicBatcher:
         self._keys = itertools.count()
         self._wakeup = asyncio.Event()
         self.items_per_second = 0.0  # recent dispatch rate, for Retry-After (set by the owner)
+        self._arrivals: collections.deque[tuple[float, int]] = collections.deque()  # (monotonic s, inputs)
+        self._arrived = 0  # inputs in self._arrivals
 
     @property
     def depth(self) -> int:
@@ -135,8 +148,17 @@ class DynamicBatcher:
         items = [Item(t, n, loop.create_future(), now, next(self._keys)) for t, n in zip(texts, tokens)]
         for item in items:
             self._waiting[item.key] = item
+        self._arrivals.append((now, len(items)))
+        self._arrived += len(items)
         self._wakeup.set()
         return items
+
+    def expected_arrivals(self, within_s: float) -> float:
+        """Inputs expected in the next ``within_s`` seconds at the last second's arrival rate."""
+        horizon = time.monotonic() - ARRIVAL_WINDOW_S
+        while self._arrivals and self._arrivals[0][0] < horizon:
+            self._arrived -= self._arrivals.popleft()[1]
+        return self._arrived / ARRIVAL_WINDOW_S * within_s
 
     def cancel(self, items: list[Item]) -> int:
         """Drop the still-queued ones of ``items`` (client gone, timed out); returns how many."""
@@ -164,7 +186,8 @@ class DynamicBatcher:
         while True:
             await self._wait_until(lambda: bool(self._waiting) and self.free_slots() > 0)
             oldest = next(iter(self._waiting.values()))
-            deadline = oldest.t_enqueued + self.max_wait_s
+            worth_waiting = self.expected_arrivals(self.max_wait_s) >= 1.0
+            deadline = oldest.t_enqueued + (self.max_wait_s if worth_waiting else 0.0)
             await self._wait_until(lambda: len(self._waiting) >= self.max_batch_size, deadline)
             self._dispatch_now()
 
