@@ -84,7 +84,8 @@ class Job:
     def __init__(self, config: JobConfig, predictor: Predictor | None = None):
         self.config = config
         # Input problems are reported before any model is built or worker started.
-        self.source = open_source(config.input, text_column=config.text_column, id_column=config.id_column)
+        self.source = open_source(config.input, text_column=config.text_column, id_column=config.id_column,
+                                  allow_messages=config.task == "generate")
         self.predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device,
                                                       **config.generation)
         self.num_workers = config.workers or default_workers(config.device, default_threads(1))

@@ -13,14 +13,15 @@ class Record:
     Attributes:
         seq: 0-based position of the row in the input (the merger's ordering key).
         id: the row's id (from the id column, or the 1-based line number for .txt input).
-        text: the text the model reads.
+        text: the text the model reads (``--task generate`` also takes a chat conversation: a
+            list of {"role", "content"} dicts, checked by ``io.sources.check_messages``).
         extra: every other input column, passed through to the output unchanged.
         line: 1-based line (or row) number in the input file (0 when unknown).
     """
 
     seq: int
     id: Any
-    text: str
+    text: str | list[dict[str, Any]]
     extra: dict[str, Any] = field(default_factory=dict)
     line: int = 0
 

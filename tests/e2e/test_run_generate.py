@@ -35,3 +35,29 @@ def test_generate_two_workers_equal_one_and_long_prompt_is_quarantined(tmp_path:
     assert rep1["failed_records"] == rep2["failed_records"] == 1
     (err,) = read_jsonl(tmp_path / "two.errors.jsonl")
     assert err["id"] == "long" and "context window" in err["reason"] and "max_tokens (8)" in err["reason"]
+
+
+def test_a_chat_messages_column_runs_the_conversation_and_a_bad_one_fails_alone(tmp_path: Path) -> None:
+    """OpenAI-style `messages` in the prompt column: one user message equals the same text as a
+    plain prompt; a system message changes the prompt; a malformed conversation is quarantined."""
+    src = tmp_path / "chats.jsonl"
+    rows = [
+        {"id": "plain", "messages": "Name a fruit."},
+        {"id": "as-chat", "messages": [{"role": "user", "content": "Name a fruit."}]},
+        {"id": "system", "messages": [{"role": "system", "content": "Answer in French."},
+                                      {"role": "user", "content": "Name a fruit."}]},
+        {"id": "bad", "messages": [{"role": "robot", "content": "beep"}]},
+    ]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = JobConfig(input=str(src), output=str(tmp_path / "out.jsonl"), task="generate", workers=1, quiet=True,
+                    text_column="messages", generation={"max_tokens": 8})
+    report = Job(cfg).run()
+    out = {r["id"]: r for r in read_jsonl(tmp_path / "out.jsonl")}
+    assert list(out) == ["plain", "as-chat", "system"] and report["failed_records"] == 1
+    assert out["as-chat"]["generated_text"] == out["plain"]["generated_text"]
+    assert out["as-chat"]["prompt_tokens"] == out["plain"]["prompt_tokens"]
+    # SmolLM2's template puts in its own default system prompt when none is given: ours replaces it
+    assert out["system"]["prompt_tokens"] != out["plain"]["prompt_tokens"]
+    assert out["as-chat"]["messages"] == rows[1]["messages"]  # the input column is kept as given
+    (err,) = read_jsonl(tmp_path / "out.errors.jsonl")
+    assert err["id"] == "bad" and "role 'robot'" in err["reason"] and "system, user, assistant" in err["reason"]

