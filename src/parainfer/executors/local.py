@@ -36,6 +36,7 @@ class _Slot:
         self.held: dict[int, Task] = {}  # in submission order = the order the worker runs them
         self.submitted: dict[int, float] = {}  # Task.index -> perf_counter when it was queued
         self.free_since = time.perf_counter()  # when it last finished a task (or became ready)
+        self.ready = False  # sent WorkerReady (its model loaded)
 
     def running(self) -> tuple[int, float] | None:
         """(Task.index, estimated start) of the task being run: the oldest held one, started
@@ -46,8 +47,16 @@ class _Slot:
         return index, max(self.submitted[index], self.free_since)
 
 
+# A worker that dies this many times in a row before its model has loaded (a segfault or the
+# OOM killer during load, not an exception: that is reported as fatal at once) is not restarted.
+MAX_DEATHS_WHILE_LOADING = 3
+
+
 class LocalExecutor(Executor):
     """N worker processes fed through per-worker queues.
+
+    A worker that dies before it has loaded its model ``MAX_DEATHS_WHILE_LOADING`` times in a
+    row is reported as a fatal ``WorkerFailed`` (restarting it again would loop forever).
 
     Args:
         predictor: an unloaded Predictor (pickled to each worker, loaded there once).
@@ -66,6 +75,7 @@ class LocalExecutor(Executor):
         self.env = dict(env or {})
         self._ctx = mp.get_context("spawn")
         self._slots: list[_Slot | None] = [None] * num_workers
+        self._load_deaths = [0] * num_workers  # consecutive deaths before WorkerReady
         self.restarts = 0
 
     def start(self) -> None:
@@ -149,8 +159,17 @@ class LocalExecutor(Executor):
             self._drain(slot, events)  # everything it sent before dying is still readable
             slot.proc.join(timeout=1)
             running = slot.running()[0] if slot.held else None
-            events.append(WorkerFailed(w, f"worker {w} (pid {slot.proc.pid}) exited with code "
-                                          f"{slot.proc.exitcode}", list(slot.held.values()), running=running))
+            reason = f"worker {w} (pid {slot.proc.pid}) exited with code {slot.proc.exitcode}"
+            if slot.ready:
+                self._load_deaths[w] = 0
+            elif not any(isinstance(e, WorkerFailed) and e.worker_id == w for e in events):
+                self._load_deaths[w] += 1
+            fatal = self._load_deaths[w] >= MAX_DEATHS_WHILE_LOADING
+            if fatal:
+                reason = (f"model failed to load: worker {w} died {self._load_deaths[w]} times in a row while "
+                          f"loading it (last: exited with code {slot.proc.exitcode}; -9 is often the "
+                          f"out-of-memory killer: try fewer --workers)")
+            events.append(WorkerFailed(w, reason, list(slot.held.values()), fatal=fatal, running=running))
             self._close(slot)
             self._slots[w] = None
         return events
@@ -162,6 +181,8 @@ class LocalExecutor(Executor):
                 ev = slot.results.recv()
                 if isinstance(ev, (TaskResult, WorkerReady)):
                     slot.free_since = time.perf_counter()
+                if isinstance(ev, WorkerReady):
+                    slot.ready = True
                 if isinstance(ev, TaskResult):
                     slot.held.pop(ev.task_index, None)
                     slot.submitted.pop(ev.task_index, None)
