@@ -106,7 +106,7 @@ def main() -> None:
     settings = ["--max-num-seqs", str(args.max_num_seqs), "--dtype", args.dtype, "--request-timeout-s", "600"]
     if args.threads:
         settings += ["--threads-per-worker", str(args.threads)]
-    spawn = argparse.Namespace(task="generate", workers=1, max_wait_ms=5.0, model=args.model)
+    spawn = argparse.Namespace(task="generate", workers=1, max_wait_ms=5.0, model=args.model, device="cpu")
     rows = []
     with server(spawn, settings) as url:
         asyncio.run(run_point(url, texts, 2, 2, 8))  # warm-up
