@@ -10,9 +10,9 @@ from gen_helpers import seq
 
 
 def run_step(sched: Scheduler) -> None:
-    """Pretend the model ran: every scheduled sequence gains one token."""
+    """Pretend the model ran: every sequence that gets a token this step gains one."""
     batch = sched.schedule()
-    for s in batch.seqs:
+    for s in sched.advance(batch):
         s.output_token_ids.append(0)
     return batch
 
@@ -22,22 +22,34 @@ def test_admission_respects_token_budget_and_max_seqs():
     for i, n in enumerate([4, 4, 4, 1]):
         sched.add(seq(n, f"s{i}"))
     batch = sched.schedule()
-    assert [s.request_id for s in batch.prefill] == ["s0", "s1"]  # 4 + 4 <= 10 < 12
+    assert [s.request_id for s in batch.prefill] == ["s0", "s1", "s2"]  # max_num_seqs = 3 stops s3
     assert all(s.status is SequenceStatus.RUNNING for s in batch.prefill)
-    for s in batch.seqs:
+    assert batch.chunks == [(0, 4), (0, 4), (0, 2)]  # s2 gets the 2 tokens left of the budget
+    assert [s.request_id for s in batch.sampled] == ["s0", "s1"]  # s2 has 2 of its 4 tokens cached
+    for s in sched.advance(batch):
         s.output_token_ids.append(0)
     batch = sched.schedule()
     assert [s.request_id for s in batch.decode] == ["s0", "s1"]
-    assert [s.request_id for s in batch.prefill] == ["s2"]  # max_num_seqs = 3 stops s3
-    assert batch.num_tokens == 2 + 4
+    assert [s.request_id for s in batch.prefill] == ["s2"] and batch.chunks == [(2, 4)]
+    assert batch.num_tokens == 2 + 2 and [s.request_id for s in batch.sampled] == ["s0", "s1", "s2"]
+    assert sched.waiting[0].request_id == "s3"
 
 
-def test_long_prompt_is_admitted_alone():
+def test_long_prompt_is_prefilled_in_chunks_while_the_others_decode():
     sched = Scheduler(BlockManager(100, 4), max_num_seqs=4, max_num_batched_tokens=8)
-    sched.add(seq(20, "long"))
     sched.add(seq(2, "short"))
-    batch = sched.schedule()
-    assert [s.request_id for s in batch.prefill] == ["long"]
+    sched.add(seq(20, "long"))
+    batch = run_step(sched)
+    assert [s.request_id for s in batch.prefill] == ["short", "long"] and batch.chunks == [(0, 2), (0, 6)]
+    steps = [run_step(sched) for _ in range(2)]
+    # Each step: one decode for "short", 7 more prompt tokens of "long" (6 + 7 + 7 = 20).
+    assert [[s.request_id for s in b.decode] for b in steps] == [["short"], ["short"]]
+    assert [b.chunks for b in steps] == [[(6, 13)], [(13, 20)]]
+    assert [s.request_id for s in steps[0].sampled] == ["short"]
+    assert [s.request_id for s in steps[1].sampled] == ["short", "long"]  # its chunk reached the end
+    long = steps[1].prefill[0]
+    assert long.num_computed_tokens == 20 and long.num_tokens == 21 and not long.is_prefilling
+    assert [s.request_id for s in run_step(sched).decode] == ["short", "long"]
 
 
 def test_preempts_newest_and_requeues_it_first():

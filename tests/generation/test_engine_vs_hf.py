@@ -1,7 +1,8 @@
 """Greedy outputs of the engine equal Hugging Face ``generate`` run on each prompt alone (fp32).
 
-Covers: prompts of different lengths batched together, requests joining mid-flight, and
-preemption (a KV cache too small for all sequences, so the newest is evicted and recomputed).
+Covers: prompts of different lengths batched together, requests joining mid-flight, chunked
+prefill (a token budget smaller than the prompts), and preemption (a KV cache too small for all
+sequences, so the newest is evicted and recomputed).
 """
 
 from __future__ import annotations
@@ -57,6 +58,24 @@ def test_requests_joining_mid_flight(make_engine, prompts, hf_greedy):
     assert len(tokens) == len(prompts)
     for rid, i in order.items():
         assert tokens[rid] == hf_greedy(prompts[i], MAX_TOKENS), f"prompt {i}"
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+def test_chunked_prefill_keeps_outputs_exact(make_engine, prompts, hf_greedy):
+    # A 24-token budget cuts the 37..70-token chat prompts into 2-4 chunks of odd sizes, prefilled
+    # across steps while the other sequences decode; greedy tokens still equal HF's.
+    engine = make_engine(max_num_batched_tokens=24, block_size=4)
+    schedule, chunks = engine.scheduler.schedule, []
+
+    def recording_schedule():
+        batch = schedule()
+        chunks.extend(batch.chunks)
+        return batch
+    engine.scheduler.schedule = recording_schedule
+    results = engine.generate(prompts, SamplingParams(max_tokens=MAX_TOKENS))
+    assert sum(1 for first, _ in chunks if first > 0) >= len(prompts) - 1  # later chunks ran
+    for ids, res in zip(prompts, results):
+        assert res.token_ids == hf_greedy(ids, MAX_TOKENS)
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
 
 

@@ -10,8 +10,11 @@ first written into the cache at ``slot_mapping``; then:
   boolean mask hiding positions past each sequence's length. Grouped-query attention costs no
   copy: the G = heads / kv_heads query heads that share a KV head ride in the query-length
   axis ([B, kv_heads, G, head_dim]), which is exact because decode rows need no causal mask.
-- prefill rows: a prefill always starts at position 0 (a preempted sequence is recomputed in
-  full), so its keys/values are the ones just computed; one causal SDPA call per sequence.
+- prefill rows: a chunk that starts at position 0 (a whole prompt, the first chunk of a long
+  one, or a recompute after preemption) attends to its own keys/values just computed: one
+  causal SDPA call. A later chunk, positions s .. e-1, attends to the cached keys/values of
+  positions 0 .. e-1 (gathered through its block table, this chunk's included since they are
+  written first) with a mask letting the query at position s + i see keys 0 .. s + i.
 """
 
 from __future__ import annotations
@@ -32,14 +35,16 @@ class AttentionMetadata:
         decode_block_tables: [Bd, MB] int64 block ids, padded with block 0 (masked out).
         decode_mask: [Bd, 1, 1, MB * block_size] bool, True where the key position is < the
             sequence's length.
-        prefill_bounds: (start, end) row ranges of each prefilling sequence, after the decode rows.
+        prefill_bounds: per prefill chunk, after the decode rows: (first row, end row, first
+            position, block ids [ceil(end position / block_size)] or None when the chunk starts
+            at position 0). Plain (first row, end row) pairs mean chunks from position 0.
     """
 
     slot_mapping: torch.Tensor
     num_decode: int
     decode_block_tables: torch.Tensor | None
     decode_mask: torch.Tensor | None
-    prefill_bounds: list[tuple[int, int]]
+    prefill_bounds: list[tuple]
 
 
 def paged_attention(
@@ -68,8 +73,12 @@ def paged_attention(
     bd = meta.num_decode
     if bd:
         parts.append(_decode(q[:bd], kv_cache, meta).reshape(bd, num_heads * head_dim))
-    for start, end in meta.prefill_bounds:
-        parts.append(_prefill(q[start:end], k[start:end], v[start:end]))
+    for start, end, *context in meta.prefill_bounds:
+        first, blocks = context if context else (0, None)
+        if blocks is None:
+            parts.append(_prefill(q[start:end], k[start:end], v[start:end]))
+        else:
+            parts.append(_prefill_chunk(q[start:end], kv_cache, blocks, first))
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
 
@@ -99,5 +108,23 @@ def _prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         v.transpose(0, 1).unsqueeze(0),
         is_causal=True,
         enable_gqa=num_heads != k.shape[1],
+    )
+    return out[0].transpose(0, 1).reshape(length, num_heads * head_dim)
+
+
+def _prefill_chunk(q: torch.Tensor, kv_cache: torch.Tensor, blocks: torch.Tensor, first: int) -> torch.Tensor:
+    """A prefill chunk at positions first .. first + L - 1: q [L, H, D] attends to the cached
+    keys/values of positions 0 .. first + L - 1 (``blocks`` holds them); returns [L, H*D]."""
+    length, num_heads, head_dim = q.shape
+    _, num_blocks, _, num_kv, _ = kv_cache.shape
+    end = first + length
+    kv = kv_cache.view(2, num_blocks, -1).index_select(1, blocks).view(2, -1, num_kv, head_dim)[:, :end]
+    mask = torch.arange(end).unsqueeze(0) <= (first + torch.arange(length)).unsqueeze(1)  # [L, end]
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1).unsqueeze(0),
+        kv[0].transpose(0, 1).unsqueeze(0),
+        kv[1].transpose(0, 1).unsqueeze(0),
+        attn_mask=mask,
+        enable_gqa=num_heads != num_kv,
     )
     return out[0].transpose(0, 1).reshape(length, num_heads * head_dim)

@@ -178,7 +178,7 @@ class LLMEngine:
         self.stats["decode_tokens"] += len(batch.decode)
         self.stats["prefill_tokens"] += batch.num_tokens - len(batch.decode)
         self.stats["preemptions"] = self.scheduler.num_preemptions
-        for seq, tok in zip(batch.seqs, tokens):
+        for seq, tok in zip(self.scheduler.advance(batch), tokens):
             outputs.append(append_token(seq, tok, self.eos_token_ids, self.max_model_len))
             if seq.is_finished:
                 self.scheduler.finish(seq, seq.finish_reason)

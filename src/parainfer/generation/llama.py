@@ -119,6 +119,8 @@ class LlamaForward:
         sin = self.sin_signed[positions].unsqueeze(1)
         for i, layer in enumerate(self.layers):
             x = self._layer_forward(x, layer, cos, sin, meta, kv_cache.layer(i))
+        if logit_rows.numel() == 0:  # only partial prefill chunks this step: nothing to sample
+            return x.new_empty((0, self.lm_head.out_features))
         x = self._rms_norm(x[logit_rows], self.norm)
         return self.lm_head(x)
 

@@ -1,9 +1,10 @@
 """Runs one scheduled batch through the model: build the flat inputs, forward, sample.
 
 Input layout (see :mod:`parainfer.generation.attention`): decode rows first, one per decoding
-sequence (its last token at position ``num_tokens - 1``), then every prefilling sequence's
-tokens at positions ``0 .. num_tokens - 1``. Logits are computed only for the last row of each
-sequence, so the LM head costs B rows, not T.
+sequence (its last token at position ``num_tokens - 1``), then each prefilling sequence's
+chunk of tokens at positions ``start .. end - 1`` (the whole prompt, ``0 .. num_tokens - 1``,
+unless the prefill is chunked). Logits are computed only for the last row of each sequence
+that gets a token this step (``batch.sampled``), so the LM head costs B rows, not T.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> list[int]:
-        """Forward the batch and sample; returns one next-token id per ``batch.seqs`` entry."""
+        """Forward the batch and sample; returns one next-token id per ``batch.sampled`` entry."""
         input_ids, positions, meta, logit_rows = self.prepare(batch)
         logits = self.model.forward(input_ids, positions, meta, self.kv_cache, logit_rows)
-        return sample(logits, batch.seqs)
+        return sample(logits, batch.sampled)
 
     def prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
         """Flat input ids [T], positions [T], attention metadata and logit rows [B]."""
@@ -50,15 +51,17 @@ class ModelRunner:
             slots.append(seq.block_table[p // bs] * bs + p % bs)
         logit_rows = list(range(len(batch.decode)))
         bounds = []
-        for seq in batch.prefill:
-            n = seq.num_tokens
-            start = len(ids)
-            ids.extend(seq.token_ids)
-            pos.extend(range(n))
+        for seq, (first, last) in zip(batch.prefill, batch.chunks):
+            row = len(ids)
+            ids.extend(seq.token_ids[first:last])
+            pos.extend(range(first, last))
             table = seq.block_table
-            slots.extend(table[p // bs] * bs + p % bs for p in range(n))
-            bounds.append((start, start + n))
-            logit_rows.append(start + n - 1)
+            slots.extend(table[p // bs] * bs + p % bs for p in range(first, last))
+            # A chunk after the first attends to the cached keys of positions 0 .. last - 1.
+            blocks = torch.tensor(table[: -(-last // bs)], dtype=torch.long) if first else None
+            bounds.append((row, row + last - first, first, blocks))
+            if last == seq.num_tokens:
+                logit_rows.append(row + last - first - 1)
         tables, mask = self._decode_tables(batch)
         meta = AttentionMetadata(
             slot_mapping=torch.tensor(slots, dtype=torch.long),

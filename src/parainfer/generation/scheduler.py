@@ -4,15 +4,20 @@ The running batch is re-formed at every step (iteration-level scheduling, Yu et 
 "Orca", OSDI): finished sequences leave at once, waiting ones join as soon as blocks and the
 token budget allow. Order of :meth:`Scheduler.schedule`:
 
-1. Decode every running sequence, oldest first (1 token each). When the KV cache has no
-   block for a sequence's next token, the NEWEST running sequence is preempted: its blocks
-   are freed and it goes to the FRONT of the waiting queue, to be recomputed (prompt plus the
-   tokens it already generated are prefilled again) when blocks free up. Recompute keeps the
-   output exact: the sampler never re-draws tokens that were already generated.
-2. If nothing was preempted, admit waiting sequences in FIFO order while the running batch
-   has fewer than ``max_num_seqs`` sequences, their prefill tokens fit the remaining token
-   budget, and the block manager can allocate all their tokens. A prompt longer than the
-   whole budget is admitted when it is the first prefill of the step, so it never starves.
+1. Decode every running sequence whose prefill is done, oldest first (1 token each). When
+   the KV cache has no block for a sequence's next token, the NEWEST running sequence is
+   preempted: its blocks are freed and it goes to the FRONT of the waiting queue, to be
+   recomputed (prompt plus the tokens it already generated are prefilled again) when blocks
+   free up. Recompute keeps the output exact: the sampler never re-draws tokens that were
+   already generated.
+2. If nothing was preempted, spend what is left of the token budget on prefills (chunked
+   prefill, as in Sarathi-Serve, Agrawal et al. 2024, https://arxiv.org/abs/2403.02310, and
+   vLLM): first the next chunk of running sequences whose prefill was cut short, oldest first;
+   then waiting sequences in FIFO order while the running batch has fewer than
+   ``max_num_seqs`` sequences and the block manager can allocate all their tokens. A prompt
+   longer than what is left gets a chunk of that size and continues next step, so a long
+   prompt neither starves nor stalls the running decodes for its whole prefill; a sequence
+   gets its next token only from the step whose chunk reaches its last token.
 """
 
 from __future__ import annotations
@@ -30,22 +35,28 @@ class ScheduledBatch:
 
     Attributes:
         decode: sequences that feed their last token (1 query token each), oldest first.
-        prefill: sequences that feed all their tokens (prompt, plus outputs after a preemption).
+        prefill: sequences that feed a chunk of their tokens (prompt, plus outputs after a
+            preemption): positions ``chunks[i] = (start, end)`` of ``prefill[i]``.
+        chunks: the (start, end) token positions of each prefill chunk.
+        sampled: sequences that get a next token this step, in the order of the runner's
+            outputs: every decode, and each prefill whose chunk reaches its last token.
         preempted: sequences preempted while forming this batch (for stats and tests).
     """
 
     decode: list[Sequence] = field(default_factory=list)
     prefill: list[Sequence] = field(default_factory=list)
+    chunks: list[tuple[int, int]] = field(default_factory=list)
+    sampled: list[Sequence] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
 
     @property
     def seqs(self) -> list[Sequence]:
-        """Decode then prefill sequences: the order of the model runner's outputs."""
+        """Decode then prefill sequences: the order of the model runner's input rows."""
         return self.decode + self.prefill
 
     @property
     def num_tokens(self) -> int:
-        return len(self.decode) + sum(s.num_tokens for s in self.prefill)
+        return len(self.decode) + sum(end - start for start, end in self.chunks)
 
     @property
     def is_empty(self) -> bool:
@@ -88,7 +99,17 @@ class Scheduler:
         self._schedule_decodes(batch)
         if not batch.preempted:
             self._schedule_prefills(batch)
+        batch.sampled = batch.decode + [s for s, (_, end) in zip(batch.prefill, batch.chunks) if end == s.num_tokens]
         return batch
+
+    def advance(self, batch: ScheduledBatch) -> list[Sequence]:
+        """Record that the model ran ``batch`` (its keys/values are cached now); returns
+        ``batch.sampled``, the sequences whose next token the caller appends."""
+        for seq in batch.decode:
+            seq.num_computed_tokens = seq.num_tokens
+        for seq, (_, end) in zip(batch.prefill, batch.chunks):
+            seq.num_computed_tokens = end
+        return batch.sampled
 
     def finish(self, seq: Sequence, reason: str) -> None:
         """Mark ``seq`` FINISHED with ``reason``, free its blocks, drop it from the queues."""
@@ -102,8 +123,12 @@ class Scheduler:
 
     def _schedule_decodes(self, batch: ScheduledBatch) -> None:
         kept: list[Sequence] = []
+        decode: list[Sequence] = []
         while self.running:
             seq = self.running.popleft()
+            if seq.is_prefilling:  # its blocks are all allocated; its next chunk comes with the prefills
+                kept.append(seq)
+                continue
             while not self.block_manager.can_append(seq):
                 if self.running:
                     self._preempt(self.running.pop(), batch)
@@ -113,27 +138,39 @@ class Scheduler:
             else:
                 self.block_manager.append_slot(seq)
                 kept.append(seq)
+                decode.append(seq)
         self.running.extend(kept)
-        batch.decode = kept
+        batch.decode = decode
 
     def _schedule_prefills(self, batch: ScheduledBatch) -> None:
         budget = self.max_num_batched_tokens - len(batch.decode)
-        while self.waiting and len(self.running) < self.max_num_seqs:
+        for seq in self.running:  # chunks of prefills already under way, oldest first
+            if budget <= 0:
+                return
+            if seq.is_prefilling:
+                budget -= self._add_chunk(batch, seq, budget)
+        while self.waiting and len(self.running) < self.max_num_seqs and budget > 0:
             seq = self.waiting[0]
-            n = seq.num_tokens
-            if n > budget and batch.prefill:
-                break
             if not self.block_manager.can_allocate(seq):
                 break
             self.block_manager.allocate(seq)
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
-            batch.prefill.append(seq)
-            budget -= n
+            budget -= self._add_chunk(batch, seq, budget)
+
+    @staticmethod
+    def _add_chunk(batch: ScheduledBatch, seq: Sequence, budget: int) -> int:
+        """Schedule the next ``<= budget`` uncached tokens of ``seq``; returns how many."""
+        start = seq.num_computed_tokens
+        end = min(seq.num_tokens, start + budget)
+        batch.prefill.append(seq)
+        batch.chunks.append((start, end))
+        return end - start
 
     def _preempt(self, seq: Sequence, batch: ScheduledBatch) -> None:
         self.block_manager.free(seq)
+        seq.num_computed_tokens = 0
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
         self.num_preemptions += 1

@@ -1,8 +1,9 @@
 """A Sequence: one request's tokens and state as it moves through the engine.
 
 Lifecycle: WAITING (queued; also after a preemption) -> RUNNING (holds KV-cache blocks, in the
-batch) -> FINISHED. Invariant while RUNNING, after each step: the KV cache holds the first
-``num_tokens - 1`` tokens; the last token is the input of the next decode step.
+batch) -> FINISHED. While RUNNING the KV cache holds the first ``num_computed_tokens`` tokens:
+fewer than ``num_tokens - 1`` while its prefill is done in chunks, then exactly
+``num_tokens - 1`` after each step (the last token is the input of the next decode step).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Sequence:
         finish_reason: "stop" (EOS or a stop string) or "length" (max_tokens or the context
             window); None until FINISHED.
         num_preemptions: how many times this sequence was preempted and recomputed.
+        num_computed_tokens: tokens whose keys/values are in the KV cache (0 while WAITING).
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class Sequence:
         self.block_table: list[int] = []
         self.finish_reason: str | None = None
         self.num_preemptions = 0
+        self.num_computed_tokens = 0
 
     def __repr__(self) -> str:
         return (
@@ -80,6 +83,11 @@ class Sequence:
     def token_ids(self) -> list[int]:
         """Prompt then output token ids (what a prefill, or a recompute after preemption, runs)."""
         return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def is_prefilling(self) -> bool:
+        """More than the last token is still missing from the KV cache: a prefill chunk comes next."""
+        return self.num_computed_tokens < self.num_tokens - 1
 
     @property
     def last_token_id(self) -> int:
