@@ -77,7 +77,7 @@ def run(
     elif not quiet:
         print_summary(result, sys.stderr)
         if failed:
-            print(f"{failed} records failed; see {result['errors_file']}", file=sys.stderr)
+            print(f"{failed} record{'' if failed == 1 else 's'} failed; see {result['errors_file']}", file=sys.stderr)
     raise typer.Exit(1 if failed else 0)
 
 
@@ -214,18 +214,22 @@ def main() -> None:
         sys.exit(3)
     except pydantic.ValidationError as e:
         first = e.errors()[0]
-        print(f"error: {'.'.join(map(str, first['loc']))}: {first['msg']} (got {first.get('input')!r})",
-              file=sys.stderr)
+        cause = (first.get("ctx") or {}).get("error")
+        if isinstance(cause, UsageError):  # raised by one of our validators: its message says it all
+            print(f"error: {cause}", file=sys.stderr)
+        else:
+            print(f"error: {'.'.join(map(str, first['loc']))}: {first['msg']} (got {first.get('input')!r})",
+                  file=sys.stderr)
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         print("aborted", file=sys.stderr)
         sys.exit(130)
-    except Exception as e:  # click usage errors in standalone_mode=False
-        import click
-
-        if isinstance(e, click.ClickException):
+    except Exception as e:
+        # Click usage errors (missing option, bad type, unknown option) in standalone_mode=False.
+        # Typer may ship its own copy of click, so recognise them by shape, not by class.
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(e.exit_code)
         raise

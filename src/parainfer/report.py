@@ -118,6 +118,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     ]
     if report.get("restarts") or report.get("retries"):
         lines.append(f"worker restarts {report['restarts']}, task retries {report['retries']}")
+    model = report.get("model") or {}
+    if model.get("dtype"):
+        lines.append(f"model: {model.get('task', '?')} by {model.get('class', '?')}, {model['dtype']} "
+                     f"on {model.get('device', 'cpu')}")
     return lines
 
 

@@ -88,6 +88,8 @@ def test_stdin_to_stdout() -> None:
     (["in.jsonl", "-o", "o.jsonl", "--dtype", "fp8"], "fp8"),
     (["in.csv", "-o", "o.jsonl", "--text-column", "body"], "body"),
     (["in.jsonl", "-o", "o.jsonl", "--model", "nosuchmodule_xyz:f"], "nosuchmodule_xyz"),
+    (["in.jsonl", "-o", "o.jsonl", "--device", "gpu"], "error: unknown device 'gpu'; accepted: cpu, cuda"),
+    (["in.jsonl", "-o", "o.jsonl", "--text-column", "body"], "no text column 'body' in its first row"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,3 +101,16 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str, tmp_path
     assert proc.returncode == 2, proc.stderr
     assert needle in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["in.jsonl"], "Missing option '--output'"),
+    (["in.jsonl", "-o", "o.jsonl", "--workers", "two"], "Invalid value for '--workers'"),
+    (["in.jsonl", "-o", "o.jsonl", "--bogus"], "No such option: --bogus"),
+])
+def test_command_line_syntax_errors_exit_2_without_a_traceback(args: list[str], needle: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("in.jsonl").write_text('{"id": 1, "text": "hi"}\n')
+    proc = parainfer("run", *args)
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

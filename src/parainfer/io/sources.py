@@ -97,8 +97,8 @@ def open_source(path: str, text_column: str = "text", id_column: str = "id", all
 
     Raises:
         UsageError: the file is missing or a directory, the extension is not one of FORMATS,
-            or a CSV/Parquet file is unreadable or has no `text_column` (the message lists the
-            columns found).
+            or a CSV/Parquet file (or the first JSON object of a JSONL file) is unreadable or has
+            no `text_column` (the message lists the columns found).
     """
     if path == STDIN:
         return Source(path, lambda: _jsonl_rows(sys.stdin.buffer), text_column, id_column,
@@ -111,6 +111,7 @@ def open_source(path: str, text_column: str = "text", id_column: str = "id", all
                          f"{', '.join(FORMATS)}")
     ext = os.path.splitext(path)[1].lower()
     if ext in (".jsonl", ".ndjson"):
+        _check_first_jsonl_row(path, text_column)
         return Source(path, lambda: _opened(path, _jsonl_rows), text_column, id_column,
                       allow_messages=allow_messages)
     if ext == ".txt":
@@ -179,6 +180,20 @@ def _decode(raw: bytes, line: int) -> str:
 
 def _bad_utf8(raw: bytes, err: UnicodeDecodeError) -> str:
     return f"invalid UTF-8: byte 0x{raw[err.start]:02x} at column {err.start + 1}"
+
+
+def _check_first_jsonl_row(path: str, text_column: str) -> None:
+    """Raise UsageError when the first JSON object of a JSONL file lacks ``text_column``: a
+    misnamed column would otherwise fail every row, one by one, after the model has loaded.
+    Later rows without it are per-record errors as usual."""
+    with open(path, "rb") as f:
+        for _, row in _jsonl_rows(f):
+            if isinstance(row, dict):
+                if text_column not in row:
+                    raise UsageError(f"JSONL file {path!r} has no text column {text_column!r} in its first row; "
+                                     f"columns found: {', '.join(map(repr, row)) or 'none'} (choose one with "
+                                     f"the text column option)")
+                return
 
 
 def _opened(path: str, rows: Callable[[BinaryIO], Rows]) -> Rows:
