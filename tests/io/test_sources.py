@@ -238,3 +238,10 @@ def test_chat_messages_are_accepted_only_where_allowed_and_checked(tmp_path) -> 
     assert "messages[0] is str 'hi'" in items[3].reason
     plain = list(open_source(path))  # classify / embed: texts only
     assert all(isinstance(x, RecordError) and "expected a string" in x.reason for x in plain)
+
+
+def test_integers_beyond_64_bits_pass_through_exactly(tmp_path):
+    """orjson reads them as floats; the reader keeps them as Python ints (found by a property test)."""
+    path = write(tmp_path, "in.jsonl", '{"id": 1, "text": "x", "big": -9223372036854775809, "u": 18446744073709551616}\n')
+    (rec,) = list(open_source(path))
+    assert rec.extra == {"big": -9223372036854775809, "u": 18446744073709551616}

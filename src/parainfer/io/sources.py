@@ -12,6 +12,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import sys
 from typing import Any, BinaryIO, Callable, Iterator
 
@@ -202,15 +203,19 @@ def _opened(path: str, rows: Callable[[BinaryIO], Rows]) -> Rows:
         yield from rows(f)
 
 
+# 19+ digits in a row: maybe an integer beyond 64 bits, which orjson would turn into a float.
+_LONG_DIGITS = re.compile(rb"\d{19}")
+
+
 def _jsonl_rows(stream: BinaryIO) -> Rows:
     for line, raw in enumerate(stream, 1):
         try:  # fast path: orjson parses the bytes and validates UTF-8 in one go
             obj = orjson.loads(raw)
-            if isinstance(obj, dict):
+            if isinstance(obj, dict) and not _LONG_DIGITS.search(raw):
                 yield line, obj
                 continue
         except orjson.JSONDecodeError:
-            pass  # the slow path below finds and names the exact fault
+            pass  # the slow path below finds and names the exact fault (or keeps a big integer exact)
         try:
             s = _decode(raw, line)
         except UnicodeDecodeError as e:
