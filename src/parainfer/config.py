@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from parainfer.devices import Device
+
 
 class JobConfig(BaseModel):
     """Everything ``parainfer run`` needs. Field docs are the CLI help.
@@ -20,7 +22,7 @@ class JobConfig(BaseModel):
     task: str = "classify"
     model: str | None = None
     dtype: str = "auto"
-    device: str = Field(default="cpu", description="cpu | cuda | cuda:N | auto (see parainfer.devices)")
+    device: Device = Field(default="cpu", description="cpu | cuda | cuda:N | auto (see parainfer.devices)")
     workers: int = Field(default=0, ge=0, description="worker processes; 0 = one per core (cuda: one per GPU)")
     threads_per_worker: int | None = Field(default=None, ge=1)
     batch_size: int | Literal["auto"] = Field(default=64, description="most records per task, or auto")
@@ -40,13 +42,6 @@ class JobConfig(BaseModel):
                                                                        "is killed and the task retried")
     overwrite: bool = Field(default=False, description="start over even if the output has another job's checkpoint")
     checkpoint_every_s: float = Field(default=2.0, ge=0, description="seconds between checkpoint commits")
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        from parainfer.devices import check_device
-
-        return check_device(value)
-
     @field_validator("batch_size")
     @classmethod
     def _positive_batch(cls, value: int | str) -> int | str:

@@ -13,6 +13,9 @@ for it in the driver.
 from __future__ import annotations
 
 import re
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 from parainfer.errors import UsageError
 
@@ -67,3 +70,7 @@ def default_workers(device: str, cores: int) -> int:
     if device.startswith("cuda:"):
         return 1
     return cores
+
+
+# A config field holding a ``--device`` value, checked and resolved by ``check_device``.
+Device = Annotated[str, AfterValidator(check_device)]

@@ -23,7 +23,7 @@ def test_prefill_logits_match_hf(hf, make_engine, prompts):
     n = len(ids)
     m = engine.model
     kv = KVCache(m.num_layers, 16, 16, m.num_kv_heads, m.head_dim)
-    meta = AttentionMetadata(torch.arange(n), 0, None, None, [(0, n)])
+    meta = AttentionMetadata(torch.arange(n), 0, None, None, [(0, n, 0, None)])
     with torch.inference_mode():
         ours = m.forward(torch.tensor(ids), torch.arange(n), meta, kv, torch.arange(n))
         ref = model(torch.tensor([ids])).logits[0]

@@ -37,14 +37,14 @@ class AttentionMetadata:
             sequence's length.
         prefill_bounds: per prefill chunk, after the decode rows: (first row, end row, first
             position, block ids [ceil(end position / block_size)] or None when the chunk starts
-            at position 0). Plain (first row, end row) pairs mean chunks from position 0.
+            at position 0).
     """
 
     slot_mapping: torch.Tensor
     num_decode: int
     decode_block_tables: torch.Tensor | None
     decode_mask: torch.Tensor | None
-    prefill_bounds: list[tuple]
+    prefill_bounds: list[tuple[int, int, int, torch.Tensor | None]]
 
 
 def paged_attention(
@@ -73,8 +73,7 @@ def paged_attention(
     bd = meta.num_decode
     if bd:
         parts.append(_decode(q[:bd], kv_cache, meta).reshape(bd, num_heads * head_dim))
-    for start, end, *context in meta.prefill_bounds:
-        first, blocks = context if context else (0, None)
+    for start, end, first, blocks in meta.prefill_bounds:
         if blocks is None:
             parts.append(_prefill(q[start:end], k[start:end], v[start:end]))
         else:
@@ -85,16 +84,12 @@ def paged_attention(
 def _decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
     """q [Bd, H, D] -> [Bd, KV, G, D], attending to each sequence's cached context.
 
-    Keys and values are gathered together, whole blocks at a time (one ``index_select`` of
-    block_size * KV * D contiguous elements per block), which is about 2x faster than indexing
-    keys and values separately.
+    Keys and values are gathered together, whole blocks at a time (``_gather_blocks``).
     """
     bd, num_heads, head_dim = q.shape
-    _, num_blocks, block_size, num_kv, _ = kv_cache.shape
-    tables = meta.decode_block_tables
-    length = tables.shape[1] * block_size
-    kv = kv_cache.view(2, num_blocks, -1).index_select(1, tables.flatten())
-    kv = kv.view(2, bd, length, num_kv, head_dim).transpose(2, 3)
+    num_kv = kv_cache.shape[3]
+    kv = _gather_blocks(kv_cache, meta.decode_block_tables.flatten())
+    kv = kv.view(2, bd, -1, num_kv, head_dim).transpose(2, 3)
     q = q.view(bd, num_kv, num_heads // num_kv, head_dim)
     return F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=meta.decode_mask)
 
@@ -116,9 +111,9 @@ def _prefill_chunk(q: torch.Tensor, kv_cache: torch.Tensor, blocks: torch.Tensor
     """A prefill chunk at positions first .. first + L - 1: q [L, H, D] attends to the cached
     keys/values of positions 0 .. first + L - 1 (``blocks`` holds them); returns [L, H*D]."""
     length, num_heads, head_dim = q.shape
-    _, num_blocks, _, num_kv, _ = kv_cache.shape
+    num_kv = kv_cache.shape[3]
     end = first + length
-    kv = kv_cache.view(2, num_blocks, -1).index_select(1, blocks).view(2, -1, num_kv, head_dim)[:, :end]
+    kv = _gather_blocks(kv_cache, blocks)[:, :end]
     mask = torch.arange(end).unsqueeze(0) <= (first + torch.arange(length)).unsqueeze(1)  # [L, end]
     out = F.scaled_dot_product_attention(
         q.transpose(0, 1).unsqueeze(0),
@@ -128,3 +123,14 @@ def _prefill_chunk(q: torch.Tensor, kv_cache: torch.Tensor, blocks: torch.Tensor
         enable_gqa=num_heads != num_kv,
     )
     return out[0].transpose(0, 1).reshape(length, num_heads * head_dim)
+
+
+def _gather_blocks(kv_cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """Keys and values of ``blocks`` (1-D block ids), in order: [2, len(blocks) * block_size, KV, D].
+
+    Gathered together, whole blocks at a time (one ``index_select`` of block_size * KV * D
+    contiguous elements per block), which is about 2x faster than indexing keys and values
+    separately.
+    """
+    _, num_blocks, _, num_kv, head_dim = kv_cache.shape
+    return kv_cache.view(2, num_blocks, -1).index_select(1, blocks).view(2, -1, num_kv, head_dim)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
+
+from parainfer.devices import Device
 
 
 class ServeConfig(BaseModel):
@@ -33,20 +35,13 @@ class ServeConfig(BaseModel):
                                      "(generate: non-streaming requests only)")
     api_key: str | None = Field(default=None, description="when set, /v1 routes need Authorization: Bearer KEY")
     dtype: str = Field(default="auto", description="auto | float32 | bfloat16 (generate: auto = float32)")
-    device: str = Field(default="cpu", description="cpu | cuda | cuda:N | auto; cuda spreads replicas over the GPUs")
+    device: Device = Field(default="cpu", description="cpu | cuda | cuda:N | auto; cuda spreads replicas over the GPUs")
     threads_per_worker: int | None = Field(default=None, ge=1, description="default: cores // workers "
                                            "(generate: the engine's torch threads; default torch's)")
     group_by_length: bool = Field(default=True, description="sort waiting inputs by length before cutting batches")
     max_in_flight_per_replica: int = Field(default=1, ge=1, description="batches queued on one replica at once")
     retries: int = Field(default=1, ge=0, description="times a batch is run again after its replica died")
     max_num_seqs: int = Field(default=64, ge=1, description="generate: most sequences in the engine's running batch")
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        from parainfer.devices import check_device
-
-        return check_device(value)
 
     def served_model_name(self) -> str:
         """The id reported by /v1/models and in responses ("all-MiniLM-L6-v2" for the default embedder)."""
