@@ -205,13 +205,20 @@ def _opened(path: str, rows: Callable[[BinaryIO], Rows]) -> Rows:
 
 # 19+ digits in a row: maybe an integer beyond 64 bits, which orjson would turn into a float.
 _LONG_DIGITS = re.compile(rb"\d{19}")
+_DIGITS = b"0123456789"
+
+
+def _may_hold_big_int(raw: bytes) -> bool:
+    """True when ``raw`` has a run of 19+ digits. Counting its digits first (``bytes.translate``,
+    in C: ~0.26 us a line) skips the regex scan (~1.4 us) on the usual line with fewer than 19."""
+    return len(raw) - len(raw.translate(None, _DIGITS)) >= 19 and _LONG_DIGITS.search(raw) is not None
 
 
 def _jsonl_rows(stream: BinaryIO) -> Rows:
     for line, raw in enumerate(stream, 1):
         try:  # fast path: orjson parses the bytes and validates UTF-8 in one go
             obj = orjson.loads(raw)
-            if isinstance(obj, dict) and not _LONG_DIGITS.search(raw):
+            if isinstance(obj, dict) and not _may_hold_big_int(raw):
                 yield line, obj
                 continue
         except orjson.JSONDecodeError:
