@@ -28,7 +28,7 @@ class Predictor(ABC):
     ``__init__``), so the driver can send them to worker processes.
 
     Attributes:
-        task: "classify", "embed" or "generate"; decides the output columns.
+        task: "classify", "embed", "generate" or "translate"; decides the output columns.
         max_input_tokens: the model's window in tokens; longer texts are truncated (and
             counted). None when the model has no window (a Python callable).
     """
