@@ -169,7 +169,8 @@ class TranslatePredictor(Predictor):
 
     def token_lengths(self, texts: list[str]) -> list[int]:
         """Cost estimate per text: sum over its sentences of characters / 4 + 1 (see the module doc)."""
-        return [sum(len(s) // 4 + 1 for s in split_segments(t)[0::2] if s) for t in texts]
+        bodies = [self._direction_of(t)[1] for t in texts]
+        return [sum(len(s) // 4 + 1 for s in split_segments(t)[0::2] if s) for t in bodies]
 
     def window(self) -> int | None:
         """No window: long sentences are cut into segments, never truncated."""
