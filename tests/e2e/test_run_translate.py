@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import signal
 import subprocess
@@ -98,7 +99,7 @@ def test_an_interrupted_run_resumes_to_the_same_bytes(articles: Path, runs: dict
     assert sorted(e["id"] for e in errors) == ["empty-text", "null-text"]  # each bad record once
 
 
-def test_portuguese_csv_back_to_english(runs: dict[int, Path], tmp_path: Path):
+def test_portuguese_csv_back_to_english_on_the_default_one_worker_with_threads(runs: dict[int, Path], tmp_path: Path):
     rows = read_jsonl(runs[1])[:4]
     src = tmp_path / "pt.csv"
     with open(src, "w", newline="", encoding="utf-8") as f:
@@ -106,8 +107,12 @@ def test_portuguese_csv_back_to_english(runs: dict[int, Path], tmp_path: Path):
         writer.writerow(["id", "text"])
         writer.writerows([(r["id"], r["translation"]) for r in rows])
     out = tmp_path / "en.csv"
-    proc = run_cli(str(src), "-o", str(out), "--source-lang", "pt-BR", "--target-lang", "en", "--workers", "1")
+    report = tmp_path / "report.json"
+    proc = run_cli(str(src), "-o", str(out), "--source-lang", "pt-BR", "--target-lang", "en", "--report", str(report))
     assert proc.returncode == 0, proc.stderr
+    rep = json.loads(report.read_text())  # the default for translate: one worker, a thread per core
+    assert rep["workers"] == 1 and rep["threads_per_worker"] == len(os.sched_getaffinity(0))
+    assert rep["model"]["direction"] == "pt-en"
     with open(out, newline="", encoding="utf-8") as f:
         back = list(csv.DictReader(f))
     assert [b["id"] for b in back] == [r["id"] for r in rows]

@@ -73,7 +73,7 @@ def test_round_trip_keeps_the_content_words(sentences, to_pt):
         assert len(EN_WORDS.intersection(words(out))) >= 1, out
         content = {w for w in words(src) if len(w) >= 5 and w not in STOP}
         kept.append(len(content.intersection(words(out))) / max(1, len(content)))
-    assert sum(kept) / len(kept) >= 0.5, kept  # measured 0.6-0.7; garbage or no-op pt gets ~0
+    assert sum(kept) / len(kept) >= 0.5, kept  # measured 0.84; pt->en returning its input unchanged: 0.20
 
 
 def test_output_does_not_depend_on_batching_or_threads(en_pt, sentences, to_pt):
