@@ -33,6 +33,10 @@ class Predictor(ABC):
             counted). None when the model has no window (a Python callable).
         default_workers: workers when the user asks for the default (``--workers 0``); None
             leaves it to the device (one per core on the CPU, one per GPU).
+
+    A predictor that runs its own thread pool declares a ``threads`` attribute: the worker sets
+    it to the worker's thread share (``--threads-per-worker``, default cores // workers) before
+    ``load``.
     """
 
     task: str = "custom"
