@@ -79,11 +79,6 @@ def join_segments(pieces: list[str], translated: list[str]) -> str:
     return "".join(out)
 
 
-def segment_texts(pieces: list[str]) -> list[str]:
-    """The segments of ``split_segments``'s result (its even positions)."""
-    return pieces[0::2]
-
-
 def _split_line(line: str, max_chars: int, pieces: list[str]) -> None:
     """Append one line's sentences (and the spaces between them) to ``pieces``."""
     start = 0
