@@ -111,6 +111,8 @@ def test_unsupported_pair_names_the_pairs_offered():
         build_predictor("translate", source_lang="en", target_lang="de")
     with pytest.raises(UsageError, match="pt->pt"):
         TranslatePredictor("pt", "pt-BR")
+    with pytest.raises(UsageError, match="CPU only"):
+        build_predictor("translate", device="cuda", source_lang="en", target_lang="pt")
 
 
 def test_too_long_record_and_untagged_server_input_fail_alone():
