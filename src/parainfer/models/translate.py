@@ -95,7 +95,7 @@ class TranslatePredictor(Predictor):
 
     task = "translate"
     # --workers 0: one worker whose threads share one model. Against one process per core it
-    # used 7-10% less CPU per sentence (one interpreter and one model load fewer) at the same
+    # used about 7% less CPU per sentence (one interpreter and one model load fewer) at the same
     # sentences/s within the noise of a shared machine; see docs/benchmarks.md.
     default_workers = 1
 
