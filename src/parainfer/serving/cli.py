@@ -25,7 +25,7 @@ def run_server(config: ServeConfig, log_level: str = "info", graceful_timeout_s:
 
 
 def serve_command(
-    task: str = typer.Option("embed", help="classify | embed | generate"),
+    task: str = typer.Option("embed", help="classify | embed | generate | translate"),
     model: Optional[str] = typer.Option(None, help="built-in name, local HF directory, or module:function "
                                         "(generate: local HF Llama-family directory; default SmolLM2-135M-Instruct)"),
     workers: int = typer.Option(2, help="worker processes, one model replica each (generate: not used)"),
@@ -50,7 +50,7 @@ def serve_command(
     log_level: str = typer.Option("info", help="uvicorn log level"),
 ) -> None:
     """Serve the model over HTTP: OpenAI-compatible /v1/embeddings, /v1/classify, /v1/completions,
-    /v1/chat/completions (--task generate), /health, /metrics."""
+    /v1/chat/completions (--task generate), /v1/translations (--task translate), /health, /metrics."""
     config = ServeConfig(task=task, model=model, workers=workers, host=host, port=port,
                          max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          request_timeout_s=request_timeout_s, api_key=api_key, dtype=dtype, device=device,
