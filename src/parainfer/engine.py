@@ -25,6 +25,7 @@ from parainfer.errors import JobError
 from parainfer.executors.base import TaskResult, WorkerFailed, WorkerReady
 from parainfer.executors.local import LocalExecutor, default_threads
 from parainfer.io.checkpoint import Checkpoint
+from parainfer.io.guard import OutputLock, check_output_paths
 from parainfer.io.sources import open_source
 from parainfer.merger import Merger
 from parainfer.models.base import Predictor
@@ -83,6 +84,8 @@ class Job:
         # Input problems are reported before any model is built or worker started.
         self.source = open_source(config.input, text_column=config.text_column, id_column=config.id_column,
                                   allow_messages=config.task == "generate")
+        check_output_paths(config.input, {"output": config.output, "errors file": config.errors,
+                                          "report": config.report})
         self.predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device,
                                                       **config.generation)
         self.num_workers = config.workers or default_workers(config.device, default_threads(1))
@@ -95,7 +98,14 @@ class Job:
             4 * self.window, 4 * self.num_workers * (config.prefetch + 1) * batch_size)
 
     def run(self) -> dict[str, Any]:
-        """Run the job to the end; returns the report dict (also written to config.report)."""
+        """Run the job to the end; returns the report dict (also written to config.report).
+
+        The output is locked for the whole job (``io.guard.OutputLock``): a second job on the
+        same output raises UsageError naming this one."""
+        with OutputLock(self.config.output):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         cfg = self.config
         t0 = time.perf_counter()
         policy = make_policy(cfg.policy, self.num_workers)

@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from parainfer.errors import UsageError
+from parainfer.io import digest
 from parainfer.records import RecordError
 
 FORMATS = (".jsonl", ".ndjson", ".csv", ".parquet")
@@ -65,12 +66,19 @@ class Sink:
         path: the output path, or "-" for stdout.
         rows_written: rows accepted by `write_rows` so far.
         bytes_written: bytes written to the file so far (Parquet: row groups handed to the file).
+        digest: running SHA-256 of the bytes written so far (``io.digest``; the checkpoint
+            stores it so that a resume can verify the committed prefix).
     """
 
     def __init__(self, path: str, stream: BinaryIO, id_column: str, text_column: str) -> None:
         self.path, self._stream = path, stream
         self._first = (id_column, text_column)
         self.rows_written = self.bytes_written = 0
+        self.digest = digest.new()
+
+    def final_digest(self) -> str:
+        """Hex SHA-256 of the finished file (after ``close``)."""
+        return self.digest.hexdigest()
 
     def write_rows(self, rows: list[dict[str, Any]]) -> None:
         """Append rows (already in output order). Raises ValueError/TypeError for a value the
@@ -111,6 +119,7 @@ class Sink:
 
     def _put(self, data: bytes) -> None:
         self._stream.write(data)
+        self.digest.update(data)
         self.bytes_written += len(data)
 
 
@@ -273,24 +282,23 @@ class ErrorSink:
 
     def __init__(self, path: str) -> None:
         self.path, self.count, self._stream = path, 0, None
+        self.digest = digest.new()  # running SHA-256 of the file's bytes (see io.digest)
 
     @property
     def offset(self) -> int:
         """Bytes in the file so far (0 before the first error)."""
         return self._stream.tell() if self._stream is not None else 0
 
-    def resume(self, offset: int) -> None:
+    def resume(self, offset: int, expected_digest: str | None = None) -> None:
         """Continue a checkpointed errors file: cut it back to ``offset`` bytes (its committed
         length) and append after that; offset 0 deletes a stale file. Raises UsageError when
-        the file is shorter than ``offset`` (it was changed since the checkpoint)."""
+        the file is shorter than ``offset`` or its first ``offset`` bytes do not have
+        ``expected_digest`` (it was changed since the checkpoint)."""
         if offset == 0:
             if os.path.isfile(self.path):
                 os.remove(self.path)
             return
-        size = os.path.getsize(self.path) if os.path.isfile(self.path) else -1
-        if size < offset:
-            raise UsageError(f"errors file {self.path!r} has {max(size, 0)} bytes, fewer than the {offset} "
-                             "its checkpoint committed; it was changed: rerun with --overwrite to start over")
+        self.digest = digest.verify_prefix(self.path, offset, expected_digest, "errors file")
         self._stream = open(self.path, "r+b")
         self._stream.truncate(offset)
         self._stream.seek(offset)
@@ -303,7 +311,9 @@ class ErrorSink:
         if self._stream is None:
             self._stream = _create(self.path, "errors file")
         rows = ({"line": e.line, "id": e.id, "reason": e.reason, "text": e.text} for e in errs)
-        self._stream.write("".join(dumps(row) + "\n" for row in rows).encode("utf-8"))
+        data = "".join(dumps(row) + "\n" for row in rows).encode("utf-8")
+        self._stream.write(data)
+        self.digest.update(data)
         self.count += len(errs)
 
     def flush(self) -> None:
