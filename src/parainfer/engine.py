@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 from parainfer.config import JobConfig
 from parainfer.devices import default_workers
-from parainfer.errors import JobError
+from parainfer.errors import JobError, StorageError, storage_message
 from parainfer.executors.base import TaskResult, WorkerFailed, WorkerReady
 from parainfer.executors.local import LocalExecutor, default_threads
 from parainfer.io.checkpoint import Checkpoint
@@ -157,12 +157,18 @@ class Job:
                     progress.update(merger.next_seq, merger.next_seq / elapsed if elapsed > 0 else 0.0)
                 sink.write_rows(merger.drain())  # records failed while reading the last window
                 (ckpt.finish if done else ckpt.commit)(merger.next_seq, merger.failed)
+        except OSError as e:  # a full disk, a file size limit: what is committed stays valid
+            done = False
+            raise StorageError(storage_message(e, cfg.output, ckpt.committed_records, ckpt.path)) from None
         finally:
             progress.close()
             if not done:
                 self._kill_workers()
             executor.shutdown()
-            errors.close()
+            try:
+                errors.close()
+            except OSError:
+                pass  # already reported; the errors file's committed prefix is intact
         if not done:
             raise Interrupted(merger.next_seq, ckpt.path)
         return self._finish(report, state, merger, t0)

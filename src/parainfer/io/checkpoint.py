@@ -67,9 +67,11 @@ def write_manifest(path: str, manifest: dict[str, Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and not e.filename and e.errno is not None:
+            raise OSError(e.errno, e.strerror, path) from None
         raise
     fsync_dir(folder)
 

@@ -20,8 +20,9 @@ MAX_DEPTH = 200  # levels of lists/objects inside a row (the row itself is level
 
 
 def may_be_deep(raw: bytes) -> bool:
-    """True when a raw JSON line has enough brackets to nest past MAX_DEPTH (C-speed counts)."""
-    return raw.count(b"[") + raw.count(b"{") > MAX_DEPTH
+    """True when a raw JSON line has enough brackets to nest past MAX_DEPTH (a line shorter than
+    2 x MAX_DEPTH bytes cannot; longer ones get two C-speed counts)."""
+    return len(raw) > 2 * MAX_DEPTH and raw.count(b"[") + raw.count(b"{") > MAX_DEPTH
 
 
 def _bad_string(s: str) -> bool:

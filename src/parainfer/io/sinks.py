@@ -7,12 +7,13 @@ row per failed record, created only when the first error arrives.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import sys
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterator
 
 import orjson
 
@@ -88,10 +89,12 @@ class Sink:
         self.rows_written += len(rows)
 
     def flush(self) -> None:
-        """Make everything written so far durable: flush, then fsync (not for stdout)."""
-        self._stream.flush()
-        if self.path != STDOUT:
-            os.fsync(self._stream.fileno())
+        """Make everything written so far durable: flush, then fsync (not for stdout). Raises
+        OSError naming the file when that fails (a full disk)."""
+        with _named(self.path):
+            self._stream.flush()
+            if self.path != STDOUT:
+                os.fsync(self._stream.fileno())
 
     def close(self) -> None:
         """Flush and finish the file (stdout is flushed, not closed). Safe to call twice."""
@@ -118,7 +121,8 @@ class Sink:
         raise NotImplementedError
 
     def _put(self, data: bytes) -> None:
-        self._stream.write(data)
+        with _named(self.path):
+            self._stream.write(data)
         self.digest.update(data)
         self.bytes_written += len(data)
 
@@ -150,6 +154,17 @@ class CsvSink(Sink):
                                  f"{self._header} (taken from the first row)")
             writer.writerow([_csv_cell(row.get(k)) for k in self._header])
         self._put(buf.getvalue().encode("utf-8"))
+
+
+@contextlib.contextmanager
+def _named(path: str) -> Iterator[None]:
+    """Re-raise an OSError without a file name (a failed write or flush) as one naming ``path``."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, path) from None
 
 
 def _csv_cell(value: Any) -> Any:
@@ -312,15 +327,17 @@ class ErrorSink:
             self._stream = _create(self.path, "errors file")
         rows = ({"line": e.line, "id": e.id, "reason": e.reason, "text": e.text} for e in errs)
         data = "".join(dumps(row) + "\n" for row in rows).encode("utf-8")
-        self._stream.write(data)
+        with _named(self.path):
+            self._stream.write(data)
         self.digest.update(data)
         self.count += len(errs)
 
     def flush(self) -> None:
         """Flush and fsync the errors written so far (nothing to do before the first one)."""
         if self._stream is not None and not self._stream.closed:
-            self._stream.flush()
-            os.fsync(self._stream.fileno())
+            with _named(self.path):
+                self._stream.flush()
+                os.fsync(self._stream.fileno())
 
     def close(self) -> None:
         """Flush and close the file, if one was created."""
