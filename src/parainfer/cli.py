@@ -115,16 +115,22 @@ def datasets_list() -> None:
 @app.command("train-head")
 def train_head(
     dataset: str = typer.Option("vader", help="dataset to train on"),
-    out: Optional[str] = typer.Option(None, help="where to write the head (default: the built-in head)"),
+    out: str = typer.Option(..., "--output", "-o", "--out",
+                            help="where to write the head (.safetensors); the built-in head is never replaced"),
     seed: int = typer.Option(0, help="split seed"),
     workers: int = typer.Option(0, help="worker processes for embedding"),
 ) -> None:
-    """Train the default sentiment head (encoder + logistic regression) and save it."""
+    """Train a sentiment head (encoder + logistic regression) and save it to --output."""
+    from pathlib import Path
+
     from parainfer import train_head as th
 
-    head = th.train(dataset, out or th.DEFAULT_HEAD, seed=seed, workers=workers)
+    target = Path(out)
+    if not target.parent.is_dir():
+        raise UsageError(f"--output folder {str(target.parent)!r} does not exist; create it or choose another path")
+    head = th.train(dataset, target, seed=seed, workers=workers)
     print(f"held-out accuracy {head['accuracy']:.4f} on {head['n_test']} texts "
-          f"(trained on {head['n_train']}); saved {out or th.DEFAULT_HEAD}")
+          f"(trained on {head['n_train']}); saved {target}")
 
 
 @app.command("report")

@@ -15,6 +15,7 @@ dispatching, lets in-flight tasks finish, commits and raises ``recovery.Interrup
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -66,6 +67,8 @@ class _State:
     t_last_result: float = 0.0
     source_done: bool = False
     dispatched: int = 0
+    announced: set[str] = field(default_factory=set)  # renamed input columns already announced
+    stall_warned: bool = False
 
 
 class Job:
@@ -151,6 +154,7 @@ class Job:
                     rows = merger.drain()
                     if rows:
                         sink.write_rows(rows)
+                    self._notices(state)
                     ckpt.advance(merger.next_seq, merger.failed)
                     report.t_write_s += time.perf_counter() - t
                     elapsed = time.perf_counter() - (state.t_first_dispatch or t0)
@@ -172,6 +176,21 @@ class Job:
         if not done:
             raise Interrupted(merger.next_seq, ckpt.path)
         return self._finish(report, state, merger, t0)
+
+    def _notices(self, state: _State) -> None:
+        """One stderr line each, once: input columns renamed in the output, and a job where no
+        task has finished for ``stall_warning_s`` while no --task-timeout would end a hung call."""
+        if self._merger.renamed - state.announced:
+            new = sorted(self._merger.renamed - state.announced)
+            state.announced.update(new)
+            print(f"note: input column{'s' if len(new) > 1 else ''} {', '.join(map(repr, new))} written as "
+                  f"{', '.join(repr('input_' + c) for c in new)} (the model's result uses that name)", file=sys.stderr)
+        since = state.t_last_result or state.t_first_dispatch
+        if (self.config.task_timeout is None and not state.stall_warned and self._tasks and since is not None
+                and time.perf_counter() - since > self.config.stall_warning_s):
+            state.stall_warned = True
+            print(f"warning: no task has finished for {self.config.stall_warning_s:.0f} s ({len(self._tasks)} tasks "
+                  "waiting); a hung model call is never interrupted without --task-timeout SECONDS", file=sys.stderr)
 
     def _stop_now(self, deadline: float) -> bool:
         """After a stop request: True once no task is in flight, or the grace time is over."""

@@ -34,6 +34,7 @@ class Merger:
         self.next_seq = 0
         self.written = 0
         self.failed = 0
+        self.renamed: set[str] = set()  # input columns written as input_<name> so far
 
     def expect(self, records: list[Record]) -> None:
         """Register records whose tasks were just created."""
@@ -74,6 +75,7 @@ class Merger:
             rec = records.pop(seq)
             extra = rec.extra
             if not extra.keys().isdisjoint(out):  # an input column named like a result column
+                self.renamed.update(extra.keys() & out.keys())
                 extra = {(f"input_{k}" if k in out else k): v for k, v in extra.items()}
             # Model outputs may hold numpy arrays and scalars: every sink writes them natively.
             rows.append({self.id_column: rec.id, self.text_column: rec.text, **extra, **out})
