@@ -35,6 +35,7 @@ from parainfer.monitor import Progress
 from parainfer.records import Record, RecordError
 from parainfer.recovery import GracefulStop, Interrupted, TaskRecovery, Watchdog
 from parainfer.report import TimingReport, summary_lines, write_report
+from parainfer.resources import cores, plan_start, warn_cores
 from parainfer.scheduling import make_policy
 from parainfer.scheduling.autobatch import BatchSizeTuner
 from parainfer.tasks import Task, TaskBuilder
@@ -125,14 +126,26 @@ class Job:
             return out
         errors, sink = ckpt.errors, ckpt.sink
         merger.next_seq = ckpt.resumed_records
+        warn_cores(self.num_workers, cfg.device, cores())
+        try:
+            started, first_events = plan_start(executor, self.predictor, self.num_workers, cfg.memory_budget_bytes)
+        except BaseException:
+            executor.shutdown()
+            sink.close()
+            raise
         progress = Progress(count_records(cfg.input), enabled=not cfg.quiet)
-        executor.start()
+        if started < self.num_workers:  # the replicas did not fit: fewer workers, same job
+            self.num_workers = started
+            policy = make_policy(cfg.policy, started)
+            report = TimingReport(workers=started, policy=cfg.policy)
         builder.max_input_tokens = self.predictor.window()
         self._executor, self._policy, self._builder, self._report = executor, policy, builder, report
         self._merger, self._errors, self._tasks = merger, errors, {}
         self._ckpt, self._watchdog = ckpt, Watchdog(cfg.task_timeout)
         self._recovery = TaskRecovery(cfg.max_retries, self._new_task_index)
         state = _State()
+        for event in first_events:
+            self._handle(event, state)
         records = ckpt.skip(self.source)
         stop = GracefulStop(on_abort=self._kill_workers)
         done = False

@@ -108,3 +108,21 @@ def test_a_job_where_nothing_finishes_warns_naming_task_timeout(tmp_path: Path) 
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_replicas_that_do_not_fit_in_memory_are_capped_before_all_load(tmp_path: Path, capfd) -> None:
+    from parainfer.config import JobConfig
+    from parainfer.engine import Job
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "text": "word " * (i % 7 + 1)}) + "\n" for i in range(200)))
+    cfg = JobConfig(input=str(src), output=str(tmp_path / "o.jsonl"), model="parainfer.testing:echo", workers=3,
+                    quiet=True, memory_budget_bytes=1)  # not even one replica fits: run with the one loaded
+    report = Job(cfg).run()
+    err = capfd.readouterr().err
+    assert "warning: 3 workers do not fit in memory" in err and "running 1 workers" in err, err
+    from parainfer.resources import cores
+
+    assert ("3 workers on" in err) == (cores() < 3)  # the warning when workers outnumber the cores
+    assert report["workers"] == 1 and len(report["per_worker"]) == 1 and report["failed_records"] == 0
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 200
