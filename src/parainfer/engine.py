@@ -166,13 +166,13 @@ class Job:
                     t = time.perf_counter()
                     rows = merger.drain()
                     if rows:
-                        sink.write_rows(rows)
+                        self._write_rows(rows)
                     self._notices(state)
                     ckpt.advance(merger.next_seq, merger.failed)
                     report.t_write_s += time.perf_counter() - t
                     elapsed = time.perf_counter() - (state.t_first_dispatch or t0)
                     progress.update(merger.next_seq, merger.next_seq / elapsed if elapsed > 0 else 0.0)
-                sink.write_rows(merger.drain())  # records failed while reading the last window
+                self._write_rows(merger.drain())  # records failed while reading the last window
                 (ckpt.finish if done else ckpt.commit)(merger.next_seq, merger.failed)
         except OSError as e:  # a full disk, a file size limit: what is committed stays valid
             done = False
@@ -189,6 +189,23 @@ class Job:
         if not done:
             raise Interrupted(merger.next_seq, ckpt.path)
         return self._finish(report, state, merger, t0)
+
+    def _write_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Write drained rows; a row the output format cannot hold (a CSV row with a column the
+        header lacks, a value JSON cannot encode) goes to the errors file alone, the rest is
+        written (each sink's ``write_rows`` raises before writing anything)."""
+        try:
+            self._ckpt.sink.write_rows(rows)
+            return
+        except (ValueError, TypeError):
+            pass
+        for (seq, line), row in zip(self._merger.last_drained, rows):
+            try:
+                self._ckpt.sink.write_rows([row])
+            except (ValueError, TypeError) as e:
+                self._merger.failed += 1
+                self._errors.write([RecordError(seq, line, row.get(self.config.id_column),
+                                                f"output row cannot be written: {e}"[:300])])
 
     def _notices(self, state: _State) -> None:
         """One stderr line each, once: input columns renamed in the output, and a job where no

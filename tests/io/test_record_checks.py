@@ -148,3 +148,21 @@ def test_bad_records_do_not_stop_a_job(tmp_path: Path) -> None:
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [f"g{i}" for i in range(50)] + ["g99"]
     errors = (tmp_path / "out.errors.jsonl").read_text().splitlines()
     assert len(errors) == len(BAD_LINES)
+
+
+def test_a_row_the_output_format_cannot_hold_fails_alone(tmp_path: Path) -> None:
+    import csv
+    import subprocess
+    import sys
+
+    rows = [{"id": f"r{i}", "text": f"text {i}"} for i in range(30)]
+    rows[10]["surprise"] = "a column the CSV header (from the first row) lacks"
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.csv"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = subprocess.run([sys.executable, "-m", "parainfer.cli", "run", str(src), "-o", str(out), "--model",
+                           "parainfer.testing:echo", "--workers", "1", "-q"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert [r["id"] for r in csv.DictReader(out.open())] == [f"r{i}" for i in range(30) if i != 10]
+    (err,) = [json.loads(line) for line in (tmp_path / "out.errors.jsonl").read_text().splitlines()]
+    assert err["id"] == "r10" and err["line"] == 11 and "surprise" in err["reason"]

@@ -145,15 +145,18 @@ class CsvSink(Sink):
             return
         buf = io.StringIO(newline="")
         writer = csv.writer(buf)
+        header = self._header or list(rows[0])
+        known = self._known if self._header else set(header)
         if not self._header:
-            self._header, self._known = list(rows[0]), set(rows[0])
-            writer.writerow(self._header)
-        for row in rows:
-            if extra := row.keys() - self._known:
+            writer.writerow(header)
+        for row in rows:  # checked before anything changes: a failed call writes nothing
+            if extra := row.keys() - known:
                 raise ValueError(f"row has columns {sorted(extra)} not in the CSV header "
-                                 f"{self._header} (taken from the first row)")
-            writer.writerow([_csv_cell(row.get(k)) for k in self._header])
-        self._put(buf.getvalue().encode("utf-8"))
+                                 f"{header} (taken from the first row)")
+            writer.writerow([_csv_cell(row.get(k)) for k in header])
+        data = buf.getvalue().encode("utf-8")
+        self._header, self._known = header, known
+        self._put(data)
 
 
 @contextlib.contextmanager
