@@ -27,6 +27,7 @@ from parainfer.executors.base import TaskResult, WorkerFailed, WorkerReady
 from parainfer.executors.local import LocalExecutor, default_threads
 from parainfer.io.checkpoint import Checkpoint
 from parainfer.io.guard import OutputLock, check_output_paths
+from parainfer.io.sinks import default_errors_path
 from parainfer.io.sources import open_source
 from parainfer.merger import Merger
 from parainfer.models.base import Predictor
@@ -88,8 +89,8 @@ class Job:
         # Input problems are reported before any model is built or worker started.
         self.source = open_source(config.input, text_column=config.text_column, id_column=config.id_column,
                                   allow_messages=config.task == "generate")
-        check_output_paths(config.input, {"output": config.output, "errors file": config.errors,
-                                          "report": config.report})
+        check_output_paths(config.input, {"output": config.output, "report": config.report,
+                                          "errors file": config.errors or default_errors_path(config.output)})
         self.predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device,
                                                       **config.generation)
         self.num_workers = config.workers or default_workers(config.device, default_threads(1))
