@@ -14,7 +14,7 @@ import pytest
 from parainfer.errors import UsageError
 from parainfer.io.record_check import MAX_DEPTH, check_row
 from parainfer.io.sinks import dumps_bytes
-from parainfer.io.sources import _jsonl_rows, open_source
+from parainfer.io.sources import _stdin_rows, open_source
 from parainfer.records import Record, RecordError
 
 GOOD = '{"id": "g%d", "text": "fine text %d"}'
@@ -62,10 +62,10 @@ def test_depth_at_the_limit_passes_and_one_more_fails() -> None:
 
 def test_stdin_gets_the_same_checks_and_a_utf16_stream_is_refused() -> None:
     raw = (GOOD % (0, 0) + "\n" + BAD_LINES["surrogate in text"] + "\n").encode()
-    rows = list(_jsonl_rows(io.BytesIO(raw)))
+    rows = list(_stdin_rows(io.BytesIO(raw)))
     assert isinstance(rows[0][1], dict) and "surrogate" in rows[1][1]
     with pytest.raises(UsageError, match="UTF-16.*UTF-8 only"):
-        list(_jsonl_rows(io.BytesIO((GOOD % (0, 0) + "\n").encode("utf-16"))))
+        list(_stdin_rows(io.BytesIO((GOOD % (0, 0) + "\n").encode("utf-16"))))
 
 
 @pytest.mark.parametrize("name, data, message", [

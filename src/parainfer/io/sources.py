@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import os
 import re
 import sys
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import orjson
 
@@ -23,7 +24,7 @@ from parainfer.io.input_checks import check_first_line as _check_first_line
 from parainfer.io.input_checks import check_id_column as _check_id_column
 from parainfer.io.input_checks import check_text_file as _check_text_file
 from parainfer.io.input_checks import no_json_constant as _no_constant
-from parainfer.io.record_check import check_row, may_be_deep
+from parainfer.io.record_check import MAX_DEPTH, check_row, may_be_deep
 from parainfer.records import Record, RecordError
 
 FORMATS = (".jsonl", ".ndjson", ".csv", ".parquet", ".txt")
@@ -110,7 +111,7 @@ def open_source(path: str, text_column: str = "text", id_column: str = "id", all
             no `text_column` (the message lists the columns found).
     """
     if path == STDIN:
-        return Source(path, lambda: _jsonl_rows(sys.stdin.buffer), text_column, id_column,
+        return Source(path, lambda: _stdin_rows(sys.stdin.buffer), text_column, id_column,
                       allow_messages=allow_messages)
     if not os.path.exists(path):
         raise UsageError(f"input file {path!r} does not exist; expected a file with extension "
@@ -216,6 +217,7 @@ def _opened(path: str, rows: Callable[[BinaryIO], Rows]) -> Rows:
         yield from rows(f)
 
 
+_DEEP_BYTES = 2 * MAX_DEPTH
 # 19+ digits in a row: maybe an integer beyond 64 bits, which orjson would turn into a float.
 _LONG_DIGITS = re.compile(rb"\d{19}")
 _DIGITS = b"0123456789"
@@ -227,15 +229,26 @@ def _may_hold_big_int(raw: bytes) -> bool:
     return len(raw) - len(raw.translate(None, _DIGITS)) >= 19 and _LONG_DIGITS.search(raw) is not None
 
 
-def _jsonl_rows(stream: BinaryIO) -> Rows:
+def _stdin_rows(stream: BinaryIO) -> Rows:
+    """JSONL from stdin: its first line is checked like a file's head (``check_first_line``)."""
+    lines = iter(stream)
+    first = next(lines, None)
+    if first is not None:
+        _check_first_line(first, "stdin")
+        yield from _jsonl_rows(itertools.chain((first,), lines))
+
+
+def _jsonl_rows(stream: Iterable[bytes]) -> Rows:
+    deep = _DEEP_BYTES
     for line, raw in enumerate(stream, 1):
-        if line == 1:
-            _check_first_line(raw)
         try:  # fast path: orjson parses the bytes and validates UTF-8 (and surrogates) in one go
             obj = orjson.loads(raw)
             if isinstance(obj, dict) and not _may_hold_big_int(raw):
-                reason = check_row(obj) if may_be_deep(raw) else None
-                yield line, reason or obj
+                # Only a line of more than 2 x MAX_DEPTH bytes can nest deeper than MAX_DEPTH.
+                if len(raw) > deep and may_be_deep(raw) and (reason := check_row(obj)):
+                    yield line, reason
+                else:
+                    yield line, obj
                 continue
         except orjson.JSONDecodeError:
             pass  # the slow path below finds and names the exact fault (or keeps a big integer exact)
