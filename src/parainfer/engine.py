@@ -15,16 +15,19 @@ dispatching, lets in-flight tasks finish, commits and raises ``recovery.Interrup
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from parainfer.config import JobConfig
 from parainfer.devices import default_workers
-from parainfer.errors import JobError
+from parainfer.errors import JobError, StorageError, storage_message
 from parainfer.executors.base import TaskResult, WorkerFailed, WorkerReady
 from parainfer.executors.local import LocalExecutor, default_threads
 from parainfer.io.checkpoint import Checkpoint
+from parainfer.io.guard import OutputLock, check_output_paths
+from parainfer.io.sinks import default_errors_path
 from parainfer.io.sources import open_source
 from parainfer.merger import Merger
 from parainfer.models.base import Predictor
@@ -33,6 +36,7 @@ from parainfer.monitor import Progress
 from parainfer.records import Record, RecordError
 from parainfer.recovery import GracefulStop, Interrupted, TaskRecovery, Watchdog
 from parainfer.report import TimingReport, summary_lines, write_report
+from parainfer.resources import cores, plan_start, warn_cores
 from parainfer.scheduling import make_policy
 from parainfer.scheduling.autobatch import BatchSizeTuner
 from parainfer.tasks import Task, TaskBuilder
@@ -65,6 +69,8 @@ class _State:
     t_last_result: float = 0.0
     source_done: bool = False
     dispatched: int = 0
+    announced: set[str] = field(default_factory=set)  # renamed input columns already announced
+    stall_warned: bool = False
 
 
 class Job:
@@ -83,6 +89,8 @@ class Job:
         # Input problems are reported before any model is built or worker started.
         self.source = open_source(config.input, text_column=config.text_column, id_column=config.id_column,
                                   allow_messages=config.task == "generate")
+        check_output_paths(config.input, {"output": config.output, "report": config.report,
+                                          "errors file": config.errors or default_errors_path(config.output)})
         self.predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device,
                                                       **config.generation, **config.translation)
         self.num_workers = (config.workers or self.predictor.default_workers
@@ -96,7 +104,14 @@ class Job:
             4 * self.window, 4 * self.num_workers * (config.prefetch + 1) * batch_size)
 
     def run(self) -> dict[str, Any]:
-        """Run the job to the end; returns the report dict (also written to config.report)."""
+        """Run the job to the end; returns the report dict (also written to config.report).
+
+        The output is locked for the whole job (``io.guard.OutputLock``): a second job on the
+        same output raises UsageError naming this one."""
+        with OutputLock(self.config.output):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         cfg = self.config
         t0 = time.perf_counter()
         policy = make_policy(cfg.policy, self.num_workers)
@@ -113,14 +128,26 @@ class Job:
             return out
         errors, sink = ckpt.errors, ckpt.sink
         merger.next_seq = ckpt.resumed_records
+        warn_cores(self.num_workers, cfg.device, cores())
+        try:
+            started, first_events = plan_start(executor, self.predictor, self.num_workers, cfg.memory_budget_bytes)
+        except BaseException:
+            executor.shutdown()
+            sink.close()
+            raise
         progress = Progress(count_records(cfg.input), enabled=not cfg.quiet)
-        executor.start()
+        if started < self.num_workers:  # the replicas did not fit: fewer workers, same job
+            self.num_workers = started
+            policy = make_policy(cfg.policy, started)
+            report = TimingReport(workers=started, policy=cfg.policy)
         builder.max_input_tokens = self.predictor.window()
         self._executor, self._policy, self._builder, self._report = executor, policy, builder, report
         self._merger, self._errors, self._tasks = merger, errors, {}
         self._ckpt, self._watchdog = ckpt, Watchdog(cfg.task_timeout)
         self._recovery = TaskRecovery(cfg.max_retries, self._new_task_index)
         state = _State()
+        for event in first_events:
+            self._handle(event, state)
         records = ckpt.skip(self.source)
         stop = GracefulStop(on_abort=self._kill_workers)
         done = False
@@ -141,22 +168,61 @@ class Job:
                     t = time.perf_counter()
                     rows = merger.drain()
                     if rows:
-                        sink.write_rows(rows)
+                        self._write_rows(rows)
+                    self._notices(state)
                     ckpt.advance(merger.next_seq, merger.failed)
                     report.t_write_s += time.perf_counter() - t
                     elapsed = time.perf_counter() - (state.t_first_dispatch or t0)
                     progress.update(merger.next_seq, merger.next_seq / elapsed if elapsed > 0 else 0.0)
-                sink.write_rows(merger.drain())  # records failed while reading the last window
+                self._write_rows(merger.drain())  # records failed while reading the last window
                 (ckpt.finish if done else ckpt.commit)(merger.next_seq, merger.failed)
+        except OSError as e:  # a full disk, a file size limit: what is committed stays valid
+            done = False
+            raise StorageError(storage_message(e, cfg.output, ckpt.committed_records, ckpt.path)) from None
         finally:
             progress.close()
             if not done:
                 self._kill_workers()
             executor.shutdown()
-            errors.close()
+            try:
+                errors.close()
+            except OSError:
+                pass  # already reported; the errors file's committed prefix is intact
         if not done:
             raise Interrupted(merger.next_seq, ckpt.path)
         return self._finish(report, state, merger, t0)
+
+    def _write_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Write drained rows; a row the output format cannot hold (a CSV row with a column the
+        header lacks, a value JSON cannot encode) goes to the errors file alone, the rest is
+        written (each sink's ``write_rows`` raises before writing anything)."""
+        try:
+            self._ckpt.sink.write_rows(rows)
+            return
+        except (ValueError, TypeError):
+            pass
+        for (seq, line), row in zip(self._merger.last_drained, rows):
+            try:
+                self._ckpt.sink.write_rows([row])
+            except (ValueError, TypeError) as e:
+                self._merger.failed += 1
+                self._errors.write([RecordError(seq, line, row.get(self.config.id_column),
+                                                f"output row cannot be written: {e}"[:300])])
+
+    def _notices(self, state: _State) -> None:
+        """One stderr line each, once: input columns renamed in the output, and a job where no
+        task has finished for ``stall_warning_s`` while no --task-timeout would end a hung call."""
+        if self._merger.renamed - state.announced:
+            new = sorted(self._merger.renamed - state.announced)
+            state.announced.update(new)
+            print(f"note: input column{'s' if len(new) > 1 else ''} {', '.join(map(repr, new))} written as "
+                  f"{', '.join(repr('input_' + c) for c in new)} (the model's result uses that name)", file=sys.stderr)
+        since = state.t_last_result or state.t_first_dispatch
+        if (self.config.task_timeout is None and not state.stall_warned and self._tasks and since is not None
+                and time.perf_counter() - since > self.config.stall_warning_s):
+            state.stall_warned = True
+            print(f"warning: no task has finished for {self.config.stall_warning_s:.0f} s ({len(self._tasks)} tasks "
+                  "waiting); a hung model call is never interrupted without --task-timeout SECONDS", file=sys.stderr)
 
     def _stop_now(self, deadline: float) -> bool:
         """After a stop request: True once no task is in flight, or the grace time is over."""

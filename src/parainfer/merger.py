@@ -34,6 +34,8 @@ class Merger:
         self.next_seq = 0
         self.written = 0
         self.failed = 0
+        self.renamed: set[str] = set()  # input columns written as input_<name> so far
+        self.last_drained: list[tuple[int, int]] = []  # (seq, line) of the rows of the last drain
 
     def expect(self, records: list[Record]) -> None:
         """Register records whose tasks were just created."""
@@ -64,6 +66,7 @@ class Merger:
     def drain(self) -> list[dict[str, Any]]:
         """Rows ready to write, in input order; each record is released exactly once."""
         rows: list[dict[str, Any]] = []
+        drained: list[tuple[int, int]] = []
         done, records = self._done, self._records
         while self.next_seq in done:
             seq = self.next_seq
@@ -72,10 +75,13 @@ class Merger:
             if out is _FAILED:
                 continue
             rec = records.pop(seq)
+            drained.append((seq, rec.line))
             extra = rec.extra
             if not extra.keys().isdisjoint(out):  # an input column named like a result column
+                self.renamed.update(extra.keys() & out.keys())
                 extra = {(f"input_{k}" if k in out else k): v for k, v in extra.items()}
             # Model outputs may hold numpy arrays and scalars: every sink writes them natively.
             rows.append({self.id_column: rec.id, self.text_column: rec.text, **extra, **out})
         self.written += len(rows)
+        self.last_drained = drained
         return rows

@@ -75,6 +75,8 @@ def save_plot(report: dict[str, Any], out: str | Path) -> Path:
     suffix = out.suffix.lower()
     if suffix not in (".png", ".svg", ".pdf", ".html"):
         raise UsageError(f"plot file {str(out)!r} has unknown extension {suffix!r}; accepted: .png .svg .pdf .html")
+    if not out.parent.is_dir():
+        raise UsageError(f"plot folder {str(out.parent)!r} does not exist; create it or choose another path")
     fig = draw(report)
     if suffix != ".html":
         fig.savefig(out, dpi=110)

@@ -191,6 +191,7 @@ class GracefulStop:
                     self.on_abort()
                 except Exception:  # noqa: BLE001 - exiting anyway
                     pass
+            _release_multiprocessing()
             os._exit(130)
         self.requested = True
         self.signal_name = signal.Signals(signum).name
@@ -210,3 +211,16 @@ class Interrupted(Exception):
         where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint (output is stdout or input is stdin)"
         resume = "resume with the same command" if checkpoint else "rerun to start over"
         super().__init__(f"interrupted after {committed:,} input records committed ({where}); {resume}")
+
+
+def _release_multiprocessing() -> None:
+    """Before ``os._exit``: run multiprocessing's exit finalizers, the ones a normal exit runs
+    (``util._exit_function``). Without them the semaphores of the workers' queues stay
+    registered and the resource tracker warns "There appear to be N leaked semaphore objects
+    to clean up at shutdown" after the job is gone."""
+    try:
+        from multiprocessing import util
+
+        util._run_finalizers(0)  # priority >= 0: queue closing, semaphore unlink + unregister
+    except Exception:  # noqa: BLE001 - exiting anyway
+        pass

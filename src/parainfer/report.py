@@ -125,6 +125,36 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+REQUIRED_KEYS = ("records", "failed_records", "truncated_records", "tasks", "workers", "policy", "wall_s",
+                 "t_startup_s", "t_parallel_s", "throughput_records_per_s", "parallel_throughput_records_per_s",
+                 "t_create_s", "t_schedule_s", "t_execute_s", "t_wait_s", "speedup", "efficiency", "imbalance",
+                 "padding_efficiency", "timeline")  # what summary_lines, plots and simulate read
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """Read a report written by ``parainfer run --report``.
+
+    Raises:
+        UsageError: the file is missing, not JSON, or not a parainfer run report (the message
+            names the first missing key).
+    """
+    from parainfer.errors import UsageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"report {str(p)!r} not found; write one with `parainfer run ... --report FILE`")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UsageError(f"report {str(p)!r} is not JSON ({e}); expected a file written by "
+                         "`parainfer run ... --report FILE`") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(data, dict) or k not in data]
+    if missing or not isinstance(data.get("timeline"), list):
+        raise UsageError(f"{str(p)!r} is not a parainfer run report (no {(missing or ['timeline'])[0]!r} "
+                         "key); expected a file written by `parainfer run ... --report FILE`")
+    return data
+
+
 def write_report(report: dict[str, Any], path: str | Path) -> None:
     """Write the report as indented JSON."""
     Path(path).write_text(json.dumps(report, indent=1) + "\n")

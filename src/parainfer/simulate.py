@@ -20,7 +20,6 @@ report's ``threads_per_worker``). Validation against real runs: docs/scheduling.
 from __future__ import annotations
 
 import heapq
-import json
 import math
 import random
 from dataclasses import dataclass
@@ -53,10 +52,10 @@ class Workload:
 
         Raises UsageError when the file is missing or holds no timeline.
         """
+        from parainfer.report import load_report
+
         p = Path(path)
-        if not p.is_file():
-            raise UsageError(f"report {str(p)!r} not found; write one with `parainfer run ... --report FILE`")
-        report = json.loads(p.read_text())
+        report = load_report(p)
         timeline = report.get("timeline") or []
         if not timeline:
             raise UsageError(f"report {str(p)!r} has no task timeline to fit costs from")

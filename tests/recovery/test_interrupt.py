@@ -40,13 +40,18 @@ def test_second_signal_exits_at_once_and_the_checkpoint_stays_consistent(fault_i
     proc = faultkit.start(cmd, env={"PARAINFER_TEST_MS_PER_TOKEN": "0.5"})  # slow tasks: a long grace
     workers = faultkit.wait_workers(proc)
     assert len(workers) == 2
-    time.sleep(1.0)
+    manifest = Path(str(out) + ".parainfer-checkpoint.json")
+    deadline = time.monotonic() + 60  # tasks are running (a loaded machine can take seconds to load workers)
+    while time.monotonic() < deadline and not (manifest.exists() and json.loads(manifest.read_text() or "{}")
+                                               .get("records_done", 0) > 0):
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.2)
     t = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130 and time.monotonic() - t < 3, stderr
+    assert "leaked semaphore" not in stderr, stderr  # multiprocessing resources released before os._exit
     assert faultkit.wait_gone(workers) == []
     resumed = faultkit.run(cmd)
     assert resumed.returncode == 0, resumed.stderr

@@ -78,9 +78,17 @@ class LocalExecutor(Executor):
         self._load_deaths = [0] * num_workers  # consecutive deaths before WorkerReady
         self.restarts = 0
 
-    def start(self) -> None:
-        for w in range(self.num_workers):
+    def start(self, first: int = 0, count: int | None = None) -> None:
+        """Spawn workers ``first`` .. ``count - 1`` (default: all); a staged start spawns worker
+        0 alone, then the rest (``resources.plan_start``)."""
+        for w in range(first, self.num_workers if count is None else count):
             self._spawn(w)
+
+    def shrink(self, num_workers: int) -> None:
+        """Run only the first ``num_workers`` workers (call before the others are spawned)."""
+        self.num_workers = num_workers
+        del self._slots[num_workers:]
+        del self._load_deaths[num_workers:]
 
     def _spawn(self, w: int) -> None:
         inbox = self._ctx.Queue()

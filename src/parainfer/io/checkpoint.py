@@ -4,13 +4,18 @@ The merger writes rows in input order, so the durable state of a job is one numb
 offsets: "the first K input records are done; the output is B bytes long (Parquet: P part
 files are committed); the errors file is E bytes long". A commit (every ``every_s`` seconds,
 and at the end) fsyncs the output and the errors file first, then replaces the manifest
-atomically (write ``MANIFEST.tmp``, fsync, ``os.replace``, fsync the folder). Whatever moment
+atomically (write a temp file unique to this process, fsync, ``os.replace``, fsync the folder). Whatever moment
 the driver dies, the manifest on disk describes a prefix of the output that is on disk too.
 
 A rerun of the same command reads the manifest and, when the job fingerprint matches (input
 file hash, model, task, requested dtype, columns, output format), cuts the output and the
 errors file back to B and E, skips the first K input records and goes on; a finished job is
-a no-op. A different fingerprint is refused (UsageError, exit 2) unless ``overwrite``.
+a no-op. A different fingerprint is refused (UsageError, exit 2) unless ``overwrite``. The
+manifest also holds the SHA-256 of the committed bytes (``io.digest``): a resume, and the
+"already complete" answer, first check that the files on disk still hold exactly those bytes,
+and refuse (UsageError) when they do not. A missing output (deleted by the user) starts over.
+A non-empty output with no manifest next to it was not written by parainfer: it is refused
+unless ``overwrite`` (``io.guard.check_not_foreign``).
 
 The manifest lives at ``OUTPUT.parainfer-checkpoint.json`` (Parquet parts in
 ``OUTPUT.parainfer-parts/``). Stdout output or stdin input has no checkpoint. Errors are
@@ -21,22 +26,25 @@ Manifest (JSON)::
 
     {"version": 1, "job": {...fingerprint...}, "records_done": K, "failed_records": F,
      "output_bytes": B, "output_parts": P, "errors_bytes": E, "sink": {"csv_header": [...]},
-     "finished": false}
+     "output_sha256": "<hex of the first B bytes, or of the P parts in order>",
+     "errors_sha256": "<hex of the first E bytes>", "finished": false}
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import json
 import os
+import tempfile
 import time
 from typing import Any, Iterable, Iterator
 
 from parainfer.errors import UsageError
-from parainfer.io.parquet_parts import PartedParquetSink, fsync_dir
+from parainfer.io import digest
+from parainfer.io.guard import check_not_foreign
+from parainfer.io.ordered_errors import OrderedErrors
+from parainfer.io.parquet_parts import PartedParquetSink, fsync_dir, part_path
 from parainfer.io.sinks import STDOUT, CsvSink, ErrorSink, JsonlSink, Sink, default_errors_path, open_sink
-from parainfer.records import RecordError
 
 VERSION = 1
 SUFFIX = ".parainfer-checkpoint.json"
@@ -49,14 +57,23 @@ def manifest_path(output: str) -> str:
 
 
 def write_manifest(path: str, manifest: dict[str, Any]) -> None:
-    """Replace the manifest atomically and durably (temp file, fsync, rename, fsync folder)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(os.path.dirname(path))
+    """Replace the manifest atomically and durably (a temp file unique to this call, fsync,
+    rename, fsync folder): two processes writing it never share a temp file."""
+    folder = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, OSError) and not e.filename and e.errno is not None:
+            raise OSError(e.errno, e.strerror, path) from None
+        raise
+    fsync_dir(folder)
 
 
 def read_manifest(path: str) -> dict[str, Any] | None:
@@ -103,48 +120,6 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
     return "; ".join(out)
 
 
-class OrderedErrors:
-    """Holds record errors until the write frontier passes them, then writes them in input order.
-
-    ``write(errs)`` buffers; ``release(next_seq)`` writes every held error with seq < next_seq.
-    Attributes path, count and offset are the file's (see ErrorSink).
-    """
-
-    def __init__(self, sink: ErrorSink):
-        self.sink = sink
-        self._held: list[tuple[int, int, RecordError]] = []
-        self._tie = itertools.count()
-
-    @property
-    def path(self) -> str:
-        return self.sink.path
-
-    @property
-    def count(self) -> int:
-        return self.sink.count
-
-    @property
-    def offset(self) -> int:
-        return self.sink.offset
-
-    def write(self, errs: Iterable[RecordError]) -> None:
-        for e in errs:
-            heapq.heappush(self._held, (e.seq, next(self._tie), e))
-
-    def release(self, next_seq: int) -> None:
-        """Write the held errors of records before ``next_seq``, in input order."""
-        out = []
-        while self._held and self._held[0][0] < next_seq:
-            out.append(heapq.heappop(self._held)[2])
-        self.sink.write(out)
-
-    def flush(self) -> None:
-        self.sink.flush()
-
-    def close(self) -> None:
-        self.sink.close()
-
-
 class Checkpoint:
     """Opens the output and errors file for a job, resuming from the manifest when it matches.
 
@@ -168,7 +143,7 @@ class Checkpoint:
     def __init__(self, config: Any, source: Any, predictor: Any, row_group_size: int = 10_000):
         self.config, self.every_s = config, getattr(config, "checkpoint_every_s", 2.0)
         self.output = config.output
-        self.resumed_records = self.resumed_failed = 0
+        self.resumed_records = self.resumed_failed = self.committed_records = 0
         self.finished = False
         self.sink: Sink | None = None
         errors_path = config.errors or default_errors_path(config.output)
@@ -176,6 +151,7 @@ class Checkpoint:
         self._last_commit = time.monotonic()
         if config.output == STDOUT or config.input == "-":
             self.path, self.job = None, None
+            check_not_foreign(config.output, False, getattr(config, "overwrite", False))
             self.sink = open_sink(config.output, id_column=config.id_column, text_column=config.text_column,
                                   row_group_size=row_group_size)
             return
@@ -183,11 +159,13 @@ class Checkpoint:
         self.parts = config.output + PARTS_SUFFIX if config.output.lower().endswith(".parquet") else None
         self.job = job_fingerprint(config, source, predictor)
         old = None if getattr(config, "overwrite", False) else read_manifest(self.path)
+        check_not_foreign(config.output, old is not None, getattr(config, "overwrite", False))
         if old is not None and old.get("job") != self.job:
             raise UsageError(f"output {config.output!r} has a checkpoint from a different job "
                              f"({_differences(old.get('job') or {}, self.job)}); rerun with --overwrite to "
                              "start over, or choose another --output")
-        if old is not None and old.get("finished") and self._output_size() == old.get("output_bytes"):
+        if old is not None and old.get("finished") and os.path.isfile(self.output):
+            self._verify_finished(old)
             self.finished, self.resumed_records = True, old["records_done"]
             self.resumed_failed = old.get("failed_records", 0)
             return
@@ -202,10 +180,20 @@ class Checkpoint:
         return os.path.getsize(self.output) if os.path.isfile(self.output) else -1
 
     def _resumable(self, old: dict[str, Any]) -> bool:
+        """True when the committed files are there to resume from (whether they are intact is
+        checked by ``_resume``); False when the output was deleted: the job starts over."""
         if self.parts is not None:
-            return all(os.path.isfile(os.path.join(self.parts, f"part-{n:06d}.parquet"))
-                       for n in range(old.get("output_parts", 0)))
-        return self._output_size() >= old.get("output_bytes", 0)
+            return all(os.path.isfile(part_path(self.parts, n)) for n in range(old.get("output_parts", 0)))
+        return os.path.isfile(self.output)
+
+    def _verify_finished(self, old: dict[str, Any]) -> None:
+        """Raise UsageError unless the output (and errors file) are byte for byte as finished."""
+        size, expected = old.get("output_bytes"), old.get("output_sha256")
+        if self._output_size() != size or (expected and digest.file_digest(self.output) != expected):
+            raise UsageError(f"output {self.output!r} was changed after its job finished (it is not the "
+                             f"{size:,} bytes the checkpoint recorded); rerun with --overwrite to start over")
+        if old.get("errors_bytes"):
+            digest.verify_prefix(self.errors.path, old["errors_bytes"], old.get("errors_sha256"), "errors file")
 
     def _fresh(self, row_group_size: int) -> None:
         cfg = self.config
@@ -218,19 +206,31 @@ class Checkpoint:
 
     def _resume(self, old: dict[str, Any], row_group_size: int) -> None:
         cfg = self.config
+        if self.parts is not None:
+            running = digest.new()
+            for n in range(old.get("output_parts", 0)):
+                with open(part_path(self.parts, n), "rb") as f:
+                    running.update(f.read())
+            if old.get("output_sha256") and running.hexdigest() != old["output_sha256"]:
+                raise UsageError(f"the committed Parquet parts in {self.parts!r} were changed since the checkpoint; "
+                                 "rerun with --overwrite to start over")
+        else:
+            offset = old.get("output_bytes", 0)
+            running = digest.verify_prefix(cfg.output, offset, old.get("output_sha256"), "output")
+        self.errors.sink.resume(old.get("errors_bytes", 0), old.get("errors_sha256"))
         self.resumed_records, self.resumed_failed = old["records_done"], old.get("failed_records", 0)
-        self.errors.sink.resume(old.get("errors_bytes", 0))
+        self.committed_records = self.resumed_records
         if self.parts is not None:
             self.sink = PartedParquetSink(cfg.output, self.parts, cfg.id_column, cfg.text_column, row_group_size,
                                           parts=old.get("output_parts", 0))
+            self.sink.digest = running
             return
-        offset = old.get("output_bytes", 0)
         stream = open(cfg.output, "r+b")
         stream.truncate(offset)
         stream.seek(offset)
         kind = CsvSink if cfg.output.lower().endswith(".csv") else JsonlSink
         sink = kind(cfg.output, stream, cfg.id_column, cfg.text_column)
-        sink.bytes_written = offset
+        sink.bytes_written, sink.digest = offset, running
         header = (old.get("sink") or {}).get("csv_header")
         if kind is CsvSink and header:
             sink._header, sink._known = list(header), set(header)  # the header is in the file already
@@ -283,4 +283,6 @@ class Checkpoint:
             "version": VERSION, "job": self.job, "records_done": next_seq,
             "failed_records": self.resumed_failed + failed, "output_bytes": self.sink.bytes_written,
             "output_parts": getattr(self.sink, "parts", 0), "errors_bytes": self.errors.offset,
-            "sink": sink_state, "finished": finished})
+            "output_sha256": self.sink.final_digest() if finished else self.sink.digest.hexdigest(),
+            "errors_sha256": self.errors.sink.digest.hexdigest(), "sink": sink_state, "finished": finished})
+        self.committed_records = next_seq

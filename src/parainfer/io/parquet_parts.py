@@ -84,6 +84,8 @@ class PartedParquetSink(Sink):
             f.flush()
             os.fsync(f.fileno())
         fsync_dir(self.folder)
+        with open(path, "rb") as f:  # the committed parts' digest: a resume verifies them
+            self.digest.update(f.read())
         self.parts += 1
         self._buffer = []
 
@@ -135,6 +137,12 @@ class PartedParquetSink(Sink):
         os.replace(tmp, self.path)
         fsync_dir(os.path.dirname(self.path))
         self.bytes_written = os.path.getsize(self.path)
+
+    def final_digest(self) -> str:
+        """Hex SHA-256 of the assembled output file (after ``finish``)."""
+        from parainfer.io.digest import file_digest
+
+        return file_digest(self.path)
 
     def cleanup(self) -> None:
         """Delete the parts folder (after the finished output is recorded)."""

@@ -7,16 +7,18 @@ row per failed record, created only when the first error arrives.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import sys
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterator
 
 import orjson
 
 from parainfer.errors import UsageError
+from parainfer.io import digest
 from parainfer.records import RecordError
 
 FORMATS = (".jsonl", ".ndjson", ".csv", ".parquet")
@@ -65,12 +67,19 @@ class Sink:
         path: the output path, or "-" for stdout.
         rows_written: rows accepted by `write_rows` so far.
         bytes_written: bytes written to the file so far (Parquet: row groups handed to the file).
+        digest: running SHA-256 of the bytes written so far (``io.digest``; the checkpoint
+            stores it so that a resume can verify the committed prefix).
     """
 
     def __init__(self, path: str, stream: BinaryIO, id_column: str, text_column: str) -> None:
         self.path, self._stream = path, stream
         self._first = (id_column, text_column)
         self.rows_written = self.bytes_written = 0
+        self.digest = digest.new()
+
+    def final_digest(self) -> str:
+        """Hex SHA-256 of the finished file (after ``close``)."""
+        return self.digest.hexdigest()
 
     def write_rows(self, rows: list[dict[str, Any]]) -> None:
         """Append rows (already in output order). Raises ValueError/TypeError for a value the
@@ -80,10 +89,12 @@ class Sink:
         self.rows_written += len(rows)
 
     def flush(self) -> None:
-        """Make everything written so far durable: flush, then fsync (not for stdout)."""
-        self._stream.flush()
-        if self.path != STDOUT:
-            os.fsync(self._stream.fileno())
+        """Make everything written so far durable: flush, then fsync (not for stdout). Raises
+        OSError naming the file when that fails (a full disk)."""
+        with _named(self.path):
+            self._stream.flush()
+            if self.path != STDOUT:
+                os.fsync(self._stream.fileno())
 
     def close(self) -> None:
         """Flush and finish the file (stdout is flushed, not closed). Safe to call twice."""
@@ -110,7 +121,9 @@ class Sink:
         raise NotImplementedError
 
     def _put(self, data: bytes) -> None:
-        self._stream.write(data)
+        with _named(self.path):
+            self._stream.write(data)
+        self.digest.update(data)
         self.bytes_written += len(data)
 
 
@@ -132,15 +145,29 @@ class CsvSink(Sink):
             return
         buf = io.StringIO(newline="")
         writer = csv.writer(buf)
+        header = self._header or list(rows[0])
+        known = self._known if self._header else set(header)
         if not self._header:
-            self._header, self._known = list(rows[0]), set(rows[0])
-            writer.writerow(self._header)
-        for row in rows:
-            if extra := row.keys() - self._known:
+            writer.writerow(header)
+        for row in rows:  # checked before anything changes: a failed call writes nothing
+            if extra := row.keys() - known:
                 raise ValueError(f"row has columns {sorted(extra)} not in the CSV header "
-                                 f"{self._header} (taken from the first row)")
-            writer.writerow([_csv_cell(row.get(k)) for k in self._header])
-        self._put(buf.getvalue().encode("utf-8"))
+                                 f"{header} (taken from the first row)")
+            writer.writerow([_csv_cell(row.get(k)) for k in header])
+        data = buf.getvalue().encode("utf-8")
+        self._header, self._known = header, known
+        self._put(data)
+
+
+@contextlib.contextmanager
+def _named(path: str) -> Iterator[None]:
+    """Re-raise an OSError without a file name (a failed write or flush) as one naming ``path``."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, path) from None
 
 
 def _csv_cell(value: Any) -> Any:
@@ -273,24 +300,23 @@ class ErrorSink:
 
     def __init__(self, path: str) -> None:
         self.path, self.count, self._stream = path, 0, None
+        self.digest = digest.new()  # running SHA-256 of the file's bytes (see io.digest)
 
     @property
     def offset(self) -> int:
         """Bytes in the file so far (0 before the first error)."""
         return self._stream.tell() if self._stream is not None else 0
 
-    def resume(self, offset: int) -> None:
+    def resume(self, offset: int, expected_digest: str | None = None) -> None:
         """Continue a checkpointed errors file: cut it back to ``offset`` bytes (its committed
         length) and append after that; offset 0 deletes a stale file. Raises UsageError when
-        the file is shorter than ``offset`` (it was changed since the checkpoint)."""
+        the file is shorter than ``offset`` or its first ``offset`` bytes do not have
+        ``expected_digest`` (it was changed since the checkpoint)."""
         if offset == 0:
             if os.path.isfile(self.path):
                 os.remove(self.path)
             return
-        size = os.path.getsize(self.path) if os.path.isfile(self.path) else -1
-        if size < offset:
-            raise UsageError(f"errors file {self.path!r} has {max(size, 0)} bytes, fewer than the {offset} "
-                             "its checkpoint committed; it was changed: rerun with --overwrite to start over")
+        self.digest = digest.verify_prefix(self.path, offset, expected_digest, "errors file")
         self._stream = open(self.path, "r+b")
         self._stream.truncate(offset)
         self._stream.seek(offset)
@@ -303,14 +329,18 @@ class ErrorSink:
         if self._stream is None:
             self._stream = _create(self.path, "errors file")
         rows = ({"line": e.line, "id": e.id, "reason": e.reason, "text": e.text} for e in errs)
-        self._stream.write("".join(dumps(row) + "\n" for row in rows).encode("utf-8"))
+        data = "".join(dumps(row) + "\n" for row in rows).encode("utf-8")
+        with _named(self.path):
+            self._stream.write(data)
+        self.digest.update(data)
         self.count += len(errs)
 
     def flush(self) -> None:
         """Flush and fsync the errors written so far (nothing to do before the first one)."""
         if self._stream is not None and not self._stream.closed:
-            self._stream.flush()
-            os.fsync(self._stream.fileno())
+            with _named(self.path):
+                self._stream.flush()
+                os.fsync(self._stream.fileno())
 
     def close(self) -> None:
         """Flush and close the file, if one was created."""

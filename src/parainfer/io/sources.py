@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import os
 import re
 import sys
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import orjson
 
 from parainfer.errors import UsageError
+from parainfer.io.input_checks import check_first_line as _check_first_line
+from parainfer.io.input_checks import check_id_column as _check_id_column
+from parainfer.io.input_checks import check_text_file as _check_text_file
+from parainfer.io.input_checks import no_json_constant as _no_constant
+from parainfer.io.record_check import MAX_DEPTH, check_row, may_be_deep
 from parainfer.records import Record, RecordError
 
 FORMATS = (".jsonl", ".ndjson", ".csv", ".parquet", ".txt")
@@ -55,7 +61,10 @@ class Source:
                 continue
             if self.columns is None:
                 self.columns = list(row)
-            yield to_record(seq, line, row, self.text_column, self.id_column, self.allow_messages)
+            try:
+                yield to_record(seq, line, row, self.text_column, self.id_column, self.allow_messages)
+            except Exception as e:  # noqa: BLE001 - no record stops a job: it is quarantined
+                yield RecordError(seq, line, None, f"record could not be read: {type(e).__name__}: {e}"[:300])
 
     def fingerprint(self) -> str | None:
         """Return "sha256:<hex digest>:<size in bytes>" of the input file, None for stdin.
@@ -102,7 +111,7 @@ def open_source(path: str, text_column: str = "text", id_column: str = "id", all
             no `text_column` (the message lists the columns found).
     """
     if path == STDIN:
-        return Source(path, lambda: _jsonl_rows(sys.stdin.buffer), text_column, id_column,
+        return Source(path, lambda: _stdin_rows(sys.stdin.buffer), text_column, id_column,
                       allow_messages=allow_messages)
     if not os.path.exists(path):
         raise UsageError(f"input file {path!r} does not exist; expected a file with extension "
@@ -111,17 +120,21 @@ def open_source(path: str, text_column: str = "text", id_column: str = "id", all
         raise UsageError(f"input {path!r} is a directory; expected a file with extension "
                          f"{', '.join(FORMATS)}")
     ext = os.path.splitext(path)[1].lower()
+    if ext in (".jsonl", ".ndjson", ".csv", ".txt"):
+        _check_text_file(path)
     if ext in (".jsonl", ".ndjson"):
-        _check_first_jsonl_row(path, text_column)
+        _check_first_jsonl_row(path, text_column, id_column)
         return Source(path, lambda: _opened(path, _jsonl_rows), text_column, id_column,
                       allow_messages=allow_messages)
     if ext == ".txt":
         return Source(path, lambda: _opened(path, _txt_rows), "text", "id", ["id", "text"])
     if ext == ".csv":
         header = _csv_header(path, text_column)
+        _check_id_column(path, id_column, header)
         return Source(path, lambda: _opened(path, _csv_rows), text_column, id_column, header)
     if ext == ".parquet":
         columns = _parquet_columns(path, text_column)
+        _check_id_column(path, id_column, columns)
         return Source(path, lambda: _opened(path, _parquet_rows), text_column, id_column, columns, allow_messages)
     raise UsageError(f"input {path!r} has unknown extension {ext or '(none)'!r}; "
                      f"accepted: {', '.join(FORMATS)}, or '-' for JSONL on stdin")
@@ -183,10 +196,10 @@ def _bad_utf8(raw: bytes, err: UnicodeDecodeError) -> str:
     return f"invalid UTF-8: byte 0x{raw[err.start]:02x} at column {err.start + 1}"
 
 
-def _check_first_jsonl_row(path: str, text_column: str) -> None:
-    """Raise UsageError when the first JSON object of a JSONL file lacks ``text_column``: a
-    misnamed column would otherwise fail every row, one by one, after the model has loaded.
-    Later rows without it are per-record errors as usual."""
+def _check_first_jsonl_row(path: str, text_column: str, id_column: str = "id") -> None:
+    """Raise UsageError when the first JSON object of a JSONL file lacks ``text_column`` (or a
+    chosen ``id_column``): a misnamed column would otherwise fail every row, one by one, after
+    the model has loaded. Later rows without it are per-record errors as usual."""
     with open(path, "rb") as f:
         for _, row in _jsonl_rows(f):
             if isinstance(row, dict):
@@ -194,6 +207,7 @@ def _check_first_jsonl_row(path: str, text_column: str) -> None:
                     raise UsageError(f"JSONL file {path!r} has no text column {text_column!r} in its first row; "
                                      f"columns found: {', '.join(map(repr, row)) or 'none'} (choose one with "
                                      f"the text column option)")
+                _check_id_column(path, id_column, list(row))
                 return
 
 
@@ -203,6 +217,7 @@ def _opened(path: str, rows: Callable[[BinaryIO], Rows]) -> Rows:
         yield from rows(f)
 
 
+_DEEP_BYTES = 2 * MAX_DEPTH
 # 19+ digits in a row: maybe an integer beyond 64 bits, which orjson would turn into a float.
 _LONG_DIGITS = re.compile(rb"\d{19}")
 _DIGITS = b"0123456789"
@@ -214,12 +229,26 @@ def _may_hold_big_int(raw: bytes) -> bool:
     return len(raw) - len(raw.translate(None, _DIGITS)) >= 19 and _LONG_DIGITS.search(raw) is not None
 
 
-def _jsonl_rows(stream: BinaryIO) -> Rows:
+def _stdin_rows(stream: BinaryIO) -> Rows:
+    """JSONL from stdin: its first line is checked like a file's head (``check_first_line``)."""
+    lines = iter(stream)
+    first = next(lines, None)
+    if first is not None:
+        _check_first_line(first, "stdin")
+        yield from _jsonl_rows(itertools.chain((first,), lines))
+
+
+def _jsonl_rows(stream: Iterable[bytes]) -> Rows:
+    deep = _DEEP_BYTES
     for line, raw in enumerate(stream, 1):
-        try:  # fast path: orjson parses the bytes and validates UTF-8 in one go
+        try:  # fast path: orjson parses the bytes and validates UTF-8 (and surrogates) in one go
             obj = orjson.loads(raw)
             if isinstance(obj, dict) and not _may_hold_big_int(raw):
-                yield line, obj
+                # Only a line of more than 2 x MAX_DEPTH bytes can nest deeper than MAX_DEPTH.
+                if len(raw) > deep and may_be_deep(raw) and (reason := check_row(obj)):
+                    yield line, reason
+                else:
+                    yield line, obj
                 continue
         except orjson.JSONDecodeError:
             pass  # the slow path below finds and names the exact fault (or keeps a big integer exact)
@@ -231,12 +260,18 @@ def _jsonl_rows(stream: BinaryIO) -> Rows:
         if not s.strip():
             continue
         try:
-            obj = json.loads(s)
+            obj = json.loads(s, parse_constant=_no_constant)
         except json.JSONDecodeError as e:
             yield line, f"line is not valid JSON ({e.msg} at column {e.colno}): {s:.60}"
             continue
+        except ValueError as e:
+            yield line, f"line is not valid JSON: {e}"
+            continue
+        except RecursionError:
+            yield line, "line is not usable: a value is nested too deep to read"
+            continue
         if isinstance(obj, dict):
-            yield line, obj
+            yield line, check_row(obj) or obj
         else:
             kind = _JSON_TYPES.get(type(obj), type(obj).__name__)
             yield line, f"line is a JSON {kind} ({s:.40}), expected an object {{...}}"
@@ -268,8 +303,10 @@ def _csv_header(path: str, text_column: str) -> list[str]:
         raise UsageError(f"CSV file {path!r} is empty; expected a header row naming the "
                          f"columns, one of them {text_column!r}")
     if text_column not in header:
+        hint = next((f"; the header looks separated by {d!r}: parainfer reads comma-separated CSV (convert it, "
+                     "or write JSONL or Parquet)" for d in (";", "\t", "|") if len(header) == 1 and d in header[0]), "")
         raise UsageError(f"CSV file {path!r} has no text column {text_column!r}; columns found: "
-                         f"{', '.join(map(repr, header))} (choose one with the text column option)")
+                         f"{', '.join(map(repr, header))} (choose one with the text column option){hint}")
     return header
 
 
@@ -320,6 +357,18 @@ def _parquet_rows(stream: BinaryIO, batch_size: int = 4096) -> Rows:
 
     line = 0
     for batch in pq.ParquetFile(stream).iter_batches(batch_size=batch_size):
-        for row in batch.to_pylist():
+        try:
+            rows: list[Row] = batch.to_pylist()
+        except Exception:  # noqa: BLE001 - one bad value (invalid UTF-8 ...): find the row, quarantine it
+            rows = [_parquet_row(batch, i) for i in range(batch.num_rows)]
+        for row in rows:
             line += 1
             yield line, row
+
+
+def _parquet_row(batch: Any, i: int) -> Row:
+    """Row ``i`` of a record batch, or the reason it cannot be read."""
+    try:
+        return batch.slice(i, 1).to_pylist()[0]
+    except Exception as e:  # noqa: BLE001
+        return f"row could not be read: {type(e).__name__}: {e}"[:300]

@@ -63,6 +63,20 @@ class GeneratePredictor(Predictor):
         self.max_input_tokens: int | None = None
         self._tokenizer: Any = None
         self._engine: Any = None
+        self._check_options()
+
+    def _check_options(self) -> None:
+        """Bad sampling options are a usage error at start (exit 2), not one error per record:
+        SamplingParams' checks, and max_tokens against the model's context window."""
+        from parainfer.generation.sampling import SamplingParams
+
+        o = self.options
+        SamplingParams(max_tokens=o["max_tokens"], temperature=o["temperature"], top_p=o["top_p"], top_k=o["top_k"])
+        config = self._resolve_dir() / "config.json"
+        window = json.loads(config.read_text()).get("max_position_embeddings") if config.is_file() else None
+        if window and o["max_tokens"] >= window:
+            raise UsageError(f"--max-tokens {o['max_tokens']} does not fit the context window of {self.model_name} "
+                             f"({window} tokens, prompt included); accepted: 1 to {window - 1}")
 
     def _resolve_dir(self) -> Path:
         if self.model_dir is None:
