@@ -50,6 +50,11 @@ def run(
     seed: Optional[int] = typer.Option(None, help="generate: sampling seed (per record: seed + hash of its text)"),
     stop: Optional[list[str]] = typer.Option(None, help="generate: stop string (repeatable)"),
     chat: bool = typer.Option(True, "--chat/--no-chat", help="generate: apply the chat template to each prompt"),
+    executor: str = typer.Option("local", help="local (worker processes) | ray (actors on a Ray cluster)"),
+    address: Optional[str] = typer.Option(None, help="ray: cluster HOST:PORT (default: RAY_ADDRESS, else a "
+                                                     "local Ray started for the job)"),
+    cpus_per_worker: float = typer.Option(1.0, help="ray: CPUs each worker actor asks for"),
+    gpus_per_worker: float = typer.Option(0.0, help="ray: GPUs each worker actor asks for"),
 ) -> None:
     """Run a batch job: every input record's result, in input order, computed by N workers."""
     from parainfer.config import JobConfig
@@ -62,7 +67,9 @@ def run(
                        max_retries=max_retries, quiet=quiet,
                        generation=dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                        seed=seed, stop=list(stop or []), chat=chat) if task == "generate" else {},
-                       task_timeout=task_timeout, overwrite=overwrite, checkpoint_every_s=checkpoint_every)
+                       task_timeout=task_timeout, overwrite=overwrite, checkpoint_every_s=checkpoint_every,
+                       executor=executor, address=address, cpus_per_worker=cpus_per_worker,
+                       gpus_per_worker=gpus_per_worker)
     from parainfer.recovery import Interrupted
 
     try:

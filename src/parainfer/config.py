@@ -42,6 +42,11 @@ class JobConfig(BaseModel):
                                                                        "is killed and the task retried")
     overwrite: bool = Field(default=False, description="start over even if the output has another job's checkpoint")
     checkpoint_every_s: float = Field(default=2.0, ge=0, description="seconds between checkpoint commits")
+    executor: str = Field(default="local", description="local (processes) | ray (actors on a Ray cluster)")
+    address: str | None = Field(default=None, description="ray: cluster address HOST:PORT (default RAY_ADDRESS, "
+                                                          "else a local Ray started for the job)")
+    cpus_per_worker: float = Field(default=1.0, gt=0, description="ray: CPUs each worker actor asks for")
+    gpus_per_worker: float = Field(default=0.0, ge=0, description="ray: GPUs each worker actor asks for")
     @field_validator("batch_size")
     @classmethod
     def _positive_batch(cls, value: int | str) -> int | str:

@@ -1,0 +1,87 @@
+"""The worker side of the Ray executor: one Ray core actor holds one model replica.
+
+The actor does what a local worker process does (``executors/worker.py``): set the worker
+environment, load the predictor once, then run tasks with the same per-record fallback
+(``run_task``). It runs one call at a time, in the order the driver submitted them (a Ray
+actor with the default ``max_concurrency=1`` executes one caller's calls in order), so the
+driver knows which task it is running without being told.
+
+``watch`` runs in its own concurrency group and never returns: the driver keeps one call of it
+pending per actor, and that call fails the moment the actor dies, busy or idle.
+
+Times in the results are this process's ``perf_counter``: the driver turns them into
+durations (clocks of two machines are not comparable) and places them on its own clock.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from typing import Any
+
+import ray
+
+from parainfer.devices import worker_device
+from parainfer.executors.worker import WORKER_ENV_DEFAULTS, run_task
+from parainfer.models.base import Predictor
+from parainfer.tasks import Task
+
+
+class ModelLoadError(RuntimeError):
+    """The predictor raised while loading; the message holds the cause and a short traceback."""
+
+
+class RayWorker:
+    """Actor body (wrapped with ``ray.remote`` by the executor).
+
+    Args:
+        worker_id: the worker's index (0..N-1), exported as PARAINFER_WORKER_ID.
+        threads: intra-op threads (OMP/MKL and torch), or None for the library default.
+    """
+
+    def __init__(self, worker_id: int, threads: int | None):
+        self.worker_id, self.threads = worker_id, threads
+        self.predictor: Predictor | None = None
+        for var, value in WORKER_ENV_DEFAULTS.items():
+            os.environ.setdefault(var, value)
+        os.environ["PARAINFER_WORKER_ID"] = str(worker_id)
+        if threads:
+            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+                os.environ[var] = str(threads)
+
+    def load(self, predictor: Predictor) -> dict[str, Any]:
+        """Load the replica; returns {"load_s", "info" (predictor.describe()), "node", "pid"}.
+
+        Raises:
+            ModelLoadError: the predictor raised (restarting will not help).
+        """
+        t0 = time.perf_counter()
+        if hasattr(predictor, "device"):
+            predictor.device = worker_device(predictor.device, self.worker_id)
+        try:
+            predictor.load()
+            if self.threads and "torch" in sys.modules:
+                sys.modules["torch"].set_num_threads(self.threads)
+        except BaseException as e:  # noqa: BLE001 - report any load failure to the driver
+            raise ModelLoadError(f"model failed to load: {type(e).__name__}: {e}\n"
+                                 f"{traceback.format_exc(limit=3)}") from None
+        self.predictor = predictor
+        return {"load_s": time.perf_counter() - t0, "info": predictor.describe(),
+                "node": ray.util.get_node_ip_address(), "pid": os.getpid()}
+
+    def run(self, task: Task) -> tuple[int, list, list, float, float]:
+        """Run one task; returns (task index, outputs, errors, queue_s, compute_s).
+
+        ``queue_s`` is 0 (the actor takes a call when it is free); ``compute_s`` is measured here.
+        """
+        assert self.predictor is not None, "load() first"
+        res = run_task(self.predictor, task, self.worker_id, time.perf_counter())
+        return res.task_index, res.outputs, res.errors, res.t_start - res.t_received, res.t_end - res.t_start
+
+    @ray.method(concurrency_group="watch")
+    def watch(self) -> None:
+        """Never returns (its pending call fails when the actor dies: a death notice)."""
+        while True:
+            time.sleep(3600)
