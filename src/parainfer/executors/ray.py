@@ -7,15 +7,19 @@ Ray only places and runs the actors (``executors/ray_actor.py``). Each task is o
 * a result becomes ``TaskResult``; its times are placed on the driver's clock (below);
 * an actor that died (SIGKILL, OOM, its node lost, or ``kill``) fails every call it held with
   ``RayActorError``, and its never-returning ``watch`` call too (so an idle actor's death is
-  seen at once): that becomes one ``WorkerFailed`` with the tasks it held, the oldest one as
-  the task it was running (an actor runs its calls in submission order);
+  seen at once): that becomes one ``WorkerFailed`` with the tasks it held, and as the task it
+  was running the one it recorded starting in Ray's key-value store (a finished task's result
+  can be lost when the process dies right after, so results alone cannot tell);
 * a model that raises while loading is a fatal ``WorkerFailed`` (as for local workers); an
   actor that dies while loading ``MAX_DEATHS_WHILE_LOADING`` times in a row is too.
 
 Actors are created with ``max_restarts=0``: the engine restarts them (``restart``) so restarts
 and retries are counted and planned by ``recovery.TaskRecovery`` exactly as for processes.
-Actors are spread over the nodes (``SPREAD``); each asks for ``cpus_per_worker`` CPUs and
-``gpus_per_worker`` GPUs, so Ray never places more replicas on a node than it has room for.
+Actors are spread over the nodes round robin (worker w prefers the w-th node with room for it,
+a soft node affinity: Ray places it elsewhere when that node is full or gone; a restarted
+worker prefers the live node holding the fewest of this job's actors). Each asks for
+``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs, so Ray never places more replicas on a
+node than it has room for.
 
 Clocks: the clocks of two machines are not comparable, so only durations measured on the
 worker (compute time) cross the wire. A task's start on the driver's clock is the latest of
@@ -39,6 +43,8 @@ from parainfer.executors.local import MAX_DEATHS_WHILE_LOADING, default_threads
 from parainfer.models.base import Predictor
 from parainfer.tasks import Task
 
+ACTOR_THREADS = 16  # most calls in flight per actor (the engine keeps prefetch + 1, the server 1)
+SETTLE_S = 10.0  # longest wait for a dead actor's calls to resolve (they do once Ray knows it died)
 # Driver environment variables a worker sees (local workers inherit the whole environment).
 PASSED_ENV_PREFIXES = ("PARAINFER_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
 
@@ -53,6 +59,7 @@ class _Slot:
     held: dict[int, tuple[Any, Task, float]] = field(default_factory=dict)  # index -> (ref, task, submitted)
     free_since: float = field(default_factory=time.perf_counter)  # end of its last task (driver clock)
     ready: bool = False
+    turns: int = 0  # calls given a turn so far (load is turn 0)
     node: str | None = None
     pid: int | None = None
 
@@ -118,6 +125,7 @@ class RayExecutor(Executor):
                 ray.init(num_cpus=max(cores, math.ceil(self.num_workers * self.cpus)), include_dashboard=False,
                          **quiet)
             self._owns_ray = True
+            _route_raylet_notices_to_logging()
         total = ray.cluster_resources()
         for name, each in (("CPU", self.cpus), ("GPU", self.gpus)):
             need = each * self.num_workers
@@ -126,11 +134,30 @@ class RayExecutor(Executor):
                 raise UsageError(f"{self.num_workers} workers x {each:g} {name}s = {need:g} {name}s, but the Ray "
                                  f"cluster at {self.address or 'local'} has {total.get(name, 0.0):g}; use fewer "
                                  f"--workers or a smaller --{name.lower()}s-per-worker")
-        self._actor_class = ray.remote(concurrency_groups={"watch": 1})(RayWorker)
+        # Calls wait for their turn in the actor, so it needs a thread per call in flight.
+        self._actor_class = ray.remote(max_concurrency=ACTOR_THREADS, concurrency_groups={"watch": 1})(RayWorker)
 
-    def _spawn(self, w: int) -> None:
+    def _pick_node(self, w: int, first: bool) -> str | None:
+        """NodeID worker ``w`` should prefer: round robin at start, else the live node with room
+        holding the fewest of our actors (None: no live node has room)."""
+        import ray
+
+        nodes = sorted((n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= self.cpus
+                        and n["Resources"].get("GPU", 0) >= self.gpus), key=lambda n: n["NodeManagerAddress"])
+        if not nodes:
+            return None
+        if first:
+            return nodes[w % len(nodes)]["NodeID"]
+        here = [s.node for s in self._slots if s is not None]
+        return min(nodes, key=lambda n: here.count(n["NodeManagerAddress"]))["NodeID"]
+
+    def _spawn(self, w: int, first: bool = True) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        node = self._pick_node(w, first)
+        strategy = NodeAffinitySchedulingStrategy(node, soft=True) if node else "SPREAD"
         actor = self._actor_class.options(
-            num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0, max_task_retries=0, scheduling_strategy="SPREAD",
+            num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0, max_task_retries=0, scheduling_strategy=strategy,
             runtime_env={"env_vars": self.env},  # one env for all actors: Ray may reuse idle processes
         ).remote(w, self.threads)
         with self._lock:
@@ -143,7 +170,7 @@ class RayExecutor(Executor):
         if slot is not None:
             self._kill_actor(slot.actor)
         self.restarts += 1
-        self._spawn(worker_id)
+        self._spawn(worker_id, first=False)
 
     def kill(self, worker_id: int) -> None:
         """Kill a worker's actor (a hung task); the next ``poll`` reports its death."""
@@ -178,7 +205,10 @@ class RayExecutor(Executor):
             slot = self._slots[worker_id]
             if slot is None:
                 raise RuntimeError(f"worker {worker_id} is not running")
-            slot.held[task.index] = (slot.actor.run.remote(task), task, time.perf_counter())
+            if len(slot.held) >= ACTOR_THREADS:
+                raise RuntimeError(f"worker {worker_id} holds {ACTOR_THREADS} tasks already (the most in flight)")
+            slot.turns += 1
+            slot.held[task.index] = (slot.actor.run.remote(task, slot.turns), task, time.perf_counter())
 
     def in_flight(self, worker_id: int) -> int:
         slot = self._slots[worker_id]
@@ -243,24 +273,45 @@ class RayExecutor(Executor):
             if ref not in done:
                 break  # later calls cannot have finished before this one
             try:
-                _, outputs, errors, queue_s, compute_s = ray.get(ref)
+                value = ray.get(ref)
             except Exception as e:  # noqa: BLE001 - RayActorError, or a result that did not arrive
                 self._died(w, slot, e, events)
                 return
-            seen = time.perf_counter()
-            start = min(max(submitted, slot.free_since), seen - compute_s)
-            slot.free_since = start + compute_s
-            del slot.held[index]
-            events.append(TaskResult(index, w, outputs, errors, start - queue_s, start, start + compute_s))
+            self._result(w, slot, index, value, submitted, events)
         if slot.watch_ref in done:  # the actor died (its results before that are in events)
             try:
                 ray.get(slot.watch_ref)
             except Exception as e:  # noqa: BLE001 - RayActorError: how it died
                 self._died(w, slot, e, events)
 
+    def _result(self, w: int, slot: _Slot, index: int, value: tuple, submitted: float, events: list[Event]) -> None:
+        _, outputs, errors, queue_s, compute_s = value
+        seen = time.perf_counter()
+        start = min(max(submitted, slot.free_since), seen - compute_s)
+        slot.free_since = start + compute_s
+        del slot.held[index]
+        events.append(TaskResult(index, w, outputs, errors, start - queue_s, start, start + compute_s))
+
     def _died(self, w: int, slot: _Slot, error: BaseException, events: list[Event]) -> None:
+        """Report a dead actor. Every call it held resolves once Ray knows it died (a result, or
+        RayActorError): wait for them (up to SETTLE_S) and keep the results. The task it was
+        running is the one it last recorded starting (``ray_actor.mark_running``); a held task
+        whose result was lost in the crash is requeued like any other."""
+        import ray
+
+        refs = [ref for ref, _, _ in slot.held.values()]
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=SETTLE_S)
+        for index, (ref, _, submitted) in list(slot.held.items()):
+            try:
+                value = ray.get(ref, timeout=0)
+            except Exception:  # noqa: BLE001 - failed with the actor (or not settled): the suspect
+                break
+            self._result(w, slot, index, value, submitted, events)
         held = [task for _, task, _ in slot.held.values()]
-        running = next(iter(slot.held), None)
+        running = _running_task(slot.actor)
+        if running not in slot.held:
+            running = -1  # it died between tasks (killed): no task is the suspect
         where = f" (pid {slot.pid} on node {slot.node})" if slot.node else ""
         cause = " ".join(str(error).split())[:300]
         reason = f"worker {w}{where} died: {type(error).__name__}: {cause}"
@@ -290,3 +341,41 @@ def _load_error(error: BaseException) -> str:
     text = str(error)
     at = text.find("model failed to load:")
     return text[at:] if at >= 0 else f"model failed to load: {type(error).__name__}: {text}"
+
+
+def _running_task(actor: Any) -> int | None:
+    """The index of the task ``actor`` last recorded starting (and forget the record), or None."""
+    from ray.experimental import internal_kv
+
+    from parainfer.executors.ray_actor import RUNNING_KV_NAMESPACE, running_key
+
+    key = running_key(actor._actor_id.hex())
+    try:
+        value = internal_kv._internal_kv_get(key, namespace=RUNNING_KV_NAMESPACE)
+        internal_kv._internal_kv_del(key, namespace=RUNNING_KV_NAMESPACE)
+    except Exception:  # noqa: BLE001 - the GCS is unreachable: no record
+        return None
+    return int(value) if value else None
+
+
+def _route_raylet_notices_to_logging() -> None:
+    """Ray's driver prints the raylet's notices ("A worker died or was killed ...") to STDOUT,
+    where they would corrupt ``--output -``; the executor reports every death itself
+    (WorkerFailed, the report), so send them to the ``parainfer.ray`` logger instead (debug).
+    Uses Ray's private ``print_to_stdstream`` hook; does nothing if it is not there."""
+    import ray._private.worker as ray_worker
+
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "_parainfer", False):
+        return
+    log = logging.getLogger("parainfer.ray")
+
+    def route(data: dict, ignore_prefix: bool) -> None:
+        if data.get("pid") == "raylet":
+            for line in data.get("lines", []):
+                log.debug("%s", line)
+        else:
+            original(data, ignore_prefix)
+
+    route._parainfer = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = route

@@ -2,9 +2,11 @@
 
 The actor does what a local worker process does (``executors/worker.py``): set the worker
 environment, load the predictor once, then run tasks with the same per-record fallback
-(``run_task``). It runs one call at a time, in the order the driver submitted them (a Ray
-actor with the default ``max_concurrency=1`` executes one caller's calls in order), so the
-driver knows which task it is running without being told.
+(``run_task``). It runs one call at a time, in the order the driver submitted them, so the
+driver knows which task it is running without being told. Ray does not promise that order for
+an actor with concurrency groups (it may start a later call first), so each call carries a
+turn number (load is turn 0, the k-th task turn k) and waits for its turn: the actor has a few
+threads, and all but the one whose turn it is wait on a condition.
 
 ``watch`` runs in its own concurrency group and never returns: the driver keeps one call of it
 pending per actor, and that call fails the moment the actor dies, busy or idle.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 import traceback
 from typing import Any
@@ -27,6 +30,25 @@ from parainfer.devices import worker_device
 from parainfer.executors.worker import WORKER_ENV_DEFAULTS, run_task
 from parainfer.models.base import Predictor
 from parainfer.tasks import Task
+
+
+RUNNING_KV_NAMESPACE = "parainfer-running"
+
+
+def running_key(actor_id_hex: str) -> bytes:
+    """Key under which an actor records the index of the task it is starting."""
+    return actor_id_hex.encode()
+
+
+def mark_running(task_index: int) -> None:
+    """Record, synchronously in Ray's internal key-value store (GCS), that this actor starts task
+    ``task_index``. A task's result can be lost when its process dies right after returning (the
+    reply still in its send buffer), so the driver cannot tell a finished task from the running
+    one by its results alone; this record survives the process (one small GCS write per task)."""
+    from ray.experimental import internal_kv
+
+    key = running_key(ray.get_runtime_context().get_actor_id())
+    internal_kv._internal_kv_put(key, str(task_index).encode(), overwrite=True, namespace=RUNNING_KV_NAMESPACE)
 
 
 class ModelLoadError(RuntimeError):
@@ -44,6 +66,8 @@ class RayWorker:
     def __init__(self, worker_id: int, threads: int | None):
         self.worker_id, self.threads = worker_id, threads
         self.predictor: Predictor | None = None
+        self._turn = 0
+        self._cond = threading.Condition()
         for var, value in WORKER_ENV_DEFAULTS.items():
             os.environ.setdefault(var, value)
         os.environ["PARAINFER_WORKER_ID"] = str(worker_id)
@@ -51,12 +75,28 @@ class RayWorker:
             for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
                 os.environ[var] = str(threads)
 
+    def _wait_turn(self, turn: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._turn == turn)
+
+    def _next_turn(self) -> None:
+        with self._cond:
+            self._turn += 1
+            self._cond.notify_all()
+
     def load(self, predictor: Predictor) -> dict[str, Any]:
-        """Load the replica; returns {"load_s", "info" (predictor.describe()), "node", "pid"}.
+        """Load the replica (turn 0); returns {"load_s", "info" (predictor.describe()), "node", "pid"}.
 
         Raises:
             ModelLoadError: the predictor raised (restarting will not help).
         """
+        self._wait_turn(0)
+        try:
+            return self._load(predictor)
+        finally:
+            self._next_turn()
+
+    def _load(self, predictor: Predictor) -> dict[str, Any]:
         t0 = time.perf_counter()
         if hasattr(predictor, "device"):
             predictor.device = worker_device(predictor.device, self.worker_id)
@@ -71,13 +111,17 @@ class RayWorker:
         return {"load_s": time.perf_counter() - t0, "info": predictor.describe(),
                 "node": ray.util.get_node_ip_address(), "pid": os.getpid()}
 
-    def run(self, task: Task) -> tuple[int, list, list, float, float]:
-        """Run one task; returns (task index, outputs, errors, queue_s, compute_s).
-
-        ``queue_s`` is 0 (the actor takes a call when it is free); ``compute_s`` is measured here.
-        """
-        assert self.predictor is not None, "load() first"
-        res = run_task(self.predictor, task, self.worker_id, time.perf_counter())
+    def run(self, task: Task, turn: int) -> tuple[int, list, list, float, float]:
+        """Run one task when its ``turn`` (1, 2, ...) comes; returns (task index, outputs, errors,
+        queue_s, compute_s), both durations measured here (queue_s: waiting for the turn)."""
+        t_received = time.perf_counter()
+        self._wait_turn(turn)
+        try:
+            assert self.predictor is not None, "load() first"
+            mark_running(task.index)
+            res = run_task(self.predictor, task, self.worker_id, t_received)
+        finally:
+            self._next_turn()
         return res.task_index, res.outputs, res.errors, res.t_start - res.t_received, res.t_end - res.t_start
 
     @ray.method(concurrency_group="watch")
