@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -197,6 +198,35 @@ def test_real_classifier_on_two_nodes_matches_local_processes(ray_cluster, vader
     assert max(abs(a["score"] - b["score"]) for a, b in zip(got, want)) < 1e-4
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["model"]["class"] == "HeadClassifierPredictor" and len(rep["executor"]["nodes"]) == 2
+
+
+def test_serve_on_ray_replica_killed_mid_traffic_is_restarted_without_5xx(ray_cluster, tmp_path: Path) -> None:
+    """``parainfer serve --executor ray``: two replica actors (one per node); one is SIGKILLed
+    while 4 clients send requests; every request still gets 200 with the right answer, and the
+    replica is back (restarted) afterwards."""
+    import subprocess
+
+    port = "18612"
+    server = ray_cluster.start("serve", "--task", "classify", "--model", "parainfer.testing:echo", "--port", port,
+                               "--max-wait-ms", "2", *ray_args(ray_cluster), "--log-level", "warning")
+    try:
+        client = subprocess.Popen(["ip", "netns", "exec", ray_cluster.head_ns, sys.executable,
+                                   str(Path(__file__).with_name("serve_client.py")), f"http://127.0.0.1:{port}", "6"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ray_cluster.env())
+        assert client.stdout.readline().strip() == "READY", client.communicate(timeout=30)
+        actors = ray_cluster.wait_actors(2)
+        time.sleep(1.5)
+        ray_cluster.kill(sorted(actors)[0])
+        out, err = client.communicate(timeout=120)
+        assert client.returncode == 0, err
+        result = json.loads(out.strip().splitlines()[-1])
+        assert set(result["codes"]) == {"200"} and result["codes"]["200"] > 20, result["codes"]
+        assert result["wrong"] == 0
+        health = result["health"]
+        assert sum(r["restarts"] for r in health["replica_state"]) == 1, health
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=60)
 
 
 def test_zz_node_lost_mid_job_the_job_completes_on_what_remains(ray_cluster, tmp_path: Path) -> None:
