@@ -4,6 +4,7 @@
 #   raycluster.sh up TAG     start it; prints KEY=VALUE lines (HEAD_NS, NODE_NS, ADDRESS, TEMP)
 #   raycluster.sh down TAG   kill every process in its namespaces, delete them and its files
 #   raycluster.sh node-down TAG   SIGKILL every process of the second node (a machine lost)
+#   raycluster.sh node-up TAG     start (or restart) the second node (NODES=1 up starts the head only)
 #   raycluster.sh info TAG   print its KEY=VALUE lines again
 #   raycluster.sh down-all   tear down every cluster this script made (CI's exit trap)
 #
@@ -73,10 +74,14 @@ up() {
   ip netns exec "$ns1" env $auth "$RAY" start --head --node-ip-address "$ip1" --port "$port" \
     --num-cpus "$cpus" --include-dashboard false --disable-usage-stats --temp-dir "$temp/head" >"$temp/head.log" 2>&1 \
     || { cat "$temp/head.log" >&2; exit 1; }
+  [[ ${NODES:-2} == 1 ]] || node_up
+  info; echo "START_S=$((SECONDS - t0))"
+}
+
+node_up() {
   ip netns exec "$ns2" env $auth "$RAY" start --address "$ip1:$port" --node-ip-address "$ip2" \
     --num-cpus "$cpus" --disable-usage-stats --temp-dir "$temp/node2" >"$temp/node2.log" 2>&1 \
     || { cat "$temp/node2.log" >&2; exit 1; }
-  info; echo "START_S=$((SECONDS - t0))"
 }
 
 info() {
@@ -88,6 +93,7 @@ case $cmd in
   up) up ;;
   down) down ;;
   node-down) kill_ns "$ns2" ;;
+  node-up) node_up ;;
   info) info ;;
-  *) echo "unknown command '$cmd'; accepted: up, down, node-down, info, down-all" >&2; exit 2 ;;
+  *) echo "unknown command '$cmd'; accepted: up, down, node-down, node-up, info, down-all" >&2; exit 2 ;;
 esac

@@ -75,6 +75,16 @@ def test_two_nodes_same_output_errors_and_report_as_one_local_worker(ray_cluster
         assert 0 <= start <= end <= rep["t_parallel_s"] + 1e-3
 
 
+def test_more_workers_than_the_cluster_has_room_for_is_a_one_line_usage_error(ray_cluster, job_input,
+                                                                            tmp_path: Path) -> None:
+    proc = ray_cluster.run("run", str(job_input), "-o", str(tmp_path / "o.jsonl"), "--model", "parainfer.testing:echo",
+                           "--executor", "ray", "--address", ray_cluster.address, "--workers", "3", "-q")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: 3 workers x 1 CPUs = 3 CPUs, but the Ray cluster at {ray_cluster.address} has 2; use fewer "
+        "--workers or a smaller --cpus-per-worker"]
+
+
 def test_a_3x_straggler_actor_is_absorbed_by_the_dynamic_policy(ray_cluster, tmp_path: Path) -> None:
     """One actor per node, the second 3x slower. Actors start seconds apart on a loaded machine (a
     new Python process each), and a worker that starts late is idle through no fault of the
