@@ -31,9 +31,14 @@ TAG = "bench"
 
 
 def cluster(cmd: str, **env: str) -> dict[str, str]:
-    proc = subprocess.run([str(SCRIPT), cmd, TAG], capture_output=True, text=True, check=True,
-                          env={**os.environ, "RAY": str(Path(sys.executable).with_name("ray")), **env})
-    return dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    """raycluster.sh CMD bench (tried twice: a loaded machine can miss Ray's start-up deadlines)."""
+    for attempt in (1, 2):
+        proc = subprocess.run([str(SCRIPT), cmd, TAG], capture_output=True, text=True,
+                              env={**os.environ, "RAY": str(Path(sys.executable).with_name("ray")), **env})
+        if proc.returncode == 0:
+            return dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+        print(f"raycluster.sh {cmd} failed (attempt {attempt}):\n{proc.stdout}\n{proc.stderr}", file=sys.stderr)
+    raise SystemExit(1)
 
 
 def run_job(label: str, args: list[str], info: dict[str, str] | None, tmp: Path) -> dict:

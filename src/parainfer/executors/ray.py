@@ -29,7 +29,6 @@ but no later than (time the driver saw the result - compute time); its end is st
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import threading
@@ -40,6 +39,7 @@ from typing import Any
 from parainfer.errors import UsageError
 from parainfer.executors.base import Event, Executor, TaskResult, WorkerFailed, WorkerReady
 from parainfer.executors.local import MAX_DEATHS_WHILE_LOADING, default_threads
+from parainfer.executors.ray_cluster import check_room, connect, load_error, pick_node, running_task
 from parainfer.models.base import Predictor
 from parainfer.tasks import Task
 
@@ -116,45 +116,19 @@ class RayExecutor(Executor):
 
         from parainfer.executors.ray_actor import RayWorker
 
-        if not ray.is_initialized():
-            quiet = dict(log_to_driver=False, logging_level=logging.WARNING)
-            if self.address:
-                ray.init(address=self.address, **quiet)
-            else:
-                cores = os.cpu_count() or 1
-                ray.init(num_cpus=max(cores, math.ceil(self.num_workers * self.cpus)), include_dashboard=False,
-                         **quiet)
-            self._owns_ray = True
-            _route_raylet_notices_to_logging()
-        total = ray.cluster_resources()
-        for name, each in (("CPU", self.cpus), ("GPU", self.gpus)):
-            need = each * self.num_workers
-            if need > total.get(name, 0.0) + 1e-9:
-                self.shutdown()
-                raise UsageError(f"{self.num_workers} workers x {each:g} {name}s = {need:g} {name}s, but the Ray "
-                                 f"cluster at {self.address or 'local'} has {total.get(name, 0.0):g}; use fewer "
-                                 f"--workers or a smaller --{name.lower()}s-per-worker")
+        self._owns_ray = connect(self.address, math.ceil(self.num_workers * self.cpus))
+        try:
+            check_room(self.address, self.num_workers, self.cpus, self.gpus)
+        except UsageError:
+            self.shutdown()
+            raise
         # Calls wait for their turn in the actor, so it needs a thread per call in flight.
         self._actor_class = ray.remote(max_concurrency=ACTOR_THREADS, concurrency_groups={"watch": 1})(RayWorker)
-
-    def _pick_node(self, w: int, first: bool) -> str | None:
-        """NodeID worker ``w`` should prefer: round robin at start, else the live node with room
-        holding the fewest of our actors (None: no live node has room)."""
-        import ray
-
-        nodes = sorted((n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= self.cpus
-                        and n["Resources"].get("GPU", 0) >= self.gpus), key=lambda n: n["NodeManagerAddress"])
-        if not nodes:
-            return None
-        if first:
-            return nodes[w % len(nodes)]["NodeID"]
-        here = [s.node for s in self._slots if s is not None]
-        return min(nodes, key=lambda n: here.count(n["NodeManagerAddress"]))["NodeID"]
 
     def _spawn(self, w: int, first: bool = True) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        node = self._pick_node(w, first)
+        node = pick_node(w, first, self.cpus, self.gpus, [s.node for s in self._slots if s is not None])
         strategy = NodeAffinitySchedulingStrategy(node, soft=True) if node else "SPREAD"
         actor = self._actor_class.options(
             num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0, max_task_retries=0, scheduling_strategy=strategy,
@@ -261,7 +235,7 @@ class RayExecutor(Executor):
                 self._died(w, slot, e, events)
                 return
             except Exception as e:  # noqa: BLE001 - ModelLoadError (wrapped by Ray): fatal
-                events.append(WorkerFailed(w, _load_error(e), [], fatal=True))
+                events.append(WorkerFailed(w, load_error(e), [], fatal=True))
                 self._slots[w] = None
                 return
             slot.ready, slot.node, slot.pid = True, loaded["node"], loaded["pid"]
@@ -309,7 +283,7 @@ class RayExecutor(Executor):
                 break
             self._result(w, slot, index, value, submitted, events)
         held = [task for _, task, _ in slot.held.values()]
-        running = _running_task(slot.actor)
+        running = running_task(slot.actor)
         if running not in slot.held:
             running = -1  # it died between tasks (killed): no task is the suspect
         where = f" (pid {slot.pid} on node {slot.node})" if slot.node else ""
@@ -334,48 +308,3 @@ class RayExecutor(Executor):
                 "gpus_per_worker": self.gpus,
                 "nodes": [{"node": n, "workers": last.count(n)} for n in nodes],
                 "worker_nodes": last, "placements": self._placements}
-
-
-def _load_error(error: BaseException) -> str:
-    """The ModelLoadError message inside a Ray task error (Ray prefixes its own traceback)."""
-    text = str(error)
-    at = text.find("model failed to load:")
-    return text[at:] if at >= 0 else f"model failed to load: {type(error).__name__}: {text}"
-
-
-def _running_task(actor: Any) -> int | None:
-    """The index of the task ``actor`` last recorded starting (and forget the record), or None."""
-    from ray.experimental import internal_kv
-
-    from parainfer.executors.ray_actor import RUNNING_KV_NAMESPACE, running_key
-
-    key = running_key(actor._actor_id.hex())
-    try:
-        value = internal_kv._internal_kv_get(key, namespace=RUNNING_KV_NAMESPACE)
-        internal_kv._internal_kv_del(key, namespace=RUNNING_KV_NAMESPACE)
-    except Exception:  # noqa: BLE001 - the GCS is unreachable: no record
-        return None
-    return int(value) if value else None
-
-
-def _route_raylet_notices_to_logging() -> None:
-    """Ray's driver prints the raylet's notices ("A worker died or was killed ...") to STDOUT,
-    where they would corrupt ``--output -``; the executor reports every death itself
-    (WorkerFailed, the report), so send them to the ``parainfer.ray`` logger instead (debug).
-    Uses Ray's private ``print_to_stdstream`` hook; does nothing if it is not there."""
-    import ray._private.worker as ray_worker
-
-    original = getattr(ray_worker, "print_to_stdstream", None)
-    if original is None or getattr(original, "_parainfer", False):
-        return
-    log = logging.getLogger("parainfer.ray")
-
-    def route(data: dict, ignore_prefix: bool) -> None:
-        if data.get("pid") == "raylet":
-            for line in data.get("lines", []):
-                log.debug("%s", line)
-        else:
-            original(data, ignore_prefix)
-
-    route._parainfer = True  # type: ignore[attr-defined]
-    ray_worker.print_to_stdstream = route
