@@ -23,9 +23,10 @@ app.add_typer(datasets_app, name="datasets")
 def run(
     input: str = typer.Argument(..., help="input .jsonl .csv .parquet .txt, or - for JSONL on stdin"),
     output: str = typer.Option(..., "--output", "-o", help="output .jsonl .csv .parquet, or - for stdout"),
-    task: str = typer.Option("classify", help="classify | embed | generate"),
+    task: str = typer.Option("classify", help="classify | embed | generate | translate"),
     model: Optional[str] = typer.Option(None, help="built-in name, local HF directory, or module:function"),
-    workers: int = typer.Option(0, help="worker processes (0 = one per core; with --device cuda one per GPU)"),
+    workers: int = typer.Option(0, help="worker processes (0 = one per core; with --device cuda one per GPU; "
+                                "translate: one worker with a thread per core)"),
     batch_size: str = typer.Option("64", help="most records per task, or 'auto' to tune it from measured throughput"),
     max_batch_tokens: int = typer.Option(8192, help="most padded tokens (batch x longest) per task"),
     bucket_window: int = typer.Option(2048, help="records sorted by length together (1 = no bucketing)"),
@@ -50,6 +51,8 @@ def run(
     seed: Optional[int] = typer.Option(None, help="generate: sampling seed (per record: seed + hash of its text)"),
     stop: Optional[list[str]] = typer.Option(None, help="generate: stop string (repeatable)"),
     chat: bool = typer.Option(True, "--chat/--no-chat", help="generate: apply the chat template to each prompt"),
+    source_lang: str = typer.Option("en", help="translate: language of the input texts (en | pt)"),
+    target_lang: str = typer.Option("pt", help="translate: language to translate into (pt | en)"),
     executor: str = typer.Option("local", help="local (worker processes) | ray (actors on a Ray cluster)"),
     address: Optional[str] = typer.Option(None, help="ray: cluster HOST:PORT (default: RAY_ADDRESS, else a "
                                                      "local Ray started for the job)"),
@@ -68,6 +71,7 @@ def run(
                        generation=dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                        seed=seed, stop=list(stop or []), chat=chat) if task == "generate" else {},
                        task_timeout=task_timeout, overwrite=overwrite, checkpoint_every_s=checkpoint_every,
+                       translation=dict(source_lang=source_lang, target_lang=target_lang) if task == "translate" else {},
                        executor=executor, address=address, cpus_per_worker=cpus_per_worker,
                        gpus_per_worker=gpus_per_worker)
     from parainfer.recovery import Interrupted

@@ -55,3 +55,4 @@ class JobConfig(BaseModel):
         return value
 
     generation: dict = Field(default_factory=dict, description="sampling options for --task generate")
+    translation: dict = Field(default_factory=dict, description="--task translate: source_lang, target_lang")

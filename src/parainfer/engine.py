@@ -85,8 +85,9 @@ class Job:
         self.source = open_source(config.input, text_column=config.text_column, id_column=config.id_column,
                                   allow_messages=config.task == "generate")
         self.predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device,
-                                                      **config.generation)
-        self.num_workers = config.workers or default_workers(config.device, default_threads(1))
+                                                      **config.generation, **config.translation)
+        self.num_workers = (config.workers or self.predictor.default_workers
+                            or default_workers(config.device, default_threads(1)))
         self.tuner = (BatchSizeTuner(max_size=config.max_auto_batch_size, tasks_per_trial=4 * self.num_workers)
                       if config.batch_size == "auto" else None)
         batch_size = self.tuner.max_size if self.tuner else int(config.batch_size)

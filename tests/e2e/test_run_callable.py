@@ -83,7 +83,7 @@ def test_stdin_to_stdout() -> None:
     (["missing.jsonl", "-o", "o.jsonl"], "missing.jsonl"),
     (["in.xlsx", "-o", "o.jsonl"], ".xlsx"),
     (["in.jsonl", "-o", "o.jsonl", "--model", "no-such-model"], "no-such-model"),
-    (["in.jsonl", "-o", "o.jsonl", "--task", "translate"], "translate"),
+    (["in.jsonl", "-o", "o.jsonl", "--task", "summarize"], "summarize"),
     (["in.jsonl", "-o", "o.jsonl", "--policy", "fastest"], "fastest"),
     (["in.jsonl", "-o", "o.jsonl", "--dtype", "fp8"], "fp8"),
     (["in.csv", "-o", "o.jsonl", "--text-column", "body"], "body"),

@@ -100,6 +100,8 @@ class RayWorker:
         t0 = time.perf_counter()
         if hasattr(predictor, "device"):
             predictor.device = worker_device(predictor.device, self.worker_id)
+        if self.threads and hasattr(predictor, "threads"):
+            predictor.threads = self.threads  # a predictor with its own thread pool (translate)
         try:
             predictor.load()
             if self.threads and "torch" in sys.modules:

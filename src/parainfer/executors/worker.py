@@ -76,6 +76,8 @@ def worker_main(worker_id: int, predictor: Predictor, inbox: Any, outbox: Any, t
         # that was imported already (for example by the parent under fork).
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(threads)
+    if threads and hasattr(predictor, "threads"):
+        predictor.threads = threads  # a predictor with its own thread pool (translate)
     if hasattr(predictor, "device"):
         predictor.device = worker_device(predictor.device, worker_id)  # "cuda": replicas spread over the GPUs
     try:

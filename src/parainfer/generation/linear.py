@@ -15,14 +15,21 @@ import torch
 import torch.nn.functional as F
 
 
-def onednn_available() -> bool:
-    """True when this torch build has the oneDNN linear ops used here."""
+def onednn_available(dtype: torch.dtype = torch.float32) -> bool:
+    """True when this torch build has the oneDNN linear ops used here for ``dtype``.
+
+    oneDNN's bf16 linear needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT; on an AVX2-only CPU
+    (``_is_mkldnn_bf16_supported()`` False) a bf16 weight stays with ``F.linear``.
+    """
     ops = torch.ops.mkldnn
-    return (
+    available = (
         torch.backends.mkldnn.is_available()
         and hasattr(ops, "_reorder_linear_weight")
         and hasattr(ops, "_linear_pointwise")
     )
+    if available and dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return available
 
 
 class Linear:
@@ -38,7 +45,7 @@ class Linear:
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, pack: bool, batch_hint: int = 32) -> None:
         self.out_features, self.in_features = weight.shape
         self.bias = bias
-        self.packed = pack and onednn_available()
+        self.packed = pack and onednn_available(weight.dtype)
         if self.packed:
             self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, batch_hint)
         else:

@@ -28,13 +28,22 @@ class Predictor(ABC):
     ``__init__``), so the driver can send them to worker processes.
 
     Attributes:
-        task: "classify", "embed" or "generate"; decides the output columns.
+        task: "classify", "embed", "generate" or "translate"; decides the output columns.
         max_input_tokens: the model's window in tokens; longer texts are truncated (and
             counted). None when the model has no window (a Python callable).
+        default_workers: workers when the user asks for the default (``--workers 0``); None
+            leaves it to the device (one per core on the CPU, one per GPU).
+
+    A predictor that runs its own thread pool declares a ``threads`` attribute: the worker sets
+    it to the worker's thread share (``--threads-per-worker``, default cores // workers) before
+    ``load``.
     """
 
     task: str = "custom"
     max_input_tokens: int | None = None
+    # Workers for ``--workers 0``: None = the device's default (one per core on the CPU); 1 for a
+    # model that spreads one batch over every core itself (threads) and is faster that way.
+    default_workers: int | None = None
 
     @abstractmethod
     def load(self) -> None:

