@@ -54,6 +54,11 @@ def run(
     chat: bool = typer.Option(True, "--chat/--no-chat", help="generate: apply the chat template to each prompt"),
     source_lang: str = typer.Option("en", help="translate: language of the input texts (en | pt)"),
     target_lang: str = typer.Option("pt", help="translate: language to translate into (pt | en)"),
+    executor: str = typer.Option("local", help="local (worker processes) | ray (actors on a Ray cluster)"),
+    address: Optional[str] = typer.Option(None, help="ray: cluster HOST:PORT (default: RAY_ADDRESS, else a "
+                                                     "local Ray started for the job)"),
+    cpus_per_worker: float = typer.Option(1.0, help="ray: CPUs each worker actor asks for"),
+    gpus_per_worker: float = typer.Option(0.0, help="ray: GPUs each worker actor asks for"),
 ) -> None:
     """Run a batch job: every input record's result, in input order, computed by N workers."""
     from parainfer.config import JobConfig
@@ -67,7 +72,9 @@ def run(
                        generation=dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                        seed=seed, stop=list(stop or []), chat=chat) if task == "generate" else {},
                        task_timeout=task_timeout, overwrite=overwrite, checkpoint_every_s=checkpoint_every,
-                       translation=dict(source_lang=source_lang, target_lang=target_lang) if task == "translate" else {})
+                       translation=dict(source_lang=source_lang, target_lang=target_lang) if task == "translate" else {},
+                       executor=executor, address=address, cpus_per_worker=cpus_per_worker,
+                       gpus_per_worker=gpus_per_worker)
     from parainfer.recovery import Interrupted
 
     try:

@@ -46,6 +46,11 @@ class JobConfig(BaseModel):
                                             "(default: 80% of the available memory); fewer workers start if N do not fit")
     stall_warning_s: float = Field(default=300.0, gt=0, description="without task_timeout: warn on stderr when no "
                                                                     "task has finished for this long")
+    executor: str = Field(default="local", description="local (processes) | ray (actors on a Ray cluster)")
+    address: str | None = Field(default=None, description="ray: cluster address HOST:PORT (default RAY_ADDRESS, "
+                                                          "else a local Ray started for the job)")
+    cpus_per_worker: float = Field(default=1.0, gt=0, description="ray: CPUs each worker actor asks for")
+    gpus_per_worker: float = Field(default=0.0, ge=0, description="ray: GPUs each worker actor asks for")
     @field_validator("batch_size")
     @classmethod
     def _positive_batch(cls, value: int | str) -> int | str:

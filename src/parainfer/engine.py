@@ -23,8 +23,8 @@ from typing import Any, Iterator
 from parainfer.config import JobConfig
 from parainfer.devices import default_workers
 from parainfer.errors import JobError, StorageError, storage_message
+from parainfer.executors import check_executor, default_threads, make_executor
 from parainfer.executors.base import TaskResult, WorkerFailed, WorkerReady
-from parainfer.executors.local import LocalExecutor, default_threads
 from parainfer.io.checkpoint import Checkpoint
 from parainfer.io.guard import OutputLock, check_output_paths
 from parainfer.io.sinks import default_errors_path
@@ -86,6 +86,7 @@ class Job:
 
     def __init__(self, config: JobConfig, predictor: Predictor | None = None):
         self.config = config
+        check_executor(config.executor)
         # Input problems are reported before any model is built or worker started.
         self.source = open_source(config.input, text_column=config.text_column, id_column=config.id_column,
                                   allow_messages=config.task == "generate")
@@ -115,7 +116,9 @@ class Job:
         cfg = self.config
         t0 = time.perf_counter()
         policy = make_policy(cfg.policy, self.num_workers)
-        executor = LocalExecutor(self.predictor, self.num_workers, cfg.threads_per_worker)
+        executor = make_executor(cfg.executor, self.predictor, self.num_workers, cfg.threads_per_worker,
+                                 address=cfg.address, cpus_per_worker=cfg.cpus_per_worker,
+                                 gpus_per_worker=cfg.gpus_per_worker)
         first_size = self.tuner.current if self.tuner else int(cfg.batch_size)
         builder = TaskBuilder(self.predictor.token_lengths, None, first_size, cfg.max_batch_tokens, self.bucket)
         report = TimingReport(workers=self.num_workers, policy=cfg.policy)
@@ -128,7 +131,8 @@ class Job:
             return out
         errors, sink = ckpt.errors, ckpt.sink
         merger.next_seq = ckpt.resumed_records
-        warn_cores(self.num_workers, cfg.device, cores())
+        if cfg.executor == "local":
+            warn_cores(self.num_workers, cfg.device, cores())
         try:
             started, first_events = plan_start(executor, self.predictor, self.num_workers, cfg.memory_budget_bytes)
         except BaseException:
@@ -351,6 +355,7 @@ class Job:
         report.failed_records = merger.failed
         report.extra.setdefault("model", self.predictor.describe())
         report.extra["threads_per_worker"] = self._executor.threads
+        report.extra["executor"] = self._executor.describe()
         report.extra["scheduling"] = {**self._policy.stats, "cost_model": self._cost_summary()}
         report.batch_sizes = ([list(h) for h in self.tuner.history] if self.tuner
                               else [[0.0, self._builder.batch_size]])

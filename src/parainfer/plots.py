@@ -30,6 +30,15 @@ def _throughput(timeline: list[list[Any]], end_s: float, bins: int = 40) -> tupl
     return [width * (i + 0.5) for i in range(bins)], [c / width for c in counts]
 
 
+def worker_labels(report: dict[str, Any]) -> list[str]:
+    """One y-axis label per worker: "worker W", plus "@ NODE" where the report names the node it
+    last ran on (``executor.worker_nodes``; reports from several nodes, e.g. ``--executor ray``)."""
+    nodes = (report.get("executor") or {}).get("worker_nodes") or []
+    several = len({n for n in nodes if n}) > 1 or (report.get("executor") or {}).get("name") == "ray"
+    return [f"worker {w}" + (f" @ {nodes[w]}" if several and w < len(nodes) and nodes[w] else "")
+            for w in range(report["workers"])]
+
+
 def draw(report: dict[str, Any]) -> Any:
     """Build the figure (a matplotlib Figure with three panels) for a report dict."""
     import matplotlib
@@ -44,7 +53,7 @@ def draw(report: dict[str, Any]) -> Any:
     colors = plt.get_cmap("tab20").colors
     for task, worker, start, end, *_ in timeline:
         gantt.barh(worker, end - start, left=start, height=0.7, color=colors[task % len(colors)], linewidth=0)
-    gantt.set_yticks(range(workers), [f"worker {w}" for w in range(workers)])
+    gantt.set_yticks(range(workers), worker_labels(report))
     gantt.invert_yaxis()
     gantt.set_xlabel("seconds since first dispatch")
     gantt.set_title(f"Tasks per worker ({report.get('policy', '?')} policy, imbalance "

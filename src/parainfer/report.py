@@ -118,6 +118,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     ]
     if report.get("restarts") or report.get("retries"):
         lines.append(f"worker restarts {report['restarts']}, task retries {report['retries']}")
+    executor = report.get("executor") or {}
+    if executor.get("name") == "ray":
+        nodes = ", ".join(f"{n['node']}: {n['workers']}" for n in executor.get("nodes", []))
+        lines.append(f"executor ray at {executor.get('address')}: {len(executor.get('nodes', []))} nodes "
+                     f"(workers per node {nodes})")
     model = report.get("model") or {}
     if model.get("dtype"):
         lines.append(f"model: {model.get('task', '?')} by {model.get('class', '?')}, {model['dtype']} "

@@ -73,7 +73,10 @@ def plan_start(executor: Any, predictor: Any, workers: int, budget: int | None) 
     """Start the workers of ``executor``, fewer than ``workers`` when they do not fit in memory.
 
     Args:
-        executor: an unstarted LocalExecutor for ``workers`` workers.
+        executor: an unstarted executor for ``workers`` workers. Only one whose replicas share
+            this machine's memory (it has ``start(first, count)`` and ``shrink``: the local
+            executor) is checked; a Ray executor's replicas live on the cluster's nodes and
+            are placed by Ray's own resource accounting, so it just starts.
         predictor: the unloaded predictor (for the weights' size).
         workers: N asked for.
         budget: bytes the replicas may use; None = SAFETY x MemAvailable.
@@ -87,7 +90,7 @@ def plan_start(executor: Any, predictor: Any, workers: int, budget: int | None) 
     """
     avail = available_bytes()
     room = budget if budget is not None else (int(SAFETY * avail) if avail else None)
-    if workers == 1 or room is None or (budget is None and workers * estimate_replica_bytes(predictor) < room / 2):
+    if not hasattr(executor, "shrink") or workers == 1 or room is None or (budget is None and workers * estimate_replica_bytes(predictor) < room / 2):
         executor.start()
         return workers, []
     executor.start(count=1)

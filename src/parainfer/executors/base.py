@@ -61,7 +61,8 @@ Event = WorkerReady | TaskResult | WorkerFailed
 
 
 class Executor(ABC):
-    """Starts, feeds and watches N workers. Implementations: ``local`` (processes)."""
+    """Starts, feeds and watches N workers. Implementations: ``local`` (processes), ``ray``
+    (Ray core actors); create one by name with ``parainfer.executors.make_executor``."""
 
     num_workers: int
 
@@ -84,3 +85,25 @@ class Executor(ABC):
     @abstractmethod
     def shutdown(self) -> None:
         """Stop all workers and release their resources."""
+
+    # -- recovery and reporting (the engine's watchdog and restarts use these) ----------------
+    def restart(self, worker_id: int) -> None:
+        """Replace a dead or killed worker with a fresh one (its model is loaded again)."""
+        raise NotImplementedError
+
+    def kill(self, worker_id: int) -> None:
+        """Kill a worker at once (a hung task); the next ``poll`` reports its death."""
+        raise NotImplementedError
+
+    def running(self, worker_id: int) -> tuple[int, float] | None:
+        """(Task.index, perf_counter start on the driver's clock) of the task it runs, or None."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """For the report: ``{"name": ..., "nodes": [{"node", "workers"}], "worker_nodes": [...]}``
+        (worker_nodes[w]: where worker w last ran)."""
+        import socket
+
+        host = socket.gethostname()
+        return {"name": type(self).__name__.removesuffix("Executor").lower(),
+                "nodes": [{"node": host, "workers": self.num_workers}], "worker_nodes": [host] * self.num_workers}

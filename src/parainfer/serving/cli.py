@@ -48,13 +48,27 @@ def serve_command(
     max_num_seqs: int = typer.Option(64, help="generate: most sequences in the engine's running batch"),
     group_by_length: bool = typer.Option(True, help="sort waiting inputs by length before batching"),
     log_level: str = typer.Option("info", help="uvicorn log level"),
+    executor: str = typer.Option("local", help="local (worker processes) | ray (replicas as Ray actors; "
+                                 "embed and classify)"),
+    address: Optional[str] = typer.Option(None, help="ray: cluster HOST:PORT (default: RAY_ADDRESS, else a "
+                                          "local Ray started for the server)"),
+    cpus_per_worker: float = typer.Option(1.0, help="ray: CPUs each replica actor asks for"),
+    gpus_per_worker: float = typer.Option(0.0, help="ray: GPUs each replica actor asks for"),
 ) -> None:
     """Serve the model over HTTP: OpenAI-compatible /v1/embeddings, /v1/classify, /v1/completions,
     /v1/chat/completions (--task generate), /v1/translations (--task translate), /health, /metrics."""
+    from parainfer.executors import check_executor
+    from parainfer.errors import UsageError
+
+    check_executor(executor)
+    if executor == "ray" and task == "generate":
+        raise UsageError("--executor ray serves --task embed and classify; generate runs its engine in the "
+                         "server process (use --executor local)")
     config = ServeConfig(task=task, model=model, workers=workers, host=host, port=port,
                          max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          request_timeout_s=request_timeout_s, api_key=api_key, dtype=dtype, device=device,
                          max_inputs_per_request=max_inputs_per_request, max_body_bytes=max_body_bytes,
                          threads_per_worker=threads_per_worker, group_by_length=group_by_length,
-                         max_num_seqs=max_num_seqs)
+                         max_num_seqs=max_num_seqs, executor=executor, address=address,
+                         cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker)
     run_server(config, log_level=log_level)

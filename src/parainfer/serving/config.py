@@ -42,6 +42,11 @@ class ServeConfig(BaseModel):
     max_in_flight_per_replica: int = Field(default=1, ge=1, description="batches queued on one replica at once")
     retries: int = Field(default=1, ge=0, description="times a batch is run again after its replica died")
     max_num_seqs: int = Field(default=64, ge=1, description="generate: most sequences in the engine's running batch")
+    executor: Literal["local", "ray"] = Field(default="local", description="embed/classify replicas: local "
+                                              "processes or ray actors (generate: in-process engine only)")
+    address: str | None = Field(default=None, description="ray: cluster HOST:PORT (default RAY_ADDRESS, else local)")
+    cpus_per_worker: float = Field(default=1.0, gt=0, description="ray: CPUs each replica actor asks for")
+    gpus_per_worker: float = Field(default=0.0, ge=0, description="ray: GPUs each replica actor asks for")
 
     def served_model_name(self) -> str:
         """The id reported by /v1/models and in responses ("all-MiniLM-L6-v2" for the default embedder)."""

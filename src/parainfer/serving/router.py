@@ -1,6 +1,6 @@
 """Replicas and routing: N worker processes (one model replica each) behind one ``submit``.
 
-``ReplicaPool`` owns a LocalExecutor. Batches from the batcher become Tasks sent to the ready
+``ReplicaPool`` owns an Executor (processes or Ray actors). Batches from the batcher become Tasks sent to the ready
 replica with the least outstanding work (tokens in flight, then batches in flight), never more
 than ``max_in_flight`` per replica. A background thread blocks in ``executor.poll`` and hands
 events to the event loop (``call_soon_threadsafe``), where every piece of routing state lives:
@@ -25,8 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from parainfer.executors.base import Event, TaskResult, WorkerFailed, WorkerReady
-from parainfer.executors.local import LocalExecutor
+from parainfer.executors.base import Event, Executor, TaskResult, WorkerFailed, WorkerReady
 from parainfer.serving.batcher import Item
 from parainfer.tasks import Task
 
@@ -68,7 +67,7 @@ class ReplicaPool:
     """Routes batches to replicas and resolves their items' futures.
 
     Args:
-        executor: an unstarted LocalExecutor (``start`` starts it).
+        executor: an unstarted Executor (``start`` starts it).
         max_in_flight: most batches queued on one replica (1: the batcher keeps the rest,
             so later batches are formed from more waiting inputs).
         retries: times a batch held by a dead replica is run again.
@@ -77,7 +76,7 @@ class ReplicaPool:
         on_restart: called with the replica id when it is restarted.
     """
 
-    def __init__(self, executor: LocalExecutor, max_in_flight: int = 1, retries: int = 1,
+    def __init__(self, executor: Executor, max_in_flight: int = 1, retries: int = 1,
                  on_capacity: Callable[[], None] = lambda: None,
                  on_batch_done: Callable[[int, int, float], None] = lambda w, n, s: None,
                  on_restart: Callable[[int], None] = lambda w: None):

@@ -14,7 +14,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from parainfer.executors.local import LocalExecutor
+from parainfer.executors import make_executor
 from parainfer.models.base import Predictor
 from parainfer.serving.batcher import DynamicBatcher, Item, QueueFull
 from parainfer.serving.config import ServeConfig
@@ -39,7 +39,9 @@ class InferenceService:
     def __init__(self, config: ServeConfig, predictor: Predictor, metrics: ServingMetrics):
         self.config, self.predictor, self.metrics = config, predictor, metrics
         self.window = predictor.window()
-        executor = LocalExecutor(predictor, config.workers, config.threads_per_worker)
+        executor = make_executor(config.executor, predictor, config.workers, config.threads_per_worker,
+                                 address=config.address, cpus_per_worker=config.cpus_per_worker,
+                                 gpus_per_worker=config.gpus_per_worker)
         self.pool = ReplicaPool(executor, config.max_in_flight_per_replica, config.retries,
                                 on_capacity=self._on_capacity, on_batch_done=self._on_batch_done,
                                 on_restart=lambda w: metrics.restarts.labels(str(w)).inc())

@@ -1,0 +1,310 @@
+"""The Ray executor: N Ray core actors on a cluster, one model replica each (``--executor ray``).
+
+The driver keeps parainfer's own scheduling policy, merger, checkpoint, recovery and report;
+Ray only places and runs the actors (``executors/ray_actor.py``). Each task is one actor call
+(``run.remote(task)``) whose ObjectRef the executor holds until it resolves:
+
+* a result becomes ``TaskResult``; its times are placed on the driver's clock (below);
+* an actor that died (SIGKILL, OOM, its node lost, or ``kill``) fails every call it held with
+  ``RayActorError``, and its never-returning ``watch`` call too (so an idle actor's death is
+  seen at once): that becomes one ``WorkerFailed`` with the tasks it held, and as the task it
+  was running the one it recorded starting in Ray's key-value store (a finished task's result
+  can be lost when the process dies right after, so results alone cannot tell);
+* a model that raises while loading is a fatal ``WorkerFailed`` (as for local workers); an
+  actor that dies while loading ``MAX_DEATHS_WHILE_LOADING`` times in a row is too.
+
+Actors are created with ``max_restarts=0``: the engine restarts them (``restart``) so restarts
+and retries are counted and planned by ``recovery.TaskRecovery`` exactly as for processes.
+Actors are spread over the nodes round robin (worker w prefers the w-th node with room for it,
+a soft node affinity: Ray places it elsewhere when that node is full or gone; a restarted
+worker prefers the live node holding the fewest of this job's actors). Each asks for
+``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs, so Ray never places more replicas on a
+node than it has room for.
+
+Clocks: the clocks of two machines are not comparable, so only durations measured on the
+worker (compute time) cross the wire. A task's start on the driver's clock is the latest of
+its submission and the end of the worker's previous task (an actor runs one call at a time),
+but no later than (time the driver saw the result - compute time); its end is start + compute.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from parainfer.errors import UsageError
+from parainfer.executors.base import Event, Executor, TaskResult, WorkerFailed, WorkerReady
+from parainfer.executors.local import MAX_DEATHS_WHILE_LOADING, default_threads
+from parainfer.executors.ray_cluster import check_room, connect, load_error, pick_node, running_task
+from parainfer.models.base import Predictor
+from parainfer.tasks import Task
+
+ACTOR_THREADS = 16  # most calls in flight per actor (the engine keeps prefetch + 1, the server 1)
+SETTLE_S = 10.0  # longest wait for a dead actor's calls to resolve (they do once Ray knows it died)
+# Driver environment variables a worker sees (local workers inherit the whole environment).
+PASSED_ENV_PREFIXES = ("PARAINFER_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
+
+
+@dataclass
+class _Slot:
+    """One actor incarnation: its handle, the load call, and the task calls it holds."""
+
+    actor: Any
+    load_ref: Any
+    watch_ref: Any  # never resolves while the actor lives
+    held: dict[int, tuple[Any, Task, float]] = field(default_factory=dict)  # index -> (ref, task, submitted)
+    free_since: float = field(default_factory=time.perf_counter)  # end of its last task (driver clock)
+    ready: bool = False
+    turns: int = 0  # calls given a turn so far (load is turn 0)
+    node: str | None = None
+    pid: int | None = None
+
+
+class RayExecutor(Executor):
+    """N actors on a Ray cluster.
+
+    Args:
+        predictor: an unloaded Predictor (sent to each actor, loaded there once).
+        num_workers: N >= 1 actors.
+        threads_per_worker: intra-op threads per actor (default: cpus_per_worker rounded up,
+            or usable cores // N when Ray is started for the job).
+        env: extra environment variables for the actors (PARAINFER_*, HF_*, TRANSFORMERS_*
+            and TOKENIZERS_* variables of the driver are passed on too).
+        address: the cluster ("HOST:PORT"); None: RAY_ADDRESS, else a local Ray started for
+            the job (and stopped after it).
+        cpus_per_worker, gpus_per_worker: Ray resources each actor asks for (> 0 / >= 0).
+
+    ``start`` raises UsageError when the cluster has fewer CPUs or GPUs in all than the
+    actors ask for (they would wait forever).
+    """
+
+    def __init__(self, predictor: Predictor, num_workers: int, threads_per_worker: int | None = None,
+                 env: dict[str, str] | None = None, address: str | None = None, cpus_per_worker: float = 1.0,
+                 gpus_per_worker: float = 0.0):
+        if num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        if cpus_per_worker <= 0 or gpus_per_worker < 0:
+            raise UsageError(f"--cpus-per-worker must be > 0 and --gpus-per-worker >= 0, got "
+                             f"{cpus_per_worker} and {gpus_per_worker}")
+        self.predictor, self.num_workers = predictor, num_workers
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.cpus, self.gpus = cpus_per_worker, gpus_per_worker
+        self.threads = threads_per_worker or (math.ceil(cpus_per_worker) if self.address
+                                              else default_threads(num_workers))
+        self.env = {**{k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV_PREFIXES)}, **(env or {}),
+                    "PARAINFER_NUM_WORKERS": str(num_workers)}
+        self._slots: list[_Slot | None] = [None] * num_workers
+        self._load_deaths = [0] * num_workers
+        self._placements: list[list[str]] = [[] for _ in range(num_workers)]  # nodes of each incarnation
+        self._lock = threading.RLock()
+        self._owns_ray = False
+        self._actor_class: Any = None
+        self.restarts = 0
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        self._connect()
+        for w in range(self.num_workers):
+            self._spawn(w)
+
+    def _connect(self) -> None:
+        import ray
+
+        from parainfer.executors.ray_actor import RayWorker
+
+        self._owns_ray = connect(self.address, math.ceil(self.num_workers * self.cpus))
+        try:
+            check_room(self.address, self.num_workers, self.cpus, self.gpus)
+        except UsageError:
+            self.shutdown()
+            raise
+        # Calls wait for their turn in the actor, so it needs a thread per call in flight.
+        self._actor_class = ray.remote(max_concurrency=ACTOR_THREADS, concurrency_groups={"watch": 1})(RayWorker)
+
+    def _spawn(self, w: int, first: bool = True) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        node = pick_node(w, first, self.cpus, self.gpus, [s.node for s in self._slots if s is not None])
+        strategy = NodeAffinitySchedulingStrategy(node, soft=True) if node else "SPREAD"
+        actor = self._actor_class.options(
+            num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0, max_task_retries=0, scheduling_strategy=strategy,
+            runtime_env={"env_vars": self.env},  # one env for all actors: Ray may reuse idle processes
+        ).remote(w, self.threads)
+        with self._lock:
+            self._slots[w] = _Slot(actor, actor.load.remote(self.predictor), actor.watch.remote())
+
+    def restart(self, worker_id: int) -> None:
+        """Replace a worker with a fresh actor (placed wherever the cluster has room)."""
+        with self._lock:
+            slot, self._slots[worker_id] = self._slots[worker_id], None
+        if slot is not None:
+            self._kill_actor(slot.actor)
+        self.restarts += 1
+        self._spawn(worker_id, first=False)
+
+    def kill(self, worker_id: int) -> None:
+        """Kill a worker's actor (a hung task); the next ``poll`` reports its death."""
+        slot = self._slots[worker_id]
+        if slot is not None:
+            self._kill_actor(slot.actor)
+
+    @staticmethod
+    def _kill_actor(actor: Any) -> None:
+        import ray
+
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone, or its node is
+            pass
+
+    def shutdown(self) -> None:
+        import ray
+
+        with self._lock:
+            slots, self._slots = self._slots, [None] * self.num_workers
+        for slot in slots:
+            if slot is not None:
+                self._kill_actor(slot.actor)
+        if self._owns_ray and ray.is_initialized():
+            ray.shutdown()
+            self._owns_ray = False
+
+    # -- feeding and watching ---------------------------------------------------------------------
+    def submit(self, worker_id: int, task: Task) -> None:
+        with self._lock:
+            slot = self._slots[worker_id]
+            if slot is None:
+                raise RuntimeError(f"worker {worker_id} is not running")
+            if len(slot.held) >= ACTOR_THREADS:
+                raise RuntimeError(f"worker {worker_id} holds {ACTOR_THREADS} tasks already (the most in flight)")
+            slot.turns += 1
+            slot.held[task.index] = (slot.actor.run.remote(task, slot.turns), task, time.perf_counter())
+
+    def in_flight(self, worker_id: int) -> int:
+        slot = self._slots[worker_id]
+        return len(slot.held) if slot is not None else 0
+
+    def running(self, worker_id: int) -> tuple[int, float] | None:
+        """(Task.index, estimated start on the driver's clock) of the oldest task it holds."""
+        with self._lock:
+            slot = self._slots[worker_id]
+            if slot is None or not slot.held:
+                return None
+            index, (_, _, submitted) = next(iter(slot.held.items()))
+            return index, max(submitted, slot.free_since)
+
+    def poll(self, timeout: float) -> list[Event]:
+        import ray
+
+        with self._lock:
+            owners = {}
+            for w, slot in enumerate(self._slots):
+                if slot is None:
+                    continue
+                owners[slot.watch_ref] = (w, slot)
+                if not slot.ready:
+                    owners[slot.load_ref] = (w, slot)
+                for ref, _, _ in slot.held.values():
+                    owners[ref] = (w, slot)
+        if not owners:
+            time.sleep(min(timeout, 0.05))
+            return []
+        ready, _ = ray.wait(list(owners), num_returns=1, timeout=timeout)
+        if ready:
+            ready, _ = ray.wait(list(owners), num_returns=len(owners), timeout=0)
+        events: list[Event] = []
+        done = set(ready)
+        for w, slot in {owners[r][0]: owners[r][1] for r in ready}.items():
+            with self._lock:
+                if self._slots[w] is slot:
+                    self._collect(w, slot, done, events)
+        return events
+
+    def _collect(self, w: int, slot: _Slot, done: set, events: list[Event]) -> None:
+        """Turn the resolved calls of one actor into events, in the order it ran them."""
+        import ray
+
+        if not slot.ready and slot.load_ref in done:
+            try:
+                loaded = ray.get(slot.load_ref)
+            except ray.exceptions.RayActorError as e:
+                self._died(w, slot, e, events)
+                return
+            except Exception as e:  # noqa: BLE001 - ModelLoadError (wrapped by Ray): fatal
+                events.append(WorkerFailed(w, load_error(e), [], fatal=True))
+                self._slots[w] = None
+                return
+            slot.ready, slot.node, slot.pid = True, loaded["node"], loaded["pid"]
+            slot.free_since = time.perf_counter()
+            self._load_deaths[w] = 0
+            self._placements[w].append(loaded["node"])
+            events.append(WorkerReady(w, loaded["load_s"], loaded["info"]))
+        for index, (ref, task, submitted) in list(slot.held.items()):
+            if ref not in done:
+                break  # later calls cannot have finished before this one
+            try:
+                value = ray.get(ref)
+            except Exception as e:  # noqa: BLE001 - RayActorError, or a result that did not arrive
+                self._died(w, slot, e, events)
+                return
+            self._result(w, slot, index, value, submitted, events)
+        if slot.watch_ref in done:  # the actor died (its results before that are in events)
+            try:
+                ray.get(slot.watch_ref)
+            except Exception as e:  # noqa: BLE001 - RayActorError: how it died
+                self._died(w, slot, e, events)
+
+    def _result(self, w: int, slot: _Slot, index: int, value: tuple, submitted: float, events: list[Event]) -> None:
+        _, outputs, errors, queue_s, compute_s = value
+        seen = time.perf_counter()
+        start = min(max(submitted, slot.free_since), seen - compute_s)
+        slot.free_since = start + compute_s
+        del slot.held[index]
+        events.append(TaskResult(index, w, outputs, errors, start - queue_s, start, start + compute_s))
+
+    def _died(self, w: int, slot: _Slot, error: BaseException, events: list[Event]) -> None:
+        """Report a dead actor. Every call it held resolves once Ray knows it died (a result, or
+        RayActorError): wait for them (up to SETTLE_S) and keep the results. The task it was
+        running is the one it last recorded starting (``ray_actor.mark_running``); a held task
+        whose result was lost in the crash is requeued like any other."""
+        import ray
+
+        refs = [ref for ref, _, _ in slot.held.values()]
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=SETTLE_S)
+        for index, (ref, _, submitted) in list(slot.held.items()):
+            try:
+                value = ray.get(ref, timeout=0)
+            except Exception:  # noqa: BLE001 - failed with the actor (or not settled): the suspect
+                break
+            self._result(w, slot, index, value, submitted, events)
+        held = [task for _, task, _ in slot.held.values()]
+        running = running_task(slot.actor)
+        if running not in slot.held:
+            running = -1  # it died between tasks (killed): no task is the suspect
+        where = f" (pid {slot.pid} on node {slot.node})" if slot.node else ""
+        cause = " ".join(str(error).split())[:300]
+        reason = f"worker {w}{where} died: {type(error).__name__}: {cause}"
+        if not slot.ready:
+            self._load_deaths[w] += 1
+        fatal = self._load_deaths[w] >= MAX_DEATHS_WHILE_LOADING
+        if fatal:
+            reason = f"model failed to load: worker {w} died {self._load_deaths[w]} times in a row while loading it " \
+                     f"(last: {reason})"
+        events.append(WorkerFailed(w, reason, held, fatal=fatal, running=running))
+        self._kill_actor(slot.actor)
+        self._slots[w] = None
+
+    def describe(self) -> dict[str, Any]:
+        """Executor, address, nodes with their worker counts (last placement of each worker),
+        and every placement of each worker (restarts may move it)."""
+        last = [p[-1] if p else None for p in self._placements]
+        nodes = sorted({n for n in last if n})
+        return {"name": "ray", "address": self.address or "local", "cpus_per_worker": self.cpus,
+                "gpus_per_worker": self.gpus,
+                "nodes": [{"node": n, "workers": last.count(n)} for n in nodes],
+                "worker_nodes": last, "placements": self._placements}

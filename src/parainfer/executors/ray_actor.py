@@ -1,0 +1,133 @@
+"""The worker side of the Ray executor: one Ray core actor holds one model replica.
+
+The actor does what a local worker process does (``executors/worker.py``): set the worker
+environment, load the predictor once, then run tasks with the same per-record fallback
+(``run_task``). It runs one call at a time, in the order the driver submitted them, so the
+driver knows which task it is running without being told. Ray does not promise that order for
+an actor with concurrency groups (it may start a later call first), so each call carries a
+turn number (load is turn 0, the k-th task turn k) and waits for its turn: the actor has a few
+threads, and all but the one whose turn it is wait on a condition.
+
+``watch`` runs in its own concurrency group and never returns: the driver keeps one call of it
+pending per actor, and that call fails the moment the actor dies, busy or idle.
+
+Times in the results are this process's ``perf_counter``: the driver turns them into
+durations (clocks of two machines are not comparable) and places them on its own clock.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+import ray
+
+from parainfer.devices import worker_device
+from parainfer.executors.worker import WORKER_ENV_DEFAULTS, run_task
+from parainfer.models.base import Predictor
+from parainfer.tasks import Task
+
+
+RUNNING_KV_NAMESPACE = "parainfer-running"
+
+
+def running_key(actor_id_hex: str) -> bytes:
+    """Key under which an actor records the index of the task it is starting."""
+    return actor_id_hex.encode()
+
+
+def mark_running(task_index: int) -> None:
+    """Record, synchronously in Ray's internal key-value store (GCS), that this actor starts task
+    ``task_index``. A task's result can be lost when its process dies right after returning (the
+    reply still in its send buffer), so the driver cannot tell a finished task from the running
+    one by its results alone; this record survives the process (one small GCS write per task)."""
+    from ray.experimental import internal_kv
+
+    key = running_key(ray.get_runtime_context().get_actor_id())
+    internal_kv._internal_kv_put(key, str(task_index).encode(), overwrite=True, namespace=RUNNING_KV_NAMESPACE)
+
+
+class ModelLoadError(RuntimeError):
+    """The predictor raised while loading; the message holds the cause and a short traceback."""
+
+
+class RayWorker:
+    """Actor body (wrapped with ``ray.remote`` by the executor).
+
+    Args:
+        worker_id: the worker's index (0..N-1), exported as PARAINFER_WORKER_ID.
+        threads: intra-op threads (OMP/MKL and torch), or None for the library default.
+    """
+
+    def __init__(self, worker_id: int, threads: int | None):
+        self.worker_id, self.threads = worker_id, threads
+        self.predictor: Predictor | None = None
+        self._turn = 0
+        self._cond = threading.Condition()
+        for var, value in WORKER_ENV_DEFAULTS.items():
+            os.environ.setdefault(var, value)
+        os.environ["PARAINFER_WORKER_ID"] = str(worker_id)
+        if threads:
+            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+                os.environ[var] = str(threads)
+
+    def _wait_turn(self, turn: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._turn == turn)
+
+    def _next_turn(self) -> None:
+        with self._cond:
+            self._turn += 1
+            self._cond.notify_all()
+
+    def load(self, predictor: Predictor) -> dict[str, Any]:
+        """Load the replica (turn 0); returns {"load_s", "info" (predictor.describe()), "node", "pid"}.
+
+        Raises:
+            ModelLoadError: the predictor raised (restarting will not help).
+        """
+        self._wait_turn(0)
+        try:
+            return self._load(predictor)
+        finally:
+            self._next_turn()
+
+    def _load(self, predictor: Predictor) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        if hasattr(predictor, "device"):
+            predictor.device = worker_device(predictor.device, self.worker_id)
+        if self.threads and hasattr(predictor, "threads"):
+            predictor.threads = self.threads  # a predictor with its own thread pool (translate)
+        try:
+            predictor.load()
+            if self.threads and "torch" in sys.modules:
+                sys.modules["torch"].set_num_threads(self.threads)
+        except BaseException as e:  # noqa: BLE001 - report any load failure to the driver
+            raise ModelLoadError(f"model failed to load: {type(e).__name__}: {e}\n"
+                                 f"{traceback.format_exc(limit=3)}") from None
+        self.predictor = predictor
+        return {"load_s": time.perf_counter() - t0, "info": predictor.describe(),
+                "node": ray.util.get_node_ip_address(), "pid": os.getpid()}
+
+    def run(self, task: Task, turn: int) -> tuple[int, list, list, float, float]:
+        """Run one task when its ``turn`` (1, 2, ...) comes; returns (task index, outputs, errors,
+        queue_s, compute_s), both durations measured here (queue_s: waiting for the turn)."""
+        t_received = time.perf_counter()
+        self._wait_turn(turn)
+        try:
+            assert self.predictor is not None, "load() first"
+            mark_running(task.index)
+            res = run_task(self.predictor, task, self.worker_id, t_received)
+        finally:
+            self._next_turn()
+        return res.task_index, res.outputs, res.errors, res.t_start - res.t_received, res.t_end - res.t_start
+
+    @ray.method(concurrency_group="watch")
+    def watch(self) -> None:
+        """Never returns (its pending call fails when the actor dies: a death notice)."""
+        while True:
+            time.sleep(3600)

@@ -1,0 +1,105 @@
+"""A real two-node Ray cluster for the tests of this directory, one network namespace per node.
+
+``ray_cluster`` (session scope) runs ``raycluster.sh up`` once and ``down`` at the end whatever
+the outcome; the driver (``parainfer run`` / ``serve``) runs in the head's namespace with the
+cluster's token. Node failure detection is shortened (GCS health checks every 0.5 s, dead after
+3 misses) so a lost node is noticed in seconds, not the default ~30 s.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).with_name("raycluster.sh")
+REPO = Path(__file__).resolve().parents[2]
+FAST_HEALTH = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "500",
+               "RAY_health_check_failure_threshold": "3", "RAY_health_check_initial_delay_ms": "0"}
+
+
+@dataclass
+class Cluster:
+    """A running cluster: where it is, and how to run a driver in it."""
+
+    tag: str
+    head_ns: str
+    node_ns: str
+    address: str
+    node_ips: list[str]
+    token_path: str
+    start_s: float
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """The driver's environment: this tree first on PYTHONPATH, the cluster's token."""
+        path = os.pathsep.join([str(REPO / "src"), str(REPO)])
+        return {**os.environ, "PYTHONPATH": path, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": self.token_path,
+                "HF_HUB_OFFLINE": "1", **(extra or {})}
+
+    def command(self, *args: str) -> list[str]:
+        """``parainfer ARGS`` as a driver in the head's namespace."""
+        return ["ip", "netns", "exec", self.head_ns, sys.executable, "-m", "parainfer.cli", *args]
+
+    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+        return subprocess.run(self.command(*args), capture_output=True, text=True, env=self.env(env), timeout=timeout,
+                              cwd=REPO)
+
+    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        return subprocess.Popen(self.command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=self.env(env), cwd=REPO)
+
+    def actor_pids(self) -> dict[int, str]:
+        """Live worker actors (process title ``ray::RayWorker...``): pid -> namespace."""
+        found = {}
+        for ns in (self.head_ns, self.node_ns):
+            out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+            for pid in map(int, out):
+                try:
+                    if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::RayWorker"):
+                        found[pid] = ns
+                except OSError:
+                    pass
+        return found
+
+    def wait_actors(self, count: int, timeout: float = 120.0) -> dict[int, str]:
+        """Wait until ``count`` worker actors are alive; returns them (fewer after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        pids = self.actor_pids()
+        while len(pids) < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+            pids = self.actor_pids()
+        return pids
+
+    def kill(self, pid: int) -> None:
+        os.kill(pid, signal.SIGKILL)
+
+    def node_down(self) -> None:
+        """SIGKILL every process of the second node (raylet, its workers): a machine lost."""
+        subprocess.run([str(SCRIPT), "node-down", self.tag], check=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Cluster:
+    """The cluster; PARAINFER_TEST_RAY_TAG=TAG reuses one made by ``raycluster.sh up TAG`` (and
+    leaves it up: for working on these tests)."""
+    reuse = os.environ.get("PARAINFER_TEST_RAY_TAG")
+    tag = reuse or format(os.getpid(), "x")[-6:]
+    env = {**os.environ, "RAY": str(Path(sys.executable).with_name("ray")), **FAST_HEALTH,
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run([str(SCRIPT), "info" if reuse else "up", tag], capture_output=True, text=True, env=env,
+                              timeout=300, cwd=REPO)
+        assert proc.returncode == 0, f"cluster did not start:\n{proc.stdout}\n{proc.stderr}"
+        info = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+        yield Cluster(tag, info["HEAD_NS"], info["NODE_NS"], info["ADDRESS"], info["NODE_IPS"].split(","),
+                      info["TOKEN_PATH"], time.monotonic() - t0)
+    finally:
+        if not reuse:
+            subprocess.run([str(SCRIPT), "down", tag], timeout=120)

@@ -1,0 +1,54 @@
+"""Load for a server under test, run inside the cluster's namespace: ``python serve_client.py URL SECONDS``.
+
+Waits for /health 200, then keeps 4 clients posting /v1/classify (3 texts each) for SECONDS and
+prints one JSON line: status code counts, answers with wrong content, and /health at the end.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import sys
+import threading
+import time
+
+import httpx
+
+
+def main(url: str, seconds: float) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "server never became ready"
+        time.sleep(0.1)
+    print("READY", flush=True)
+    codes: collections.Counter = collections.Counter()
+    wrong = [0]
+    end = time.monotonic() + seconds
+
+    def client(k: int) -> None:
+        with httpx.Client(timeout=60) as http:
+            i = 0
+            while time.monotonic() < end:
+                texts = ["x" * (1 + (k * 7 + i + j) % 50) for j in range(3)]
+                r = http.post(url + "/v1/classify", json={"input": texts})
+                codes[r.status_code] += 1
+                if r.status_code == 200 and [d["length"] for d in r.json()["data"]] != [len(t) for t in texts]:
+                    wrong[0] += 1
+                i += 1
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    health = httpx.get(url + "/health", timeout=10).json()
+    print(json.dumps({"codes": dict(codes), "wrong": wrong[0], "health": health}), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], float(sys.argv[2]))
