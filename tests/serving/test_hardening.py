@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from conftest import running_server
+from fuzzing import embed_bodies, fuzz, requests, rss_bytes
 from health_probe import health_latencies_during
 
 FROZEN_S = 0.1  # the target for /health while the server is busy
@@ -113,7 +114,7 @@ def test_method_not_allowed_is_typed_and_bearer_is_case_insensitive(echo_url):
     r = httpx.get(echo_url + "/v1/classify", headers=AUTH)
     assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
     assert post(echo_url, "/v1/classify", b'{"input": "a"}', {"Authorization": "bearer k"}).status_code == 200
-    assert post(echo_url, "/v1/classify", b'{"input": "a"}', {"Authorization": "BEARER  k "}).status_code == 200
+    assert post(echo_url, "/v1/classify", b'{"input": "a"}', {"Authorization": "BEARER  k"}).status_code == 200
     assert post(echo_url, "/v1/classify", b'{"input": "a"}', {"Authorization": "Basic k"}).status_code == 401
 
 
@@ -162,3 +163,16 @@ def test_slow_header_clients_are_disconnected(echo_url):
         assert sock.recv(1024) == b""  # the server closed the connection
         assert 1.0 < time.monotonic() - t0 < 8.0
     assert post(echo_url, "/v1/classify", b'{"input": "a"}').status_code == 200
+
+
+def test_fuzzed_requests_never_get_a_5xx_and_leave_the_servers_healthy(echo_url, embed_url):
+    before = rss_bytes()
+    paths = ["/v1/embeddings", "/v1/classify", "/v1/completions", "/v1/chat/completions"]
+    for url, examples in ((embed_url, 120), (echo_url, 120)):
+        seen = fuzz(url, requests(paths, embed_bodies()), examples)
+        assert sum(seen.values()) >= examples and 200 in seen and len(seen) > 3, seen
+        assert httpx.get(url + "/health").json()["status"] == "ok"
+    assert rss_bytes() - before < 300 << 20  # bounded: no request's memory stays behind
+    ok = post(embed_url, "/v1/embeddings", b'{"input": ["still fine"]}')
+    assert ok.status_code == 200 and len(ok.json()["data"][0]["embedding"]) == 384
+    assert post(echo_url, "/v1/classify", b'{"input": "a"}').json()["data"] == [{"index": 0, "length": 1}]
