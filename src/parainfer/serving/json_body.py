@@ -3,8 +3,9 @@
 FastAPI parses a JSON body with ``json.loads`` on the event loop. orjson parses the same body
 several times faster (a body of 1.6 million list items: ~0.1 s instead of ~0.4 s on the 2-core
 machine) and is stricter where strictness is right for an API: a lone surrogate (``"\\ud800"``),
-``NaN``/``Infinity``, an integer beyond 64 bits, or nesting deeper than 1024 levels is invalid
-JSON (400 ``invalid_json``) instead of a value that breaks something later. Parsing stays on the
+``NaN``/``Infinity``, or nesting deeper than 1024 levels is invalid JSON (400 ``invalid_json``)
+instead of a value that breaks something later (an integer beyond 64 bits becomes a float,
+which an integer field refuses with 422). Parsing stays on the
 event loop (it holds the GIL wherever it runs) and is bounded by ``--max-body-bytes``.
 """
 

@@ -11,8 +11,8 @@ a token of natural text covers ~4 characters (BPE, WordPiece); 32 is a generous 
 so the first ``window x 32`` characters hold every token the model will read. Embed/classify
 truncate a text to its budget (the result is the same: the model truncates to the window
 anyway); generation refuses a prompt over its budget with 400 (it cannot fit the context
-window). This bounds the tokenizer's work per text to ``window x 32`` characters (16,384 for
-MiniLM's 512 tokens, 262,144 for SmolLM2's 8,192) instead of the body size.
+window). This bounds the tokenizer's work per text to ``window x 32`` characters (8,192 for
+MiniLM's 256 tokens, 262,144 for SmolLM2's 8,192) instead of the body size.
 """
 
 from __future__ import annotations

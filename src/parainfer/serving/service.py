@@ -140,7 +140,7 @@ class InferenceService:
         """A JSON response of ``build()``, built and encoded (orjson) in the CPU thread: a reply
         of 2,048 x 384 floats must not hold the event loop."""
         def encode() -> bytes:
-            return orjson.dumps(build(), option=orjson.OPT_SERIALIZE_NUMPY)
+            return orjson.dumps(build(), option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS, default=str)
         body = await asyncio.get_running_loop().run_in_executor(self._cpu, encode)
         return Response(body, media_type="application/json")
 
