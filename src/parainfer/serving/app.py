@@ -124,7 +124,7 @@ def _v1_routes(config: ServeConfig, service: Any) -> APIRouter:
         outputs, tokens = got
         return await service.render(lambda: {
             "object": "list", "data": [item(i, out) for i, out in enumerate(outputs)],
-            "model": name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+            "model": name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}, len(outputs))
 
     @router.post("/v1/embeddings", response_model=EmbeddingResponse)
     async def embeddings(body: EmbeddingRequest, request: Request) -> Any:

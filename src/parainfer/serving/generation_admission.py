@@ -47,7 +47,6 @@ class Admitted:
     reservation: Reservation
 
 
-
 class Admission:
     """The admission half of ``GenerationService`` (a mixin: it uses the service's ``config``,
     ``running``, ``_done_times``, ``_cpu`` executor and ``_engine()``)."""
