@@ -139,7 +139,7 @@ class InferenceService:
         return outputs, sum(tokens)
 
     def _prepare(self, texts: list[str]) -> tuple[list[str], list[int]]:
-        """(capped texts, their token lengths); runs in the tokenizer thread."""
+        """(capped texts, their token lengths); in the CPU thread, or inline when small."""
         texts = capped_texts(texts, self.window)
         return texts, self.token_lengths(texts)
 
