@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import email.message
 import ipaddress
 from urllib.parse import urlsplit
 
@@ -27,10 +26,8 @@ def is_json_content_type(value: bytes | None) -> bool:
     """True for ``application/json`` and ``application/<x>+json`` (any parameters)."""
     if not value:
         return False
-    message = email.message.Message()
-    message["content-type"] = value.decode("latin-1")
-    subtype = message.get_content_subtype()
-    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
+    kind = value.split(b";", 1)[0].strip().lower()
+    return kind == b"application/json" or (kind.startswith(b"application/") and kind.endswith(b"+json"))
 
 
 def is_loopback_name(host: str) -> bool:
