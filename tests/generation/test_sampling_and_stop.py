@@ -62,3 +62,43 @@ def test_incremental_detokenizer_handles_multibyte_characters(hf):
 def test_bad_sampling_params_raise(kwargs):
     with pytest.raises(UsageError):
         SamplingParams(**kwargs)
+
+
+# ---- numerical safety: every value the API accepts gives a valid token -----------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from parainfer.generation.sampling import SEED_MAX, SEED_MIN, sample  # noqa: E402
+from parainfer.generation.sequence import Sequence  # noqa: E402
+
+VOCAB = 64
+tiny_or_any = st.one_of(st.sampled_from([5e-324, 1e-300, 1e-50, 1e-8, 1e-5, 1e-4]), st.floats(0, 2))
+logit_rows = st.one_of(
+    st.lists(st.floats(-1e4, 1e4), min_size=VOCAB, max_size=VOCAB),
+    st.lists(st.sampled_from([0.0, 3e38, -3e38, float("-inf"), float("inf"), float("nan")]),
+             min_size=VOCAB, max_size=VOCAB),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(row=logit_rows, temperature=tiny_or_any,
+       top_p=st.one_of(st.sampled_from([5e-324, 1e-50, 1e-40, 1e-8]), st.floats(0, 1, exclude_min=True)),
+       top_k=st.integers(-1, VOCAB + 5), seed=st.one_of(st.none(), st.integers(SEED_MIN, SEED_MAX)))
+def test_sampling_never_fails_over_the_accepted_ranges(row, temperature, top_p, top_k, seed):
+    import torch
+
+    params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    seq = Sequence("r", [1], params, IncrementalDetokenizer(None, [], []))
+    [token] = sample(torch.tensor([row]), [seq])
+    assert isinstance(token, int) and 0 <= token < VOCAB
+    moderate = all(abs(x) <= 1e4 for x in row)  # (NaN fails the test too)
+    if moderate and (temperature < 1e-5 or top_p <= 1e-40):  # greedy, or a nucleus of one token
+        as_f32 = torch.tensor(row)
+        assert as_f32[token] == as_f32.max()
+
+
+@pytest.mark.parametrize("seed", [SEED_MAX + 1, SEED_MIN - 1, 2**70])
+def test_a_seed_beyond_64_bits_is_refused(seed):
+    with pytest.raises(UsageError, match="seed"):
+        SamplingParams(temperature=1.0, seed=seed)

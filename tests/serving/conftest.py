@@ -14,6 +14,7 @@ import uvicorn
 
 from parainfer.serving.app import create_app
 from parainfer.serving.config import ServeConfig
+from parainfer.serving.http_protocol import uvicorn_settings
 
 
 def free_port() -> int:
@@ -27,10 +28,13 @@ def running_server(wait_ready: bool = True, **settings: object) -> Iterator[str]
     """Serve ``ServeConfig(**settings)`` on 127.0.0.1:<free port>; yields the base URL.
 
     With ``wait_ready`` it returns once /health says 200 (every replica loaded).
+    ``header_timeout_s`` (default 10) is the server's header-read timeout (``http_protocol``).
     """
+    header_timeout_s = float(settings.pop("header_timeout_s", 10.0))  # type: ignore[arg-type]
     config = ServeConfig(port=free_port(), **settings)
     server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=config.port,
-                                           log_level="warning", access_log=False))
+                                           log_level="warning", access_log=False,
+                                           **uvicorn_settings(header_timeout_s)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{config.port}"

@@ -21,6 +21,7 @@ an inbox that ``step`` drains); ``step`` itself must run in one thread at a time
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import time
 from collections.abc import Callable, Iterator, Sequence as SequenceABC
@@ -42,6 +43,7 @@ from parainfer.generation.scheduler import Scheduler
 from parainfer.generation.sequence import Sequence
 
 OutputCallback = Callable[[RequestOutput], None]
+log = logging.getLogger(__name__)
 
 
 class LLMEngine:
@@ -179,7 +181,13 @@ class LLMEngine:
         self.stats["prefill_tokens"] += batch.num_tokens - len(batch.decode)
         self.stats["preemptions"] = self.scheduler.num_preemptions
         for seq, tok in zip(self.scheduler.advance(batch), tokens):
-            outputs.append(append_token(seq, tok, self.eos_token_ids, self.max_model_len))
+            try:
+                if isinstance(tok, Exception):
+                    raise tok
+                outputs.append(append_token(seq, tok, self.eos_token_ids, self.max_model_len))
+            except Exception as exc:  # noqa: BLE001 - one sequence's failure is its own
+                self._fail_sequence(seq, exc)
+                continue
             if seq.is_finished:
                 self.scheduler.finish(seq, seq.finish_reason)
                 self._live.pop(seq.request_id, None)
@@ -231,8 +239,11 @@ class LLMEngine:
             self.scheduler.finish(seq, "abort")
         self._live.clear()
         callbacks, self._callbacks = self._callbacks, {}
-        for cb in callbacks.values():
-            cb(exc)  # type: ignore[arg-type]
+        for rid, cb in callbacks.items():
+            try:
+                cb(exc)  # type: ignore[arg-type]
+            except Exception:  # noqa: BLE001 - the others must still hear of it
+                log.exception("output callback of request %s failed", rid)
 
     # ---- internals ------------------------------------------------------------------------
 
@@ -269,4 +280,22 @@ class LLMEngine:
             if cb is not None:
                 if out.finished:
                     del self._callbacks[out.request_id]
-                cb(out)
+                try:
+                    cb(out)
+                except Exception:  # noqa: BLE001 - a broken consumer loses its request, no one else's
+                    log.exception("output callback of request %s failed; aborting it", out.request_id)
+                    self._callbacks.pop(out.request_id, None)
+                    if not out.finished:
+                        self.abort_request(out.request_id)
+
+    def _fail_sequence(self, seq: Sequence, exc: Exception) -> None:
+        """End ``seq`` alone (finish reason "error"), free its blocks, hand ``exc`` to its callback."""
+        log.error("request %s failed in the engine: %s: %s", seq.request_id, type(exc).__name__, exc)
+        self.scheduler.finish(seq, "error")
+        self._live.pop(seq.request_id, None)
+        cb = self._callbacks.pop(seq.request_id, None)
+        if cb is not None:
+            try:
+                cb(exc)  # type: ignore[arg-type]
+            except Exception:  # noqa: BLE001
+                log.exception("output callback of request %s failed", seq.request_id)

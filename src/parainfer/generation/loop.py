@@ -21,7 +21,7 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from parainfer.generation.engine import LLMEngine
 from parainfer.generation.outputs import RequestOutput
@@ -37,11 +37,17 @@ class EngineLoop:
         engine: the engine to drive.
         idle_wait_s: how long the thread sleeps when idle before it looks again (a new
             request wakes it at once).
+        on_error: called (in the loop thread, after every waiting request got the error) when
+            a step raises: the engine's state may be broken, so the loop stops and its owner
+            builds a new engine (``GenerationService`` does). A failure of one sequence does
+            not get here: the engine fails that sequence alone.
     """
 
-    def __init__(self, engine: LLMEngine, idle_wait_s: float = 0.5) -> None:
+    def __init__(self, engine: LLMEngine, idle_wait_s: float = 0.5,
+                 on_error: Callable[[BaseException], None] | None = None) -> None:
         self.engine = engine
         self._idle_wait_s = idle_wait_s
+        self._on_error = on_error
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -127,4 +133,6 @@ class EngineLoop:
                 log.exception("generation engine step failed")
                 self.error = exc
                 self.engine.fail_all(exc)
+                if self._on_error is not None:
+                    self._on_error(exc)
                 return

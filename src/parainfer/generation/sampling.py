@@ -5,6 +5,13 @@ own ``torch.Generator`` seeded from ``SamplingParams.seed``, so a request's toke
 on its prompt, its parameters and its seed, never on which other requests shared its batch
 (up to float rounding in batched matmuls). Filtering follows the usual order: temperature,
 then top-k, then top-p (nucleus, Holtzman et al. 2019, https://arxiv.org/abs/1904.09751).
+
+Numerical safety (every value the API accepts gives a valid token): a temperature below
+``MIN_TEMPERATURE`` decodes greedily (dividing by 1e-300 would turn the logits into inf and the
+softmax into NaN; vLLM uses the same 1e-5 cut-off, ``_SAMPLING_EPS``); top-p always keeps the
+most likely token (a ``top_p`` under float32's smallest value would round to 0 and drop them
+all); a row whose probabilities are not finite falls back to its argmax (``_finite_probs``);
+``seed`` is reduced to the 64 bits ``torch.Generator.manual_seed`` takes (``SEED_MIN..SEED_MAX``).
 """
 
 from __future__ import annotations
@@ -20,6 +27,9 @@ from parainfer.errors import UsageError
 if TYPE_CHECKING:
     from parainfer.generation.sequence import Sequence
 
+MIN_TEMPERATURE = 1e-5  # below this, sampling is greedy (vLLM's _SAMPLING_EPS)
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
+
 
 @dataclass
 class SamplingParams:
@@ -28,10 +38,12 @@ class SamplingParams:
     Attributes:
         max_tokens: most tokens to generate (>= 1); the request ends with
             ``finish_reason="length"`` when it gets there.
-        temperature: 0 for greedy (argmax); > 0 divides the logits before softmax.
+        temperature: 0 for greedy (argmax); > 0 divides the logits before softmax; below
+            ``MIN_TEMPERATURE`` it is greedy too.
         top_p: keep the smallest set of tokens whose probability sums to >= top_p (0 < p <= 1).
         top_k: keep the k most likely tokens; 0 or -1 keeps all.
-        seed: seeds this request's generator; None draws a random seed.
+        seed: seeds this request's generator, in ``[SEED_MIN, SEED_MAX]`` (a negative seed
+            is taken modulo 2**64, as torch does); None draws a random seed.
         stop: strings that end the request when they appear in the output text; the text
             returned stops before the match (OpenAI semantics), ``finish_reason="stop"``.
         ignore_eos: keep generating past the end-of-sequence token (benchmarks).
@@ -57,21 +69,24 @@ class SamplingParams:
             raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < -1:
             raise UsageError(f"top_k must be -1, 0 (all) or a positive count, got {self.top_k}")
+        if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
+            raise UsageError(f"seed must be in [-2**63, 2**64 - 1] (64 bits), got {self.seed}")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        """True for temperature 0 and for temperatures too small to divide by (< MIN_TEMPERATURE)."""
+        return self.temperature < MIN_TEMPERATURE
 
     def make_generator(self) -> torch.Generator | None:
         """A CPU generator seeded with ``seed`` (random when None); None for greedy requests."""
         if self.greedy:
             return None
         gen = torch.Generator(device="cpu")
-        gen.manual_seed(self.seed if self.seed is not None else random.SystemRandom().getrandbits(63))
+        gen.manual_seed(self.seed % 2**64 if self.seed is not None else random.SystemRandom().getrandbits(63))
         return gen
 
 
-def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int | Exception]:
     """Pick the next token of each sequence.
 
     Args:
@@ -79,14 +94,23 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
         seqs: the B sequences (their ``params`` and ``generator`` are used).
 
     Returns:
-        B token ids.
+        B token ids; in place of a row whose sampling raised, the exception (the engine fails
+        that one sequence, the others go on).
     """
-    logits = logits.float()
-    out = logits.argmax(dim=-1).tolist()
+    logits = logits.float().nan_to_num(nan=float("-inf"))  # a NaN logit is never the argmax
+    out: list[int | Exception] = list(logits.argmax(dim=-1).tolist())
     for i, seq in enumerate(seqs):
         if not seq.params.greedy:
-            out[i] = _sample_row(logits[i], seq.params, seq.generator)
+            out[i] = _sample_row_or_error(logits[i], seq)
     return out
+
+
+def _sample_row_or_error(row: torch.Tensor, seq: Sequence) -> int | Exception:
+    """``_sample_row`` for one sequence; its exception is returned, not raised (isolation)."""
+    try:
+        return _sample_row(row, seq.params, seq.generator)
+    except Exception as exc:  # noqa: BLE001 - fails only this sequence, see LLMEngine.step
+        return exc
 
 
 def _sample_row(row: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:
@@ -96,10 +120,28 @@ def _sample_row(row: torch.Tensor, params: SamplingParams, gen: torch.Generator 
         kth = torch.topk(row, params.top_k).values[-1]
         row = row.masked_fill(row < kth, float("-inf"))
     if params.top_p < 1.0:
-        sorted_logits, order = torch.sort(row, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= params.top_p  # keep the token that crosses p
-        row = row.clone()
-        row[order[drop]] = float("-inf")
-    probs = row.softmax(-1)
+        row = _top_p_filter(row, params.top_p)
+    probs = _finite_probs(row)
+    if probs is None:
+        return int(row.argmax().item())
     return int(torch.multinomial(probs, 1, generator=gen).item())
+
+
+def _top_p_filter(row: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``row`` with the tokens outside the nucleus set to -inf; the most likely token is always
+    kept (a tiny ``top_p`` means "only the top token", never "no token")."""
+    sorted_logits, order = torch.sort(row, descending=True)
+    probs = sorted_logits.softmax(-1)
+    drop = probs.cumsum(-1) - probs >= top_p  # keep the token that crosses p
+    drop[0] = False
+    row = row.clone()
+    row[order[drop]] = float("-inf")
+    return row
+
+
+def _finite_probs(row: torch.Tensor) -> torch.Tensor | None:
+    """softmax(row), or None when it is not a distribution (NaN/inf logits, all -inf)."""
+    probs = row.softmax(-1)
+    if not bool(torch.isfinite(probs).all()) or not float(probs.sum()) > 0:
+        return None
+    return probs

@@ -25,9 +25,11 @@ from parainfer import __version__
 from parainfer.models.base import Predictor
 from parainfer.models.registry import build_predictor
 from parainfer.serving.config import ServeConfig
+from parainfer.serving.json_body import OrjsonRoute
 from parainfer.serving.errors import ApiError, install_error_handlers
 from parainfer.serving.generation_routes import generation_routes
 from parainfer.serving.generation_service import GenerationService
+from parainfer.serving.guards import JsonContentTypeMiddleware, LoopbackGuardMiddleware, binds_loopback
 from parainfer.serving.metrics import ServingMetrics
 from parainfer.serving.middleware import AuthMiddleware, BodyLimitMiddleware, MetricsMiddleware
 from parainfer.serving.schemas import (
@@ -43,7 +45,7 @@ from parainfer.serving.translation_routes import translation_routes
 
 CLIENT_CLOSED = 499  # nginx's code for "client closed request"; nobody reads it
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in
-                                            (400, 401, 413, 422, 429, 503, 504)}
+                                            (400, 401, 403, 413, 415, 422, 429, 503, 504)}
 
 
 def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastAPI:
@@ -83,8 +85,11 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
     app.include_router(translation_routes(config, service if config.task == "translate" else None))
     app.include_router(_ops_routes(service, metrics))
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(JsonContentTypeMiddleware)
     if config.api_key:
         app.add_middleware(AuthMiddleware, api_key=config.api_key)
+    if binds_loopback(config.host):
+        app.add_middleware(LoopbackGuardMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 401s and 413s too
     return app
 
@@ -108,7 +113,7 @@ def _wrong_task(config: ServeConfig, route: str, needed: str) -> ApiError:
 
 
 def _v1_routes(config: ServeConfig, service: Any) -> APIRouter:
-    router = APIRouter(tags=["v1"], responses=_ERRORS)  # full paths: route labels in metrics stay whole
+    router = APIRouter(tags=["v1"], responses=_ERRORS, route_class=OrjsonRoute)  # full paths: route labels in metrics stay whole
     name = config.served_model_name()
     created = int(time.time())
 
@@ -122,8 +127,9 @@ def _v1_routes(config: ServeConfig, service: Any) -> APIRouter:
         if isinstance(got, Response):
             return got
         outputs, tokens = got
-        return JSONResponse({"object": "list", "data": [item(i, out) for i, out in enumerate(outputs)],
-                             "model": name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+        return await service.render(lambda: {
+            "object": "list", "data": [item(i, out) for i, out in enumerate(outputs)],
+            "model": name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}, len(outputs))
 
     @router.post("/v1/embeddings", response_model=EmbeddingResponse)
     async def embeddings(body: EmbeddingRequest, request: Request) -> Any:

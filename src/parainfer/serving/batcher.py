@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -127,22 +128,48 @@ class DynamicBatcher:
         self.items_per_second = 0.0  # recent dispatch rate, for Retry-After (set by the owner)
         self._arrivals: collections.deque[tuple[float, int]] = collections.deque()  # (monotonic s, inputs)
         self._arrived = 0  # inputs in self._arrivals
+        self._reserved = 0  # room held by admitted requests still being tokenised
 
     @property
     def depth(self) -> int:
         """Inputs waiting (not yet in a batch)."""
         return len(self._waiting)
 
-    def submit(self, texts: list[str], tokens: list[int]) -> list[Item]:
+    def reserve(self, count: int) -> None:
+        """Hold room for ``count`` inputs (a request admitted, still being tokenised); ``submit``
+        with ``reserved=True`` turns the room into queued inputs, ``release`` gives it back.
+
+        Raises:
+            QueueFull: waiting + reserved + ``count`` > max_queue (nothing is reserved).
+        """
+        if len(self._waiting) + self._reserved + count > self.max_queue:
+            raise QueueFull(len(self._waiting) + self._reserved, count, self.max_queue, self.retry_after_s())
+        self._reserved += count
+
+    def release(self, count: int) -> None:
+        """Give back room held by ``reserve`` (the request failed before ``submit``)."""
+        self._reserved = max(0, self._reserved - count)
+
+    def retry_after_s(self) -> int:
+        """Seconds until the queue has likely drained: waiting / recent rate, in [1, 60]; 1 while
+        no rate is known yet (a guess of 16 s from nothing would only make clients wait)."""
+        if self.items_per_second <= 0:
+            return 1
+        return max(1, min(60, math.ceil((len(self._waiting) + self._reserved) / self.items_per_second)))
+
+    def submit(self, texts: list[str], tokens: list[int], reserved: bool = False) -> list[Item]:
         """Queue one request's inputs; returns their Items (await ``item.future``), in order.
+
+        Args:
+            reserved: the room was taken by ``reserve(len(texts))`` already.
 
         Raises:
             QueueFull: the queue lacks room for all ``len(texts)`` inputs (nothing is queued).
         """
-        if len(self._waiting) + len(texts) > self.max_queue:
-            rate = max(self.items_per_second, 1.0)
-            raise QueueFull(len(self._waiting), len(texts), self.max_queue,
-                            retry_after_s=max(1, round(len(self._waiting) / rate)))
+        if reserved:
+            self.release(len(texts))
+        elif len(self._waiting) + self._reserved + len(texts) > self.max_queue:
+            raise QueueFull(len(self._waiting) + self._reserved, len(texts), self.max_queue, self.retry_after_s())
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         items = [Item(t, n, loop.create_future(), now, next(self._keys)) for t, n in zip(texts, tokens)]
@@ -215,4 +242,4 @@ class DynamicBatcher:
 
     def stats(self) -> dict[str, Any]:
         """Queue depth for /health and metrics."""
-        return {"waiting": self.depth, "max_queue": self.max_queue}
+        return {"waiting": self.depth, "reserved": self._reserved, "max_queue": self.max_queue}

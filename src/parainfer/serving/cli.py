@@ -19,9 +19,11 @@ def run_server(config: ServeConfig, log_level: str = "info", graceful_timeout_s:
 
     from parainfer.serving.app import create_app
 
+    from parainfer.serving.http_protocol import uvicorn_settings
+
     app = create_app(config)
     uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, access_log=False,
-                timeout_graceful_shutdown=graceful_timeout_s)
+                timeout_graceful_shutdown=graceful_timeout_s, **uvicorn_settings())
 
 
 def serve_command(
@@ -38,7 +40,8 @@ def serve_command(
     request_timeout_s: float = typer.Option(30.0, help="requests not answered by then get 504 "
                                             "(generate: non-streaming only)"),
     api_key: Optional[str] = typer.Option(None, envvar="PARAINFER_API_KEY",
-                                          help="require 'Authorization: Bearer KEY' on /v1 routes"),
+                                          help="require 'Authorization: Bearer KEY' on /v1 routes; prefer the "
+                                          "PARAINFER_API_KEY environment variable (a flag shows in the process list)"),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 (generate: auto = float32)"),
     device: str = typer.Option("cpu", help="cpu | cuda (replicas spread over the GPUs) | cuda:N | auto"),
     max_inputs_per_request: int = typer.Option(2048, help="more inputs in one request get 413"),

@@ -1,14 +1,20 @@
 """HTTP errors in OpenAI's envelope, and the handlers that make every failure one of them.
 
-Status codes: 400 malformed JSON, wrong task for the route, or (generate) a prompt + max_tokens
-over the context window or an unsupported option; 401 API key; 413 too many inputs
-or body too large; 422 a field of the wrong type/shape (the message names it, e.g.
-``input.3``), or the model raised on one input; 429 queue full (with Retry-After); 503 no
-replica could run the input; 504 past --request-timeout-s. Bad input never yields 500.
+Status codes: 400 malformed JSON, wrong task for the route, a lone surrogate in a text, or
+(generate) a prompt + max_tokens over the context window or an unsupported option; 401 API key;
+403 a cross-site or DNS-rebinding request to a loopback server; 405 wrong method; 413 too many
+inputs or body too large; 415 a JSON route without ``Content-Type: application/json``; 422 a
+field of the wrong type/shape (the message names it, e.g. ``input.3``), or the model raised on
+one input; 429 queue full (with Retry-After); 503 no replica / engine rebuilding; 504 past
+--request-timeout-s. Bad input never yields 500. No exception text reaches a client: a server
+fault is logged with the request id (also sent as the ``x-request-id`` header) and answered
+with a generic message naming that id.
 """
 
 from __future__ import annotations
 
+import logging
+import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,11 +22,26 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from parainfer.serving.schemas import error_body
+from parainfer.serving.schemas import TooManyItems, error_body
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-          413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error",
+_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error",
           503: "service_unavailable", 504: "timeout"}
+log = logging.getLogger(__name__)
+_REQUEST_ID = "parainfer.request_id"
+
+
+def error_type(status: int) -> str:
+    """OpenAI's error ``type`` for an HTTP status: the named ones, else invalid_request_error
+    for any other 4xx and server_error for 5xx."""
+    return _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+
+
+def request_id(scope: dict[str, Any]) -> str:
+    """This request's id (made on first use, kept in the ASGI scope; sent as ``x-request-id``)."""
+    rid = scope.get(_REQUEST_ID)
+    if rid is None:
+        rid = scope[_REQUEST_ID] = uuid.uuid4().hex[:16]
+    return rid
 
 
 class ApiError(Exception):
@@ -32,7 +53,7 @@ class ApiError(Exception):
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
     def response(self) -> JSONResponse:
-        return JSONResponse(error_body(self.message, _TYPES.get(self.status, "server_error"), self.param, self.code),
+        return JSONResponse(error_body(self.message, error_type(self.status), self.param, self.code),
                             status_code=self.status, headers=self.headers)
 
 
@@ -73,6 +94,18 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return validation_error(exc).response()
 
+    @app.exception_handler(TooManyItems)
+    async def _too_many(_: Request, exc: TooManyItems) -> JSONResponse:
+        return ApiError(413, f"{exc}; split the list into several requests", param=exc.field,
+                        code="too_many_inputs").response()
+
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         return ApiError(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)).response()
+
+    @app.exception_handler(Exception)
+    async def _fault(request: Request, exc: Exception) -> JSONResponse:
+        rid = request_id(request.scope)
+        log.error("request %s failed", rid, exc_info=exc)
+        return ApiError(500, f"internal error (request id {rid}); the details are in the server log",
+                        code="internal_error").response()

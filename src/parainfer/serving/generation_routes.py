@@ -11,6 +11,7 @@ On a server of another task the routes answer 400 naming the task they need.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from contextlib import aclosing
@@ -20,8 +21,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from parainfer.serving.config import ServeConfig
-from parainfer.serving.errors import ApiError
-from parainfer.serving.generation_service import GenerationService
+from parainfer.serving.json_body import OrjsonRoute
+from parainfer.serving.errors import ApiError, request_id
+from parainfer.serving.generation_service import Admitted, GenerationService, Reservation
 from parainfer.serving.service import ClientGone
 from parainfer.serving.schemas import (
     ChatCompletionRequest,
@@ -34,13 +36,15 @@ from parainfer.serving.schemas import (
 )
 
 CLIENT_CLOSED = 499
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 422, 429, 503, 504)}
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in
+                                            (400, 401, 403, 413, 415, 422, 429, 503, 504)}
+log = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def generation_routes(config: ServeConfig, service: GenerationService | None) -> APIRouter:
     """The two generation routes; ``service`` is None on an embed/classify server (they answer 400)."""
-    router = APIRouter(tags=["v1"], responses=_ERRORS)
+    router = APIRouter(tags=["v1"], responses=_ERRORS, route_class=OrjsonRoute)
     name = config.served_model_name()
 
     def need(route: str) -> GenerationService:
@@ -57,14 +61,13 @@ def generation_routes(config: ServeConfig, service: GenerationService | None) ->
         _check_supported(body)
         if body.echo:
             raise ApiError(400, "echo is not supported; leave it false", param="echo", code="unsupported")
-        prompts = gen.prompts_from_completion(body.prompt)
-        params = gen.params(body, prompts, default_max_tokens=16)
-        gen.admit(prompts, params)
+        got = await gen.admit_completion(body)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": name}
         if body.stream:
-            return _sse(_completion_events(gen.stream(prompts, params), head, _include_usage(body), prompts))
-        choices = await _complete(gen, prompts, params, request)
+            return _sse(_completion_events(gen.stream(got.prompts, got.params, got.reservation), head,
+                                           _include_usage(body), got.prompts, request), got.reservation)
+        choices = await _complete(gen, got, request)
         if isinstance(choices, Response):
             return choices
         return JSONResponse({**head, "usage": _usage(choices),
@@ -76,15 +79,14 @@ def generation_routes(config: ServeConfig, service: GenerationService | None) ->
         """Answer a conversation with the model's chat template (one choice)."""
         gen = need("/v1/chat/completions")
         _check_supported(body)
-        prompts = [gen.prompt_from_chat(_messages(body))]
-        params = gen.params(body, prompts, default_max_tokens=None)
-        gen.admit(prompts, params)
+        got = await gen.admit_chat(body, _messages(body))
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": name}
         if body.stream:
             head["object"] = "chat.completion.chunk"
-            return _sse(_chat_events(gen.stream(prompts, params), head, _include_usage(body), prompts))
-        choices = await _complete(gen, prompts, params, request)
+            return _sse(_chat_events(gen.stream(got.prompts, got.params, got.reservation), head,
+                                     _include_usage(body), got.prompts, request), got.reservation)
+        choices = await _complete(gen, got, request)
         if isinstance(choices, Response):
             return choices
         return JSONResponse({**head, "usage": _usage(choices),
@@ -121,9 +123,9 @@ def _include_usage(body: SamplingFields) -> bool:
     return bool((body.stream_options or {}).get("include_usage"))
 
 
-async def _complete(gen: GenerationService, prompts: list[list[int]], params: Any, request: Request) -> Any:
+async def _complete(gen: GenerationService, got: Admitted, request: Request) -> Any:
     try:
-        return await gen.complete(prompts, params, request)
+        return await gen.complete(got.prompts, got.params, request, got.reservation)
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
 
@@ -134,20 +136,36 @@ def _usage(choices: Any) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+class _ReleasingStream(StreamingResponse):
+    """A StreamingResponse that releases the request's reservation however it ends (even when
+    its body iterator never started: the client left before the first byte)."""
+
+    def __init__(self, content: AsyncIterator[bytes], reservation: Reservation) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=SSE_HEADERS)
+        self.reservation = reservation
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.reservation.release()
+
+
+def _sse(events: AsyncIterator[dict[str, Any]], reservation: Reservation) -> StreamingResponse:
     async def encode() -> AsyncIterator[bytes]:
         async with aclosing(events) as chunks:
             async for chunk in chunks:
                 yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
-    return StreamingResponse(encode(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return _ReleasingStream(encode(), reservation)
 
 
 async def _events(outputs: AsyncIterator[tuple[int, Any]], head: dict[str, Any], include_usage: bool,
-                  prompts: list[list[int]], choice: Callable[[int, Any], dict[str, Any] | None]
+                  prompts: list[list[int]], request: Request, choice: Callable[[int, Any], dict[str, Any] | None]
                   ) -> AsyncIterator[dict[str, Any]]:
     """Chunks from engine outputs; ``choice(index, out)`` shapes one choice (None: nothing to send).
-    An engine failure mid-stream becomes an ``{"error": ...}`` event (the openai client raises it)."""
+    An engine failure mid-stream becomes an ``{"error": ...}`` event (the openai client raises it)
+    with a generic message and the request id; the exception goes to the server log."""
     completion = [0] * len(prompts)
     try:
         async with aclosing(outputs) as outs:
@@ -158,7 +176,10 @@ async def _events(outputs: AsyncIterator[tuple[int, Any]], head: dict[str, Any],
                 if shaped is not None:
                     yield {**head, "choices": [shaped]}
     except Exception as exc:  # noqa: BLE001 - the status line was sent already
-        yield error_body(f"generation failed: {type(exc).__name__}: {exc}", "server_error", code="engine_error")
+        rid = request_id(request.scope)
+        log.error("request %s: generation failed mid-stream: %s: %s", rid, type(exc).__name__, exc)
+        yield error_body(f"generation failed (request id {rid}; see the server log); retry it", "server_error",
+                         code="engine_error")
         return
     if include_usage:
         prompt = sum(len(p) for p in prompts)
@@ -167,17 +188,17 @@ async def _events(outputs: AsyncIterator[tuple[int, Any]], head: dict[str, Any],
 
 
 def _completion_events(outputs: AsyncIterator[tuple[int, Any]], head: dict[str, Any], include_usage: bool,
-                       prompts: list[list[int]]) -> AsyncIterator[dict[str, Any]]:
+                       prompts: list[list[int]], request: Request) -> AsyncIterator[dict[str, Any]]:
     def choice(i: int, out: Any) -> dict[str, Any] | None:
         if not out.new_text and not out.finished:
             return None
         return {"index": i, "text": out.new_text, "logprobs": None,
                 "finish_reason": out.finish_reason if out.finished else None}
-    return _events(outputs, head, include_usage, prompts, choice)
+    return _events(outputs, head, include_usage, prompts, request, choice)
 
 
 def _chat_events(outputs: AsyncIterator[tuple[int, Any]], head: dict[str, Any], include_usage: bool,
-                 prompts: list[list[int]]) -> AsyncIterator[dict[str, Any]]:
+                 prompts: list[list[int]], request: Request) -> AsyncIterator[dict[str, Any]]:
     async def with_role() -> AsyncIterator[tuple[int, Any]]:
         for i in range(len(prompts)):  # the role delta goes first, before any text
             yield i, None
@@ -193,4 +214,4 @@ def _chat_events(outputs: AsyncIterator[tuple[int, Any]], head: dict[str, Any], 
             return {"index": i, "delta": delta, "logprobs": None, "finish_reason": out.finish_reason}
         return {"index": i, "delta": {"content": out.new_text}, "logprobs": None, "finish_reason": None} \
             if out.new_text else None
-    return _events(with_role(), head, include_usage, prompts, choice)
+    return _events(with_role(), head, include_usage, prompts, request, choice)

@@ -1,4 +1,5 @@
-"""Plain ASGI middleware of the server: metrics, API-key auth, request body limit.
+"""Plain ASGI middleware of the server: metrics (+ the ``x-request-id`` header), API-key auth,
+request body limit, JSON content type, and the loopback guard (``guards.py``).
 
 Plain ASGI (not Starlette's BaseHTTPMiddleware) so they do not buffer bodies and do not get in
 the way of the handler noticing a client disconnect.
@@ -13,6 +14,7 @@ from typing import Any, Awaitable, Callable
 
 from starlette.exceptions import HTTPException
 
+from parainfer.serving.errors import request_id
 from parainfer.serving.metrics import ServingMetrics
 from parainfer.serving.schemas import error_body
 
@@ -46,6 +48,9 @@ class MetricsMiddleware:
         async def send_wrapper(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id(scope).encode()))
+                message = {**message, "headers": headers}
             await send(message)
 
         try:
@@ -59,17 +64,18 @@ class MetricsMiddleware:
 class AuthMiddleware:
     """Requires ``Authorization: Bearer <api_key>`` on paths under ``prefix`` (401 otherwise).
 
-    Compared with ``hmac.compare_digest`` (constant time). Other paths (/health, /metrics,
-    /docs) stay open.
+    The scheme is case-insensitive (RFC 9110 section 11.1: ``bearer`` is as good as ``Bearer``);
+    the key is compared with ``hmac.compare_digest`` (constant time). Other paths (/health,
+    /metrics, /docs) stay open.
     """
 
     def __init__(self, app: ASGIApp, api_key: str, prefix: str = "/v1"):
-        self.app, self.expected, self.prefix = app, f"Bearer {api_key}".encode(), prefix
+        self.app, self.expected, self.prefix = app, api_key.encode(), prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and (scope["path"] == self.prefix or scope["path"].startswith(self.prefix + "/")):
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+            scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").strip().partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.expected):
                 return await send_json(send, 401, error_body(
                     "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
                     "authentication_error", code="invalid_api_key"), {"WWW-Authenticate": "Bearer"})

@@ -31,7 +31,15 @@ from parainfer.tasks import Task
 
 
 class ReplicaUnavailable(Exception):
-    """No replica could run the input (crashed twice, or every model failed to load): HTTP 503."""
+    """No replica could run the input (crashed twice, or every model failed to load): HTTP 503.
+
+    Attributes:
+        public: the message without ``detail`` (a worker's error text stays in the server log).
+    """
+
+    def __init__(self, message: str, detail: str = ""):
+        super().__init__(f"{message}: {detail}" if detail else message)
+        self.public = message
 
 
 class InputFailed(Exception):
@@ -215,7 +223,7 @@ class ReplicaPool:
 
     def _retry_or_fail(self, batch: _Batch, reason: str) -> None:
         if batch.attempt >= self.retries or self.all_dead:
-            _fail(batch, f"replica failed {batch.attempt + 1} time(s) running this input: {reason}")
+            _fail(batch, f"replica failed {batch.attempt + 1} time(s) running this input", reason)
             return
         batch.attempt += 1
         self._retry.append(batch)
@@ -227,7 +235,7 @@ class ReplicaPool:
                 for w, r in enumerate(self.replicas)]
 
 
-def _fail(batch: _Batch, reason: str) -> None:
+def _fail(batch: _Batch, reason: str, detail: str = "") -> None:
     for item in batch.items:
         if not item.future.done():
-            item.future.set_exception(ReplicaUnavailable(reason))
+            item.future.set_exception(ReplicaUnavailable(reason, detail))

@@ -9,13 +9,52 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Most items in one list of a request body, checked before the fields are validated (validating
+# 1.6 million list items took seconds on the event loop). The configured limits
+# (--max-inputs-per-request, --max-queue) are lower and give 413 later; this one only bounds
+# the validation work of a body that could never be admitted.
+MAX_LIST_ITEMS = 1 << 16
+MAX_PROMPT_IDS = 1 << 17  # token ids in one prompt: more than any context window
+
+
+class TooManyItems(Exception):
+    """A list in the body is longer than the schema lets through (HTTP 413)."""
+
+    def __init__(self, field: str, count: int, limit: int):
+        super().__init__(f"'{field}' holds {count} items; at most {limit} are accepted in one request")
+        self.field = field
+
+
+def _bounded(data: Any, fields: tuple[str, ...]) -> Any:
+    """Raise TooManyItems for an over-long list in ``fields``, or token-id list inside one."""
+    if isinstance(data, dict):
+        for name in fields:
+            value = data.get(name)
+            if isinstance(value, list):
+                if len(value) > MAX_LIST_ITEMS:
+                    raise TooManyItems(name, len(value), MAX_LIST_ITEMS)
+                for i, inner in enumerate(value):
+                    if isinstance(inner, list) and len(inner) > MAX_PROMPT_IDS:
+                        raise TooManyItems(f"{name}.{i}", len(inner), MAX_PROMPT_IDS)
+    return data
+
+
+class BoundedBody(BaseModel):
+    """A request body whose lists are length-checked before any field is validated."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_sizes(cls, data: Any) -> Any:
+        return _bounded(data, ("input", "prompt", "messages", "stop"))
+
 
 Inputs = Annotated[str | Annotated[list[str], Field(min_length=1)], Field(
     description="one text, or a non-empty list of texts (one result each, same order)")]
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(BoundedBody):
     """POST /v1/embeddings. Unknown fields (``user``, ``dimensions``) are accepted and ignored."""
 
     model_config = ConfigDict(extra="ignore")
@@ -26,7 +65,7 @@ class EmbeddingRequest(BaseModel):
         default="float", description="base64: the little-endian float32 bytes of each vector, base64-encoded")
 
 
-class ClassifyRequest(BaseModel):
+class ClassifyRequest(BoundedBody):
     """POST /v1/classify."""
 
     model_config = ConfigDict(extra="ignore")
@@ -101,12 +140,14 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
 
 # ---- generation (--task generate): OpenAI's completions and chat completions ----------------
 
+MAX_STOP_STRINGS = 16  # each is searched at every step of the sequence (OpenAI allows 4)
+
 Prompt = Annotated[str | Annotated[list[str], Field(min_length=1)] | Annotated[list[int], Field(min_length=1)]
                    | Annotated[list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1)], Field(
     description="one text, a list of texts (one choice each), token ids, or a list of token-id lists")]
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(BoundedBody):
     """The sampling fields both generation routes share (OpenAI's names and defaults, except
     ``max_tokens``: 16 for completions as OpenAI's, 256 for chat). Unknown fields are ignored;
     fields that ask for something not supported (``n`` > 1, ``logprobs``, ``echo``) get 400."""
@@ -117,8 +158,10 @@ class SamplingFields(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1, description="most tokens to generate")
     temperature: float = Field(default=1.0, ge=0, le=2, description="0 = greedy")
     top_p: float = Field(default=1.0, gt=0, le=1)
-    seed: int | None = Field(default=None, description="seeds this request's sampler (same seed, same text)")
-    stop: str | list[str] | None = Field(default=None, description="strings that end the text (not included)")
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1, description="seeds this request's "
+                             "sampler (same seed, same text); 64 bits, what torch.Generator takes")
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None = Field(
+        default=None, description=f"strings that end the text (not included); at most {MAX_STOP_STRINGS}")
     stream: bool = False
     stream_options: dict[str, Any] | None = Field(default=None, description='{"include_usage": true} adds a '
                                                   "last chunk with usage")

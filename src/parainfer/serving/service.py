@@ -9,18 +9,29 @@ request that times out or whose client left are dropped from the queue at once.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
 
+import orjson
 from starlette.requests import Request
+from starlette.responses import Response
 
 from parainfer.executors import make_executor
 from parainfer.models.base import Predictor
 from parainfer.serving.batcher import DynamicBatcher, Item, QueueFull
 from parainfer.serving.config import ServeConfig
-from parainfer.serving.errors import ApiError
+from parainfer.serving.errors import ApiError, request_id
+from parainfer.serving.limits import capped_texts, check_count
 from parainfer.serving.metrics import ServingMetrics
 from parainfer.serving.router import InputFailed, ReplicaPool, ReplicaUnavailable
+
+log = logging.getLogger(__name__)
+# Requests at most this large are counted and encoded on the event loop: it costs well under a
+# millisecond there, less than the hop to the CPU thread (which fragments batches under load).
+INLINE_CHARS = 1 << 14
+INLINE_OUTPUTS = 64
 
 
 class ClientGone(Exception):
@@ -48,6 +59,9 @@ class InferenceService:
         self.batcher = DynamicBatcher(self._dispatch, self.pool.free_slots, config.max_batch_size,
                                       config.max_wait_ms / 1000.0, config.max_queue, config.group_by_length)
         self._task: asyncio.Task | None = None
+        # One thread for the CPU work of requests (tokenising, encoding replies): off the event
+        # loop, and one at a time (HF fast tokenizers are not safe to share between threads).
+        self._cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parainfer-cpu")
         self._done_times: list[float] = []  # recent completions, for the Retry-After estimate
         for w in range(config.workers):  # the series exist (at 0) from the first scrape
             metrics.busy.labels(str(w))
@@ -65,6 +79,7 @@ class InferenceService:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         await asyncio.to_thread(self.pool.stop)
+        self._cpu.shutdown(wait=False, cancel_futures=True)
 
     @property
     def ready(self) -> bool:
@@ -90,23 +105,33 @@ class InferenceService:
     async def infer(self, texts: list[str], request: Request) -> tuple[list[dict[str, Any]], int]:
         """Run ``texts`` through the model; returns (one output dict per text in order, tokens).
 
+        The count is checked and queue room reserved before any text is touched; the texts are
+        then checked, capped (``limits.capped_texts``) and counted: in the CPU thread, off the
+        event loop, unless they hold at most ``INLINE_CHARS`` characters in all.
+
         Raises:
-            ApiError: 413 too many inputs, 429 queue full, 503 no replica, 504 timeout,
-                422 the model raised on an input.
+            ApiError: 413 too many inputs, 429 queue full, 400 a lone surrogate, 503 no replica,
+                504 timeout, 422 the model raised on an input.
             ClientGone: the client disconnected (its queued inputs are dropped).
         """
         limit = min(self.config.max_inputs_per_request, self.config.max_queue)
-        if len(texts) > limit:
-            raise ApiError(413, f"{len(texts)} inputs in one request; at most {limit} are accepted "
-                                "(split the list into several requests)", param="input", code="too_many_inputs")
+        check_count(len(texts), limit, "inputs", "--max-inputs-per-request / --max-queue")
         if self.pool.all_dead:
             raise ApiError(503, "no replica could load the model; see the server log", code="no_replica")
-        tokens = self.token_lengths(texts)
         try:
-            items = self.batcher.submit(texts, tokens)
+            self.batcher.reserve(len(texts))
         except QueueFull as e:
             raise ApiError(429, f"server busy: {e}; retry after {e.retry_after_s}s", code="queue_full",
                            headers={"Retry-After": str(e.retry_after_s)}) from None
+        try:
+            if sum(map(len, texts)) <= INLINE_CHARS:  # cheaper than a thread hop, and bounded
+                texts, tokens = self._prepare(texts)
+            else:
+                texts, tokens = await asyncio.get_running_loop().run_in_executor(self._cpu, self._prepare, texts)
+        except BaseException:
+            self.batcher.release(len(texts))
+            raise
+        items = self.batcher.submit(texts, tokens, reserved=True)
         self.metrics.queue_depth.set(self.batcher.depth)
         try:
             outputs = await self._wait(items, request)
@@ -115,18 +140,39 @@ class InferenceService:
                 self.metrics.queue_depth.set(self.batcher.depth)
         return outputs, sum(tokens)
 
+    def _prepare(self, texts: list[str]) -> tuple[list[str], list[int]]:
+        """(capped texts, their token lengths); in the CPU thread, or inline when small."""
+        texts = capped_texts(texts, self.window)
+        return texts, self.token_lengths(texts)
+
+    async def render(self, build: Callable[[], Any], items: int) -> Response:
+        """A JSON response of ``build()`` (``items`` outputs), built and encoded with orjson; in the
+        CPU thread when large: a reply of 1,024 x 384 floats must not hold the event loop."""
+        def encode() -> bytes:
+            return orjson.dumps(build(), option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS, default=str)
+        if items <= INLINE_OUTPUTS:
+            return Response(encode(), media_type="application/json")
+        body = await asyncio.get_running_loop().run_in_executor(self._cpu, encode)
+        return Response(body, media_type="application/json")
+
     async def _wait(self, items: list[Item], request: Request) -> list[dict[str, Any]]:
         results = asyncio.gather(*(it.future for it in items), return_exceptions=True)
         await wait_or_give_up(results, request, self.config.request_timeout_s)
         outputs = results.result()
+        rid = request_id(request.scope)
         for i, out in enumerate(outputs):
             if isinstance(out, InputFailed):
-                raise ApiError(422, f"the model failed on input {i}: {out}", param=f"input.{i}", code="model_error")
+                log.warning("request %s: the model failed on input %d: %s", rid, i, out)
+                raise ApiError(422, f"the model failed on input {i} (request id {rid}; the reason is in the "
+                                    "server log)", param=f"input.{i}", code="model_error")
             if isinstance(out, ReplicaUnavailable):
-                raise ApiError(503, f"input {i} could not be run: {out}", code="replica_unavailable",
-                               headers={"Retry-After": "1"})
+                log.warning("request %s: input %d could not be run: %s", rid, i, out)
+                raise ApiError(503, f"input {i} could not be run: {out.public} (request id {rid})",
+                               code="replica_unavailable", headers={"Retry-After": "1"})
             if isinstance(out, BaseException):
-                raise ApiError(503, f"input {i} could not be run: {type(out).__name__}: {out}", code="unavailable")
+                log.error("request %s: input %d failed: %s: %s", rid, i, type(out).__name__, out)
+                raise ApiError(503, f"input {i} could not be run (request id {rid}; see the server log)",
+                               code="unavailable", headers={"Retry-After": "1"})
         return outputs
 
     # -- callbacks from the batcher and the pool (on the loop) --------------------------------
