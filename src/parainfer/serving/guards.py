@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 from parainfer.serving.middleware import ASGIApp, Receive, Scope, Send, send_json
 from parainfer.serving.schemas import error_body
 
-JSON_ROUTES = frozenset({"/v1/embeddings", "/v1/classify", "/v1/completions", "/v1/chat/completions"})
+JSON_ROUTES = frozenset({"/v1/embeddings", "/v1/classify", "/v1/completions", "/v1/chat/completions",
+                         "/v1/translations"})
 
 
 def is_json_content_type(value: bytes | None) -> bool:
