@@ -50,6 +50,8 @@ def run(
     seed: Optional[int] = typer.Option(None, help="generate: sampling seed (per record: seed + hash of its text)"),
     stop: Optional[list[str]] = typer.Option(None, help="generate: stop string (repeatable)"),
     chat: bool = typer.Option(True, "--chat/--no-chat", help="generate: apply the chat template to each prompt"),
+    input_format: str = typer.Option("auto", "--format", help="auto | records | openai-batch (an OpenAI batch "
+                                     "file: one result line per request; auto recognises it by its first line)"),
 ) -> None:
     """Run a batch job: every input record's result, in input order, computed by N workers."""
     from parainfer.config import JobConfig
@@ -62,7 +64,8 @@ def run(
                        max_retries=max_retries, quiet=quiet,
                        generation=dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                        seed=seed, stop=list(stop or []), chat=chat) if task == "generate" else {},
-                       task_timeout=task_timeout, overwrite=overwrite, checkpoint_every_s=checkpoint_every)
+                       task_timeout=task_timeout, overwrite=overwrite, checkpoint_every_s=checkpoint_every,
+                       input_format=input_format)
     from parainfer.recovery import Interrupted
 
     try:

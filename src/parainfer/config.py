@@ -50,3 +50,5 @@ class JobConfig(BaseModel):
         return value
 
     generation: dict = Field(default_factory=dict, description="sampling options for --task generate")
+    input_format: str = Field(default="auto", description="auto | records | openai-batch (auto: an OpenAI batch "
+                              "file is recognised by its first line)")

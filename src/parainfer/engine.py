@@ -25,6 +25,7 @@ from parainfer.errors import JobError
 from parainfer.executors.base import TaskResult, WorkerFailed, WorkerReady
 from parainfer.executors.local import LocalExecutor, default_threads
 from parainfer.io.checkpoint import Checkpoint
+from parainfer.io.openai_batch import BATCH_TASK, open_batch_source, resolve_job_format
 from parainfer.io.sources import open_source
 from parainfer.merger import Merger
 from parainfer.models.base import Predictor
@@ -79,10 +80,11 @@ class Job:
     """
 
     def __init__(self, config: JobConfig, predictor: Predictor | None = None):
-        self.config = config
+        self.config = config = resolve_job_format(config)  # an OpenAI batch file: task openai-batch
         # Input problems are reported before any model is built or worker started.
-        self.source = open_source(config.input, text_column=config.text_column, id_column=config.id_column,
-                                  allow_messages=config.task == "generate")
+        self.source = open_batch_source(config.input) if config.task == BATCH_TASK else open_source(
+            config.input, text_column=config.text_column, id_column=config.id_column,
+            allow_messages=config.task == "generate")
         self.predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device,
                                                       **config.generation)
         self.num_workers = config.workers or default_workers(config.device, default_threads(1))
@@ -103,7 +105,7 @@ class Job:
         first_size = self.tuner.current if self.tuner else int(cfg.batch_size)
         builder = TaskBuilder(self.predictor.token_lengths, None, first_size, cfg.max_batch_tokens, self.bucket)
         report = TimingReport(workers=self.num_workers, policy=cfg.policy)
-        merger = Merger(cfg.id_column, cfg.text_column)
+        merger = Merger(cfg.id_column, cfg.text_column, own_rows=self.predictor.writes_own_rows)
         ckpt = Checkpoint(cfg, self.source, self.predictor)
         if ckpt.finished:
             out = _already_complete_report(ckpt, report, t0)

@@ -31,10 +31,14 @@ class Predictor(ABC):
         task: "classify", "embed" or "generate"; decides the output columns.
         max_input_tokens: the model's window in tokens; longer texts are truncated (and
             counted). None when the model has no window (a Python callable).
+        writes_own_rows: outputs are whole output rows (see below).
     """
 
     task: str = "custom"
     max_input_tokens: int | None = None
+    #: True: each output dict is the whole output row (the merger adds no id, text or input
+    #: columns); an OpenAI batch result line is one.
+    writes_own_rows: bool = False
 
     @abstractmethod
     def load(self) -> None:

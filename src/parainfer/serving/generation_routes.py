@@ -11,14 +11,13 @@ On a server of another task the routes answer 400 naming the task they need.
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from contextlib import aclosing
 from typing import Any, AsyncIterator, Callable
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from parainfer.serving.bodies import chat_completion_body, completion_body, completion_head
 from parainfer.serving.config import ServeConfig
 from parainfer.serving.errors import ApiError
 from parainfer.serving.generation_service import GenerationService
@@ -60,16 +59,13 @@ def generation_routes(config: ServeConfig, service: GenerationService | None) ->
         prompts = gen.prompts_from_completion(body.prompt)
         params = gen.params(body, prompts, default_max_tokens=16)
         gen.admit(prompts, params)
-        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": name}
+        head = completion_head("text", name)
         if body.stream:
             return _sse(_completion_events(gen.stream(prompts, params), head, _include_usage(body), prompts))
         choices = await _complete(gen, prompts, params, request)
         if isinstance(choices, Response):
             return choices
-        return JSONResponse({**head, "usage": _usage(choices),
-                             "choices": [{"index": c.index, "text": c.text, "logprobs": None,
-                                          "finish_reason": c.finish_reason} for c in choices]})
+        return JSONResponse(completion_body(head, choices))
 
     @router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
@@ -79,17 +75,14 @@ def generation_routes(config: ServeConfig, service: GenerationService | None) ->
         prompts = [gen.prompt_from_chat(_messages(body))]
         params = gen.params(body, prompts, default_max_tokens=None)
         gen.admit(prompts, params)
-        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": name}
+        head = completion_head("chat", name)
         if body.stream:
             head["object"] = "chat.completion.chunk"
             return _sse(_chat_events(gen.stream(prompts, params), head, _include_usage(body), prompts))
         choices = await _complete(gen, prompts, params, request)
         if isinstance(choices, Response):
             return choices
-        return JSONResponse({**head, "usage": _usage(choices),
-                             "choices": [{"index": c.index, "message": {"role": "assistant", "content": c.text},
-                                          "logprobs": None, "finish_reason": c.finish_reason} for c in choices]})
+        return JSONResponse(chat_completion_body(head, choices))
 
     return router
 
@@ -126,12 +119,6 @@ async def _complete(gen: GenerationService, prompts: list[list[int]], params: An
         return await gen.complete(prompts, params, request)
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
-
-
-def _usage(choices: Any) -> dict[str, int]:
-    prompt = sum(c.prompt_tokens for c in choices)
-    completion = sum(c.completion_tokens for c in choices)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def _sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
