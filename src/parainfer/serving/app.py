@@ -23,12 +23,15 @@ from fastapi.responses import JSONResponse
 from parainfer import __version__
 from parainfer.models.base import Predictor
 from parainfer.models.registry import build_predictor
+from parainfer.serving.batch_api import BatchApi
+from parainfer.serving.batch_runner import OnlineGate
 from parainfer.serving.config import ServeConfig
 from parainfer.serving.errors import ApiError, install_error_handlers
 from parainfer.serving.generation_routes import generation_routes
 from parainfer.serving.generation_service import GenerationService
 from parainfer.serving.metrics import ServingMetrics
-from parainfer.serving.middleware import AuthMiddleware, BodyLimitMiddleware, MetricsMiddleware
+from parainfer.serving.files import UploadAwareBodyLimit
+from parainfer.serving.middleware import AuthMiddleware, MetricsMiddleware
 from parainfer.serving.schemas import (
     ClassifyRequest,
     ClassifyResponse,
@@ -60,13 +63,16 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
     if generator is None:
         predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device)
     service: InferenceService | GenerationService = generator or InferenceService(config, predictor, metrics)
+    batch_api = BatchApi(config)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()
+        await batch_api.start(app)
         try:
             yield
         finally:
+            await batch_api.stop()
             await service.stop()
 
     lenient = {"strict_content_type": False} if "strict_content_type" in inspect.signature(FastAPI).parameters else {}
@@ -77,7 +83,10 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
     app.include_router(_v1_routes(config, service))
     app.include_router(generation_routes(config, generator))
     app.include_router(_ops_routes(service, metrics))
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.include_router(batch_api.router)  # /v1/files, /v1/batches
+    app.add_middleware(OnlineGate, load=batch_api.load)
+    app.add_middleware(UploadAwareBodyLimit, max_bytes=config.max_body_bytes,
+                       upload_bytes=int(config.max_file_mb * (1 << 20)))
     if config.api_key:
         app.add_middleware(AuthMiddleware, api_key=config.api_key)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 401s and 413s too

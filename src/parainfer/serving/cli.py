@@ -47,6 +47,11 @@ def serve_command(
                                                      "generate: the engine's torch threads)"),
     max_num_seqs: int = typer.Option(64, help="generate: most sequences in the engine's running batch"),
     group_by_length: bool = typer.Option(True, help="sort waiting inputs by length before batching"),
+    data_dir: Optional[str] = typer.Option(None, help="files and batch state (default: user data dir/parainfer/serve)"),
+    max_file_mb: float = typer.Option(200.0, help="larger uploads to /v1/files get 413"),
+    max_batch_lines: int = typer.Option(50_000, help="batch input files with more requests get 400"),
+    batch_concurrency: int = typer.Option(4, help="most batch requests running at once (only while no online "
+                                          "request is in flight)"),
     log_level: str = typer.Option("info", help="uvicorn log level"),
 ) -> None:
     """Serve the model over HTTP: OpenAI-compatible /v1/embeddings, /v1/classify, /v1/completions,
@@ -56,5 +61,6 @@ def serve_command(
                          request_timeout_s=request_timeout_s, api_key=api_key, dtype=dtype, device=device,
                          max_inputs_per_request=max_inputs_per_request, max_body_bytes=max_body_bytes,
                          threads_per_worker=threads_per_worker, group_by_length=group_by_length,
-                         max_num_seqs=max_num_seqs)
+                         max_num_seqs=max_num_seqs, data_dir=data_dir, max_file_mb=max_file_mb,
+                         max_batch_lines=max_batch_lines, batch_concurrency=batch_concurrency)
     run_server(config, log_level=log_level)
