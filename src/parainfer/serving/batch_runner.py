@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 LANE_HEADER = "x-parainfer-lane"
 ONLINE_PATHS = ("/v1/embeddings", "/v1/classify", "/v1/completions", "/v1/chat/completions")
 Call = Callable[[str, dict[str, Any]], Awaitable[tuple[int, dict[str, Any]]]]
+RETRIES, RETRY_STATUS = 240, (429, 503, 504)
 Plan = tuple[str, Any, Any]  # ("call", custom_id, body) or ("done", ok, result line)
 
 
@@ -195,13 +196,14 @@ class BatchRunner:
         self.store.save(batch)
 
     async def _answer(self, custom_id: str, body: dict[str, Any], url: str) -> tuple[bool, dict[str, Any]]:
-        """Run one request through the app; 429 (queue full) and 503 (loading) are retried."""
-        for attempt in range(240):
+        """Run one request through the app; 429 (queue full), 503 (loading) and 504 (past the
+        online request timeout: a busy server) are retried, up to RETRIES times."""
+        for _ in range(RETRIES):
             try:
                 status, payload = await self.call(url, body)
             except Exception as exc:  # noqa: BLE001 - this line fails, the batch goes on
                 status, payload = 500, error_body(f"{type(exc).__name__}: {exc}", "server_error")
-            if status not in (429, 503):
+            if status not in RETRY_STATUS:
                 break
             await asyncio.sleep(0.5)
         return status == 200, result_line(custom_id, status, payload)

@@ -55,7 +55,7 @@ def serve_command(
     log_level: str = typer.Option("info", help="uvicorn log level"),
 ) -> None:
     """Serve the model over HTTP: OpenAI-compatible /v1/embeddings, /v1/classify, /v1/completions,
-    /v1/chat/completions (--task generate), /health, /metrics."""
+    /v1/chat/completions (--task generate), /v1/files and /v1/batches (OpenAI batch jobs), /health, /metrics."""
     config = ServeConfig(task=task, model=model, workers=workers, host=host, port=port,
                          max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          request_timeout_s=request_timeout_s, api_key=api_key, dtype=dtype, device=device,
