@@ -17,7 +17,7 @@ import json
 from typing import Any
 
 from parainfer.errors import UsageError
-from parainfer.io.openai_batch import BATCH_TASK, ENDPOINTS, result_line
+from parainfer.io.openai_batch import BATCH_TASK, ENDPOINTS
 from parainfer.models.base import Predictor
 
 CHAT, TEXT, EMBED = ENDPOINTS

@@ -15,7 +15,6 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 
-from parainfer.io.openai_batch import ENDPOINTS
 from parainfer.serving.batch_runner import LANE_HEADER, BatchRunner, OnlineLoad
 from parainfer.serving.batches import BatchStore, batches_routes
 from parainfer.serving.config import ServeConfig

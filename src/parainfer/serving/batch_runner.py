@@ -26,9 +26,8 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 
-from parainfer.io.openai_batch import malformed_reason, result_line
-from parainfer.serving.batches import ACTIVE, BatchStore
-from parainfer.serving.errors import _TYPES
+from parainfer.io.openai_batch import result_line
+from parainfer.serving.batches import ACTIVE, BatchStore, Plan, plan_line
 from parainfer.serving.files import FileStore
 from parainfer.serving.middleware import ASGIApp, Receive, Scope, Send
 from parainfer.serving.schemas import error_body
@@ -38,7 +37,6 @@ LANE_HEADER = "x-parainfer-lane"
 ONLINE_PATHS = ("/v1/embeddings", "/v1/classify", "/v1/completions", "/v1/chat/completions")
 Call = Callable[[str, dict[str, Any]], Awaitable[tuple[int, dict[str, Any]]]]
 RETRIES, RETRY_STATUS = 240, (429, 503, 504)
-Plan = tuple[str, Any, Any]  # ("call", custom_id, body) or ("done", ok, result line)
 
 
 class OnlineLoad:
@@ -233,39 +231,3 @@ def _open_at(path: Path, size: int) -> Any:
     f.truncate(size)
     f.seek(size)
     return f
-
-
-def plan_line(raw: bytes, line: int, endpoint: str, seen: dict[str, int],
-              accepts_model: Callable[[str, str], bool]) -> Plan:
-    """What to do with one input line of a batch to ``endpoint``: call the endpoint, or its
-    answer now (a malformed line, a duplicate custom_id, another url, a model not served)."""
-    try:
-        row = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return "done", False, _line_error(None, "invalid_json", f"line {line} is not valid JSON: {exc}", line)
-    reason = malformed_reason(row) if isinstance(row, dict) else f"line {line} is not a JSON object"
-    cid = row.get("custom_id") if isinstance(row, dict) else None
-    if reason is None and cid in seen:
-        reason = f"duplicate custom_id {cid!r} (first on line {seen[cid]}); custom_ids must be unique"
-    if reason is not None:
-        return "done", False, _line_error(cid if isinstance(cid, str) else None, "invalid_request", reason, line)
-    seen[cid] = line
-    body = row["body"]
-    if row.get("url") != endpoint:
-        return _refuse(cid, f"url {row.get('url')!r} is not this batch's endpoint {endpoint}", "url", "invalid_url")
-    if str(row.get("method", "POST")).upper() != "POST":
-        return _refuse(cid, f"method {row.get('method')!r} is not supported; use POST", "method", "invalid_method")
-    if not accepts_model(endpoint, str(body.get("model") or "")):
-        return _refuse(cid, f"model {body.get('model')!r} is not served here", "model", "model_not_found")
-    if body.get("stream"):
-        return _refuse(cid, "stream is not supported in a batch; leave it false", "stream", "unsupported")
-    return "call", cid, body
-
-
-def _refuse(cid: str, message: str, param: str, code: str) -> Plan:
-    return "done", False, result_line(cid, 400, error_body(message, _TYPES[400], param, code))
-
-
-def _line_error(cid: str | None, code: str, message: str, line: int) -> dict[str, Any]:
-    return {"id": result_line("", 0, {})["id"], "custom_id": cid, "response": None,
-            "error": {"code": code, "message": message, "line": line}}
