@@ -1,9 +1,12 @@
 """Runs batches on the server's own replicas, one batch at a time, behind online requests.
 
 Priority: a request line starts only while no online request is in flight (``OnlineLoad``,
-counted by the ``OnlineGate`` middleware) and fewer than ``concurrency`` lines are running;
-lines already running finish. So online requests queue behind at most ``concurrency`` batch
-requests, and a batch advances on the capacity online traffic leaves idle.
+counted by the ``OnlineGate`` middleware), and while fewer than ``concurrency`` lines are
+running, or fewer than one when an online request ran within the last ``QUIET_S`` seconds;
+lines already running finish. So under online traffic an online request waits behind at most
+one batch request (on one replica; the router sends it to another when there is one), and a
+batch advances on the capacity online traffic leaves idle, at full ``concurrency`` once the
+online traffic has stopped.
 
 Each line goes through the app itself (an in-process ASGI call to its endpoint, marked with
 the ``x-parainfer-lane: batch`` header), so its body is exactly the online answer. Results
@@ -37,17 +40,23 @@ LANE_HEADER = "x-parainfer-lane"
 ONLINE_PATHS = ("/v1/embeddings", "/v1/classify", "/v1/completions", "/v1/chat/completions")
 Call = Callable[[str, dict[str, Any]], Awaitable[tuple[int, dict[str, Any]]]]
 RETRIES, RETRY_STATUS = 240, (429, 503, 504)
+QUIET_S = 1.0  # seconds without online requests before a batch runs at full concurrency
 
 
 class OnlineLoad:
-    """Online inference requests in flight (batch lines not counted)."""
+    """Online inference requests in flight (batch lines not counted), and when one last ran."""
 
     def __init__(self) -> None:
         self.in_flight = 0
+        self.last_active = float("-inf")  # time.monotonic() of the last online start or end
 
     @property
     def idle(self) -> bool:
         return self.in_flight == 0
+
+    def quiet_for(self, seconds: float) -> bool:
+        """No online request in flight, nor started or ended in the last ``seconds``."""
+        return self.idle and time.monotonic() - self.last_active >= seconds
 
 
 class OnlineGate:
@@ -62,10 +71,12 @@ class OnlineGate:
         if not online:
             return await self.app(scope, receive, send)
         self.load.in_flight += 1
+        self.load.last_active = time.monotonic()
         try:
             await self.app(scope, receive, send)
         finally:
             self.load.in_flight -= 1
+            self.load.last_active = time.monotonic()
 
 
 class BatchRunner:
@@ -158,7 +169,7 @@ class BatchRunner:
                 cancelling = batch["status"] == "cancelling"
                 if cancelling and not running:
                     break
-                while not cancelling and launched < len(plans) and len(running) < self.concurrency and self.load.idle:
+                while not cancelling and launched < len(plans) and len(running) < self._room():
                     kind, a, b = plans[launched]
                     if kind == "done":
                         results[launched] = (a, b)
@@ -168,7 +179,7 @@ class BatchRunner:
                 if running:
                     await asyncio.wait(running.values(), timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
                 elif written not in results:
-                    await asyncio.sleep(0.005)  # waiting for the online requests to finish
+                    await asyncio.sleep(0.02)  # waiting for the online requests to finish
                 for i in [i for i, t in running.items() if t.done()]:
                     results[i] = running.pop(i).result()
                 while written in results:
@@ -176,15 +187,21 @@ class BatchRunner:
                     (out if ok else errs).write(orjson.dumps(line) + b"\n")
                     counts["completed" if ok else "failed"] += 1
                     written += 1
-                if time.monotonic() - last_commit >= self.commit_every_s:
-                    self._commit(batch, written, out, errs)
+                if time.monotonic() - last_commit >= self.commit_every_s:  # fsyncs off the event loop
+                    await asyncio.to_thread(self._commit, batch, written, out, errs)
                     last_commit = time.monotonic()
-            self._commit(batch, written, out, errs)
+            await asyncio.to_thread(self._commit, batch, written, out, errs)
         finally:
             for task in running.values():
                 task.cancel()
             out.close()
             errs.close()
+
+    def _room(self) -> int:
+        """Batch lines that may run now (0 while an online request is in flight)."""
+        if not self.load.idle:
+            return 0
+        return self.concurrency if self.load.quiet_for(QUIET_S) else 1
 
     def _commit(self, batch: dict[str, Any], written: int, out: Any, errs: Any) -> None:
         for f in (out, errs):
