@@ -32,6 +32,7 @@ LINES = [
     ("gpt", "/v1/chat/completions", {"model": "gpt-4o", **CHAT}),
     ("n2", "/v1/chat/completions", {**CHAT, "n": 2}),
     ("bad-temp", "/v1/chat/completions", {**CHAT, "temperature": "hot"}),
+    ("bad-max", "/v1/chat/completions", {**CHAT, "max_tokens": "many"}),
     ("emb", "/v1/embeddings", {"input": "duplicate id"}),
 ]
 
@@ -57,7 +58,7 @@ def test_a_mixed_batch_file_gets_openai_result_lines_in_input_order(tmp_path: Pa
         assert r["response"]["request_id"].startswith("req_")
     status = {c: r["response"]["status_code"] for c, r in by_id.items()}
     assert status == {"chat": 200, "emb": 200, "text": 200, "seed-a": 200, "seed-b": 200, "b64": 200, "gpt": 400,
-                      "n2": 400, "bad-temp": 422}
+                      "n2": 400, "bad-temp": 422, "bad-max": 422}
     body = {c: r["response"]["body"] for c, r in by_id.items()}
     chat = ChatCompletionResponse.model_validate(body["chat"])
     assert chat.model == "SmolLM2-135M-Instruct" and 1 <= chat.usage.completion_tokens <= 4
@@ -77,7 +78,7 @@ def test_a_mixed_batch_file_gets_openai_result_lines_in_input_order(tmp_path: Pa
     assert body["gpt"]["error"]["code"] == "model_not_found" and "gpt-4o" in body["gpt"]["error"]["message"]
     assert body["n2"]["error"]["param"] == "n" and body["bad-temp"]["error"]["param"] == "temperature"
     errors = read_jsonl(tmp_path / "results.errors.jsonl")
-    assert [e["line"] for e in errors] == [4, 11]
+    assert [e["line"] for e in errors] == [4, 12]
     assert "not valid JSON" in errors[0]["reason"] and "duplicate custom_id 'emb'" in errors[1]["reason"]
     again = run_cli(str(src), "--output", str(out), "--workers", "1")
     assert again.returncode == 1 and "already complete" in again.stderr

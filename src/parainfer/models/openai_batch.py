@@ -87,9 +87,10 @@ class OpenAIBatchPredictor(Predictor):
         out = []
         for req in texts:
             body = req.get("body") or {}
-            new = 0 if req.get("url") == EMBED else int(body.get("max_completion_tokens") or body.get("max_tokens")
-                                                        or (16 if req.get("url") == TEXT else 256))
-            out.append(len(json.dumps(body, ensure_ascii=False)) // 4 + 1 + max(0, new))
+            new = 0 if req.get("url") == EMBED else body.get("max_completion_tokens") or body.get("max_tokens")
+            if not isinstance(new, int):  # unset, or bad (the line's own 422 says so later)
+                new = 16 if req.get("url") == TEXT else 256
+            out.append(len(json.dumps(body, ensure_ascii=False, default=str)) // 4 + 1 + max(0, min(new, 8192)))
         return out
 
     def predict(self, texts: list[Any]) -> list[dict[str, Any]]:
