@@ -59,6 +59,8 @@ def run(
                                                      "local Ray started for the job)"),
     cpus_per_worker: float = typer.Option(1.0, help="ray: CPUs each worker actor asks for"),
     gpus_per_worker: float = typer.Option(0.0, help="ray: GPUs each worker actor asks for"),
+    input_format: str = typer.Option("auto", "--format", help="auto | records | openai-batch (an OpenAI batch "
+                                     "file: one result line per request; auto recognises it by its first line)"),
 ) -> None:
     """Run a batch job: every input record's result, in input order, computed by N workers."""
     from parainfer.config import JobConfig
@@ -74,7 +76,8 @@ def run(
                        task_timeout=task_timeout, overwrite=overwrite, checkpoint_every_s=checkpoint_every,
                        translation=dict(source_lang=source_lang, target_lang=target_lang) if task == "translate" else {},
                        executor=executor, address=address, cpus_per_worker=cpus_per_worker,
-                       gpus_per_worker=gpus_per_worker)
+                       gpus_per_worker=gpus_per_worker,
+                       input_format=input_format)
     from parainfer.recovery import Interrupted
 
     try:

@@ -60,3 +60,5 @@ class JobConfig(BaseModel):
 
     generation: dict = Field(default_factory=dict, description="sampling options for --task generate")
     translation: dict = Field(default_factory=dict, description="--task translate: source_lang, target_lang")
+    input_format: str = Field(default="auto", description="auto | records | openai-batch (auto: an OpenAI batch "
+                              "file is recognised by its first line)")

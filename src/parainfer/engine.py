@@ -28,6 +28,7 @@ from parainfer.executors.base import TaskResult, WorkerFailed, WorkerReady
 from parainfer.io.checkpoint import Checkpoint
 from parainfer.io.guard import OutputLock, check_output_paths
 from parainfer.io.sinks import default_errors_path
+from parainfer.io.openai_batch import BATCH_TASK, open_batch_source, resolve_job_format
 from parainfer.io.sources import open_source
 from parainfer.merger import Merger
 from parainfer.models.base import Predictor
@@ -85,11 +86,12 @@ class Job:
     """
 
     def __init__(self, config: JobConfig, predictor: Predictor | None = None):
-        self.config = config
+        self.config = config = resolve_job_format(config)  # an OpenAI batch file: task openai-batch
         check_executor(config.executor)
         # Input problems are reported before any model is built or worker started.
-        self.source = open_source(config.input, text_column=config.text_column, id_column=config.id_column,
-                                  allow_messages=config.task == "generate")
+        self.source = open_batch_source(config.input) if config.task == BATCH_TASK else open_source(
+            config.input, text_column=config.text_column, id_column=config.id_column,
+            allow_messages=config.task == "generate")
         check_output_paths(config.input, {"output": config.output, "report": config.report,
                                           "errors file": config.errors or default_errors_path(config.output)})
         self.predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device,
@@ -122,7 +124,7 @@ class Job:
         first_size = self.tuner.current if self.tuner else int(cfg.batch_size)
         builder = TaskBuilder(self.predictor.token_lengths, None, first_size, cfg.max_batch_tokens, self.bucket)
         report = TimingReport(workers=self.num_workers, policy=cfg.policy)
-        merger = Merger(cfg.id_column, cfg.text_column)
+        merger = Merger(cfg.id_column, cfg.text_column, own_rows=self.predictor.writes_own_rows)
         ckpt = Checkpoint(cfg, self.source, self.predictor)
         if ckpt.finished:
             out = _already_complete_report(ckpt, report, t0)

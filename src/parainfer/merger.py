@@ -24,11 +24,13 @@ class Merger:
 
     Args:
         id_column, text_column: names used for the id and text in output rows.
+        own_rows: each result is the whole output row (``Predictor.writes_own_rows``).
     """
 
-    def __init__(self, id_column: str = "id", text_column: str = "text"):
+    def __init__(self, id_column: str = "id", text_column: str = "text", own_rows: bool = False):
         self.id_column = id_column
         self.text_column = text_column
+        self.own_rows = own_rows
         self._records: dict[int, Record] = {}
         self._done: dict[int, Any] = {}
         self.next_seq = 0
@@ -76,6 +78,9 @@ class Merger:
                 continue
             rec = records.pop(seq)
             drained.append((seq, rec.line))
+            if self.own_rows:
+                rows.append(out)
+                continue
             extra = rec.extra
             if not extra.keys().isdisjoint(out):  # an input column named like a result column
                 self.renamed.update(extra.keys() & out.keys())

@@ -37,6 +37,7 @@ class Predictor(ABC):
     A predictor that runs its own thread pool declares a ``threads`` attribute: the worker sets
     it to the worker's thread share (``--threads-per-worker``, default cores // workers) before
     ``load``.
+        writes_own_rows: outputs are whole output rows (see below).
     """
 
     task: str = "custom"
@@ -44,6 +45,9 @@ class Predictor(ABC):
     # Workers for ``--workers 0``: None = the device's default (one per core on the CPU); 1 for a
     # model that spreads one batch over every core itself (threads) and is faster that way.
     default_workers: int | None = None
+    #: True: each output dict is the whole output row (the merger adds no id, text or input
+    #: columns); an OpenAI batch result line is one.
+    writes_own_rows: bool = False
 
     @abstractmethod
     def load(self) -> None:

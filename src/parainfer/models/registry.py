@@ -22,9 +22,10 @@ def build_predictor(task: str = "classify", model: str | None = None, dtype: str
     """Build (not load) the predictor for ``task`` and ``model``.
 
     Args:
-        task: "classify" | "embed" | "generate" | "translate".
+        task: "classify" | "embed" | "generate" | "translate", or "openai-batch" (OpenAI batch
+            request lines).
         model: None or a built-in name (see BUILTIN_MODELS), a local Hugging Face directory,
-            or "module:function" for a Python callable.
+            or "module:function" for a Python callable ("openai-batch": "generate=M,embed=M").
         dtype: "auto" | "float32" | "bfloat16".
         device: "cpu" or "cuda[:i]".
         options: task options (generation sampling settings; translate: source_lang, target_lang).
@@ -36,6 +37,10 @@ def build_predictor(task: str = "classify", model: str | None = None, dtype: str
     from parainfer.models.dtype import check_dtype
 
     check_dtype(dtype)
+    if task == "openai-batch":  # OpenAI batch files: one predictor routing each line by its url
+        from parainfer.models.openai_batch import OpenAIBatchPredictor, parse_models
+
+        return OpenAIBatchPredictor(parse_models(model), dtype=dtype, device=device)
     if task not in TASKS:
         raise UsageError(f"unknown task {task!r}; accepted: {', '.join(TASKS)}")
     name = model or "default"

@@ -24,6 +24,8 @@ from fastapi.responses import JSONResponse
 from parainfer import __version__
 from parainfer.models.base import Predictor
 from parainfer.models.registry import build_predictor
+from parainfer.serving.batch_api import BatchApi
+from parainfer.serving.batch_runner import OnlineGate
 from parainfer.serving.config import ServeConfig
 from parainfer.serving.json_body import OrjsonRoute
 from parainfer.serving.errors import ApiError, install_error_handlers
@@ -31,7 +33,8 @@ from parainfer.serving.generation_routes import generation_routes
 from parainfer.serving.generation_service import GenerationService
 from parainfer.serving.guards import JsonContentTypeMiddleware, LoopbackGuardMiddleware, binds_loopback
 from parainfer.serving.metrics import ServingMetrics
-from parainfer.serving.middleware import AuthMiddleware, BodyLimitMiddleware, MetricsMiddleware
+from parainfer.serving.files import UploadAwareBodyLimit
+from parainfer.serving.middleware import AuthMiddleware, MetricsMiddleware
 from parainfer.serving.schemas import (
     ClassifyRequest,
     ClassifyResponse,
@@ -66,13 +69,16 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
         predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device,
                                                  **both_directions)
     service: InferenceService | GenerationService = generator or InferenceService(config, predictor, metrics)
+    batch_api = BatchApi(config)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()
+        await batch_api.start(app)
         try:
             yield
         finally:
+            await batch_api.stop()
             await service.stop()
 
     lenient = {"strict_content_type": False} if "strict_content_type" in inspect.signature(FastAPI).parameters else {}
@@ -84,7 +90,10 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
     app.include_router(generation_routes(config, generator))
     app.include_router(translation_routes(config, service if config.task == "translate" else None))
     app.include_router(_ops_routes(service, metrics))
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.include_router(batch_api.router)  # /v1/files, /v1/batches
+    app.add_middleware(OnlineGate, load=batch_api.load)
+    app.add_middleware(UploadAwareBodyLimit, max_bytes=config.max_body_bytes,
+                       upload_bytes=int(config.max_file_mb * (1 << 20)))
     app.add_middleware(JsonContentTypeMiddleware)
     if config.api_key:
         app.add_middleware(AuthMiddleware, api_key=config.api_key)

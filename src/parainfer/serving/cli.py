@@ -50,6 +50,11 @@ def serve_command(
                                                      "generate: the engine's torch threads)"),
     max_num_seqs: int = typer.Option(64, help="generate: most sequences in the engine's running batch"),
     group_by_length: bool = typer.Option(True, help="sort waiting inputs by length before batching"),
+    data_dir: Optional[str] = typer.Option(None, help="files and batch state (default: user data dir/parainfer/serve)"),
+    max_file_mb: float = typer.Option(200.0, help="larger uploads to /v1/files get 413"),
+    max_batch_lines: int = typer.Option(50_000, help="batch input files with more requests get 400"),
+    batch_concurrency: int = typer.Option(4, help="most batch requests running at once (only while no online "
+                                          "request is in flight)"),
     log_level: str = typer.Option("info", help="uvicorn log level"),
     executor: str = typer.Option("local", help="local (worker processes) | ray (replicas as Ray actors; "
                                  "embed and classify)"),
@@ -59,7 +64,8 @@ def serve_command(
     gpus_per_worker: float = typer.Option(0.0, help="ray: GPUs each replica actor asks for"),
 ) -> None:
     """Serve the model over HTTP: OpenAI-compatible /v1/embeddings, /v1/classify, /v1/completions,
-    /v1/chat/completions (--task generate), /v1/translations (--task translate), /health, /metrics."""
+    /v1/chat/completions (--task generate), /v1/translations (--task translate), /v1/files and
+    /v1/batches (OpenAI batch jobs), /health, /metrics."""
     from parainfer.executors import check_executor
     from parainfer.errors import UsageError
 
@@ -73,5 +79,7 @@ def serve_command(
                          max_inputs_per_request=max_inputs_per_request, max_body_bytes=max_body_bytes,
                          threads_per_worker=threads_per_worker, group_by_length=group_by_length,
                          max_num_seqs=max_num_seqs, executor=executor, address=address,
-                         cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker)
+                         cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+                         data_dir=data_dir, max_file_mb=max_file_mb,
+                         max_batch_lines=max_batch_lines, batch_concurrency=batch_concurrency)
     run_server(config, log_level=log_level)

@@ -47,6 +47,13 @@ class ServeConfig(BaseModel):
     address: str | None = Field(default=None, description="ray: cluster HOST:PORT (default RAY_ADDRESS, else local)")
     cpus_per_worker: float = Field(default=1.0, gt=0, description="ray: CPUs each replica actor asks for")
     gpus_per_worker: float = Field(default=0.0, ge=0, description="ray: GPUs each replica actor asks for")
+    # ---- OpenAI Files and Batches (/v1/files, /v1/batches; see docs/batch.md) ----
+    data_dir: str | None = Field(default=None, description="where files and batch state are kept (default: the "
+                                 "user data dir, parainfer/serve)")
+    max_file_mb: float = Field(default=200.0, gt=0, description="larger uploads to /v1/files get 413")
+    max_batch_lines: int = Field(default=50_000, ge=1, description="a batch input file with more requests gets 400")
+    batch_concurrency: int = Field(default=4, ge=1, description="most batch requests running at once; they start "
+                                   "only while no online request is in flight")
 
     def served_model_name(self) -> str:
         """The id reported by /v1/models and in responses ("all-MiniLM-L6-v2" for the default embedder)."""

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-import uuid
 from contextlib import aclosing
 from typing import Any, AsyncIterator, Callable
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from parainfer.serving.bodies import chat_completion_body, completion_body, completion_head
 from parainfer.serving.config import ServeConfig
 from parainfer.serving.json_body import OrjsonRoute
 from parainfer.serving.errors import ApiError, request_id
@@ -62,17 +61,14 @@ def generation_routes(config: ServeConfig, service: GenerationService | None) ->
         if body.echo:
             raise ApiError(400, "echo is not supported; leave it false", param="echo", code="unsupported")
         got = await gen.admit_completion(body)
-        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": name}
+        head = completion_head("text", name)
         if body.stream:
             return _sse(_completion_events(gen.stream(got.prompts, got.params, got.reservation), head,
                                            _include_usage(body), got.prompts, request), got.reservation)
         choices = await _complete(gen, got, request)
         if isinstance(choices, Response):
             return choices
-        return JSONResponse({**head, "usage": _usage(choices),
-                             "choices": [{"index": c.index, "text": c.text, "logprobs": None,
-                                          "finish_reason": c.finish_reason} for c in choices]})
+        return JSONResponse(completion_body(head, choices))
 
     @router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
@@ -80,8 +76,7 @@ def generation_routes(config: ServeConfig, service: GenerationService | None) ->
         gen = need("/v1/chat/completions")
         _check_supported(body)
         got = await gen.admit_chat(body, _messages(body))
-        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": name}
+        head = completion_head("chat", name)
         if body.stream:
             head["object"] = "chat.completion.chunk"
             return _sse(_chat_events(gen.stream(got.prompts, got.params, got.reservation), head,
@@ -89,9 +84,7 @@ def generation_routes(config: ServeConfig, service: GenerationService | None) ->
         choices = await _complete(gen, got, request)
         if isinstance(choices, Response):
             return choices
-        return JSONResponse({**head, "usage": _usage(choices),
-                             "choices": [{"index": c.index, "message": {"role": "assistant", "content": c.text},
-                                          "logprobs": None, "finish_reason": c.finish_reason} for c in choices]})
+        return JSONResponse(chat_completion_body(head, choices))
 
     return router
 
@@ -128,12 +121,6 @@ async def _complete(gen: GenerationService, got: Admitted, request: Request) -> 
         return await gen.complete(got.prompts, got.params, request, got.reservation)
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
-
-
-def _usage(choices: Any) -> dict[str, int]:
-    prompt = sum(c.prompt_tokens for c in choices)
-    completion = sum(c.completion_tokens for c in choices)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 class _ReleasingStream(StreamingResponse):

@@ -20,7 +20,7 @@ from parainfer.serving.middleware import ASGIApp, Receive, Scope, Send, send_jso
 from parainfer.serving.schemas import error_body
 
 JSON_ROUTES = frozenset({"/v1/embeddings", "/v1/classify", "/v1/completions", "/v1/chat/completions",
-                         "/v1/translations"})
+                         "/v1/translations", "/v1/batches"})
 
 
 def is_json_content_type(value: bytes | None) -> bool:

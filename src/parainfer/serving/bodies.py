@@ -1,0 +1,61 @@
+"""Response bodies of the inference endpoints, built in one place for every caller.
+
+The online routes (``generation_routes``, ``app``) and the OpenAI batch paths
+(``parainfer run`` on a batch file, ``/v1/batches``) all shape their answers here, so a batch
+result's ``body`` is exactly what the matching online endpoint returns. The shapes are
+OpenAI's (and the pydantic models in ``schemas``): a chat completion, a text completion, an
+embeddings list, each with ``usage``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Protocol, Sequence
+
+
+class ChoiceLike(Protocol):
+    """One finished sequence: what ``generation_service.Choice`` holds."""
+
+    index: int
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def completion_head(kind: str, model: str) -> dict[str, Any]:
+    """``{id, object, created, model}`` of a new completion; ``kind`` is "chat" or "text"."""
+    if kind == "chat":
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": model}
+    return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+            "model": model}
+
+
+def usage(choices: Sequence[ChoiceLike]) -> dict[str, int]:
+    """OpenAI's completion usage summed over the choices."""
+    prompt = sum(c.prompt_tokens for c in choices)
+    completion = sum(c.completion_tokens for c in choices)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def chat_completion_body(head: dict[str, Any], choices: Sequence[ChoiceLike]) -> dict[str, Any]:
+    """A ``chat.completion`` object (schemas.ChatCompletionResponse)."""
+    return {**head, "usage": usage(choices),
+            "choices": [{"index": c.index, "message": {"role": "assistant", "content": c.text},
+                         "logprobs": None, "finish_reason": c.finish_reason} for c in choices]}
+
+
+def completion_body(head: dict[str, Any], choices: Sequence[ChoiceLike]) -> dict[str, Any]:
+    """A ``text_completion`` object (schemas.CompletionResponse)."""
+    return {**head, "usage": usage(choices),
+            "choices": [{"index": c.index, "text": c.text, "logprobs": None,
+                         "finish_reason": c.finish_reason} for c in choices]}
+
+
+def embeddings_body(data: list[dict[str, Any]], model: str, tokens: int) -> dict[str, Any]:
+    """An embeddings ``list`` object (schemas.EmbeddingResponse); ``data`` items are
+    ``{"object": "embedding", "index", "embedding"}``, ``tokens`` the input tokens."""
+    return {"object": "list", "data": data, "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}

@@ -1,0 +1,180 @@
+"""The official ``openai`` client drives /v1/files and /v1/batches on a real embedding server:
+upload, create, poll, download, cancel; limits and bad input answer OpenAI-style errors; a
+server SIGKILLed mid-batch resumes it after a restart, each result written exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from conftest import free_port, running_server
+
+KEY = "batch-test-key"
+
+
+def batch_lines(n: int, inputs: int = 1, prefix: str = "r") -> list[str]:
+    return [json.dumps({"custom_id": f"{prefix}{i}", "method": "POST", "url": "/v1/embeddings",
+                        "body": {"model": "all-MiniLM-L6-v2", "input": [f"text {i} part {j}" for j in range(inputs)]
+                                 if inputs > 1 else f"request number {i}"}}) for i in range(n)]
+
+
+def wait_done(client: openai.OpenAI, batch_id: str, timeout_s: float = 300) -> object:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in ("completed", "failed", "cancelled", "expired"):
+            return batch
+        assert time.monotonic() < deadline, f"batch still {batch.status}"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    data = tmp_path_factory.mktemp("data")
+    with running_server(task="embed", workers=1, api_key=KEY, data_dir=str(data), max_file_mb=0.25,
+                        max_batch_lines=300) as url:
+        yield url, openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+
+
+def test_upload_create_poll_download_with_per_line_errors(server, tmp_path: Path) -> None:
+    url, client = server
+    lines = batch_lines(6)
+    lines.insert(2, "{not json")
+    lines.append(json.dumps({"custom_id": "r1", "method": "POST", "url": "/v1/embeddings", "body": {"input": "x"}}))
+    lines.append(json.dumps({"custom_id": "chat", "method": "POST", "url": "/v1/chat/completions",
+                             "body": {"messages": [{"role": "user", "content": "hi"}]}}))
+    lines.append(json.dumps({"custom_id": "gpt", "method": "POST", "url": "/v1/embeddings",
+                             "body": {"model": "text-embedding-3-small", "input": "x"}}))
+    src = tmp_path / "batch.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    uploaded = client.files.create(file=src.open("rb"), purpose="batch")
+    assert uploaded.purpose == "batch" and uploaded.bytes == src.stat().st_size
+    assert client.files.content(uploaded.id).read() == src.read_bytes()
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h",
+                                  metadata={"job": "test"})
+    assert batch.status == "validating" and batch.metadata == {"job": "test"}
+    done = wait_done(client, batch.id)
+    assert done.status == "completed" and done.in_progress_at and done.finalizing_at and done.completed_at
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (10, 6, 4)
+    out = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
+    assert [r["custom_id"] for r in out] == [f"r{i}" for i in range(6)]  # input order
+    online = httpx.post(url + "/v1/embeddings", json={"input": "request number 3"},
+                        headers={"Authorization": f"Bearer {KEY}"}).json()
+    body = out[3]["response"]["body"]
+    assert out[3]["response"]["status_code"] == 200 and out[3]["error"] is None
+    assert set(body) == set(online) and body["usage"] == online["usage"] and body["model"] == online["model"]
+    assert np.allclose(body["data"][0]["embedding"], online["data"][0]["embedding"], atol=1e-5)
+    errors = [json.loads(x) for x in client.files.content(done.error_file_id).text.splitlines()]
+    assert [e["custom_id"] for e in errors] == [None, "r1", "chat", "gpt"]
+    assert errors[0]["error"]["code"] == "invalid_json" and errors[0]["error"]["line"] == 3
+    assert "duplicate custom_id 'r1'" in errors[1]["error"]["message"]
+    assert errors[2]["response"]["status_code"] == 400 and errors[2]["response"]["body"]["error"]["param"] == "url"
+    assert errors[3]["response"]["body"]["error"]["code"] == "model_not_found"
+    assert done.id in [b.id for b in client.batches.list(limit=10).data]
+    assert client.files.delete(uploaded.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(uploaded.id)
+
+
+def test_cancel_limits_and_bad_requests(server, tmp_path: Path) -> None:
+    _, client = server
+    big, small = tmp_path / "big.jsonl", tmp_path / "small.jsonl"
+    big.write_text("\n".join(batch_lines(40, prefix="b")) + "\n")
+    small.write_text("\n".join(batch_lines(3, prefix="s")) + "\n")
+    first = client.batches.create(input_file_id=client.files.create(file=big.open("rb"), purpose="batch").id,
+                                  endpoint="/v1/embeddings", completion_window="24h")
+    second = client.batches.create(input_file_id=client.files.create(file=small.open("rb"), purpose="batch").id,
+                                   endpoint="/v1/embeddings", completion_window="24h")
+    assert client.batches.cancel(second.id).status == "cancelling"  # queued behind the first: none of it ran
+    cancelled = wait_done(client, second.id)
+    assert cancelled.status == "cancelled" and cancelled.cancelled_at and cancelled.request_counts.completed == 0
+    done = wait_done(client, first.id)
+    assert done.status == "completed" and done.request_counts.completed == 40
+    with pytest.raises(openai.BadRequestError, match="only a validating or in_progress batch"):
+        client.batches.cancel(first.id)
+    file_id = client.files.create(file=small.open("rb"), purpose="batch").id
+    for kwargs, message in [
+        (dict(input_file_id=done.output_file_id, endpoint="/v1/embeddings"), "purpose 'batch_output'"),
+        (dict(input_file_id=file_id, endpoint="/v1/responses"), "endpoint '/v1/responses' is not supported"),
+        (dict(input_file_id=file_id, endpoint="/v1/chat/completions"), "not served by this server"),
+        (dict(input_file_id="file-nope", endpoint="/v1/embeddings"), "no file with id 'file-nope'"),
+    ]:
+        with pytest.raises(openai.BadRequestError, match=message):
+            client.batches.create(completion_window="24h", **kwargs)
+    many = tmp_path / "many.jsonl"
+    many.write_text("\n".join(batch_lines(301)) + "\n")
+    with pytest.raises(openai.BadRequestError, match="301 requests, over the limit of 300"):
+        client.batches.create(input_file_id=client.files.create(file=many.open("rb"), purpose="batch").id,
+                              endpoint="/v1/embeddings", completion_window="24h")
+    huge = tmp_path / "huge.jsonl"
+    huge.write_text("\n".join(batch_lines(3000)) + "\n")  # > 0.25 MB
+    with pytest.raises(openai.APIStatusError, match="--max-file-mb") as err:
+        client.files.create(file=huge.open("rb"), purpose="batch")
+    assert err.value.status_code == 413
+    with pytest.raises(openai.BadRequestError, match="purpose 'fine-tune' is not supported"):
+        client.files.create(file=small.open("rb"), purpose="fine-tune")
+
+
+def serve(data: Path, port: int, key: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.Popen([sys.executable, "-m", "parainfer.cli", "serve", "--task", "embed", "--workers", "1",
+                             "--port", str(port), "--data-dir", str(data), "--api-key", key,
+                             "--batch-concurrency", "1", "--log-level", "warning"],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server did not become healthy"
+        time.sleep(0.1)
+
+
+def test_a_server_killed_mid_batch_resumes_it_exactly_once(tmp_path: Path) -> None:
+    data, port = tmp_path / "data", free_port()
+    url, src = f"http://127.0.0.1:{port}", tmp_path / "batch.jsonl"
+    src.write_text("\n".join(batch_lines(30, inputs=16)) + "\n")
+    proc = serve(data, port, KEY)
+    try:
+        wait_healthy(url, proc)
+        client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+        batch = client.batches.create(input_file_id=client.files.create(file=src.open("rb"), purpose="batch").id,
+                                      endpoint="/v1/embeddings", completion_window="24h")
+        deadline = time.monotonic() + 120
+        while client.batches.retrieve(batch.id).request_counts.completed < 3:  # some results committed
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the server and its worker, no shutdown
+        proc.wait()
+    record = json.loads((data / "batches" / batch.id / "batch.json").read_text())
+    assert record["status"] == "in_progress" and 3 <= record["progress"]["next_line"] < 30, record["progress"]
+    proc = serve(data, port, KEY)
+    try:
+        wait_healthy(url, proc)
+        done = wait_done(client, batch.id)
+        assert done.status == "completed" and done.request_counts.completed == 30 and done.error_file_id is None
+        rows = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
+        assert [r["custom_id"] for r in rows] == [f"r{i}" for i in range(30)]  # each once, in order
+        assert all(len(r["response"]["body"]["data"]) == 16 for r in rows)
+        other = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+        assert other.files.retrieve(done.output_file_id).purpose == "batch_output"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
