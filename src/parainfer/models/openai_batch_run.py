@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from parainfer.errors import UsageError
 from parainfer.io.openai_batch import ENDPOINTS, result_line
-from parainfer.serving.errors import ApiError, _TYPES
+from parainfer.serving.errors import ApiError, error_type
 from parainfer.serving.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, error_body
 
 CHAT, TEXT, EMBED = ENDPOINTS
@@ -58,7 +58,7 @@ def answer_requests(predictor: Any, requests: list[dict[str, Any]]) -> list[dict
                 gens.append(_prepare_generation(predictor, pos, url, body))
         except ApiError as e:
             lines[pos] = result_line(req["custom_id"], e.status, error_body(
-                e.message, _TYPES.get(e.status, "server_error"), e.param, e.code))
+                e.message, error_type(e.status), e.param, e.code))
     if embeds:
         _run_embeddings(predictor, embeds, requests, lines)
     if gens:

@@ -94,7 +94,8 @@ class BatchApi:
         headers = {LANE_HEADER: "batch"}
         if self.config.api_key:
             headers["authorization"] = f"Bearer {self.config.api_key}"
-        self._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://batch.internal",
+        # In-process calls (no socket); a loopback Host passes the loopback guard (serving/guards.py).
+        self._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1",
                                          headers=headers, timeout=None)
 
         async def call(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:

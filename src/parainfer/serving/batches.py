@@ -23,7 +23,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from parainfer.io.openai_batch import ENDPOINTS, malformed_reason, result_line
-from parainfer.serving.errors import _TYPES, ApiError
+from parainfer.serving.errors import ApiError, error_type
 from parainfer.serving.files import FileStore, owner_of, write_json_atomic
 from parainfer.serving.schemas import error_body
 
@@ -189,7 +189,7 @@ def plan_line(raw: bytes, line: int, endpoint: str, seen: dict[str, int],
 
 
 def _refuse(cid: str, message: str, param: str, code: str) -> Plan:
-    return "done", False, result_line(cid, 400, error_body(message, _TYPES[400], param, code))
+    return "done", False, result_line(cid, 400, error_body(message, error_type(400), param, code))
 
 
 def _line_error(cid: str | None, code: str, message: str, line: int) -> dict[str, Any]:
