@@ -26,6 +26,7 @@ from parainfer.executors.base import TaskResult, WorkerFailed, WorkerReady
 from parainfer.executors.local import LocalExecutor, default_threads
 from parainfer.io.checkpoint import Checkpoint
 from parainfer.io.sources import open_source
+from parainfer.length_estimate import LengthEstimator
 from parainfer.merger import Merger
 from parainfer.models.base import Predictor
 from parainfer.models.registry import build_predictor
@@ -35,7 +36,7 @@ from parainfer.recovery import GracefulStop, Interrupted, TaskRecovery, Watchdog
 from parainfer.report import TimingReport, summary_lines, write_report
 from parainfer.scheduling import make_policy
 from parainfer.scheduling.autobatch import BatchSizeTuner
-from parainfer.tasks import Task, TaskBuilder
+from parainfer.tasks import Task, TaskBuilder, TokenCounts
 
 
 def count_records(path: str) -> int | None:
@@ -65,6 +66,7 @@ class _State:
     t_last_result: float = 0.0
     source_done: bool = False
     dispatched: int = 0
+    counted: TokenCounts = field(default_factory=TokenCounts)  # exact, summed over results
 
 
 class Job:
@@ -85,6 +87,7 @@ class Job:
                                   allow_messages=config.task == "generate")
         self.predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device,
                                                       **config.generation)
+        self.predictor.max_batch_tokens = config.max_batch_tokens  # workers hold it exactly
         self.num_workers = config.workers or default_workers(config.device, default_threads(1))
         self.tuner = (BatchSizeTuner(max_size=config.max_auto_batch_size, tasks_per_trial=4 * self.num_workers)
                       if config.batch_size == "auto" else None)
@@ -101,7 +104,8 @@ class Job:
         policy = make_policy(cfg.policy, self.num_workers)
         executor = LocalExecutor(self.predictor, self.num_workers, cfg.threads_per_worker)
         first_size = self.tuner.current if self.tuner else int(cfg.batch_size)
-        builder = TaskBuilder(self.predictor.token_lengths, None, first_size, cfg.max_batch_tokens, self.bucket)
+        self._estimate = LengthEstimator()  # the driver estimates lengths; workers tokenise
+        builder = TaskBuilder(self._estimate, None, first_size, cfg.max_batch_tokens, self.bucket)
         report = TimingReport(workers=self.num_workers, policy=cfg.policy)
         merger = Merger(cfg.id_column, cfg.text_column)
         ckpt = Checkpoint(cfg, self.source, self.predictor)
@@ -115,6 +119,7 @@ class Job:
         progress = Progress(count_records(cfg.input), enabled=not cfg.quiet)
         executor.start()
         builder.max_input_tokens = self.predictor.window()
+        builder.max_chars = self._estimate.max_chars = self.predictor.max_input_chars()
         self._executor, self._policy, self._builder, self._report = executor, policy, builder, report
         self._merger, self._errors, self._tasks = merger, errors, {}
         self._ckpt, self._watchdog = ckpt, Watchdog(cfg.task_timeout)
@@ -123,6 +128,7 @@ class Job:
         records = ckpt.skip(self.source)
         stop = GracefulStop(on_abort=self._kill_workers)
         done = False
+        cpu0, thread0 = time.process_time(), time.thread_time()
         try:
             with sink, stop:
                 while True:
@@ -147,6 +153,8 @@ class Job:
                     progress.update(merger.next_seq, merger.next_seq / elapsed if elapsed > 0 else 0.0)
                 sink.write_rows(merger.drain())  # records failed while reading the last window
                 (ckpt.finish if done else ckpt.commit)(merger.next_seq, merger.failed)
+                report.extra["driver_busy_s"] = time.process_time() - cpu0
+                report.extra["driver_thread_s"] = time.thread_time() - thread0
         finally:
             progress.close()
             if not done:
@@ -229,6 +237,10 @@ class Job:
         if task is None:  # a duplicate from a task given out twice: exactly once wins
             return
         busy = res.t_end - res.t_start
+        if res.counts is not None:  # exact, from the worker's tokenizer: replaces the estimate
+            task.tokens, task.padded_tokens = res.counts.real, res.counts.padded
+            self._estimate.observe(res.counts)
+            _add_counts(state.counted, res.counts)
         stats = self._report.per_worker[res.worker_id]
         stats.busy_s += busy
         stats.tasks += 1
@@ -277,10 +289,17 @@ class Job:
         start = state.t_first_dispatch or t0
         report.t_startup_s = start - t0
         report.t_parallel_s = max(0.0, (state.t_last_result or start) - start)
-        stats = self._builder.stats
-        report.tasks = stats.tasks
-        report.truncated_records = stats.truncated_records
-        report.real_tokens, report.padded_tokens = stats.real_tokens, stats.padded_tokens
+        report.tasks = self._builder.stats.tasks
+        counted = state.counted  # exact counts of the tasks that ran (the workers tokenised them)
+        report.truncated_records = counted.truncated
+        report.real_tokens, report.padded_tokens = counted.real, counted.padded
+        busy = report.extra.get("driver_busy_s", 0.0)
+        report.extra["driver_us_per_record"] = round(busy / report.records * 1e6, 3) if report.records else None
+        report.extra["length_estimate"] = {
+            **self._estimate.describe(),
+            "estimated": "task formation (bucketing, --max-batch-tokens) and the scheduling policy's "
+                         "costs before a task ran use estimated tokens; the token, padding and truncation "
+                         "figures and the timeline are exact (counted by the workers)"}
         report.failed_records = merger.failed
         report.extra.setdefault("model", self.predictor.describe())
         report.extra["threads_per_worker"] = self._executor.threads
@@ -304,6 +323,12 @@ class Job:
             a, b = self._policy.cost.coefficients(w)
             out.append({"worker": w, "overhead_ms": round(a * 1e3, 3), "ms_per_1k_tokens": round(b * 1e6, 3)})
         return out
+
+
+def _add_counts(total: TokenCounts, counts: TokenCounts) -> None:
+    total.real += counts.real
+    total.padded += counts.padded
+    total.truncated += counts.truncated
 
 
 def _already_complete_report(ckpt: Checkpoint, report: TimingReport, t0: float) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from parainfer.tasks import Task
+from parainfer.tasks import Task, TokenCounts
 
 
 @dataclass(slots=True)
@@ -35,6 +35,10 @@ class TaskResult:
         errors: (position in task, reason) for each failed record.
         t_received, t_start, t_end: when the worker took it off its queue, started and
             finished computing (perf_counter seconds).
+        counts: the exact token counts the worker measured when it tokenised the task
+            (``Predictor.token_counts``); None when it could not. The driver only estimated
+            lengths, so an executor must pass this back for the report's token figures and the
+            driver's length estimate (``length_estimate.LengthEstimator``) to be exact.
     """
 
     task_index: int
@@ -44,6 +48,7 @@ class TaskResult:
     t_received: float
     t_start: float
     t_end: float
+    counts: TokenCounts | None = None
 
 
 @dataclass(slots=True)

@@ -38,7 +38,10 @@ def _describe_error(e: BaseException) -> str:
 
 
 def run_task(predictor: Predictor, task: Task, worker_id: int, t_received: float) -> TaskResult:
-    """Run one task on a loaded predictor; per-record fallback when the batch raises."""
+    """Run one task on a loaded predictor; per-record fallback when the batch raises.
+
+    The result carries the task's exact token counts (the predictor tokenised the texts here,
+    in the worker; the driver only estimated them)."""
     t_start = time.perf_counter()
     errors: list[tuple[int, str]] = []
     try:
@@ -57,7 +60,11 @@ def run_task(predictor: Predictor, task: Task, worker_id: int, t_received: float
         if isinstance(out, RecordFailure):
             outputs[pos] = None
             errors.append((pos, out.reason))
-    return TaskResult(task.index, worker_id, outputs, errors, t_received, t_start, time.perf_counter())
+    try:
+        counts = predictor.token_counts(task.texts)
+    except Exception:  # noqa: BLE001 - counts are for the report; a record that cannot be counted failed above
+        counts = None
+    return TaskResult(task.index, worker_id, outputs, errors, t_received, t_start, time.perf_counter(), counts)
 
 
 def worker_main(worker_id: int, predictor: Predictor, inbox: Any, outbox: Any, threads: int | None,

@@ -15,7 +15,8 @@ import numpy as np
 
 from parainfer.errors import UsageError
 from parainfer.models.dtype import check_dtype, resolve_dtype
-from parainfer.tasks import split_by_padding
+from parainfer.length_estimate import MAX_CHARS_PER_TOKEN
+from parainfer.tasks import TokenCounts, split_by_padding
 
 # Fixed cost of one encoder forward call, in token-equivalents, by device type: a batch is cut
 # into length groups only where the padding saved exceeds this per extra call (see
@@ -60,6 +61,24 @@ def read_window(model_dir: Path, tokenizer: Any, config: Any) -> int:
     return min(limits) if limits else 512
 
 
+def window_from_files(model_dir: Path) -> int:
+    """The model window in tokens read from the directory's JSON files alone (no tokenizer, no
+    transformers import: cheap enough for the driver). Same rule as ``read_window``, with the
+    tokenizer's ``model_max_length`` taken from tokenizer_config.json."""
+    def field(name: str, key: str) -> Any:
+        try:
+            return json.loads((model_dir / name).read_text()).get(key)
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    value = field("sentence_bert_config.json", "max_seq_length")
+    if value:
+        return int(value)
+    limits = [field("config.json", "max_position_embeddings"), field("tokenizer_config.json", "model_max_length")]
+    limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
+    return min(limits) if limits else 512
+
+
 def check_model_dir(path: str | os.PathLike) -> Path:
     """Raise UsageError unless ``path`` is a directory holding a Hugging Face config.json."""
     p = Path(path)
@@ -94,9 +113,32 @@ class HFTokenizerMixin:
         return self._tokenizer
 
     def window(self) -> int | None:
-        """The model window in tokens; loads only the tokenizer and config (driver side)."""
+        """The model window in tokens. Driver side: read from the directory's JSON files, no
+        tokenizer loaded (``window_from_files``); a loaded worker answers from its tokenizer."""
+        if self.max_input_tokens is None and self._tokenizer is None:
+            return window_from_files(self.model_dir)
         self._get_tokenizer()
         return self.max_input_tokens
+
+    def max_input_chars(self) -> int | None:
+        """``window x MAX_CHARS_PER_TOKEN`` characters: more of a text cannot reach the window."""
+        window = self.window()
+        return window * MAX_CHARS_PER_TOKEN if window else None
+
+    def token_counts(self, texts: list[Any]) -> TokenCounts:
+        """Exact counts of ``texts``: those the last forward pass measured when it ran this very
+        list (no second tokenisation), else by tokenising them with truncation."""
+        last = getattr(self, "_last_counts", None)
+        if last is not None and last[0] is texts:
+            return last[1]
+        enc = self._get_tokenizer()(texts, truncation=True, max_length=self.max_input_tokens)
+        return self._counts(texts, enc)
+
+    @staticmethod
+    def _counts(texts: list[Any], enc: Any) -> TokenCounts:
+        lengths = [len(ids) for ids in enc["input_ids"]]
+        truncated = [bool(e.overflowing) for e in enc.encodings] if enc.encodings else [False] * len(texts)
+        return TokenCounts.from_lengths(texts, lengths, truncated)
 
     def token_lengths(self, texts: list[str]) -> list[int]:
         """Tokens per text including special tokens, before truncation (fast tokenizer)."""
@@ -119,12 +161,15 @@ class HFTokenizerMixin:
 
         tokenizer = self._get_tokenizer()
         enc = tokenizer(texts, truncation=True, max_length=self.max_input_tokens)
+        self._last_counts = (texts, self._counts(texts, enc))
         lengths = [len(ids) for ids in enc["input_ids"]]
         order = sorted(range(len(texts)), key=lengths.__getitem__)
         overhead = FORWARD_OVERHEAD_TOKENS.get(str(getattr(self, "device", "cpu")).split(":")[0], float("inf"))
         pad_values = {"input_ids": tokenizer.pad_token_id or 0, "token_type_ids": tokenizer.pad_token_type_id}
         left = tokenizer.padding_side == "left"
-        for run in split_by_padding([lengths[i] for i in order], overhead):
+        sorted_lengths = [lengths[i] for i in order]
+        for run in within_budget(split_by_padding(sorted_lengths, overhead), sorted_lengths,
+                                 getattr(self, "max_batch_tokens", None)):
             rows = [order[k] for k in run]
             width = lengths[rows[-1]]
             batch = {}
@@ -155,7 +200,27 @@ class HFTokenizerMixin:
         state = dict(self.__dict__)
         state["_tokenizer"] = None
         state["_model"] = None
+        state.pop("_last_counts", None)
         return state
+
+
+def within_budget(runs: list[range], sorted_lengths: list[int], max_tokens: int | None) -> list[range]:
+    """Cut each run of a length-sorted batch further so that no forward pass holds more than
+    ``max_tokens`` padded tokens (rows x longest); a single row over budget runs alone.
+
+    This is where ``--max-batch-tokens`` holds exactly: the driver formed the task from length
+    estimates. Returns the runs unchanged when ``max_tokens`` is None."""
+    if max_tokens is None:
+        return runs
+    out: list[range] = []
+    for run in runs:
+        start = run.start
+        for j in range(run.start, run.stop):
+            if j > start and (j - start + 1) * sorted_lengths[j] > max_tokens:
+                out.append(range(start, j))
+                start = j
+        out.append(range(start, run.stop))
+    return out
 
 
 class HFModel(HFTokenizerMixin):
