@@ -116,6 +116,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"speedup {report['speedup']:.2f}  efficiency {report['efficiency']:.2f}  "
         f"imbalance {report['imbalance']:.2f}  padding efficiency {report['padding_efficiency']:.2f}",
     ]
+    if report.get("driver_us_per_record") is not None:
+        lines.append(f"driver {report['driver_busy_s']:.2f} s busy, {report['driver_us_per_record']:.1f} us/record")
     if report.get("restarts") or report.get("retries"):
         lines.append(f"worker restarts {report['restarts']}, task retries {report['retries']}")
     model = report.get("model") or {}
