@@ -33,7 +33,7 @@ from parainfer.models.registry import build_predictor
 from parainfer.monitor import Progress
 from parainfer.records import Record, RecordError
 from parainfer.recovery import GracefulStop, Interrupted, TaskRecovery, Watchdog
-from parainfer.report import TimingReport, summary_lines, write_report
+from parainfer.report import TimingReport, startup_parts, summary_lines, write_report
 from parainfer.scheduling import make_policy
 from parainfer.scheduling.autobatch import BatchSizeTuner
 from parainfer.tasks import Task, TaskBuilder, TokenCounts
@@ -66,6 +66,8 @@ class _State:
     t_last_result: float = 0.0
     source_done: bool = False
     dispatched: int = 0
+    t_spawn: float = 0.0  # when the executor was asked to start the workers
+    ready_phases: list[dict[str, float]] = field(default_factory=list)  # WorkerReady.phases of the first load
     counted: TokenCounts = field(default_factory=TokenCounts)  # exact, summed over results
 
 
@@ -117,6 +119,7 @@ class Job:
         errors, sink = ckpt.errors, ckpt.sink
         merger.next_seq = ckpt.resumed_records
         progress = Progress(count_records(cfg.input), enabled=not cfg.quiet)
+        t_spawn = time.perf_counter()
         executor.start()
         builder.max_input_tokens = self.predictor.window()
         builder.max_chars = self._estimate.max_chars = self.predictor.max_input_chars()
@@ -124,7 +127,7 @@ class Job:
         self._merger, self._errors, self._tasks = merger, errors, {}
         self._ckpt, self._watchdog = ckpt, Watchdog(cfg.task_timeout)
         self._recovery = TaskRecovery(cfg.max_retries, self._new_task_index)
-        state = _State()
+        state = _State(t_spawn=t_spawn)
         records = ckpt.skip(self.source)
         stop = GracefulStop(on_abort=self._kill_workers)
         done = False
@@ -226,6 +229,8 @@ class Job:
             state.ready.add(event.worker_id)
             self._report.per_worker[event.worker_id].load_s = event.load_s
             self._report.extra["model"] = event.info  # as loaded: the resolved dtype
+            if len(state.ready_phases) < self.num_workers:
+                state.ready_phases.append({**event.phases, "ready_at": time.perf_counter()})
         elif isinstance(event, TaskResult):
             self._on_result(event, state)
         elif isinstance(event, WorkerFailed):
@@ -240,7 +245,7 @@ class Job:
         if res.counts is not None:  # exact, from the worker's tokenizer: replaces the estimate
             task.tokens, task.padded_tokens = res.counts.real, res.counts.padded
             self._estimate.observe(res.counts)
-            _add_counts(state.counted, res.counts)
+            state.counted.add(res.counts)
         stats = self._report.per_worker[res.worker_id]
         stats.busy_s += busy
         stats.tasks += 1
@@ -288,6 +293,7 @@ class Job:
         report.wall_s = time.perf_counter() - t0
         start = state.t_first_dispatch or t0
         report.t_startup_s = start - t0
+        report.extra["startup"] = startup_parts(t0, state.t_spawn, state.ready_phases, start)
         report.t_parallel_s = max(0.0, (state.t_last_result or start) - start)
         report.tasks = self._builder.stats.tasks
         counted = state.counted  # exact counts of the tasks that ran (the workers tokenised them)
@@ -323,12 +329,6 @@ class Job:
             a, b = self._policy.cost.coefficients(w)
             out.append({"worker": w, "overhead_ms": round(a * 1e3, 3), "ms_per_1k_tokens": round(b * 1e6, 3)})
         return out
-
-
-def _add_counts(total: TokenCounts, counts: TokenCounts) -> None:
-    total.real += counts.real
-    total.padded += counts.padded
-    total.truncated += counts.truncated
 
 
 def _already_complete_report(ckpt: Checkpoint, report: TimingReport, t0: float) -> dict[str, Any]:

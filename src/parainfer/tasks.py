@@ -82,6 +82,13 @@ class TokenCounts:
                    fit_tokens=sum(lengths[i] for i in fit))
 
 
+    def add(self, other: "TokenCounts") -> None:
+        """Add ``other``'s real, padded and truncated counts to these (a running total)."""
+        self.real += other.real
+        self.padded += other.padded
+        self.truncated += other.truncated
+
+
 @dataclass
 class TaskStats:
     """Running totals over all tasks built (for the report)."""

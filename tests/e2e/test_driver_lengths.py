@@ -49,6 +49,10 @@ def test_output_and_exact_counts_without_driver_tokenising(vader_sample: Path, t
     fit = [(len(t), n) for t, n in zip(texts, full) if n <= 256]
     assert learned["tokens_per_char"] == pytest.approx(sum(n for _, n in fit) / sum(c for c, _ in fit), rel=1e-3)
     assert report["driver_busy_s"] > 0 and report["driver_us_per_record"] > 0
+    parts = report["startup"]  # start-up split into its parts, each within the whole
+    assert {"driver_setup_s", "worker_process_s", "imports_s", "tokenizer_s", "weights_s"} <= set(parts)
+    assert parts["first_dispatch_s"] == pytest.approx(report["t_startup_s"], abs=1e-3)
+    assert all(0 <= v <= parts["first_dispatch_s"] + 1e-3 for v in parts.values())
 
 
 def test_one_huge_text_is_cut_before_tokenising(tmp_path: Path, reference: HeadClassifierPredictor) -> None:

@@ -17,11 +17,23 @@ from parainfer.tasks import Task, TokenCounts
 
 @dataclass(slots=True)
 class WorkerReady:
-    """A worker finished loading its model replica."""
+    """A worker finished loading its model replica.
+
+    Attributes:
+        worker_id: which worker.
+        load_s: seconds from the worker's code starting to the model being ready.
+        info: the predictor's ``describe()`` as loaded (the resolved dtype).
+        phases: where the start-up went, in seconds (``imports_s``, ``tokenizer_s``,
+            ``weights_s``, ``dtype_check_s`` as the predictor measured them, in
+            ``Predictor.load_phases``), plus ``started_at``: ``perf_counter()`` when the worker's
+            code began, which the driver compares with when it spawned the worker. An executor
+            whose workers run on other machines (clocks not comparable) leaves ``started_at`` out.
+    """
 
     worker_id: int
     load_s: float
     info: dict[str, Any] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

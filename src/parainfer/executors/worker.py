@@ -70,6 +70,7 @@ def run_task(predictor: Predictor, task: Task, worker_id: int, t_received: float
 def worker_main(worker_id: int, predictor: Predictor, inbox: Any, outbox: Any, threads: int | None,
                 env: dict[str, str]) -> None:
     """Process entry point. ``inbox`` yields Task objects, then None to stop."""
+    started_at = time.perf_counter()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if env.get("PARAINFER_DIE_WITH_PARENT") == "1":
         _die_with_parent()
@@ -93,7 +94,8 @@ def worker_main(worker_id: int, predictor: Predictor, inbox: Any, outbox: Any, t
         outbox.send(WorkerFailed(worker_id, f"model failed to load: {_describe_error(e)}\n"
                                 f"{traceback.format_exc(limit=3)}", [], fatal=True))
         return
-    outbox.send(WorkerReady(worker_id, time.perf_counter() - t0, predictor.describe()))
+    phases = {**getattr(predictor, "load_phases", {}), "started_at": started_at}
+    outbox.send(WorkerReady(worker_id, time.perf_counter() - t0, predictor.describe(), phases))
     parent = os.getppid()
     while True:
         try:

@@ -244,16 +244,44 @@ class HFModel(HFTokenizerMixin):
     def _load(self, auto_cls: Any, close_enough: Any) -> None:
         """Load tokenizer and weights; for ``auto`` keep bf16 only if
         ``close_enough(fp32_model, bf16_model)`` says its outputs are within tolerance."""
+        import time
+
+        from parainfer.models import dtype_cache
+
+        t = time.perf_counter()
+        import torch  # noqa: F401 - timed on its own: imports are a large part of start-up
+        import transformers  # noqa: F401
+
+        phases = self.load_phases = {"imports_s": time.perf_counter() - t}
+        t = time.perf_counter()
         self._get_tokenizer()
+        phases["tokenizer_s"] = time.perf_counter() - t
+        t = time.perf_counter()
         model, _ = load_torch_model(self.model_dir, auto_cls, self.dtype, self.device)
         self._model = model
+        phases["weights_s"] = time.perf_counter() - t
         if self.dtype == "auto":
-            self._model, self.dtype = pick_dtype(model, "auto", close_enough, self.device)
+            t = time.perf_counter()
+            key = dtype_cache.decision_key(self.model_dir, type(self).__name__, self.device)
+            known = dtype_cache.lookup(key)
+            if known is not None:  # decided by an earlier load on this machine: no calibration run
+                import torch
+
+                self._model = model.to(torch.bfloat16) if known == "bfloat16" else model
+                self.dtype, self.dtype_decision = known, "cached"
+            else:
+                self._model, self.dtype = pick_dtype(model, "auto", close_enough, self.device)
+                self.dtype_decision = "checked"
+                dtype_cache.store(key, self.dtype)
+            phases["dtype_check_s"] = time.perf_counter() - t
 
     def describe(self) -> dict[str, Any]:
         """Class, task, model path, dtype (as resolved after load) and window."""
-        return {"class": type(self).__name__, "task": self.task, "model": str(self.model_dir),
-                "dtype": self.dtype, "device": self.device, "max_input_tokens": self.max_input_tokens}
+        out = {"class": type(self).__name__, "task": self.task, "model": str(self.model_dir),
+               "dtype": self.dtype, "device": self.device, "max_input_tokens": self.max_input_tokens}
+        if getattr(self, "dtype_decision", None):
+            out["dtype_decision"] = self.dtype_decision  # "checked" (calibration run) or "cached"
+        return out
 
 
 def load_torch_model(model_dir: Path, auto_cls: Any, dtype: str, device: str = "cpu") -> tuple[Any, str]:
