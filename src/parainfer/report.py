@@ -108,14 +108,15 @@ def startup_parts(t0: float, t_spawn: float, ready: list[dict[str, float]], firs
     ``driver_setup_s`` (command start to spawning workers: input checks, model settings,
     checkpoint), ``worker_process_s`` (spawn to the worker's own code running: a fresh
     interpreter and unpickling the predictor), the predictor's load phases (``imports_s``,
-    ``tokenizer_s``, ``weights_s``, ``dtype_check_s``), and ``first_ready_s`` /
+    ``tokenizer_s``, ``weights_s``, ``dtype_check_s``, and ``load_other_s``: the rest of the
+    load, mostly module imports the predictor did before its timed phases), and ``first_ready_s`` /
     ``all_ready_s`` (t0 to the first and the last worker ready). Phases a worker did not
     report are left out."""
     out = {"driver_setup_s": t_spawn - t0}
     starts = [p["started_at"] - t_spawn for p in ready if "started_at" in p]
     if starts:
         out["worker_process_s"] = max(starts)
-    for name in ("imports_s", "tokenizer_s", "weights_s", "dtype_check_s"):
+    for name in ("imports_s", "tokenizer_s", "weights_s", "dtype_check_s", "load_other_s"):
         values = [p[name] for p in ready if name in p]
         if values:
             out[name] = max(values)

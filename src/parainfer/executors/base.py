@@ -25,7 +25,7 @@ class WorkerReady:
         info: the predictor's ``describe()`` as loaded (the resolved dtype).
         phases: where the start-up went, in seconds (``imports_s``, ``tokenizer_s``,
             ``weights_s``, ``dtype_check_s`` as the predictor measured them, in
-            ``Predictor.load_phases``), plus ``started_at``: ``perf_counter()`` when the worker's
+            ``Predictor.load_phases``; ``load_other_s``: the rest of ``load_s``), plus ``started_at``: ``perf_counter()`` when the worker's
             code began, which the driver compares with when it spawned the worker. An executor
             whose workers run on other machines (clocks not comparable) leaves ``started_at`` out.
     """

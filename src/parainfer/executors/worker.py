@@ -94,8 +94,11 @@ def worker_main(worker_id: int, predictor: Predictor, inbox: Any, outbox: Any, t
         outbox.send(WorkerFailed(worker_id, f"model failed to load: {_describe_error(e)}\n"
                                 f"{traceback.format_exc(limit=3)}", [], fatal=True))
         return
-    phases = {**getattr(predictor, "load_phases", {}), "started_at": started_at}
-    outbox.send(WorkerReady(worker_id, time.perf_counter() - t0, predictor.describe(), phases))
+    load_s = time.perf_counter() - t0
+    phases = dict(getattr(predictor, "load_phases", {}))
+    phases["load_other_s"] = max(0.0, load_s - sum(phases.values()))  # imports the predictor's phases missed
+    phases["started_at"] = started_at
+    outbox.send(WorkerReady(worker_id, load_s, predictor.describe(), phases))
     parent = os.getppid()
     while True:
         try:
