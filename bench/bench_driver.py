@@ -45,11 +45,12 @@ if __name__ == "__main__":
 JOBS = {"classify": {"task": "classify"}, "echo": {"model": "parainfer.testing:echo"}}
 
 
-def run_once(src: str, job: str, input_path: str, workers: int, out: Path) -> dict:
-    """One job in a fresh process with ``src`` first on PYTHONPATH; returns its report."""
+def run_once(src: str, job: str, input_path: str, workers: int, out: Path, report: Path | None = None) -> dict:
+    """One job in a fresh process with ``src`` first on PYTHONPATH; returns its report (the
+    whole report, timeline included, is also written to ``report`` when given)."""
     env = {**os.environ, "PYTHONPATH": str(Path(src).resolve()), "HF_HUB_OFFLINE": "1"}
     config = {"input": input_path, "output": str(out), "workers": workers, "quiet": True, "overwrite": True,
-              **JOBS[job]}
+              **JOBS[job], **({"report": str(report)} if report else {})}
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(RUNNER)
     done = subprocess.run([sys.executable, f.name, json.dumps(config)], env=env, capture_output=True, text=True,
@@ -66,6 +67,7 @@ def main() -> None:
     ap.add_argument("--job", choices=sorted(JOBS), default="classify")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--reports", help="folder to keep each run's report in (for `parainfer simulate --cost-from`)")
     args = ap.parse_args()
     print(f"load average at start: {os.getloadavg()}", file=sys.stderr)
     print("| tree | round | records | driver CPU s | driver µs/record | report driver_us_per_record | "
@@ -75,7 +77,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for name, src in (("old", args.old), ("new", args.new)):
-                rep = run_once(src, args.job, args.input, args.workers, Path(tmp) / f"{name}.jsonl")
+                keep = Path(args.reports) / f"{args.job}-{name}-{r + 1}.json" if args.reports else None
+                rep = run_once(src, args.job, args.input, args.workers, Path(tmp) / f"{name}.jsonl", keep)
                 us = rep["driver_cpu_s"] / rep["records"] * 1e6
                 per_tree[name].append(us)
                 print(f"| {name} | {r + 1} | {rep['records']:,} | {rep['driver_cpu_s']:.2f} | {us:.1f} | "
