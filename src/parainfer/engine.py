@@ -39,6 +39,11 @@ from parainfer.scheduling.autobatch import BatchSizeTuner
 from parainfer.tasks import Task, TaskBuilder, TokenCounts
 
 
+# Longest wait for a worker event while the driver has nothing else to do (seconds): also the
+# granularity of the watchdog, the checkpoint clock and a stop request while idle.
+IDLE_POLL_S = 0.25
+
+
 def count_records(path: str) -> int | None:
     """Fast estimate of the number of input records for the progress bar (None if unknown)."""
     if path == "-":
@@ -143,7 +148,10 @@ class Job:
                     if done or (stop.requested and self._stop_now(stop.deadline)):
                         break
                     busy = state.source_done or not self._has_room() or stop.requested
-                    for event in executor.poll(timeout=0.05 if busy else 0.0):
+                    # Nothing to create: sleep until an event (a result wakes the poll at once).
+                    # A longer timeout only spaces out the idle wake-ups, whose CPU would count
+                    # against the driver for the whole of a slow model's job.
+                    for event in executor.poll(timeout=IDLE_POLL_S if busy else 0.0):
                         self._handle(event, state)
                     self._watchdog.check(executor)
                     t = time.perf_counter()
