@@ -58,7 +58,9 @@ class TokenCounts:
 
     Attributes:
         real: tokens after truncation, summed over the task's records.
-        padded: B x the longest truncated record (what one padded batch computes).
+        padded: padded tokens the worker computed: B x the longest truncated record for one
+            padded batch, or rows x longest summed over the forward passes of a predictor that
+            cuts a task into length groups (``hf_common``).
         truncated: records longer than the model window (cut to it).
         fit_records, fit_chars, fit_tokens: over the records that were *not* truncated, their
             number, characters and tokens: what the driver's length estimate learns from.

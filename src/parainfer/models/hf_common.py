@@ -126,8 +126,10 @@ class HFTokenizerMixin:
         return window * MAX_CHARS_PER_TOKEN if window else None
 
     def token_counts(self, texts: list[Any]) -> TokenCounts:
-        """Exact counts of ``texts``: those the last forward pass measured when it ran this very
-        list (no second tokenisation), else by tokenising them with truncation."""
+        """Exact counts of ``texts``: those the last forward passes measured when they ran this
+        very list (no second tokenisation; ``padded`` is then what those passes computed, rows x
+        longest summed over the length groups), else by tokenising them with truncation
+        (``padded`` = B x longest)."""
         last = getattr(self, "_last_counts", None)
         if last is not None and last[0] is texts:
             return last[1]
@@ -161,15 +163,19 @@ class HFTokenizerMixin:
 
         tokenizer = self._get_tokenizer()
         enc = tokenizer(texts, truncation=True, max_length=self.max_input_tokens)
-        self._last_counts = (texts, self._counts(texts, enc))
+        counts = self._counts(texts, enc)
         lengths = [len(ids) for ids in enc["input_ids"]]
         order = sorted(range(len(texts)), key=lengths.__getitem__)
         overhead = FORWARD_OVERHEAD_TOKENS.get(str(getattr(self, "device", "cpu")).split(":")[0], float("inf"))
         pad_values = {"input_ids": tokenizer.pad_token_id or 0, "token_type_ids": tokenizer.pad_token_type_id}
         left = tokenizer.padding_side == "left"
         sorted_lengths = [lengths[i] for i in order]
-        for run in within_budget(split_by_padding(sorted_lengths, overhead), sorted_lengths,
-                                 getattr(self, "max_batch_tokens", None)):
+        runs = within_budget(split_by_padding(sorted_lengths, overhead), sorted_lengths,
+                             getattr(self, "max_batch_tokens", None))
+        # Padded tokens as computed: rows x longest, summed over the forward passes.
+        counts.padded = sum(len(run) * sorted_lengths[run.stop - 1] for run in runs)
+        self._last_counts = (texts, counts)
+        for run in runs:
             rows = [order[k] for k in run]
             width = lengths[rows[-1]]
             batch = {}
