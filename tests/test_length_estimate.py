@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from parainfer.length_estimate import LengthEstimator, text_chars
-from parainfer.models.hf_common import within_budget
+from parainfer.tasks import within_budget
 from parainfer.records import Record
 from parainfer.tasks import TaskBuilder, TokenCounts
 

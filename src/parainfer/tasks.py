@@ -227,3 +227,22 @@ def split_by_padding(lengths: Sequence[int], overhead_tokens: float) -> list[ran
         runs.append(range(int(cut[j]), j))
         j = int(cut[j])
     return runs[::-1]
+
+
+def within_budget(runs: list[range], sorted_lengths: list[int], max_tokens: int | None) -> list[range]:
+    """Cut each run of a length-sorted batch further so that no forward pass holds more than
+    ``max_tokens`` padded tokens (rows x longest); a single row over budget runs alone.
+
+    This is where ``--max-batch-tokens`` holds exactly: the driver formed the task from length
+    estimates. Returns the runs unchanged when ``max_tokens`` is None."""
+    if max_tokens is None:
+        return runs
+    out: list[range] = []
+    for run in runs:
+        start = run.start
+        for j in range(run.start, run.stop):
+            if j > start and (j - start + 1) * sorted_lengths[j] > max_tokens:
+                out.append(range(start, j))
+                start = j
+        out.append(range(start, run.stop))
+    return out

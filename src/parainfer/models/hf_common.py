@@ -16,7 +16,7 @@ import numpy as np
 from parainfer.errors import UsageError
 from parainfer.models.dtype import check_dtype, resolve_dtype
 from parainfer.length_estimate import MAX_CHARS_PER_TOKEN
-from parainfer.tasks import TokenCounts, split_by_padding
+from parainfer.tasks import TokenCounts, split_by_padding, within_budget
 
 # Fixed cost of one encoder forward call, in token-equivalents, by device type: a batch is cut
 # into length groups only where the padding saved exceeds this per extra call (see
@@ -208,25 +208,6 @@ class HFTokenizerMixin:
         state["_model"] = None
         state.pop("_last_counts", None)
         return state
-
-
-def within_budget(runs: list[range], sorted_lengths: list[int], max_tokens: int | None) -> list[range]:
-    """Cut each run of a length-sorted batch further so that no forward pass holds more than
-    ``max_tokens`` padded tokens (rows x longest); a single row over budget runs alone.
-
-    This is where ``--max-batch-tokens`` holds exactly: the driver formed the task from length
-    estimates. Returns the runs unchanged when ``max_tokens`` is None."""
-    if max_tokens is None:
-        return runs
-    out: list[range] = []
-    for run in runs:
-        start = run.start
-        for j in range(run.start, run.stop):
-            if j > start and (j - start + 1) * sorted_lengths[j] > max_tokens:
-                out.append(range(start, j))
-                start = j
-        out.append(range(start, run.stop))
-    return out
 
 
 class HFModel(HFTokenizerMixin):
