@@ -2,12 +2,12 @@
 
 The driver must not tokenise (its thread caps the whole job; DESIGN.md, "Scale"), yet it
 needs lengths to bucket records, fill token budgets and estimate task costs. It estimates
-``tokens ~ 1 + ceil(chars x r)`` per text, where ``r`` starts at a prior (1/4: about four
-characters a token for English BPE/WordPiece) and becomes the ratio of tokens to characters
-over all records the workers have tokenised so far without truncating them (their exact
-counts come back in each ``TaskResult.counts``). Only ordering and rough size matter: the
-worker enforces the exact token budget when it tokenises, and the report's token figures
-are the exact ones.
+``tokens ~ 1 + ceil(chars x r)`` per text with a fixed prior ``r`` (1/4: about four characters
+a token for English BPE/WordPiece), so that the same input always gives the same batches. It
+also learns the true ratio of tokens to characters over all records the workers tokenised
+without truncating them (their exact counts come back in each ``TaskResult.counts``) and
+reports it (on VADER: 0.257). Only ordering and rough size matter: the worker enforces the
+exact token budget when it tokenises, and the report's token figures are the exact ones.
 
 ``MAX_CHARS_PER_TOKEN`` bounds how much of one text is worth tokenising at all: a text is
 cut to ``window x MAX_CHARS_PER_TOKEN`` characters before anything tokenises it (issue 9:
@@ -66,6 +66,9 @@ class LengthEstimator:
         return self.tokens / self.chars if self.chars else self.prior
 
     def __call__(self, texts: list[Any]) -> list[int]:
+        """Estimates from the *prior* ratio, never the learned one: the learned ratio depends on
+        when results came back, and batches must not (same input, same batches, same output
+        bits). The learned ratio is reported, and the workers hold the token budget exactly."""
         import numpy as np
 
         # C-level passes (map, numpy) for the usual all-string window: this runs for every record.
@@ -73,7 +76,7 @@ class LengthEstimator:
         chars = np.fromiter(sizes, dtype=np.float64, count=len(texts))
         if self.max_chars is not None:
             np.minimum(chars, self.max_chars, out=chars)
-        return (np.ceil(chars * self.tokens_per_char) + 1).astype(np.int64).tolist()
+        return (np.ceil(chars * self.prior) + 1).astype(np.int64).tolist()
 
     def observe(self, counts: TokenCounts) -> None:
         """Learn from one task's exact counts (its records that were not truncated)."""
