@@ -175,6 +175,8 @@ def simulate_command(
     dispatch_latency_ms: float = typer.Option(0.2, help="one-way driver-to-worker latency"),
     out: Optional[str] = typer.Option(None, help="also save the rows as JSON here"),
     seed: int = typer.Option(0, help="random seed"),
+    worker_speedup: float = typer.Option(1.0, help="workers this many times faster per task than measured "
+                                                   "(the driver's cost unchanged): 50 ~ a GPU-like profile"),
 ) -> None:
     """Predict T_N, speedup, efficiency and imbalance at many worker counts (discrete-event)."""
     import json
@@ -192,6 +194,8 @@ def simulate_command(
     for name in policies:
         make_policy(name, 1)  # validates the name
     workload = sim.Workload.from_report(cost_from)
+    if worker_speedup != 1.0:
+        workload = workload.faster(worker_speedup)
     rows = [sim.simulate(workload, n, p, records=records, speed_sigma=speed_sigma, slowdown=slowdown,
                          dispatch_latency_s=dispatch_latency_ms / 1e3, seed=seed)
             for p in policies for n in counts]

@@ -30,17 +30,23 @@ from parainfer.io.guard import OutputLock, check_output_paths
 from parainfer.io.sinks import default_errors_path
 from parainfer.io.openai_batch import BATCH_TASK, open_batch_source, resolve_job_format
 from parainfer.io.sources import open_source
+from parainfer.length_estimate import LengthEstimator
 from parainfer.merger import Merger
 from parainfer.models.base import Predictor
 from parainfer.models.registry import build_predictor
 from parainfer.monitor import Progress
 from parainfer.records import Record, RecordError
 from parainfer.recovery import GracefulStop, Interrupted, TaskRecovery, Watchdog
-from parainfer.report import TimingReport, summary_lines, write_report
+from parainfer.report import TimingReport, startup_parts, summary_lines, write_report
 from parainfer.resources import cores, plan_start, warn_cores
 from parainfer.scheduling import make_policy
 from parainfer.scheduling.autobatch import BatchSizeTuner
-from parainfer.tasks import Task, TaskBuilder
+from parainfer.tasks import Task, TaskBuilder, TokenCounts
+
+
+# Longest wait for a worker event while the driver has nothing else to do (seconds): also the
+# granularity of the watchdog, the checkpoint clock and a stop request while idle.
+IDLE_POLL_S = 0.25
 
 
 def count_records(path: str) -> int | None:
@@ -72,6 +78,9 @@ class _State:
     dispatched: int = 0
     announced: set[str] = field(default_factory=set)  # renamed input columns already announced
     stall_warned: bool = False
+    t_spawn: float = 0.0  # when the executor was asked to start the workers
+    ready_phases: list[dict[str, float]] = field(default_factory=list)  # WorkerReady.phases of the first load
+    counted: TokenCounts = field(default_factory=TokenCounts)  # exact, summed over results
 
 
 class Job:
@@ -98,6 +107,7 @@ class Job:
                                                       **config.generation, **config.translation)
         self.num_workers = (config.workers or self.predictor.default_workers
                             or default_workers(config.device, default_threads(1)))
+        self.predictor.max_batch_tokens = config.max_batch_tokens  # workers hold it exactly
         self.tuner = (BatchSizeTuner(max_size=config.max_auto_batch_size, tasks_per_trial=4 * self.num_workers)
                       if config.batch_size == "auto" else None)
         batch_size = self.tuner.max_size if self.tuner else int(config.batch_size)
@@ -122,7 +132,8 @@ class Job:
                                  address=cfg.address, cpus_per_worker=cfg.cpus_per_worker,
                                  gpus_per_worker=cfg.gpus_per_worker)
         first_size = self.tuner.current if self.tuner else int(cfg.batch_size)
-        builder = TaskBuilder(self.predictor.token_lengths, None, first_size, cfg.max_batch_tokens, self.bucket)
+        self._estimate = LengthEstimator()  # the driver estimates lengths; workers tokenise
+        builder = TaskBuilder(self._estimate, None, first_size, cfg.max_batch_tokens, self.bucket)
         report = TimingReport(workers=self.num_workers, policy=cfg.policy)
         merger = Merger(cfg.id_column, cfg.text_column, own_rows=self.predictor.writes_own_rows)
         ckpt = Checkpoint(cfg, self.source, self.predictor)
@@ -135,6 +146,7 @@ class Job:
         merger.next_seq = ckpt.resumed_records
         if cfg.executor == "local":
             warn_cores(self.num_workers, cfg.device, cores())
+        t_spawn = time.perf_counter()
         try:
             started, first_events = plan_start(executor, self.predictor, self.num_workers, cfg.memory_budget_bytes)
         except BaseException:
@@ -147,16 +159,18 @@ class Job:
             policy = make_policy(cfg.policy, started)
             report = TimingReport(workers=started, policy=cfg.policy)
         builder.max_input_tokens = self.predictor.window()
+        builder.max_chars = self._estimate.max_chars = self.predictor.max_input_chars()
         self._executor, self._policy, self._builder, self._report = executor, policy, builder, report
         self._merger, self._errors, self._tasks = merger, errors, {}
         self._ckpt, self._watchdog = ckpt, Watchdog(cfg.task_timeout)
         self._recovery = TaskRecovery(cfg.max_retries, self._new_task_index)
-        state = _State()
+        state = _State(t_spawn=t_spawn)
         for event in first_events:
             self._handle(event, state)
         records = ckpt.skip(self.source)
         stop = GracefulStop(on_abort=self._kill_workers)
         done = False
+        cpu0, thread0 = time.process_time(), time.thread_time()
         try:
             with sink, stop:
                 while True:
@@ -168,7 +182,10 @@ class Job:
                     if done or (stop.requested and self._stop_now(stop.deadline)):
                         break
                     busy = state.source_done or not self._has_room() or stop.requested
-                    for event in executor.poll(timeout=0.05 if busy else 0.0):
+                    # Nothing to create: sleep until an event (a result wakes the poll at once).
+                    # A longer timeout only spaces out the idle wake-ups, whose CPU would count
+                    # against the driver for the whole of a slow model's job.
+                    for event in executor.poll(timeout=IDLE_POLL_S if busy else 0.0):
                         self._handle(event, state)
                     self._watchdog.check(executor)
                     t = time.perf_counter()
@@ -182,6 +199,8 @@ class Job:
                     progress.update(merger.next_seq, merger.next_seq / elapsed if elapsed > 0 else 0.0)
                 self._write_rows(merger.drain())  # records failed while reading the last window
                 (ckpt.finish if done else ckpt.commit)(merger.next_seq, merger.failed)
+                report.extra["driver_busy_s"] = time.process_time() - cpu0
+                report.extra["driver_thread_s"] = time.thread_time() - thread0
         except OSError as e:  # a full disk, a file size limit: what is committed stays valid
             done = False
             raise StorageError(storage_message(e, cfg.output, ckpt.committed_records, ckpt.path)) from None
@@ -291,6 +310,8 @@ class Job:
             state.ready.add(event.worker_id)
             self._report.per_worker[event.worker_id].load_s = event.load_s
             self._report.extra["model"] = event.info  # as loaded: the resolved dtype
+            if len(state.ready_phases) < self.num_workers:
+                state.ready_phases.append({**event.phases, "ready_at": time.perf_counter()})
         elif isinstance(event, TaskResult):
             self._on_result(event, state)
         elif isinstance(event, WorkerFailed):
@@ -302,6 +323,10 @@ class Job:
         if task is None:  # a duplicate from a task given out twice: exactly once wins
             return
         busy = res.t_end - res.t_start
+        if res.counts is not None:  # exact, from the worker's tokenizer: replaces the estimate
+            task.tokens, task.padded_tokens = res.counts.real, res.counts.padded
+            self._estimate.observe(res.counts)
+            state.counted.add(res.counts)
         stats = self._report.per_worker[res.worker_id]
         stats.busy_s += busy
         stats.tasks += 1
@@ -349,11 +374,19 @@ class Job:
         report.wall_s = time.perf_counter() - t0
         start = state.t_first_dispatch or t0
         report.t_startup_s = start - t0
+        report.extra["startup"] = startup_parts(t0, state.t_spawn, state.ready_phases, start)
         report.t_parallel_s = max(0.0, (state.t_last_result or start) - start)
-        stats = self._builder.stats
-        report.tasks = stats.tasks
-        report.truncated_records = stats.truncated_records
-        report.real_tokens, report.padded_tokens = stats.real_tokens, stats.padded_tokens
+        report.tasks = self._builder.stats.tasks
+        counted = state.counted  # exact counts of the tasks that ran (the workers tokenised them)
+        report.truncated_records = counted.truncated
+        report.real_tokens, report.padded_tokens = counted.real, counted.padded
+        busy = report.extra.get("driver_busy_s", 0.0)
+        report.extra["driver_us_per_record"] = round(busy / report.records * 1e6, 3) if report.records else None
+        report.extra["length_estimate"] = {
+            **self._estimate.describe(),
+            "estimated": "task formation (bucketing, --max-batch-tokens) and the scheduling policy's "
+                         "costs before a task ran use estimated tokens; the token, padding and truncation "
+                         "figures and the timeline are exact (counted by the workers)"}
         report.failed_records = merger.failed
         report.extra.setdefault("model", self.predictor.describe())
         report.extra["threads_per_worker"] = self._executor.threads

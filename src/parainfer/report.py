@@ -102,6 +102,31 @@ class TimingReport:
         }
 
 
+def startup_parts(t0: float, t_spawn: float, ready: list[dict[str, float]], first_dispatch: float) -> dict[str, float]:
+    """Split ``t_startup_s`` into its parts (seconds; the worker parts are the slowest worker's):
+
+    ``driver_setup_s`` (command start to spawning workers: input checks, model settings,
+    checkpoint), ``worker_process_s`` (spawn to the worker's own code running: a fresh
+    interpreter and unpickling the predictor), the predictor's load phases (``imports_s``,
+    ``tokenizer_s``, ``weights_s``, ``dtype_check_s``, and ``load_other_s``: the rest of the
+    load, mostly module imports the predictor did before its timed phases), and ``first_ready_s`` /
+    ``all_ready_s`` (t0 to the first and the last worker ready). Phases a worker did not
+    report are left out."""
+    out = {"driver_setup_s": t_spawn - t0}
+    starts = [p["started_at"] - t_spawn for p in ready if "started_at" in p]
+    if starts:
+        out["worker_process_s"] = max(starts)
+    for name in ("imports_s", "tokenizer_s", "weights_s", "dtype_check_s", "load_other_s"):
+        values = [p[name] for p in ready if name in p]
+        if values:
+            out[name] = max(values)
+    if ready:
+        out["first_ready_s"] = min(p["ready_at"] for p in ready) - t0
+        out["all_ready_s"] = max(p["ready_at"] for p in ready) - t0
+    out["first_dispatch_s"] = first_dispatch - t0
+    return {k: round(v, 4) for k, v in out.items()}
+
+
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """A short human summary of a report dict (printed on stderr at the end of a job)."""
     lines = [
@@ -116,6 +141,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"speedup {report['speedup']:.2f}  efficiency {report['efficiency']:.2f}  "
         f"imbalance {report['imbalance']:.2f}  padding efficiency {report['padding_efficiency']:.2f}",
     ]
+    parts = report.get("startup") or {}
+    if len(parts) > 2:
+        lines.append("startup: " + ", ".join(f"{k[:-2]} {v:.2f}" for k, v in parts.items()) + " (s)")
+    if report.get("driver_us_per_record") is not None:
+        lines.append(f"driver {report['driver_busy_s']:.2f} s busy, {report['driver_us_per_record']:.1f} us/record")
     if report.get("restarts") or report.get("retries"):
         lines.append(f"worker restarts {report['restarts']}, task retries {report['retries']}")
     executor = report.get("executor") or {}

@@ -9,9 +9,12 @@ It drives the same policy classes the engine uses (``scheduling.make_policy``), 
   (padded tokens, records) resampled from that timeline up to ``records``;
 * worker speed spread: worker w runs at speed exp(sigma * z_w), z_w ~ N(0, 1) (seeded), or one
   worker ``slowdown`` times slower;
-* the driver as one serial server: each task costs it ``driver_s`` (measured
-  (T_c + T_s + T_write) / tasks) before it can be dispatched, plus ``dispatch_latency_s`` in
-  flight. This serial part is what bends the speedup curve (Amdahl).
+* the driver as one serial server: each task costs it ``driver_s`` (the report's
+  ``driver_busy_s`` / tasks: the driver process's CPU seconds per task; reports written before
+  that field existed give (T_c + T_s + T_write) / tasks) before it can be dispatched, plus
+  ``dispatch_latency_s`` in flight. This serial part is what bends the speedup curve (Amdahl);
+* faster workers (``Workload.faster``): every task's cost divided by a factor, the driver's
+  unchanged: a GPU-like profile is the measured CPU profile with workers 50x faster.
 
 It models scale-out: each simulated worker has the cores the measured workers had (see the
 report's ``threads_per_worker``). Validation against real runs: docs/scheduling.md.
@@ -62,8 +65,17 @@ class Workload:
         xs = [float(t[6] if len(t) > 6 else t[5]) for t in timeline]
         ys = [t[3] - t[2] for t in timeline]
         a, b = fit_line(xs, ys)
-        serial = report["t_create_s"] + report["t_schedule_s"] + report.get("t_write_s", 0.0)
+        serial = report.get("driver_busy_s")
+        if serial is None:
+            serial = report["t_create_s"] + report["t_schedule_s"] + report.get("t_write_s", 0.0)
         return cls([(t[4], int(x)) for t, x in zip(timeline, xs)], a, b, serial / max(1, len(timeline)))
+
+    def faster(self, factor: float) -> Workload:
+        """The same workload with every worker ``factor`` times faster per task (> 0); the
+        driver's cost per task is unchanged (a GPU-like profile: factor 50)."""
+        if not factor > 0:
+            raise UsageError(f"worker speed-up must be > 0, got {factor}")
+        return Workload(self.tasks, self.overhead_s / factor, self.s_per_token / factor, self.driver_s)
 
     def task_seconds(self, padded_tokens: int) -> float:
         return self.overhead_s + self.s_per_token * padded_tokens

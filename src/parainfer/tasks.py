@@ -4,6 +4,12 @@ A task is the unit of scheduling: a batch of records (their input positions and 
 its estimated cost in tokens. Records' ids and other columns stay in the driver (the merger
 holds them); only texts travel to workers.
 
+Lengths here are the driver's *estimates* (``length_estimate.LengthEstimator``: characters x
+a tokens-per-character ratio learned from the workers' exact counts): the driver never
+tokenises. Workers tokenise, and send the exact counts back with each result
+(:class:`TokenCounts`); the engine reports those. A text longer than ``max_chars`` is cut to
+``max_chars`` characters here, before any tokenising (issue 9: the size of one record is bounded).
+
 Length bucketing: within a window of W records, records are sorted by token length before
 batching, so each batch holds texts of similar length and little padding; the window's
 batches are then queued in a fixed pseudo-random order (seeded by the window's first task
@@ -15,7 +21,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from parainfer.records import Record
 
@@ -46,6 +52,45 @@ class Task:
         return len(self.seqs)
 
 
+@dataclass(slots=True)
+class TokenCounts:
+    """Exact token counts of one task, measured by the worker that tokenised it.
+
+    Attributes:
+        real: tokens after truncation, summed over the task's records.
+        padded: padded tokens the worker computed: B x the longest truncated record for one
+            padded batch, or rows x longest summed over the forward passes of a predictor that
+            cuts a task into length groups (``hf_common``).
+        truncated: records longer than the model window (cut to it).
+        fit_records, fit_chars, fit_tokens: over the records that were *not* truncated, their
+            number, characters and tokens: what the driver's length estimate learns from.
+    """
+
+    real: int = 0
+    padded: int = 0
+    truncated: int = 0
+    fit_records: int = 0
+    fit_chars: int = 0
+    fit_tokens: int = 0
+
+    @classmethod
+    def from_lengths(cls, texts: Sequence[Any], lengths: Sequence[int], truncated: Sequence[bool]) -> "TokenCounts":
+        """Counts from per-record truncated lengths (tokens) and truncation flags, aligned with texts."""
+        from parainfer.length_estimate import text_chars
+
+        fit = [i for i, cut in enumerate(truncated) if not cut]
+        return cls(real=sum(lengths), padded=max(lengths, default=0) * len(lengths), truncated=len(texts) - len(fit),
+                   fit_records=len(fit), fit_chars=sum(text_chars(texts[i]) for i in fit),
+                   fit_tokens=sum(lengths[i] for i in fit))
+
+
+    def add(self, other: "TokenCounts") -> None:
+        """Add ``other``'s real, padded and truncated counts to these (a running total)."""
+        self.real += other.real
+        self.padded += other.padded
+        self.truncated += other.truncated
+
+
 @dataclass
 class TaskStats:
     """Running totals over all tasks built (for the report)."""
@@ -72,10 +117,13 @@ class TaskBuilder:
         max_batch_tokens: most padded tokens per task (B x longest); a single record longer
             than the budget still forms a task of its own. None: no token budget.
         bucket: sort each window by token length before batching (length bucketing).
+        max_chars: texts longer than this many characters are cut to it before they go into a
+            task (None: never cut); see ``Predictor.max_input_chars``.
     """
 
     def __init__(self, length_fn: Callable[[list[str]], list[int]], max_input_tokens: int | None,
-                 batch_size: int = 64, max_batch_tokens: int | None = None, bucket: bool = True):
+                 batch_size: int = 64, max_batch_tokens: int | None = None, bucket: bool = True,
+                 max_chars: int | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_batch_tokens is not None and max_batch_tokens < 1:
@@ -85,6 +133,7 @@ class TaskBuilder:
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         self.bucket = bucket
+        self.max_chars = max_chars
         self.stats = TaskStats()
 
     def build(self, window: Sequence[Record]) -> list[Task]:
@@ -119,8 +168,12 @@ class TaskBuilder:
 
     def _make(self, window: Sequence[Record], lengths: list[int], batch: list[int], longest: int) -> Task:
         tokens = sum(lengths[i] for i in batch)
+        texts = [window[i].text for i in batch]
+        cap = self.max_chars
+        if cap is not None:
+            texts = [t[:cap] if isinstance(t, str) and len(t) > cap else t for t in texts]
         task = Task(index=self.stats.tasks, seqs=[window[i].seq for i in batch],
-                    texts=[window[i].text for i in batch], tokens=tokens, padded_tokens=longest * len(batch),
+                    texts=texts, tokens=tokens, padded_tokens=longest * len(batch),
                     batch_size=self.batch_size)
         self.stats.tasks += 1
         self.stats.records += len(batch)
@@ -174,3 +227,22 @@ def split_by_padding(lengths: Sequence[int], overhead_tokens: float) -> list[ran
         runs.append(range(int(cut[j]), j))
         j = int(cut[j])
     return runs[::-1]
+
+
+def within_budget(runs: list[range], sorted_lengths: list[int], max_tokens: int | None) -> list[range]:
+    """Cut each run of a length-sorted batch further so that no forward pass holds more than
+    ``max_tokens`` padded tokens (rows x longest); a single row over budget runs alone.
+
+    This is where ``--max-batch-tokens`` holds exactly: the driver formed the task from length
+    estimates. Returns the runs unchanged when ``max_tokens`` is None."""
+    if max_tokens is None:
+        return runs
+    out: list[range] = []
+    for run in runs:
+        start = run.start
+        for j in range(run.start, run.stop):
+            if j > start and (j - start + 1) * sorted_lengths[j] > max_tokens:
+                out.append(range(start, j))
+                start = j
+        out.append(range(start, run.stop))
+    return out

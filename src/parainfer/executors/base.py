@@ -12,16 +12,28 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from parainfer.tasks import Task
+from parainfer.tasks import Task, TokenCounts
 
 
 @dataclass(slots=True)
 class WorkerReady:
-    """A worker finished loading its model replica."""
+    """A worker finished loading its model replica.
+
+    Attributes:
+        worker_id: which worker.
+        load_s: seconds from the worker's code starting to the model being ready.
+        info: the predictor's ``describe()`` as loaded (the resolved dtype).
+        phases: where the start-up went, in seconds (``imports_s``, ``tokenizer_s``,
+            ``weights_s``, ``dtype_check_s`` as the predictor measured them, in
+            ``Predictor.load_phases``; ``load_other_s``: the rest of ``load_s``), plus ``started_at``: ``perf_counter()`` when the worker's
+            code began, which the driver compares with when it spawned the worker. An executor
+            whose workers run on other machines (clocks not comparable) leaves ``started_at`` out.
+    """
 
     worker_id: int
     load_s: float
     info: dict[str, Any] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -35,6 +47,10 @@ class TaskResult:
         errors: (position in task, reason) for each failed record.
         t_received, t_start, t_end: when the worker took it off its queue, started and
             finished computing (perf_counter seconds).
+        counts: the exact token counts the worker measured when it tokenised the task
+            (``Predictor.token_counts``); None when it could not. The driver only estimated
+            lengths, so an executor must pass this back for the report's token figures and the
+            driver's length estimate (``length_estimate.LengthEstimator``) to be exact.
     """
 
     task_index: int
@@ -44,6 +60,7 @@ class TaskResult:
     t_received: float
     t_start: float
     t_end: float
+    counts: TokenCounts | None = None
 
 
 @dataclass(slots=True)

@@ -242,7 +242,7 @@ class RayExecutor(Executor):
             slot.free_since = time.perf_counter()
             self._load_deaths[w] = 0
             self._placements[w].append(loaded["node"])
-            events.append(WorkerReady(w, loaded["load_s"], loaded["info"]))
+            events.append(WorkerReady(w, loaded["load_s"], loaded["info"], loaded.get("phases", {})))
         for index, (ref, task, submitted) in list(slot.held.items()):
             if ref not in done:
                 break  # later calls cannot have finished before this one
@@ -259,12 +259,12 @@ class RayExecutor(Executor):
                 self._died(w, slot, e, events)
 
     def _result(self, w: int, slot: _Slot, index: int, value: tuple, submitted: float, events: list[Event]) -> None:
-        _, outputs, errors, queue_s, compute_s = value
+        _, outputs, errors, queue_s, compute_s, counts = value
         seen = time.perf_counter()
         start = min(max(submitted, slot.free_since), seen - compute_s)
         slot.free_since = start + compute_s
         del slot.held[index]
-        events.append(TaskResult(index, w, outputs, errors, start - queue_s, start, start + compute_s))
+        events.append(TaskResult(index, w, outputs, errors, start - queue_s, start, start + compute_s, counts))
 
     def _died(self, w: int, slot: _Slot, error: BaseException, events: list[Event]) -> None:
         """Report a dead actor. Every call it held resolves once Ray knows it died (a result, or

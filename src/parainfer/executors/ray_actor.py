@@ -110,12 +110,16 @@ class RayWorker:
             raise ModelLoadError(f"model failed to load: {type(e).__name__}: {e}\n"
                                  f"{traceback.format_exc(limit=3)}") from None
         self.predictor = predictor
-        return {"load_s": time.perf_counter() - t0, "info": predictor.describe(),
+        load_s = time.perf_counter() - t0
+        phases = dict(getattr(predictor, "load_phases", {}))  # no started_at: another node's clock
+        phases["load_other_s"] = max(0.0, load_s - sum(phases.values()))
+        return {"load_s": load_s, "info": predictor.describe(), "phases": phases,
                 "node": ray.util.get_node_ip_address(), "pid": os.getpid()}
 
-    def run(self, task: Task, turn: int) -> tuple[int, list, list, float, float]:
+    def run(self, task: Task, turn: int) -> tuple[int, list, list, float, float, Any]:
         """Run one task when its ``turn`` (1, 2, ...) comes; returns (task index, outputs, errors,
-        queue_s, compute_s), both durations measured here (queue_s: waiting for the turn)."""
+        queue_s, compute_s, counts), both durations measured here (queue_s: waiting for the turn);
+        counts: the task's exact ``TokenCounts`` (``TaskResult.counts``)."""
         t_received = time.perf_counter()
         self._wait_turn(turn)
         try:
@@ -124,7 +128,8 @@ class RayWorker:
             res = run_task(self.predictor, task, self.worker_id, t_received)
         finally:
             self._next_turn()
-        return res.task_index, res.outputs, res.errors, res.t_start - res.t_received, res.t_end - res.t_start
+        return (res.task_index, res.outputs, res.errors, res.t_start - res.t_received, res.t_end - res.t_start,
+                res.counts)
 
     @ray.method(concurrency_group="watch")
     def watch(self) -> None:

@@ -38,7 +38,10 @@ def _describe_error(e: BaseException) -> str:
 
 
 def run_task(predictor: Predictor, task: Task, worker_id: int, t_received: float) -> TaskResult:
-    """Run one task on a loaded predictor; per-record fallback when the batch raises."""
+    """Run one task on a loaded predictor; per-record fallback when the batch raises.
+
+    The result carries the task's exact token counts (the predictor tokenised the texts here,
+    in the worker; the driver only estimated them)."""
     t_start = time.perf_counter()
     errors: list[tuple[int, str]] = []
     try:
@@ -57,12 +60,17 @@ def run_task(predictor: Predictor, task: Task, worker_id: int, t_received: float
         if isinstance(out, RecordFailure):
             outputs[pos] = None
             errors.append((pos, out.reason))
-    return TaskResult(task.index, worker_id, outputs, errors, t_received, t_start, time.perf_counter())
+    try:
+        counts = predictor.token_counts(task.texts)
+    except Exception:  # noqa: BLE001 - counts are for the report; a record that cannot be counted failed above
+        counts = None
+    return TaskResult(task.index, worker_id, outputs, errors, t_received, t_start, time.perf_counter(), counts)
 
 
 def worker_main(worker_id: int, predictor: Predictor, inbox: Any, outbox: Any, threads: int | None,
                 env: dict[str, str]) -> None:
     """Process entry point. ``inbox`` yields Task objects, then None to stop."""
+    started_at = time.perf_counter()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if env.get("PARAINFER_DIE_WITH_PARENT") == "1":
         _die_with_parent()
@@ -88,7 +96,11 @@ def worker_main(worker_id: int, predictor: Predictor, inbox: Any, outbox: Any, t
         outbox.send(WorkerFailed(worker_id, f"model failed to load: {_describe_error(e)}\n"
                                 f"{traceback.format_exc(limit=3)}", [], fatal=True))
         return
-    outbox.send(WorkerReady(worker_id, time.perf_counter() - t0, predictor.describe()))
+    load_s = time.perf_counter() - t0
+    phases = dict(getattr(predictor, "load_phases", {}))
+    phases["load_other_s"] = max(0.0, load_s - sum(phases.values()))  # imports the predictor's phases missed
+    phases["started_at"] = started_at
+    outbox.send(WorkerReady(worker_id, load_s, predictor.describe(), phases))
     parent = os.getppid()
     while True:
         try:

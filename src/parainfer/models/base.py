@@ -2,7 +2,8 @@
 
 A predictor is built in the driver from a picklable :class:`PredictorSpec`, shipped to each
 worker process, and loaded there exactly once (``load``); the worker then calls ``predict``
-once per task. ``token_lengths`` is cheap and runs in the driver to size and bucket tasks.
+once per task. The driver never tokenises: it sizes and buckets tasks from characters
+(``length_estimate``); the worker reports each task's exact counts (``token_counts``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
+
+from parainfer.tasks import TokenCounts
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +36,14 @@ class Predictor(ABC):
             counted). None when the model has no window (a Python callable).
         default_workers: workers when the user asks for the default (``--workers 0``); None
             leaves it to the device (one per core on the CPU, one per GPU).
+        writes_own_rows: outputs are whole output rows (see below).
+        max_batch_tokens: the job's token budget (``--max-batch-tokens``), set by the engine
+            before the predictor is shipped: a tokenising predictor keeps each forward pass
+            within it exactly (the driver's batches are formed from estimates). None: no budget.
 
     A predictor that runs its own thread pool declares a ``threads`` attribute: the worker sets
     it to the worker's thread share (``--threads-per-worker``, default cores // workers) before
     ``load``.
-        writes_own_rows: outputs are whole output rows (see below).
     """
 
     task: str = "custom"
@@ -48,6 +54,7 @@ class Predictor(ABC):
     #: True: each output dict is the whole output row (the merger adds no id, text or input
     #: columns); an OpenAI batch result line is one.
     writes_own_rows: bool = False
+    max_batch_tokens: int | None = None
 
     @abstractmethod
     def load(self) -> None:
@@ -74,14 +81,34 @@ class Predictor(ABC):
         """The model's input window in tokens (None: no limit). Cheap; runs in the driver."""
         return self.max_input_tokens
 
+    def max_input_chars(self) -> int | None:
+        """Characters of one text worth tokenising: longer texts are cut to it in the driver,
+        before anything tokenises them (None: never cut). Truncating models return
+        ``window x length_estimate.MAX_CHARS_PER_TOKEN``; the default is None."""
+        return None
+
     def token_lengths(self, texts: list[str]) -> list[int]:
-        """Estimated length of each text in model tokens (before truncation).
+        """Length of each text in model tokens (before truncation).
 
         The default is a characters/4 heuristic (about right for English BPE/WordPiece);
-        tokenizer-backed predictors override it with the real tokenizer. Used by the driver to
-        bucket by length, form token-budget batches, and estimate task cost.
+        tokenizer-backed predictors override it with the real tokenizer. Runs in workers (for
+        ``token_counts``) and in the server; never in a batch job's driver.
         """
         return [len(t) // 4 + 1 for t in texts]
+
+    def token_counts(self, texts: list[Any]) -> TokenCounts:
+        """Exact counts for a task just run on ``texts`` (worker side, after ``predict``).
+
+        The default measures ``token_lengths`` against ``max_input_tokens``; tokenising
+        predictors return what their last ``predict`` on the same list measured, so nothing
+        is tokenised twice.
+        """
+        lengths = self.token_lengths(texts)
+        cap = self.max_input_tokens
+        truncated = [cap is not None and n > cap for n in lengths]
+        if cap is not None:
+            lengths = [min(n, cap) for n in lengths]
+        return TokenCounts.from_lengths(texts, lengths, truncated)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able description (name, path, dtype) for reports and fingerprints."""

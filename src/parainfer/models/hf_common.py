@@ -15,7 +15,8 @@ import numpy as np
 
 from parainfer.errors import UsageError
 from parainfer.models.dtype import check_dtype, resolve_dtype
-from parainfer.tasks import split_by_padding
+from parainfer.length_estimate import MAX_CHARS_PER_TOKEN
+from parainfer.tasks import TokenCounts, split_by_padding, within_budget
 
 # Fixed cost of one encoder forward call, in token-equivalents, by device type: a batch is cut
 # into length groups only where the padding saved exceeds this per extra call (see
@@ -60,6 +61,24 @@ def read_window(model_dir: Path, tokenizer: Any, config: Any) -> int:
     return min(limits) if limits else 512
 
 
+def window_from_files(model_dir: Path) -> int:
+    """The model window in tokens read from the directory's JSON files alone (no tokenizer, no
+    transformers import: cheap enough for the driver). Same rule as ``read_window``, with the
+    tokenizer's ``model_max_length`` taken from tokenizer_config.json."""
+    def field(name: str, key: str) -> Any:
+        try:
+            return json.loads((model_dir / name).read_text()).get(key)
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    value = field("sentence_bert_config.json", "max_seq_length")
+    if value:
+        return int(value)
+    limits = [field("config.json", "max_position_embeddings"), field("tokenizer_config.json", "model_max_length")]
+    limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
+    return min(limits) if limits else 512
+
+
 def check_model_dir(path: str | os.PathLike) -> Path:
     """Raise UsageError unless ``path`` is a directory holding a Hugging Face config.json."""
     p = Path(path)
@@ -94,9 +113,34 @@ class HFTokenizerMixin:
         return self._tokenizer
 
     def window(self) -> int | None:
-        """The model window in tokens; loads only the tokenizer and config (driver side)."""
+        """The model window in tokens. Driver side: read from the directory's JSON files, no
+        tokenizer loaded (``window_from_files``); a loaded worker answers from its tokenizer."""
+        if self.max_input_tokens is None and self._tokenizer is None:
+            return window_from_files(self.model_dir)
         self._get_tokenizer()
         return self.max_input_tokens
+
+    def max_input_chars(self) -> int | None:
+        """``window x MAX_CHARS_PER_TOKEN`` characters: more of a text cannot reach the window."""
+        window = self.window()
+        return window * MAX_CHARS_PER_TOKEN if window else None
+
+    def token_counts(self, texts: list[Any]) -> TokenCounts:
+        """Exact counts of ``texts``: those the last forward passes measured when they ran this
+        very list (no second tokenisation; ``padded`` is then what those passes computed, rows x
+        longest summed over the length groups), else by tokenising them with truncation
+        (``padded`` = B x longest)."""
+        last = getattr(self, "_last_counts", None)
+        if last is not None and last[0] is texts:
+            return last[1]
+        enc = self._get_tokenizer()(texts, truncation=True, max_length=self.max_input_tokens)
+        return self._counts(texts, enc)
+
+    @staticmethod
+    def _counts(texts: list[Any], enc: Any) -> TokenCounts:
+        lengths = [len(ids) for ids in enc["input_ids"]]
+        truncated = [bool(e.overflowing) for e in enc.encodings] if enc.encodings else [False] * len(texts)
+        return TokenCounts.from_lengths(texts, lengths, truncated)
 
     def token_lengths(self, texts: list[str]) -> list[int]:
         """Tokens per text including special tokens, before truncation (fast tokenizer)."""
@@ -119,12 +163,19 @@ class HFTokenizerMixin:
 
         tokenizer = self._get_tokenizer()
         enc = tokenizer(texts, truncation=True, max_length=self.max_input_tokens)
+        counts = self._counts(texts, enc)
         lengths = [len(ids) for ids in enc["input_ids"]]
         order = sorted(range(len(texts)), key=lengths.__getitem__)
         overhead = FORWARD_OVERHEAD_TOKENS.get(str(getattr(self, "device", "cpu")).split(":")[0], float("inf"))
         pad_values = {"input_ids": tokenizer.pad_token_id or 0, "token_type_ids": tokenizer.pad_token_type_id}
         left = tokenizer.padding_side == "left"
-        for run in split_by_padding([lengths[i] for i in order], overhead):
+        sorted_lengths = [lengths[i] for i in order]
+        runs = within_budget(split_by_padding(sorted_lengths, overhead), sorted_lengths,
+                             getattr(self, "max_batch_tokens", None))
+        # Padded tokens as computed: rows x longest, summed over the forward passes.
+        counts.padded = sum(len(run) * sorted_lengths[run.stop - 1] for run in runs)
+        self._last_counts = (texts, counts)
+        for run in runs:
             rows = [order[k] for k in run]
             width = lengths[rows[-1]]
             batch = {}
@@ -155,6 +206,7 @@ class HFTokenizerMixin:
         state = dict(self.__dict__)
         state["_tokenizer"] = None
         state["_model"] = None
+        state.pop("_last_counts", None)
         return state
 
 
@@ -179,16 +231,44 @@ class HFModel(HFTokenizerMixin):
     def _load(self, auto_cls: Any, close_enough: Any) -> None:
         """Load tokenizer and weights; for ``auto`` keep bf16 only if
         ``close_enough(fp32_model, bf16_model)`` says its outputs are within tolerance."""
+        import time
+
+        from parainfer.models import dtype_cache
+
+        t = time.perf_counter()
+        import torch  # noqa: F401 - timed on its own: imports are a large part of start-up
+        import transformers  # noqa: F401
+
+        phases = self.load_phases = {"imports_s": time.perf_counter() - t}
+        t = time.perf_counter()
         self._get_tokenizer()
+        phases["tokenizer_s"] = time.perf_counter() - t
+        t = time.perf_counter()
         model, _ = load_torch_model(self.model_dir, auto_cls, self.dtype, self.device)
         self._model = model
+        phases["weights_s"] = time.perf_counter() - t
         if self.dtype == "auto":
-            self._model, self.dtype = pick_dtype(model, "auto", close_enough, self.device)
+            t = time.perf_counter()
+            key = dtype_cache.decision_key(self.model_dir, type(self).__name__, self.device)
+            known = dtype_cache.lookup(key)
+            if known is not None:  # decided by an earlier load on this machine: no calibration run
+                import torch
+
+                self._model = model.to(torch.bfloat16) if known == "bfloat16" else model
+                self.dtype, self.dtype_decision = known, "cached"
+            else:
+                self._model, self.dtype = pick_dtype(model, "auto", close_enough, self.device)
+                self.dtype_decision = "checked"
+                dtype_cache.store(key, self.dtype)
+            phases["dtype_check_s"] = time.perf_counter() - t
 
     def describe(self) -> dict[str, Any]:
         """Class, task, model path, dtype (as resolved after load) and window."""
-        return {"class": type(self).__name__, "task": self.task, "model": str(self.model_dir),
-                "dtype": self.dtype, "device": self.device, "max_input_tokens": self.max_input_tokens}
+        out = {"class": type(self).__name__, "task": self.task, "model": str(self.model_dir),
+               "dtype": self.dtype, "device": self.device, "max_input_tokens": self.max_input_tokens}
+        if getattr(self, "dtype_decision", None):
+            out["dtype_decision"] = self.dtype_decision  # "checked" (calibration run) or "cached"
+        return out
 
 
 def load_torch_model(model_dir: Path, auto_cls: Any, dtype: str, device: str = "cpu") -> tuple[Any, str]:

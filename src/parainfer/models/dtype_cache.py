@@ -1,0 +1,87 @@
+"""The ``--dtype auto`` decision, remembered per model and machine (issue 11, start-up).
+
+``--dtype auto`` runs the calibration texts through the model in float32 and in bfloat16 and
+keeps bf16 only within tolerance (``hf_common.pick_dtype``). The answer depends on the model
+files, the predictor class (its tolerance test), the device, the CPU and the torch version,
+not on the job, so every worker of every job used to pay for the same check. Here it is
+stored once in ``<user cache dir>/parainfer/dtype/<key>.json`` (``PARAINFER_DTYPE_CACHE_DIR``
+overrides the folder; ``PARAINFER_DTYPE_CACHE=0`` turns the cache off) and read by later loads.
+
+The key is a SHA-256 over: the model directory's resolved path and, for each of its top-level
+files, name, size and modification time (a retrained or replaced model gets a new key); the
+predictor class; the device type; the CPU model name and flags from /proc/cpuinfo; torch's
+version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+
+def cache_folder() -> Path | None:
+    """Where decisions are kept, or None when the cache is turned off."""
+    if os.environ.get("PARAINFER_DTYPE_CACHE", "1") == "0":
+        return None
+    folder = os.environ.get("PARAINFER_DTYPE_CACHE_DIR")
+    if folder:
+        return Path(folder)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("parainfer")) / "dtype"
+
+
+def _cpu_identity() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags"))][:2]
+        return "".join(lines)
+    except OSError:
+        import platform
+
+        return platform.processor()
+
+
+def decision_key(model_dir: Path, predictor_class: str, device: str) -> str:
+    """Hex SHA-256 naming one (model files, predictor class, device, CPU, torch) combination."""
+    import torch
+
+    h = hashlib.sha256()
+    root = Path(model_dir).resolve()
+    h.update(str(root).encode())
+    for p in sorted(root.iterdir()):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    h.update(f"{predictor_class}|{device.split(':')[0]}|{torch.__version__}|".encode())
+    h.update(_cpu_identity().encode())
+    return h.hexdigest()
+
+
+def lookup(key: str) -> str | None:
+    """The stored dtype ("bfloat16" | "float32") for ``key``, or None (unknown, unreadable, off)."""
+    folder = cache_folder()
+    if folder is None:
+        return None
+    try:
+        value = json.loads((folder / f"{key}.json").read_text()).get("dtype")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if value in ("bfloat16", "float32") else None
+
+
+def store(key: str, dtype: str) -> None:
+    """Remember ``dtype`` for ``key`` (atomic write; a failure to write is ignored: the cache
+    only saves time)."""
+    folder = cache_folder()
+    if folder is None:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{key}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"dtype": dtype}))
+        os.replace(tmp, folder / f"{key}.json")
+    except OSError:
+        pass
