@@ -39,6 +39,8 @@ def fit(train_texts: list[str], train_labels: list[str], val_texts: list[str], v
     import skops.io as sio
 
     pipe = build_pipeline(C, max_features, seed).fit(train_texts, train_labels)
+    for _, vectorizer in pipe.named_steps["features"].transformer_list:
+        vectorizer.stop_words_ = None  # the pruned terms: only for introspection, and the bulk of the file
     sio.dump(pipe, Path(model_dir) / MODEL_FILE)
     return Fitted(labels=[str(c) for c in pipe.classes_], val_pred=[str(p) for p in pipe.predict(val_texts)],
                   files={"model": MODEL_FILE},
