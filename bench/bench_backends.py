@@ -10,7 +10,7 @@ the same classify job on 2 workers, one run.
 4. Print a markdown table (accuracy against the gold labels; label agreement with torch bf16
    and fp32) and draw speed vs accuracy to a PNG.
 
-Usage: python bench/bench_backends.py [--limit N] [--keras-epochs 3] [--keras-train-limit N]
+Usage: python bench/bench_backends.py [--limit N] [--keras-epochs 3] [--keras-train-limit N] [--sklearn-train-limit N]
        [--plot docs/backends_speed_accuracy.png]
 """
 
@@ -40,6 +40,16 @@ def prepare(tmp: Path, limit: int | None) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+def subset(path: Path, limit: int | None) -> Path:
+    """The first ``limit`` rows of every (len / limit)-th row of a JSONL file (all rows when None)."""
+    if not limit:
+        return path
+    lines = path.read_text(encoding="utf-8").splitlines(True)
+    out = path.with_name(f"{path.stem}_{limit}.jsonl")
+    out.write_text("".join(lines[::max(1, len(lines) // limit)][:limit]), encoding="utf-8")
+    return out
+
+
 def run(src: Path, out: Path, model: str | None, dtype: str = "auto") -> tuple[list[dict], dict]:
     from parainfer.config import JobConfig
     from parainfer.engine import Job
@@ -54,6 +64,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="validation texts to classify (default: all 4,664)")
     ap.add_argument("--keras-epochs", type=int, default=3)
     ap.add_argument("--keras-train-limit", type=int, default=None, help="train keras on N training texts taken evenly")
+    ap.add_argument("--sklearn-train-limit", type=int, default=None, help="train sklearn on N training texts taken evenly")
     ap.add_argument("--plot", default="docs/backends_speed_accuracy.png")
     args = ap.parse_args()
     from parainfer.models.onnx_export import export_onnx
@@ -62,15 +73,11 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_backends_"))
     train_path, val_path = prepare(tmp, args.limit)
     t = time.perf_counter()
-    sk = train(str(train_path), str(tmp / "sklearn"), backend="sklearn", validation=0.01, seed=0)
+    sk = train(str(subset(train_path, args.sklearn_train_limit)), str(tmp / "sklearn"), backend="sklearn",
+               validation=0.01, seed=0)
     print(f"sklearn trained in {time.perf_counter() - t:.0f} s", flush=True)
     t = time.perf_counter()
-    keras_path = train_path
-    if args.keras_train_limit:
-        keras_path = tmp / "vader_train_keras.jsonl"
-        lines = train_path.read_text(encoding="utf-8").splitlines(True)
-        keras_path.write_text("".join(lines[::max(1, len(lines) // args.keras_train_limit)][:args.keras_train_limit]))
-    ke = train(str(keras_path), str(tmp / "keras"), backend="keras", validation=0.1, seed=0, epochs=args.keras_epochs)
+    ke = train(str(subset(train_path, args.keras_train_limit)), str(tmp / "keras"), backend="keras", validation=0.1, seed=0, epochs=args.keras_epochs)
     print(f"keras trained in {time.perf_counter() - t:.0f} s; epochs {ke['history']}", flush=True)
     export_onnx(tmp / "onnx_fp32", head="builtin", encoder="fp32")
     export_onnx(tmp / "onnx_int8", head="builtin", encoder="int8")

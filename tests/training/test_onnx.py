@@ -77,10 +77,3 @@ def test_run_onnx_dir_on_two_workers(onnx_dir: Path, vader_sample: Path, torch_f
     assert report["model"]["backend"] == "onnxruntime" and report["failed_records"] == 0
     assert [r["label"] for r in rows] == [w["label"] for w in torch_fp32[1]]
 
-
-def test_embed_int8_job(vader_sample: Path, tmp_path: Path) -> None:
-    result = tmp_path / "emb.jsonl"
-    Job(JobConfig(input=str(vader_sample), output=str(result), task="embed", model="all-MiniLM-L6-v2-onnx-int8",
-                  workers=2, quiet=True)).run()
-    vectors = np.array([r["embedding"] for r in read_jsonl(result)])
-    assert vectors.shape == (300, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)

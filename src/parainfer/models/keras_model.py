@@ -69,7 +69,9 @@ class KerasPredictor(Predictor):
             import tensorflow as tf
 
             tf.config.threading.set_intra_op_parallelism_threads(threads)
-        self._model = keras.saving.load_model(self.model_path, safe_mode=True)
+        # compile=False: inference needs no optimizer, and a torch-trained file's optimizer config
+        # names torch classes (importing torch next to TensorFlow aborts in LLVM).
+        self._model = keras.saving.load_model(self.model_path, compile=False, safe_mode=True)
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Class probabilities [B, C] float32 (one forward call, training=False)."""
