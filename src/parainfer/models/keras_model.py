@@ -46,7 +46,8 @@ class KerasPredictor(Predictor):
         self.keras_backend = (keras_backend or os.environ.get("KERAS_BACKEND")
                               or manifest.get("training", {}).get("keras_backend") or "torch")
         if self.keras_backend not in KERAS_BACKENDS:
-            raise UsageError(f"KERAS_BACKEND {self.keras_backend!r} is not supported; accepted: {', '.join(KERAS_BACKENDS)}")
+            raise UsageError(f"KERAS_BACKEND {self.keras_backend!r} is not supported; "
+                             f"accepted: {', '.join(KERAS_BACKENDS)}")
         self.vectorizer = TextVectorizer.load(self.vocab_path)
         self.max_input_tokens = self.vectorizer.sequence_length
         self._model: Any = None

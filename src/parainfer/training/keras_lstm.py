@@ -44,7 +44,8 @@ def build_model(vocab_size: int, sequence_length: int, classes: int, embedding_d
 
 def fit(train_texts: list[str], train_labels: list[str], val_texts: list[str], val_labels: list[str],
         model_dir: Path, seed: int = 0, epochs: int = 4, batch_size: int = 64, sequence_length: int = 48,
-        max_tokens: int = 20_000, embedding_dim: int = 64, units: int = 32, learning_rate: float = 2e-3, threads: int = 1) -> Fitted:
+        max_tokens: int = 20_000, embedding_dim: int = 64, units: int = 32, learning_rate: float = 2e-3,
+        threads: int = 1) -> Fitted:
     """Fit the vectorizer and the model, save both, predict the validation texts.
 
     ``threads``: torch intra-op threads. The LSTM steps through time in Python with tiny ops,
