@@ -1,4 +1,4 @@
-"""The command line: ``parainfer run | datasets | train-head | report | simulate | serve``.
+"""The command line: ``parainfer run | datasets | train | train-head | export-onnx | report | simulate | serve``.
 
 Bad input (a missing file, an unknown option value) prints one line naming the bad value and
 what is accepted, and exits with code 2; a job where some records failed exits with 1; a job
@@ -61,6 +61,8 @@ def run(
     gpus_per_worker: float = typer.Option(0.0, help="ray: GPUs each worker actor asks for"),
     input_format: str = typer.Option("auto", "--format", help="auto | records | openai-batch (an OpenAI batch "
                                      "file: one result line per request; auto recognises it by its first line)"),
+    trust: bool = typer.Option(False, help="load a model directory's skops file even if it holds types skops "
+                               "does not trust by default (only for files from a trusted source)"),
 ) -> None:
     """Run a batch job: every input record's result, in input order, computed by N workers."""
     from parainfer.config import JobConfig
@@ -77,7 +79,7 @@ def run(
                        translation=dict(source_lang=source_lang, target_lang=target_lang) if task == "translate" else {},
                        executor=executor, address=address, cpus_per_worker=cpus_per_worker,
                        gpus_per_worker=gpus_per_worker,
-                       input_format=input_format)
+                       input_format=input_format, trust=trust)
     from parainfer.recovery import Interrupted
 
     try:
@@ -145,6 +147,55 @@ def train_head(
     head = th.train(dataset, target, seed=seed, workers=workers)
     print(f"held-out accuracy {head['accuracy']:.4f} on {head['n_test']} texts "
           f"(trained on {head['n_train']}); saved {target}")
+
+
+@app.command("train")
+def train_command(
+    input: str = typer.Argument(..., help="labelled .jsonl .csv or .parquet file"),
+    output: str = typer.Option(..., "--output", "-o", help="model directory to create (run --model DIR reads it)"),
+    backend: str = typer.Option("sklearn", help="sklearn (TF-IDF + logistic regression) | head (built-in encoder + "
+                                "logistic regression) | keras (Embedding -> LSTM -> softmax)"),
+    label_column: str = typer.Option("label", help="column holding the label (any number of classes)"),
+    text_column: str = typer.Option("text", help="column holding the text"),
+    validation: float = typer.Option(0.2, help="fraction held out for validation (stratified)"),
+    seed: int = typer.Option(0, help="split and training seed"),
+    errors: Optional[str] = typer.Option(None, help="bad rows go here (default MODEL_DIR/train.errors.jsonl)"),
+    epochs: Optional[int] = typer.Option(None, help="keras: training epochs (default 4)"),
+    workers: int = typer.Option(0, help="head: worker processes that embed the texts (0 = one per core)"),
+    overwrite: bool = typer.Option(False, help="replace a model already in the output directory"),
+) -> None:
+    """Train a text classifier on a labelled file; print and save validation metrics."""
+    from parainfer.training.metrics import metrics_lines
+    from parainfer.training.train import train
+
+    options = {"epochs": epochs} if epochs is not None and backend == "keras" else {}
+    if backend == "head":
+        options["workers"] = workers
+    result = train(input, output, backend=backend, label_column=label_column, text_column=text_column,
+                   validation=validation, seed=seed, errors=errors, overwrite=overwrite, **options)
+    for line in metrics_lines(result):
+        print(line)
+    print(f"trained {backend} on {result['n_train']:,} texts in {result['seconds']:.1f} s; model saved in {output}"
+          + (f"; training curve {result['curve']}" if result["curve"] else ""))
+    if result["bad_rows"]:
+        print(f"{result['bad_rows']} bad row{'' if result['bad_rows'] == 1 else 's'} left out; see "
+              f"{result['errors_file']}", file=sys.stderr)
+
+
+@app.command("export-onnx")
+def export_onnx_command(
+    output: str = typer.Option(..., "--output", "-o", help="model directory to create (run --model DIR reads it)"),
+    head: Optional[str] = typer.Option(None, help="also export a classifier head: builtin (VADER), a .safetensors "
+                                       "head, or a `train --backend head` directory; without it: an embed model"),
+    encoder: str = typer.Option("fp32", help="fp32 (exported from the built-in encoder) | int8 (the packaged "
+                                "int8 all-MiniLM-L6-v2 ONNX)"),
+) -> None:
+    """Write the built-in encoder (and a head) as ONNX for ONNX Runtime (run/serve --model DIR)."""
+    from parainfer.models.onnx_export import export_onnx
+
+    manifest = export_onnx(output, head=head, encoder=encoder)
+    how = manifest["preprocessing"].get("encoder_exporter", "")
+    print(f"wrote {output} ({manifest['task']} model, encoder {encoder}: {how})")
 
 
 @app.command("report")

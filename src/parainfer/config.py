@@ -51,6 +51,7 @@ class JobConfig(BaseModel):
                                                           "else a local Ray started for the job)")
     cpus_per_worker: float = Field(default=1.0, gt=0, description="ray: CPUs each worker actor asks for")
     gpus_per_worker: float = Field(default=0.0, ge=0, description="ray: GPUs each worker actor asks for")
+    trust: bool = Field(default=False, description="load model files holding types skops does not trust by default")
     @field_validator("batch_size")
     @classmethod
     def _positive_batch(cls, value: int | str) -> int | str:

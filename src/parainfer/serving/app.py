@@ -67,7 +67,7 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
     if generator is None:
         both_directions = {"source_lang": None, "target_lang": None} if config.task == "translate" else {}
         predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device,
-                                                 **both_directions)
+                                                 trust=config.trust, **both_directions)
     service: InferenceService | GenerationService = generator or InferenceService(config, predictor, metrics)
     batch_api = BatchApi(config)
 

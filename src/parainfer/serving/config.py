@@ -54,6 +54,7 @@ class ServeConfig(BaseModel):
     max_batch_lines: int = Field(default=50_000, ge=1, description="a batch input file with more requests gets 400")
     batch_concurrency: int = Field(default=4, ge=1, description="most batch requests running at once; they start "
                                    "only while no online request is in flight")
+    trust: bool = Field(default=False, description="load model files holding types skops does not trust by default")
 
     def served_model_name(self) -> str:
         """The id reported by /v1/models and in responses ("all-MiniLM-L6-v2" for the default embedder)."""
