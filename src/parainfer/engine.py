@@ -24,6 +24,7 @@ from parainfer.devices import default_workers
 from parainfer.errors import JobError
 from parainfer.executors.base import TaskResult, WorkerFailed, WorkerReady
 from parainfer.executors.local import LocalExecutor, default_threads
+from parainfer.executors.shared import Workers
 from parainfer.io.checkpoint import Checkpoint
 from parainfer.io.sources import open_source
 from parainfer.merger import Merger
@@ -73,16 +74,22 @@ class Job:
     Args:
         config: the validated settings.
         predictor: a ready-made (unloaded) predictor; default: built from config.task/model.
+        source: the records to read (default: ``open_source(config.input)``; in-memory jobs
+            pass ``io.memory.memory_source``).
+        store: the output side with the Checkpoint interface (default: ``Checkpoint`` on
+            config.output; in-memory jobs pass ``io.memory.MemoryStore``).
 
     ``run()`` returns the report dict; raises UsageError for bad input files or options and
     JobError when the workers cannot run the model.
     """
 
-    def __init__(self, config: JobConfig, predictor: Predictor | None = None):
+    def __init__(self, config: JobConfig, predictor: Predictor | None = None, source: Any = None,
+                 store: Any = None):
         self.config = config
+        self.store = store
         # Input problems are reported before any model is built or worker started.
-        self.source = open_source(config.input, text_column=config.text_column, id_column=config.id_column,
-                                  allow_messages=config.task == "generate")
+        self.source = source or open_source(config.input, text_column=config.text_column,
+                                            id_column=config.id_column, allow_messages=config.task == "generate")
         self.predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device,
                                                       **config.generation)
         self.num_workers = config.workers or default_workers(config.device, default_threads(1))
@@ -94,17 +101,20 @@ class Job:
         self.max_buffered = config.max_buffered_records or max(
             4 * self.window, 4 * self.num_workers * (config.prefetch + 1) * batch_size)
 
-    def run(self) -> dict[str, Any]:
-        """Run the job to the end; returns the report dict (also written to config.report)."""
+    def run(self, workers: Workers | None = None) -> dict[str, Any]:
+        """Run the job to the end; returns the report dict (also written to config.report).
+
+        ``workers``: a started executor to run on and leave running (``start_workers``; its
+        num_workers must equal this job's); default: start one now and shut it down at the end.
+        """
         cfg = self.config
         t0 = time.perf_counter()
         policy = make_policy(cfg.policy, self.num_workers)
-        executor = LocalExecutor(self.predictor, self.num_workers, cfg.threads_per_worker)
         first_size = self.tuner.current if self.tuner else int(cfg.batch_size)
         builder = TaskBuilder(self.predictor.token_lengths, None, first_size, cfg.max_batch_tokens, self.bucket)
         report = TimingReport(workers=self.num_workers, policy=cfg.policy)
         merger = Merger(cfg.id_column, cfg.text_column)
-        ckpt = Checkpoint(cfg, self.source, self.predictor)
+        ckpt = self.store or Checkpoint(cfg, self.source, self.predictor)
         if ckpt.finished:
             out = _already_complete_report(ckpt, report, t0)
             if cfg.report:
@@ -112,14 +122,19 @@ class Job:
             return out
         errors, sink = ckpt.errors, ckpt.sink
         merger.next_seq = ckpt.resumed_records
-        progress = Progress(count_records(cfg.input), enabled=not cfg.quiet)
-        executor.start()
+        progress = Progress(getattr(self.source, "total", None) or count_records(cfg.input), enabled=not cfg.quiet)
+        own = workers is None
+        workers = workers or start_workers(self.predictor, self.num_workers, cfg.threads_per_worker)
+        executor = workers.executor
+        if workers.model_info is not None:
+            report.extra["model"] = workers.model_info
         builder.max_input_tokens = self.predictor.window()
         self._executor, self._policy, self._builder, self._report = executor, policy, builder, report
         self._merger, self._errors, self._tasks = merger, errors, {}
         self._ckpt, self._watchdog = ckpt, Watchdog(cfg.task_timeout)
         self._recovery = TaskRecovery(cfg.max_retries, self._new_task_index)
-        state = _State()
+        self._workers = workers
+        state = _State(ready=workers.ready)  # shared: what this job learns, the next one knows
         records = ckpt.skip(self.source)
         stop = GracefulStop(on_abort=self._kill_workers)
         done = False
@@ -151,7 +166,9 @@ class Job:
             progress.close()
             if not done:
                 self._kill_workers()
-            executor.shutdown()
+                workers.broken = True
+            if own:
+                workers.shutdown()
             errors.close()
         if not done:
             raise Interrupted(merger.next_seq, ckpt.path)
@@ -218,6 +235,7 @@ class Job:
             state.ready.add(event.worker_id)
             self._report.per_worker[event.worker_id].load_s = event.load_s
             self._report.extra["model"] = event.info  # as loaded: the resolved dtype
+            self._workers.load_s[event.worker_id], self._workers.model_info = event.load_s, event.info
         elif isinstance(event, TaskResult):
             self._on_result(event, state)
         elif isinstance(event, WorkerFailed):
@@ -304,6 +322,14 @@ class Job:
             a, b = self._policy.cost.coefficients(w)
             out.append({"worker": w, "overhead_ms": round(a * 1e3, 3), "ms_per_1k_tokens": round(b * 1e6, 3)})
         return out
+
+
+def start_workers(predictor: Predictor, num_workers: int, threads_per_worker: int | None = None) -> Workers:
+    """Start N workers, each loading a replica of ``predictor`` (non-blocking: WorkerReady events
+    follow). The caller owns them: ``Job.run(workers)`` any number of times, then ``shutdown()``."""
+    executor = LocalExecutor(predictor, num_workers, threads_per_worker)
+    executor.start()
+    return Workers(executor)
 
 
 def _already_complete_report(ckpt: Checkpoint, report: TimingReport, t0: float) -> dict[str, Any]:
