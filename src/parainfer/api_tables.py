@@ -79,8 +79,8 @@ def _pandas(df: Any, columns: dict[str, list[Any]]) -> Any:
     import pandas as pd
 
     out = df.rename(columns=_renamed(list(df.columns), columns))
-    added = pd.DataFrame({k: pd.Series(v, index=df.index, dtype=object if _has_arrays(v) else None)
-                          for k, v in columns.items()}, index=df.index)
+    added = pd.DataFrame({k: pd.Series(v, index=df.index, dtype=object if k == ERROR_COLUMN or _has_arrays(v)
+                                       else None) for k, v in columns.items()}, index=df.index)
     return pd.concat([out, added], axis=1)
 
 
