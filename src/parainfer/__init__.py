@@ -9,7 +9,8 @@ They are imported on first use, so ``import parainfer`` stays cheap for the work
 """
 
 __version__ = "0.1.0"
-__all__ = ["run", "predict", "Pool", "datasets", "ParainferError", "UsageError", "JobError", "RecordsFailed"]
+__all__ = ["run", "predict", "Pool", "datasets", "ParainferError", "UsageError", "JobError", "RecordsFailed",
+           "Interrupted"]
 
 
 def __getattr__(name: str):  # PEP 562: lazy attributes
@@ -21,6 +22,10 @@ def __getattr__(name: str):  # PEP 562: lazy attributes
         from parainfer import errors
 
         return getattr(errors, name)
+    if name == "Interrupted":
+        from parainfer.recovery import Interrupted
+
+        return Interrupted
     if name == "datasets":
         import importlib
 
