@@ -235,7 +235,7 @@ class Job:
             state.ready.add(event.worker_id)
             self._report.per_worker[event.worker_id].load_s = event.load_s
             self._report.extra["model"] = event.info  # as loaded: the resolved dtype
-            self._workers.load_s[event.worker_id], self._workers.model_info = event.load_s, event.info
+            self._workers.model_info = event.info
         elif isinstance(event, TaskResult):
             self._on_result(event, state)
         elif isinstance(event, WorkerFailed):

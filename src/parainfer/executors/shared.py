@@ -3,7 +3,7 @@
 A job normally starts its executor and shuts it down at the end. Several jobs can instead run
 one after another on the same started executor (the model replicas stay loaded): the engine
 then takes a `Workers` and keeps what it learns about the workers in it (which are ready,
-their load times, the loaded model's description), so the next job starts dispatching at
+the loaded model's description), so the next job starts dispatching at
 once. Jobs on one `Workers` must not run at the same time.
 """
 
@@ -22,14 +22,12 @@ class Workers:
     Attributes:
         executor: the started executor (``start()`` already called).
         ready: ids of the workers that have sent WorkerReady and not died since.
-        load_s: per worker id, the seconds its last model load took.
         model_info: the description a worker sent with WorkerReady (the model as loaded).
         broken: set when a job on it ended abnormally (its workers were killed); do not reuse.
     """
 
     executor: Executor
     ready: set[int] = field(default_factory=set)
-    load_s: dict[int, float] = field(default_factory=dict)
     model_info: dict[str, Any] | None = None
     broken: bool = False
 
