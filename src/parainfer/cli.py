@@ -50,6 +50,8 @@ def run(
     seed: Optional[int] = typer.Option(None, help="generate: sampling seed (per record: seed + hash of its text)"),
     stop: Optional[list[str]] = typer.Option(None, help="generate: stop string (repeatable)"),
     chat: bool = typer.Option(True, "--chat/--no-chat", help="generate: apply the chat template to each prompt"),
+    trust: bool = typer.Option(False, help="load a model directory's skops file even if it holds types skops "
+                               "does not trust by default (only for files from a trusted source)"),
 ) -> None:
     """Run a batch job: every input record's result, in input order, computed by N workers."""
     from parainfer.config import JobConfig
@@ -62,7 +64,8 @@ def run(
                        max_retries=max_retries, quiet=quiet,
                        generation=dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                        seed=seed, stop=list(stop or []), chat=chat) if task == "generate" else {},
-                       task_timeout=task_timeout, overwrite=overwrite, checkpoint_every_s=checkpoint_every)
+                       task_timeout=task_timeout, overwrite=overwrite, checkpoint_every_s=checkpoint_every,
+                       trust=trust)
     from parainfer.recovery import Interrupted
 
     try:
@@ -124,6 +127,39 @@ def train_head(
     head = th.train(dataset, out or th.DEFAULT_HEAD, seed=seed, workers=workers)
     print(f"held-out accuracy {head['accuracy']:.4f} on {head['n_test']} texts "
           f"(trained on {head['n_train']}); saved {out or th.DEFAULT_HEAD}")
+
+
+@app.command("train")
+def train_command(
+    input: str = typer.Argument(..., help="labelled .jsonl .csv or .parquet file"),
+    output: str = typer.Option(..., "--output", "-o", help="model directory to create (run --model DIR reads it)"),
+    backend: str = typer.Option("sklearn", help="sklearn (TF-IDF + logistic regression) | head (built-in encoder + "
+                                "logistic regression) | keras (Embedding -> LSTM -> softmax)"),
+    label_column: str = typer.Option("label", help="column holding the label (any number of classes)"),
+    text_column: str = typer.Option("text", help="column holding the text"),
+    validation: float = typer.Option(0.2, help="fraction held out for validation (stratified)"),
+    seed: int = typer.Option(0, help="split and training seed"),
+    errors: Optional[str] = typer.Option(None, help="bad rows go here (default MODEL_DIR/train.errors.jsonl)"),
+    epochs: Optional[int] = typer.Option(None, help="keras: training epochs (default 4)"),
+    workers: int = typer.Option(0, help="head: worker processes that embed the texts (0 = one per core)"),
+    overwrite: bool = typer.Option(False, help="replace a model already in the output directory"),
+) -> None:
+    """Train a text classifier on a labelled file; print and save validation metrics."""
+    from parainfer.training.metrics import metrics_lines
+    from parainfer.training.train import train
+
+    options = {"epochs": epochs} if epochs is not None and backend == "keras" else {}
+    if backend == "head":
+        options["workers"] = workers
+    result = train(input, output, backend=backend, label_column=label_column, text_column=text_column,
+                   validation=validation, seed=seed, errors=errors, overwrite=overwrite, **options)
+    for line in metrics_lines(result):
+        print(line)
+    print(f"trained {backend} on {result['n_train']:,} texts in {result['seconds']:.1f} s; model saved in {output}"
+          + (f"; training curve {result['curve']}" if result["curve"] else ""))
+    if result["bad_rows"]:
+        print(f"{result['bad_rows']} bad row{'' if result['bad_rows'] == 1 else 's'} left out; see "
+              f"{result['errors_file']}", file=sys.stderr)
 
 
 @app.command("report")

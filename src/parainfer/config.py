@@ -42,6 +42,7 @@ class JobConfig(BaseModel):
                                                                        "is killed and the task retried")
     overwrite: bool = Field(default=False, description="start over even if the output has another job's checkpoint")
     checkpoint_every_s: float = Field(default=2.0, ge=0, description="seconds between checkpoint commits")
+    trust: bool = Field(default=False, description="load model files holding types skops does not trust by default")
     @field_validator("batch_size")
     @classmethod
     def _positive_batch(cls, value: int | str) -> int | str:

@@ -91,7 +91,7 @@ class Job:
         self.source = source or open_source(config.input, text_column=config.text_column,
                                             id_column=config.id_column, allow_messages=config.task == "generate")
         self.predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device,
-                                                      **config.generation)
+                                                      trust=config.trust, **config.generation)
         self.num_workers = config.workers or default_workers(config.device, default_threads(1))
         self.tuner = (BatchSizeTuner(max_size=config.max_auto_batch_size, tasks_per_trial=4 * self.num_workers)
                       if config.batch_size == "auto" else None)

@@ -17,15 +17,18 @@ BUILTIN_MODELS = {
 
 
 def build_predictor(task: str = "classify", model: str | None = None, dtype: str = "auto",
-                    device: str = "cpu", **options: object) -> Predictor:
+                    device: str = "cpu", trust: bool = False, **options: object) -> Predictor:
     """Build (not load) the predictor for ``task`` and ``model``.
 
     Args:
         task: "classify" | "embed" | "generate".
-        model: None or a built-in name (see BUILTIN_MODELS), a local Hugging Face directory,
-            or "module:function" for a Python callable.
+        model: None or a built-in name (see BUILTIN_MODELS), a parainfer model directory (its
+            ``parainfer-model.json`` names the backend: sklearn, head, keras, onnx), a local
+            Hugging Face directory, or "module:function" for a Python callable.
         dtype: "auto" | "float32" | "bfloat16".
         device: "cpu" or "cuda[:i]".
+        trust: load a model directory's skops file even when it holds types skops does not
+            trust by default (``--trust``).
         options: task options (generation sampling settings).
 
     Raises:
@@ -40,6 +43,10 @@ def build_predictor(task: str = "classify", model: str | None = None, dtype: str
     if name in BUILTIN_MODELS[task]:
         return _builtin(task, dtype, device, **options)
     path = Path(name).expanduser()
+    if path.is_dir() and (path / "parainfer-model.json").is_file():
+        from parainfer.models.from_manifest import predictor_from_manifest
+
+        return predictor_from_manifest(task, path, dtype, device, trust=trust)
     if path.is_dir():
         return _from_directory(task, path, dtype, device, **options)
     if ":" in name and not path.exists():

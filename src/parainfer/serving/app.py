@@ -58,7 +58,8 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
     metrics = ServingMetrics()
     generator = GenerationService(config, metrics) if config.task == "generate" else None
     if generator is None:
-        predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device)
+        predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device,
+                                                   trust=config.trust)
     service: InferenceService | GenerationService = generator or InferenceService(config, predictor, metrics)
 
     @asynccontextmanager

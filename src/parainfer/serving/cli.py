@@ -48,6 +48,8 @@ def serve_command(
     max_num_seqs: int = typer.Option(64, help="generate: most sequences in the engine's running batch"),
     group_by_length: bool = typer.Option(True, help="sort waiting inputs by length before batching"),
     log_level: str = typer.Option("info", help="uvicorn log level"),
+    trust: bool = typer.Option(False, help="load a model directory's skops file even if it holds types skops "
+                               "does not trust by default (only for files from a trusted source)"),
 ) -> None:
     """Serve the model over HTTP: OpenAI-compatible /v1/embeddings, /v1/classify, /v1/completions,
     /v1/chat/completions (--task generate), /health, /metrics."""
@@ -56,5 +58,5 @@ def serve_command(
                          request_timeout_s=request_timeout_s, api_key=api_key, dtype=dtype, device=device,
                          max_inputs_per_request=max_inputs_per_request, max_body_bytes=max_body_bytes,
                          threads_per_worker=threads_per_worker, group_by_length=group_by_length,
-                         max_num_seqs=max_num_seqs)
+                         max_num_seqs=max_num_seqs, trust=trust)
     run_server(config, log_level=log_level)

@@ -42,6 +42,7 @@ class ServeConfig(BaseModel):
     max_in_flight_per_replica: int = Field(default=1, ge=1, description="batches queued on one replica at once")
     retries: int = Field(default=1, ge=0, description="times a batch is run again after its replica died")
     max_num_seqs: int = Field(default=64, ge=1, description="generate: most sequences in the engine's running batch")
+    trust: bool = Field(default=False, description="load model files holding types skops does not trust by default")
 
     def served_model_name(self) -> str:
         """The id reported by /v1/models and in responses ("all-MiniLM-L6-v2" for the default embedder)."""
