@@ -108,7 +108,7 @@ class Pool:
         n = config.workers or default_workers(config.device, default_threads(1))
         self._config = config.model_copy(update={"workers": n, "id_column": _INDEX, "text_column": _TEXT})
         self._predictor = build_predictor(config.task, config.model, config.dtype, config.device,
-                                          **config.generation)
+                                          trust=config.trust, **config.generation)
         self.num_workers = n
         self.last_report: dict[str, Any] | None = None
         self._workers = start_workers(self._predictor, n, config.threads_per_worker)
