@@ -58,7 +58,7 @@ def train_models(data_file: Path, workdir: Path, backends: list[str]) -> dict[st
     if not backends:
         print("parainfer train is not available here: using the built-in sentiment head")
         return {"builtin head": None}
-    from parainfer.training import train
+    from parainfer.training.train import train  # (the package attribute `train` is shadowed by this submodule once imported)
 
     models = {}
     for backend in backends:
