@@ -162,6 +162,22 @@ def train_command(
               f"{result['errors_file']}", file=sys.stderr)
 
 
+@app.command("export-onnx")
+def export_onnx_command(
+    output: str = typer.Option(..., "--output", "-o", help="model directory to create (run --model DIR reads it)"),
+    head: Optional[str] = typer.Option(None, help="also export a classifier head: builtin (VADER), a .safetensors "
+                                       "head, or a `train --backend head` directory; without it: an embed model"),
+    encoder: str = typer.Option("fp32", help="fp32 (exported from the built-in encoder) | int8 (the packaged "
+                                "int8 all-MiniLM-L6-v2 ONNX)"),
+) -> None:
+    """Write the built-in encoder (and a head) as ONNX for ONNX Runtime (run/serve --model DIR)."""
+    from parainfer.models.onnx_export import export_onnx
+
+    manifest = export_onnx(output, head=head, encoder=encoder)
+    how = manifest["preprocessing"].get("encoder_exporter", "")
+    print(f"wrote {output} ({manifest['task']} model, encoder {encoder}: {how})")
+
+
 @app.command("report")
 def report_command(
     report: str = typer.Argument(..., help="a report written by `parainfer run --report`"),

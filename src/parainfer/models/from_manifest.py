@@ -44,4 +44,4 @@ def predictor_from_manifest(task: str, path: Path, dtype: str = "auto", device: 
         return KerasPredictor(path, m)
     from parainfer.models.onnx_model import OnnxPredictor
 
-    return OnnxPredictor(path, m)
+    return OnnxPredictor.from_manifest(path, m)

@@ -10,8 +10,8 @@ from parainfer.models.base import Predictor
 
 TASKS = ("classify", "embed", "generate")
 BUILTIN_MODELS = {
-    "classify": ("default", "sentiment-vader"),
-    "embed": ("default", "all-MiniLM-L6-v2"),
+    "classify": ("default", "sentiment-vader", "sentiment-vader-onnx-int8"),
+    "embed": ("default", "all-MiniLM-L6-v2", "all-MiniLM-L6-v2-onnx-int8"),
     "generate": ("default", "smollm2-135m-instruct"),
 }
 
@@ -40,6 +40,10 @@ def build_predictor(task: str = "classify", model: str | None = None, dtype: str
     if task not in TASKS:
         raise UsageError(f"unknown task {task!r}; accepted: {', '.join(TASKS)}")
     name = model or "default"
+    if name.endswith("-onnx-int8") and name in BUILTIN_MODELS[task]:
+        from parainfer.models.onnx_model import builtin_int8
+
+        return builtin_int8(task)
     if name in BUILTIN_MODELS[task]:
         return _builtin(task, dtype, device, **options)
     path = Path(name).expanduser()
