@@ -170,6 +170,18 @@ class Pool:
         failures = sorted((e.seq, e.reason) for e in store.errors.errors)
         return results, failures
 
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Block until every worker has loaded its model replica (then a ``predict`` times
+        compute only). Raises JobError when the model cannot load (the pool is closed then)."""
+        from parainfer.engine import wait_ready
+        from parainfer.errors import JobError
+
+        try:
+            wait_ready(self._workers, timeout_s)
+        except JobError:
+            self.close()
+            raise
+
     def close(self) -> None:
         """Stop the workers. Safe to call twice."""
         self._finalizer()

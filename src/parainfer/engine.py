@@ -332,6 +332,26 @@ def start_workers(predictor: Predictor, num_workers: int, threads_per_worker: in
     return Workers(executor)
 
 
+def wait_ready(workers: Workers, timeout_s: float | None = None) -> None:
+    """Block until every worker of ``workers`` has loaded its model (WorkerReady), so a job that
+    follows times compute only. A worker that dies while loading is restarted, as in a job.
+
+    Raises JobError when a worker cannot load the model, TimeoutError after ``timeout_s``."""
+    executor, deadline = workers.executor, time.perf_counter() + (timeout_s or float("inf"))
+    while len(workers.ready) < workers.num_workers:
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{len(workers.ready)} of {workers.num_workers} workers ready after {timeout_s} s")
+        for event in executor.poll(timeout=0.1):
+            if isinstance(event, WorkerReady):
+                workers.ready.add(event.worker_id)
+                workers.model_info = event.info
+            elif isinstance(event, WorkerFailed):
+                workers.ready.discard(event.worker_id)
+                if event.fatal:
+                    raise JobError(f"worker {event.worker_id}: {event.reason.strip()}")
+                executor.restart(event.worker_id)
+
+
 def _already_complete_report(ckpt: Checkpoint, report: TimingReport, t0: float) -> dict[str, Any]:
     report.wall_s = time.perf_counter() - t0
     report.extra.update(already_complete=True, resumed_records=ckpt.resumed_records,

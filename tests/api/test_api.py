@@ -47,6 +47,14 @@ def test_pool_keeps_workers_between_calls(pool) -> None:
     assert all(w["load_s"] == 0.0 for w in pool.last_report["per_worker"])  # nothing loaded this call
 
 
+def test_wait_ready_then_every_worker_gets_tasks() -> None:
+    with parainfer.Pool(model=ECHO, workers=2, batch_size=4) as pool:
+        pool.wait_ready()
+        assert pool._workers.ready == {0, 1}
+        pool.predict(varied_texts(200))
+        assert all(w["tasks"] > 0 for w in pool.last_report["per_worker"])  # both ready at the first dispatch
+
+
 def test_errors_raise_after_the_rest_is_done(pool) -> None:
     texts = ["fine", "", "also fine", None, 42]
     with pytest.raises(RecordsFailed) as info:
