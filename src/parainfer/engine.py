@@ -25,6 +25,7 @@ from parainfer.devices import default_workers
 from parainfer.errors import JobError, StorageError, storage_message
 from parainfer.executors import check_executor, default_threads, make_executor
 from parainfer.executors.base import TaskResult, WorkerFailed, WorkerReady
+from parainfer.executors.shared import Workers
 from parainfer.io.checkpoint import Checkpoint
 from parainfer.io.guard import OutputLock, check_output_paths
 from parainfer.io.sinks import default_errors_path
@@ -89,20 +90,27 @@ class Job:
     Args:
         config: the validated settings.
         predictor: a ready-made (unloaded) predictor; default: built from config.task/model.
+        source: the records to read (default: ``open_source(config.input)``; in-memory jobs
+            pass ``io.memory.memory_source``).
+        store: the output side with the Checkpoint interface (default: ``Checkpoint`` on
+            config.output; in-memory jobs pass ``io.memory.MemoryStore``).
 
     ``run()`` returns the report dict; raises UsageError for bad input files or options and
     JobError when the workers cannot run the model.
     """
 
-    def __init__(self, config: JobConfig, predictor: Predictor | None = None):
+    def __init__(self, config: JobConfig, predictor: Predictor | None = None, source: Any = None,
+                 store: Any = None):
         self.config = config = resolve_job_format(config)  # an OpenAI batch file: task openai-batch
         check_executor(config.executor)
+        self.store = store
         # Input problems are reported before any model is built or worker started.
-        self.source = open_batch_source(config.input) if config.task == BATCH_TASK else open_source(
+        self.source = source or (open_batch_source(config.input) if config.task == BATCH_TASK else open_source(
             config.input, text_column=config.text_column, id_column=config.id_column,
-            allow_messages=config.task == "generate")
-        check_output_paths(config.input, {"output": config.output, "report": config.report,
-                                          "errors file": config.errors or default_errors_path(config.output)})
+            allow_messages=config.task == "generate"))
+        if store is None:  # an in-memory job (the Python API) writes no file
+            check_output_paths(config.input, {"output": config.output, "report": config.report,
+                                              "errors file": config.errors or default_errors_path(config.output)})
         self.predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device,
                                                       trust=config.trust, **config.generation,
                                                       **config.translation)
@@ -117,27 +125,29 @@ class Job:
         self.max_buffered = config.max_buffered_records or max(
             4 * self.window, 4 * self.num_workers * (config.prefetch + 1) * batch_size)
 
-    def run(self) -> dict[str, Any]:
+    def run(self, workers: Workers | None = None) -> dict[str, Any]:
         """Run the job to the end; returns the report dict (also written to config.report).
 
+        ``workers``: a started executor to run on and leave running (``start_workers``; its
+        num_workers must equal this job's); default: start one now and shut it down at the end.
         The output is locked for the whole job (``io.guard.OutputLock``): a second job on the
-        same output raises UsageError naming this one."""
+        same output raises UsageError naming this one (an in-memory job has no output to lock).
+        """
+        if self.store is not None:
+            return self._run(workers)
         with OutputLock(self.config.output):
-            return self._run()
+            return self._run(workers)
 
-    def _run(self) -> dict[str, Any]:
+    def _run(self, workers: Workers | None) -> dict[str, Any]:
         cfg = self.config
         t0 = time.perf_counter()
         policy = make_policy(cfg.policy, self.num_workers)
-        executor = make_executor(cfg.executor, self.predictor, self.num_workers, cfg.threads_per_worker,
-                                 address=cfg.address, cpus_per_worker=cfg.cpus_per_worker,
-                                 gpus_per_worker=cfg.gpus_per_worker)
         first_size = self.tuner.current if self.tuner else int(cfg.batch_size)
         self._estimate = LengthEstimator()  # the driver estimates lengths; workers tokenise
         builder = TaskBuilder(self._estimate, None, first_size, cfg.max_batch_tokens, self.bucket)
         report = TimingReport(workers=self.num_workers, policy=cfg.policy)
         merger = Merger(cfg.id_column, cfg.text_column, own_rows=self.predictor.writes_own_rows)
-        ckpt = Checkpoint(cfg, self.source, self.predictor)
+        ckpt = self.store or Checkpoint(cfg, self.source, self.predictor)
         if ckpt.finished:
             out = _already_complete_report(ckpt, report, t0)
             if cfg.report:
@@ -145,28 +155,33 @@ class Job:
             return out
         errors, sink = ckpt.errors, ckpt.sink
         merger.next_seq = ckpt.resumed_records
-        if cfg.executor == "local":
-            warn_cores(self.num_workers, cfg.device, cores())
+        own = workers is None
         t_spawn = time.perf_counter()
-        try:
-            started, first_events = plan_start(executor, self.predictor, self.num_workers, cfg.memory_budget_bytes)
-        except BaseException:
-            executor.shutdown()
-            sink.close()
-            raise
-        progress = Progress(count_records(cfg.input), enabled=not cfg.quiet)
-        if started < self.num_workers:  # the replicas did not fit: fewer workers, same job
-            self.num_workers = started
-            policy = make_policy(cfg.policy, started)
-            report = TimingReport(workers=started, policy=cfg.policy)
+        if own:
+            if cfg.executor == "local":
+                warn_cores(self.num_workers, cfg.device, cores())
+            try:
+                workers = start_workers(self.predictor, self.num_workers, cfg.threads_per_worker, cfg)
+            except BaseException:
+                sink.close()
+                raise
+        if workers.num_workers < self.num_workers:  # the replicas did not fit: fewer workers, same job
+            self.num_workers = workers.num_workers
+            policy = make_policy(cfg.policy, self.num_workers)
+            report = TimingReport(workers=self.num_workers, policy=cfg.policy)
+        executor = workers.executor
+        if workers.model_info is not None:
+            report.extra["model"] = workers.model_info
+        progress = Progress(getattr(self.source, "total", None) or count_records(cfg.input), enabled=not cfg.quiet)
         builder.max_input_tokens = self.predictor.window()
         builder.max_chars = self._estimate.max_chars = self.predictor.max_input_chars()
         self._executor, self._policy, self._builder, self._report = executor, policy, builder, report
         self._merger, self._errors, self._tasks = merger, errors, {}
         self._ckpt, self._watchdog = ckpt, Watchdog(cfg.task_timeout)
         self._recovery = TaskRecovery(cfg.max_retries, self._new_task_index)
-        state = _State(t_spawn=t_spawn)
-        for event in first_events:
+        self._workers = workers
+        state = _State(ready=workers.ready, t_spawn=t_spawn)  # shared: what this job learns, the next one knows
+        for event in workers.take_pending():
             self._handle(event, state)
         records = ckpt.skip(self.source)
         stop = GracefulStop(on_abort=self._kill_workers)
@@ -209,7 +224,9 @@ class Job:
             progress.close()
             if not done:
                 self._kill_workers()
-            executor.shutdown()
+                workers.broken = True
+            if own:
+                workers.shutdown()
             try:
                 errors.close()
             except OSError:
@@ -313,6 +330,7 @@ class Job:
             self._report.extra["model"] = event.info  # as loaded: the resolved dtype
             if len(state.ready_phases) < self.num_workers:
                 state.ready_phases.append({**event.phases, "ready_at": time.perf_counter()})
+            self._workers.model_info = event.info
         elif isinstance(event, TaskResult):
             self._on_result(event, state)
         elif isinstance(event, WorkerFailed):
@@ -412,6 +430,54 @@ class Job:
             a, b = self._policy.cost.coefficients(w)
             out.append({"worker": w, "overhead_ms": round(a * 1e3, 3), "ms_per_1k_tokens": round(b * 1e6, 3)})
         return out
+
+
+def start_workers(predictor: Predictor, num_workers: int, threads_per_worker: int | None = None,
+                  config: JobConfig | None = None) -> Workers:
+    """Start N workers, each loading a replica of ``predictor`` (non-blocking: WorkerReady events
+    follow). The caller owns them: ``Job.run(workers)`` any number of times, then ``shutdown()``.
+
+    ``config`` picks the executor (``--executor`` and its Ray options; default local processes)
+    and the memory budget: fewer than N start when N replicas cannot fit in this machine's memory
+    (``resources.plan_start``; the returned ``Workers.num_workers`` says how many). Events read
+    while sizing the first replica are kept in ``Workers.pending`` for the first job.
+
+    Raises JobError when the first worker cannot load the model (fatally).
+    """
+    name = config.executor if config else "local"
+    options = dict(address=config.address, cpus_per_worker=config.cpus_per_worker,
+                   gpus_per_worker=config.gpus_per_worker) if config else {}
+    executor = make_executor(name, predictor, num_workers, threads_per_worker, **options)
+    try:
+        _, events = plan_start(executor, predictor, num_workers, config.memory_budget_bytes if config else None)
+    except BaseException:
+        executor.shutdown()
+        raise
+    return Workers(executor, pending=events)
+
+
+def wait_ready(workers: Workers, timeout_s: float | None = None) -> None:
+    """Block until every worker of ``workers`` has loaded its model (WorkerReady), so a job that
+    follows times compute only. A worker that dies while loading is restarted, as in a job.
+
+    Raises JobError when a worker cannot load the model, TimeoutError after ``timeout_s``."""
+    executor, deadline = workers.executor, time.perf_counter() + (timeout_s or float("inf"))
+    for event in workers.take_pending():  # worker 0's WorkerReady, read by the memory plan
+        if isinstance(event, WorkerReady):
+            workers.ready.add(event.worker_id)
+            workers.model_info = event.info
+    while len(workers.ready) < workers.num_workers:
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{len(workers.ready)} of {workers.num_workers} workers ready after {timeout_s} s")
+        for event in executor.poll(timeout=0.1):
+            if isinstance(event, WorkerReady):
+                workers.ready.add(event.worker_id)
+                workers.model_info = event.info
+            elif isinstance(event, WorkerFailed):
+                workers.ready.discard(event.worker_id)
+                if event.fatal:
+                    raise JobError(f"worker {event.worker_id}: {event.reason.strip()}")
+                executor.restart(event.worker_id)
 
 
 def _already_complete_report(ckpt: Checkpoint, report: TimingReport, t0: float) -> dict[str, Any]:

@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from parainfer.errors import ParainferError
 from parainfer.executors.base import WorkerFailed
 from parainfer.tasks import Task
 
@@ -200,7 +201,7 @@ class GracefulStop:
               "saving a checkpoint; interrupt again to stop at once", file=sys.stderr, flush=True)
 
 
-class Interrupted(Exception):
+class Interrupted(ParainferError):
     """The job stopped early on SIGINT/SIGTERM after committing its checkpoint (exit 130).
 
     Attributes: committed (input records done, in total), checkpoint (manifest path or None).
