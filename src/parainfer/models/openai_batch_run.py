@@ -16,7 +16,9 @@ from pydantic import BaseModel, ValidationError
 
 from parainfer.errors import UsageError
 from parainfer.io.openai_batch import ENDPOINTS, result_line
+from parainfer.serving.bodies import Choice
 from parainfer.serving.errors import ApiError, error_type
+from parainfer.serving.generation_admission import check_prompts_fit
 from parainfer.serving.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, error_body
 
 CHAT, TEXT, EMBED = ENDPOINTS
@@ -24,13 +26,6 @@ SCHEMAS: dict[str, type[BaseModel]] = {CHAT: ChatCompletionRequest, TEXT: Comple
 DEFAULT_TEXT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions, as the online route
 
 
-@dataclass
-class _Choice:
-    index: int
-    text: str = ""
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
 
 
 @dataclass
@@ -41,7 +36,7 @@ class _Generation:
     url: str
     prompts: list[list[int]]
     params: Any
-    choices: list[_Choice] = field(default_factory=list)
+    choices: list[Choice] = field(default_factory=list)
 
 
 def answer_requests(predictor: Any, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -127,13 +122,7 @@ def _prepare_generation(predictor: Any, pos: int, url: str, body: Any) -> _Gener
                                 seed=body.seed, stop=body.stop or [], ignore_eos=body.ignore_eos)
     except UsageError as exc:
         raise ApiError(400, str(exc), code="invalid_sampling") from None
-    for i, ids in enumerate(prompts):
-        try:
-            engine.check_fits(len(ids), params.max_tokens)
-        except UsageError as exc:
-            which = f"prompt {i}: " if len(prompts) > 1 else ""
-            raise ApiError(400, f"{which}{exc}; shorten the prompt or lower max_tokens", param="max_tokens",
-                           code="context_length_exceeded") from None
+    check_prompts_fit(engine, prompts, params.max_tokens)
     return _Generation(pos, url, prompts, params)
 
 
@@ -161,7 +150,7 @@ def _run_generation(predictor: Any, gens: list[_Generation], requests: list[dict
     flat = [(g, i, ids) for g in gens for i, ids in enumerate(g.prompts)]
     results = engine.generate([ids for _, _, ids in flat], [g.params for g, _, _ in flat])
     for (g, i, _), res in zip(flat, results):
-        g.choices.append(_Choice(i, res.text, res.finish_reason, res.prompt_tokens, res.completion_tokens))
+        g.choices.append(Choice(i, res.text, res.finish_reason, res.prompt_tokens, res.completion_tokens))
     name = predictor.names["generate"]
     for g in gens:
         if g.url == CHAT:

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Protocol, Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 
-class ChoiceLike(Protocol):
-    """One finished sequence: what ``generation_service.Choice`` holds."""
+@dataclass
+class Choice:
+    """One prompt's finished sequence (online answers and batch-file lines alike)."""
 
     index: int
-    text: str
-    finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 def completion_head(kind: str, model: str) -> dict[str, Any]:
@@ -33,21 +35,21 @@ def completion_head(kind: str, model: str) -> dict[str, Any]:
             "model": model}
 
 
-def usage(choices: Sequence[ChoiceLike]) -> dict[str, int]:
+def usage(choices: Sequence[Choice]) -> dict[str, int]:
     """OpenAI's completion usage summed over the choices."""
     prompt = sum(c.prompt_tokens for c in choices)
     completion = sum(c.completion_tokens for c in choices)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def chat_completion_body(head: dict[str, Any], choices: Sequence[ChoiceLike]) -> dict[str, Any]:
+def chat_completion_body(head: dict[str, Any], choices: Sequence[Choice]) -> dict[str, Any]:
     """A ``chat.completion`` object (schemas.ChatCompletionResponse)."""
     return {**head, "usage": usage(choices),
             "choices": [{"index": c.index, "message": {"role": "assistant", "content": c.text},
                          "logprobs": None, "finish_reason": c.finish_reason} for c in choices]}
 
 
-def completion_body(head: dict[str, Any], choices: Sequence[ChoiceLike]) -> dict[str, Any]:
+def completion_body(head: dict[str, Any], choices: Sequence[Choice]) -> dict[str, Any]:
     """A ``text_completion`` object (schemas.CompletionResponse)."""
     return {**head, "usage": usage(choices),
             "choices": [{"index": c.index, "text": c.text, "logprobs": None,

@@ -183,14 +183,7 @@ class Admission:
             self.reserve(len(prompts)).release()  # raises the 429
 
     def _check_fits(self, prompts: list[list[int]], params: Any) -> None:
-        engine = self._engine()
-        for i, ids in enumerate(prompts):
-            try:
-                engine.check_fits(len(ids), params.max_tokens)
-            except UsageError as exc:
-                which = f"prompt {i}: " if len(prompts) > 1 else ""
-                raise ApiError(400, f"{which}{exc}; shorten the prompt or lower max_tokens", param="max_tokens",
-                               code="context_length_exceeded") from None
+        check_prompts_fit(self._engine(), prompts, params.max_tokens)
 
     def _retry_after_s(self, excess: int) -> int:
         now = time.monotonic()
@@ -202,3 +195,19 @@ class Admission:
         """Room for ``count`` sequences without a capacity check (admission was done before)."""
         self._set_running(self.running + count)
         return Reservation(self, count)
+
+
+def check_prompts_fit(engine: Any, prompts: list[list[int]], max_tokens: int) -> None:
+    """Raise 400 ``context_length_exceeded`` unless every prompt (token ids) plus ``max_tokens``
+    fits the engine's context window (``engine.check_fits``).
+
+    Raises:
+        ApiError: 400 naming the prompt (when there are several) and the engine's reason.
+    """
+    for i, ids in enumerate(prompts):
+        try:
+            engine.check_fits(len(ids), max_tokens)
+        except UsageError as exc:
+            which = f"prompt {i}: " if len(prompts) > 1 else ""
+            raise ApiError(400, f"{which}{exc}; shorten the prompt or lower max_tokens", param="max_tokens",
+                           code="context_length_exceeded") from None

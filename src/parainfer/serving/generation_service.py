@@ -31,12 +31,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from starlette.requests import Request
 
+from parainfer.serving.bodies import Choice
 from parainfer.serving.config import ServeConfig
 from parainfer.serving.errors import ApiError, request_id
 from parainfer.serving.generation_admission import CHAT_DEFAULT_MAX_TOKENS, Admission, Admitted, Reservation
@@ -48,15 +48,6 @@ REBUILD_RETRY_AFTER_S = 10
 __all__ = ["Admitted", "CHAT_DEFAULT_MAX_TOKENS", "Choice", "GenerationService", "Reservation"]
 
 
-@dataclass
-class Choice:
-    """One prompt's finished sequence."""
-
-    index: int
-    text: str = ""
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
 
 
 class GenerationService(Admission):
