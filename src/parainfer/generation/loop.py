@@ -37,8 +37,8 @@ class EngineLoop:
         engine: the engine to drive.
         idle_wait_s: how long the thread sleeps when idle before it looks again (a new
             request wakes it at once).
-        on_error: called (in the loop thread, after every waiting request got the error) when
-            a step raises: the engine's state may be broken, so the loop stops and its owner
+        on_error: called (in the loop thread, before the waiting requests get the error, so
+            that /health already says so when they see it) when a step raises: the engine's state may be broken, so the loop stops and its owner
             builds a new engine (``GenerationService`` does). A failure of one sequence does
             not get here: the engine fails that sequence alone.
     """
@@ -132,7 +132,7 @@ class EngineLoop:
             except BaseException as exc:  # surface to every waiting caller, then stop
                 log.exception("generation engine step failed")
                 self.error = exc
-                self.engine.fail_all(exc)
-                if self._on_error is not None:
+                if self._on_error is not None:  # first: a client that sees the error finds /health rebuilding
                     self._on_error(exc)
+                self.engine.fail_all(exc)
                 return
