@@ -8,14 +8,16 @@ from pathlib import Path
 import pytest
 
 from parainfer.errors import UsageError
+from parainfer.report import REQUIRED_KEYS
 from parainfer.simulate import Workload, simulate
 
 
 def _report(tmp_path: Path, **fields: float) -> Path:
     timeline = [[i, i % 2, 0.0, 0.01 + 0.0001 * (50 + i % 7), 16, 300, 50 + i % 7] for i in range(40)]
     p = tmp_path / "r.json"
-    p.write_text(json.dumps({"timeline": timeline, "t_create_s": 4.0, "t_schedule_s": 1.0, "t_write_s": 0.0,
-                             **fields}))
+    report = {key: 0 for key in REQUIRED_KEYS}  # a run report's keys; the simulator reads those below
+    report.update(timeline=timeline, t_create_s=4.0, t_schedule_s=1.0, t_write_s=0.0, **fields)
+    p.write_text(json.dumps(report))
     return p
 
 
