@@ -85,10 +85,9 @@ class TokenCounts:
 
 
     def add(self, other: "TokenCounts") -> None:
-        """Add ``other``'s real, padded and truncated counts to these (a running total)."""
-        self.real += other.real
-        self.padded += other.padded
-        self.truncated += other.truncated
+        """Add every count of ``other`` to these (a running total over tasks)."""
+        for name in ("real", "padded", "truncated", "fit_records", "fit_chars", "fit_tokens"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 @dataclass
