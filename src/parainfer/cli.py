@@ -63,6 +63,8 @@ def run(
                                      "file: one result line per request; auto recognises it by its first line)"),
     trust: bool = typer.Option(False, help="load a model directory's skops file even if it holds types skops "
                                "does not trust by default (only for files from a trusted source)"),
+    shard_mode: str = typer.Option("auto", help="auto | on | off: workers read shards of the input file themselves "
+                                   "(auto: splittable inputs of 64 MiB and more, .jsonl output; docs/sharded.md)"),
 ) -> None:
     """Run a batch job: every input record's result, in input order, computed by N workers."""
     from parainfer.config import JobConfig
@@ -79,7 +81,8 @@ def run(
                        translation=dict(source_lang=source_lang, target_lang=target_lang) if task == "translate" else {},
                        executor=executor, address=address, cpus_per_worker=cpus_per_worker,
                        gpus_per_worker=gpus_per_worker,
-                       input_format=input_format, trust=trust)
+                       input_format=input_format, trust=trust,
+                       shard_mode=shard_mode)
     from parainfer.recovery import Interrupted
 
     try:

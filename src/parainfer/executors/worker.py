@@ -18,7 +18,7 @@ import traceback
 from typing import Any
 
 from parainfer.devices import worker_device
-from parainfer.executors.base import TaskResult, WorkerFailed, WorkerReady
+from parainfer.executors.base import ShardTask, TaskResult, WorkerFailed, WorkerReady
 from parainfer.models.base import Predictor, RecordFailure
 from parainfer.tasks import Task
 
@@ -112,9 +112,19 @@ def worker_main(worker_id: int, predictor: Predictor, inbox: Any, outbox: Any, t
         if task is None:
             break
         try:
-            outbox.send(run_task(predictor, task, worker_id, time.perf_counter()))
+            if isinstance(task, ShardTask):
+                outbox.send(run_shard(predictor, task, worker_id, time.perf_counter()))
+            else:
+                outbox.send(run_task(predictor, task, worker_id, time.perf_counter()))
         except (BrokenPipeError, EOFError):  # the driver is gone
             return
+
+
+def run_shard(predictor: Predictor, task: ShardTask, worker_id: int, t_received: float) -> Any:
+    """Run a whole shard (sharded mode); see ``executors.shard_runner``."""
+    from parainfer.executors.shard_runner import run_shard as _run
+
+    return _run(predictor, task, worker_id, t_received, run_task)
 
 
 def _die_with_parent() -> None:
