@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from parainfer.io.shard_reader import ShardInput, shard_records
-from parainfer.io.shards import data_start, factoring_sizes, plan_parquet, plan_text, split_shard
+from parainfer.io.shards import data_start, factoring_sizes, plan_parquet, plan_text, shard_lines, split_shard
 from parainfer.io.sources import open_source
 from parainfer.records import Record
 
@@ -51,8 +51,20 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
-def as_tuples(items) -> list[tuple]:
-    return [(x.line, x.id, x.text, x.extra) if isinstance(x, Record) else (x.line, x.id, x.reason) for x in items]
+def as_tuples(items, shift: int = 0) -> list[tuple]:
+    return [(x.line + shift, x.id, x.text, x.extra) if isinstance(x, Record) else (x.line + shift, x.id, x.reason)
+            for x in items]
+
+
+def read_shards(path: str, shards, first_line: int = 1) -> list[tuple]:
+    """All shards' rows, line numbers made the file's as the driver does (a shard planned with
+    first_line 0 numbers its lines from 1; the next starts where the previous one's lines end)."""
+    inp, out, line = ShardInput(path, "text", "id"), [], first_line
+    for s in shards:
+        assert s.first_line in (0, line)
+        out += as_tuples(shard_records(inp, s), line - 1 if s.first_line == 0 else 0)
+        line += shard_lines(path, s)
+    return out
 
 
 def test_factoring_sizes_shrink_and_cover() -> None:
@@ -79,9 +91,8 @@ def test_shards_read_exactly_what_the_source_reads(ext: str, inputs: dict[str, P
         sizes = [s.end - s.start for s in shards]
         assert sizes[0] > 4 * sizes[-2]  # large first, small towards the end
     assert [s.end for s in shards[:-1]] == [s.start for s in shards[1:]]  # contiguous, no gap, no overlap
-    inp = ShardInput(path, "text", "id")
-    got = [t for s in shards for t in as_tuples(shard_records(inp, s))]
-    assert got == expected
+    assert all(s.first_line == 0 for s in shards) == (ext == "jsonl")  # JSONL is cut without reading it
+    assert read_shards(path, shards, data_start(path)[1]) == expected
 
 
 def test_csv_cuts_never_split_a_quoted_field(inputs: dict[str, Path]) -> None:
@@ -98,7 +109,7 @@ def test_bisection_keeps_every_record_once(ext: str, inputs: dict[str, Path]) ->
     inp = ShardInput(path, "text", "id")
     shard = (plan_parquet(path, 0, 1, 10**6, 10**6) if ext == "parquet" else
              plan_text(path, *data_start(path), 1, 10**9, 10**9))[0]
-    whole = as_tuples(shard_records(inp, shard))
+    whole = read_shards(path, [shard], shard.first_line or 1)
     pieces, singles = [shard], 0
     for _ in range(40):  # bisect the first piece down to a single record
         halves = split_shard(path, pieces[0])
@@ -107,4 +118,4 @@ def test_bisection_keeps_every_record_once(ext: str, inputs: dict[str, Path]) ->
             break
         pieces[0:1] = list(halves)
     assert singles == 1 and len(as_tuples(shard_records(inp, pieces[0]))) == 1
-    assert [t for p in pieces for t in as_tuples(shard_records(inp, p))] == whole
+    assert read_shards(path, pieces, shard.first_line or 1) == whole

@@ -113,6 +113,7 @@ class ShardResult:
         out_bytes, out_sha256, err_bytes, err_sha256: the parts' sizes and SHA-256 hex digests.
         t_received, t_start, t_end: perf_counter seconds, as in TaskResult.
         counts: exact token counts summed over the shard's batches. batches: how many batches ran.
+        lines: lines in the shard (line ends; Parquet: rows), for numbering the next shard's.
     """
 
     task_index: int
@@ -128,6 +129,7 @@ class ShardResult:
     t_end: float
     counts: TokenCounts
     batches: int = 0
+    lines: int = 0
 
 
 Event = WorkerReady | TaskResult | ShardResult | WorkerFailed

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from parainfer.executors.base import ShardResult, ShardTask
 from parainfer.io.shard_reader import shard_records
+from parainfer.io.shards import shard_lines
 from parainfer.io.sinks import ErrorSink, JsonlSink
 from parainfer.length_estimate import LengthEstimator
 from parainfer.merger import Merger
@@ -81,7 +82,8 @@ def run_shard(predictor: Any, task: ShardTask, worker_id: int, t_received: float
     return ShardResult(task.index, worker_id, records=merger.next_seq, failed=merger.failed,
                        out_bytes=sink.bytes_written, out_sha256=sink.digest.hexdigest(), err_bytes=err_bytes,
                        err_sha256=errors.digest.hexdigest(), t_received=t_received, t_start=t_start,
-                       t_end=time.perf_counter(), counts=counts, batches=builder.stats.tasks)
+                       t_end=time.perf_counter(), counts=counts, batches=builder.stats.tasks,
+                       lines=shard_lines(task.input.path, task.shard))
 
 
 def _write_rows(sink: JsonlSink, merger: Merger, rows: list[dict[str, Any]], failed: list[RecordError],

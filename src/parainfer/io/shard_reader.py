@@ -66,7 +66,7 @@ def _text_rows(inp: ShardInput, shard: Shard) -> sources.Rows:
         elif shard.start == 0:
             yield from sources._jsonl_rows(body)
         else:  # a leading blank line (skipped, no row) keeps line 1's BOM handling off this shard
-            yield from _shifted(sources._jsonl_rows(itertools.chain((b"\n",), body)), shard.first_line - 2)
+            yield from _shifted(sources._jsonl_rows(itertools.chain((b"\n",), body)), (shard.first_line or 1) - 2)
 
 
 def _parquet_rows(inp: ShardInput, shard: Shard) -> sources.Rows:
@@ -102,7 +102,8 @@ def _parquet_rows(inp: ShardInput, shard: Shard) -> sources.Rows:
 
 def shard_records(inp: ShardInput, shard: Shard) -> Iterator[Record | RecordError]:
     """The shard's rows as Records (or RecordErrors for unusable rows), in input order, seq =
-    0, 1, ... within the shard; line numbers and TXT ids are the file's."""
+    0, 1, ... within the shard; line numbers and TXT ids are the file's (a shard whose
+    ``first_line`` is 0: line numbers counted from 1 at the shard's start)."""
     rows = _parquet_rows(inp, shard) if inp.path.lower().endswith(".parquet") else _text_rows(inp, shard)
     text_column, id_column = (("text", "id") if inp.path.lower().endswith(".txt")
                               else (inp.text_column, inp.id_column))

@@ -17,6 +17,7 @@ plans shards for the rest of the input only.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from typing import Any
@@ -27,7 +28,7 @@ from parainfer.io.checkpoint import VERSION, _differences, job_fingerprint, mani
 from parainfer.io.guard import check_not_foreign
 from parainfer.io.parquet_parts import fsync_dir
 from parainfer.io.shards import Shard
-from parainfer.io.sinks import default_errors_path
+from parainfer.io.sinks import default_errors_path, dumps_bytes
 
 PARTS_SUFFIX = ".parainfer-shards"
 MODE = "sharded"
@@ -105,24 +106,30 @@ class ShardStore:
         self.committed = list(old.get("committed", []))
         self.next_start, self.next_line = old["next_start"], old["next_line"]
 
-    def commit(self, shard: Shard, part: str, errors_part: str, result: Any, next_line: int) -> None:
-        """Commit the next shard in order (its parts are fsynced by the worker); ``next_line`` is
-        the line number where the following shard starts."""
+    def commit(self, shard: Shard, part: str, errors_part: str, result: Any) -> None:
+        """Commit the next shard in order (its parts are fsynced by the worker). Its first line
+        number is where the previous one ended (``next_line``); a shard the worker numbered from
+        1 (``first_line`` 0) is marked ``relative`` and its errors are shifted in ``finish``."""
+        first = self.next_line
         self.committed.append({
-            "start": shard.start, "end": shard.end, "first_line": shard.first_line,
+            "start": shard.start, "end": shard.end, "first_line": first, "relative": shard.first_line == 0,
             "part": os.path.basename(part), "errors_part": os.path.basename(errors_part),
             "records": result.records, "failed": result.failed, "out_bytes": result.out_bytes,
             "out_sha256": result.out_sha256, "err_bytes": result.err_bytes, "err_sha256": result.err_sha256})
-        self.next_start, self.next_line = shard.end, next_line
+        self.next_start, self.next_line = shard.end, first + result.lines
         self._write(finished=False)
 
     def finish(self) -> tuple[int, int]:
         """Concatenate the committed parts into the output and the errors file, mark the job
-        finished, remove the parts folder. Returns (output bytes, errors bytes)."""
-        out_bytes, out_sha = _concat(self.output, [os.path.join(self.folder, e["part"]) for e in self.committed])
-        err_parts = [os.path.join(self.folder, e["errors_part"]) for e in self.committed if e["err_bytes"]]
+        finished, remove the parts folder. Returns (output bytes, errors bytes).
+
+        The output is copied in the kernel (``os.copy_file_range``) and not hashed again: the
+        finished manifest keeps each part's size and digest (``output_ranges_sha256``), which
+        is what a rerun verifies (``digest.ranges_match``). The errors file (small) is hashed."""
+        out_bytes, _ = _concat(self.output, [os.path.join(self.folder, e["part"]) for e in self.committed], False)
+        err_parts = [e for e in self.committed if e["err_bytes"]]
         if err_parts:
-            err_bytes, err_sha = _concat(self.errors_path, err_parts)
+            err_bytes, err_sha = _concat_errors(self.errors_path, self.folder, err_parts)
         else:
             err_bytes, err_sha = 0, digest.new().hexdigest()
             if os.path.isfile(self.errors_path):
@@ -130,8 +137,10 @@ class ShardStore:
         write_manifest(self.path, {
             "version": VERSION, "mode": MODE, "job": self.job, "records_done": self.records_done,
             "failed_records": self.failed, "output_bytes": out_bytes, "output_parts": 0, "errors_bytes": err_bytes,
-            "output_sha256": out_sha, "errors_sha256": err_sha, "sink": {}, "finished": True,
-            "shards": len(self.committed)})
+            "output_sha256": None, "errors_sha256": err_sha, "sink": {}, "finished": True,
+            "shards": len(self.committed),
+            "output_ranges_sha256": [[e["out_bytes"], e["out_sha256"]] for e in self.committed if e["out_bytes"]]},
+            compact=True)
         shutil.rmtree(self.folder, ignore_errors=True)
         return out_bytes, err_bytes
 
@@ -140,21 +149,57 @@ class ShardStore:
             "version": VERSION, "mode": MODE, "job": self.job, "records_done": self.records_done,
             "failed_records": self.failed, "output_bytes": 0, "output_parts": 0, "errors_bytes": 0,
             "next_start": self.next_start, "next_line": self.next_line, "committed": self.committed,
-            "finished": finished})
+            "finished": finished}, compact=True)
 
 
-def _concat(dest: str, parts: list[str]) -> tuple[int, str]:
+def _concat(dest: str, parts: list[str], hashed: bool) -> tuple[int, str | None]:
     """Write the parts one after the other into ``dest`` (through a temp file, fsynced, then
-    renamed); returns (bytes, hex SHA-256)."""
+    renamed); returns (bytes, hex SHA-256 when ``hashed``, else None: then the copy runs in
+    the kernel, ``os.copy_file_range``, where the platform has it)."""
     tmp = dest + ".parainfer-tmp"
     h, size = digest.new(), 0
     with open(tmp, "wb") as out:
         for part in parts:
             with open(part, "rb") as f:
+                if not hashed and hasattr(os, "copy_file_range"):
+                    left = os.fstat(f.fileno()).st_size
+                    while left > 0:
+                        n = os.copy_file_range(f.fileno(), out.fileno(), left)
+                        if n == 0:
+                            break
+                        left -= n
+                        size += n
+                    continue
                 while chunk := f.read(digest.CHUNK * 4):
-                    h.update(chunk)
+                    if hashed:
+                        h.update(chunk)
                     out.write(chunk)
                     size += len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, dest)
+    fsync_dir(os.path.dirname(dest) or ".")
+    return size, h.hexdigest() if hashed else None
+
+
+def _concat_errors(dest: str, folder: str, entries: list[dict[str, Any]]) -> tuple[int, str]:
+    """The errors file from the committed errors parts, in order; a ``relative`` part's line
+    numbers (counted from 1 at its shard's start) are shifted to the file's. Returns (bytes,
+    hex SHA-256)."""
+    tmp = dest + ".parainfer-tmp"
+    h, size = digest.new(), 0
+    with open(tmp, "wb") as out:
+        for e in entries:
+            with open(os.path.join(folder, e["errors_part"]), "rb") as f:
+                data = f.read()
+            if e.get("relative") and e["first_line"] != 1:
+                rows = [json.loads(x) for x in data.splitlines()]
+                for row in rows:
+                    row["line"] += e["first_line"] - 1
+                data = b"".join(dumps_bytes(row) + b"\n" for row in rows)
+            h.update(data)
+            out.write(data)
+            size += len(data)
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, dest)

@@ -32,7 +32,10 @@ class Shard:
 
     Attributes:
         start, end: byte offsets (text formats) or 0-based row numbers (Parquet), end excluded.
-        first_line: 1-based line (Parquet: row) number of the first line of the range.
+        first_line: 1-based line (Parquet: row) number of the first line of the range; 0 when
+            not known (a JSONL shard, planned without reading the file): the worker then
+            numbers lines from 1 within the shard and the driver shifts its errors part's line
+            numbers when it concatenates the parts (``io.shard_store``).
     """
 
     start: int
@@ -57,19 +60,23 @@ def factoring_sizes(total: int, workers: int, min_size: int, max_size: int) -> I
             left -= size
 
 
-def _count(f, a: int, b: int) -> tuple[int, int]:
-    """(newlines, quote characters) in bytes [a, b) of the open file ``f``."""
+def _count(f, a: int, b: int, quotes: bool = True) -> tuple[int, int]:
+    """(newlines, quote characters; 0 unless ``quotes``) in bytes [a, b) of the open file ``f``."""
     f.seek(a)
-    lines = quotes = 0
+    lines = n_quotes = 0
     left = b - a
+    block = bytearray(min(_BLOCK, max(left, 1)))
+    view = memoryview(block)
     while left > 0:
-        block = f.read(min(_BLOCK, left))
-        if not block:
+        n = f.readinto(view[:min(len(block), left)])
+        if not n:
             break
-        lines += block.count(b"\n")
-        quotes += block.count(b'"')
-        left -= len(block)
-    return lines, quotes
+        chunk = view[:n] if n < len(block) else block
+        lines += chunk.count(b"\n") if isinstance(chunk, bytearray) else bytes(chunk).count(b"\n")
+        if quotes:
+            n_quotes += chunk.count(b'"') if isinstance(chunk, bytearray) else bytes(chunk).count(b'"')
+        left -= n
+    return lines, n_quotes
 
 
 def _line_end(f, pos: int, end: int, quotes_odd: bool, csv: bool) -> tuple[int, int, bool]:
@@ -106,18 +113,25 @@ def plan_text(path: str, start: int, first_line: int, workers: int, min_bytes: i
               max_bytes: int) -> list[Shard]:
     """Cut bytes ``[start, size)`` of a JSONL/CSV/TXT file into shards by factoring, each cut
     moved forward to the next record end. ``start`` must be a record start (``data_start`` or
-    a committed shard's end), ``first_line`` its line number. Reads the range once (counting
-    line ends and quotes, about memory speed)."""
+    a committed shard's end), ``first_line`` its line number. CSV and TXT: reads the range once
+    (counting line ends, and for CSV quotes, at about memory speed); JSONL: reads only around
+    each cut, and the shards' ``first_line`` is 0 (not known)."""
     csv = path.lower().endswith(".csv")
+    numbered = not path.lower().endswith((".jsonl", ".ndjson"))  # JSONL: cut without reading (first_line 0)
     size = os.path.getsize(path)
     shards: list[Shard] = []
-    pos, line = start, first_line
+    pos, line = start, first_line if numbered else 0
     with open(path, "rb") as f:
         for target in factoring_sizes(size - start, workers, min_bytes, max_bytes):
             if pos >= size:
                 break
             cut = min(size, pos + target)
-            lines, quotes = _count(f, pos, cut)
+            if not numbered:
+                cut = _line_end(f, cut - 1, size, False, False)[0] if cut < size else size
+                shards.append(Shard(pos, cut, 0))
+                pos = cut
+                continue
+            lines, quotes = _count(f, pos, cut, csv)
             if cut < size:
                 f.seek(cut - 1)
                 if f.read(1) != b"\n" or (csv and quotes % 2):
@@ -168,4 +182,13 @@ def split_shard(path: str, shard: Shard) -> tuple[Shard, Shard] | None:
             more = 0
         if cut >= shard.end:
             return None
-    return Shard(shard.start, cut, shard.first_line), Shard(cut, shard.end, shard.first_line + lines + more)
+    second = shard.first_line + lines + more if shard.first_line else 0
+    return Shard(shard.start, cut, shard.first_line), Shard(cut, shard.end, second)
+
+
+def shard_lines(path: str, shard: Shard) -> int:
+    """Lines in a shard (line ends in its bytes; Parquet: its rows)."""
+    if path.lower().endswith(".parquet"):
+        return shard.end - shard.start
+    with open(path, "rb") as f:
+        return _count(f, shard.start, shard.end, False)[0]

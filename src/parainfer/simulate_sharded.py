@@ -1,0 +1,74 @@
+"""The scale simulator's model of sharded mode (``parainfer simulate --data-path sharded``).
+
+The same plan code as a real sharded job (``io.shards.factoring_sizes``: rounds of N shards of
+``remaining / (2 N)`` records each, Hummel, Schonberg & Flynn 1992) and the same hand-out rule
+(the next shard in input order goes to the first worker that is free: self-scheduling), against
+simulated workers:
+
+* a shard of n records costs its worker ``shard_overhead_s + n x record_s`` at its speed, where
+  ``record_s`` is the measured job's compute per record (``simulate.Workload``: the fitted task
+  cost over the tasks' records, so record-mode and sharded reports both feed it);
+* the driver is one serial server that spends ``shard_driver_s`` per shard (plan, dispatch,
+  commit; from a sharded report's ``driver_busy_s`` / shards, else ``DEFAULT_SHARD_DRIVER_S``)
+  and nothing per record: records never pass through it;
+* worker speed spread and a straggler as in ``simulate.simulate``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from typing import Any
+
+from parainfer.io.shards import factoring_sizes
+
+DEFAULT_SHARD_DRIVER_S = 5e-3  # plan + dispatch + manifest commit (fsync) per shard, measured order
+DEFAULT_SHARD_OVERHEAD_S = 5e-3  # a worker's per-shard cost: open, new length estimate, two fsyncs
+
+
+def record_seconds(workload: Any) -> float:
+    """Worker compute seconds per record of a ``simulate.Workload`` (fitted task cost summed
+    over its tasks, divided by their records)."""
+    records = sum(n for n, _ in workload.tasks)
+    total = sum(workload.task_seconds(tok) for _, tok in workload.tasks)
+    return total / max(1, records)
+
+
+def simulate_sharded(workload: Any, workers: int, records: int, speed_sigma: float = 0.0, slowdown: float = 1.0,
+                     shard_driver_s: float = DEFAULT_SHARD_DRIVER_S,
+                     shard_overhead_s: float = DEFAULT_SHARD_OVERHEAD_S, min_records: int = 128,
+                     max_records: int = 2_000_000, seed: int = 0) -> dict[str, Any]:
+    """One simulated sharded run of ``records`` records on ``workers`` workers.
+
+    Returns the same keys as ``simulate.simulate`` (t_n_s, t1_s, speedup, efficiency,
+    imbalance; ``policy`` is "factoring", ``tasks`` the number of shards). T_1 is the one-worker
+    compute of all records with one shard overhead.
+    """
+    record_s = record_seconds(workload)
+    rng = random.Random(seed + 1)
+    speeds = [math.exp(speed_sigma * rng.gauss(0, 1)) for _ in range(workers)]
+    if slowdown != 1.0:
+        speeds[-1] /= slowdown
+    free = [(0.0, w) for w in range(workers)]  # (time the worker is free, worker)
+    heapq.heapify(free)
+    busy = [0.0] * workers
+    driver_at, last_end, shards = 0.0, 0.0, 0
+    left = records
+    for size in factoring_sizes(records, workers, min_records, max_records):
+        n = min(size, left)
+        left -= n
+        t_free, w = heapq.heappop(free)
+        driver_at = max(driver_at, t_free) + shard_driver_s
+        cost = (shard_overhead_s + n * record_s) / speeds[w]
+        end = driver_at + cost
+        busy[w] += cost
+        last_end = max(last_end, end)
+        heapq.heappush(free, (end, w))
+        shards += 1
+    t1 = shard_overhead_s + records * record_s
+    mean_busy = sum(busy) / workers
+    speedup = t1 / last_end if last_end > 0 else 0.0
+    return {"workers": workers, "policy": "factoring", "tasks": shards, "records": records, "t_n_s": last_end,
+            "t1_s": t1, "speedup": speedup, "efficiency": speedup / workers,
+            "imbalance": max(busy) / mean_busy if mean_busy > 0 else 1.0}
