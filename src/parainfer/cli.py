@@ -231,6 +231,8 @@ def simulate_command(
     seed: int = typer.Option(0, help="random seed"),
     worker_speedup: float = typer.Option(1.0, help="workers this many times faster per task than measured "
                                                    "(the driver's cost unchanged): 50 ~ a GPU-like profile"),
+    data_path: str = typer.Option("records", help="records | sharded: the data path to simulate (sharded: "
+                                  "factoring shards, the driver paid per shard; see docs/sharded.md)"),
 ) -> None:
     """Predict T_N, speedup, efficiency and imbalance at many worker counts (discrete-event)."""
     import json
@@ -250,9 +252,16 @@ def simulate_command(
     workload = sim.Workload.from_report(cost_from)
     if worker_speedup != 1.0:
         workload = workload.faster(worker_speedup)
-    rows = [sim.simulate(workload, n, p, records=records, speed_sigma=speed_sigma, slowdown=slowdown,
-                         dispatch_latency_s=dispatch_latency_ms / 1e3, seed=seed)
-            for p in policies for n in counts]
+    if data_path == "sharded":
+        from parainfer.simulate_sharded import sharded_rows
+
+        rows, policies = sharded_rows(cost_from, workload, counts, records, speed_sigma, slowdown, seed), ["factoring"]
+    elif data_path != "records":
+        raise UsageError(f"--data-path {data_path!r} is not one of records, sharded")
+    else:
+        rows = [sim.simulate(workload, n, p, records=records, speed_sigma=speed_sigma, slowdown=slowdown,
+                             dispatch_latency_s=dispatch_latency_ms / 1e3, seed=seed)
+                for p in policies for n in counts]
     print(f"fitted task cost: {workload.overhead_s * 1e3:.3f} ms + {workload.s_per_token * 1e6:.3f} ms per 1k "
           f"padded tokens; driver {workload.driver_s * 1e3:.3f} ms per task (serial)")
     print(sim.table(rows))

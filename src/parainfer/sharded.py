@@ -147,6 +147,7 @@ class ShardedJob:
         self.done: dict[int, tuple[ShardTask, ShardResult]] = {}  # shard start -> finished, not committed
         self.deaths: dict[int, int] = {}  # shard start -> deaths of workers running it
         self.counts, self.next_index = TokenCounts(), 0
+        self.saved_at, self.saved = time.monotonic(), len(store.committed)  # last manifest write
         self.t_first = self.t_last = None
         ready_phases: list[dict[str, float]] = []
         stop = GracefulStop(on_abort=lambda: [self.executor.kill(w) for w in range(n)])
@@ -163,7 +164,7 @@ class ShardedJob:
                     for event in self.executor.poll(timeout=0.25):
                         self._handle(event, ready_phases)
                     self._commit()
-                self._commit()
+                self._commit(force=True)
                 if not stop.requested:
                     t, cpu = time.perf_counter(), time.process_time()
                     store.finish()
@@ -284,11 +285,17 @@ class ShardedJob:
         self.report.records += len(items)
         self.report.failed_records += len(items)
 
-    def _commit(self) -> None:
+    def _commit(self, force: bool = False) -> None:
+        """Commit the finished shards that continue the committed prefix; write the manifest
+        when ``--checkpoint-every`` seconds have passed since the last write (or ``force``)."""
         store = self.store
         while store.next_start in self.done:
             task, res = self.done.pop(store.next_start)
             store.commit(task.shard, task.part, task.errors_part, res)
+        now = time.monotonic()
+        if (force or now - self.saved_at >= self.config.checkpoint_every_s) and len(store.committed) > self.saved:
+            store.save()
+            self.saved_at, self.saved = now, len(store.committed)
 
     def _finish(self, t0: float, t_spawn: float, ready_phases: list[dict[str, float]], busy: float) -> dict[str, Any]:
         report, store = self.report, self.store

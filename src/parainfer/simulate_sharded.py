@@ -72,3 +72,26 @@ def simulate_sharded(workload: Any, workers: int, records: int, speed_sigma: flo
     return {"workers": workers, "policy": "factoring", "tasks": shards, "records": records, "t_n_s": last_end,
             "t1_s": t1, "speedup": speedup, "efficiency": speedup / workers,
             "imbalance": max(busy) / mean_busy if mean_busy > 0 else 1.0}
+
+
+def shard_driver_seconds(report: dict[str, Any]) -> float:
+    """The driver's CPU seconds per shard in a sharded report (``driver_busy_s`` less
+    ``driver_finish_cpu_s``, / shards run),
+    else ``DEFAULT_SHARD_DRIVER_S`` (a record-mode report says nothing about shards)."""
+    shards = (report.get("shards") or {}).get("run") if report.get("data_path") == "sharded" else None
+    if shards and report.get("driver_busy_s") is not None:  # less the final concatenation (not per shard)
+        return (report["driver_busy_s"] - report.get("driver_finish_cpu_s", 0.0)) / shards
+    return DEFAULT_SHARD_DRIVER_S
+
+
+def sharded_rows(report_path: str, workload: Any, counts: list[int], records: int | None, speed_sigma: float,
+                 slowdown: float, seed: int) -> list[dict[str, Any]]:
+    """``simulate_sharded`` at each worker count in ``counts`` for the measured report at
+    ``report_path`` (``records`` default: the report's)."""
+    from parainfer.report import load_report
+
+    report = load_report(report_path)
+    n = records or report.get("records") or sum(k for k, _ in workload.tasks)
+    driver_s = shard_driver_seconds(report)
+    return [simulate_sharded(workload, w, n, speed_sigma=speed_sigma, slowdown=slowdown, shard_driver_s=driver_s,
+                             seed=seed) for w in counts]

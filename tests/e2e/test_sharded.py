@@ -80,7 +80,8 @@ def test_a_raising_record_fails_alone_inside_its_shard(marked: Path, workers, tm
 
 def cli(src: Path, out: Path, model: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "parainfer.cli", "run", str(src), "-o", str(out), "--model", model,
-            "--workers", "2", "--batch-size", "16", "--bucket-window", "64", "--shard-mode", "on", "-q", *extra]
+            "--workers", "2", "--batch-size", "16", "--bucket-window", "64", "--shard-mode", "on",
+            "--checkpoint-every", "0.1", "-q", *extra]
 
 
 def test_killed_driver_resumes_byte_identical(inputs, workers, tmp_path: Path) -> None:  # noqa: F811

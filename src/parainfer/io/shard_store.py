@@ -107,7 +107,8 @@ class ShardStore:
         self.next_start, self.next_line = old["next_start"], old["next_line"]
 
     def commit(self, shard: Shard, part: str, errors_part: str, result: Any) -> None:
-        """Commit the next shard in order (its parts are fsynced by the worker). Its first line
+        """Commit the next shard in order (its parts are fsynced by the worker; durable at the
+        next ``save``). Its first line
         number is where the previous one ended (``next_line``); a shard the worker numbered from
         1 (``first_line`` 0) is marked ``relative`` and its errors are shifted in ``finish``."""
         first = self.next_line
@@ -117,6 +118,11 @@ class ShardStore:
             "records": result.records, "failed": result.failed, "out_bytes": result.out_bytes,
             "out_sha256": result.out_sha256, "err_bytes": result.err_bytes, "err_sha256": result.err_sha256})
         self.next_start, self.next_line = shard.end, first + result.lines
+
+    def save(self) -> None:
+        """Write the manifest with the shards committed so far (atomically, durably). The driver
+        calls it every ``--checkpoint-every`` seconds and at the end, not per shard: the manifest
+        lists every committed shard, so writing it per shard would cost O(shards^2)."""
         self._write(finished=False)
 
     def finish(self) -> tuple[int, int]:
