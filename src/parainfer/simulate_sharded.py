@@ -11,7 +11,11 @@ simulated workers:
 * the driver is one serial server that spends ``shard_driver_s`` per shard (plan, dispatch,
   commit; from a sharded report's ``driver_busy_s`` / shards, else ``DEFAULT_SHARD_DRIVER_S``)
   and nothing per record: records never pass through it;
-* worker speed spread and a straggler as in ``simulate.simulate``.
+* worker speed spread and a straggler as in ``simulate.simulate``;
+* a sharded report's first shard start (the worker's lazy imports of the shard runner) as a
+  start-up lag of every worker.
+
+Validation against real sharded runs at N = 1 and 2: ``tests/test_simulate_sharded.py``.
 """
 
 from __future__ import annotations
@@ -38,19 +42,20 @@ def record_seconds(workload: Any) -> float:
 def simulate_sharded(workload: Any, workers: int, records: int, speed_sigma: float = 0.0, slowdown: float = 1.0,
                      shard_driver_s: float = DEFAULT_SHARD_DRIVER_S,
                      shard_overhead_s: float = DEFAULT_SHARD_OVERHEAD_S, min_records: int = 128,
-                     max_records: int = 2_000_000, seed: int = 0) -> dict[str, Any]:
+                     max_records: int = 2_000_000, start_lag_s: float = 0.0, seed: int = 0) -> dict[str, Any]:
     """One simulated sharded run of ``records`` records on ``workers`` workers.
 
     Returns the same keys as ``simulate.simulate`` (t_n_s, t1_s, speedup, efficiency,
     imbalance; ``policy`` is "factoring", ``tasks`` the number of shards). T_1 is the one-worker
-    compute of all records with one shard overhead.
+    compute of all records with one shard overhead. ``start_lag_s``: from the first hand-out to
+    a worker starting its first shard (its lazy imports), added once to every worker.
     """
     record_s = record_seconds(workload)
     rng = random.Random(seed + 1)
     speeds = [math.exp(speed_sigma * rng.gauss(0, 1)) for _ in range(workers)]
     if slowdown != 1.0:
         speeds[-1] /= slowdown
-    free = [(0.0, w) for w in range(workers)]  # (time the worker is free, worker)
+    free = [(start_lag_s, w) for w in range(workers)]  # (time the worker is free, worker)
     heapq.heapify(free)
     busy = [0.0] * workers
     driver_at, last_end, shards = 0.0, 0.0, 0
@@ -93,5 +98,12 @@ def sharded_rows(report_path: str, workload: Any, counts: list[int], records: in
     report = load_report(report_path)
     n = records or report.get("records") or sum(k for k, _ in workload.tasks)
     driver_s = shard_driver_seconds(report)
+    sharded = report.get("data_path") == "sharded"
+    # A sharded report's timeline is its shards: the fitted cost already holds the per-shard
+    # overhead, and its smallest shard is the plan's minimum.
+    overhead = 0.0 if sharded else DEFAULT_SHARD_OVERHEAD_S
+    smallest = min((k for k, _ in workload.tasks), default=128) if sharded else 128
+    lag = min((t[2] for t in report.get("timeline") or []), default=0.0) if sharded else 0.0
     return [simulate_sharded(workload, w, n, speed_sigma=speed_sigma, slowdown=slowdown, shard_driver_s=driver_s,
+                             shard_overhead_s=overhead, min_records=max(1, smallest), start_lag_s=max(0.0, lag),
                              seed=seed) for w in counts]
