@@ -14,7 +14,7 @@ N VADER texts).
 
 Usage:
     python bench/bench_sharded.py --job echo --records 1000000 --rounds 1
-    python bench/bench_sharded.py --job classify --records 3000 --rounds 1
+    python bench/bench_sharded.py --job classify --records 3000 --rounds 1 --reports R/
 """
 
 from __future__ import annotations
@@ -52,12 +52,15 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--reports", default=None, help="also write each run's report here (for parainfer simulate)")
     args = ap.parse_args()
     from parainfer.config import JobConfig
     from parainfer.engine import Job, start_workers, wait_ready
     from parainfer.models.registry import build_predictor
 
     folder = Path(tempfile.mkdtemp(prefix="bench_sharded_"))
+    if args.reports:
+        Path(args.reports).mkdir(parents=True, exist_ok=True)
     src = make_input(args.records, folder)
     print(f"input {src} ({src.stat().st_size / 1e6:.1f} MB, {args.records:,} records); load average {load()}")
     spec = JOBS[args.job]
@@ -70,8 +73,9 @@ def main() -> None:
             outs = {}
             for mode in ("off", "on"):
                 out = folder / f"out-{mode}.jsonl"
+                report = (str(Path(args.reports) / f"{args.job}-{mode}-{rnd}.json") if args.reports else None)
                 config = JobConfig(input=str(src), output=str(out), workers=args.workers, quiet=True,
-                                   overwrite=True, shard_mode=mode, **spec)
+                                   overwrite=True, shard_mode=mode, report=report, **spec)
                 t = time.perf_counter()
                 rep = Job(config).run(workers)
                 wall = time.perf_counter() - t

@@ -146,7 +146,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append("startup: " + ", ".join(f"{k[:-2]} {v:.2f}" for k, v in parts.items()) + " (s)")
     if report.get("data_path") == "sharded":
         shards = report.get("shards") or {}
-        lines.append(f"data path: sharded ({shards.get('committed', 0)} shards committed, workers read the input)")
+        book = report.get("driver_bookkeeping_us_per_record")
+        lines.append(f"data path: sharded ({shards.get('committed', 0)} shards committed, workers read the input"
+                     + (f"; shard bookkeeping {book:.3f} us/record)" if book is not None else ")"))
     elif report.get("data_path"):
         lines.append("data path: records (the driver reads, batches and writes every record)")
     if report.get("driver_us_per_record") is not None:
