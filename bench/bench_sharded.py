@@ -6,7 +6,10 @@ through the driver) and ``"on"`` (the workers read shards of the input), each wr
 output. Start-up is the same for both modes and is left out: the figures are the job on ready
 workers. Reported per run: wall seconds of ``Job.run``, records/s over it, the report's
 ``driver_busy_s`` and ``driver_us_per_record`` (the driver process's CPU over the job loop,
-per record), shards, and whether the two outputs are byte-identical.
+per record), sharded mode's ``driver_bookkeeping_us_per_record`` (the same less the final
+concatenation of the parts), shards, and whether the two outputs are byte-identical (the
+default classifier is not batch-invariant: its scores move in the 7th digit with the batch
+composition, so its two outputs can differ there).
 
 Jobs: ``echo`` (the no-op callable ``parainfer.testing:echo`` on N VADER texts, cycled: the
 driver's cost per record with no model cost) and ``classify`` (the default VADER classifier on
@@ -66,8 +69,9 @@ def main() -> None:
     spec = JOBS[args.job]
     workers = start_workers(build_predictor(spec["task"], spec["model"]), args.workers)
     wait_ready(workers)
-    print("| round | mode | records | wall s | records/s | driver CPU s | driver µs/record | shards | load avg |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| round | mode | records | wall s | records/s | driver CPU s | driver µs/record | bookkeeping µs/record "
+          "| shards | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     try:
         for rnd in range(args.rounds):
             outs = {}
@@ -81,9 +85,10 @@ def main() -> None:
                 wall = time.perf_counter() - t
                 outs[mode] = out
                 shards = (rep.get("shards") or {}).get("committed", "-")
+                book = rep.get("driver_bookkeeping_us_per_record")
                 print(f"| {rnd} | {rep['data_path']} | {rep['records']:,} | {wall:.2f} | {rep['records'] / wall:,.0f} | "
-                      f"{rep['driver_busy_s']:.3f} | {rep['driver_us_per_record']:.3f} | {shards} | {load()} |",
-                      flush=True)
+                      f"{rep['driver_busy_s']:.3f} | {rep['driver_us_per_record']:.3f} | "
+                      f"{'-' if book is None else f'{book:.3f}'} | {shards} | {load()} |", flush=True)
             same = outs["off"].read_bytes() == outs["on"].read_bytes()
             print(f"round {rnd}: outputs byte-identical: {same}")
     finally:

@@ -90,20 +90,24 @@ def shard_driver_seconds(report: dict[str, Any]) -> float:
 
 
 def sharded_rows(report_path: str, workload: Any, counts: list[int], records: int | None, speed_sigma: float,
-                 slowdown: float, seed: int) -> list[dict[str, Any]]:
+                 slowdown: float, seed: int, shard_driver_s: float | None = None) -> list[dict[str, Any]]:
     """``simulate_sharded`` at each worker count in ``counts`` for the measured report at
-    ``report_path`` (``records`` default: the report's)."""
+    ``report_path`` (``records`` default: the report's; ``shard_driver_s`` default:
+    ``shard_driver_seconds`` of the report). Each row also has ``shard_driver_s`` and ``record_s``."""
     from parainfer.report import load_report
 
     report = load_report(report_path)
     n = records or report.get("records") or sum(k for k, _ in workload.tasks)
-    driver_s = shard_driver_seconds(report)
+    driver_s = shard_driver_seconds(report) if shard_driver_s is None else shard_driver_s
     sharded = report.get("data_path") == "sharded"
     # A sharded report's timeline is its shards: the fitted cost already holds the per-shard
     # overhead, and its smallest shard is the plan's minimum.
     overhead = 0.0 if sharded else DEFAULT_SHARD_OVERHEAD_S
     smallest = min((k for k, _ in workload.tasks), default=128) if sharded else 128
     lag = min((t[2] for t in report.get("timeline") or []), default=0.0) if sharded else 0.0
-    return [simulate_sharded(workload, w, n, speed_sigma=speed_sigma, slowdown=slowdown, shard_driver_s=driver_s,
+    rows = [simulate_sharded(workload, w, n, speed_sigma=speed_sigma, slowdown=slowdown, shard_driver_s=driver_s,
                              shard_overhead_s=overhead, min_records=max(1, smallest), start_lag_s=max(0.0, lag),
                              seed=seed) for w in counts]
+    for row in rows:
+        row.update(shard_driver_s=driver_s, record_s=record_seconds(workload))
+    return rows
