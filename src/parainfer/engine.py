@@ -132,12 +132,13 @@ class Job:
         num_workers must equal this job's); default: start one now and shut it down at the end.
         The output is locked for the whole job (``io.guard.OutputLock``): a second job on the
         same output raises UsageError naming this one (an in-memory job has no output to lock).
-        A large splittable input runs in sharded mode (``sharded.choose_mode``, ``--shard-mode``).
+        A large splittable input runs in sharded mode (``shard_mode.choose_mode``, ``--shard-mode``).
         """
         if self.store is not None:
             return self._run(workers)
         with OutputLock(self.config.output):
-            from parainfer.sharded import ShardedJob, choose_mode  # sharded mode (docs/sharded.md)
+            from parainfer.shard_mode import choose_mode  # sharded mode (docs/sharded.md)
+            from parainfer.sharded import ShardedJob
 
             if choose_mode(self.config) == "sharded":
                 return ShardedJob(self).run(workers)

@@ -119,3 +119,24 @@ def test_bisection_keeps_every_record_once(ext: str, inputs: dict[str, Path]) ->
         pieces[0:1] = list(halves)
     assert singles == 1 and len(as_tuples(shard_records(inp, pieces[0]))) == 1
     assert read_shards(path, pieces, shard.first_line or 1) == whole
+
+
+def test_mode_choice(inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from parainfer import shard_mode
+    from parainfer.config import JobConfig
+    from parainfer.errors import UsageError
+
+    def cfg(**kw) -> JobConfig:
+        return JobConfig(**{"input": str(inputs["jsonl"]), "output": str(tmp_path / "o.jsonl"), **kw})
+
+    assert shard_mode.choose_mode(cfg()) == "records"  # small input: not worth it
+    assert shard_mode.choose_mode(cfg(shard_mode="on")) == "sharded"
+    monkeypatch.setattr(shard_mode, "AUTO_MIN_BYTES", 1)
+    assert shard_mode.choose_mode(cfg()) == "sharded"
+    assert shard_mode.choose_mode(cfg(), in_memory=True) == "records"
+    assert shard_mode.choose_mode(cfg(output=str(tmp_path / "o.csv"))) == "records"
+    assert shard_mode.choose_mode(cfg(shard_mode="off")) == "records"
+    with pytest.raises(UsageError, match="must be a .jsonl/.ndjson file"):
+        shard_mode.choose_mode(cfg(output=str(tmp_path / "o.parquet"), shard_mode="on"))
+    with pytest.raises(UsageError, match="'sometimes' is not one of auto, on, off"):
+        shard_mode.choose_mode(cfg(shard_mode="sometimes"))
