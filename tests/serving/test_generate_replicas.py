@@ -4,7 +4,8 @@ server, through the official ``openai`` client.
 Greedy outputs must equal the one engine run directly (what the one-engine server is held to in
 test_generate_api.py), streamed or not, with requests in flight on both replicas at once; the
 router must spread them over both (per-replica counters in /metrics and /health); a replica
-SIGKILLed mid-request fails its requests with a clean error (never a hang) and is restarted.
+SIGKILLed mid-request fails its requests with a clean error (never a hang) and is restarted;
+a client that leaves mid-stream has its sequence aborted.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def engine():
     """The same model as one engine run directly (the reference the one-engine server equals)."""
     from parainfer.generation import LLMEngine, ensure_smollm2
 
-    return LLMEngine(ensure_smollm2(), threads=1)
+    return LLMEngine(ensure_smollm2(), threads=1, kv_cache_gb=0.1)
 
 
 def client(url: str) -> openai.OpenAI:
@@ -98,6 +99,29 @@ def test_concurrent_streamed_and_plain_requests_equal_one_engine_and_use_both_re
     state = httpx.get(replicas + "/health").json()
     assert state["replicas_ready"] == 2 and len({r["pid"] for r in state["replica_state"]}) == 2
     assert all(r["requests_routed"] >= 3 and r["running"] == 0 for r in state["replica_state"])
+
+
+def test_a_client_that_leaves_mid_stream_has_its_sequence_aborted_in_its_replica(replicas):
+    def aborted() -> float:
+        found = re.search(r'parainfer_generation_sequences_total\{finish_reason="abort"\} (\S+)',
+                          httpx.get(replicas + "/metrics").text)
+        return float(found.group(1))
+
+    before = aborted()
+    body = {"prompt": PROMPTS[0], "max_tokens": 300, "stream": True, "temperature": 0, "ignore_eos": True}
+    with httpx.stream("POST", replicas + "/v1/completions", json=body, timeout=60) as response:
+        chunks = 0
+        for line in response.iter_lines():
+            chunks += line.startswith("data: {")
+            if chunks == 3:
+                break  # leave mid-stream: the connection closes
+    deadline = time.monotonic() + 30
+    while True:
+        state = httpx.get(replicas + "/health").json()["replica_state"]
+        if aborted() == before + 1 and not any(r["running"] or r["outstanding_tokens"] for r in state):
+            break
+        assert time.monotonic() < deadline, state
+        time.sleep(0.1)
 
 
 def test_a_replica_killed_mid_request_fails_it_cleanly_and_is_restarted(replicas):

@@ -107,22 +107,14 @@ class GenerationService(Admission):
         Raises:
             UsageError: a Ray cluster without room for the actors (the server does not start).
         """
-        from parainfer.serving.replica_handles import make_replicas
-        from parainfer.serving.replica_router import ReplicaRouter
-        from parainfer.serving.replica_worker import EngineSpec
+        from parainfer.serving.replica_router import start_router
 
-        cfg = self.config
-        spec = EngineSpec(cfg.model, cfg.dtype, cfg.max_num_seqs, cfg.threads_per_worker)
-        factory = make_replicas(cfg, spec)
-        await asyncio.to_thread(factory.connect)
-        tokenizer = await asyncio.to_thread(spec.load_tokenizer)
-        self.replicas = ReplicaRouter(factory, cfg.workers, tokenizer, on_ready=self._replicas_ready,
-                                      on_failed=self._replicas_failed, on_restart=self._replica_restarted,
-                                      on_route=lambda w: self.metrics.replica_requests.labels(str(w)).inc())
-        for w in range(cfg.workers):  # the series exist (at 0) from the first scrape
+        for w in range(self.config.workers):  # the series exist (at 0) from the first scrape
             self.metrics.restarts.labels(str(w))
             self.metrics.replica_requests.labels(str(w))
-        self.replicas.start()
+        self.replicas = await start_router(self.config, on_ready=self._replicas_ready,
+                                           on_failed=self._replicas_failed, on_restart=self._replica_restarted,
+                                           on_route=lambda w: self.metrics.replica_requests.labels(str(w)).inc())
 
     def _replicas_ready(self) -> None:
         if self.state in ("loading", "rebuilding", "ok"):

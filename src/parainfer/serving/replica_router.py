@@ -4,8 +4,8 @@
 (``replica_handles``: local processes or Ray actors); each does continuous batching on its own.
 :class:`ReplicaRouter` stands where the one-engine server has its ``EngineLoop``: the
 ``GenerationService`` calls ``stream_async(prompt_ids, params)`` and reads ``engine`` (an
-:class:`EngineView`: the tokenizer, context window and cache size that admission needs, with no
-weights in the server process). A request goes to the ready replica with the fewest
+``engine_view.EngineView``: the tokenizer, context window and cache size that admission needs;
+no weights in the server process). A request goes to the ready replica with the fewest
 *outstanding tokens*: for each request it holds, the prompt (until its first output: prefill
 still to do) plus ``max_tokens`` minus the tokens generated so far (ties: fewer requests, then
 the lower index). Outputs stream back in message batches, one per engine step or so.
@@ -24,11 +24,10 @@ import asyncio
 import itertools
 import logging
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any, AsyncIterator, Callable
 
-from parainfer.errors import UsageError
 from parainfer.executors.local import MAX_DEATHS_WHILE_LOADING
+from parainfer.serving.engine_view import EngineView
 from parainfer.serving.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -67,40 +66,6 @@ class _Replica:
     @property
     def outstanding(self) -> int:
         return sum(r.outstanding for r in self.requests.values())
-
-
-class EngineView:
-    """The parts of an ``LLMEngine`` the server's admission and /health read, for engines that
-    live in workers: ``tokenizer``, ``max_model_len``, ``config`` (max_num_seqs, dtype,
-    num_blocks, block_size of one replica), ``stats``, ``format_chat``, ``check_fits``."""
-
-    def __init__(self, tokenizer: Any, info: dict[str, Any], router: ReplicaRouter) -> None:
-        self.tokenizer, self.router = tokenizer, router
-        self.max_model_len = int(info["max_model_len"])
-        self.config = SimpleNamespace(**{k: info[k] for k in ("max_num_seqs", "dtype", "num_blocks", "block_size")})
-
-    @property
-    def stats(self) -> dict[str, Any]:
-        return {"requests_routed": [r.routed for r in self.router.replicas]}
-
-    def format_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        """Prompt token ids of chat ``messages`` (as ``LLMEngine.format_chat``)."""
-        from parainfer.generation import LLMEngine
-
-        return LLMEngine.format_chat(self, messages)  # type: ignore[arg-type] - it reads .tokenizer only
-
-    def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
-        """Raise UsageError unless the request fits one replica's window and KV cache."""
-        total, cfg = num_prompt_tokens + max_tokens, self.config
-        if total > self.max_model_len:
-            raise UsageError(f"prompt ({num_prompt_tokens} tokens) + max_tokens ({max_tokens}) = {total} exceeds "
-                             f"the model's context window of {self.max_model_len} tokens")
-        if -(-total // cfg.block_size) > cfg.num_blocks:
-            raise UsageError(f"a request of {total} tokens needs more KV-cache blocks than the cache holds "
-                             f"({cfg.num_blocks} x {cfg.block_size}); raise kv_cache_gb")
-
-    def fail_all(self, exc: BaseException) -> None:
-        self.router.fail_all(exc)
 
 
 class ReplicaRouter:
@@ -282,3 +247,23 @@ class ReplicaRouter:
         held, rep.requests = rep.requests, {}
         for req in held.values():
             req.queue.put_nowait(exc)
+
+
+async def start_router(config: Any, **callbacks: Callable) -> ReplicaRouter:
+    """Connect (Ray: to the cluster), load the tokenizer, and start ``config.workers`` replicas of
+    ``config``'s engine on ``config.executor`` behind a router; ``callbacks`` are ReplicaRouter's
+    ``on_ready``, ``on_failed``, ``on_restart``, ``on_route``. Call on the event loop.
+
+    Raises:
+        UsageError: a Ray cluster without room for the actors.
+    """
+    from parainfer.serving.replica_handles import make_replicas
+    from parainfer.serving.replica_worker import EngineSpec
+
+    spec = EngineSpec(config.model, config.dtype, config.max_num_seqs, config.threads_per_worker)
+    factory = make_replicas(config, spec)
+    await asyncio.to_thread(factory.connect)
+    tokenizer = await asyncio.to_thread(spec.load_tokenizer)
+    router = ReplicaRouter(factory, config.workers, tokenizer, **callbacks)
+    router.start()
+    return router
