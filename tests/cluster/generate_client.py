@@ -2,8 +2,11 @@
 ``python generate_client.py URL``.
 
 Waits for /health 200, then sends each of 3 prompts 4 times at once through the official
-``openai`` client (greedy, 2 streamed and 2 not), 12 requests in flight together, and prints one
-JSON line: every answer's text and finish reason per prompt, and /health at the end.
+``openai`` client (greedy, 2 streamed and 2 not), 12 requests in flight together. Then a fault:
+two long requests (one per replica); once both run it prints ``RUNNING`` and the test kills one
+replica's actor; it collects both outcomes (status codes), waits until the replica is back, and
+prints one JSON line: every answer's text and finish reason per prompt, the outcomes, and
+/health at the end.
 """
 
 from __future__ import annotations
@@ -31,6 +34,26 @@ def ask(url: str, prompt: str, stream: bool) -> list:
     return [text, reason]
 
 
+def long_request(url: str, prompt: str) -> str:
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=180)
+    try:
+        client.completions.create(model="m", prompt=prompt, max_tokens=64, temperature=0,
+                                  extra_body={"ignore_eos": True})
+        return "200"
+    except openai.APIStatusError as exc:
+        return str(exc.status_code)
+
+
+def wait_until(url: str, ok, seconds: float) -> dict:
+    deadline = time.monotonic() + seconds
+    while True:
+        body = httpx.get(url + "/health", timeout=10).json()
+        if ok(body):
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.05)
+
+
 def main(url: str) -> None:
     deadline = time.monotonic() + 180
     while True:
@@ -44,8 +67,13 @@ def main(url: str) -> None:
     with ThreadPoolExecutor(12) as pool:
         futures = {p: [pool.submit(ask, url, p, k % 2 == 1) for k in range(4)] for p in PROMPTS}
         answers = {p: [f.result() for f in fs] for p, fs in futures.items()}
-    health = httpx.get(url + "/health", timeout=10).json()
-    print(json.dumps({"answers": answers, "health": health}), flush=True)
+    with ThreadPoolExecutor(2) as pool:
+        long = [pool.submit(long_request, url, p) for p in PROMPTS[:2]]
+        wait_until(url, lambda b: all(r["running"] for r in b["replica_state"]), 120)
+        print("RUNNING", flush=True)
+        outcomes = sorted(f.result() for f in long)
+    health = wait_until(url, lambda b: b["replicas_ready"] == 2, 240)
+    print(json.dumps({"answers": answers, "outcomes": outcomes, "health": health}), flush=True)
 
 
 if __name__ == "__main__":
