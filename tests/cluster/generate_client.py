@@ -37,7 +37,7 @@ def ask(url: str, prompt: str, stream: bool) -> list:
 def long_request(url: str, prompt: str) -> str:
     client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=180)
     try:
-        client.completions.create(model="m", prompt=prompt, max_tokens=64, temperature=0,
+        client.completions.create(model="m", prompt=prompt, max_tokens=32, temperature=0,
                                   extra_body={"ignore_eos": True})
         return "200"
     except openai.APIStatusError as exc:

@@ -250,7 +250,8 @@ def test_serve_generate_on_ray_two_engine_replicas_one_per_node_agree_and_surviv
 
     port = "18613"
     server = ray_cluster.start("serve", "--task", "generate", "--port", port, "--max-num-seqs", "8",
-                               "--threads-per-worker", "1", *ray_args(ray_cluster), "--log-level", "warning")
+                               "--threads-per-worker", "1", "--request-timeout-s", "400", *ray_args(ray_cluster),
+                               "--log-level", "warning")
     try:
         client = subprocess.Popen(["ip", "netns", "exec", ray_cluster.head_ns, sys.executable,
                                    str(Path(__file__).with_name("generate_client.py")), f"http://127.0.0.1:{port}"],

@@ -32,7 +32,7 @@ CHATS = [[{"role": "user", "content": "Name one fruit."}], [{"role": "user", "co
 def replicas():
     """A generate server with 2 replica processes (1 thread each)."""
     with running_server(wait_ready=False, task="generate", workers=2, max_queue=16, max_num_seqs=8,
-                        threads_per_worker=1, request_timeout_s=120) as url:
+                        threads_per_worker=1, request_timeout_s=400) as url:
         deadline = time.monotonic() + 300
         while httpx.get(url + "/health").status_code != 200:
             assert time.monotonic() < deadline, "replicas did not load"
