@@ -10,6 +10,7 @@ back). Generated tokens/s = completion tokens (from the usage chunk) / wall time
 Prints a markdown table.
 
     python bench/bench_serving_generate.py --concurrency 1,16 --requests 32 --max-tokens 64 [--texts vader.jsonl]
+    python bench/bench_serving_generate.py --workers 1,2 --threads 1 ...   # one engine vs 2 replicas, one run
 """
 
 from __future__ import annotations
@@ -101,22 +102,26 @@ def main() -> None:
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None, help="engine torch threads (--threads-per-worker)")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--workers", default="1", help="comma-separated engine counts, run one after another "
+                        "(1: the engine in the server process; N > 1: N engine replicas in worker processes)")
     args = parser.parse_args()
     texts = load_texts(args.texts)
     settings = ["--max-num-seqs", str(args.max_num_seqs), "--dtype", args.dtype, "--request-timeout-s", "600"]
     if args.threads:
         settings += ["--threads-per-worker", str(args.threads)]
-    spawn = argparse.Namespace(task="generate", workers=1, max_wait_ms=5.0, model=args.model, device="cpu")
     rows = []
-    with server(spawn, settings) as url:
-        asyncio.run(run_point(url, texts, 2, 2, 8))  # warm-up
-        for c in [int(x) for x in args.concurrency.split(",") if x]:
-            rows.append(asyncio.run(run_point(url, texts, c, max(c, args.requests), args.max_tokens)).row())
-            print(rows[-1], file=sys.stderr, flush=True)
+    for workers in [int(x) for x in args.workers.split(",") if x]:
+        spawn = argparse.Namespace(task="generate", workers=workers, max_wait_ms=5.0, model=args.model, device="cpu")
+        with server(spawn, settings) as url:
+            asyncio.run(run_point(url, texts, 2, 2, 8))  # warm-up
+            for c in [int(x) for x in args.concurrency.split(",") if x]:
+                point = asyncio.run(run_point(url, texts, c, max(c, args.requests), args.max_tokens))
+                rows.append(f"| {workers} {point.row()}")
+                print(rows[-1], file=sys.stderr, flush=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
-    print("| concurrency | ok | errors | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | tokens | wall s "
-          "| generated tok/s |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| engines | concurrency | ok | errors | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | tokens "
+          "| wall s | generated tok/s |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     print("\n".join(rows))
 
 

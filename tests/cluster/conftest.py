@@ -54,14 +54,15 @@ class Cluster:
         return subprocess.Popen(self.command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=self.env(env), cwd=REPO)
 
-    def actor_pids(self) -> dict[int, str]:
-        """Live worker actors (process title ``ray::RayWorker...``): pid -> namespace."""
+    def actor_pids(self, title: bytes = b"ray::RayWorker") -> dict[int, str]:
+        """Live actors whose process title starts with ``title`` (default the batch workers,
+        ``ray::RayWorker...``): pid -> namespace."""
         found = {}
         for ns in (self.head_ns, self.node_ns):
             out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
             for pid in map(int, out):
                 try:
-                    if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::RayWorker"):
+                    if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(title):
                         found[pid] = ns
                 except OSError:
                     pass

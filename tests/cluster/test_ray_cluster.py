@@ -239,6 +239,43 @@ def test_serve_on_ray_replica_killed_mid_traffic_is_restarted_without_5xx(ray_cl
         server.communicate(timeout=60)
 
 
+def test_serve_generate_on_ray_two_engine_replicas_one_per_node_agree_and_survive_a_kill(ray_cluster) -> None:
+    """``parainfer serve --task generate --executor ray --workers 2``: one engine actor per node;
+    12 greedy requests at once (3 prompts x 4, streamed and not, the ``openai`` client) are spread
+    over both replicas, and every answer to a prompt is the same text wherever it ran. Then one
+    replica actor is SIGKILLed mid-request: its request gets a clean 503, the other's a 200, and
+    a fresh actor takes its place."""
+    import os
+    import subprocess
+
+    port = "18613"
+    server = ray_cluster.start("serve", "--task", "generate", "--port", port, "--max-num-seqs", "8",
+                               "--threads-per-worker", "1", "--request-timeout-s", "400", *ray_args(ray_cluster),
+                               "--log-level", "warning")
+    try:
+        client = subprocess.Popen(["ip", "netns", "exec", ray_cluster.head_ns, sys.executable,
+                                   str(Path(__file__).with_name("generate_client.py")), f"http://127.0.0.1:{port}"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ray_cluster.env())
+        assert client.stdout.readline().strip() == "RUNNING", client.communicate(timeout=30)
+        victims = [pid for pid in ray_cluster.actor_pids(b"ray::RayReplicaActor")]
+        assert len(victims) == 2, victims
+        os.kill(min(victims), signal.SIGKILL)
+        out, err = client.communicate(timeout=400)
+        assert client.returncode == 0, err[-3000:]
+        result = json.loads(out.strip().splitlines()[-1])
+        for prompt, answers in result["answers"].items():
+            assert len({tuple(a) for a in answers}) == 1 and answers[0][0], (prompt, answers)
+        assert result["outcomes"] == ["200", "503"], result["outcomes"]
+        health = result["health"]
+        assert health["executor"] == "ray" and health["replicas_ready"] == 2, health
+        state = health["replica_state"]
+        assert sum(r["restarts"] for r in state) == 1 and all(r["node"] for r in state), state
+        assert sum(r["requests_routed"] for r in state) == 14 and min(r["requests_routed"] for r in state) >= 4
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=60)
+
+
 def test_zz_node_lost_mid_job_the_job_completes_on_what_remains(ray_cluster, tmp_path: Path) -> None:
     """Last in this module: the second node stays down afterwards."""
     src = write_input(tmp_path / "in.jsonl")

@@ -108,6 +108,18 @@ class EngineLoop:
                 self.engine.abort_request(rid)
                 self._wake.set()
 
+    def add(self, prompt: str | list[int], params: SamplingParams | None, request_id: str,
+            on_output: Callable[[RequestOutput], None]) -> str:
+        """Queue a request whose outputs (or the exception that ended it) go to ``on_output``,
+        called in the loop thread; wakes the loop. Returns the request id.
+
+        Raises:
+            UsageError: at once, for a prompt that does not fit (see ``LLMEngine.add_request``).
+        """
+        rid = self.engine.add_request(prompt, params, request_id, on_output=on_output)
+        self._wake.set()
+        return rid
+
     def abort(self, request_id: str) -> None:
         self.engine.abort_request(request_id)
         self._wake.set()

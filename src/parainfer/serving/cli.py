@@ -30,7 +30,9 @@ def serve_command(
     task: str = typer.Option("embed", help="classify | embed | generate | translate"),
     model: Optional[str] = typer.Option(None, help="built-in name, local HF directory, or module:function "
                                         "(generate: local HF Llama-family directory; default SmolLM2-135M-Instruct)"),
-    workers: int = typer.Option(2, help="worker processes, one model replica each (generate: not used)"),
+    workers: Optional[int] = typer.Option(None, help="worker processes, one model replica each; default 2 "
+                                          "(generate: 1 = the engine in the server process; N > 1 = N engine "
+                                          "replicas in workers, routed by outstanding tokens)"),
     host: str = typer.Option("127.0.0.1", help="interface to bind (loopback by default)"),
     port: int = typer.Option(8000, help="TCP port"),
     max_batch_size: int = typer.Option(32, help="most inputs per model batch (1 = batching off)"),
@@ -57,7 +59,7 @@ def serve_command(
                                           "request is in flight)"),
     log_level: str = typer.Option("info", help="uvicorn log level"),
     executor: str = typer.Option("local", help="local (worker processes) | ray (replicas as Ray actors; "
-                                 "embed and classify)"),
+                                 "generate: every engine replica an actor)"),
     address: Optional[str] = typer.Option(None, help="ray: cluster HOST:PORT (default: RAY_ADDRESS, else a "
                                           "local Ray started for the server)"),
     cpus_per_worker: float = typer.Option(1.0, help="ray: CPUs each replica actor asks for"),
@@ -69,12 +71,8 @@ def serve_command(
     /v1/chat/completions (--task generate), /v1/translations (--task translate), /v1/files and
     /v1/batches (OpenAI batch jobs), /health, /metrics."""
     from parainfer.executors import check_executor
-    from parainfer.errors import UsageError
 
     check_executor(executor)
-    if executor == "ray" and task == "generate":
-        raise UsageError("--executor ray serves --task embed and classify; generate runs its engine in the "
-                         "server process (use --executor local)")
     config = ServeConfig(task=task, model=model, workers=workers, host=host, port=port,
                          max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          request_timeout_s=request_timeout_s, api_key=api_key, dtype=dtype, device=device,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from parainfer.devices import Device
 
@@ -21,8 +21,9 @@ class ServeConfig(BaseModel):
     task: Literal["classify", "embed", "generate", "translate"] = "embed"
     model: str | None = Field(default=None, description="built-in name, local HF directory, or module:function "
                               "(generate: a local HF Llama-family directory; default SmolLM2-135M-Instruct)")
-    workers: int = Field(default=2, ge=1, description="worker processes, one model replica each (not used by "
-                         "generate: one engine in the server process)")
+    workers: int | None = Field(default=None, ge=1,
+                         description="worker processes, one model replica each; default 2 (generate: 1, the "
+                         "engine in the server process; N > 1 runs N engine replicas in workers)")
     host: str = Field(default="127.0.0.1", description="interface to bind; loopback unless told otherwise")
     port: int = Field(default=8000, ge=0, le=65535)
     max_batch_size: int = Field(default=32, ge=1, description="most inputs per model batch")
@@ -42,8 +43,8 @@ class ServeConfig(BaseModel):
     max_in_flight_per_replica: int = Field(default=1, ge=1, description="batches queued on one replica at once")
     retries: int = Field(default=1, ge=0, description="times a batch is run again after its replica died")
     max_num_seqs: int = Field(default=64, ge=1, description="generate: most sequences in the engine's running batch")
-    executor: Literal["local", "ray"] = Field(default="local", description="embed/classify replicas: local "
-                                              "processes or ray actors (generate: in-process engine only)")
+    executor: Literal["local", "ray"] = Field(default="local", description="replicas as local processes or "
+                                              "ray actors (generate: ray runs every engine as an actor)")
     address: str | None = Field(default=None, description="ray: cluster HOST:PORT (default RAY_ADDRESS, else local)")
     cpus_per_worker: float = Field(default=1.0, gt=0, description="ray: CPUs each replica actor asks for")
     gpus_per_worker: float = Field(default=0.0, ge=0, description="ray: GPUs each replica actor asks for")
@@ -55,6 +56,14 @@ class ServeConfig(BaseModel):
     batch_concurrency: int = Field(default=4, ge=1, description="most batch requests running at once; they start "
                                    "only while no online request is in flight")
     trust: bool = Field(default=False, description="load model files holding types skops does not trust by default")
+
+    @model_validator(mode="after")
+    def _default_workers(self) -> ServeConfig:
+        """``workers`` left unset (None): 1 for generate (one engine in the server process), else 2;
+        an int afterwards."""
+        if self.workers is None:
+            self.workers = 1 if self.task == "generate" else 2
+        return self
 
     def served_model_name(self) -> str:
         """The id reported by /v1/models and in responses ("all-MiniLM-L6-v2" for the default embedder)."""

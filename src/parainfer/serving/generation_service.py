@@ -6,7 +6,14 @@ happens inside the engine (sequences join and leave the running batch at every s
 engine already batches every request the server holds; a second replica would hold a second
 copy of the weights and KV cache and split the batch, making each step's matmuls smaller, on
 the same cores. torch releases the GIL inside the forward, so the event loop keeps serving
-HTTP while the engine thread computes.
+HTTP while the engine thread computes. That is the default (``--workers 1``).
+
+With ``--workers N`` > 1 or ``--executor ray`` the engines run in N workers instead (local
+processes or Ray actors, on other GPUs or nodes), each batching continuously on its own, and a
+:class:`~parainfer.serving.replica_router.ReplicaRouter` stands where the EngineLoop was: it
+sends each sequence to the replica with the fewest outstanding tokens and streams its outputs
+back; admission, metrics and the routes are the same. A replica that dies fails its requests
+(503, or an error event mid-stream) and is restarted.
 
 A route calls ``admit_completion`` / ``admit_chat`` (in this order: 503 not loaded, 413 more
 prompts than ``--max-queue`` could ever hold, 400 a prompt over its character budget, 429 no
@@ -45,9 +52,15 @@ from parainfer.serving.service import wait_or_give_up
 
 log = logging.getLogger(__name__)
 REBUILD_RETRY_AFTER_S = 10
-__all__ = ["Admitted", "CHAT_DEFAULT_MAX_TOKENS", "Choice", "GenerationService", "Reservation"]
+__all__ = ["Admitted", "CHAT_DEFAULT_MAX_TOKENS", "Choice", "GenerationService", "Reservation", "uses_replicas"]
 
 
+
+
+def uses_replicas(config: ServeConfig) -> bool:
+    """True when the engines run in workers (``--workers`` > 1 or ``--executor ray``); else one
+    engine runs in the server process (``--workers 1``, the default for generate)."""
+    return config.workers > 1 or config.executor == "ray"
 
 
 class GenerationService(Admission):
@@ -72,20 +85,60 @@ class GenerationService(Admission):
         self.running = 0  # sequences admitted (reserved or in the engine)
         self._done_times: list[float] = []  # recent sequence ends, for Retry-After
         self._cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parainfer-gen-cpu")
+        self.replicas: Any = None  # a ReplicaRouter when the engines run in workers (uses_replicas)
         for reason in ("stop", "length", "abort", "error"):
             metrics.sequences.labels(reason)
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the engine in a background thread (/health says 503 until it is up)."""
+        """Load the engine in a background thread (/health says 503 until it is up); with
+        replicas (``uses_replicas``), start them instead."""
+        if uses_replicas(self.config):
+            await self._start_replicas()
+            return
         threading.Thread(target=self._load, name="parainfer-engine-load", daemon=True).start()
+
+    # ---- replicas: --workers N > 1 or --executor ray (replica_router) ---------------------------
+
+    async def _start_replicas(self) -> None:
+        """One engine per worker (local processes or Ray actors), routed by outstanding tokens.
+
+        Raises:
+            UsageError: a Ray cluster without room for the actors (the server does not start).
+        """
+        from parainfer.serving.replica_router import start_router
+
+        for w in range(self.config.workers):  # the series exist (at 0) from the first scrape
+            self.metrics.restarts.labels(str(w))
+            self.metrics.replica_requests.labels(str(w))
+        self.replicas = await start_router(self.config, on_ready=self._replicas_ready,
+                                           on_failed=self._replicas_failed, on_restart=self._replica_restarted,
+                                           on_route=lambda w: self.metrics.replica_requests.labels(str(w)).inc())
+
+    def _replicas_ready(self) -> None:
+        if self.state in ("loading", "rebuilding", "ok"):
+            self.loop, self.state = self.replicas, "ok"
+        self.metrics.replicas_ready.set(self.replicas.ready_count)
+
+    def _replicas_failed(self, reason: str) -> None:
+        log.error("every generation replica failed: %s", reason)
+        self.load_error, self.state = RuntimeError(reason), "failed"
+
+    def _replica_restarted(self, worker: int) -> None:
+        self.rebuilds += 1
+        self.metrics.restarts.labels(str(worker)).inc()
+        self.metrics.replicas_ready.set(self.replicas.ready_count)
 
     async def stop(self) -> None:
         """Stop the engine thread; sequences still in it end with an error (uvicorn has already
         waited for the requests in flight)."""
         self.state = "stopped"
         self._cpu.shutdown(wait=False, cancel_futures=True)
+        if self.replicas is not None:
+            self.replicas.fail_all(ConnectionAbortedError("server is shutting down"))
+            await asyncio.to_thread(self.replicas.stop)
+            return
         loop = self.loop
         if loop is None:
             return
@@ -126,7 +179,8 @@ class GenerationService(Admission):
 
     @property
     def ready(self) -> bool:
-        return self.state == "ok" and self.loop is not None and self.loop.error is None
+        replicas_up = self.replicas is None or self.replicas.ready_count > 0
+        return self.state == "ok" and self.loop is not None and self.loop.error is None and replicas_up
 
     @property
     def queue_depth(self) -> int:
@@ -144,6 +198,11 @@ class GenerationService(Admission):
             engine = loop.engine
             body.update(max_model_len=engine.max_model_len, max_num_seqs=engine.config.max_num_seqs,
                         dtype=engine.config.dtype, engine_stats=dict(engine.stats))
+        if self.replicas is not None:
+            body.update(executor=self.config.executor, replicas=len(self.replicas.replicas),
+                        replicas_ready=self.replicas.ready_count, replica_state=self.replicas.describe())
+            if self.state == "ok" and not self.replicas.ready_count:
+                body["status"] = "rebuilding"
         return body
 
     # ---- admission -----------------------------------------------------------------------------

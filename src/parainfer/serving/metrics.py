@@ -20,6 +20,9 @@ Generation (``--task generate``):
 * ``generation_sequences_total{finish_reason}``: sequences ended: stop, length, abort (client
   left or timed out), error.
 * ``generation_sequences_running``: sequences in the engine, running or waiting (gauge).
+* ``generation_replica_requests_total{replica}``: sequences routed to each engine replica
+  (``--workers N`` > 1 or ``--executor ray``; ``replica_restarts_total`` and ``replicas_ready``
+  count their restarts and the ready ones).
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ class ServingMetrics:
                                  ["finish_reason"], registry=r)
         self.sequences_running = Gauge("parainfer_generation_sequences_running",
                                        "sequences in the engine (running or waiting)", registry=r)
+        self.replica_requests = Counter("parainfer_generation_replica_requests", "sequences routed to each "
+                                        "generation replica (--workers N > 1 or --executor ray)", ["replica"],
+                                        registry=r)
 
     def observe_batch(self, tokens: list[int]) -> None:
         """Count one model batch of inputs with these token lengths."""

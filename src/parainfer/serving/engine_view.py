@@ -1,0 +1,44 @@
+"""What the server needs of a generation engine that runs in other processes: its tokenizer and
+its limits (the context window and one replica's KV-cache size), for admission and /health.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from parainfer.errors import UsageError
+
+
+class EngineView:
+    """The parts of an ``LLMEngine`` the server's admission and /health read, for engines that
+    live in workers: ``tokenizer``, ``max_model_len``, ``config`` (max_num_seqs, dtype,
+    num_blocks, block_size of one replica), ``stats``, ``format_chat``, ``check_fits``."""
+
+    def __init__(self, tokenizer: Any, info: dict[str, Any], router: Any) -> None:
+        self.tokenizer, self.router = tokenizer, router
+        self.max_model_len = int(info["max_model_len"])
+        self.config = SimpleNamespace(**{k: info[k] for k in ("max_num_seqs", "dtype", "num_blocks", "block_size")})
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return {"requests_routed": [r.routed for r in self.router.replicas]}
+
+    def format_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """Prompt token ids of chat ``messages`` (as ``LLMEngine.format_chat``)."""
+        from parainfer.generation import LLMEngine
+
+        return LLMEngine.format_chat(self, messages)  # type: ignore[arg-type] - it reads .tokenizer only
+
+    def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
+        """Raise UsageError unless the request fits one replica's window and KV cache."""
+        total, cfg = num_prompt_tokens + max_tokens, self.config
+        if total > self.max_model_len:
+            raise UsageError(f"prompt ({num_prompt_tokens} tokens) + max_tokens ({max_tokens}) = {total} exceeds "
+                             f"the model's context window of {self.max_model_len} tokens")
+        if -(-total // cfg.block_size) > cfg.num_blocks:
+            raise UsageError(f"a request of {total} tokens needs more KV-cache blocks than the cache holds "
+                             f"({cfg.num_blocks} x {cfg.block_size}); raise kv_cache_gb")
+
+    def fail_all(self, exc: BaseException) -> None:
+        self.router.fail_all(exc)

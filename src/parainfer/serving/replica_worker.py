@@ -1,0 +1,183 @@
+"""One generation engine replica inside a worker (``serve --task generate --workers N``).
+
+A worker (a local process, or a Ray actor: ``replica_ray.py``) holds one :class:`EngineHost`:
+an :class:`~parainfer.generation.LLMEngine` stepped by an
+:class:`~parainfer.generation.EngineLoop` thread (continuous batching as in the one-engine
+server). The server sends it requests (``add``: request id, prompt token ids, SamplingParams)
+and aborts; the host hands back, in batches, the messages of every step:
+
+* ``("out", RequestOutput)``: one request's progress in one step;
+* ``("error", request_id, reason)``: that sequence failed alone in the engine;
+* ``("broken", reason)``: an engine step raised (its state may be broken): the server fails
+  the replica's requests and replaces the worker.
+
+``replica_process_main`` is the local process's entry point: commands arrive on one pipe,
+message batches leave on another (the worker holds its only write end, so EOF tells the server
+that it died).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from parainfer.executors.worker import WORKER_ENV_DEFAULTS, _die_with_parent
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """How a worker builds its engine (sent to each worker, built there).
+
+    Attributes:
+        model: a local HF Llama-family directory; None or "default": SmolLM2-135M-Instruct.
+        dtype: "auto" (float32 here) | "float32" | "bfloat16".
+        max_num_seqs: most sequences in the engine's running batch.
+        threads: torch intra-op threads of the engine (None: torch's default).
+    """
+
+    model: str | None
+    dtype: str
+    max_num_seqs: int
+    threads: int | None
+
+    def path(self) -> Path:
+        from parainfer.generation import ensure_smollm2
+
+        return ensure_smollm2() if self.model in (None, "default") else Path(self.model)
+
+    def build(self) -> Any:
+        """Load the model and build the engine (raises what loading raises)."""
+        from parainfer.generation import LLMEngine
+
+        dtype = "float32" if self.dtype == "auto" else self.dtype
+        return LLMEngine(self.path(), dtype=dtype, max_num_seqs=self.max_num_seqs, threads=self.threads)
+
+    def load_tokenizer(self) -> Any:
+        """The model's tokenizer alone (the server tokenises; the workers hold the weights)."""
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.path())
+
+
+def engine_info(engine: Any) -> dict[str, Any]:
+    """What the server needs to admit requests for this engine without holding it."""
+    cfg = engine.config
+    return {"max_model_len": engine.max_model_len, "num_blocks": cfg.num_blocks, "block_size": cfg.block_size,
+            "max_num_seqs": cfg.max_num_seqs, "dtype": cfg.dtype, "pid": os.getpid()}
+
+
+class EngineHost:
+    """An engine and its loop thread, with an outbox of messages (see the module docstring).
+
+    Args:
+        engine: a loaded LLMEngine (the host starts its loop).
+    """
+
+    def __init__(self, engine: Any) -> None:
+        from parainfer.generation import EngineLoop
+
+        self._out: queue.SimpleQueue = queue.SimpleQueue()
+        self.loop = EngineLoop(engine, on_error=self._broken).start()
+
+    def info(self) -> dict[str, Any]:
+        return engine_info(self.loop.engine)
+
+    def add(self, request_id: str, prompt: list[int], params: Any) -> None:
+        """Queue one sequence; a prompt the engine refuses ends at once with an ``error``."""
+        def deliver(out: Any) -> None:
+            if isinstance(out, BaseException):
+                self._out.put(("error", request_id, f"{type(out).__name__}: {out}"))
+            else:
+                self._out.put(("out", out))
+        try:
+            self.loop.add(prompt, params, request_id, deliver)
+        except Exception as exc:  # noqa: BLE001 - admission checked it already; report, never crash
+            deliver(exc)
+
+    def abort(self, request_id: str) -> None:
+        self.loop.abort(request_id)
+
+    def drain(self, timeout: float) -> list[tuple]:
+        """Messages since the last call; waits up to ``timeout`` seconds for the first one."""
+        try:
+            messages = [self._out.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                messages.append(self._out.get_nowait())
+            except queue.Empty:
+                return messages
+
+    def stop(self) -> None:
+        self.loop.stop()
+
+    def _broken(self, exc: BaseException) -> None:
+        self._out.put(("broken", f"{type(exc).__name__}: {exc}"))
+
+
+def prepare_worker_env(worker_id: int, threads: int | None, env: dict[str, str]) -> None:
+    """The worker's environment: offline hub, quiet libraries, its id, its thread count."""
+    for var, value in WORKER_ENV_DEFAULTS.items():
+        os.environ.setdefault(var, value)
+    os.environ.update(env)
+    os.environ["PARAINFER_WORKER_ID"] = str(worker_id)
+    if threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(threads)
+
+
+def load_failure(exc: BaseException) -> str:
+    return f"model failed to load: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
+
+
+def replica_process_main(worker_id: int, spec: EngineSpec, commands: Any, events: Any, env: dict[str, str]) -> None:
+    """Local worker entry point. ``commands`` yields ("add", id, prompt, params), ("abort", id)
+    or ("stop",); ``events`` gets ("ready", info) or ("fatal", reason), then lists of messages."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if env.get("PARAINFER_DIE_WITH_PARENT") == "1":
+        _die_with_parent()
+    prepare_worker_env(worker_id, spec.threads, env)
+    t0 = time.perf_counter()
+    try:
+        host = EngineHost(spec.build())
+    except BaseException as exc:  # noqa: BLE001 - reported to the server: restarting will not help
+        events.send(("fatal", load_failure(exc)))
+        return
+    events.send(("ready", {**host.info(), "load_s": time.perf_counter() - t0}))
+    done = threading.Event()
+    threading.Thread(target=_send_forever, args=(host, events, done), name="parainfer-replica-out",
+                     daemon=True).start()
+    try:
+        while True:
+            cmd = commands.recv()
+            if cmd[0] == "add":
+                host.add(cmd[1], cmd[2], cmd[3])
+            elif cmd[0] == "abort":
+                host.abort(cmd[1])
+            else:
+                break
+    except (EOFError, OSError):  # the server is gone
+        pass
+    done.set()
+    host.stop()
+
+
+def _send_forever(host: EngineHost, events: Any, done: threading.Event) -> None:
+    parent = os.getppid()
+    while not done.is_set():
+        messages = host.drain(0.5)
+        try:
+            if messages:
+                events.send(messages)
+        except (BrokenPipeError, EOFError, OSError):
+            os._exit(0)  # the server is gone
+        if os.getppid() != parent:
+            os._exit(0)

@@ -1,0 +1,160 @@
+"""``serve --task generate --workers 2``: two engine replicas in worker processes behind one
+server, through the official ``openai`` client.
+
+Greedy outputs must equal the one engine run directly (what the one-engine server is held to in
+test_generate_api.py), streamed or not, with requests in flight on both replicas at once; the
+router must spread them over both (per-replica counters in /metrics and /health); a replica
+SIGKILLed mid-request fails its requests with a clean error (never a hang) and is restarted;
+a client that leaves mid-stream has its sequence aborted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from conftest import running_server
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+PROMPTS = ["The three primary colors are", "Once upon a time", "The capital of France is", "def add(a, b):",
+           "Water boils at", "My favourite fruit is"]
+CHATS = [[{"role": "user", "content": "Name one fruit."}], [{"role": "user", "content": "Say hi."}]]
+
+
+@pytest.fixture(scope="module")
+def replicas():
+    """A generate server with 2 replica processes (1 thread each)."""
+    with running_server(wait_ready=False, task="generate", workers=2, max_queue=16, max_num_seqs=8,
+                        threads_per_worker=1, request_timeout_s=400) as url:
+        deadline = time.monotonic() + 300
+        while httpx.get(url + "/health").status_code != 200:
+            assert time.monotonic() < deadline, "replicas did not load"
+            time.sleep(0.1)
+        yield url
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """The same model as one engine run directly (the reference the one-engine server equals)."""
+    from parainfer.generation import LLMEngine, ensure_smollm2
+
+    return LLMEngine(ensure_smollm2(), threads=1, kv_cache_gb=0.1)
+
+
+def client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
+
+
+def _complete(url: str, prompt: str, stream: bool) -> tuple[str, str]:
+    c = client(url)
+    if not stream:
+        got = c.completions.create(model="m", prompt=prompt, max_tokens=12, temperature=0)
+        return got.choices[0].text, got.choices[0].finish_reason
+    text, reason = "", None
+    for chunk in c.completions.create(model="m", prompt=prompt, max_tokens=12, temperature=0, stream=True):
+        for choice in chunk.choices:
+            text += choice.text
+            reason = choice.finish_reason or reason
+    return text, reason
+
+
+def _chat(url: str, messages: list[dict[str, str]], stream: bool) -> str:
+    c = client(url)
+    if not stream:
+        return c.chat.completions.create(model="m", messages=messages, max_tokens=10, temperature=0
+                                         ).choices[0].message.content
+    return "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+        model="m", messages=messages, max_tokens=10, temperature=0, stream=True) if ch.choices)
+
+
+def _routed(url: str) -> list[int]:
+    text = httpx.get(url + "/metrics").text
+    found = dict(re.findall(r'parainfer_generation_replica_requests_total\{replica="(\d+)"\} (\S+)', text))
+    return [int(float(found[str(w)])) for w in range(2)]
+
+
+def test_concurrent_streamed_and_plain_requests_equal_one_engine_and_use_both_replicas(replicas, engine):
+    from parainfer.generation import SamplingParams
+
+    before = _routed(replicas)
+    with ThreadPoolExecutor(8) as pool:
+        plain = [pool.submit(_complete, replicas, p, False) for p in PROMPTS]
+        streamed = [pool.submit(_complete, replicas, p, True) for p in PROMPTS]
+        chats = [pool.submit(_chat, replicas, m, s) for m in CHATS for s in (False, True)]
+        plain, streamed, chats = ([f.result() for f in fs] for fs in (plain, streamed, chats))
+    want = engine.generate([engine.tokenizer.encode(p) for p in PROMPTS], SamplingParams(max_tokens=12))
+    assert plain == [(w.text, w.finish_reason) for w in want]
+    assert streamed == plain
+    want_chat = engine.generate([engine.format_chat(m) for m in CHATS], SamplingParams(max_tokens=10))
+    assert chats == [w.text for w in want_chat for _ in (0, 1)]
+    routed = [a - b for a, b in zip(_routed(replicas), before)]
+    assert sum(routed) == 2 * len(PROMPTS) + 2 * len(CHATS) and min(routed) >= 3, routed
+    state = httpx.get(replicas + "/health").json()
+    assert state["replicas_ready"] == 2 and len({r["pid"] for r in state["replica_state"]}) == 2
+    assert all(r["requests_routed"] >= 3 and r["running"] == 0 for r in state["replica_state"])
+
+
+def test_a_client_that_leaves_mid_stream_has_its_sequence_aborted_in_its_replica(replicas):
+    def aborted() -> float:
+        found = re.search(r'parainfer_generation_sequences_total\{finish_reason="abort"\} (\S+)',
+                          httpx.get(replicas + "/metrics").text)
+        return float(found.group(1))
+
+    before = aborted()
+    body = {"prompt": PROMPTS[0], "max_tokens": 300, "stream": True, "temperature": 0, "ignore_eos": True}
+    with httpx.stream("POST", replicas + "/v1/completions", json=body, timeout=60) as response:
+        chunks = 0
+        for line in response.iter_lines():
+            chunks += line.startswith("data: {")
+            if chunks == 3:
+                break  # leave mid-stream: the connection closes
+    deadline = time.monotonic() + 30
+    while True:
+        state = httpx.get(replicas + "/health").json()["replica_state"]
+        if aborted() == before + 1 and not any(r["running"] or r["outstanding_tokens"] for r in state):
+            break
+        assert time.monotonic() < deadline, state
+        time.sleep(0.1)
+
+
+def test_a_replica_killed_mid_request_fails_it_cleanly_and_is_restarted(replicas):
+    c = client(replicas)
+    state = httpx.get(replicas + "/health").json()["replica_state"]
+    with ThreadPoolExecutor(2) as pool:  # one long request on each replica, then replica 0 dies
+        long = [pool.submit(_long_request, replicas, p) for p in PROMPTS[:2]]
+        deadline = time.monotonic() + 60
+        while not all(r["running"] for r in httpx.get(replicas + "/health").json()["replica_state"]):
+            assert time.monotonic() < deadline, "requests did not reach both replicas"
+            time.sleep(0.05)
+        os.kill(state[0]["pid"], signal.SIGKILL)
+        outcomes = [f.result(timeout=120) for f in long]
+    assert sorted(outcomes) == ["200", "503"], outcomes  # the dead replica's failed, the other's ran on
+    deadline = time.monotonic() + 240
+    while True:
+        body = httpx.get(replicas + "/health").json()
+        if body["replicas_ready"] == 2:
+            break
+        assert time.monotonic() < deadline, f"replica 0 was not restarted: {body}"
+        time.sleep(0.2)
+    assert body["replica_state"][0]["restarts"] == 1 and body["replica_state"][0]["pid"] != state[0]["pid"]
+    assert 'parainfer_replica_restarts_total{replica="0"} 1.0' in httpx.get(replicas + "/metrics").text
+    got = c.completions.create(model="m", prompt=PROMPTS[0], max_tokens=4, temperature=0)
+    assert got.choices[0].finish_reason == "length"
+
+
+def _long_request(url: str, prompt: str) -> str:
+    """A 64-token greedy completion; returns the status the client saw ("200" or the error's)."""
+    try:
+        client(url).completions.create(model="m", prompt=prompt, max_tokens=64, temperature=0,
+                                       extra_body={"ignore_eos": True})
+        return "200"
+    except openai.APIStatusError as exc:
+        assert exc.response.headers.get("retry-after") and "request id" in exc.message, exc.message
+        return str(exc.status_code)
