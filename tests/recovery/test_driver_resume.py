@@ -91,7 +91,7 @@ def test_resume_with_the_real_model_gives_every_record_once_with_the_same_labels
     records differently (its length buckets start at the first uncommitted record), and a
     matrix product's rounding depends on the batch it runs in."""
     src = tmp_path / "in.jsonl"
-    src.write_text("".join(vader_path.read_text(encoding="utf-8").splitlines(keepends=True)[:1500]))
+    src.write_text("".join(vader_path.read_text(encoding="utf-8").splitlines(keepends=True)[:600]))
 
     def cmd(out: Path) -> list[str]:
         return [sys.executable, "-m", "parainfer.cli", "run", str(src), "-o", str(out), "--workers", "2",
@@ -109,12 +109,12 @@ def test_resume_with_the_real_model_gives_every_record_once_with_the_same_labels
         time.sleep(0.05)
     proc.communicate(timeout=30)
     committed = json.loads(manifest.read_text())["records_done"]
-    assert 0 < committed < 1500, "the kill should land between the first commit and the end"
+    assert 0 < committed < 600, "the kill should land between the first commit and the end"
     resumed = faultkit.run(cmd(out) + ["--report", str(tmp_path / "r.json")], timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((tmp_path / "r.json").read_text())["resumed_records"] == committed
     got, want = read_jsonl(out), read_jsonl(clean)
-    assert [r["id"] for r in got] == [r["id"] for r in want] and len(got) == 1500
+    assert [r["id"] for r in got] == [r["id"] for r in want] and len(got) == 600
     assert [r["label"] for r in got] == [r["label"] for r in want]
     # bf16 keeps ~3 significant digits; the dtype check at load allows 0.02 (models.md)
     assert max(abs(a["score"] - b["score"]) for a, b in zip(got, want)) < 0.02
