@@ -34,6 +34,8 @@ from parainfer.errors import UsageError
 
 RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
 _CPP_PREFIX = re.compile(r"^\[[^\]]*\]\s*\S+:\d+:\s*")
+_TOKENIZER_INFO: dict[tuple, tuple[Any, Any]] = {}  # (id(tokenizer), vocab, eos) -> (tokenizer, TokenizerInfo)
+_INFO_LOCK = threading.Lock()
 
 
 def schema_of(response_format: dict | None) -> str | None:
@@ -74,6 +76,16 @@ def schema_of(response_format: dict | None) -> str | None:
     return json.dumps(schema)
 
 
+def _xgrammar() -> Any:
+    """The xgrammar module; UsageError naming the extra to install when it is missing."""
+    try:
+        import xgrammar
+    except ImportError:
+        raise UsageError("structured output (response_format / --json-schema) needs the xgrammar package: "
+                         "pip install 'parainfer[structured]'") from None
+    return xgrammar
+
+
 def _compile_options(schema: str) -> dict[str, Any]:
     # json_object: a free-form object, so properties are not closed (strict mode would allow only {}).
     return dict(any_whitespace=False, separators=(",", ":"), strict_mode=schema != '{"type": "object"}')
@@ -90,12 +102,30 @@ def check_schema(response_format: dict | None) -> None:
     schema = schema_of(response_format)
     if schema is None:
         return
-    import xgrammar as xgr
-
+    xgr = _xgrammar()
     try:
         xgr.Grammar.from_json_schema(schema, **_compile_options(schema))
     except Exception as exc:  # noqa: BLE001 - xgrammar raises RuntimeError for every bad schema
         raise UsageError(f"the JSON schema cannot be compiled: {_clean(exc)}") from None
+
+
+def load_schema_file(path: str) -> dict:
+    """The ``response_format`` of a JSON-schema file (``--json-schema FILE``).
+
+    Raises:
+        UsageError: the file is missing or unreadable, not JSON, or not a JSON object.
+    """
+    from pathlib import Path
+
+    try:
+        schema = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"--json-schema {path!r} cannot be read: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--json-schema {path!r} is not valid JSON: {exc}") from None
+    if not isinstance(schema, dict):
+        raise UsageError(f"--json-schema {path!r} must hold a JSON schema object, got {type(schema).__name__}")
+    return {"type": "json_schema", "json_schema": {"name": Path(path).stem, "schema": schema}}
 
 
 class GrammarCompiler:
@@ -132,16 +162,25 @@ class GrammarCompiler:
             return self._cache[schema]
 
     def _compile(self, schema: str) -> Any:
-        import xgrammar as xgr
+        xgr = _xgrammar()
 
         if self._compiler is None:
-            info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.vocab_size,
-                                                      stop_token_ids=self.eos_ids)
-            self._compiler = xgr.GrammarCompiler(info, max_threads=1)
+            self._compiler = xgr.GrammarCompiler(self._tokenizer_info(xgr), max_threads=1)
         try:
             return self._compiler.compile_json_schema(schema, **_compile_options(schema))
         except Exception as exc:  # noqa: BLE001 - xgrammar raises RuntimeError for every bad schema
             raise UsageError(f"the JSON schema cannot be compiled: {_clean(exc)}") from None
+
+    def _tokenizer_info(self, xgr: Any) -> Any:
+        """xgrammar's view of the vocabulary, shared by the engines of one tokenizer (a rebuilt
+        engine, the engines of a test session) since it takes seconds to build."""
+        key = (id(self.tokenizer), self.vocab_size, tuple(self.eos_ids))
+        with _INFO_LOCK:
+            if key not in _TOKENIZER_INFO:
+                info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.vocab_size,
+                                                          stop_token_ids=self.eos_ids)
+                _TOKENIZER_INFO[key] = (self.tokenizer, info)  # the tokenizer is held: its id stays unique
+            return _TOKENIZER_INFO[key][1]
 
     def state(self, response_format: dict | None) -> GrammarState | None:
         """A fresh per-sequence state for ``response_format`` (None when unconstrained)."""
