@@ -135,16 +135,13 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int | Exception]:
 
 def mask_rows(logits: torch.Tensor, seqs: list[Sequence]) -> dict[int, Exception]:
     """Apply each constrained sequence's grammar mask to its row of ``logits`` [B, vocab], in
-    place; returns {row: exception} for rows whose mask could not be computed."""
-    failed: dict[int, Exception] = {}
-    for i, seq in enumerate(seqs):
-        grammar = getattr(seq, "grammar", None)
-        if grammar is not None:
-            try:
-                grammar.mask_(logits[i])
-            except Exception as exc:  # noqa: BLE001 - fails only this sequence
-                failed[i] = exc
-    return failed
+    place (``grammar.mask_logits``); returns {row: exception} for rows whose mask failed."""
+    states = [getattr(seq, "grammar", None) for seq in seqs]
+    if all(state is None for state in states):
+        return {}
+    from parainfer.generation.grammar import mask_logits
+
+    return mask_logits(logits, states)
 
 
 def token_logprob(row_lp: torch.Tensor, token: int, k: int) -> TokenLogprob:

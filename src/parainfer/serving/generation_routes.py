@@ -5,6 +5,10 @@ piece of text (``object`` "text_completion" or "chat.completion.chunk"; chat sen
 ``{"role": "assistant"}`` first, then ``{"content": ...}`` deltas), a last chunk per choice with
 its ``finish_reason``, a usage chunk when ``stream_options.include_usage``, then
 ``data: [DONE]\\n\\n``. A client that leaves mid-stream aborts its sequences in the engine.
+``response_format`` (json_object / json_schema) constrains the output by token masks
+(``generation.grammar``; an uncompilable schema is 400 at admission); ``logprobs`` (chat:
+``logprobs`` + ``top_logprobs``; completions: ``logprobs`` k) come in OpenAI's shapes
+(``logprobs_format``), each stream chunk carrying its own tokens'.
 On a server of another task the routes answer 400 naming the task they need.
 """
 
