@@ -52,6 +52,10 @@ def run(
     seed: Optional[int] = typer.Option(None, help="generate: sampling seed (per record: seed + hash of its text)"),
     stop: Optional[list[str]] = typer.Option(None, help="generate: stop string (repeatable)"),
     chat: bool = typer.Option(True, "--chat/--no-chat", help="generate: apply the chat template to each prompt"),
+    json_schema: Optional[str] = typer.Option(None, help="generate: JSON schema file; every output is JSON valid "
+                                              "for it (token masks, xgrammar)"),
+    logprobs: Optional[int] = typer.Option(None, help="generate: add logprobs / cumulative_logprob columns with "
+                                           "this many top tokens per position (0..20)"),
     source_lang: str = typer.Option("en", help="translate: language of the input texts (en | pt)"),
     target_lang: str = typer.Option("pt", help="translate: language to translate into (pt | en)"),
     executor: str = typer.Option("local", help="local (worker processes) | ray (actors on a Ray cluster)"),
@@ -76,7 +80,8 @@ def run(
                        text_column=text_column, id_column=id_column, report=report, errors=errors,
                        max_retries=max_retries, quiet=quiet,
                        generation=dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                                       seed=seed, stop=list(stop or []), chat=chat) if task == "generate" else {},
+                                       seed=seed, stop=list(stop or []), chat=chat,
+                                       **_structured_options(json_schema, logprobs)) if task == "generate" else {},
                        task_timeout=task_timeout, overwrite=overwrite, checkpoint_every_s=checkpoint_every,
                        translation=dict(source_lang=source_lang, target_lang=target_lang) if task == "translate" else {},
                        executor=executor, address=address, cpus_per_worker=cpus_per_worker,
@@ -99,6 +104,18 @@ def run(
         if failed:
             print(f"{failed} record{'' if failed == 1 else 's'} failed; see {result['errors_file']}", file=sys.stderr)
     raise typer.Exit(1 if failed else 0)
+
+
+def _structured_options(json_schema: str | None, logprobs: int | None) -> dict:
+    """generate: ``response_format`` from --json-schema FILE and ``logprobs``, when given."""
+    from parainfer.generation.grammar import load_schema_file
+
+    out: dict = {}
+    if json_schema is not None:
+        out["response_format"] = load_schema_file(json_schema)
+    if logprobs is not None:
+        out["logprobs"] = logprobs
+    return out
 
 
 def _batch_size(value: str) -> int | str:

@@ -33,6 +33,7 @@ import torch
 from parainfer.errors import UsageError
 from parainfer.generation.detokenizer import IncrementalDetokenizer
 from parainfer.generation.engine_config import EngineConfig
+from parainfer.generation.grammar import GrammarCompiler
 from parainfer.generation.kv_cache import BlockManager, KVCache
 from parainfer.generation.llama import LlamaForward
 from parainfer.generation.model_runner import ModelRunner
@@ -100,6 +101,7 @@ class LLMEngine:
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens)
         self.runner = ModelRunner(m, kv)
         self.eos_token_ids = eos_token_ids(hf_model, tokenizer)
+        self.grammars = GrammarCompiler(tokenizer, int(hf_cfg.vocab_size), self.eos_token_ids)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._callbacks: dict[str, OutputCallback] = {}
         self._live: dict[str, Sequence] = {}
@@ -259,7 +261,9 @@ class LLMEngine:
         if rid in self._live:
             raise UsageError(f"request id {rid!r} is already running; ids must be unique")
         detok = IncrementalDetokenizer(self.tokenizer, ids, params.stop)
-        return Sequence(rid, ids, params, detok, prompt if isinstance(prompt, str) else None)
+        seq = Sequence(rid, ids, params, detok, prompt if isinstance(prompt, str) else None)
+        seq.grammar = self.grammars.state(params.response_format)  # None unless structured output
+        return seq
 
     def _drain_inbox(self) -> list[RequestOutput]:
         aborted = []

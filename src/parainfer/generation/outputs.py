@@ -6,6 +6,22 @@ from dataclasses import dataclass, field
 
 
 @dataclass
+class TokenLogprob:
+    """One generated token's log-probability (natural log, from the model's raw logits).
+
+    Attributes:
+        token_id: the generated token.
+        logprob: its log-probability.
+        top: the k most likely tokens as ``(token_id, logprob)``, most likely first (k is
+            ``SamplingParams.logprobs``; empty for 0).
+    """
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
 class RequestOutput:
     """One request's progress in one engine step (what a streaming server forwards).
 
@@ -20,6 +36,8 @@ class RequestOutput:
             "abort" (``abort_request``); None while running.
         prompt_tokens: prompt length in tokens.
         completion_tokens: tokens generated so far.
+        new_logprobs: one :class:`TokenLogprob` per new token when the request asked for
+            logprobs, else None.
     """
 
     request_id: str
@@ -29,6 +47,7 @@ class RequestOutput:
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
+    new_logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -44,6 +63,8 @@ class GenerationResult:
         completion_tokens: ``len(token_ids)``.
         finish_reason: "stop" or "length" (or "abort").
         num_preemptions: times the request was preempted and recomputed.
+        logprobs: one :class:`TokenLogprob` per generated token when the request asked for
+            logprobs, else None.
     """
 
     request_id: str
@@ -53,3 +74,4 @@ class GenerationResult:
     completion_tokens: int = 0
     finish_reason: str | None = None
     num_preemptions: int = 0
+    logprobs: list[TokenLogprob] | None = None

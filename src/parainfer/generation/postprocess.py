@@ -19,6 +19,10 @@ def append_token(seq: Sequence, token: int, eos_ids: set[int], max_model_len: in
     seq.output_token_ids.append(token)
     hit_stop = seq.detokenizer.add_token(token)
     params = seq.params
+    take_logprob(seq, token)
+    if seq.grammar is not None:
+        seq.grammar.accept(token)  # raises if refused: the engine fails this sequence alone
+        hit_stop = hit_stop or seq.grammar.is_terminated  # the value is complete (EOS accepted)
     if (token in eos_ids and not params.ignore_eos) or hit_stop:
         seq.finish_reason = "stop"
     elif seq.num_completion_tokens >= params.max_tokens or seq.num_tokens >= max_model_len:
@@ -28,8 +32,18 @@ def append_token(seq: Sequence, token: int, eos_ids: set[int], max_model_len: in
     return make_output(seq, [token])
 
 
+def take_logprob(seq: Sequence, token: int) -> None:
+    """Move the sampler's ``pending_logprob`` of ``token`` into ``seq.output_logprobs``."""
+    entry, seq.pending_logprob = seq.pending_logprob, None
+    if seq.params.logprobs is not None:
+        if entry is None or entry.token_id != token:
+            raise RuntimeError(f"no logprob was computed for token {token}")
+        seq.output_logprobs.append(entry)
+
+
 def make_output(seq: Sequence, new_ids: list[int]) -> RequestOutput:
     """The step output of ``seq`` (takes the text that became final since the last output)."""
+    want = seq.params.logprobs is not None
     return RequestOutput(
         request_id=seq.request_id,
         new_token_ids=new_ids,
@@ -38,6 +52,7 @@ def make_output(seq: Sequence, new_ids: list[int]) -> RequestOutput:
         finish_reason=seq.finish_reason,
         prompt_tokens=seq.num_prompt_tokens,
         completion_tokens=seq.num_completion_tokens,
+        new_logprobs=seq.output_logprobs[len(seq.output_logprobs) - len(new_ids):] if want else None,
     )
 
 
@@ -51,6 +66,7 @@ def make_result(seq: Sequence) -> GenerationResult:
         completion_tokens=seq.num_completion_tokens,
         finish_reason=seq.finish_reason,
         num_preemptions=seq.num_preemptions,
+        logprobs=list(seq.output_logprobs) if seq.params.logprobs is not None else None,
     )
 
 

@@ -23,12 +23,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from parainfer.errors import UsageError
+from parainfer.generation.outputs import TokenLogprob
 
 if TYPE_CHECKING:
     from parainfer.generation.sequence import Sequence
 
 MIN_TEMPERATURE = 1e-5  # below this, sampling is greedy (vLLM's _SAMPLING_EPS)
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit for top_logprobs
 
 
 @dataclass
@@ -47,6 +49,13 @@ class SamplingParams:
         stop: strings that end the request when they appear in the output text; the text
             returned stops before the match (OpenAI semantics), ``finish_reason="stop"``.
         ignore_eos: keep generating past the end-of-sequence token (benchmarks).
+        response_format: OpenAI's ``{"type": "json_object"}`` or ``{"type": "json_schema",
+            "json_schema": {"schema": {...}}}``: the output is constrained to JSON (to the
+            schema) by token masks (:mod:`parainfer.generation.grammar`); None or
+            ``{"type": "text"}``: free text.
+        logprobs: None for none; k in 0..MAX_TOP_LOGPROBS to return, per generated token, its
+            log-probability and the k most likely tokens' (log-softmax of the model's raw
+            logits, before temperature, top-k/top-p and grammar masks, as vLLM's default).
     """
 
     max_tokens: int = 16
@@ -56,6 +65,8 @@ class SamplingParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
+    response_format: dict | None = None
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -71,6 +82,12 @@ class SamplingParams:
             raise UsageError(f"top_k must be -1, 0 (all) or a positive count, got {self.top_k}")
         if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
             raise UsageError(f"seed must be in [-2**63, 2**64 - 1] (64 bits), got {self.seed}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise UsageError(f"top logprobs must be in 0..{MAX_TOP_LOGPROBS}, got {self.logprobs}")
+        if self.response_format is not None:
+            from parainfer.generation.grammar import schema_of
+
+            schema_of(self.response_format)  # a malformed response_format is a UsageError here
 
     @property
     def greedy(self) -> bool:
@@ -96,13 +113,44 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int | Exception]:
     Returns:
         B token ids; in place of a row whose sampling raised, the exception (the engine fails
         that one sequence, the others go on).
+
+    A sequence with a grammar (``seq.grammar``) has its row masked first; one that asked for
+    logprobs gets ``seq.pending_logprob`` (a :class:`TokenLogprob`, taken by ``append_token``).
     """
     logits = logits.float().nan_to_num(nan=float("-inf"))  # a NaN logit is never the argmax
+    want_lp = [i for i, seq in enumerate(seqs) if seq.params.logprobs is not None]
+    raw_lp = torch.log_softmax(logits[want_lp], dim=-1) if want_lp else None  # before any mask
+    failed = mask_rows(logits, seqs)
     out: list[int | Exception] = list(logits.argmax(dim=-1).tolist())
     for i, seq in enumerate(seqs):
-        if not seq.params.greedy:
+        if i in failed:
+            out[i] = failed[i]
+        elif not seq.params.greedy:
             out[i] = _sample_row_or_error(logits[i], seq)
+    for j, i in enumerate(want_lp):
+        if not isinstance(out[i], Exception):
+            seqs[i].pending_logprob = token_logprob(raw_lp[j], int(out[i]), seqs[i].params.logprobs)
     return out
+
+
+def mask_rows(logits: torch.Tensor, seqs: list[Sequence]) -> dict[int, Exception]:
+    """Apply each constrained sequence's grammar mask to its row of ``logits`` [B, vocab], in
+    place (``grammar.mask_logits``); returns {row: exception} for rows whose mask failed."""
+    states = [getattr(seq, "grammar", None) for seq in seqs]
+    if all(state is None for state in states):
+        return {}
+    from parainfer.generation.grammar import mask_logits
+
+    return mask_logits(logits, states)
+
+
+def token_logprob(row_lp: torch.Tensor, token: int, k: int) -> TokenLogprob:
+    """The chosen ``token``'s log-probability in ``row_lp`` ([vocab] log-softmax) and the top ``k``."""
+    top: list[tuple[int, float]] = []
+    if k:
+        values, ids = torch.topk(row_lp, k)
+        top = list(zip(ids.tolist(), values.tolist()))
+    return TokenLogprob(token, float(row_lp[token]), top)
 
 
 def _sample_row_or_error(row: torch.Tensor, seq: Sequence) -> int | Exception:

@@ -9,6 +9,7 @@ fewer than ``num_tokens - 1`` while its prefill is done in chunks, then exactly
 from __future__ import annotations
 
 from enum import Enum, auto
+from typing import Any
 
 from parainfer.generation.detokenizer import IncrementalDetokenizer
 from parainfer.generation.sampling import SamplingParams
@@ -53,6 +54,9 @@ class Sequence:
         self.output_token_ids: list[int] = []
         self.params = params
         self.generator = params.make_generator()
+        self.grammar: Any = None  # a grammar.GrammarState for structured output (set by the engine)
+        self.pending_logprob: Any = None  # the sampler's TokenLogprob of the token being appended
+        self.output_logprobs: list[Any] = []  # one TokenLogprob per output token, if params.logprobs
         self.detokenizer = detokenizer
         self.status = SequenceStatus.WAITING
         self.block_table: list[int] = []

@@ -24,7 +24,8 @@ from typing import Any
 from parainfer.errors import UsageError
 from parainfer.models.base import Predictor, RecordFailure
 
-GENERATION_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "chat", "max_num_seqs")
+GENERATION_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "chat", "max_num_seqs",
+                      "response_format", "logprobs")
 
 
 class GeneratePredictor(Predictor):
@@ -40,9 +41,16 @@ class GeneratePredictor(Predictor):
         stop: strings that end a completion.
         chat: apply the chat template (prompt as one user message).
         max_num_seqs: most sequences decoding together in the engine.
+        response_format: OpenAI's ``{"type": "json_object"}`` or ``{"type": "json_schema",
+            "json_schema": {"schema": {...}}}`` (``--json-schema FILE``): every output is JSON
+            valid for the schema (unless cut by max_tokens: finish_reason "length").
+        logprobs: None, or k in 0..20 (``--logprobs K``): add the output columns ``logprobs``
+            and ``cumulative_logprob``.
 
     Output per record: ``generated_text``, ``prompt_tokens``, ``completion_tokens``,
-    ``finish_reason`` ("stop" | "length").
+    ``finish_reason`` ("stop" | "length"); with ``logprobs``: ``logprobs``, a list with one
+    ``{"token", "logprob", "top_logprobs": [{"token", "logprob"}, ...]}`` per generated token
+    (natural logs of the model's raw distribution), and ``cumulative_logprob``, their sum.
     """
 
     task = "generate"
@@ -50,7 +58,7 @@ class GeneratePredictor(Predictor):
     def __init__(self, model_dir: str | os.PathLike | None = None, dtype: str = "auto", device: str = "cpu",
                  max_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
                  seed: int | None = None, stop: list[str] | None = None, chat: bool = True,
-                 max_num_seqs: int = 64):
+                 max_num_seqs: int = 64, response_format: dict | None = None, logprobs: int | None = None):
         if device != "cpu":
             raise UsageError(f"--task generate runs on the CPU only for now; got device {device!r}")
         if max_tokens < 1:
@@ -59,7 +67,8 @@ class GeneratePredictor(Predictor):
         self.model_name = str(model_dir) if model_dir else "smollm2-135m-instruct"
         self.dtype = "float32" if dtype == "auto" else dtype
         self.options = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k,
-                        "seed": seed, "stop": list(stop or []), "chat": chat, "max_num_seqs": max_num_seqs}
+                        "seed": seed, "stop": list(stop or []), "chat": chat, "max_num_seqs": max_num_seqs,
+                        "response_format": response_format, "logprobs": logprobs}
         self.max_input_tokens: int | None = None
         self._tokenizer: Any = None
         self._engine: Any = None
@@ -70,8 +79,12 @@ class GeneratePredictor(Predictor):
         SamplingParams' checks, and max_tokens against the model's context window."""
         from parainfer.generation.sampling import SamplingParams
 
+        from parainfer.generation.grammar import check_schema
+
         o = self.options
-        SamplingParams(max_tokens=o["max_tokens"], temperature=o["temperature"], top_p=o["top_p"], top_k=o["top_k"])
+        SamplingParams(max_tokens=o["max_tokens"], temperature=o["temperature"], top_p=o["top_p"], top_k=o["top_k"],
+                       response_format=o["response_format"], logprobs=o["logprobs"])
+        check_schema(o["response_format"])  # a schema xgrammar cannot compile: exit 2 before any model loads
         config = self._resolve_dir() / "config.json"
         window = json.loads(config.read_text()).get("max_position_embeddings") if config.is_file() else None
         if window and o["max_tokens"] >= window:
@@ -130,7 +143,8 @@ class GeneratePredictor(Predictor):
         key = text if isinstance(text, str) else json.dumps(text, sort_keys=True, ensure_ascii=False)
         seed = None if o["seed"] is None else (int(o["seed"]) + zlib.crc32(key.encode("utf-8"))) % (2 ** 63)
         return SamplingParams(max_tokens=o["max_tokens"], temperature=o["temperature"], top_p=o["top_p"],
-                              top_k=o["top_k"], seed=seed, stop=list(o["stop"]))
+                              top_k=o["top_k"], seed=seed, stop=list(o["stop"]),
+                              response_format=o["response_format"], logprobs=o["logprobs"])
 
     def predict(self, texts: list[str]) -> list[dict[str, Any] | RecordFailure]:
         """Generate for B prompts together; returns B output dicts (or RecordFailure for a prompt
@@ -148,6 +162,8 @@ class GeneratePredictor(Predictor):
         for i, res in zip(runnable, results):
             outputs[i] = {"generated_text": res.text, "prompt_tokens": res.prompt_tokens,
                           "completion_tokens": res.completion_tokens, "finish_reason": res.finish_reason}
+            if res.logprobs is not None:
+                outputs[i].update(logprob_columns(self._tokenizer, res.logprobs))
         return outputs  # type: ignore[return-value]
 
     def __getstate__(self) -> dict[str, Any]:
@@ -157,3 +173,12 @@ class GeneratePredictor(Predictor):
         return {"class": "GeneratePredictor", "task": self.task,
                 "model": self.model_name,
                 "dtype": self.dtype, **self.options}
+
+
+def logprob_columns(tokenizer: Any, entries: list[Any]) -> dict[str, Any]:
+    """The ``logprobs`` and ``cumulative_logprob`` output columns of one record (see GeneratePredictor)."""
+    def text(token_id: int) -> str:
+        return tokenizer.decode([token_id])
+    rows = [{"token": text(e.token_id), "logprob": e.logprob,
+             "top_logprobs": [{"token": text(t), "logprob": lp} for t, lp in e.top]} for e in entries]
+    return {"logprobs": rows, "cumulative_logprob": float(sum(e.logprob for e in entries))}

@@ -97,6 +97,7 @@ def _prepare_generation(predictor: Any, pos: int, url: str, body: Any) -> _Gener
     """Prompts and SamplingParams of a generation request, with the online route's checks."""
     from parainfer.generation import SamplingParams
     from parainfer.serving.generation_routes import _check_supported, _messages
+    from parainfer.serving.generation_admission import structured_fields
     from parainfer.serving.generation_service import CHAT_DEFAULT_MAX_TOKENS
 
     _check_supported(body)
@@ -117,9 +118,11 @@ def _prepare_generation(predictor: Any, pos: int, url: str, body: Any) -> _Gener
     if max_tokens is None:
         room = engine.max_model_len - max(len(p) for p in prompts)
         max_tokens = DEFAULT_TEXT_MAX_TOKENS if url == TEXT else max(1, min(CHAT_DEFAULT_MAX_TOKENS, room))
+    top_logprobs, response_format = structured_fields(engine, body)  # 400s as online
     try:
         params = SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                                seed=body.seed, stop=body.stop or [], ignore_eos=body.ignore_eos)
+                                seed=body.seed, stop=body.stop or [], ignore_eos=body.ignore_eos,
+                                response_format=response_format, logprobs=top_logprobs)
     except UsageError as exc:
         raise ApiError(400, str(exc), code="invalid_sampling") from None
     check_prompts_fit(engine, prompts, params.max_tokens)
@@ -145,12 +148,16 @@ def _completion_prompts(engine: Any, prompt: Any) -> list[list[int]]:
 def _run_generation(predictor: Any, gens: list[_Generation], requests: list[dict[str, Any]],
                     lines: list[Any]) -> None:
     from parainfer.serving.bodies import chat_completion_body, completion_body, completion_head
+    from parainfer.serving.logprobs_format import chat_logprobs, completion_logprobs
 
     engine = predictor.sub("generate")._engine
     flat = [(g, i, ids) for g in gens for i, ids in enumerate(g.prompts)]
     results = engine.generate([ids for _, _, ids in flat], [g.params for g, _, _ in flat])
     for (g, i, _), res in zip(flat, results):
         g.choices.append(Choice(i, res.text, res.finish_reason, res.prompt_tokens, res.completion_tokens))
+        if res.logprobs is not None:
+            shape = chat_logprobs if g.url == CHAT else completion_logprobs
+            g.choices[-1].logprobs = shape(engine.tokenizer, res.logprobs)
     name = predictor.names["generate"]
     for g in gens:
         if g.url == CHAT:

@@ -24,6 +24,8 @@ class Choice:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    logprobs: dict[str, Any] | None = None  # OpenAI's logprobs object, shaped by serving.logprobs_format
+    token_logprobs: list[Any] | None = None  # the engine's TokenLogprobs, before shaping
 
 
 def completion_head(kind: str, model: str) -> dict[str, Any]:
@@ -46,13 +48,13 @@ def chat_completion_body(head: dict[str, Any], choices: Sequence[Choice]) -> dic
     """A ``chat.completion`` object (schemas.ChatCompletionResponse)."""
     return {**head, "usage": usage(choices),
             "choices": [{"index": c.index, "message": {"role": "assistant", "content": c.text},
-                         "logprobs": None, "finish_reason": c.finish_reason} for c in choices]}
+                         "logprobs": c.logprobs, "finish_reason": c.finish_reason} for c in choices]}
 
 
 def completion_body(head: dict[str, Any], choices: Sequence[Choice]) -> dict[str, Any]:
     """A ``text_completion`` object (schemas.CompletionResponse)."""
     return {**head, "usage": usage(choices),
-            "choices": [{"index": c.index, "text": c.text, "logprobs": None,
+            "choices": [{"index": c.index, "text": c.text, "logprobs": c.logprobs,
                          "finish_reason": c.finish_reason} for c in choices]}
 
 

@@ -167,9 +167,11 @@ class Admission:
         if max_tokens is None:
             room = self._engine().max_model_len - max(len(p) for p in prompts)
             max_tokens = default_max_tokens or max(1, min(CHAT_DEFAULT_MAX_TOKENS, room))
+        top_logprobs, response_format = structured_fields(self._engine(), body)
         try:
             return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                                  seed=body.seed, stop=body.stop or [], ignore_eos=body.ignore_eos)
+                                  seed=body.seed, stop=body.stop or [], ignore_eos=body.ignore_eos,
+                                  response_format=response_format, logprobs=top_logprobs)
         except UsageError as exc:
             raise ApiError(400, str(exc), code="invalid_sampling") from None
 
@@ -195,6 +197,25 @@ class Admission:
         """Room for ``count`` sequences without a capacity check (admission was done before)."""
         self._set_running(self.running + count)
         return Reservation(self, count)
+
+
+def structured_fields(engine: Any, body: Any) -> tuple[int | None, dict | None]:
+    """The request's top-logprobs count and response_format, checked; the schema is compiled
+    here (the CPU thread), so the engine finds it in its cache.
+
+    Raises:
+        ApiError: 400 bad logprobs fields; 400 ``invalid_response_format`` naming why the
+            response_format or its schema cannot be used.
+    """
+    from parainfer.generation.sampling import MAX_TOP_LOGPROBS
+    from parainfer.serving.logprobs_format import requested_top_logprobs
+
+    top = requested_top_logprobs(body, hasattr(body, "messages"), MAX_TOP_LOGPROBS)
+    try:
+        engine.grammars.compile(body.response_format)
+    except UsageError as exc:
+        raise ApiError(400, str(exc), param="response_format", code="invalid_response_format") from None
+    return top, body.response_format
 
 
 def check_prompts_fit(engine: Any, prompts: list[list[int]], max_tokens: int) -> None:

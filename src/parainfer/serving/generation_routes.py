@@ -5,6 +5,10 @@ piece of text (``object`` "text_completion" or "chat.completion.chunk"; chat sen
 ``{"role": "assistant"}`` first, then ``{"content": ...}`` deltas), a last chunk per choice with
 its ``finish_reason``, a usage chunk when ``stream_options.include_usage``, then
 ``data: [DONE]\\n\\n``. A client that leaves mid-stream aborts its sequences in the engine.
+``response_format`` (json_object / json_schema) constrains the output by token masks
+(``generation.grammar``; an uncompilable schema is 400 at admission); ``logprobs`` (chat:
+``logprobs`` + ``top_logprobs``; completions: ``logprobs`` k) come in OpenAI's shapes
+(``logprobs_format``), each stream chunk carrying its own tokens'.
 On a server of another task the routes answer 400 naming the task they need.
 """
 
@@ -21,6 +25,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from parainfer.serving.bodies import chat_completion_body, completion_body, completion_head
 from parainfer.serving.config import ServeConfig
 from parainfer.serving.json_body import OrjsonRoute
+from parainfer.serving.logprobs_format import chat_logprobs, completion_logprobs
 from parainfer.serving.errors import ApiError, request_id
 from parainfer.serving.generation_service import Admitted, GenerationService, Reservation
 from parainfer.serving.service import ClientGone
@@ -64,10 +69,12 @@ def generation_routes(config: ServeConfig, service: GenerationService | None) ->
         head = completion_head("text", name)
         if body.stream:
             return _sse(_completion_events(gen.stream(got.prompts, got.params, got.reservation), head,
-                                           _include_usage(body), got.prompts, request), got.reservation)
+                                           _include_usage(body), got.prompts, request,
+                                           _chunk_logprobs(gen, got.params, chat=False)), got.reservation)
         choices = await _complete(gen, got, request)
         if isinstance(choices, Response):
             return choices
+        _shape_logprobs(choices, gen, chat=False)
         return JSONResponse(completion_body(head, choices))
 
     @router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
@@ -80,10 +87,12 @@ def generation_routes(config: ServeConfig, service: GenerationService | None) ->
         if body.stream:
             head["object"] = "chat.completion.chunk"
             return _sse(_chat_events(gen.stream(got.prompts, got.params, got.reservation), head,
-                                     _include_usage(body), got.prompts, request), got.reservation)
+                                     _include_usage(body), got.prompts, request,
+                                     _chunk_logprobs(gen, got.params, chat=True)), got.reservation)
         choices = await _complete(gen, got, request)
         if isinstance(choices, Response):
             return choices
+        _shape_logprobs(choices, gen, chat=True)
         return JSONResponse(chat_completion_body(head, choices))
 
     return router
@@ -93,8 +102,6 @@ def _check_supported(body: SamplingFields) -> None:
     if body.n != 1:
         raise ApiError(400, f"n={body.n} is not supported; only n=1 (send the request n times with different "
                             "seeds)", param="n", code="unsupported")
-    if body.logprobs not in (None, False, 0):
-        raise ApiError(400, "logprobs are not supported; leave logprobs unset", param="logprobs", code="unsupported")
 
 
 def _messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
@@ -110,6 +117,32 @@ def _messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
             content = "".join(str(part.get("text", "")) for part in content)
         out.append({"role": "system" if m.role == "developer" else m.role, "content": content or ""})
     return out
+
+
+def _shape_logprobs(choices: list[Any], gen: GenerationService, chat: bool) -> None:
+    """Fill each choice's OpenAI ``logprobs`` object from the engine's token logprobs."""
+    tokenizer = gen.loop.engine.tokenizer if gen.loop is not None else None
+    for c in choices:
+        if c.token_logprobs is not None and tokenizer is not None:
+            c.logprobs = (chat_logprobs(tokenizer, c.token_logprobs) if chat
+                          else completion_logprobs(tokenizer, c.token_logprobs))
+
+
+def _chunk_logprobs(gen: GenerationService, params: Any, chat: bool) -> Callable[[int, Any], Any] | None:
+    """For a stream that asked for logprobs: ``(choice index, output) -> logprobs object`` of
+    the output's new tokens (completions' ``text_offset`` continues across chunks); else None."""
+    if params.logprobs is None or gen.loop is None:
+        return None
+    tokenizer, offsets = gen.loop.engine.tokenizer, {}
+
+    def shape(i: int, out: Any) -> Any:
+        entries = out.new_logprobs or []
+        if chat:
+            return chat_logprobs(tokenizer, entries)
+        body = completion_logprobs(tokenizer, entries, offsets.get(i, 0))
+        offsets[i] = offsets.get(i, 0) + sum(len(t) for t in body["tokens"])
+        return body
+    return shape
 
 
 def _include_usage(body: SamplingFields) -> bool:
@@ -175,17 +208,19 @@ async def _events(outputs: AsyncIterator[tuple[int, Any]], head: dict[str, Any],
 
 
 def _completion_events(outputs: AsyncIterator[tuple[int, Any]], head: dict[str, Any], include_usage: bool,
-                       prompts: list[list[int]], request: Request) -> AsyncIterator[dict[str, Any]]:
+                       prompts: list[list[int]], request: Request,
+                       logprobs: Callable[[int, Any], Any] | None = None) -> AsyncIterator[dict[str, Any]]:
     def choice(i: int, out: Any) -> dict[str, Any] | None:
-        if not out.new_text and not out.finished:
+        if not out.new_text and not out.finished and not (logprobs and out.new_logprobs):
             return None
-        return {"index": i, "text": out.new_text, "logprobs": None,
+        return {"index": i, "text": out.new_text, "logprobs": logprobs(i, out) if logprobs else None,
                 "finish_reason": out.finish_reason if out.finished else None}
     return _events(outputs, head, include_usage, prompts, request, choice)
 
 
 def _chat_events(outputs: AsyncIterator[tuple[int, Any]], head: dict[str, Any], include_usage: bool,
-                 prompts: list[list[int]], request: Request) -> AsyncIterator[dict[str, Any]]:
+                 prompts: list[list[int]], request: Request,
+                 logprobs: Callable[[int, Any], Any] | None = None) -> AsyncIterator[dict[str, Any]]:
     async def with_role() -> AsyncIterator[tuple[int, Any]]:
         for i in range(len(prompts)):  # the role delta goes first, before any text
             yield i, None
@@ -196,9 +231,10 @@ def _chat_events(outputs: AsyncIterator[tuple[int, Any]], head: dict[str, Any], 
     def choice(i: int, out: Any) -> dict[str, Any] | None:
         if out is None:
             return {"index": i, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}
+        lp = logprobs(i, out) if logprobs and out.new_logprobs else None
         if out.finished:
             delta = {"content": out.new_text} if out.new_text else {}
-            return {"index": i, "delta": delta, "logprobs": None, "finish_reason": out.finish_reason}
-        return {"index": i, "delta": {"content": out.new_text}, "logprobs": None, "finish_reason": None} \
-            if out.new_text else None
+            return {"index": i, "delta": delta, "logprobs": lp, "finish_reason": out.finish_reason}
+        return {"index": i, "delta": {"content": out.new_text}, "logprobs": lp, "finish_reason": None} \
+            if out.new_text or lp else None
     return _events(with_role(), head, include_usage, prompts, request, choice)

@@ -293,11 +293,14 @@ class GenerationService(Admission):
     async def _collect(self, index: int, ids: list[int], params: Any, t0: float) -> Choice:
         choice = Choice(index, prompt_tokens=len(ids))
         parts: list[str] = []
+        logprobs: list[Any] = []
         async with aclosing(self._sequence(ids, params, t0)) as outs:
             async for out in outs:
                 parts.append(out.new_text)
                 choice.completion_tokens, choice.finish_reason = out.completion_tokens, out.finish_reason
+                logprobs.extend(out.new_logprobs or [])
         choice.text = "".join(parts)
+        choice.token_logprobs = logprobs if params.logprobs is not None else None
         return choice
 
     async def _sequence(self, ids: list[int], params: Any, t0: float) -> AsyncIterator[Any]:

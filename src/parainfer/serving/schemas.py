@@ -150,7 +150,7 @@ Prompt = Annotated[str | Annotated[list[str], Field(min_length=1)] | Annotated[l
 class SamplingFields(BoundedBody):
     """The sampling fields both generation routes share (OpenAI's names and defaults, except
     ``max_tokens``: 16 for completions as OpenAI's, 256 for chat). Unknown fields are ignored;
-    fields that ask for something not supported (``n`` > 1, ``logprobs``, ``echo``) get 400."""
+    fields that ask for something not supported (``n`` > 1, ``echo``) get 400."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -168,8 +168,12 @@ class SamplingFields(BoundedBody):
     ignore_eos: bool = Field(default=False, description="keep going past the end-of-sequence token (vLLM's "
                              "extension; benchmarks use it for fixed output lengths)")
     n: int = Field(default=1, description="only 1 is supported")
-    logprobs: Any = None
+    logprobs: Any = Field(default=None, description="chat: true/false; completions: how many top logprobs "
+                          "per token (0..20)")
     user: str | None = None
+    response_format: dict[str, Any] | None = Field(default=None, description='{"type": "json_object"} or '
+                                                   '{"type": "json_schema", "json_schema": {"name": ..., '
+                                                   '"schema": {...}}}: output constrained to JSON / the schema')
 
 
 class CompletionRequest(SamplingFields):
@@ -193,6 +197,7 @@ class ChatCompletionRequest(SamplingFields):
 
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: int | None = Field(default=None, ge=1, description="newer name of max_tokens")
+    top_logprobs: Any = Field(default=None, description="0..20 most likely tokens per position (needs logprobs)")
 
 
 class CompletionUsage(BaseModel):
@@ -204,7 +209,7 @@ class CompletionUsage(BaseModel):
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
     finish_reason: Literal["stop", "length"] | None
 
 
@@ -225,7 +230,7 @@ class AssistantMessage(BaseModel):
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
     finish_reason: Literal["stop", "length"] | None
 
 
