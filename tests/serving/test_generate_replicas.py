@@ -101,6 +101,25 @@ def test_concurrent_streamed_and_plain_requests_equal_one_engine_and_use_both_re
     assert all(r["requests_routed"] >= 3 and r["running"] == 0 for r in state["replica_state"])
 
 
+def test_structured_output_and_logprobs_through_replicas(replicas):
+    """A JSON-schema chat with logprobs runs on a replica: valid JSON, one logprob per token;
+    a schema that cannot compile is a 400 from the server's admission, not a replica's error."""
+    import json
+
+    schema = {"type": "object", "properties": {"fruit": {"type": "string", "enum": ["apple", "pear"]}},
+              "required": ["fruit"], "additionalProperties": False}
+    got = client(replicas).chat.completions.create(
+        model="m", messages=CHATS[0], max_tokens=20, temperature=0, logprobs=True, top_logprobs=2,
+        response_format={"type": "json_schema", "json_schema": {"name": "f", "schema": schema}})
+    assert json.loads(got.choices[0].message.content)["fruit"] in ("apple", "pear")
+    entries = got.choices[0].logprobs.content
+    assert entries and all(e.logprob <= 0 and len(e.top_logprobs) == 2 for e in entries)
+    with pytest.raises(openai.BadRequestError, match="cannot be compiled"):
+        client(replicas).chat.completions.create(
+            model="m", messages=CHATS[0], max_tokens=5,
+            response_format={"type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "nope"}}})
+
+
 def test_a_client_that_leaves_mid_stream_has_its_sequence_aborted_in_its_replica(replicas):
     def aborted() -> float:
         found = re.search(r'parainfer_generation_sequences_total\{finish_reason="abort"\} (\S+)',

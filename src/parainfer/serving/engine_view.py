@@ -8,16 +8,19 @@ from types import SimpleNamespace
 from typing import Any
 
 from parainfer.errors import UsageError
+from parainfer.generation.grammar import GrammarCompiler
 
 
 class EngineView:
     """The parts of an ``LLMEngine`` the server's admission and /health read, for engines that
     live in workers: ``tokenizer``, ``max_model_len``, ``config`` (max_num_seqs, dtype,
-    num_blocks, block_size of one replica), ``stats``, ``format_chat``, ``check_fits``."""
+    num_blocks, block_size of one replica), ``grammars`` (to reject a response_format the
+    replicas could not compile, at admission), ``stats``, ``format_chat``, ``check_fits``."""
 
     def __init__(self, tokenizer: Any, info: dict[str, Any], router: Any) -> None:
         self.tokenizer, self.router = tokenizer, router
         self.max_model_len = int(info["max_model_len"])
+        self.grammars = GrammarCompiler(tokenizer, int(info["vocab_size"]), set(info["eos_token_ids"]))
         self.config = SimpleNamespace(**{k: info[k] for k in ("max_num_seqs", "dtype", "num_blocks", "block_size")})
 
     @property

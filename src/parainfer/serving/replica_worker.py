@@ -70,7 +70,8 @@ def engine_info(engine: Any) -> dict[str, Any]:
     """What the server needs to admit requests for this engine without holding it."""
     cfg = engine.config
     return {"max_model_len": engine.max_model_len, "num_blocks": cfg.num_blocks, "block_size": cfg.block_size,
-            "max_num_seqs": cfg.max_num_seqs, "dtype": cfg.dtype, "pid": os.getpid()}
+            "max_num_seqs": cfg.max_num_seqs, "dtype": cfg.dtype, "pid": os.getpid(),
+            "vocab_size": engine.grammars.vocab_size, "eos_token_ids": list(engine.grammars.eos_ids)}
 
 
 class EngineHost:
