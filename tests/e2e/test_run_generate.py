@@ -33,6 +33,10 @@ def test_generate_two_workers_equal_one_and_long_prompt_is_quarantined(tmp_path:
         assert row["generated_text"].strip() and 1 <= row["completion_tokens"] <= 8
         assert row["finish_reason"] in ("stop", "length") and row["prompt_tokens"] > 5
     assert rep1["failed_records"] == rep2["failed_records"] == 1
+    # the chat template's system prompt (24 tokens) is one cached 16-token block for all but the first prompts
+    prefill = rep1["prefill"]
+    assert prefill["cached_tokens"] >= 16 * 4 and 0 < prefill["prefix_cache_hit_rate"] < 1
+    assert prefill["computed_tokens"] + prefill["cached_tokens"] == sum(r["prompt_tokens"] for r in one)
     (err,) = read_jsonl(tmp_path / "two.errors.jsonl")
     assert err["id"] == "long" and "context window" in err["reason"] and "max_tokens (8)" in err["reason"]
 

@@ -24,7 +24,8 @@ from typing import Any
 from parainfer.errors import UsageError
 from parainfer.models.base import Predictor, RecordFailure
 
-GENERATION_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "chat", "max_num_seqs")
+GENERATION_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "chat", "max_num_seqs",
+                      "prefix_cache")
 
 
 class GeneratePredictor(Predictor):
@@ -40,6 +41,8 @@ class GeneratePredictor(Predictor):
         stop: strings that end a completion.
         chat: apply the chat template (prompt as one user message).
         max_num_seqs: most sequences decoding together in the engine.
+        prefix_cache: automatic prefix caching in the engine (prompts sharing a prefix, such as
+            the chat template's system prompt, reuse its keys/values; outputs are the same).
 
     Output per record: ``generated_text``, ``prompt_tokens``, ``completion_tokens``,
     ``finish_reason`` ("stop" | "length").
@@ -50,7 +53,7 @@ class GeneratePredictor(Predictor):
     def __init__(self, model_dir: str | os.PathLike | None = None, dtype: str = "auto", device: str = "cpu",
                  max_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
                  seed: int | None = None, stop: list[str] | None = None, chat: bool = True,
-                 max_num_seqs: int = 64):
+                 max_num_seqs: int = 64, prefix_cache: bool = True):
         if device != "cpu":
             raise UsageError(f"--task generate runs on the CPU only for now; got device {device!r}")
         if max_tokens < 1:
@@ -59,7 +62,8 @@ class GeneratePredictor(Predictor):
         self.model_name = str(model_dir) if model_dir else "smollm2-135m-instruct"
         self.dtype = "float32" if dtype == "auto" else dtype
         self.options = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k,
-                        "seed": seed, "stop": list(stop or []), "chat": chat, "max_num_seqs": max_num_seqs}
+                        "seed": seed, "stop": list(stop or []), "chat": chat, "max_num_seqs": max_num_seqs,
+                        "prefix_cache": prefix_cache}
         self.max_input_tokens: int | None = None
         self._tokenizer: Any = None
         self._engine: Any = None
@@ -121,7 +125,9 @@ class GeneratePredictor(Predictor):
         from parainfer.generation import LLMEngine
 
         self._get_tokenizer()
-        self._engine = LLMEngine(self._resolve_dir(), dtype=self.dtype, max_num_seqs=self.options["max_num_seqs"])
+        self._engine = LLMEngine(self._resolve_dir(), dtype=self.dtype, max_num_seqs=self.options["max_num_seqs"],
+                                 enable_prefix_caching=self.options["prefix_cache"])
+        self._stats_seen = dict(self._engine.stats)
 
     def _params(self, text: str | list[dict[str, str]]) -> Any:
         from parainfer.generation import SamplingParams
@@ -149,6 +155,19 @@ class GeneratePredictor(Predictor):
             outputs[i] = {"generated_text": res.text, "prompt_tokens": res.prompt_tokens,
                           "completion_tokens": res.completion_tokens, "finish_reason": res.finish_reason}
         return outputs  # type: ignore[return-value]
+
+    def token_counts(self, texts: list[Any]) -> Any:
+        """The base counts plus the engine's prefill figures since the last call (the task just
+        run): prompt tokens computed, and looked up / found in the prefix cache."""
+        counts = super().token_counts(texts)
+        if self._engine is not None:
+            now, seen = self._engine.stats, self._stats_seen
+            delta = lambda key: now.get(key, 0) - seen.get(key, 0)  # noqa: E731
+            counts.prefill_computed = delta("prefill_tokens")
+            counts.prefix_cache_queries = delta("prefix_cache_queried_tokens")
+            counts.prefix_cache_hits = delta("prefix_cache_hit_tokens")
+            self._stats_seen = dict(now)
+        return counts
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_tokenizer": None, "_engine": None}
