@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nSmolLM2-135M-Instruct, dtype {args.dtype}, threads {torch.get_num_threads()}, CPU {cpu_name()} x "
           f"{os.cpu_count()}, load average {load[0]:.1f} -> {load[1]:.1f}")
     print(f"{args.num_prompts} chat prompts (mean {mean_prompt:.0f} tokens, default system prompt), {args.streams} "
-          f"streams, {args.min_tokens}..{args.max_tokens} tokens each (mean {sum(lengths) / len(lengths):.0f}), block size {args.block_size}\n")
+          f"streams, {args.min_tokens}..{args.max_tokens} tokens each (mean {sum(lengths) / len(lengths):.0f}), "
+          f"block size {args.block_size}\n")
     print("| prefix cache | TTFT p50 ms | TTFT p99 ms | tokens/s | prefill computed | prefill cached | steps |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, r in rows.items():
