@@ -50,3 +50,11 @@ def test_within_budget_cuts_forward_passes_to_the_token_budget() -> None:
     assert [list(r) for r in runs] == [[0, 1, 2, 3], [4, 5], [6]]
     assert all(len(r) == 1 or len(r) * lengths[r.stop - 1] <= 20 for r in runs)
     assert within_budget([range(0, 7)], lengths, None) == [range(0, 7)]
+
+
+def test_token_counts_add_sums_every_field():
+    a = TokenCounts.from_lengths(["ab", "abcd"], [1, 3], [False, True])
+    b = TokenCounts.from_lengths(["abcdef"], [2], [False])
+    a.add(b)
+    assert (a.real, a.padded, a.truncated) == (6, 8, 1)
+    assert (a.fit_records, a.fit_chars, a.fit_tokens) == (2, 8, 3)

@@ -66,6 +66,8 @@ def run(
                                      "file: one result line per request; auto recognises it by its first line)"),
     trust: bool = typer.Option(False, help="load a model directory's skops file even if it holds types skops "
                                "does not trust by default (only for files from a trusted source)"),
+    shard_mode: str = typer.Option("auto", help="auto | on | off: workers read shards of the input file themselves "
+                                   "(auto: splittable inputs of 64 MiB and more, .jsonl output; docs/sharded.md)"),
 ) -> None:
     """Run a batch job: every input record's result, in input order, computed by N workers."""
     from parainfer.config import JobConfig
@@ -83,7 +85,8 @@ def run(
                        translation=dict(source_lang=source_lang, target_lang=target_lang) if task == "translate" else {},
                        executor=executor, address=address, cpus_per_worker=cpus_per_worker,
                        gpus_per_worker=gpus_per_worker,
-                       input_format=input_format, trust=trust)
+                       input_format=input_format, trust=trust,
+                       shard_mode=shard_mode)
     from parainfer.recovery import Interrupted
 
     try:
@@ -232,6 +235,10 @@ def simulate_command(
     seed: int = typer.Option(0, help="random seed"),
     worker_speedup: float = typer.Option(1.0, help="workers this many times faster per task than measured "
                                                    "(the driver's cost unchanged): 50 ~ a GPU-like profile"),
+    data_path: str = typer.Option("records", help="records | sharded: the data path to simulate (sharded: "
+                                  "factoring shards, the driver paid per shard; see docs/sharded.md)"),
+    shard_driver_ms: Optional[float] = typer.Option(None, help="sharded: driver ms per shard (default: from a "
+                                                    "sharded report, else 5)"),
 ) -> None:
     """Predict T_N, speedup, efficiency and imbalance at many worker counts (discrete-event)."""
     import json
@@ -251,9 +258,20 @@ def simulate_command(
     workload = sim.Workload.from_report(cost_from)
     if worker_speedup != 1.0:
         workload = workload.faster(worker_speedup)
-    rows = [sim.simulate(workload, n, p, records=records, speed_sigma=speed_sigma, slowdown=slowdown,
-                         dispatch_latency_s=dispatch_latency_ms / 1e3, seed=seed)
-            for p in policies for n in counts]
+    if data_path == "sharded":
+        from parainfer.simulate_sharded import sharded_rows
+
+        rows = sharded_rows(cost_from, workload, counts, records, speed_sigma, slowdown, seed,
+                            None if shard_driver_ms is None else shard_driver_ms / 1e3)
+        policies = ["factoring"]
+        print(f"sharded: driver {rows[0]['shard_driver_s'] * 1e3:.3f} ms per shard; worker "
+              f"{rows[0]['record_s'] * 1e3:.3f} ms per record")
+    elif data_path != "records":
+        raise UsageError(f"--data-path {data_path!r} is not one of records, sharded")
+    else:
+        rows = [sim.simulate(workload, n, p, records=records, speed_sigma=speed_sigma, slowdown=slowdown,
+                             dispatch_latency_s=dispatch_latency_ms / 1e3, seed=seed)
+                for p in policies for n in counts]
     print(f"fitted task cost: {workload.overhead_s * 1e3:.3f} ms + {workload.s_per_token * 1e6:.3f} ms per 1k "
           f"padded tokens; driver {workload.driver_s * 1e3:.3f} ms per task (serial)")
     print(sim.table(rows))

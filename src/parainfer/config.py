@@ -61,5 +61,7 @@ class JobConfig(BaseModel):
 
     generation: dict = Field(default_factory=dict, description="sampling options for --task generate")
     translation: dict = Field(default_factory=dict, description="--task translate: source_lang, target_lang")
+    shard_mode: str = Field(default="auto", description="auto | on | off: hand workers shards of the input file "
+                            "instead of records (auto: inputs of 64 MiB and more; see docs/sharded.md)")
     input_format: str = Field(default="auto", description="auto | records | openai-batch (auto: an OpenAI batch "
                               "file is recognised by its first line)")

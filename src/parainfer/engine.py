@@ -132,10 +132,16 @@ class Job:
         num_workers must equal this job's); default: start one now and shut it down at the end.
         The output is locked for the whole job (``io.guard.OutputLock``): a second job on the
         same output raises UsageError naming this one (an in-memory job has no output to lock).
+        A large splittable input runs in sharded mode (``shard_mode.choose_mode``, ``--shard-mode``).
         """
         if self.store is not None:
             return self._run(workers)
         with OutputLock(self.config.output):
+            from parainfer.shard_mode import choose_mode  # sharded mode (docs/sharded.md)
+            from parainfer.sharded import ShardedJob
+
+            if choose_mode(self.config) == "sharded":
+                return ShardedJob(self).run(workers)
             return self._run(workers)
 
     def _run(self, workers: Workers | None) -> dict[str, Any]:
@@ -413,6 +419,7 @@ class Job:
                          "costs before a task ran use estimated tokens; the token, padding and truncation "
                          "figures and the timeline are exact (counted by the workers)"}
         report.failed_records = merger.failed
+        report.extra["data_path"] = "records"
         report.extra.setdefault("model", self.predictor.describe())
         report.extra["threads_per_worker"] = self._executor.threads
         report.extra["executor"] = self._executor.describe()

@@ -144,6 +144,13 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     parts = report.get("startup") or {}
     if len(parts) > 2:
         lines.append("startup: " + ", ".join(f"{k[:-2]} {v:.2f}" for k, v in parts.items()) + " (s)")
+    if report.get("data_path") == "sharded":
+        shards = report.get("shards") or {}
+        book = report.get("driver_bookkeeping_us_per_record")
+        lines.append(f"data path: sharded ({shards.get('committed', 0)} shards committed, workers read the input"
+                     + (f"; shard bookkeeping {book:.3f} us/record)" if book is not None else ")"))
+    elif report.get("data_path"):
+        lines.append("data path: records (the driver reads, batches and writes every record)")
     if report.get("driver_us_per_record") is not None:
         lines.append(f"driver {report['driver_busy_s']:.2f} s busy, {report['driver_us_per_record']:.1f} us/record")
     if report.get("restarts") or report.get("retries"):

@@ -91,13 +91,10 @@ class TokenCounts:
 
 
     def add(self, other: "TokenCounts") -> None:
-        """Add ``other``'s real, padded, truncated and prefill counts to these (a running total)."""
-        self.real += other.real
-        self.padded += other.padded
-        self.truncated += other.truncated
-        self.prefill_computed += other.prefill_computed
-        self.prefix_cache_queries += other.prefix_cache_queries
-        self.prefix_cache_hits += other.prefix_cache_hits
+        """Add every count of ``other`` to these (a running total over tasks)."""
+        for name in ("real", "padded", "truncated", "fit_records", "fit_chars", "fit_tokens",
+                     "prefill_computed", "prefix_cache_queries", "prefix_cache_hits"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 @dataclass

@@ -74,7 +74,65 @@ class WorkerFailed:
     running: int | None = None  # Task.index it had started and not finished (None: none known)
 
 
-Event = WorkerReady | TaskResult | WorkerFailed
+@dataclass(slots=True)
+class ShardTask:
+    """The second task kind (sharded mode, ``parainfer.sharded``): a range of the input file that
+    the worker reads, cuts into batches (``tasks.TaskBuilder``), runs and writes to its own
+    output part, so the records never pass through the driver.
+
+    Attributes:
+        index: 0-based creation order of shard tasks within the job (its own numbering).
+        shard: the range (``io.shards.Shard``).
+        input: how to read it (``io.shard_reader.ShardInput``).
+        part, errors_part: where the worker writes the shard's output rows (JSONL) and its
+            failed records (errors-file JSONL); both are overwritten.
+        batch: batching settings: ``batch_size``, ``max_batch_tokens``, ``bucket_window``,
+            ``id_column``, ``text_column``, ``own_rows`` (``Predictor.writes_own_rows``).
+        attempt: how many times this shard was given out before.
+    """
+
+    index: int
+    shard: Any
+    input: Any
+    part: str
+    errors_part: str
+    batch: dict[str, Any]
+    attempt: int = 0
+
+    def __len__(self) -> int:  # recovery and policies count records; a shard counts as one unit
+        return 1
+
+
+@dataclass(slots=True)
+class ShardResult:
+    """A finished shard: its parts are written and fsynced.
+
+    Attributes:
+        task_index: ShardTask.index. worker_id: who ran it.
+        records, failed: rows read from the shard, and how many of them went to the errors part.
+        out_bytes, out_sha256, err_bytes, err_sha256: the parts' sizes and SHA-256 hex digests.
+        t_received, t_start, t_end: perf_counter seconds, as in TaskResult.
+        counts: exact token counts summed over the shard's batches. batches: how many batches ran.
+        lines: lines in the shard (line ends; Parquet: rows), for numbering the next shard's.
+    """
+
+    task_index: int
+    worker_id: int
+    records: int
+    failed: int
+    out_bytes: int
+    out_sha256: str
+    err_bytes: int
+    err_sha256: str
+    t_received: float
+    t_start: float
+    t_end: float
+    counts: TokenCounts
+    batches: int = 0
+    lines: int = 0
+
+
+Event = WorkerReady | TaskResult | ShardResult | WorkerFailed
 
 
 class Executor(ABC):
@@ -82,14 +140,16 @@ class Executor(ABC):
     (Ray core actors); create one by name with ``parainfer.executors.make_executor``."""
 
     num_workers: int
+    runs_shards: bool = False  # True when submit takes ShardTask (the workers see the input file)
 
     @abstractmethod
     def start(self) -> None:
         """Start all workers (non-blocking); WorkerReady events follow as each loads."""
 
     @abstractmethod
-    def submit(self, worker_id: int, task: Task) -> None:
-        """Queue ``task`` on ``worker_id`` (non-blocking)."""
+    def submit(self, worker_id: int, task: Task | ShardTask) -> None:
+        """Queue ``task`` on ``worker_id`` (non-blocking). A ``ShardTask`` is answered by a
+        ``ShardResult`` (an executor that cannot run shards raises NotImplementedError)."""
 
     @abstractmethod
     def poll(self, timeout: float) -> list[Event]:

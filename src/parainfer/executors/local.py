@@ -16,7 +16,7 @@ import time
 from multiprocessing.connection import wait
 from typing import Any
 
-from parainfer.executors.base import Event, Executor, TaskResult, WorkerFailed, WorkerReady
+from parainfer.executors.base import Event, Executor, ShardResult, TaskResult, WorkerFailed, WorkerReady
 from parainfer.executors.worker import worker_main
 from parainfer.models.base import Predictor
 from parainfer.tasks import Task
@@ -64,6 +64,8 @@ class LocalExecutor(Executor):
         threads_per_worker: intra-op threads per worker (default cores // N).
         env: extra environment variables for the workers.
     """
+
+    runs_shards = True  # workers on this machine read the input file themselves (sharded mode)
 
     def __init__(self, predictor: Predictor, num_workers: int, threads_per_worker: int | None = None,
                  env: dict[str, str] | None = None):
@@ -187,11 +189,11 @@ class LocalExecutor(Executor):
         try:
             while slot.results.poll():
                 ev = slot.results.recv()
-                if isinstance(ev, (TaskResult, WorkerReady)):
+                if isinstance(ev, (TaskResult, ShardResult, WorkerReady)):
                     slot.free_since = time.perf_counter()
                 if isinstance(ev, WorkerReady):
                     slot.ready = True
-                if isinstance(ev, TaskResult):
+                if isinstance(ev, (TaskResult, ShardResult)):
                     slot.held.pop(ev.task_index, None)
                     slot.submitted.pop(ev.task_index, None)
                 events.append(ev)

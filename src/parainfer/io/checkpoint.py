@@ -56,14 +56,15 @@ def manifest_path(output: str) -> str:
     return output + SUFFIX
 
 
-def write_manifest(path: str, manifest: dict[str, Any]) -> None:
+def write_manifest(path: str, manifest: dict[str, Any], compact: bool = False) -> None:
     """Replace the manifest atomically and durably (a temp file unique to this call, fsync,
-    rename, fsync folder): two processes writing it never share a temp file."""
+    rename, fsync folder): two processes writing it never share a temp file. ``compact``: one
+    line, no indentation (the C encoder; sharded mode's manifest lists every committed shard)."""
     folder = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=1)
+            f.write(json.dumps(manifest, indent=None if compact else 1))  # dumps: the C encoder when compact
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -189,6 +190,9 @@ class Checkpoint:
     def _verify_finished(self, old: dict[str, Any]) -> None:
         """Raise UsageError unless the output (and errors file) are byte for byte as finished."""
         size, expected = old.get("output_bytes"), old.get("output_sha256")
+        ranges = old.get("output_ranges_sha256")  # sharded mode: [bytes, sha256] of each part, in order
+        if ranges is not None and self._output_size() == size and not digest.ranges_match(self.output, ranges):
+            size = -1
         if self._output_size() != size or (expected and digest.file_digest(self.output) != expected):
             raise UsageError(f"output {self.output!r} was changed after its job finished (it is not the "
                              f"{size:,} bytes the checkpoint recorded); rerun with --overwrite to start over")

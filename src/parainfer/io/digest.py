@@ -68,3 +68,23 @@ def verify_prefix(path: str, nbytes: int, expected: str | None, what: str) -> An
 def file_digest(path: str) -> str:
     """Hex SHA-256 of a whole file."""
     return prefix_digest(path, os.path.getsize(path)).hexdigest()
+
+
+def ranges_match(path: str, ranges: list[list[Any]]) -> bool:
+    """True when ``path`` is the concatenation of byte ranges of the given sizes and hex
+    SHA-256 digests (``[[nbytes, hex], ...]`` in file order) and nothing more: how a sharded
+    job's output is verified from its parts' digests (``io.shard_store``)."""
+    if os.path.getsize(path) != sum(n for n, _ in ranges):
+        return False
+    with open(path, "rb") as f:
+        for nbytes, expected in ranges:
+            h, left = new(), nbytes
+            while left > 0:
+                chunk = f.read(min(CHUNK, left))
+                if not chunk:
+                    return False
+                h.update(chunk)
+                left -= len(chunk)
+            if h.hexdigest() != expected:
+                return False
+    return True

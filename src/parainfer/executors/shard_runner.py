@@ -1,0 +1,110 @@
+"""Run one shard inside a worker (sharded mode): read, batch, run, write the shard's parts.
+
+The worker does here what the driver does in record mode, for its shard alone: it reads the
+shard's records (``io.shard_reader``), cuts each window of ``bucket_window`` records into
+batches with the same ``tasks.TaskBuilder`` (length bucketing, ``--max-batch-tokens``; lengths
+from a ``LengthEstimator`` that learns from this worker's exact counts), runs each batch with
+``worker.run_task`` (a batch that raises is retried record by record, so a poison record fails
+alone), puts the rows back in input order with a ``merger.Merger`` and writes them to the
+shard's output part, and the failed records to its errors part, both in input order. Both
+parts are fsynced before the ``ShardResult`` (sizes and SHA-256 digests) goes back: the driver
+commits a shard only after that.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from typing import Any, Callable
+
+from parainfer.executors.base import ShardResult, ShardTask
+from parainfer.io.shard_reader import shard_records
+from parainfer.io.shards import shard_lines
+from parainfer.io.sinks import ErrorSink, JsonlSink
+from parainfer.length_estimate import LengthEstimator
+from parainfer.merger import Merger
+from parainfer.records import Record, RecordError
+from parainfer.tasks import TaskBuilder, TokenCounts
+
+
+def run_shard(predictor: Any, task: ShardTask, worker_id: int, t_received: float,
+              run_task: Callable[..., Any]) -> ShardResult:
+    """Run ``task`` on the loaded ``predictor``; returns its ShardResult.
+
+    ``run_task(predictor, task, worker_id, t_received) -> TaskResult`` runs one batch (passed
+    in to keep this module free of the worker's process code). Raises OSError when a part
+    cannot be written (the worker then dies and the driver redoes the shard elsewhere)."""
+    t_start = time.perf_counter()
+    b = task.batch
+    max_chars = predictor.max_input_chars()
+    estimate = LengthEstimator(max_chars=max_chars)
+    bucket = b["bucket_window"] > 1
+    builder = TaskBuilder(estimate, predictor.window(), b["batch_size"], b["max_batch_tokens"], bucket,
+                          max_chars=max_chars)
+    window = b["bucket_window"] if bucket else b["batch_size"]
+    merger = Merger(b["id_column"], b["text_column"], own_rows=b["own_rows"])
+    counts = TokenCounts()
+    errors = ErrorSink(task.errors_part)
+    errors.resume(0)  # a stale errors part of an earlier attempt
+    records = shard_records(task.input, task.shard)
+    with open(task.part, "wb") as stream:
+        sink = JsonlSink(task.part, stream, b["id_column"], b["text_column"])
+        while True:
+            items = list(itertools.islice(records, window))
+            if not items:
+                break
+            failed: list[RecordError] = []
+            good = [r for r in items if isinstance(r, Record)]
+            for err in items:
+                if isinstance(err, RecordError):
+                    merger.fail(err)
+                    failed.append(err)
+            merger.expect(good)
+            for batch in builder.build(good):
+                res = run_task(predictor, batch, worker_id, time.perf_counter())
+                if res.counts is not None:
+                    counts.add(res.counts)
+                    estimate.observe(res.counts)
+                for pos, reason in res.errors:
+                    rec = merger.record(batch.seqs[pos])
+                    err = RecordError(batch.seqs[pos], rec.line, rec.id, reason, text=batch.texts[pos])
+                    merger.fail(err)
+                    failed.append(err)
+                merger.complete(batch.seqs, res.outputs)
+            _write_rows(sink, merger, merger.drain(), failed, b["id_column"])
+            failed.sort(key=lambda e: e.seq)
+            errors.write(failed)
+        sink.flush()
+        errors.flush()
+        err_bytes = errors.offset
+        errors.close()
+    return ShardResult(task.index, worker_id, records=merger.next_seq, failed=merger.failed,
+                       out_bytes=sink.bytes_written, out_sha256=sink.digest.hexdigest(), err_bytes=err_bytes,
+                       err_sha256=errors.digest.hexdigest(), t_received=t_received, t_start=t_start,
+                       t_end=time.perf_counter(), counts=counts, batches=builder.stats.tasks,
+                       lines=shard_lines(task.input.path, task.shard))
+
+
+def _write_rows(sink: JsonlSink, merger: Merger, rows: list[dict[str, Any]], failed: list[RecordError],
+                id_column: str) -> None:
+    """As the engine's ``_write_rows``: a row the output cannot hold fails alone."""
+    try:
+        sink.write_rows(rows)
+        return
+    except (ValueError, TypeError):
+        pass
+    for (seq, line), row in zip(merger.last_drained, rows):
+        try:
+            sink.write_rows([row])
+        except (ValueError, TypeError) as e:
+            merger.failed += 1
+            failed.append(RecordError(seq, line, row.get(id_column), f"output row cannot be written: {e}"[:300]))
+
+
+def remove_quietly(path: str) -> None:
+    """Delete ``path`` if it exists (a discarded partial part)."""
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass

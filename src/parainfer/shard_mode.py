@@ -1,0 +1,68 @@
+"""Which data path a job takes: record mode (``engine.Job``) or sharded mode (``sharded``).
+
+``--shard-mode auto | on | off``; see ``choose_mode`` and docs/sharded.md.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from parainfer.errors import UsageError
+from parainfer.io.checkpoint import manifest_path, read_manifest
+from parainfer.io.shard_store import MODE
+from parainfer.io.shards import SPLITTABLE
+
+SHARD_MODES = ("auto", "on", "off")
+AUTO_MIN_BYTES = 64 << 20  # auto: inputs from this size on run sharded
+
+
+def why_not_sharded(config: Any, in_memory: bool) -> str | None:
+    """Why this job cannot run in sharded mode, or None when it can."""
+    ext = os.path.splitext(config.input)[1].lower()
+    if in_memory:
+        return "an in-memory job (the Python API) has no input file to split"
+    if config.input == "-" or ext not in SPLITTABLE:
+        return f"the input must be a file ({', '.join(SPLITTABLE)}), not {config.input!r}"
+    if config.output == "-" or os.path.splitext(config.output)[1].lower() not in (".jsonl", ".ndjson"):
+        return f"the output must be a .jsonl/.ndjson file, not {config.output!r}"
+    if config.executor != "local":
+        return f"executor {config.executor!r} does not run shards (the local executor does)"
+    if config.task == "openai-batch":
+        return "an OpenAI batch file runs in record mode"
+    return None
+
+
+def choose_mode(config: Any, in_memory: bool = False) -> str:
+    """"sharded" or "records" for ``config.shard_mode`` (auto | on | off).
+
+    auto: sharded when the job can run sharded, its input is at least ``AUTO_MIN_BYTES`` (or
+    an unfinished sharded checkpoint of this output is there to resume), and no unfinished
+    record-mode checkpoint is (that one resumes in record mode). A finished checkpoint always
+    goes to record mode, which verifies the output and answers "already complete". Raises UsageError for
+    ``on`` when the job cannot run sharded, naming why, and for an unknown mode."""
+    mode = getattr(config, "shard_mode", "auto")
+    if mode not in SHARD_MODES:
+        raise UsageError(f"--shard-mode {mode!r} is not one of {', '.join(SHARD_MODES)}")
+    if mode == "off":
+        return "records"
+    reason = why_not_sharded(config, in_memory)
+    if mode == "on" and reason:
+        raise UsageError(f"--shard-mode on: {reason}; use --shard-mode auto or off")
+    if reason:
+        return "records"
+    old = None if config.overwrite else _manifest(config.output)
+    if old is not None and old.get("finished"):
+        return "records"  # record mode answers "already complete" (after verifying the output)
+    if mode == "on":
+        return "sharded"
+    if old is not None:
+        return "sharded" if old.get("mode") == MODE else "records"
+    return "sharded" if os.path.getsize(config.input) >= AUTO_MIN_BYTES else "records"
+
+
+def _manifest(output: str) -> dict[str, Any] | None:
+    try:
+        return read_manifest(manifest_path(output))
+    except UsageError:
+        return None

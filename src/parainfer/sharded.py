@@ -1,0 +1,278 @@
+"""Sharded mode: the driver hands out shards of the input file, never records.
+
+In record mode (``engine.Job``) every record passes through the driver's one thread (read,
+estimate, batch, dispatch, merge, write), which bounds a job's speed-up however many workers
+it has. In sharded mode the driver plans shards (``io.shards``: byte ranges cut at record ends,
+or Parquet row groups, sized by factoring: large first, smaller towards the end), gives one at
+a time to each ready worker as a ``ShardTask`` (the second task kind of the executor contract,
+``executors.base``), and commits the finished shards' parts in shard order to the manifest
+(``io.shard_store``). Each worker reads, batches, runs and writes its shard
+(``executors.shard_runner``). The driver's cost is per shard, not per record.
+
+Guarantees (as record mode): output in input order (parts in shard order, concatenated into
+``--output`` at the end), every record exactly once in the output or the errors file, resume
+after a killed driver (committed shards are verified and skipped, the others redone), a batch
+that raises fails record by record inside its shard. A worker that dies mid-shard: the shard is
+bisected at a record end (``io.shards.split_shard``) and its halves are redone on the live
+workers (its partial part discarded), as ``recovery`` bisects a record-mode task, until a
+single record that kills its worker more than ``max_retries`` times goes to the errors file
+alone. Not in this mode: ``--task-timeout`` (no watchdog), ``--batch-size auto``
+(the fixed maximum size is used), CSV/Parquet/stdout output and the Ray executor
+(``shard_mode.choose_mode`` falls back to record mode, or refuses ``--shard-mode on`` saying why).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from typing import Any
+
+from parainfer.errors import JobError
+from parainfer.executors.base import ShardResult, ShardTask, WorkerFailed, WorkerReady
+from parainfer.executors.shard_runner import remove_quietly
+from parainfer.io.shard_reader import ShardInput, shard_records
+from parainfer.io.shard_store import ShardStore
+from parainfer.io.shards import Shard, data_start, plan_parquet, plan_text, shard_lines, split_shard
+from parainfer.io.sinks import ErrorSink
+from parainfer.recovery import GracefulStop, Interrupted
+from parainfer.report import TimingReport, startup_parts
+from parainfer.tasks import TokenCounts
+
+MIN_SHARD_BYTES, MAX_SHARD_BYTES = 16 << 10, 256 << 20  # factoring makes the count logarithmic in the size
+MIN_SHARD_ROWS, MAX_SHARD_ROWS = 200, 2_000_000
+
+
+class ShardedJob:
+    """Runs a ``engine.Job`` in sharded mode (``Job.run`` calls this when ``shard_mode.choose_mode`` says so).
+
+    ``run(workers)`` returns the report dict, as ``Job.run`` does; raises JobError when the
+    workers cannot run the model, Interrupted after a SIGINT/SIGTERM (the committed shards stay).
+    """
+
+    def __init__(self, job: Any):
+        self.job, self.config = job, job.config
+        cfg = self.config
+        self.parquet = cfg.input.lower().endswith(".parquet")
+        ext = os.path.splitext(cfg.input)[1].lower()
+        self.input = ShardInput(cfg.input, cfg.text_column, cfg.id_column,
+                                allow_messages=cfg.task == "generate" and ext in (".jsonl", ".ndjson", ".parquet"))
+        size = job.tuner.max_size if job.tuner else int(cfg.batch_size)
+        self.batch = dict(batch_size=size, max_batch_tokens=cfg.max_batch_tokens, bucket_window=cfg.bucket_window,
+                          id_column=cfg.id_column, text_column=cfg.text_column,
+                          own_rows=job.predictor.writes_own_rows)
+
+    def _plan(self, store: ShardStore, workers: int) -> list[Shard]:
+        """Shards for the uncommitted rest of the input. The smallest shard is MIN_SHARD_BYTES
+        (Parquet: MIN_SHARD_ROWS), or ``PARAINFER_MIN_SHARD_BYTES`` / ``_ROWS`` from the
+        environment (tests and benchmarks use small ones)."""
+        env = os.environ
+        if self.parquet:
+            return plan_parquet(self.config.input, store.next_start, workers,
+                                int(env.get("PARAINFER_MIN_SHARD_ROWS", MIN_SHARD_ROWS)), MAX_SHARD_ROWS)
+        return plan_text(self.config.input, store.next_start, store.next_line, workers,
+                         int(env.get("PARAINFER_MIN_SHARD_BYTES", MIN_SHARD_BYTES)), MAX_SHARD_BYTES)
+
+    def run(self, workers: Any = None) -> dict[str, Any]:
+        from parainfer.engine import start_workers
+
+        cfg, job = self.config, self.job
+        t0 = time.perf_counter()
+        store = ShardStore(cfg, job.source, job.predictor, (0, 1) if self.parquet else data_start(cfg.input))
+        t_spawn = time.perf_counter()
+        own = workers is None
+        if own:
+            workers = start_workers(job.predictor, job.num_workers, cfg.threads_per_worker, cfg)
+        n = workers.num_workers
+        cpu0 = time.process_time()  # the driver's own work from here on (as engine.Job counts it)
+        self.store, self.executor, self.workers = store, workers.executor, workers
+        self.report = TimingReport(workers=n, policy="factoring")
+        self.pending = collections.deque(self._plan(store, n))
+        self.planned = len(self.pending)
+        self.running: dict[int, tuple[ShardTask, int]] = {}  # index -> (task, deaths)
+        self.done: dict[int, tuple[ShardTask, ShardResult]] = {}  # shard start -> finished, not committed
+        self.deaths: dict[int, int] = {}  # shard start -> deaths of workers running it
+        self.counts, self.next_index = TokenCounts(), 0
+        self.saved_at, self.saved = time.monotonic(), len(store.committed)  # last manifest write
+        self.t_first = self.t_last = None
+        ready_phases: list[dict[str, float]] = []
+        stop = GracefulStop(on_abort=lambda: [self.executor.kill(w) for w in range(n)])
+        finished = False
+        try:
+            with stop:
+                for event in workers.take_pending():
+                    self._handle(event, ready_phases)
+                while self.pending or self.running:
+                    if not stop.requested:
+                        self._dispatch()
+                    elif not self.running or time.perf_counter() > stop.deadline:
+                        break
+                    for event in self.executor.poll(timeout=0.25):
+                        self._handle(event, ready_phases)
+                    self._commit()
+                self._commit(force=True)
+                if not stop.requested:
+                    t, cpu = time.perf_counter(), time.process_time()
+                    store.finish()
+                    self.report.t_write_s += time.perf_counter() - t
+                    self.report.extra["driver_finish_cpu_s"] = time.process_time() - cpu
+                    finished = True
+        finally:
+            if not finished:
+                for w in range(n):
+                    self.executor.kill(w)
+                workers.broken = True
+            if own:
+                workers.shutdown()
+        if not finished:
+            raise Interrupted(store.records_done, store.path)
+        busy = time.process_time() - cpu0
+        return self._finish(t0, t_spawn, ready_phases, busy)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        for w in sorted(self.workers.ready):
+            if self.executor.in_flight(w) == 0 and self.pending:
+                shard = self.pending.popleft()
+                deaths = self.deaths.get(shard.start, 0)
+                part, errors_part = self.store.part_paths(shard, self.next_index)
+                task = ShardTask(self.next_index, shard, self.input, part, errors_part, self.batch, attempt=deaths)
+                self.next_index += 1
+                self.running[task.index] = (task, deaths)
+                if self.t_first is None:
+                    self.t_first = time.perf_counter()
+                self.executor.submit(w, task)
+
+    def _handle(self, event: Any, ready_phases: list[dict[str, float]]) -> None:
+        if isinstance(event, WorkerReady):
+            self.workers.ready.add(event.worker_id)
+            self.workers.model_info = event.info
+            self.report.per_worker[event.worker_id].load_s = event.load_s
+            self.report.extra["model"] = event.info
+            if len(ready_phases) < self.workers.num_workers:
+                ready_phases.append({**event.phases, "ready_at": time.perf_counter()})
+        elif isinstance(event, ShardResult):
+            entry = self.running.pop(event.task_index, None)
+            if entry is None:
+                return
+            task = entry[0]
+            self.done[task.shard.start] = (task, event)
+            self._account(task, event)
+        elif isinstance(event, WorkerFailed):
+            self._on_worker_failed(event)
+
+    def _account(self, task: ShardTask, res: ShardResult) -> None:
+        self.t_last = time.perf_counter()
+        stats = self.report.per_worker[res.worker_id]
+        busy = res.t_end - res.t_start
+        stats.busy_s += busy
+        stats.tasks += 1
+        stats.records += res.records
+        self.counts.add(res.counts)
+        self.report.records += res.records
+        self.report.failed_records += res.failed
+        self.report.tasks += res.batches
+        origin = self.t_first or 0.0
+        self.report.timeline.append([task.index, res.worker_id, round(res.t_start - origin, 6),
+                                     round(res.t_end - origin, 6), res.records, res.counts.real, res.counts.padded])
+
+    def _on_worker_failed(self, event: WorkerFailed) -> None:
+        self.workers.ready.discard(event.worker_id)
+        if event.fatal:
+            raise JobError(f"worker {event.worker_id}: {event.reason.strip()}")
+        self.executor.restart(event.worker_id)
+        self.report.per_worker[event.worker_id].restarts += 1
+        for task in event.tasks:
+            if self.running.pop(task.index, None) is None:
+                continue
+            remove_quietly(task.part)
+            remove_quietly(task.errors_part)
+            self._retry(task.shard, event.reason)
+
+    def _retry(self, shard: Shard, reason: str) -> None:
+        """A shard whose worker died, as ``recovery.TaskRecovery`` treats a suspect task: a shard
+        of several records is bisected at a record end (its halves go first in the queue); a
+        single record is given out again up to ``max_retries`` times, then failed alone."""
+        self.report.retries += 1
+        halves = split_shard(self.config.input, shard)
+        if halves is not None:
+            self.report.extra["bisected_shards"] = self.report.extra.get("bisected_shards", 0) + 1
+            for half in halves:
+                self.deaths[half.start] = 0
+            self.pending.extendleft(reversed(halves))
+            return
+        deaths = self.deaths[shard.start] = self.deaths.get(shard.start, 0) + 1
+        if deaths > self.config.max_retries:
+            self._fail_alone(shard, f"worker died running this record {deaths} times (last: {reason.strip()})")
+        else:
+            self.pending.appendleft(shard)
+
+    def _fail_alone(self, shard: Shard, reason: str) -> None:
+        """Write a single-record shard's errors part by hand (its worker keeps dying on it)."""
+        from parainfer.records import RecordError
+
+        part, errors_part = self.store.part_paths(shard, self.next_index)
+        self.next_index += 1
+        open(part, "wb").close()
+        items = list(shard_records(self.input, shard))
+        errs = ErrorSink(errors_part)
+        errs.write([RecordError(i, getattr(r, "line", shard.first_line), getattr(r, "id", None), reason,
+                                text=getattr(r, "text", None)) for i, r in enumerate(items)])
+        errs.flush()
+        size = errs.offset
+        errs.close()
+        from parainfer.io import digest
+
+        task = ShardTask(-1, shard, self.input, part, errors_part, self.batch)
+        res = ShardResult(-1, 0, len(items), len(items), 0, digest.new().hexdigest(), size, errs.digest.hexdigest(),
+                          0.0, 0.0, 0.0, TokenCounts(), lines=shard_lines(self.config.input, shard))
+        self.done[shard.start] = (task, res)
+        self.report.records += len(items)
+        self.report.failed_records += len(items)
+
+    def _commit(self, force: bool = False) -> None:
+        """Commit the finished shards that continue the committed prefix; write the manifest
+        when ``--checkpoint-every`` seconds have passed since the last write (or ``force``)."""
+        store = self.store
+        while store.next_start in self.done:
+            task, res = self.done.pop(store.next_start)
+            store.commit(task.shard, task.part, task.errors_part, res)
+        now = time.monotonic()
+        if (force or now - self.saved_at >= self.config.checkpoint_every_s) and len(store.committed) > self.saved:
+            store.save()
+            self.saved_at, self.saved = now, len(store.committed)
+
+    def _finish(self, t0: float, t_spawn: float, ready_phases: list[dict[str, float]], busy: float) -> dict[str, Any]:
+        report, store = self.report, self.store
+        report.wall_s = time.perf_counter() - t0
+        start = self.t_first or t0
+        report.t_startup_s = start - t0
+        report.extra["startup"] = startup_parts(t0, t_spawn, ready_phases, start)
+        report.t_parallel_s = max(0.0, (self.t_last or start) - start)
+        report.truncated_records = self.counts.truncated
+        report.real_tokens, report.padded_tokens = self.counts.real, self.counts.padded
+        report.extra["data_path"] = "sharded"
+        report.extra["shards"] = {"planned": self.planned, "run": len(report.timeline),
+                                  "committed": len(store.committed), "sizing": "factoring (Hummel et al. 1992)"}
+        report.extra["driver_busy_s"] = busy
+        report.extra["driver_us_per_record"] = round(busy / report.records * 1e6, 3) if report.records else None
+        report.extra["driver_finish_s"] = round(report.t_write_s, 4)  # wall time of the concatenation
+        # The shard bookkeeping alone: the driver's CPU less the final concatenation (output bytes
+        # copied into one file, in the kernel).
+        book = busy - report.extra.get("driver_finish_cpu_s", 0.0)
+        report.extra["driver_bookkeeping_us_per_record"] = round(book / report.records * 1e6, 3) if report.records else None
+        report.extra.setdefault("model", self.job.predictor.describe())
+        report.extra["threads_per_worker"] = self.executor.threads
+        report.extra["executor"] = self.executor.describe()
+        report.extra.update(resumed_records=store.resumed_records, resumed_failed_records=store.resumed_failed,
+                            checkpoint=store.path)
+        report.extra["errors_file"] = store.errors_path if store.failed else None
+        report.batch_sizes = [[0.0, self.batch["batch_size"]]]
+        out = report.to_dict()
+        if self.config.report:
+            from parainfer.report import write_report
+
+            write_report(out, self.config.report)
+        return out
+

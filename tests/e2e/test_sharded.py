@@ -1,0 +1,135 @@
+"""Sharded mode end to end: the same output bytes as record mode for every input format (a batch
+that raises fails record by record inside its shard), a killed driver resumes byte-identically,
+and a record that kills its worker is bisected out of its shard into the errors file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from parainfer.config import JobConfig
+from parainfer.engine import Job, start_workers, wait_ready
+from parainfer.models.registry import build_predictor
+from tests.io.test_shards import inputs, rows  # noqa: F401 - the module fixture of four input files
+
+MODEL = "parainfer.testing:raise_on_marker"  # echo, but a batch holding the marker raises
+MARKER = "@@crash@@"
+SMALL_SHARDS = {"PARAINFER_MIN_SHARD_BYTES": "2000", "PARAINFER_MIN_SHARD_ROWS": "100"}
+
+
+@pytest.fixture(scope="module")
+def workers():
+    """Two echo-like workers shared by the in-process jobs of this module."""
+    pool = start_workers(build_predictor("classify", MODEL), 2, 1)
+    wait_ready(pool, timeout_s=120)
+    yield pool
+    pool.shutdown()
+
+
+@pytest.fixture(scope="module")
+def marked(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = rows(1200)
+    for i in (3, 400, 1199):
+        data[i]["text"] += MARKER
+    path = tmp_path_factory.mktemp("marked") / "in.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in data), encoding="utf-8")
+    return path
+
+
+def run_job(workers, src: Path, out: Path, mode: str) -> dict:
+    config = JobConfig(input=str(src), output=str(out), model=MODEL, workers=2, batch_size=16,
+                       bucket_window=64, shard_mode=mode, quiet=True)
+    return Job(config).run(workers)
+
+
+@pytest.mark.parametrize("ext", ["jsonl", "csv", "txt", "parquet"])
+def test_sharded_output_is_record_mode_output(ext: str, inputs, workers, tmp_path: Path,  # noqa: F811
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in SMALL_SHARDS.items():
+        monkeypatch.setenv(k, v)
+    src = inputs[ext]
+    rec = run_job(workers, src, tmp_path / "rec.jsonl", "off")
+    sh = run_job(workers, src, tmp_path / "sh.jsonl", "on")
+    assert (rec["data_path"], sh["data_path"]) == ("records", "sharded")
+    assert sh["shards"]["committed"] > 4
+    assert (tmp_path / "sh.jsonl").read_bytes() == (tmp_path / "rec.jsonl").read_bytes()
+    assert (tmp_path / "sh.errors.jsonl").read_bytes() == (tmp_path / "rec.errors.jsonl").read_bytes()
+    assert sh["failed_records"] == rec["failed_records"] > 0
+    assert not Path(str(tmp_path / "sh.jsonl") + ".parainfer-shards").exists()  # parts removed at the end
+
+
+def test_a_raising_record_fails_alone_inside_its_shard(marked: Path, workers, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in SMALL_SHARDS.items():
+        monkeypatch.setenv(k, v)
+    rep = run_job(workers, marked, tmp_path / "out.jsonl", "on")
+    errors = [json.loads(x) for x in (tmp_path / "out.errors.jsonl").read_text().splitlines()]
+    poisoned = [e["id"] for e in errors if "poison record" in e["reason"]]
+    assert poisoned == ["r3", "r400", "r1199"]
+    out_ids = [json.loads(x)["id"] for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(out_ids) + len(errors) == 1200 == rep["records"]  # every record exactly once
+    assert out_ids == sorted(out_ids, key=lambda s: int(s[1:]))  # in input order
+
+
+def cli(src: Path, out: Path, model: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "parainfer.cli", "run", str(src), "-o", str(out), "--model", model,
+            "--workers", "2", "--batch-size", "16", "--bucket-window", "64", "--shard-mode", "on",
+            "--checkpoint-every", "0.1", "-q", *extra]
+
+
+def test_killed_driver_resumes_byte_identical(inputs, workers, tmp_path: Path) -> None:  # noqa: F811
+    src = inputs["jsonl"]
+    expected = tmp_path / "clean.jsonl"
+    run_job(workers, src, expected, "off")  # an uninterrupted run (record mode: the same bytes)
+    env = {**os.environ, **SMALL_SHARDS, "PARAINFER_TEST_MS_PER_TOKEN": "0.15"}
+    out = tmp_path / "out.jsonl"
+    manifest = Path(str(out) + ".parainfer-checkpoint.json")
+    proc = subprocess.Popen(cli(src, out, "parainfer.testing:sleepy"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        if manifest.exists() and json.loads(manifest.read_text()).get("committed"):
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # mid-job: some shards committed, others running
+    proc.wait(timeout=30)
+    committed = json.loads(manifest.read_text())
+    assert not committed["finished"] and committed["records_done"] > 0
+    report = tmp_path / "report.json"
+    done = subprocess.run(cli(src, out, "parainfer.testing:sleepy", "--report", str(report)), env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr  # 1: the input's unusable rows are in the errors file
+    assert out.read_bytes() == expected.read_bytes()
+    assert (tmp_path / "out.errors.jsonl").read_bytes() == (tmp_path / "clean.errors.jsonl").read_bytes()
+    rep = json.loads(report.read_text())
+    assert rep["data_path"] == "sharded" and rep["resumed_records"] == committed["records_done"]
+    total = sum(1 for line in src.read_bytes().splitlines() if line.strip())
+    assert rep["records"] == total - committed["records_done"]  # committed shards were not read again
+
+
+def test_a_record_that_kills_its_worker_is_bisected_out(tmp_path: Path) -> None:
+    data = rows(300)
+    data[290]["text"] += MARKER  # in one of the last, small shards
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in data), encoding="utf-8")
+    out, report = tmp_path / "out.jsonl", tmp_path / "report.json"
+    env = {**os.environ, "PARAINFER_MIN_SHARD_BYTES": "1000"}
+    done = subprocess.run(cli(src, out, "parainfer.testing:crash_on_marker", "--max-retries", "0",
+                              "--report", str(report)), env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 1, done.stderr
+    errors = [json.loads(x) for x in (tmp_path / "out.errors.jsonl").read_text().splitlines()]
+    died = [e for e in errors if "worker died" in e["reason"]]
+    assert [(e["id"], e["line"]) for e in died] == [("r290", 291)]
+    out_ids = [json.loads(x)["id"] for x in out.read_text().splitlines()]
+    assert out_ids + [e["id"] for e in errors] != []
+    assert sorted(out_ids + [e["id"] for e in errors], key=lambda s: int(s[1:])) == [f"r{i}" for i in range(300)]
+    assert out_ids == sorted(out_ids, key=lambda s: int(s[1:]))
+    rep = json.loads(report.read_text())
+    assert rep["data_path"] == "sharded" and rep["bisected_shards"] >= 1 and rep["restarts"] >= 1
