@@ -22,7 +22,7 @@ from parainfer.io.memory import MEMORY, MemoryStore, memory_source
 
 ERROR_POLICIES = ("raise", "return")
 GENERATION_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "chat", "response_format",
-                      "logprobs")
+                      "logprobs", "prefix_cache")
 _INDEX, _TEXT = "__parainfer_index__", "__parainfer_text__"  # internal row keys of in-memory jobs
 
 

@@ -56,6 +56,9 @@ def run(
                                               "for it (token masks, xgrammar)"),
     logprobs: Optional[int] = typer.Option(None, help="generate: add logprobs / cumulative_logprob columns with "
                                            "this many top tokens per position (0..20)"),
+    prefix_cache: bool = typer.Option(True, "--prefix-cache/--no-prefix-cache",
+                                      help="generate: share the KV cache of common prompt prefixes (automatic "
+                                      "prefix caching; outputs are the same either way)"),
     source_lang: str = typer.Option("en", help="translate: language of the input texts (en | pt)"),
     target_lang: str = typer.Option("pt", help="translate: language to translate into (pt | en)"),
     executor: str = typer.Option("local", help="local (worker processes) | ray (actors on a Ray cluster)"),
@@ -81,7 +84,8 @@ def run(
                        max_retries=max_retries, quiet=quiet,
                        generation=dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                        seed=seed, stop=list(stop or []), chat=chat,
-                                       **_structured_options(json_schema, logprobs)) if task == "generate" else {},
+                                       prefix_cache=prefix_cache, **_structured_options(json_schema, logprobs))
+                       if task == "generate" else {},
                        task_timeout=task_timeout, overwrite=overwrite, checkpoint_every_s=checkpoint_every,
                        translation=dict(source_lang=source_lang, target_lang=target_lang) if task == "translate" else {},
                        executor=executor, address=address, cpus_per_worker=cpus_per_worker,

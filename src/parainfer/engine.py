@@ -405,6 +405,12 @@ class Job:
         counted = state.counted  # exact counts of the tasks that ran (the workers tokenised them)
         report.truncated_records = counted.truncated
         report.real_tokens, report.padded_tokens = counted.real, counted.padded
+        if counted.prefill_computed or counted.prefix_cache_queries:  # generation: prefill and prefix cache
+            report.extra["prefill"] = {
+                "computed_tokens": counted.prefill_computed, "cached_tokens": counted.prefix_cache_hits,
+                "prefix_cache_queried_tokens": counted.prefix_cache_queries,
+                "prefix_cache_hit_rate": round(counted.prefix_cache_hits / counted.prefix_cache_queries, 4)
+                if counted.prefix_cache_queries else 0.0}
         busy = report.extra.get("driver_busy_s", 0.0)
         report.extra["driver_us_per_record"] = round(busy / report.records * 1e6, 3) if report.records else None
         report.extra["length_estimate"] = {

@@ -64,6 +64,9 @@ class TokenCounts:
         truncated: records longer than the model window (cut to it).
         fit_records, fit_chars, fit_tokens: over the records that were *not* truncated, their
             number, characters and tokens: what the driver's length estimate learns from.
+        prefill_computed, prefix_cache_queries, prefix_cache_hits: generation only: prompt
+            tokens the engine computed at prefill, looked up in its prefix cache, and found there
+            (their prefill skipped).
     """
 
     real: int = 0
@@ -72,6 +75,9 @@ class TokenCounts:
     fit_records: int = 0
     fit_chars: int = 0
     fit_tokens: int = 0
+    prefill_computed: int = 0
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
 
     @classmethod
     def from_lengths(cls, texts: Sequence[Any], lengths: Sequence[int], truncated: Sequence[bool]) -> "TokenCounts":
@@ -86,7 +92,8 @@ class TokenCounts:
 
     def add(self, other: "TokenCounts") -> None:
         """Add every count of ``other`` to these (a running total over tasks)."""
-        for name in ("real", "padded", "truncated", "fit_records", "fit_chars", "fit_tokens"):
+        for name in ("real", "padded", "truncated", "fit_records", "fit_chars", "fit_tokens",
+                     "prefill_computed", "prefix_cache_queries", "prefix_cache_hits"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 

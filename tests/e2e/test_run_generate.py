@@ -14,9 +14,9 @@ PROMPTS = ["Name a fruit.", "Say hello in French.", "What is 2 + 2?", "Write a h
            "Give me a color.", "Count to three."]
 
 
-def run(src: Path, out: Path, workers: int) -> tuple[list[dict], dict]:
+def run(src: Path, out: Path, workers: int, prefix_cache: bool = True) -> tuple[list[dict], dict]:
     cfg = JobConfig(input=str(src), output=str(out), task="generate", workers=workers, batch_size=3, quiet=True,
-                    generation={"max_tokens": 8})
+                    generation={"max_tokens": 8, "prefix_cache": prefix_cache})
     report = Job(cfg).run()
     return read_jsonl(out), report
 
@@ -27,12 +27,18 @@ def test_generate_two_workers_equal_one_and_long_prompt_is_quarantined(tmp_path:
     rows.insert(3, {"id": "long", "text": "word " * 9000})  # > 8,192-token context
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     one, rep1 = run(src, tmp_path / "one.jsonl", 1)
-    two, rep2 = run(src, tmp_path / "two.jsonl", 2)
+    two, rep2 = run(src, tmp_path / "two.jsonl", 2, prefix_cache=False)  # same outputs without the prefix cache
     assert [r["id"] for r in one] == list(range(6)) and one == two
     for row in one:
         assert row["generated_text"].strip() and 1 <= row["completion_tokens"] <= 8
         assert row["finish_reason"] in ("stop", "length") and row["prompt_tokens"] > 5
     assert rep1["failed_records"] == rep2["failed_records"] == 1
+    # the chat template's system prompt (24 tokens) is one cached 16-token block for all but the first prompts
+    prefill = rep1["prefill"]
+    assert prefill["cached_tokens"] >= 16 * 4 and 0 < prefill["prefix_cache_hit_rate"] < 1
+    assert prefill["computed_tokens"] + prefill["cached_tokens"] == sum(r["prompt_tokens"] for r in one)
+    assert rep2["prefill"]["cached_tokens"] == 0
+    assert rep2["prefill"]["computed_tokens"] == prefill["computed_tokens"] + prefill["cached_tokens"]
     (err,) = read_jsonl(tmp_path / "two.errors.jsonl")
     assert err["id"] == "long" and "context window" in err["reason"] and "max_tokens (8)" in err["reason"]
 

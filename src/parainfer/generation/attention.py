@@ -33,11 +33,13 @@ class AttentionMetadata:
         slot_mapping: [T] int64, flat cache slot of each token row (block * block_size + offset).
         num_decode: Bd, the number of leading decode rows.
         decode_block_tables: [Bd, MB] int64 block ids, padded with block 0 (masked out).
-        decode_mask: [Bd, 1, 1, MB * block_size] bool, True where the key position is < the
-            sequence's length.
+        decode_mask: [Bd, 1, 1, MB * block_size], True (bool) or 0.0 (float, in the model's
+            dtype, -inf elsewhere) where the key position is < the sequence's length.
         prefill_bounds: per prefill chunk, after the decode rows: (first row, end row, first
             position, block ids [ceil(end position / block_size)] or None when the chunk starts
             at position 0).
+        prefill_masks: per prefill chunk, its causal mask over the cached keys ([L, end] bool,
+            built once per step instead of once per layer), or None (built in each layer).
     """
 
     slot_mapping: torch.Tensor
@@ -45,6 +47,7 @@ class AttentionMetadata:
     decode_block_tables: torch.Tensor | None
     decode_mask: torch.Tensor | None
     prefill_bounds: list[tuple[int, int, int, torch.Tensor | None]]
+    prefill_masks: list[torch.Tensor | None] | None = None
 
 
 def paged_attention(
@@ -73,11 +76,12 @@ def paged_attention(
     bd = meta.num_decode
     if bd:
         parts.append(_decode(q[:bd], kv_cache, meta).reshape(bd, num_heads * head_dim))
-    for start, end, first, blocks in meta.prefill_bounds:
+    masks = meta.prefill_masks or [None] * len(meta.prefill_bounds)
+    for (start, end, first, blocks), mask in zip(meta.prefill_bounds, masks):
         if blocks is None:
             parts.append(_prefill(q[start:end], k[start:end], v[start:end]))
         else:
-            parts.append(_prefill_chunk(q[start:end], kv_cache, blocks, first))
+            parts.append(_prefill_chunk(q[start:end], kv_cache, blocks, first, mask))
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
 
@@ -107,14 +111,22 @@ def _prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return out[0].transpose(0, 1).reshape(length, num_heads * head_dim)
 
 
-def _prefill_chunk(q: torch.Tensor, kv_cache: torch.Tensor, blocks: torch.Tensor, first: int) -> torch.Tensor:
+def chunk_mask(first: int, length: int) -> torch.Tensor:
+    """[length, first + length] bool: the query at position first + i sees keys 0 .. first + i."""
+    return torch.arange(first + length).unsqueeze(0) <= (first + torch.arange(length)).unsqueeze(1)
+
+
+def _prefill_chunk(q: torch.Tensor, kv_cache: torch.Tensor, blocks: torch.Tensor, first: int,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
     """A prefill chunk at positions first .. first + L - 1: q [L, H, D] attends to the cached
-    keys/values of positions 0 .. first + L - 1 (``blocks`` holds them); returns [L, H*D]."""
+    keys/values of positions 0 .. first + L - 1 (``blocks`` holds them); returns [L, H*D].
+    ``mask``: ``chunk_mask(first, L)``, built here when None."""
     length, num_heads, head_dim = q.shape
     num_kv = kv_cache.shape[3]
     end = first + length
     kv = _gather_blocks(kv_cache, blocks)[:, :end]
-    mask = torch.arange(end).unsqueeze(0) <= (first + torch.arange(length)).unsqueeze(1)  # [L, end]
+    if mask is None:
+        mask = chunk_mask(first, length)
     out = F.scaled_dot_product_attention(
         q.transpose(0, 1).unsqueeze(0),
         kv[0].transpose(0, 1).unsqueeze(0),

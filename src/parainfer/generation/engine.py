@@ -59,7 +59,9 @@ class LLMEngine:
         tokenizer: the HF tokenizer.
         max_model_len: context window in tokens; ``prompt + max_tokens`` must fit in it.
         config: the resolved :class:`EngineConfig` (``num_blocks`` filled in).
-        stats: counters: steps, prefill_tokens, decode_tokens, preemptions, busy_s.
+        stats: counters: steps, prefill_tokens (computed), decode_tokens, preemptions, busy_s;
+            prefix_cache_queried_tokens, prefix_cache_hit_tokens (prefill skipped: read from the
+            prefix cache), prefix_cache_evictions (blocks).
     """
 
     def __init__(self, model: str | Path, config: EngineConfig | None = None, **overrides: Any) -> None:
@@ -97,7 +99,7 @@ class LLMEngine:
         )
         self.config = cfg
         kv = KVCache(m.num_layers, cfg.num_blocks, cfg.block_size, m.num_kv_heads, m.head_dim, cfg.torch_dtype)
-        self.block_manager = BlockManager(cfg.num_blocks, cfg.block_size)
+        self.block_manager = BlockManager(cfg.num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens)
         self.runner = ModelRunner(m, kv)
         self.eos_token_ids = eos_token_ids(hf_model, tokenizer)
@@ -107,6 +109,7 @@ class LLMEngine:
         self._live: dict[str, Sequence] = {}
         self._ids = itertools.count()
         self.stats = {"steps": 0, "prefill_tokens": 0, "decode_tokens": 0, "preemptions": 0, "busy_s": 0.0}
+        self.stats.update(self.block_manager.stats)  # prefix cache: queried, hit (prefill skipped), evicted tokens
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -182,6 +185,7 @@ class LLMEngine:
         self.stats["decode_tokens"] += len(batch.decode)
         self.stats["prefill_tokens"] += batch.num_tokens - len(batch.decode)
         self.stats["preemptions"] = self.scheduler.num_preemptions
+        self.stats.update(self.block_manager.stats)
         for seq, tok in zip(self.scheduler.advance(batch), tokens):
             try:
                 if isinstance(tok, Exception):

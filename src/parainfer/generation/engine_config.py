@@ -31,6 +31,9 @@ class EngineConfig:
             to fp32 rounding). False uses plain ``F.linear``.
         threads: torch intra-op threads (sets ``torch.set_num_threads``, process-wide); None
             keeps ``torch.get_num_threads()``.
+        enable_prefix_caching: automatic prefix caching (full KV blocks of identical prefixes
+            are shared and kept after their sequence ends; see ``kv_cache``). Outputs are the
+            same either way; False recomputes every prompt (``--no-prefix-cache``).
     """
 
     dtype: str = "float32"
@@ -42,6 +45,7 @@ class EngineConfig:
     max_model_len: int | None = None
     onednn: bool = True
     threads: int | None = None
+    enable_prefix_caching: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from parainfer.generation.attention import AttentionMetadata
+from parainfer.generation.attention import AttentionMetadata, chunk_mask
 from parainfer.generation.kv_cache import KVCache
 from parainfer.generation.llama import LlamaForward
 from parainfer.generation.sampling import sample
@@ -70,6 +70,7 @@ class ModelRunner:
             decode_block_tables=tables,
             decode_mask=mask,
             prefill_bounds=bounds,
+            prefill_masks=[None if b[3] is None else chunk_mask(b[2], b[1] - b[0]) for b in bounds],
         )
         return (
             torch.tensor(ids, dtype=torch.long),
@@ -79,11 +80,14 @@ class ModelRunner:
         )
 
     def _decode_tables(self, batch: ScheduledBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Block tables padded to the longest one [Bd, MB], and the key mask [Bd, 1, 1, MB * bs]."""
+        """Block tables padded to the longest one [Bd, MB], and the key mask [Bd, 1, 1, MB * bs]:
+        additive (0 / -inf in the model's dtype), built once per step; SDPA would otherwise turn
+        a bool mask into this in every layer."""
         if not batch.decode:
             return None, None
         width = max(len(s.block_table) for s in batch.decode)
         tables = torch.tensor([s.block_table + [0] * (width - len(s.block_table)) for s in batch.decode])
         lengths = torch.tensor([s.num_tokens for s in batch.decode])
-        mask = torch.arange(width * self.block_size).unsqueeze(0) < lengths.unsqueeze(1)
+        past_end = torch.arange(width * self.block_size).unsqueeze(0) >= lengths.unsqueeze(1)
+        mask = torch.zeros(past_end.shape, dtype=self.kv_cache.tensor.dtype).masked_fill_(past_end, float("-inf"))
         return tables, mask[:, None, None, :]

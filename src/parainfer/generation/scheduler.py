@@ -18,6 +18,15 @@ token budget allow. Order of :meth:`Scheduler.schedule`:
    longer than what is left gets a chunk of that size and continues next step, so a long
    prompt neither starves nor stalls the running decodes for its whole prefill; a sequence
    gets its next token only from the step whose chunk reaches its last token.
+
+Prefix caching (see :mod:`parainfer.generation.kv_cache`): a waiting sequence admitted in
+step 2 takes the cached blocks of its longest known prefix, and its first chunk starts after
+them. The full blocks of every chunk and decode token scheduled are registered in the cache at
+once, before the next waiting sequence is looked up, so prompts admitted in the same step share
+their common prefix too: within a layer the model writes every row's keys/values into the cache
+before any row attends, so a chunk that starts after a prefix computed in the same step reads it.
+A preempted sequence's blocks stay cached (evictable) and its recompute takes whatever of them
+survived.
 """
 
 from __future__ import annotations
@@ -137,6 +146,7 @@ class Scheduler:
                     break
             else:
                 self.block_manager.append_slot(seq)
+                self.block_manager.cache_blocks(seq, seq.num_tokens)
                 kept.append(seq)
                 decode.append(seq)
         self.running.extend(kept)
@@ -153,17 +163,18 @@ class Scheduler:
             seq = self.waiting[0]
             if not self.block_manager.can_allocate(seq):
                 break
-            self.block_manager.allocate(seq)
+            seq.num_computed_tokens = self.block_manager.allocate(seq)
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             budget -= self._add_chunk(batch, seq, budget)
 
-    @staticmethod
-    def _add_chunk(batch: ScheduledBatch, seq: Sequence, budget: int) -> int:
-        """Schedule the next ``<= budget`` uncached tokens of ``seq``; returns how many."""
+    def _add_chunk(self, batch: ScheduledBatch, seq: Sequence, budget: int) -> int:
+        """Schedule the next ``<= budget`` uncached tokens of ``seq`` (registering the full blocks
+        they complete in the prefix cache); returns how many."""
         start = seq.num_computed_tokens
         end = min(seq.num_tokens, start + budget)
+        self.block_manager.cache_blocks(seq, end)
         batch.prefill.append(seq)
         batch.chunks.append((start, end))
         return end - start

@@ -36,6 +36,10 @@ class Sequence:
             window); None until FINISHED.
         num_preemptions: how many times this sequence was preempted and recomputed.
         num_computed_tokens: tokens whose keys/values are in the KV cache (0 while WAITING).
+        block_hashes: prefix-cache hashes of the full blocks of ``token_ids`` found so far (see
+            :mod:`parainfer.generation.kv_cache`); they stay valid as tokens are only appended.
+        num_cached_blocks: leading blocks of ``block_table`` already registered in (or taken
+            from) the prefix cache.
     """
 
     def __init__(
@@ -63,6 +67,8 @@ class Sequence:
         self.finish_reason: str | None = None
         self.num_preemptions = 0
         self.num_computed_tokens = 0
+        self.block_hashes: list[bytes] = []
+        self.num_cached_blocks = 0
 
     def __repr__(self) -> str:
         return (

@@ -25,7 +25,7 @@ from parainfer.errors import UsageError
 from parainfer.models.base import Predictor, RecordFailure
 
 GENERATION_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "chat", "max_num_seqs",
-                      "response_format", "logprobs")
+                      "response_format", "logprobs", "prefix_cache")
 
 
 class GeneratePredictor(Predictor):
@@ -46,6 +46,8 @@ class GeneratePredictor(Predictor):
             valid for the schema (unless cut by max_tokens: finish_reason "length").
         logprobs: None, or k in 0..20 (``--logprobs K``): add the output columns ``logprobs``
             and ``cumulative_logprob``.
+        prefix_cache: automatic prefix caching in the engine (prompts sharing a prefix, such as
+            the chat template's system prompt, reuse its keys/values; outputs are the same).
 
     Output per record: ``generated_text``, ``prompt_tokens``, ``completion_tokens``,
     ``finish_reason`` ("stop" | "length"); with ``logprobs``: ``logprobs``, a list with one
@@ -58,7 +60,8 @@ class GeneratePredictor(Predictor):
     def __init__(self, model_dir: str | os.PathLike | None = None, dtype: str = "auto", device: str = "cpu",
                  max_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
                  seed: int | None = None, stop: list[str] | None = None, chat: bool = True,
-                 max_num_seqs: int = 64, response_format: dict | None = None, logprobs: int | None = None):
+                 max_num_seqs: int = 64, response_format: dict | None = None, logprobs: int | None = None,
+                 prefix_cache: bool = True):
         if device != "cpu":
             raise UsageError(f"--task generate runs on the CPU only for now; got device {device!r}")
         if max_tokens < 1:
@@ -68,7 +71,7 @@ class GeneratePredictor(Predictor):
         self.dtype = "float32" if dtype == "auto" else dtype
         self.options = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k,
                         "seed": seed, "stop": list(stop or []), "chat": chat, "max_num_seqs": max_num_seqs,
-                        "response_format": response_format, "logprobs": logprobs}
+                        "response_format": response_format, "logprobs": logprobs, "prefix_cache": prefix_cache}
         self.max_input_tokens: int | None = None
         self._tokenizer: Any = None
         self._engine: Any = None
@@ -134,7 +137,9 @@ class GeneratePredictor(Predictor):
         from parainfer.generation import LLMEngine
 
         self._get_tokenizer()
-        self._engine = LLMEngine(self._resolve_dir(), dtype=self.dtype, max_num_seqs=self.options["max_num_seqs"])
+        self._engine = LLMEngine(self._resolve_dir(), dtype=self.dtype, max_num_seqs=self.options["max_num_seqs"],
+                                 enable_prefix_caching=self.options["prefix_cache"])
+        self._stats_seen = dict(self._engine.stats)
 
     def _params(self, text: str | list[dict[str, str]]) -> Any:
         from parainfer.generation import SamplingParams
@@ -165,6 +170,19 @@ class GeneratePredictor(Predictor):
             if res.logprobs is not None:
                 outputs[i].update(logprob_columns(self._tokenizer, res.logprobs))
         return outputs  # type: ignore[return-value]
+
+    def token_counts(self, texts: list[Any]) -> Any:
+        """The base counts plus the engine's prefill figures since the last call (the task just
+        run): prompt tokens computed, and looked up / found in the prefix cache."""
+        counts = super().token_counts(texts)
+        if self._engine is not None:
+            now, seen = self._engine.stats, self._stats_seen
+            delta = lambda key: now.get(key, 0) - seen.get(key, 0)  # noqa: E731
+            counts.prefill_computed = delta("prefill_tokens")
+            counts.prefix_cache_queries = delta("prefix_cache_queried_tokens")
+            counts.prefix_cache_hits = delta("prefix_cache_hit_tokens")
+            self._stats_seen = dict(now)
+        return counts
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_tokenizer": None, "_engine": None}

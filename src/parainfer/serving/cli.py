@@ -51,6 +51,9 @@ def serve_command(
     threads_per_worker: Optional[int] = typer.Option(None, help="threads per worker (default cores / workers; "
                                                      "generate: the engine's torch threads)"),
     max_num_seqs: int = typer.Option(64, help="generate: most sequences in the engine's running batch"),
+    prefix_cache: bool = typer.Option(True, "--prefix-cache/--no-prefix-cache",
+                                      help="generate: share the KV cache of common prompt prefixes (automatic "
+                                      "prefix caching; outputs are the same either way)"),
     group_by_length: bool = typer.Option(True, help="sort waiting inputs by length before batching"),
     data_dir: Optional[str] = typer.Option(None, help="files and batch state (default: user data dir/parainfer/serve)"),
     max_file_mb: float = typer.Option(200.0, help="larger uploads to /v1/files get 413"),
@@ -78,7 +81,7 @@ def serve_command(
                          request_timeout_s=request_timeout_s, api_key=api_key, dtype=dtype, device=device,
                          max_inputs_per_request=max_inputs_per_request, max_body_bytes=max_body_bytes,
                          threads_per_worker=threads_per_worker, group_by_length=group_by_length,
-                         max_num_seqs=max_num_seqs, executor=executor, address=address,
+                         max_num_seqs=max_num_seqs, prefix_cache=prefix_cache, executor=executor, address=address,
                          cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
                          data_dir=data_dir, max_file_mb=max_file_mb,
                          max_batch_lines=max_batch_lines, batch_concurrency=batch_concurrency, trust=trust)

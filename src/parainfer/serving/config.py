@@ -43,6 +43,8 @@ class ServeConfig(BaseModel):
     max_in_flight_per_replica: int = Field(default=1, ge=1, description="batches queued on one replica at once")
     retries: int = Field(default=1, ge=0, description="times a batch is run again after its replica died")
     max_num_seqs: int = Field(default=64, ge=1, description="generate: most sequences in the engine's running batch")
+    prefix_cache: bool = Field(default=True, description="generate: automatic prefix caching in the engine "
+                               "(--no-prefix-cache turns it off)")
     executor: Literal["local", "ray"] = Field(default="local", description="replicas as local processes or "
                                               "ray actors (generate: ray runs every engine as an actor)")
     address: str | None = Field(default=None, description="ray: cluster HOST:PORT (default RAY_ADDRESS, else local)")

@@ -47,7 +47,7 @@ from parainfer.serving.bodies import Choice
 from parainfer.serving.config import ServeConfig
 from parainfer.serving.errors import ApiError, request_id
 from parainfer.serving.generation_admission import CHAT_DEFAULT_MAX_TOKENS, Admission, Admitted, Reservation
-from parainfer.serving.metrics import ServingMetrics
+from parainfer.serving.metrics import EngineStatsCollector, ServingMetrics
 from parainfer.serving.service import wait_or_give_up
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ class GenerationService(Admission):
         self.replicas: Any = None  # a ReplicaRouter when the engines run in workers (uses_replicas)
         for reason in ("stop", "length", "abort", "error"):
             metrics.sequences.labels(reason)
+        metrics.registry.register(EngineStatsCollector(self._engine_stats))
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -151,7 +152,8 @@ class GenerationService(Admission):
         path = ensure_smollm2() if self.config.model in (None, "default") else Path(self.config.model)
         dtype = "float32" if self.config.dtype == "auto" else self.config.dtype
         return LLMEngine(path, dtype=dtype, max_num_seqs=self.config.max_num_seqs,
-                         threads=self.config.threads_per_worker)
+                         threads=self.config.threads_per_worker,
+                         enable_prefix_caching=self.config.prefix_cache)
 
     def _load(self) -> None:
         from parainfer.generation import EngineLoop
@@ -176,6 +178,12 @@ class GenerationService(Admission):
         self.state, self.loop = "rebuilding", None  # drop the broken engine before loading anew
         self.rebuilds += 1
         threading.Thread(target=self._load, name="parainfer-engine-rebuild", daemon=True).start()
+
+    def _engine_stats(self) -> dict[str, Any] | None:
+        """A copy of the loaded engine's counters (prefill, prefix cache), for /metrics."""
+        loop = self.loop
+        stats = None if loop is None else getattr(loop.engine, "stats", None)
+        return None if stats is None else dict(stats)
 
     @property
     def ready(self) -> bool:

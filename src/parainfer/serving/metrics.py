@@ -23,11 +23,21 @@ Generation (``--task generate``):
 * ``generation_replica_requests_total{replica}``: sequences routed to each engine replica
   (``--workers N`` > 1 or ``--executor ray``; ``replica_restarts_total`` and ``replicas_ready``
   count their restarts and the ready ones).
+* ``prefill_tokens_total{kind="computed"|"cached"}``: prompt tokens the model computed at
+  prefill (recomputes after a preemption included), and those skipped because their keys and
+  values came from the prefix cache (``EngineStatsCollector``, read from the engine at scrape time).
+* ``prefix_cache_queries_total`` / ``prefix_cache_hits_total``: prompt tokens looked up in the
+  prefix cache / found there; ``prefix_cache_hit_rate``: hits / queries (gauge). These three
+  and ``prefill_tokens_total`` count from the engine's start: they restart at 0 when the
+  engine is rebuilt after a fault (Prometheus' ``rate`` handles counter resets).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -79,3 +89,31 @@ class ServingMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class EngineStatsCollector:
+    """Exports a generation engine's prefill and prefix-cache counters, read at each scrape.
+
+    Args:
+        engine_stats: returns the engine's ``stats`` dict (``LLMEngine.stats``), or None while
+            no engine is loaded (every value is then 0).
+    """
+
+    def __init__(self, engine_stats: Callable[[], dict | None]) -> None:
+        self._engine_stats = engine_stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._engine_stats() or {}
+        computed, hits = stats.get("prefill_tokens", 0), stats.get("prefix_cache_hit_tokens", 0)
+        queries = stats.get("prefix_cache_queried_tokens", 0)
+        prefill = CounterMetricFamily("parainfer_prefill_tokens", "prompt tokens at prefill: computed by the model, "
+                                      "or cached (read from the prefix cache, not computed)", labels=["kind"])
+        prefill.add_metric(["computed"], computed)
+        prefill.add_metric(["cached"], hits)
+        yield prefill
+        yield CounterMetricFamily("parainfer_prefix_cache_queries", "prompt tokens looked up in the prefix cache",
+                                  value=queries)
+        yield CounterMetricFamily("parainfer_prefix_cache_hits", "prompt tokens found in the prefix cache",
+                                  value=hits)
+        yield GaugeMetricFamily("parainfer_prefix_cache_hit_rate", "prefix cache hits / queries (tokens) since "
+                                "the engine started", value=hits / queries if queries else 0.0)

@@ -16,6 +16,7 @@ Nothing is reported after ``close()``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import multiprocessing as mp
 import os
@@ -47,7 +48,7 @@ class LocalReplicas:
 
     def __init__(self, spec: EngineSpec, workers: int) -> None:
         threads = spec.threads or default_threads(workers)
-        self.spec = EngineSpec(spec.model, spec.dtype, spec.max_num_seqs, threads)
+        self.spec = dataclasses.replace(spec, threads=threads)
         self._ctx = mp.get_context("spawn")
 
     def connect(self) -> None:
@@ -131,7 +132,7 @@ class RayReplicas:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.workers, self.cpus, self.gpus = workers, cpus_per_worker, gpus_per_worker
         threads = spec.threads or (math.ceil(cpus_per_worker) if self.address else default_threads(workers))
-        self.spec = EngineSpec(spec.model, spec.dtype, spec.max_num_seqs, threads)
+        self.spec = dataclasses.replace(spec, threads=threads)
         self.env = {k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV_PREFIXES)}
         self._owns_ray, self._actor_class = False, None
         self._handles: dict[int, _RayReplica] = {}  # the latest actor of each replica

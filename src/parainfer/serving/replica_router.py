@@ -260,7 +260,7 @@ async def start_router(config: Any, **callbacks: Callable) -> ReplicaRouter:
     from parainfer.serving.replica_handles import make_replicas
     from parainfer.serving.replica_worker import EngineSpec
 
-    spec = EngineSpec(config.model, config.dtype, config.max_num_seqs, config.threads_per_worker)
+    spec = EngineSpec(config.model, config.dtype, config.max_num_seqs, config.threads_per_worker, config.prefix_cache)
     factory = make_replicas(config, spec)
     await asyncio.to_thread(factory.connect)
     tokenizer = await asyncio.to_thread(spec.load_tokenizer)

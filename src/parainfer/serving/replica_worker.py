@@ -40,12 +40,14 @@ class EngineSpec:
         dtype: "auto" (float32 here) | "float32" | "bfloat16".
         max_num_seqs: most sequences in the engine's running batch.
         threads: torch intra-op threads of the engine (None: torch's default).
+        prefix_cache: automatic prefix caching in the engine (``--no-prefix-cache``: False).
     """
 
     model: str | None
     dtype: str
     max_num_seqs: int
     threads: int | None
+    prefix_cache: bool = True
 
     def path(self) -> Path:
         from parainfer.generation import ensure_smollm2
@@ -57,7 +59,8 @@ class EngineSpec:
         from parainfer.generation import LLMEngine
 
         dtype = "float32" if self.dtype == "auto" else self.dtype
-        return LLMEngine(self.path(), dtype=dtype, max_num_seqs=self.max_num_seqs, threads=self.threads)
+        return LLMEngine(self.path(), dtype=dtype, max_num_seqs=self.max_num_seqs, threads=self.threads,
+                         enable_prefix_caching=self.prefix_cache)
 
     def load_tokenizer(self) -> Any:
         """The model's tokenizer alone (the server tokenises; the workers hold the weights)."""
