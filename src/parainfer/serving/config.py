@@ -55,6 +55,9 @@ class ServeConfig(BaseModel):
     batch_concurrency: int = Field(default=4, ge=1, description="most batch requests running at once; they start "
                                    "only while no online request is in flight")
     trust: bool = Field(default=False, description="load model files holding types skops does not trust by default")
+    # ---- token budget of embed/classify batches (issue 17; see batcher.py) ----
+    max_batch_tokens: int | None = Field(default=8192, ge=1, description="most padded tokens (inputs x longest) "
+                                         "per model batch; None: no budget")
 
     def served_model_name(self) -> str:
         """The id reported by /v1/models and in responses ("all-MiniLM-L6-v2" for the default embedder)."""

@@ -57,7 +57,8 @@ class InferenceService:
                                 on_capacity=self._on_capacity, on_batch_done=self._on_batch_done,
                                 on_restart=lambda w: metrics.restarts.labels(str(w)).inc())
         self.batcher = DynamicBatcher(self._dispatch, self.pool.free_slots, config.max_batch_size,
-                                      config.max_wait_ms / 1000.0, config.max_queue, config.group_by_length)
+                                      config.max_wait_ms / 1000.0, config.max_queue, config.group_by_length,
+                                      max_batch_tokens=config.max_batch_tokens)
         self._task: asyncio.Task | None = None
         # One thread for the CPU work of requests (tokenising, encoding replies): off the event
         # loop, and one at a time (HF fast tokenizers are not safe to share between threads).
@@ -185,8 +186,10 @@ class InferenceService:
         self.metrics.replicas_ready.set(self.pool.ready_count)
         self.batcher.wake()
 
-    def _on_batch_done(self, replica: int, size: int, busy_s: float) -> None:
+    def _on_batch_done(self, replica: int, size: int, busy_s: float, computed: int | None) -> None:
         self.metrics.busy.labels(str(replica)).inc(busy_s)
+        if computed is not None:
+            self.metrics.batch_tokens.labels("computed").inc(computed)
         now = time.monotonic()
         self._done_times.append(now)
         self._done_times = [t for t in self._done_times[-64:] if now - t < 10.0]
