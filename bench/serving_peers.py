@@ -32,25 +32,31 @@ def reply(vectors: np.ndarray) -> dict:
         np.asarray(v, dtype="<f4").tobytes()).decode("ascii")} for i, v in enumerate(vectors)]}
 
 
-def litserve_main(args: argparse.Namespace) -> None:
+try:  # at module level: LitServe pickles the API object into its worker processes
     import litserve as ls
 
-    class Embed(ls.LitAPI):
+    class EmbedAPI(ls.LitAPI):
+        """One text per request in, a base64 embedding out; ``predict`` gets a list when batching."""
+
         def setup(self, device: str) -> None:
             self.model = load_model()
 
         def decode_request(self, request: dict) -> str:
             return request["input"][0]
 
-        def predict(self, texts):  # noqa: ANN001, ANN201 - a list when batching, else one text
+        def predict(self, texts):  # noqa: ANN001, ANN201
             batch = texts if isinstance(texts, list) else [texts]
             out = list(self.model.encode(batch))
             return out if isinstance(texts, list) else out[0]
 
         def encode_response(self, vector: np.ndarray) -> dict:
             return reply(np.asarray(vector)[None])
+except ImportError:  # LitServe not installed: only the fastapi peer runs
+    ls = None
 
-    api = Embed(max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout, api_path="/v1/embeddings")
+
+def litserve_main(args: argparse.Namespace) -> None:
+    api = EmbedAPI(max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout, api_path="/v1/embeddings")
     server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=args.workers)
     server.run(host="127.0.0.1", port=args.port, log_level="warning", generate_client_file=False)
 
