@@ -116,3 +116,34 @@ def test_health_is_503_until_every_replica_has_loaded(monkeypatch):
         while httpx.get(url + "/health").status_code != 200:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+def test_the_servers_tokenizer_loads_at_start_in_the_cpu_thread_not_on_the_event_loop():
+    # issue 17: the first request used to load the tokenizer (importing transformers and torch)
+    # on the event loop, stalling every request for seconds; now start-up loads it off the loop.
+    import threading
+
+    import uvicorn
+    from conftest import free_port
+    from slow_models import CountingPredictor
+
+    from parainfer.serving.app import create_app
+    from parainfer.serving.config import ServeConfig
+
+    CountingPredictor.threads.clear()
+    config = ServeConfig(task="classify", model="parainfer.testing:echo", workers=1, port=free_port())
+    server = uvicorn.Server(uvicorn.Config(create_app(config, CountingPredictor("parainfer.testing:echo", task="classify")), host="127.0.0.1",
+                                          port=config.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{config.port}"
+    try:
+        deadline = time.monotonic() + 120
+        while not server.started or httpx.get(url + "/health").status_code != 200:
+            assert time.monotonic() < deadline, "server not ready"
+            time.sleep(0.05)
+        assert CountingPredictor.threads and CountingPredictor.threads[0].startswith("parainfer-cpu")
+        assert httpx.post(url + "/v1/classify", json={"input": "short"}).status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
