@@ -1,16 +1,23 @@
-"""Load benchmark of ``parainfer serve``: closed and open loop, dynamic batching on vs off.
+"""Load benchmark of ``parainfer serve``: closed and open loop, server settings side by side,
+against the offline ceiling and peer servers, in one run.
 
-For each server setting (batching on: --max-batch-size 32; off: --max-batch-size 1) it starts
+First the ceiling: ``parainfer run`` on the same texts with the same replicas and dtype
+(``serving_ceiling.py``); its parallel-phase texts/s is what serving can reach at best. Then for
+each server setting (``--modes``: on = --max-batch-size 32; off = 1; tokens = 128 inputs within
+--max-batch-tokens 8192; int8 = on with the ONNX Runtime int8 encoder) it starts
 ``python -m parainfer.serving`` on a free loopback port, waits for /health, then drives
-POST /v1/embeddings with one real text per request:
+POST /v1/embeddings with one real text per request (base64 embeddings); then each peer
+(``--peers``: LitServe batched/unbatched, plain FastAPI; ``serving_peers.py``) the same way:
 
 * closed loop: C clients, each sending its next request as soon as the last one is answered;
 * open loop: requests started at a fixed rate R whatever the answers (latency under a given load).
 
-Each point runs ``--duration`` seconds. Mean batch size comes from the server's /metrics
-(``parainfer_batch_size`` sum/count before and after the point). Prints a markdown table.
+Each point runs ``--duration`` seconds. Mean batch size, the batcher's real-token share (real /
+B x longest) and the computed share (real / tokens the workers computed after their length
+groups) come from the server's /metrics before and after the point. Prints a markdown table
+with each point's requests/s as a fraction of the ceiling.
 
-    python bench/bench_serving.py --duration 10 [--texts $(parainfer datasets fetch vader)]
+    python bench/bench_serving.py --duration 10 --texts $(parainfer datasets fetch mixed) --peers litserve
 """
 
 from __future__ import annotations
@@ -26,11 +33,14 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
+
+from serving_ceiling import offline_ceiling
 
 BUILTIN_TEXTS = [
     "Great movie!", "I did not like it.", "The service was slow but the food was excellent.",
@@ -58,6 +68,12 @@ class Point:
     wall_s: float = 0.0
     mean_batch: float = 0.0
     real_share: float = 1.0  # real tokens / padded tokens (B x longest) in the model batches
+    computed_share: float = 1.0  # real tokens / tokens the workers computed (after length groups)
+    ceiling: float = 0.0  # the offline job's texts/s on the same texts (0: not measured)
+
+    @property
+    def rate(self) -> float:
+        return self.codes.get(200, 0) / self.wall_s
 
     def row(self) -> str:
         ok = self.codes.get(200, 0)
@@ -66,14 +82,15 @@ class Point:
         p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000
         other = ", ".join(f"{n}x{'conn' if c < 0 else c}" for c, n in sorted(self.codes.items()) if c != 200)
         return (f"| {self.mode} | {self.load} | {ok} | {other or 0} | {ok / self.wall_s:.1f} | {p50:.0f} | {p99:.0f} "
-                f"| {p99 / p50:.1f} | {self.mean_batch:.1f} | {100 * self.real_share:.0f}% |")
+                f"| {p99 / p50:.1f} | {self.mean_batch:.1f} | {100 * self.real_share:.0f}% "
+                f"| {100 * self.computed_share:.0f}% | {self.rate / self.ceiling if self.ceiling else float('nan'):.2f} |")
 
 
-def load_texts(path: str | None) -> list[str]:
+def load_texts(path: str | None, limit: int | None = None) -> list[str]:
     if not path:
         return BUILTIN_TEXTS
     with open(path) as f:
-        return [json.loads(line)["text"] for line in f if line.strip()]
+        return [json.loads(line)["text"] for line in f if line.strip()][:limit]
 
 
 def free_port() -> int:
@@ -82,14 +99,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def parainfer_cmd(args: argparse.Namespace, settings: list[str], port: int) -> list[str]:
+    return [sys.executable, "-m", "parainfer.serving", "--task", args.task, "--workers", str(args.workers),
+            "--device", args.device, "--dtype", args.dtype, "--port", str(port), "--max-wait-ms",
+            str(args.max_wait_ms), "--log-level", "warning", *settings] + (["--model", args.model] if args.model else [])
+
+
+PEERS = {"litserve": ["litserve", "--max-batch-size", "32", "--batch-timeout", "0.005"],
+         "litserve-unbatched": ["litserve", "--max-batch-size", "1", "--batch-timeout", "0"],
+         "fastapi": ["fastapi"]}
+
+
+def peer_cmd(args: argparse.Namespace, peer: str, port: int) -> list[str]:
+    return [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "serving_peers.py"),
+            *PEERS[peer], "--workers", str(args.workers), "--port", str(port)]
+
+
 @contextlib.contextmanager
-def server(args: argparse.Namespace, settings: list[str]) -> Iterator[str]:
-    """A server subprocess on a free loopback port; SIGTERM at the end."""
+def server(make_cmd: Callable[[int], list[str]]) -> Iterator[str]:
+    """A server subprocess (``make_cmd(port)``) on a free loopback port; SIGTERM at the end."""
     port = free_port()
-    cmd = [sys.executable, "-m", "parainfer.serving", "--task", args.task, "--workers", str(args.workers),
-           "--device", args.device,
-           "--port", str(port), "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning", *settings] + (["--model", args.model] if args.model else [])
-    proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    cmd = make_cmd(port)
+    print("$", " ".join(cmd[1:]), file=sys.stderr, flush=True)
+    proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
@@ -102,22 +134,26 @@ def server(args: argparse.Namespace, settings: list[str]) -> Iterator[str]:
             time.sleep(0.2)
         yield url
     finally:
-        proc.send_signal(signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and the worker processes it started
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 async def batch_counters(client: httpx.AsyncClient) -> tuple[float, ...]:
-    """(inputs batched, batches, real tokens, padded tokens) so far, from /metrics."""
-    text = (await client.get("/metrics")).text
+    """(inputs batched, batches, real tokens, padded tokens, computed tokens) so far, from /metrics
+    (zeros for a peer without parainfer's metrics)."""
+    response = await client.get("/metrics")
+    text = response.text if response.status_code == 200 else ""
 
     def value(pattern: str) -> float:
-        return float(re.search(pattern + r" (\S+)", text, re.M).group(1))
+        found = re.search(pattern + r" (\S+)", text, re.M)
+        return float(found.group(1)) if found else 0.0
     return (value(r"^parainfer_batch_size_sum"), value(r"^parainfer_batch_size_count"),
             value(r'^parainfer_batch_tokens_total\{kind="real"\}'),
-            value(r'^parainfer_batch_tokens_total\{kind="padded"\}'))
+            value(r'^parainfer_batch_tokens_total\{kind="padded"\}'),
+            value(r'^parainfer_batch_tokens_total\{kind="computed"\}'))
 
 
 class Connection:
@@ -204,6 +240,7 @@ async def run_point(url: str, texts: list[str], point: Point, duration: float, c
         after = await batch_counters(client)
         point.mean_batch = (after[0] - before[0]) / max(1.0, after[1] - before[1])
         point.real_share = (after[2] - before[2]) / max(1.0, after[3] - before[3])
+        point.computed_share = (after[2] - before[2]) / max(1.0, after[4] - before[4])
     return point
 
 
@@ -213,36 +250,68 @@ async def warm_up(url: str, texts: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--texts", help="JSONL with a 'text' field (e.g. `parainfer datasets fetch vader`)")
+    parser.add_argument("--texts", help="JSONL with a 'text' field (e.g. `parainfer datasets fetch mixed`)")
+    parser.add_argument("--limit", type=int, default=None, help="use the first N texts (ceiling and load alike)")
     parser.add_argument("--task", default="embed")
     parser.add_argument("--model", default=None)
+    parser.add_argument("--dtype", default="auto")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (the server's --device)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load point")
     parser.add_argument("--concurrency", default="1,8,32,64", help="closed-loop client counts")
     parser.add_argument("--rates", default="25,50,100", help="open-loop requests/s ('' for none)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
-    parser.add_argument("--modes", default="on,off",
-                        help="on: --max-batch-size 32; off: --max-batch-size 1; unsorted: 32, --no-group-by-length")
+    parser.add_argument("--modes", default="on,off", help="|".join(MODES))
+    parser.add_argument("--peers", default="", help="|".join(PEERS) + " (comma-separated; '' for none)")
+    parser.add_argument("--peer-concurrency", default="64", help="closed-loop client counts for the peers")
+    parser.add_argument("--no-ceiling", action="store_true", help="skip the offline `parainfer run` ceiling")
     args = parser.parse_args()
-    texts = load_texts(args.texts)
-    modes = {"on": ["--max-batch-size", "32"], "off": ["--max-batch-size", "1"],
-             "unsorted": ["--max-batch-size", "32", "--no-group-by-length"]}
+    texts = load_texts(args.texts, args.limit)
+    modes = [m for m in args.modes.split(",") if m]
+    models = {m: MODES[m][MODES[m].index("--model") + 1] if "--model" in MODES[m] else args.model for m in modes}
+    ceilings = {model: ceiling_of(args, texts, model) for model in dict.fromkeys([args.model, *models.values()])}
+    runs = [(mode, lambda port, m=mode: parainfer_cmd(args, MODES[m], port), args.concurrency, args.rates,
+             ceilings[models[mode]]) for mode in modes]
+    runs += [(peer, lambda port, p=peer: peer_cmd(args, p, port), args.peer_concurrency, "", ceilings[args.model])
+             for peer in args.peers.split(",") if peer]
     rows = []
-    for mode in args.modes.split(","):
-        with server(args, modes[mode]) as url:
+    for name, make_cmd, concurrency, rates, ceiling in runs:
+        with server(make_cmd) as url:
             asyncio.run(warm_up(url, texts))
-            for c in [int(x) for x in args.concurrency.split(",") if x]:
-                point = asyncio.run(run_point(url, texts, Point(mode, f"closed c={c}"), args.duration, clients=c))
+            loads = [("closed", float(c)) for c in concurrency.split(",") if c]
+            loads += [("open", float(r)) for r in rates.split(",") if r]
+            for kind, x in loads:
+                label = f"closed c={x:g}" if kind == "closed" else f"open {x:g}/s"
+                point = Point(name, label, ceiling=ceiling)
+                asyncio.run(run_point(url, texts, point, args.duration, clients=int(x) if kind == "closed" else 0,
+                                      rate=x if kind == "open" else 0.0))
                 rows.append(point.row())
                 print(rows[-1], file=sys.stderr, flush=True)
-            for r in [float(x) for x in args.rates.split(",") if x]:
-                point = asyncio.run(run_point(url, texts, Point(mode, f"open {r:g}/s"), args.duration, rate=r))
-                rows.append(point.row())
-                print(rows[-1], file=sys.stderr, flush=True)
-    print("| batching | load | ok | errors | req/s | p50 ms | p99 ms | p99/p50 | mean batch | real tokens |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for model, ceiling in ceilings.items():
+        print(f"offline ceiling ({model or 'default'} model): {ceiling:.1f} texts/s")
+    print("| server | load | ok | errors | req/s | p50 ms | p99 ms | p99/p50 | mean batch | real tokens "
+          "(batcher) | real tokens (computed) | x ceiling |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print("\n".join(rows))
+
+
+def ceiling_of(args: argparse.Namespace, texts: list[str], model: str | None) -> float:
+    """The offline job's parallel-phase texts/s on ``texts`` (0 with --no-ceiling or built-in texts)."""
+    if not args.texts or args.no_ceiling:
+        return 0.0
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl") as f:
+        f.writelines(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(texts))
+        f.flush()
+        found = offline_ceiling(f.name, args.task, args.workers, args.dtype, model)
+    print(f"ceiling: {found['texts_per_s']:.1f} texts/s (parallel phase of `{found['command']}`, {len(texts)} "
+          f"texts, load average {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
+    return found["texts_per_s"]
+
+
+MODES = {"on": ["--max-batch-size", "32", "--max-batch-tokens", "0"], "off": ["--max-batch-size", "1"],
+         "unsorted": ["--max-batch-size", "32", "--no-group-by-length", "--max-batch-tokens", "0"],
+         "tokens": ["--max-batch-size", "128", "--max-batch-tokens", "8192"],
+         "int8": ["--max-batch-size", "128", "--max-batch-tokens", "8192", "--model", "all-MiniLM-L6-v2-onnx-int8"]}
 
 
 if __name__ == "__main__":

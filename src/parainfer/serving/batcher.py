@@ -8,16 +8,19 @@ in several batches; ``asyncio.gather`` over its futures puts the outputs back in
 When a batch is formed (``take_batches``):
 
 1. a replica must have room (``free_slots() > 0``), and
-2. the queue holds ``max_batch_size`` inputs, or its oldest input waited ``max_wait_s``,
+2. the queue holds a full batch (``max_batch_size`` inputs, or ``max_batch_tokens`` tokens),
+   or its oldest input waited ``max_wait_s``,
    or waiting is not worth it: at the arrival rate of the last second (inputs/s), fewer than
    one more input is expected within ``max_wait_s`` (``rate x max_wait_s < 1``). An idle
    replica then takes what is queued at once: under light load (one client, a trickle of
    requests) waiting only adds latency, while under load the replicas are busy and batches fill
    while they are (a batch is cut only when a slot frees up), wait or no wait.
 
-Then the oldest ``window`` waiting inputs are sorted by token length and cut into runs of
-``max_batch_size`` (length grouping: a padded encoder batch costs B x its longest input, so
-mixing a 5-token and a 200-token text wastes 97% of the short one's row). The runs are
+Then the oldest ``window`` waiting inputs are sorted by token length and cut into runs of at
+most ``max_batch_size`` inputs and ``max_batch_tokens`` padded tokens (B x longest, TEI's
+``--max-batch-tokens``): length grouping, as a padded encoder batch costs B x its longest input
+(mixing a 5-token and a 200-token text wastes 97% of the short one's row), and a token budget,
+so long inputs go a few to a batch (alone when one fills it) and short ones many. The runs are
 dispatched oldest-first (the run holding the oldest input goes first), at most one per free
 slot; the rest stay queued. The oldest input is always in the first run, so none starves.
 
@@ -72,7 +75,7 @@ class Item:
 
 
 def take_batches(waiting: list[Item], max_batch_size: int, slots: int, window: int,
-                 group_by_length: bool = True) -> list[list[Item]]:
+                 group_by_length: bool = True, max_batch_tokens: int | None = None) -> list[list[Item]]:
     """Cut up to ``slots`` batches from ``waiting`` (oldest first); see the module docstring.
 
     Args:
@@ -81,6 +84,7 @@ def take_batches(waiting: list[Item], max_batch_size: int, slots: int, window: i
         slots: most batches to return (free replica slots).
         window: how many of the oldest items are sorted together (>= max_batch_size).
         group_by_length: False keeps arrival order (no sorting).
+        max_batch_tokens: most padded tokens (items x longest) per batch (``cut_runs``); None: no budget.
 
     Returns:
         Batches in dispatch order; inside a batch items are sorted by tokens (when grouping).
@@ -91,9 +95,30 @@ def take_batches(waiting: list[Item], max_batch_size: int, slots: int, window: i
     head = waiting[:window]
     arrival = {id(item): i for i, item in enumerate(head)}
     ordered = sorted(head, key=lambda it: it.tokens) if group_by_length else head
-    runs = [ordered[i:i + max_batch_size] for i in range(0, len(ordered), max_batch_size)]
+    runs = cut_runs(ordered, max_batch_size, max_batch_tokens)
     runs.sort(key=lambda run: min(arrival[id(it)] for it in run))
     return runs[:slots]
+
+
+def cut_runs(ordered: list[Item], max_batch_size: int, max_batch_tokens: int | None) -> list[list[Item]]:
+    """Cut ``ordered`` into consecutive runs of at most ``max_batch_size`` items whose padded cost
+    (items x longest, as a padded encoder batch pays; TEI's ``--max-batch-tokens``) stays within
+    ``max_batch_tokens`` (None: no budget). An item over the budget alone makes a run of its own.
+    Sorted input gives long inputs few to a run and short ones many."""
+    runs: list[list[Item]] = []
+    run: list[Item] = []
+    longest = 0
+    for item in ordered:
+        grown = max(longest, item.tokens)
+        if run and (len(run) >= max_batch_size or
+                    (max_batch_tokens is not None and grown * (len(run) + 1) > max_batch_tokens)):
+            runs.append(run)
+            run, grown = [], item.tokens
+        run.append(item)
+        longest = grown
+    if run:
+        runs.append(run)
+    return runs
 
 
 class DynamicBatcher:
@@ -109,18 +134,20 @@ class DynamicBatcher:
         max_queue: most inputs waiting; ``submit`` raises QueueFull beyond it.
         group_by_length: sort by token length before cutting batches (see ``take_batches``).
         window_batches: the sorting window, in batches (window = this x max_batch_size).
+        max_batch_tokens: most padded tokens (inputs x longest) per batch; None: no budget.
 
     Call ``wake()`` whenever ``free_slots()`` may have grown. All methods run on one event loop.
     """
 
     def __init__(self, dispatch: Callable[[list[Item]], None], free_slots: Callable[[], int],
                  max_batch_size: int = 32, max_wait_s: float = 0.005, max_queue: int = 1024,
-                 group_by_length: bool = True, window_batches: int = 8):
+                 group_by_length: bool = True, window_batches: int = 8, max_batch_tokens: int | None = None):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.dispatch, self.free_slots = dispatch, free_slots
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_s, max_queue
-        self.group_by_length = group_by_length
+        self.group_by_length, self.max_batch_tokens = group_by_length, max_batch_tokens
+        self._waiting_tokens = 0  # tokens of the inputs in self._waiting
         self.window = max(1, window_batches) * max_batch_size
         self._waiting: dict[int, Item] = {}  # insertion order = arrival order; O(1) removal
         self._keys = itertools.count()
@@ -175,6 +202,7 @@ class DynamicBatcher:
         items = [Item(t, n, loop.create_future(), now, next(self._keys)) for t, n in zip(texts, tokens)]
         for item in items:
             self._waiting[item.key] = item
+        self._waiting_tokens += sum(tokens)
         self._arrivals.append((now, len(items)))
         self._arrived += len(items)
         self._wakeup.set()
@@ -192,6 +220,7 @@ class DynamicBatcher:
         dropped = 0
         for item in items:
             if self._waiting.pop(item.key, None) is not None:
+                self._waiting_tokens -= item.tokens
                 dropped += 1
             if not item.future.done():
                 item.future.cancel()
@@ -203,6 +232,7 @@ class DynamicBatcher:
             if not item.future.done():
                 item.future.set_exception(exc)
         self._waiting.clear()
+        self._waiting_tokens = 0
 
     def wake(self) -> None:
         """Tell the loop that a slot may have freed up."""
@@ -215,17 +245,22 @@ class DynamicBatcher:
             oldest = next(iter(self._waiting.values()))
             worth_waiting = self.expected_arrivals(self.max_wait_s) >= 1.0
             deadline = oldest.t_enqueued + (self.max_wait_s if worth_waiting else 0.0)
-            await self._wait_until(lambda: len(self._waiting) >= self.max_batch_size, deadline)
+            await self._wait_until(self._full_batch_waiting, deadline)
             self._dispatch_now()
+
+    def _full_batch_waiting(self) -> bool:
+        return len(self._waiting) >= self.max_batch_size or (
+            self.max_batch_tokens is not None and self._waiting_tokens >= self.max_batch_tokens)
 
     def _dispatch_now(self) -> None:
         for key in [k for k, it in self._waiting.items() if it.future.done()]:
-            del self._waiting[key]  # its request was cancelled without calling cancel()
+            self._waiting_tokens -= self._waiting.pop(key).tokens  # cancelled without cancel()
         batches = take_batches(list(self._waiting.values()), self.max_batch_size, self.free_slots(),
-                               self.window, self.group_by_length)
+                               self.window, self.group_by_length, self.max_batch_tokens)
         for batch in batches:
             for item in batch:
                 del self._waiting[item.key]
+                self._waiting_tokens -= item.tokens
             self.dispatch(batch)
 
     async def _wait_until(self, ready: Callable[[], bool], deadline: float | None = None) -> None:

@@ -69,6 +69,9 @@ def serve_command(
     gpus_per_worker: float = typer.Option(0.0, help="ray: GPUs each replica actor asks for"),
     trust: bool = typer.Option(False, help="load a model directory's skops file even if it holds types skops "
                                "does not trust by default (only for files from a trusted source)"),
+    max_batch_tokens: Optional[int] = typer.Option(8192, help="embed/classify: most padded tokens (inputs x "
+                                                   "longest) per model batch; long inputs go a few to a batch, "
+                                                   "short ones many (0 = no budget)"),
 ) -> None:
     """Serve the model over HTTP: OpenAI-compatible /v1/embeddings, /v1/classify, /v1/completions,
     /v1/chat/completions (--task generate), /v1/translations (--task translate), /v1/files and
@@ -84,5 +87,6 @@ def serve_command(
                          max_num_seqs=max_num_seqs, prefix_cache=prefix_cache, executor=executor, address=address,
                          cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
                          data_dir=data_dir, max_file_mb=max_file_mb,
-                         max_batch_lines=max_batch_lines, batch_concurrency=batch_concurrency, trust=trust)
+                         max_batch_lines=max_batch_lines, batch_concurrency=batch_concurrency, trust=trust,
+                         max_batch_tokens=max_batch_tokens or None)
     run_server(config, log_level=log_level)

@@ -6,8 +6,9 @@ Names (all prefixed ``parainfer_``):
 * ``http_request_duration_seconds{route}``: latency histogram, arrival to response.
 * ``queue_depth``: inputs waiting for a batch (gauge).
 * ``batch_size``: inputs per model batch (histogram; mean = _sum / _count).
-* ``batch_tokens_total{kind="real"|"padded"}``: real tokens vs B x longest per batch; their
-  ratio is the padding efficiency that length grouping buys.
+* ``batch_tokens_total{kind="real"|"padded"|"computed"}``: real tokens vs B x longest per batch
+  (their ratio is the padding efficiency that length grouping buys) vs the padded tokens the
+  workers computed after cutting each batch into length groups (``TokenCounts.padded``).
 * ``replica_busy_seconds_total{replica}``: model compute time per replica.
 * ``replica_restarts_total{replica}``: replicas restarted after a crash.
 * ``replicas_ready``: replicas that can take batches (gauge).
@@ -61,7 +62,7 @@ class ServingMetrics:
                                     registry=r)
         self.batch_tokens = Counter("parainfer_batch_tokens", "tokens in model batches: real, or padded "
                                     "(batch size x longest)", ["kind"], registry=r)
-        for kind in ("real", "padded"):  # exported as 0 before the first batch, so scrapers see both
+        for kind in ("real", "padded", "computed"):  # exported as 0 before the first batch, so scrapers see both
             self.batch_tokens.labels(kind)
         self.busy = Counter("parainfer_replica_busy_seconds", "model compute seconds per replica", ["replica"],
                             registry=r)

@@ -80,13 +80,15 @@ class ReplicaPool:
             so later batches are formed from more waiting inputs).
         retries: times a batch held by a dead replica is run again.
         on_capacity: called (on the loop) when a slot may have freed up: the batcher's ``wake``.
-        on_batch_done: called with (replica, batch size, busy seconds) after each result.
+        on_batch_done: called with (replica, batch size, busy seconds, tokens computed) after each
+            result; tokens computed: padded tokens over the worker's forward passes (after its
+            length groups, ``TokenCounts.padded``), None when the worker did not count them.
         on_restart: called with the replica id when it is restarted.
     """
 
     def __init__(self, executor: Executor, max_in_flight: int = 1, retries: int = 1,
                  on_capacity: Callable[[], None] = lambda: None,
-                 on_batch_done: Callable[[int, int, float], None] = lambda w, n, s: None,
+                 on_batch_done: Callable[[int, int, float, int | None], None] = lambda w, n, s, t: None,
                  on_restart: Callable[[int], None] = lambda w: None):
         self.executor = executor
         self.max_in_flight, self.retries = max_in_flight, retries
@@ -201,7 +203,7 @@ class ReplicaPool:
                 item.future.set_exception(InputFailed(errors.get(pos, "model error")))
             else:
                 item.future.set_result(out)
-        self.on_batch_done(res.worker_id, len(batch.items), busy)
+        self.on_batch_done(res.worker_id, len(batch.items), busy, res.counts.padded if res.counts else None)
 
     def _on_failed(self, ev: WorkerFailed) -> None:
         w = ev.worker_id

@@ -57,8 +57,10 @@ class InferenceService:
                                 on_capacity=self._on_capacity, on_batch_done=self._on_batch_done,
                                 on_restart=lambda w: metrics.restarts.labels(str(w)).inc())
         self.batcher = DynamicBatcher(self._dispatch, self.pool.free_slots, config.max_batch_size,
-                                      config.max_wait_ms / 1000.0, config.max_queue, config.group_by_length)
+                                      config.max_wait_ms / 1000.0, config.max_queue, config.group_by_length,
+                                      max_batch_tokens=config.max_batch_tokens)
         self._task: asyncio.Task | None = None
+        self.tokenizer_loaded = False  # set by _load_tokenizer (CPU thread) once counting is cheap
         # One thread for the CPU work of requests (tokenising, encoding replies): off the event
         # loop, and one at a time (HF fast tokenizers are not safe to share between threads).
         self._cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parainfer-cpu")
@@ -68,9 +70,21 @@ class InferenceService:
             metrics.restarts.labels(str(w))
 
     async def start(self) -> None:
-        """Start the workers (they load in the background) and the batching loop."""
+        """Start the workers (they load in the background), the batching loop, and the loading of
+        the server's own tokenizer in the CPU thread (``ready`` waits for it)."""
         self.pool.start()
         self._task = asyncio.create_task(self.batcher.run(), name="parainfer-batcher")
+        self._tokenizer_task = asyncio.get_running_loop().run_in_executor(self._cpu, self._load_tokenizer)
+
+    def _load_tokenizer(self) -> None:
+        """Count one text, so the tokenizer (and the libraries it imports: transformers, torch) is
+        loaded here and not by the first request on the event loop: that import held the loop
+        for ~20 s on a loaded 2-core machine (issue 17's profile), stalling every request."""
+        try:
+            self.predictor.token_lengths(["warm up"])
+        except Exception as exc:  # noqa: BLE001 - requests will meet (and report) the same error
+            log.warning("the tokenizer did not load at start: %s: %s", type(exc).__name__, exc)
+        self.tokenizer_loaded = True
 
     async def stop(self) -> None:
         """Fail what is still queued, stop the loop, stop the workers."""
@@ -84,7 +98,7 @@ class InferenceService:
     @property
     def ready(self) -> bool:
         """Every replica loaded at least once and one can take batches now."""
-        return self.pool.all_loaded_once and self.pool.ready_count > 0
+        return self.pool.all_loaded_once and self.pool.ready_count > 0 and self.tokenizer_loaded
 
     @property
     def queue_depth(self) -> int:
@@ -124,7 +138,7 @@ class InferenceService:
             raise ApiError(429, f"server busy: {e}; retry after {e.retry_after_s}s", code="queue_full",
                            headers={"Retry-After": str(e.retry_after_s)}) from None
         try:
-            if sum(map(len, texts)) <= INLINE_CHARS:  # cheaper than a thread hop, and bounded
+            if self.tokenizer_loaded and sum(map(len, texts)) <= INLINE_CHARS:  # cheaper than a thread hop
                 texts, tokens = self._prepare(texts)
             else:
                 texts, tokens = await asyncio.get_running_loop().run_in_executor(self._cpu, self._prepare, texts)
@@ -185,8 +199,10 @@ class InferenceService:
         self.metrics.replicas_ready.set(self.pool.ready_count)
         self.batcher.wake()
 
-    def _on_batch_done(self, replica: int, size: int, busy_s: float) -> None:
+    def _on_batch_done(self, replica: int, size: int, busy_s: float, computed: int | None) -> None:
         self.metrics.busy.labels(str(replica)).inc(busy_s)
+        if computed is not None:
+            self.metrics.batch_tokens.labels("computed").inc(computed)
         now = time.monotonic()
         self._done_times.append(now)
         self._done_times = [t for t in self._done_times[-64:] if now - t < 10.0]
