@@ -35,11 +35,12 @@ def echo(texts: list[str]) -> list[dict]:
 
 def origin(texts: list[str]) -> list[dict]:
     """Echo's output plus ``ppid`` (the process that forked or spawned this worker) and
-    ``preloaded`` (``colorsys`` already imported: inherited from a forkserver's preload)."""
+    ``preloaded`` (``colorsys`` already imported: inherited from a forkserver's preload) and
+    ``marker`` (``PARAINFER_TEST_MARKER`` as the worker sees it)."""
     import sys
 
     preloaded = "colorsys" in sys.modules
-    return [{"length": len(t), "ppid": os.getppid(), "preloaded": preloaded} for t in texts]
+    return [{"length": len(t), "ppid": os.getppid(), "preloaded": preloaded, "marker": _marker()} for t in texts]
 
 
 def sleepy(texts: list[str]) -> list[dict]:

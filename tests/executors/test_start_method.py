@@ -24,7 +24,7 @@ def test_start_method_comes_from_the_argument_then_the_environment(monkeypatch) 
         choose_start_method()
 
 
-def _run(method: str) -> tuple[list[dict], list[dict]]:
+def _run(method: str, monkeypatch) -> tuple[list[dict], list[dict]]:
     """Start 1 worker by ``method``; outputs of one task before and after a SIGKILL + restart."""
     predictor = CallablePredictor("parainfer.testing:origin")
     predictor.preload_modules = ("colorsys",)  # imported by the forkserver only
@@ -32,6 +32,7 @@ def _run(method: str) -> tuple[list[dict], list[dict]]:
         forkserver._forkserver._stop()  # noqa: SLF001 - a fresh server, so this preload list applies
     ex = LocalExecutor(predictor, num_workers=1, start_method=method)
     assert ex.start_method == method
+    monkeypatch.setenv("PARAINFER_TEST_MARKER", f"set-after-{method}-server-start")  # workers still see it
     ex.start()
     try:
         collect(ex, (WorkerReady,), 1)
@@ -49,9 +50,10 @@ def _run(method: str) -> tuple[list[dict], list[dict]]:
         ex.shutdown()
 
 
-def test_forkserver_workers_inherit_the_preload_and_match_spawn_workers() -> None:
-    fork_out, fork_again = _run("forkserver")
-    spawn_out, spawn_again = _run("spawn")
+def test_forkserver_workers_inherit_the_preload_and_match_spawn_workers(monkeypatch) -> None:
+    fork_out, fork_again = _run("forkserver", monkeypatch)
+    assert {o["marker"] for o in fork_out + fork_again} == {"set-after-forkserver-server-start"}
+    spawn_out, spawn_again = _run("spawn", monkeypatch)
     driver = os.getpid()
     assert all(o["ppid"] != driver and o["preloaded"] for o in fork_out + fork_again)  # forked by the server
     assert all(o["ppid"] == driver and not o["preloaded"] for o in spawn_out + spawn_again)  # spawned by us

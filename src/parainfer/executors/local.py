@@ -99,7 +99,10 @@ class LocalExecutor(Executor):
     def _spawn(self, w: int) -> None:
         inbox = self._ctx.Queue()
         reader, writer = self._ctx.Pipe(duplex=False)
-        env = {**self.env, "PARAINFER_NUM_WORKERS": str(self.num_workers),
+        # A forked worker inherits the forkserver's environment, taken when the server started:
+        # send the driver's current one along, as a spawned worker would have inherited it.
+        current = dict(os.environ) if self.start_method == "forkserver" else {}
+        env = {**current, **self.env, "PARAINFER_NUM_WORKERS": str(self.num_workers),
                "PARAINFER_DIE_WITH_PARENT": "1" if threading.current_thread() is threading.main_thread() else "0"}
         proc = self._ctx.Process(target=worker_main, name=f"parainfer-worker-{w}", daemon=True,
                                  args=(w, self.predictor, inbox, writer, self.threads, env))

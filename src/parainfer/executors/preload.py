@@ -1,4 +1,5 @@
-"""Imported by the local executor's forkserver only (``executors.start_method``): apply the
+"""Imported by the local executor's forkserver only (``executors.start_method``): die with the
+driver (when it started the server from its main thread), apply the
 workers' environment defaults, then import the modules named in ``$PARAINFER_PRELOAD``
 (comma-separated), so that workers forked from the server start with them in memory.
 
@@ -11,7 +12,10 @@ from __future__ import annotations
 import importlib
 import os
 
-from parainfer.executors.worker import WORKER_ENV_DEFAULTS
+from parainfer.executors.worker import WORKER_ENV_DEFAULTS, _die_with_parent
+
+if os.environ.get("PARAINFER_FORKSERVER_DIE_WITH_PARENT") == "1":
+    _die_with_parent()  # a SIGKILLed driver takes the server (and so its workers) with it at once
 
 for _var, _value in WORKER_ENV_DEFAULTS.items():
     os.environ.setdefault(_var, _value)  # read by huggingface_hub/transformers at import time

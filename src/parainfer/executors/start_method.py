@@ -46,15 +46,17 @@ def choose_start_method(requested: str | None = None) -> str:
 
 
 def preload_list(predictor: Any) -> list[str]:
-    """Modules the forkserver imports before forking workers for ``predictor``: the worker
-    entry point, the predictor's own module, and the heavy modules it names in its optional
-    ``preload_modules`` attribute (passed on through ``$PARAINFER_PRELOAD``)."""
-    names = ["parainfer.executors.worker", type(predictor).__module__]
+    """Modules the forkserver imports before forking workers for ``predictor``: ``preload``
+    (which makes the server die with the driver and imports the heavy modules the predictor
+    names in its optional ``preload_modules`` attribute, passed on through ``$PARAINFER_PRELOAD``),
+    the worker entry point and the predictor's own module."""
+    import threading
+
     heavy = [m for m in getattr(predictor, "preload_modules", ()) if importlib.util.find_spec(m.split(".")[0])]
-    if heavy:
-        os.environ["PARAINFER_PRELOAD"] = ",".join(heavy)  # read by the forkserver (inherits the env at start)
-        names.insert(0, PRELOAD_MODULE)
-    return names
+    os.environ["PARAINFER_PRELOAD"] = ",".join(heavy)  # read by the forkserver (inherits the env at start)
+    main = threading.current_thread() is threading.main_thread()  # PDEATHSIG fires when the starting thread ends
+    os.environ["PARAINFER_FORKSERVER_DIE_WITH_PARENT"] = "1" if main else "0"
+    return [PRELOAD_MODULE, "parainfer.executors.worker", type(predictor).__module__]
 
 
 def make_context(method: str, predictor: Any) -> Any:
