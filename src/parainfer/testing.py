@@ -9,6 +9,8 @@ They need no weights and make scheduling effects visible:
   "@@crash@@") kills its worker process with SIGKILL (a poison record);
   ``raise_on_marker`` raises ValueError instead.
 * ``hang_on_marker``: a text containing the marker sleeps for an hour (a hung task).
+* ``origin``: echo's output plus the worker's parent pid and whether ``colorsys`` (a module
+  nothing else imports) was in memory before the call: which start method made the worker.
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ def _marker() -> str:
 def echo(texts: list[str]) -> list[dict]:
     """Returns ``{"length": len(text)}`` per text."""
     return [{"length": len(t)} for t in texts]
+
+
+def origin(texts: list[str]) -> list[dict]:
+    """Echo's output plus ``ppid`` (the process that forked or spawned this worker) and
+    ``preloaded`` (``colorsys`` already imported: inherited from a forkserver's preload) and
+    ``marker`` (``PARAINFER_TEST_MARKER`` as the worker sees it)."""
+    import sys
+
+    preloaded = "colorsys" in sys.modules
+    return [{"length": len(t), "ppid": os.getppid(), "preloaded": preloaded, "marker": _marker()} for t in texts]
 
 
 def sleepy(texts: list[str]) -> list[dict]:

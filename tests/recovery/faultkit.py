@@ -40,19 +40,30 @@ def run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 120)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **ENV, **(env or {})})
 
 
-def worker_pids(driver_pid: int) -> list[int]:
-    """Live worker processes of a driver: its children started by multiprocessing's spawn."""
-    pids = []
+def _children(pid: int) -> list[int]:
     try:
-        children = Path(f"/proc/{driver_pid}/task/{driver_pid}/children").read_text().split()
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
-    for pid in map(int, children):
-        try:
-            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                pids.append(pid)
-        except OSError:
-            pass
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def worker_pids(driver_pid: int) -> list[int]:
+    """Live worker processes of a driver: its children started by multiprocessing's spawn, or
+    the children of its forkserver (the default start method: ``executors.start_method``)."""
+    pids = []
+    for pid in _children(driver_pid):
+        cmd = _cmdline(pid)
+        if b"spawn_main" in cmd:
+            pids.append(pid)
+        elif b"forkserver" in cmd:
+            pids += _children(pid)
     return pids
 
 

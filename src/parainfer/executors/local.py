@@ -1,6 +1,8 @@
 """The local executor: N worker processes on this machine, one model replica each.
 
-Processes are started with the ``spawn`` method (safe with PyTorch and threads). Each worker
+Processes are forked from a warmed ``forkserver`` that has imported the model's heavy modules
+once (``executors.start_method``; ``PARAINFER_START_METHOD=spawn`` starts each from a fresh
+interpreter instead). Both are safe with PyTorch and threads. Each worker
 has its own task queue, so the scheduling policy decides exactly which worker runs which
 task, and its own result pipe, so a worker killed mid-write (SIGKILL, OOM) corrupts nothing
 the other workers use. A death is noticed through the process sentinel and reported as
@@ -9,7 +11,6 @@ the other workers use. A death is noticed through the process sentinel and repor
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import threading
 import time
@@ -17,6 +18,7 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from parainfer.executors.base import Event, Executor, ShardResult, TaskResult, WorkerFailed, WorkerReady
+from parainfer.executors.start_method import choose_start_method, make_context
 from parainfer.executors.worker import worker_main
 from parainfer.models.base import Predictor
 from parainfer.tasks import Task
@@ -63,19 +65,21 @@ class LocalExecutor(Executor):
         num_workers: N >= 1.
         threads_per_worker: intra-op threads per worker (default cores // N).
         env: extra environment variables for the workers.
+        start_method: "forkserver" | "spawn" (default ``choose_start_method()``).
     """
 
     runs_shards = True  # workers on this machine read the input file themselves (sharded mode)
 
     def __init__(self, predictor: Predictor, num_workers: int, threads_per_worker: int | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, start_method: str | None = None):
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         self.predictor = predictor
         self.num_workers = num_workers
         self.threads = threads_per_worker or default_threads(num_workers)
         self.env = dict(env or {})
-        self._ctx = mp.get_context("spawn")
+        self.start_method = choose_start_method(start_method)
+        self._ctx = make_context(self.start_method, predictor)
         self._slots: list[_Slot | None] = [None] * num_workers
         self._load_deaths = [0] * num_workers  # consecutive deaths before WorkerReady
         self.restarts = 0
@@ -95,7 +99,10 @@ class LocalExecutor(Executor):
     def _spawn(self, w: int) -> None:
         inbox = self._ctx.Queue()
         reader, writer = self._ctx.Pipe(duplex=False)
-        env = {**self.env, "PARAINFER_NUM_WORKERS": str(self.num_workers),
+        # A forked worker inherits the forkserver's environment, taken when the server started:
+        # send the driver's current one along, as a spawned worker would have inherited it.
+        current = dict(os.environ) if self.start_method == "forkserver" else {}
+        env = {**current, **self.env, "PARAINFER_NUM_WORKERS": str(self.num_workers),
                "PARAINFER_DIE_WITH_PARENT": "1" if threading.current_thread() is threading.main_thread() else "0"}
         proc = self._ctx.Process(target=worker_main, name=f"parainfer-worker-{w}", daemon=True,
                                  args=(w, self.predictor, inbox, writer, self.threads, env))

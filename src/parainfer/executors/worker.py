@@ -88,6 +88,8 @@ def worker_main(worker_id: int, predictor: Predictor, inbox: Any, outbox: Any, t
         predictor.threads = threads  # a predictor with its own thread pool (translate)
     if hasattr(predictor, "device"):
         predictor.device = worker_device(predictor.device, worker_id)  # "cuda": replicas spread over the GPUs
+    if threads and "torch" in sys.modules:  # imported by the forkserver: OMP_NUM_THREADS came too late
+        sys.modules["torch"].set_num_threads(threads)
     try:
         predictor.load()
         if threads and "torch" in sys.modules:

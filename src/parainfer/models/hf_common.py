@@ -220,6 +220,21 @@ class HFModel(HFTokenizerMixin):
     """
 
     task = "custom"
+    # Imported once by the local executor's forkserver, not by every worker (issue 11, start-up):
+    # modeling_utils pulls in ~1,500 modules that ``from_pretrained`` would otherwise import.
+    PRELOAD = ("torch", "transformers", "transformers.modeling_utils",
+               "transformers.models.auto.modeling_auto", "transformers.models.auto.tokenization_auto")
+
+    @property
+    def preload_modules(self) -> tuple[str, ...]:
+        """Modules for the forkserver to import (``executors.start_method``): ``PRELOAD`` plus
+        this architecture's ``transformers.models.<model_type>.modeling_<model_type>`` (from
+        config.json; left out when unreadable)."""
+        try:
+            kind = json.loads((Path(self.model_dir) / "config.json").read_text())["model_type"].replace("-", "_")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return self.PRELOAD
+        return (*self.PRELOAD, f"transformers.models.{kind}.modeling_{kind}")
 
     def __init__(self, model_dir: str | os.PathLike, dtype: str = "auto", device: str = "cpu"):
         self.model_dir = check_model_dir(model_dir)

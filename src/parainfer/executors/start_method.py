@@ -1,0 +1,81 @@
+"""How local workers are started: a warmed ``forkserver`` (default on Linux) or ``spawn``.
+
+Under ``spawn`` every worker is a fresh interpreter that imports torch and transformers itself
+and then, inside ``from_pretrained``, the ~1,500 modules behind ``transformers.modeling_utils``
+(torch.distributed, dynamo, sympy, scipy): on this 2-core machine ~17 s of CPU per worker,
+most of a worker's start-up. With ``forkserver`` one server process is started from a fresh
+interpreter, imports those modules once (``multiprocessing.set_forkserver_preload``), and every
+worker is ``fork()``-ed from it with the modules already in memory (copy-on-write).
+
+Thread safety: the server only *imports* modules; it runs no torch op, so neither the OpenMP
+nor the intra-op pool exists when it forks (a fork after those pools start can hang the child).
+Each worker still sets its own thread count (``torch.set_num_threads``) before loading.
+The server is a child of the driver; it exits when the driver does, and a worker's
+parent-death signal and parent check then fire as under ``spawn``.
+
+``PARAINFER_START_METHOD=spawn`` (or ``LocalExecutor(start_method="spawn")``) restores the
+previous behaviour; platforms without ``forkserver`` (Windows, macOS default) use ``spawn``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import multiprocessing as mp
+import os
+from typing import Any
+
+START_METHODS = ("forkserver", "spawn")
+
+# Imported once by the forkserver (see ``parainfer.executors.preload``) when the predictor
+# asks for them through its ``preload_modules`` attribute.
+PRELOAD_MODULE = "parainfer.executors.preload"
+
+
+def choose_start_method(requested: str | None = None) -> str:
+    """The start method to use: ``requested``, else ``$PARAINFER_START_METHOD``, else
+    ``forkserver`` where the platform has it, else ``spawn``.
+
+    Raises ValueError for a name outside ``START_METHODS``."""
+    name = requested or os.environ.get("PARAINFER_START_METHOD") or "forkserver"
+    if name not in START_METHODS:
+        raise ValueError(f"start method {name!r} is not one of {', '.join(START_METHODS)} "
+                         f"(PARAINFER_START_METHOD or LocalExecutor(start_method=...))")
+    if name == "forkserver" and "forkserver" not in mp.get_all_start_methods():
+        return "spawn"
+    return name
+
+
+def preload_list(predictor: Any) -> list[str]:
+    """Modules the forkserver imports before forking workers for ``predictor``: ``preload``
+    (which makes the server die with the driver and imports the heavy modules the predictor
+    names in its optional ``preload_modules`` attribute, passed on through ``$PARAINFER_PRELOAD``),
+    the worker entry point and the predictor's own module."""
+    import threading
+
+    heavy = [m for m in getattr(predictor, "preload_modules", ()) if importlib.util.find_spec(m.split(".")[0])]
+    os.environ["PARAINFER_PRELOAD"] = ",".join(heavy)  # read by the forkserver (inherits the env at start)
+    main = threading.current_thread() is threading.main_thread()  # PDEATHSIG fires when the starting thread ends
+    os.environ["PARAINFER_FORKSERVER_DIE_WITH_PARENT"] = "1" if main else "0"
+    return [PRELOAD_MODULE, "parainfer.executors.worker", type(predictor).__module__]
+
+
+def make_context(method: str, predictor: Any) -> Any:
+    """A multiprocessing context for ``method``; for ``forkserver`` the preload list is set
+    and the server started now, so its imports overlap the driver's own set-up.
+
+    The forkserver is one per driver process: the first executor's preload list is the one
+    imported (later executors still work; their workers import what is missing)."""
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        from multiprocessing import forkserver
+
+        if not _server_running():
+            ctx.set_forkserver_preload(preload_list(predictor))
+        forkserver.ensure_running()
+    return ctx
+
+
+def _server_running() -> bool:
+    from multiprocessing import forkserver
+
+    return getattr(forkserver._forkserver, "_forkserver_pid", None) is not None  # noqa: SLF001

@@ -1,0 +1,61 @@
+"""Local workers from a warmed forkserver or from spawn (issue 11, start-up): where they come
+from, what they inherit, same outputs, and a SIGKILLed worker is still replaced."""
+
+from __future__ import annotations
+
+import os
+from multiprocessing import forkserver
+
+import pytest
+
+from parainfer.executors.base import TaskResult, WorkerFailed, WorkerReady
+from parainfer.executors.local import LocalExecutor
+from parainfer.executors.start_method import choose_start_method
+from parainfer.models.python_callable import CallablePredictor
+from tests.executors.test_local import collect, task
+
+
+def test_start_method_comes_from_the_argument_then_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("PARAINFER_START_METHOD", "spawn")
+    assert choose_start_method() == "spawn"
+    assert choose_start_method("forkserver") == "forkserver"
+    monkeypatch.setenv("PARAINFER_START_METHOD", "fork")
+    with pytest.raises(ValueError, match="'fork' is not one of forkserver, spawn"):
+        choose_start_method()
+
+
+def _run(method: str, monkeypatch) -> tuple[list[dict], list[dict]]:
+    """Start 1 worker by ``method``; outputs of one task before and after a SIGKILL + restart."""
+    predictor = CallablePredictor("parainfer.testing:origin")
+    predictor.preload_modules = ("colorsys",)  # imported by the forkserver only
+    if method == "forkserver":
+        forkserver._forkserver._stop()  # noqa: SLF001 - a fresh server, so this preload list applies
+    ex = LocalExecutor(predictor, num_workers=1, start_method=method)
+    assert ex.start_method == method
+    monkeypatch.setenv("PARAINFER_TEST_MARKER", f"set-after-{method}-server-start")  # workers still see it
+    ex.start()
+    try:
+        collect(ex, (WorkerReady,), 1)
+        ex.submit(0, task(0, ["a", "bb"]))
+        (first,) = collect(ex, (TaskResult,), 1)
+        ex.kill(0)
+        (failed,) = collect(ex, (WorkerFailed,), 1)
+        assert not failed.fatal
+        ex.restart(0)
+        collect(ex, (WorkerReady,), 1)
+        ex.submit(0, task(1, ["ccc"]))
+        (second,) = collect(ex, (TaskResult,), 1)
+        return first.outputs, second.outputs
+    finally:
+        ex.shutdown()
+
+
+def test_forkserver_workers_inherit_the_preload_and_match_spawn_workers(monkeypatch) -> None:
+    fork_out, fork_again = _run("forkserver", monkeypatch)
+    assert {o["marker"] for o in fork_out + fork_again} == {"set-after-forkserver-server-start"}
+    spawn_out, spawn_again = _run("spawn", monkeypatch)
+    driver = os.getpid()
+    assert all(o["ppid"] != driver and o["preloaded"] for o in fork_out + fork_again)  # forked by the server
+    assert all(o["ppid"] == driver and not o["preloaded"] for o in spawn_out + spawn_again)  # spawned by us
+    strip = lambda outs: [o["length"] for o in outs]  # noqa: E731
+    assert strip(fork_out) == strip(spawn_out) == [1, 2] and strip(fork_again) == strip(spawn_again) == [3]
