@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
+from serve_client import wait_ready  # this script's folder is on sys.path
 
 PROMPTS = ["The three primary colors are", "Once upon a time", "The capital of France is"]
 
@@ -55,15 +56,7 @@ def wait_until(url: str, ok, seconds: float) -> dict:
 
 
 def main(url: str) -> None:
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "server never became ready"
-        time.sleep(0.2)
+    wait_ready(url, 180)
     with ThreadPoolExecutor(12) as pool:
         futures = {p: [pool.submit(ask, url, p, k % 2 == 1) for k in range(4)] for p in PROMPTS}
         answers = {p: [f.result() for f in fs] for p, fs in futures.items()}

@@ -15,16 +15,21 @@ import time
 import httpx
 
 
-def main(url: str, seconds: float) -> None:
-    deadline = time.monotonic() + 120
+def wait_ready(url: str, seconds: float) -> None:
+    """Poll /health until it answers 200; AssertionError after ``seconds``."""
+    deadline = time.monotonic() + seconds
     while True:
         try:
             if httpx.get(url + "/health", timeout=5).status_code == 200:
-                break
+                return
         except httpx.HTTPError:
             pass
         assert time.monotonic() < deadline, "server never became ready"
         time.sleep(0.1)
+
+
+def main(url: str, seconds: float) -> None:
+    wait_ready(url, 120)
     print("READY", flush=True)
     codes: collections.Counter = collections.Counter()
     wrong = [0]

@@ -17,10 +17,11 @@ plans shards for the rest of the input only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 from parainfer.errors import UsageError
 from parainfer.io import digest
@@ -158,13 +159,25 @@ class ShardStore:
             "finished": finished}, compact=True)
 
 
+@contextlib.contextmanager
+def _atomic_file(dest: str) -> Iterator[BinaryIO]:
+    """An open temp file next to ``dest``; on a clean exit it is fsynced and renamed over
+    ``dest`` (and the folder fsynced), so readers see the old file or the whole new one."""
+    tmp = dest + ".parainfer-tmp"
+    with open(tmp, "wb") as out:
+        yield out
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, dest)
+    fsync_dir(os.path.dirname(dest) or ".")
+
+
 def _concat(dest: str, parts: list[str], hashed: bool) -> tuple[int, str | None]:
     """Write the parts one after the other into ``dest`` (through a temp file, fsynced, then
     renamed); returns (bytes, hex SHA-256 when ``hashed``, else None: then the copy runs in
     the kernel, ``os.copy_file_range``, where the platform has it)."""
-    tmp = dest + ".parainfer-tmp"
     h, size = digest.new(), 0
-    with open(tmp, "wb") as out:
+    with _atomic_file(dest) as out:
         for part in parts:
             with open(part, "rb") as f:
                 if not hashed and hasattr(os, "copy_file_range"):
@@ -181,10 +194,6 @@ def _concat(dest: str, parts: list[str], hashed: bool) -> tuple[int, str | None]
                         h.update(chunk)
                     out.write(chunk)
                     size += len(chunk)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, dest)
-    fsync_dir(os.path.dirname(dest) or ".")
     return size, h.hexdigest() if hashed else None
 
 
@@ -192,9 +201,8 @@ def _concat_errors(dest: str, folder: str, entries: list[dict[str, Any]]) -> tup
     """The errors file from the committed errors parts, in order; a ``relative`` part's line
     numbers (counted from 1 at its shard's start) are shifted to the file's. Returns (bytes,
     hex SHA-256)."""
-    tmp = dest + ".parainfer-tmp"
     h, size = digest.new(), 0
-    with open(tmp, "wb") as out:
+    with _atomic_file(dest) as out:
         for e in entries:
             with open(os.path.join(folder, e["errors_part"]), "rb") as f:
                 data = f.read()
@@ -206,8 +214,4 @@ def _concat_errors(dest: str, folder: str, entries: list[dict[str, Any]]) -> tup
             h.update(data)
             out.write(data)
             size += len(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, dest)
-    fsync_dir(os.path.dirname(dest) or ".")
     return size, h.hexdigest()
