@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from conftest import running_server
+from conftest import free_port, running_server
 
 
 def mean_batch_size(url: str) -> float:
@@ -124,7 +124,6 @@ def test_the_servers_tokenizer_loads_at_start_in_the_cpu_thread_not_on_the_event
     import threading
 
     import uvicorn
-    from conftest import free_port
     from slow_models import CountingPredictor
 
     from parainfer.serving.app import create_app

@@ -111,7 +111,10 @@ def test_chat_logprobs_streamed_equal_non_streamed(url):
         assert bytes(item.bytes) == item.token.encode()
     streamed = [c for chunk in client.chat.completions.create(stream=True, **kwargs) for choice in chunk.choices
                 if choice.logprobs for c in choice.logprobs.content]
-    assert [(c.token, round(c.logprob, 5)) for c in streamed] == [(c.token, round(c.logprob, 5)) for c in content]
+    # the second request's prompt comes from the prefix cache (computed in another batch shape):
+    # equal tokens, logprobs equal to float rounding
+    assert [c.token for c in streamed] == [c.token for c in content]
+    assert max(abs(a.logprob - b.logprob) for a, b in zip(streamed, content)) < 1e-4
 
 
 def test_completion_logprobs_in_the_legacy_shape_streamed_and_not(url):

@@ -9,7 +9,7 @@ from typing import Any
 
 from parainfer.errors import UsageError
 from parainfer.executors.base import Executor
-from parainfer.executors.local import default_threads
+from parainfer.executors.local import MAX_DEATHS_WHILE_LOADING, default_threads
 
 EXECUTORS = ("local", "ray")
 RAY_MISSING = "--executor ray needs Ray, which is not installed: pip install 'parainfer[ray]'"
@@ -59,4 +59,4 @@ def make_executor(name: str, predictor: Any, num_workers: int, threads_per_worke
     return LocalExecutor(predictor, num_workers, threads_per_worker, env)
 
 
-__all__ = ["EXECUTORS", "Executor", "check_executor", "default_threads", "make_executor"]
+__all__ = ["EXECUTORS", "MAX_DEATHS_WHILE_LOADING", "Executor", "check_executor", "default_threads", "make_executor"]

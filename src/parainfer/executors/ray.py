@@ -39,14 +39,13 @@ from typing import Any
 from parainfer.errors import UsageError
 from parainfer.executors.base import Event, Executor, TaskResult, WorkerFailed, WorkerReady
 from parainfer.executors.local import MAX_DEATHS_WHILE_LOADING, default_threads
-from parainfer.executors.ray_cluster import check_room, connect, load_error, pick_node, running_task
+from parainfer.executors.ray_cluster import (PASSED_ENV_PREFIXES, check_room, connect, load_error, pick_node,
+                                             running_task)
 from parainfer.models.base import Predictor
 from parainfer.tasks import Task
 
 ACTOR_THREADS = 16  # most calls in flight per actor (the engine keeps prefetch + 1, the server 1)
 SETTLE_S = 10.0  # longest wait for a dead actor's calls to resolve (they do once Ray knows it died)
-# Driver environment variables a worker sees (local workers inherit the whole environment).
-PASSED_ENV_PREFIXES = ("PARAINFER_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
 
 
 @dataclass

@@ -11,6 +11,9 @@ from typing import Any
 
 from parainfer.errors import UsageError
 
+# Driver environment variables a worker sees (local workers inherit the whole environment).
+PASSED_ENV_PREFIXES = ("PARAINFER_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
+
 
 def connect(address: str | None, cpus_needed: int) -> bool:
     """Connect this process to the cluster at ``address``, or start a local Ray when None (with

@@ -23,7 +23,7 @@ import os
 import threading
 from typing import Any, Callable
 
-from parainfer.executors.local import default_threads
+from parainfer.executors import default_threads
 from parainfer.serving.replica_worker import EngineSpec, replica_process_main
 
 OnEvent = Callable[[str, Any], None]
@@ -127,7 +127,7 @@ class RayReplicas:
 
     def __init__(self, spec: EngineSpec, workers: int, address: str | None, cpus_per_worker: float,
                  gpus_per_worker: float) -> None:
-        from parainfer.executors.ray import PASSED_ENV_PREFIXES
+        from parainfer.executors.ray_cluster import PASSED_ENV_PREFIXES
 
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.workers, self.cpus, self.gpus = workers, cpus_per_worker, gpus_per_worker

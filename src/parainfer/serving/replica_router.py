@@ -26,7 +26,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
-from parainfer.executors.local import MAX_DEATHS_WHILE_LOADING
+from parainfer.executors import MAX_DEATHS_WHILE_LOADING
 from parainfer.serving.engine_view import EngineView
 from parainfer.serving.errors import ApiError
 
