@@ -104,9 +104,16 @@ class LocalExecutor(Executor):
         current = dict(os.environ) if self.start_method == "forkserver" else {}
         env = {**current, **self.env, "PARAINFER_NUM_WORKERS": str(self.num_workers),
                "PARAINFER_DIE_WITH_PARENT": "1" if threading.current_thread() is threading.main_thread() else "0"}
-        proc = self._ctx.Process(target=worker_main, name=f"parainfer-worker-{w}", daemon=True,
-                                 args=(w, self.predictor, inbox, writer, self.threads, env))
-        proc.start()
+        for attempt in range(3):
+            proc = self._ctx.Process(target=worker_main, name=f"parainfer-worker-{w}", daemon=True,
+                                     args=(w, self.predictor, inbox, writer, self.threads, env))
+            try:
+                proc.start()
+                break
+            except (EOFError, ConnectionError):  # the forkserver died (e.g. a process-group signal):
+                if attempt == 2:                 # multiprocessing starts a new one once it has exited
+                    raise
+                time.sleep(0.2)
         writer.close()  # the worker holds the only write end: EOF on the reader means it died
         self._slots[w] = _Slot(proc, inbox, reader)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from typing import Any, Callable
 from parainfer.executors.base import Event, Executor, TaskResult, WorkerFailed, WorkerReady
 from parainfer.serving.batcher import Item
 from parainfer.tasks import Task
+
+log = logging.getLogger(__name__)
 
 
 class ReplicaUnavailable(Exception):
@@ -214,8 +217,12 @@ class ReplicaPool:
             rep.dead = True
         elif not self._stop.is_set():
             rep.restarts += 1
-            self.executor.restart(w)
-            self.on_restart(w)
+            try:
+                self.executor.restart(w)
+                self.on_restart(w)
+            except (EOFError, OSError) as exc:  # no process could start (shutting down, out of resources)
+                log.error("replica %d could not be restarted (%s: %s); it is given up", w, type(exc).__name__, exc)
+                rep.dead = True
         for batch in held:
             self._retry_or_fail(batch, ev.reason.strip().splitlines()[0] if ev.reason.strip() else "replica died")
         if self.all_dead:
