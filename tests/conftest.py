@@ -33,3 +33,28 @@ def vader_sample(vader_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def read_jsonl(path: Path) -> list[dict]:
     """All rows of a JSONL file."""
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def sleepy_reports(tmp: Path, env: dict[str, str], **config) -> dict[int, Path]:
+    """Run the ``parainfer.testing:sleepy`` model (cost set by ``env``, e.g.
+    PARAINFER_TEST_MS_PER_TOKEN) on 1,500 texts of 3..42 tokens with 1 and 2 workers, batch 32;
+    returns {workers: report path}. ``config``: more JobConfig fields (e.g. shard_mode)."""
+    from parainfer.config import JobConfig
+    from parainfer.engine import Job
+    from parainfer.models.python_callable import CallablePredictor
+
+    src = tmp / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "text": "tok " * (3 + (i * 7) % 40)}) + "\n" for i in range(1500)))
+    mp = pytest.MonkeyPatch()
+    for key, value in env.items():
+        mp.setenv(key, value)
+    reports = {}
+    try:
+        for n in (1, 2):
+            reports[n] = tmp / f"r{n}.json"
+            Job(JobConfig(input=str(src), output=str(tmp / f"o{n}.jsonl"), workers=n, batch_size=32,
+                          report=str(reports[n]), quiet=True, **config),
+                CallablePredictor("parainfer.testing:sleepy")).run()
+    finally:
+        mp.undo()
+    return reports

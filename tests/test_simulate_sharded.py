@@ -9,31 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from parainfer.config import JobConfig
-from parainfer.engine import Job
-from parainfer.models.python_callable import CallablePredictor
 from parainfer.simulate import Workload
 from parainfer.simulate_sharded import sharded_rows, simulate_sharded
+from tests.conftest import sleepy_reports
 
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
-    tmp = tmp_path_factory.mktemp("simsh")
-    src = tmp / "in.jsonl"
-    src.write_text("".join(json.dumps({"id": i, "text": "tok " * (3 + (i * 7) % 40)}) + "\n" for i in range(1500)))
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PARAINFER_TEST_MS_PER_TOKEN", "0.1")
-    mp.setenv("PARAINFER_MIN_SHARD_BYTES", "8000")
-    reports = {}
-    try:
-        for n in (1, 2):
-            reports[n] = tmp / f"r{n}.json"
-            Job(JobConfig(input=str(src), output=str(tmp / f"o{n}.jsonl"), workers=n, batch_size=32,
-                          report=str(reports[n]), quiet=True, shard_mode="on"),
-                CallablePredictor("parainfer.testing:sleepy")).run()
-    finally:
-        mp.undo()
-    return reports
+    return sleepy_reports(tmp_path_factory.mktemp("simsh"), {"PARAINFER_TEST_MS_PER_TOKEN": "0.1",
+                                                            "PARAINFER_MIN_SHARD_BYTES": "8000"}, shard_mode="on")
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -108,3 +108,20 @@ def make_engine(hf):
         return LLMEngine.from_hf(model, tok, **{"num_blocks": 128, **overrides})
 
     return make
+
+
+@pytest.fixture
+def record_chunks():
+    """record_chunks(engine) -> a list that collects every prefill chunk ``(start, end)`` the
+    engine's scheduler hands out from then on (the scheduler's ``schedule`` is wrapped)."""
+    def record(engine) -> list[tuple[int, int]]:
+        schedule, chunks = engine.scheduler.schedule, []
+
+        def recording_schedule():
+            batch = schedule()
+            chunks.extend(batch.chunks)
+            return batch
+        engine.scheduler.schedule = recording_schedule
+        return chunks
+
+    return record

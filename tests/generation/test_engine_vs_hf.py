@@ -61,17 +61,11 @@ def test_requests_joining_mid_flight(make_engine, prompts, hf_greedy):
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
 
 
-def test_chunked_prefill_keeps_outputs_exact(make_engine, prompts, hf_greedy):
+def test_chunked_prefill_keeps_outputs_exact(make_engine, prompts, hf_greedy, record_chunks):
     # A 24-token budget cuts the 37..70-token chat prompts into 2-4 chunks of odd sizes, prefilled
     # across steps while the other sequences decode; greedy tokens still equal HF's.
     engine = make_engine(max_num_batched_tokens=24, block_size=4)
-    schedule, chunks = engine.scheduler.schedule, []
-
-    def recording_schedule():
-        batch = schedule()
-        chunks.extend(batch.chunks)
-        return batch
-    engine.scheduler.schedule = recording_schedule
+    chunks = record_chunks(engine)
     results = engine.generate(prompts, SamplingParams(max_tokens=MAX_TOKENS))
     assert sum(1 for first, _ in chunks if first > 0) >= len(prompts) - 1  # later chunks ran
     for ids, res in zip(prompts, results):

@@ -134,17 +134,11 @@ def test_preemption_under_kv_pressure_with_caching_is_exact(make_engine, prompts
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
 
 
-def test_chunked_prefill_across_a_cached_prefix_is_exact(make_engine, prompts, hf_greedy):
+def test_chunked_prefill_across_a_cached_prefix_is_exact(make_engine, prompts, hf_greedy, record_chunks):
     # A 12-token budget: the second wave's prompts start after their cached prefix and are
     # still cut into several chunks, each attending to the cached blocks before it.
     engine = make_engine(max_num_batched_tokens=12, block_size=4)
-    schedule, chunks = engine.scheduler.schedule, []
-
-    def recording_schedule():
-        batch = schedule()
-        chunks.extend(batch.chunks)
-        return batch
-    engine.scheduler.schedule = recording_schedule
+    chunks = record_chunks(engine)
     first = engine.generate(prompts[:1], SamplingParams(max_tokens=MAX_TOKENS))
     chunks.clear()
     rest = engine.generate(prompts[1:4], SamplingParams(max_tokens=MAX_TOKENS))
