@@ -38,7 +38,7 @@ from parainfer.models.registry import build_predictor
 from parainfer.monitor import Progress
 from parainfer.records import Record, RecordError
 from parainfer.recovery import GracefulStop, Interrupted, TaskRecovery, Watchdog
-from parainfer.report import TimingReport, startup_parts, summary_lines, write_report
+from parainfer.report import TimingReport, close_run, summary_lines, write_report
 from parainfer.resources import cores, plan_start, warn_cores
 from parainfer.scheduling import make_policy
 from parainfer.scheduling.autobatch import BatchSizeTuner
@@ -396,23 +396,19 @@ class Job:
         self._report.extra["bisected_tasks"] = self._report.extra.get("bisected_tasks", 0) + plan.bisected
 
     def _finish(self, report: TimingReport, state: _State, merger: Merger, t0: float) -> dict[str, Any]:
-        report.wall_s = time.perf_counter() - t0
-        start = state.t_first_dispatch or t0
-        report.t_startup_s = start - t0
-        report.extra["startup"] = startup_parts(t0, state.t_spawn, state.ready_phases, start)
-        report.t_parallel_s = max(0.0, (state.t_last_result or start) - start)
-        report.tasks = self._builder.stats.tasks
+        ckpt = self._ckpt
         counted = state.counted  # exact counts of the tasks that ran (the workers tokenised them)
-        report.truncated_records = counted.truncated
-        report.real_tokens, report.padded_tokens = counted.real, counted.padded
+        close_run(report, t0=t0, t_spawn=state.t_spawn, ready_phases=state.ready_phases,
+                  t_first=state.t_first_dispatch, t_last=state.t_last_result, counts=counted,
+                  busy=report.extra.get("driver_busy_s", 0.0), predictor=self.predictor, executor=self._executor,
+                  resumed=ckpt.resumed_records, resumed_failed=ckpt.resumed_failed, checkpoint=ckpt.path)
+        report.tasks = self._builder.stats.tasks
         if counted.prefill_computed or counted.prefix_cache_queries:  # generation: prefill and prefix cache
             report.extra["prefill"] = {
                 "computed_tokens": counted.prefill_computed, "cached_tokens": counted.prefix_cache_hits,
                 "prefix_cache_queried_tokens": counted.prefix_cache_queries,
                 "prefix_cache_hit_rate": round(counted.prefix_cache_hits / counted.prefix_cache_queries, 4)
                 if counted.prefix_cache_queries else 0.0}
-        busy = report.extra.get("driver_busy_s", 0.0)
-        report.extra["driver_us_per_record"] = round(busy / report.records * 1e6, 3) if report.records else None
         report.extra["length_estimate"] = {
             **self._estimate.describe(),
             "estimated": "task formation (bucketing, --max-batch-tokens) and the scheduling policy's "
@@ -420,15 +416,9 @@ class Job:
                          "figures and the timeline are exact (counted by the workers)"}
         report.failed_records = merger.failed
         report.extra["data_path"] = "records"
-        report.extra.setdefault("model", self.predictor.describe())
-        report.extra["threads_per_worker"] = self._executor.threads
-        report.extra["executor"] = self._executor.describe()
         report.extra["scheduling"] = {**self._policy.stats, "cost_model": self._cost_summary()}
         report.batch_sizes = ([list(h) for h in self.tuner.history] if self.tuner
                               else [[0.0, self._builder.batch_size]])
-        ckpt = self._ckpt
-        report.extra.update(resumed_records=ckpt.resumed_records, resumed_failed_records=ckpt.resumed_failed,
-                            checkpoint=ckpt.path)
         report.extra["errors_file"] = self._errors.path if self._errors.count or ckpt.resumed_failed else None
         out = report.to_dict()
         if self.config.report:

@@ -14,6 +14,7 @@ that the measured speedup implies.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,28 @@ def load_report(path: str | Path) -> dict[str, Any]:
         raise UsageError(f"{str(p)!r} is not a parainfer run report (no {(missing or ['timeline'])[0]!r} "
                          "key); expected a file written by `parainfer run ... --report FILE`")
     return data
+
+
+def close_run(report: "TimingReport", *, t0: float, t_spawn: float, ready_phases: list[dict[str, float]],
+              t_first: float | None, t_last: float | None, counts: Any, busy: float, predictor: Any,
+              executor: Any, resumed: int, resumed_failed: int, checkpoint: str) -> None:
+    """Fill what every data path's report says at the end of a job (record mode and sharded
+    mode alike): wall time, start-up and its parts, the parallel phase (first dispatch to last
+    result, seconds), the workers' exact token counts (``counts``: a ``TokenCounts``), the
+    driver's cost per record (``busy``: driver CPU seconds), the model, executor and resume
+    figures. ``t0``: ``perf_counter`` when the job began."""
+    report.wall_s = time.perf_counter() - t0
+    start = t_first or t0
+    report.t_startup_s = start - t0
+    report.extra["startup"] = startup_parts(t0, t_spawn, ready_phases, start)
+    report.t_parallel_s = max(0.0, (t_last or start) - start)
+    report.truncated_records = counts.truncated
+    report.real_tokens, report.padded_tokens = counts.real, counts.padded
+    report.extra["driver_us_per_record"] = round(busy / report.records * 1e6, 3) if report.records else None
+    report.extra.setdefault("model", predictor.describe())
+    report.extra["threads_per_worker"] = executor.threads
+    report.extra["executor"] = executor.describe()
+    report.extra.update(resumed_records=resumed, resumed_failed_records=resumed_failed, checkpoint=checkpoint)
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> None:

@@ -36,7 +36,7 @@ from parainfer.io.shard_store import ShardStore
 from parainfer.io.shards import Shard, data_start, plan_parquet, plan_text, shard_lines, split_shard
 from parainfer.io.sinks import ErrorSink
 from parainfer.recovery import GracefulStop, Interrupted
-from parainfer.report import TimingReport, startup_parts
+from parainfer.report import TimingReport, close_run
 from parainfer.tasks import TokenCounts
 
 MIN_SHARD_BYTES, MAX_SHARD_BYTES = 16 << 10, 256 << 20  # factoring makes the count logarithmic in the size
@@ -245,28 +245,19 @@ class ShardedJob:
 
     def _finish(self, t0: float, t_spawn: float, ready_phases: list[dict[str, float]], busy: float) -> dict[str, Any]:
         report, store = self.report, self.store
-        report.wall_s = time.perf_counter() - t0
-        start = self.t_first or t0
-        report.t_startup_s = start - t0
-        report.extra["startup"] = startup_parts(t0, t_spawn, ready_phases, start)
-        report.t_parallel_s = max(0.0, (self.t_last or start) - start)
-        report.truncated_records = self.counts.truncated
-        report.real_tokens, report.padded_tokens = self.counts.real, self.counts.padded
+        close_run(report, t0=t0, t_spawn=t_spawn, ready_phases=ready_phases, t_first=self.t_first,
+                  t_last=self.t_last, counts=self.counts, busy=busy, predictor=self.job.predictor,
+                  executor=self.executor, resumed=store.resumed_records, resumed_failed=store.resumed_failed,
+                  checkpoint=store.path)
         report.extra["data_path"] = "sharded"
         report.extra["shards"] = {"planned": self.planned, "run": len(report.timeline),
                                   "committed": len(store.committed), "sizing": "factoring (Hummel et al. 1992)"}
         report.extra["driver_busy_s"] = busy
-        report.extra["driver_us_per_record"] = round(busy / report.records * 1e6, 3) if report.records else None
         report.extra["driver_finish_s"] = round(report.t_write_s, 4)  # wall time of the concatenation
         # The shard bookkeeping alone: the driver's CPU less the final concatenation (output bytes
         # copied into one file, in the kernel).
         book = busy - report.extra.get("driver_finish_cpu_s", 0.0)
         report.extra["driver_bookkeeping_us_per_record"] = round(book / report.records * 1e6, 3) if report.records else None
-        report.extra.setdefault("model", self.job.predictor.describe())
-        report.extra["threads_per_worker"] = self.executor.threads
-        report.extra["executor"] = self.executor.describe()
-        report.extra.update(resumed_records=store.resumed_records, resumed_failed_records=store.resumed_failed,
-                            checkpoint=store.path)
         report.extra["errors_file"] = store.errors_path if store.failed else None
         report.batch_sizes = [[0.0, self.batch["batch_size"]]]
         out = report.to_dict()
