@@ -102,7 +102,9 @@ def fuzz(url: str, strategy: st.SearchStrategy[dict[str, Any]], examples: int) -
     seen: dict[int, int] = {}
     client = httpx.Client(base_url=url, timeout=60)
 
-    @settings(max_examples=examples, deadline=None, database=None,
+    # derandomize: the same examples on every run, so a CI result can be reproduced and a rare
+    # draw (no valid request among them) cannot turn a green suite red between two runs
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
     @given(strategy)
     def one(req: dict[str, Any]) -> None:

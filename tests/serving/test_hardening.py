@@ -167,9 +167,10 @@ def test_slow_header_clients_are_disconnected(echo_url):
 
 def test_fuzzed_requests_never_get_a_5xx_and_leave_the_servers_healthy(echo_url, embed_url):
     before = rss_bytes()
-    paths = ["/v1/embeddings", "/v1/classify", "/v1/completions", "/v1/chat/completions"]
-    for url, examples in ((embed_url, 120), (echo_url, 120)):
-        seen = fuzz(url, requests(paths, embed_bodies()), examples)
+    others = ["/v1/completions", "/v1/chat/completions"]  # routes these servers do not serve
+    for url, path, examples in ((embed_url, "/v1/embeddings", 120), (echo_url, "/v1/classify", 120)):
+        # the served route drawn more often than the others, so valid requests reach the model
+        seen = fuzz(url, requests([path, path, path, *others], embed_bodies()), examples)
         assert sum(seen.values()) >= examples and 200 in seen and len(seen) > 3, seen
         assert httpx.get(url + "/health").json()["status"] == "ok"
     assert rss_bytes() - before < 300 << 20  # bounded: no request's memory stays behind
