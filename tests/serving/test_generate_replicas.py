@@ -99,6 +99,16 @@ def test_concurrent_streamed_and_plain_requests_equal_one_engine_and_use_both_re
     state = httpx.get(replicas + "/health").json()
     assert state["replicas_ready"] == 2 and len({r["pid"] for r in state["replica_state"]}) == 2
     assert all(r["requests_routed"] >= 3 and r["running"] == 0 for r in state["replica_state"])
+    # the replicas' prefix caches, summed into the server's /metrics: the chats share the
+    # default system prompt, so some prompt tokens came from a cache (the counters arrive
+    # asynchronously, within a drain period of the last step)
+    deadline, hits = time.monotonic() + 10, 0.0
+    while time.monotonic() < deadline and not hits:
+        text = httpx.get(replicas + "/metrics").text
+        hits = float(re.search(r"^parainfer_prefix_cache_hits_total (\S+)", text, re.M).group(1))
+        time.sleep(0.2)
+    computed = float(re.search(r'^parainfer_prefill_tokens_total\{kind="computed"\} (\S+)', text, re.M).group(1))
+    assert hits > 0 and computed > 0, (hits, computed)
 
 
 def test_structured_output_and_logprobs_through_replicas(replicas):

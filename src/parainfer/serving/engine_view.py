@@ -25,7 +25,14 @@ class EngineView:
 
     @property
     def stats(self) -> dict[str, Any]:
-        return {"requests_routed": [r.routed for r in self.router.replicas]}
+        """The replicas' engine counters summed (``LLMEngine.stats`` keys: prefill and prefix-cache
+        tokens, steps, ...), as each replica last sent them, plus ``requests_routed`` per replica."""
+        total: dict[str, Any] = {}
+        for rep in self.router.replicas:
+            for key, value in rep.stats.items():
+                if isinstance(value, (int, float)):
+                    total[key] = total.get(key, 0) + value
+        return {**total, "requests_routed": [r.routed for r in self.router.replicas]}
 
     def format_chat(self, messages: list[dict[str, str]]) -> list[int]:
         """Prompt token ids of chat ``messages`` (as ``LLMEngine.format_chat``)."""

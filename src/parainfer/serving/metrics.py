@@ -30,7 +30,8 @@ Generation (``--task generate``):
 * ``prefix_cache_queries_total`` / ``prefix_cache_hits_total``: prompt tokens looked up in the
   prefix cache / found there; ``prefix_cache_hit_rate``: hits / queries (gauge). These three
   and ``prefill_tokens_total`` count from the engine's start: they restart at 0 when the
-  engine is rebuilt after a fault (Prometheus' ``rate`` handles counter resets).
+  engine is rebuilt after a fault (Prometheus' ``rate`` handles counter resets). With engine
+  replicas they are the sum of the replicas' counters (a restarted replica counts from 0).
 """
 
 from __future__ import annotations

@@ -62,6 +62,7 @@ class _Replica:
     routed: int = 0
     restarts: int = 0
     load_deaths: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)  # its engine's counters, from 0 at each start
 
     @property
     def outstanding(self) -> int:
@@ -168,6 +169,7 @@ class ReplicaRouter:
     def _spawn(self, w: int) -> None:
         rep = self.replicas[w]
         rep.incarnation += 1
+        rep.stats = {}  # a fresh engine counts from 0 (a counter reset, as after an engine rebuild)
         incarnation, loop = rep.incarnation, self._loop
         assert loop is not None
 
@@ -212,6 +214,8 @@ class ReplicaRouter:
                 req = rep.requests.pop(msg[1], None)
                 if req is not None:
                     req.queue.put_nowait(RuntimeError(f"the sequence failed in replica {w}: {msg[2]}"))
+            elif msg[0] == "stats":
+                rep.stats = msg[1]
             elif msg[0] == "broken":
                 self._lost(w, rep, f"replica {w}'s engine broke: {msg[1]}")
                 return

@@ -9,7 +9,9 @@ and aborts; the host hands back, in batches, the messages of every step:
 * ``("out", RequestOutput)``: one request's progress in one step;
 * ``("error", request_id, reason)``: that sequence failed alone in the engine;
 * ``("broken", reason)``: an engine step raised (its state may be broken): the server fails
-  the replica's requests and replaces the worker.
+  the replica's requests and replaces the worker;
+* ``("stats", dict)``: the engine's counters (``LLMEngine.stats``: prefill and prefix-cache
+  tokens, steps), sent whenever they changed, so the server's /metrics can sum the replicas.
 
 ``replica_process_main`` is the local process's entry point: commands arrive on one pipe,
 message batches leave on another (the worker holds its only write end, so EOF tells the server
@@ -88,6 +90,7 @@ class EngineHost:
         from parainfer.generation import EngineLoop
 
         self._out: queue.SimpleQueue = queue.SimpleQueue()
+        self._sent_stats: dict[str, Any] = {}
         self.loop = EngineLoop(engine, on_error=self._broken).start()
 
     def info(self) -> dict[str, Any]:
@@ -109,16 +112,22 @@ class EngineHost:
         self.loop.abort(request_id)
 
     def drain(self, timeout: float) -> list[tuple]:
-        """Messages since the last call; waits up to ``timeout`` seconds for the first one."""
+        """Messages since the last call; waits up to ``timeout`` seconds for the first one. Ends
+        with a ``("stats", counters)`` message when the engine's counters changed since the last."""
         try:
             messages = [self._out.get(timeout=timeout)]
         except queue.Empty:
-            return []
-        while True:
+            messages = []
+        while messages:
             try:
                 messages.append(self._out.get_nowait())
             except queue.Empty:
-                return messages
+                break
+        stats = dict(self.loop.engine.stats)  # a copy: the loop thread updates it after each step
+        if stats != self._sent_stats:
+            self._sent_stats = stats
+            messages.append(("stats", stats))
+        return messages
 
     def stop(self) -> None:
         self.loop.stop()
