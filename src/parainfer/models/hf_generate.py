@@ -77,6 +77,12 @@ class GeneratePredictor(Predictor):
         self._engine: Any = None
         self._check_options()
 
+    @property
+    def engine(self) -> Any:
+        """The loaded ``LLMEngine`` (None before ``load()``): the OpenAI batch runner admits
+        requests against it as the server does."""
+        return self._engine
+
     def _check_options(self) -> None:
         """Bad sampling options are a usage error at start (exit 2), not one error per record:
         SamplingParams' checks, and max_tokens against the model's context window."""

@@ -96,15 +96,14 @@ def _validation_error(exc: Any) -> ApiError:
 def _prepare_generation(predictor: Any, pos: int, url: str, body: Any) -> _Generation:
     """Prompts and SamplingParams of a generation request, with the online route's checks."""
     from parainfer.generation import SamplingParams
-    from parainfer.serving.generation_routes import _check_supported, _messages
-    from parainfer.serving.generation_admission import structured_fields
+    from parainfer.serving.generation_admission import chat_messages, check_supported, structured_fields
     from parainfer.serving.generation_service import CHAT_DEFAULT_MAX_TOKENS
 
-    _check_supported(body)
-    engine = predictor.sub("generate")._engine
+    check_supported(body)
+    engine = predictor.sub("generate").engine
     if url == CHAT:
         try:
-            prompts = [engine.format_chat(_messages(body))]
+            prompts = [engine.format_chat(chat_messages(body))]
         except ApiError:
             raise
         except Exception as exc:  # a template that rejects the roles/order given
@@ -150,7 +149,7 @@ def _run_generation(predictor: Any, gens: list[_Generation], requests: list[dict
     from parainfer.serving.bodies import chat_completion_body, completion_body, completion_head
     from parainfer.serving.logprobs_format import chat_logprobs, completion_logprobs
 
-    engine = predictor.sub("generate")._engine
+    engine = predictor.sub("generate").engine
     flat = [(g, i, ids) for g in gens for i, ids in enumerate(g.prompts)]
     results = engine.generate([ids for _, _, ids in flat], [g.params for g, _, _ in flat])
     for (g, i, _), res in zip(flat, results):
@@ -169,8 +168,7 @@ def _run_generation(predictor: Any, gens: list[_Generation], requests: list[dict
 
 def _run_embeddings(predictor: Any, embeds: list[tuple[int, EmbeddingRequest]], requests: list[dict[str, Any]],
                     lines: list[Any]) -> None:
-    from parainfer.serving.app import _encode_vector
-    from parainfer.serving.bodies import embeddings_body
+    from parainfer.serving.bodies import embeddings_body, encode_vector
 
     embedder = predictor.sub("embed")
     texts = [[b.input] if isinstance(b.input, str) else list(b.input) for _, b in embeds]
@@ -182,7 +180,7 @@ def _run_embeddings(predictor: Any, embeds: list[tuple[int, EmbeddingRequest]], 
     for (pos, body), group in zip(embeds, texts):
         outs, tokens = outputs[start:start + len(group)], sum(lengths[start:start + len(group)])
         start += len(group)
-        data = [{"object": "embedding", "index": j, "embedding": _encode_vector(out, body.encoding_format, j)}
+        data = [{"object": "embedding", "index": j, "embedding": encode_vector(out, body.encoding_format, j)}
                 for j, out in enumerate(outs)]
         lines[pos] = result_line(requests[pos]["custom_id"], 200,
                                  embeddings_body(data, predictor.names["embed"], tokens))

@@ -11,7 +11,6 @@ engine) and, on shutdown (after uvicorn has finished the in-flight requests), st
 
 from __future__ import annotations
 
-import base64
 import inspect
 import time
 from contextlib import asynccontextmanager
@@ -24,6 +23,7 @@ from fastapi.responses import JSONResponse
 from parainfer import __version__
 from parainfer.models.base import Predictor
 from parainfer.models.registry import build_predictor
+from parainfer.serving.bodies import encode_vector
 from parainfer.serving.batch_api import BatchApi
 from parainfer.serving.batch_runner import OnlineGate
 from parainfer.serving.config import ServeConfig
@@ -144,7 +144,7 @@ def _v1_routes(config: ServeConfig, service: Any) -> APIRouter:
     async def embeddings(body: EmbeddingRequest, request: Request) -> Any:
         """Embed one text or a list of texts (OpenAI's embeddings API)."""
         return await answer_list("embed", "/v1/embeddings", body.input, request, lambda i, out: {
-            "object": "embedding", "index": i, "embedding": _encode_vector(out, body.encoding_format, i)})
+            "object": "embedding", "index": i, "embedding": encode_vector(out, body.encoding_format, i)})
 
     @router.post("/v1/classify", response_model=ClassifyResponse)
     async def classify(body: ClassifyRequest, request: Request) -> Any:
@@ -176,17 +176,6 @@ def _ops_routes(service: InferenceService | GenerationService, metrics: ServingM
         return Response(metrics.render(), media_type=metrics.content_type)
 
     return router
-
-
-def _encode_vector(out: dict[str, Any], encoding: str, index: int) -> list[float] | str:
-    """An embedding as floats, or base64 of its little-endian float32 bytes (OpenAI's encoding)."""
-    if "embedding" not in out:
-        raise ApiError(422, f"the model returned no 'embedding' for input {index} (keys: {sorted(out)})",
-                       param=f"input.{index}", code="model_error")
-    vector = np.asarray(out["embedding"], dtype="<f4")
-    if encoding == "base64":
-        return base64.b64encode(vector.tobytes()).decode("ascii")
-    return vector.tolist()
 
 
 def _plain(value: Any) -> Any:

@@ -9,10 +9,15 @@ embeddings list, each with ``usage``.
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Sequence
+
+import numpy as np
+
+from parainfer.serving.errors import ApiError
 
 
 @dataclass
@@ -63,3 +68,23 @@ def embeddings_body(data: list[dict[str, Any]], model: str, tokens: int) -> dict
     ``{"object": "embedding", "index", "embedding"}``, ``tokens`` the input tokens."""
     return {"object": "list", "data": data, "model": model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def encode_vector(out: dict[str, Any], encoding: str, index: int) -> list[float] | str:
+    """An embedding as floats, or base64 of its little-endian float32 bytes (OpenAI's encoding).
+
+    Args:
+        out: one model output, with ``embedding`` (a vector of floats).
+        encoding: "float" or "base64" (the request's ``encoding_format``).
+        index: the input's position in the request, for the error.
+
+    Raises:
+        ApiError: 422 ``model_error`` when the output has no embedding.
+    """
+    if "embedding" not in out:
+        raise ApiError(422, f"the model returned no 'embedding' for input {index} (keys: {sorted(out)})",
+                       param=f"input.{index}", code="model_error")
+    vector = np.asarray(out["embedding"], dtype="<f4")
+    if encoding == "base64":
+        return base64.b64encode(vector.tobytes()).decode("ascii")
+    return vector.tolist()

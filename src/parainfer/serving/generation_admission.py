@@ -232,3 +232,30 @@ def check_prompts_fit(engine: Any, prompts: list[list[int]], max_tokens: int) ->
             which = f"prompt {i}: " if len(prompts) > 1 else ""
             raise ApiError(400, f"{which}{exc}; shorten the prompt or lower max_tokens", param="max_tokens",
                            code="context_length_exceeded") from None
+
+
+def check_supported(body: Any) -> None:
+    """Raise 400 ``unsupported`` for sampling fields the engine does not implement (``n`` > 1)."""
+    if body.n != 1:
+        raise ApiError(400, f"n={body.n} is not supported; only n=1 (send the request n times with different "
+                            "seeds)", param="n", code="unsupported")
+
+
+def chat_messages(body: Any) -> list[dict[str, str]]:
+    """A chat request's messages as plain {role, content} dicts (``developer`` read as ``system``);
+    text parts are joined.
+
+    Raises:
+        ApiError: 400 ``unsupported`` for a content part that is not text.
+    """
+    out = []
+    for i, m in enumerate(body.messages):
+        content = m.content
+        if isinstance(content, list):
+            kinds = {part.get("type") for part in content} - {"text"}
+            if kinds:
+                raise ApiError(400, f"messages.{i}.content has parts of type {sorted(map(str, kinds))}; only "
+                                    "'text' parts are supported", param=f"messages.{i}.content", code="unsupported")
+            content = "".join(str(part.get("text", "")) for part in content)
+        out.append({"role": "system" if m.role == "developer" else m.role, "content": content or ""})
+    return out

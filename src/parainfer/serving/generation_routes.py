@@ -27,6 +27,7 @@ from parainfer.serving.config import ServeConfig
 from parainfer.serving.json_body import OrjsonRoute
 from parainfer.serving.logprobs_format import chat_logprobs, completion_logprobs
 from parainfer.serving.errors import ApiError, request_id
+from parainfer.serving.generation_admission import chat_messages, check_supported
 from parainfer.serving.generation_service import Admitted, GenerationService, Reservation
 from parainfer.serving.service import ClientGone
 from parainfer.serving.schemas import (
@@ -62,7 +63,7 @@ def generation_routes(config: ServeConfig, service: GenerationService | None) ->
     async def completions(body: CompletionRequest, request: Request) -> Any:
         """Complete one prompt or a list (one choice each); text prompts get no chat template."""
         gen = need("/v1/completions")
-        _check_supported(body)
+        check_supported(body)
         if body.echo:
             raise ApiError(400, "echo is not supported; leave it false", param="echo", code="unsupported")
         got = await gen.admit_completion(body)
@@ -81,8 +82,8 @@ def generation_routes(config: ServeConfig, service: GenerationService | None) ->
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         """Answer a conversation with the model's chat template (one choice)."""
         gen = need("/v1/chat/completions")
-        _check_supported(body)
-        got = await gen.admit_chat(body, _messages(body))
+        check_supported(body)
+        got = await gen.admit_chat(body, chat_messages(body))
         head = completion_head("chat", name)
         if body.stream:
             head["object"] = "chat.completion.chunk"
@@ -96,27 +97,6 @@ def generation_routes(config: ServeConfig, service: GenerationService | None) ->
         return JSONResponse(chat_completion_body(head, choices))
 
     return router
-
-
-def _check_supported(body: SamplingFields) -> None:
-    if body.n != 1:
-        raise ApiError(400, f"n={body.n} is not supported; only n=1 (send the request n times with different "
-                            "seeds)", param="n", code="unsupported")
-
-
-def _messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
-    """Plain {role, content} dicts; text parts are joined, other parts are refused."""
-    out = []
-    for i, m in enumerate(body.messages):
-        content = m.content
-        if isinstance(content, list):
-            kinds = {part.get("type") for part in content} - {"text"}
-            if kinds:
-                raise ApiError(400, f"messages.{i}.content has parts of type {sorted(map(str, kinds))}; only "
-                                    "'text' parts are supported", param=f"messages.{i}.content", code="unsupported")
-            content = "".join(str(part.get("text", "")) for part in content)
-        out.append({"role": "system" if m.role == "developer" else m.role, "content": content or ""})
-    return out
 
 
 def _shape_logprobs(choices: list[Any], gen: GenerationService, chat: bool) -> None:
