@@ -62,7 +62,8 @@ def main(url: str) -> None:
         answers = {p: [f.result() for f in fs] for p, fs in futures.items()}
     with ThreadPoolExecutor(2) as pool:
         long = [pool.submit(long_request, url, p) for p in PROMPTS[:2]]
-        wait_until(url, lambda b: all(r["running"] for r in b["replica_state"]), 120)
+        # both sequences have their first token (one with none yet would move to the other replica)
+        wait_until(url, lambda b: all(r["running"] and r["outstanding_tokens"] < 32 for r in b["replica_state"]), 120)
         print("RUNNING", flush=True)
         outcomes = sorted(f.result() for f in long)
     health = wait_until(url, lambda b: b["replicas_ready"] == 2, 240)

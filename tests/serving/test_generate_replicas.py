@@ -4,7 +4,8 @@ server, through the official ``openai`` client.
 Greedy outputs must equal the one engine run directly (what the one-engine server is held to in
 test_generate_api.py), streamed or not, with requests in flight on both replicas at once; the
 router must spread them over both (per-replica counters in /metrics and /health); a replica
-SIGKILLed mid-request fails its requests with a clean error (never a hang) and is restarted;
+SIGKILLed mid-request fails its started requests with a clean error (never a hang), sends those
+with no token yet to the other replica, and is restarted;
 a client that leaves mid-stream has its sequence aborted.
 """
 
@@ -153,27 +154,64 @@ def test_a_client_that_leaves_mid_stream_has_its_sequence_aborted_in_its_replica
         time.sleep(0.1)
 
 
+def test_a_sequence_whose_replica_dies_before_its_first_token_runs_on_the_other(replicas, engine):
+    from parainfer.generation import SamplingParams
+
+    pid = httpx.get(replicas + "/health").json()["replica_state"][0]["pid"]
+    os.kill(pid, signal.SIGSTOP)  # replica 0 takes requests but gives no token
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            got = [pool.submit(_complete, replicas, p, s) for p in PROMPTS[:2] for s in (False, True)]
+            deadline = time.monotonic() + 60
+            while not httpx.get(replicas + "/health").json()["replica_state"][0]["running"]:
+                assert time.monotonic() < deadline, "no request reached replica 0"
+                time.sleep(0.05)
+            os.kill(pid, signal.SIGKILL)
+            got = [f.result(timeout=120) for f in got]
+    finally:
+        os.kill(pid, signal.SIGKILL) if _alive(pid) else None
+    want = engine.generate([engine.tokenizer.encode(p) for p in PROMPTS[:2]], SamplingParams(max_tokens=12))
+    assert got == [(w.text, w.finish_reason) for w in want for _ in (0, 1)]  # none failed, same answers
+    _wait_both_ready(replicas)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_both_ready(url: str) -> dict:
+    deadline = time.monotonic() + 240
+    while True:
+        body = httpx.get(url + "/health").json()
+        if body["replicas_ready"] == 2:
+            return body
+        assert time.monotonic() < deadline, f"replica 0 was not restarted: {body}"
+        time.sleep(0.2)
+
+
 def test_a_replica_killed_mid_request_fails_it_cleanly_and_is_restarted(replicas):
     c = client(replicas)
     state = httpx.get(replicas + "/health").json()["replica_state"]
+    restarts = state[0]["restarts"]
     with ThreadPoolExecutor(2) as pool:  # one long request on each replica, then replica 0 dies
         long = [pool.submit(_long_request, replicas, p) for p in PROMPTS[:2]]
         deadline = time.monotonic() + 60
-        while not all(r["running"] for r in httpx.get(replicas + "/health").json()["replica_state"]):
-            assert time.monotonic() < deadline, "requests did not reach both replicas"
+        # both have their first token (a sequence with none yet would be sent to the other replica):
+        # a started sequence's outstanding tokens are below its max_tokens of 64
+        while not all(r["running"] and r["outstanding_tokens"] < 64
+                      for r in httpx.get(replicas + "/health").json()["replica_state"]):
+            assert time.monotonic() < deadline, "requests did not start on both replicas"
             time.sleep(0.05)
         os.kill(state[0]["pid"], signal.SIGKILL)
         outcomes = [f.result(timeout=120) for f in long]
     assert sorted(outcomes) == ["200", "503"], outcomes  # the dead replica's failed, the other's ran on
-    deadline = time.monotonic() + 240
-    while True:
-        body = httpx.get(replicas + "/health").json()
-        if body["replicas_ready"] == 2:
-            break
-        assert time.monotonic() < deadline, f"replica 0 was not restarted: {body}"
-        time.sleep(0.2)
-    assert body["replica_state"][0]["restarts"] == 1 and body["replica_state"][0]["pid"] != state[0]["pid"]
-    assert 'parainfer_replica_restarts_total{replica="0"} 1.0' in httpx.get(replicas + "/metrics").text
+    body = _wait_both_ready(replicas)
+    assert body["replica_state"][0]["restarts"] == restarts + 1 and body["replica_state"][0]["pid"] != state[0]["pid"]
+    assert f'parainfer_replica_restarts_total{{replica="0"}} {restarts + 1}.0' in httpx.get(replicas + "/metrics").text
     got = c.completions.create(model="m", prompt=PROMPTS[0], max_tokens=4, temperature=0)
     assert got.choices[0].finish_reason == "length"
 

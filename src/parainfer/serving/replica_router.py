@@ -11,8 +11,9 @@ still to do) plus ``max_tokens`` minus the tokens generated so far (ties: fewer 
 the lower index). Outputs stream back in message batches, one per engine step or so.
 
 Faults: a replica that dies (killed, crashed, its node lost) or whose engine step raised
-fails every request it held with :class:`ReplicaDied` (the routes answer 503 with Retry-After,
-or an error event mid-stream) and is started again; one that dies ``MAX_DEATHS_WHILE_LOADING``
+is started again; a request it held that had no output yet is sent whole to another ready
+replica, the others fail with :class:`ReplicaDied` (the routes answer 503 with Retry-After, or
+an error event mid-stream); one that dies ``MAX_DEATHS_WHILE_LOADING``
 times in a row before loading, or whose model raised while loading, is given up. With every
 replica given up, ``error`` is set and /health says failed. All state lives on the event loop:
 reader threads hand events over with ``call_soon_threadsafe``.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
@@ -123,14 +125,36 @@ class ReplicaRouter:
 
     async def stream_async(self, prompt: list[int], params: Any) -> AsyncIterator[Any]:
         """Send one sequence to the replica with the fewest outstanding tokens; async-iterate its
-        RequestOutputs. Leaving early aborts it in its replica.
+        RequestOutputs. Leaving early aborts it in its replica. A sequence whose replica dies
+        before its first output is sent again, whole, to another ready replica (nothing of it
+        reached the client, so the answer is the one it would have had); once an output has
+        been yielded, the replica's death is the request's.
 
         Raises:
             ApiError: 503 (Retry-After) when no replica is ready now.
-            ReplicaDied: its replica died or broke before the sequence finished.
+            ReplicaDied: its replica died or broke after its first output, or before it with no
+                other ready replica left to try.
             RuntimeError: the sequence failed alone in its engine (the reason is the message).
         """
-        w = self._pick()
+        tried: set[int] = set()
+        while True:
+            w = self._pick(tried)
+            started = False
+            try:
+                async with aclosing(self._attempt(w, prompt, params)) as attempt:  # a client that
+                    async for out in attempt:  # leaves closes the attempt too: its finally aborts
+                        started = True
+                        yield out
+                return
+            except ReplicaDied as exc:
+                tried.add(w)
+                if started or not any(r.ready for i, r in enumerate(self.replicas) if i not in tried):
+                    raise
+                log.warning("generation replica %d lost a sequence before its first token (%s); sending it "
+                            "to another replica", w, exc)
+
+    async def _attempt(self, w: int, prompt: list[int], params: Any) -> AsyncIterator[Any]:
+        """One try of a sequence on replica ``w`` (see ``stream_async``)."""
         rep, rid = self.replicas[w], f"g{next(self._ids)}"
         req = _Request(asyncio.Queue(), len(prompt), params.max_tokens)
         rep.requests[rid] = req
@@ -153,8 +177,8 @@ class ReplicaRouter:
             if not finished and rep.incarnation == incarnation and rep.ready:
                 handle.abort(rid)
 
-    def _pick(self) -> int:
-        ready = [w for w, r in enumerate(self.replicas) if r.ready]
+    def _pick(self, exclude: set[int] = frozenset()) -> int:
+        ready = [w for w, r in enumerate(self.replicas) if r.ready and w not in exclude]
         if not ready:
             raise ApiError(503, "no generation replica is ready (restarting after a fault); retry shortly",
                            code="replica_unavailable", headers={"Retry-After": "2"})
