@@ -4,7 +4,8 @@
 #   raycluster.sh up TAG     start it; prints KEY=VALUE lines (HEAD_NS, NODE_NS, ADDRESS, TEMP)
 #   raycluster.sh down TAG   kill every process in its namespaces, delete them and its files
 #   raycluster.sh node-down TAG   SIGKILL every process of the second node (a machine lost)
-#   raycluster.sh node-up TAG     start (or restart) the second node (NODES=1 up starts the head only)
+#   raycluster.sh node-up TAG     start (or restart) the second node (NODES=1 up starts the head only;
+#                                 NODES=0 up makes the namespaces and their network, no Ray)
 #   raycluster.sh info TAG   print its KEY=VALUE lines again
 #   raycluster.sh down-all   tear down every cluster this script made (CI's exit trap)
 #
@@ -70,6 +71,7 @@ up() {
   done
   head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$temp/auth_token"
   chmod 600 "$temp/auth_token"
+  if [[ ${NODES:-2} == 0 ]]; then info; return 0; fi
   local t0=$SECONDS
   ip netns exec "$ns1" env $auth "$RAY" start --head --node-ip-address "$ip1" --port "$port" \
     --num-cpus "$cpus" --include-dashboard false --disable-usage-stats --temp-dir "$temp/head" >"$temp/head.log" 2>&1 \
