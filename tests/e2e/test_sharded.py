@@ -1,6 +1,7 @@
-"""Sharded mode end to end: the same output bytes as record mode for every input format (a batch
-that raises fails record by record inside its shard), a killed driver resumes byte-identically,
-and a record that kills its worker is bisected out of its shard into the errors file."""
+"""Sharded mode end to end: the same output bytes as record mode for every input format and every
+output format (JSONL, CSV, Parquet; a batch that raises fails record by record inside its shard),
+a killed driver resumes byte-identically, and a record that kills its worker is bisected out of
+its shard into the errors file. Folder outputs, --task-timeout: tests/e2e/test_sharded_outputs.py."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from parainfer.config import JobConfig
@@ -49,20 +51,26 @@ def run_job(workers, src: Path, out: Path, mode: str) -> dict:
     return Job(config).run(workers)
 
 
+@pytest.mark.parametrize("out_ext", ["jsonl", "csv", "parquet"])
 @pytest.mark.parametrize("ext", ["jsonl", "csv", "txt", "parquet"])
-def test_sharded_output_is_record_mode_output(ext: str, inputs, workers, tmp_path: Path,  # noqa: F811
+def test_sharded_output_is_record_mode_output(ext: str, out_ext: str, inputs, workers, tmp_path: Path,  # noqa: F811
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     for k, v in SMALL_SHARDS.items():
         monkeypatch.setenv(k, v)
     src = inputs[ext]
-    rec = run_job(workers, src, tmp_path / "rec.jsonl", "off")
-    sh = run_job(workers, src, tmp_path / "sh.jsonl", "on")
+    rec = run_job(workers, src, tmp_path / f"rec.{out_ext}", "off")
+    sh = run_job(workers, src, tmp_path / f"sh.{out_ext}", "on")
     assert (rec["data_path"], sh["data_path"]) == ("records", "sharded")
     assert sh["shards"]["committed"] > 4
-    assert (tmp_path / "sh.jsonl").read_bytes() == (tmp_path / "rec.jsonl").read_bytes()
+    assert (tmp_path / f"sh.{out_ext}").read_bytes() == (tmp_path / f"rec.{out_ext}").read_bytes()
     assert (tmp_path / "sh.errors.jsonl").read_bytes() == (tmp_path / "rec.errors.jsonl").read_bytes()
     assert sh["failed_records"] == rec["failed_records"] > 0
-    assert not Path(str(tmp_path / "sh.jsonl") + ".parainfer-shards").exists()  # parts removed at the end
+    assert sh["records"] == rec["records"]
+    assert not Path(str(tmp_path / f"sh.{out_ext}") + ".parainfer-shards").exists()  # parts removed at the end
+    if out_ext == "csv":  # one header line, first
+        assert (tmp_path / "sh.csv").read_text().count("id,text,") == 1
+    if out_ext == "parquet":
+        assert pq.read_table(tmp_path / "sh.parquet").num_rows == sh["records"] - sh["failed_records"]
 
 
 def test_a_raising_record_fails_alone_inside_its_shard(marked: Path, workers, tmp_path: Path,
