@@ -19,9 +19,10 @@ single record that kills its worker more than ``max_retries`` times goes to the 
 alone. The output parts are in the output's format (JSONL, CSV, Parquet: ``io.part_sinks``);
 a part written under another CSV header / Parquet schema than the job's (the first committed
 part's) is redone with the job's. ``--task-timeout`` bounds each batch inside a shard
-(``executors.shard_runner.BatchWatchdog``). Not in this mode: ``--batch-size auto`` (the
-fixed maximum size is used), stdout output and the Ray executor (``shard_mode.choose_mode``
-falls back to record mode, or refuses ``--shard-mode on`` saying why).
+(``executors.shard_runner.BatchWatchdog``); ``--batch-size auto`` is tuned by each worker
+for itself (``executors.shard_runner.worker_tuner``). Not in this mode: stdout output and the
+Ray executor (``shard_mode.choose_mode`` falls back to record mode, or refuses ``--shard-mode on``
+saying why).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class ShardedJob:
         size = job.tuner.max_size if job.tuner else int(cfg.batch_size)
         self.batch = dict(batch_size=size, max_batch_tokens=cfg.max_batch_tokens, bucket_window=cfg.bucket_window,
                           id_column=cfg.id_column, text_column=cfg.text_column,
-                          own_rows=job.predictor.writes_own_rows, task_timeout=cfg.task_timeout)
+                          own_rows=job.predictor.writes_own_rows, task_timeout=cfg.task_timeout,
+                          auto_max_batch=job.tuner.max_size if job.tuner else None)
 
     def _plan(self, store: ShardStore, workers: int) -> list[Shard]:
         """Shards for the uncommitted rest of the input. The smallest shard is MIN_SHARD_BYTES
@@ -99,6 +101,7 @@ class ShardedJob:
         self.done: dict[int, tuple[ShardTask, ShardResult]] = {}  # shard start -> finished, not committed
         self.deaths: dict[int, int] = {}  # shard start -> deaths of workers running it
         self.counts, self.next_index = TokenCounts(), 0
+        self.sizes: list[list[float]] = []  # [s since the first dispatch, batch size] as workers report them
         self.saved_at, self.saved = time.monotonic(), len(store.committed)  # last manifest write
         self.t_first = self.t_last = None
         ready_phases: list[dict[str, float]] = []
@@ -180,6 +183,8 @@ class ShardedJob:
         self.report.failed_records += res.failed
         self.report.tasks += res.batches
         origin = self.t_first or 0.0
+        if res.batch_size and (not self.sizes or self.sizes[-1][1] != res.batch_size):
+            self.sizes.append([round(self.t_last - (self.t_first or self.t_last), 3), res.batch_size])
         self.report.timeline.append([task.index, res.worker_id, round(res.t_start - origin, 6),
                                      round(res.t_end - origin, 6), res.records, res.counts.real, res.counts.padded])
 
@@ -294,7 +299,7 @@ class ShardedJob:
         book = busy - report.extra.get("driver_finish_cpu_s", 0.0)
         report.extra["driver_bookkeeping_us_per_record"] = round(book / report.records * 1e6, 3) if report.records else None
         report.extra["errors_file"] = store.errors_path if store.failed else None
-        report.batch_sizes = [[0.0, self.batch["batch_size"]]]
+        report.batch_sizes = self.sizes if self.batch["auto_max_batch"] else [[0.0, self.batch["batch_size"]]]
         report.extra["output_format"] = store.format + (" parts in a folder" if store.keep_parts else "")
         out = report.to_dict()
         if self.config.report:

@@ -55,3 +55,18 @@ def test_a_part_under_another_csv_header_is_redone(tmp_path: Path, monkeypatch) 
     assert (tmp_path / "on.errors.jsonl").read_bytes() == (tmp_path / "off.errors.jsonl").read_bytes()
     assert reports["on"]["failed_records"] == reports["off"]["failed_records"] >= 600
     assert reports["on"]["records"] == reports["off"]["records"]
+
+
+def test_batch_size_auto_runs_sharded_with_the_same_output(tmp_path: Path, monkeypatch) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows(1500)), encoding="utf-8")
+    monkeypatch.setenv("PARAINFER_MIN_SHARD_BYTES", "2000")
+    reports = {}
+    for mode in ("off", "on"):
+        config = JobConfig(input=str(src), output=str(tmp_path / f"{mode}.parquet"), model="parainfer.testing:echo",
+                           workers=2, batch_size="auto", max_auto_batch_size=64, shard_mode=mode, quiet=True)
+        reports[mode] = Job(config).run()
+    assert reports["on"]["data_path"] == "sharded"
+    assert (tmp_path / "on.parquet").read_bytes() == (tmp_path / "off.parquet").read_bytes()
+    sizes = [size for _, size in reports["on"]["batch_sizes"]]
+    assert sizes and all(1 <= size <= 64 for size in sizes)  # what the workers' tuners chose, within the bound

@@ -90,7 +90,8 @@ class ShardTask:
         batch: batching settings: ``batch_size``, ``max_batch_tokens``, ``bucket_window``,
             ``id_column``, ``text_column``, ``own_rows`` (``Predictor.writes_own_rows``); output:
             ``format``, ``header``, ``with_header`` (``io.part_sinks.open_part``); and
-            ``task_timeout`` (seconds one batch may run, or None; ``executors.shard_runner``).
+            ``task_timeout`` (seconds one batch may run, or None), ``auto_max_batch`` (``--batch-size
+            auto``: the largest size the worker's tuner tries, or None; ``executors.shard_runner``).
         attempt: how many times this shard was given out before.
     """
 
@@ -119,6 +120,7 @@ class ShardResult:
         lines: lines in the shard (line ends; Parquet: rows), for numbering the next shard's.
         header: the output part's header (``io.part_sinks``: CSV columns, Parquet schema bytes;
             None for JSONL or a part without rows).
+        batch_size: the batch size the worker used last (``--batch-size auto`` tunes it).
     """
 
     task_index: int
@@ -136,6 +138,7 @@ class ShardResult:
     batches: int = 0
     lines: int = 0
     header: Any = None
+    batch_size: int = 0
 
 
 Event = WorkerReady | TaskResult | ShardResult | WorkerFailed

@@ -11,6 +11,10 @@ parts are fsynced before the ``ShardResult`` (sizes and SHA-256 digests) goes ba
 commits a shard only after that. The output part is in the job's output format
 (``io.part_sinks``: JSONL, CSV or Parquet).
 
+``--batch-size auto`` in sharded mode: each worker tunes its own batch size with the record-mode
+hill climber (``scheduling.autobatch.BatchSizeTuner``, fed with its own batches' measured
+tokens per busy second), kept across the shards it runs (``worker_tuner``).
+
 ``--task-timeout`` in sharded mode bounds each *batch* of the shard, as it bounds each task
 (a batch) in record mode: a ``BatchWatchdog`` thread in the worker writes a note next to the
 part (``timeout_note``) and SIGKILLs the worker when one batch runs longer; the driver reads
@@ -52,6 +56,7 @@ def run_shard(predictor: Any, task: ShardTask, worker_id: int, t_received: float
     builder = TaskBuilder(estimate, predictor.window(), b["batch_size"], b["max_batch_tokens"], bucket,
                           max_chars=max_chars)
     window = b["bucket_window"] if bucket else b["batch_size"]
+    tuner = worker_tuner(b.get("auto_max_batch"))
     merger = Merger(b["id_column"], b["text_column"], own_rows=b["own_rows"])
     counts = TokenCounts()
     errors = ErrorSink(task.errors_part)
@@ -72,10 +77,15 @@ def run_shard(predictor: Any, task: ShardTask, worker_id: int, t_received: float
                     merger.fail(err)
                     failed.append(err)
             merger.expect(good)
+            if tuner is not None:
+                builder.batch_size = tuner.current
             for batch in builder.build(good):
                 watchdog.arm(batch.index)
                 res = run_task(predictor, batch, worker_id, time.perf_counter())
                 watchdog.disarm()
+                if tuner is not None:
+                    tokens = res.counts.real if res.counts is not None else batch.tokens
+                    tuner.observe(batch.batch_size, tokens, res.t_end - res.t_start, time.perf_counter())
                 if res.counts is not None:
                     counts.add(res.counts)
                     estimate.observe(res.counts)
@@ -96,7 +106,22 @@ def run_shard(predictor: Any, task: ShardTask, worker_id: int, t_received: float
                        out_bytes=sink.bytes_written, out_sha256=sink.digest.hexdigest(), err_bytes=err_bytes,
                        err_sha256=errors.digest.hexdigest(), t_received=t_received, t_start=t_start,
                        t_end=time.perf_counter(), counts=counts, batches=builder.stats.tasks,
-                       lines=shard_lines(task.input.path, task.shard), header=getattr(sink, "header", None))
+                       lines=shard_lines(task.input.path, task.shard), header=getattr(sink, "header", None), batch_size=builder.batch_size)
+
+
+_TUNER: list[Any] = [None, None]  # (max size, BatchSizeTuner) of this worker process
+
+
+def worker_tuner(max_size: int | None) -> Any:
+    """This worker's ``BatchSizeTuner`` for ``--batch-size auto`` (None: a fixed size), made on
+    the first shard and kept for the next ones (a new one when ``max_size`` changes: a new job)."""
+    if not max_size:
+        return None
+    if _TUNER[0] != max_size:
+        from parainfer.scheduling.autobatch import BatchSizeTuner
+
+        _TUNER[:] = [max_size, BatchSizeTuner(start=min(8, max_size), max_size=max_size)]
+    return _TUNER[1]
 
 
 def timeout_note(part: str) -> str:
