@@ -73,7 +73,7 @@ def run(
     trust: bool = typer.Option(False, help="load a model directory's skops file even if it holds types skops "
                                "does not trust by default (only for files from a trusted source)"),
     shard_mode: str = typer.Option("auto", help="auto | on | off: workers read shards of the input file themselves "
-                                   "(auto: splittable inputs of 64 MiB and more, file or folder output; docs/sharded.md)"),
+                                   "(auto: splittable inputs of 64 MiB and more; docs/sharded.md)"),
 ) -> None:
     """Run a batch job: every input record's result, in input order, computed by N workers."""
     from parainfer.config import JobConfig

@@ -299,7 +299,8 @@ class ShardedJob:
         book = busy - report.extra.get("driver_finish_cpu_s", 0.0)
         report.extra["driver_bookkeeping_us_per_record"] = round(book / report.records * 1e6, 3) if report.records else None
         report.extra["errors_file"] = store.errors_path if store.failed else None
-        report.batch_sizes = self.sizes if self.batch["auto_max_batch"] else [[0.0, self.batch["batch_size"]]]
+        fixed = [[0.0, self.batch["batch_size"]]]
+        report.batch_sizes = (self.sizes or fixed) if self.batch["auto_max_batch"] else fixed
         report.extra["output_format"] = store.format + (" parts in a folder" if store.keep_parts else "")
         out = report.to_dict()
         if self.config.report:

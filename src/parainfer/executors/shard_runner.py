@@ -106,7 +106,8 @@ def run_shard(predictor: Any, task: ShardTask, worker_id: int, t_received: float
                        out_bytes=sink.bytes_written, out_sha256=sink.digest.hexdigest(), err_bytes=err_bytes,
                        err_sha256=errors.digest.hexdigest(), t_received=t_received, t_start=t_start,
                        t_end=time.perf_counter(), counts=counts, batches=builder.stats.tasks,
-                       lines=shard_lines(task.input.path, task.shard), header=getattr(sink, "header", None), batch_size=builder.batch_size)
+                       lines=shard_lines(task.input.path, task.shard), header=getattr(sink, "header", None),
+                       batch_size=builder.batch_size)
 
 
 _TUNER: list[Any] = [None, None]  # (max size, BatchSizeTuner) of this worker process
