@@ -10,6 +10,10 @@ import os
 import subprocess
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
 from parainfer.config import JobConfig
 from parainfer.engine import Job
 from tests.e2e.test_sharded import MODEL, cli, workers  # noqa: F401 - the module's two ready workers
@@ -70,3 +74,29 @@ def test_batch_size_auto_runs_sharded_with_the_same_output(tmp_path: Path, monke
     assert (tmp_path / "on.parquet").read_bytes() == (tmp_path / "off.parquet").read_bytes()
     sizes = [size for _, size in reports["on"]["batch_sizes"]]
     assert sizes and all(1 <= size <= 64 for size in sizes)  # what the workers' tuners chose, within the bound
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_folder_keeps_parts_that_are_each_a_file_of_the_format(fmt: str, tmp_path: Path, workers,  # noqa: F811
+                                                                 monkeypatch) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows(1500)), encoding="utf-8")
+    monkeypatch.setenv("PARAINFER_MIN_SHARD_BYTES", "2000")
+    for out in (f"{tmp_path}/rec.{fmt}", f"{tmp_path}/parts.{fmt}/"):
+        config = JobConfig(input=str(src), output=out, model=MODEL, workers=2, batch_size=16, bucket_window=64,
+                           shard_mode="auto", quiet=True)  # auto: a folder runs sharded whatever the input size
+        rep = Job(config).run(workers)
+    assert rep["data_path"] == "sharded" and rep["shards"]["committed"] > 4
+    folder = tmp_path / f"parts.{fmt}"
+    names = json.loads((folder / "manifest.json").read_text())["parts"]
+    assert len(names) > 4 and all(name.endswith(f".{fmt}") for name in names)
+    if fmt == "csv":
+        record = (tmp_path / "rec.csv").read_bytes()
+        header, _ = record.split(b"\r\n", 1)
+        parts = [(folder / name).read_bytes() for name in names]
+        assert all(part.startswith(header + b"\r\n") for part in parts)  # each part is a CSV file of its own
+        assert header + b"\r\n" + b"".join(part[len(header) + 2:] for part in parts) == record
+    else:
+        tables = [pq.read_table(folder / name) for name in names]  # each part is a Parquet file of its own
+        assert pa.concat_tables(tables).equals(pq.read_table(tmp_path / "rec.parquet"))
+    assert (tmp_path / "parts.errors.jsonl").read_bytes() == (tmp_path / "rec.errors.jsonl").read_bytes()

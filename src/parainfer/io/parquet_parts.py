@@ -142,21 +142,23 @@ def assemble(out: Any, parts: list[str], schema: Any, row_group_size: int = 10_0
     each part cast to ``schema`` (None: no parts, an empty table). Re-cutting from contiguous
     arrays makes the file independent of how the rows were split into parts (record mode's
     checkpoint parts, sharded mode's shard parts). Raises pyarrow errors for a part that
-    does not cast to ``schema``."""
+    does not cast to ``schema``. Parts are read in batches of ``row_group_size`` rows, so memory
+    stays about two row groups however large a part is."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     writer = pq.ParquetWriter(out, schema if schema is not None else pa.schema([]))
     pending: list[Any] = []
     held = 0
-    for path in parts:
-        table = pq.read_table(path).cast(schema)
-        pending.append(table)
-        held += table.num_rows
-        while held >= row_group_size:
-            whole = pa.concat_tables(pending)
-            writer.write_table(whole.slice(0, row_group_size).combine_chunks(), row_group_size=row_group_size)
-            pending, held = [whole.slice(row_group_size)], held - row_group_size
+    for path in parts:  # read a row group's worth at a time: memory stays ~2 row groups whatever the part size
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=row_group_size):
+            table = pa.Table.from_batches([batch]).cast(schema)
+            pending.append(table)
+            held += table.num_rows
+            while held >= row_group_size:
+                whole = pa.concat_tables(pending)
+                writer.write_table(whole.slice(0, row_group_size).combine_chunks(), row_group_size=row_group_size)
+                pending, held = [whole.slice(row_group_size)], held - row_group_size
     if held:
         writer.write_table(pa.concat_tables(pending).combine_chunks(), row_group_size=row_group_size)
     writer.close()
