@@ -38,13 +38,14 @@ PART_FORMATS = (".jsonl", ".csv", ".parquet")
 
 def output_format(output: str) -> str:
     """The part format of an output path: ".jsonl", ".csv" or ".parquet" (".ndjson" is JSONL).
-    A folder output (``DIR/``) takes its name's extension (``out.parquet/``, as Spark names its
-    part folders), JSONL when it has none. Raises UsageError for another extension."""
+    A folder output (``DIR/``) takes its name's extension when it is ``.csv`` or ``.parquet``
+    (``out.parquet/``, as Spark names its part folders), else JSONL (``runs.v2/`` too). Raises
+    UsageError for a file with another extension."""
     ext = os.path.splitext(output.rstrip("/"))[1].lower()
-    if ext in ("", ".jsonl", ".ndjson") and (ext or output.endswith("/") or os.path.isdir(output)):
-        return ".jsonl"
     if ext in (".csv", ".parquet"):
         return ext
+    if ext in (".jsonl", ".ndjson") or output.endswith("/") or os.path.isdir(output):
+        return ".jsonl"
     raise UsageError(f"output {output!r}: sharded mode writes {', '.join(PART_FORMATS)} (or a folder), not {ext!r}")
 
 
