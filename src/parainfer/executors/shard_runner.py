@@ -168,9 +168,12 @@ class BatchWatchdog:
         while not self._stop.wait(step):
             since = self._since
             if since is not None and time.monotonic() - since > self.timeout_s:
-                with open(self.note, "w", encoding="utf-8") as f:
-                    f.write(f"batch {self._batch} of the shard timed out after {self.timeout_s:g} s "
-                            f"(--task-timeout); worker {self.worker_id} killed")
+                try:
+                    with open(self.note, "w", encoding="utf-8") as f:
+                        f.write(f"batch {self._batch} of the shard timed out after {self.timeout_s:g} s "
+                                f"(--task-timeout); worker {self.worker_id} killed")
+                except OSError:
+                    pass  # no note (a full disk): the driver names the death without the reason
                 os.kill(os.getpid(), signal.SIGKILL)
 
 
