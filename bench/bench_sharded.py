@@ -18,6 +18,7 @@ N VADER texts).
 Usage:
     python bench/bench_sharded.py --job echo --records 1000000 --rounds 1
     python bench/bench_sharded.py --job classify --records 3000 --rounds 1 --reports R/
+    python bench/bench_sharded.py --job echo --records 100000 --format parquet   # csv, parquet output
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--format", choices=["jsonl", "csv", "parquet"], default="jsonl", help="output format")
     ap.add_argument("--reports", default=None, help="also write each run's report here (for parainfer simulate)")
     args = ap.parse_args()
     from parainfer.config import JobConfig
@@ -65,7 +67,8 @@ def main() -> None:
     if args.reports:
         Path(args.reports).mkdir(parents=True, exist_ok=True)
     src = make_input(args.records, folder)
-    print(f"input {src} ({src.stat().st_size / 1e6:.1f} MB, {args.records:,} records); load average {load()}")
+    print(f"input {src} ({src.stat().st_size / 1e6:.1f} MB, {args.records:,} records), {args.format} output; "
+          f"load average {load()}")
     spec = JOBS[args.job]
     workers = start_workers(build_predictor(spec["task"], spec["model"]), args.workers)
     wait_ready(workers)
@@ -76,7 +79,7 @@ def main() -> None:
         for rnd in range(args.rounds):
             outs = {}
             for mode in ("off", "on"):
-                out = folder / f"out-{mode}.jsonl"
+                out = folder / f"out-{mode}.{args.format}"
                 report = (str(Path(args.reports) / f"{args.job}-{mode}-{rnd}.json") if args.reports else None)
                 config = JobConfig(input=str(src), output=str(out), workers=args.workers, quiet=True,
                                    overwrite=True, shard_mode=mode, report=report, **spec)

@@ -23,7 +23,8 @@ app.add_typer(datasets_app, name="datasets")
 @app.command()
 def run(
     input: str = typer.Argument(..., help="input .jsonl .csv .parquet .txt, or - for JSONL on stdin"),
-    output: str = typer.Option(..., "--output", "-o", help="output .jsonl .csv .parquet, or - for stdout"),
+    output: str = typer.Option(..., "--output", "-o", help="output .jsonl .csv .parquet, - for stdout, or DIR/ to keep "
+                                                          "sharded mode's parts in a folder (docs/sharded.md)"),
     task: str = typer.Option("classify", help="classify | embed | generate | translate"),
     model: Optional[str] = typer.Option(None, help="built-in name, local HF directory, or module:function"),
     workers: int = typer.Option(0, help="worker processes (0 = one per core; with --device cuda one per GPU; "
@@ -40,8 +41,9 @@ def run(
     report: Optional[str] = typer.Option(None, help="write the JSON run report here"),
     errors: Optional[str] = typer.Option(None, help="errors file (default: next to the output)"),
     max_retries: int = typer.Option(3, help="retries of a task whose worker died (or timed out)"),
-    task_timeout: Optional[float] = typer.Option(None, help="seconds a task may run before its worker is killed "
-                                                           "and the task retried (default: no limit)"),
+    task_timeout: Optional[float] = typer.Option(None, help="seconds a task (one batch; sharded mode: each batch "
+                                                           "of a shard) may run before its worker is killed and the "
+                                                           "task retried (default: no limit)"),
     overwrite: bool = typer.Option(False, help="start over even if OUTPUT has a checkpoint of another job"),
     checkpoint_every: float = typer.Option(2.0, help="seconds between checkpoint commits"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
@@ -71,7 +73,7 @@ def run(
     trust: bool = typer.Option(False, help="load a model directory's skops file even if it holds types skops "
                                "does not trust by default (only for files from a trusted source)"),
     shard_mode: str = typer.Option("auto", help="auto | on | off: workers read shards of the input file themselves "
-                                   "(auto: splittable inputs of 64 MiB and more, .jsonl output; docs/sharded.md)"),
+                                   "(auto: splittable inputs of 64 MiB and more; docs/sharded.md)"),
 ) -> None:
     """Run a batch job: every input record's result, in input order, computed by N workers."""
     from parainfer.config import JobConfig

@@ -18,7 +18,8 @@ class JobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     input: str = Field(description="input file (.jsonl .csv .parquet .txt) or - for JSONL on stdin")
-    output: str = Field(description="output file (.jsonl .csv .parquet) or - for JSONL on stdout")
+    output: str = Field(description="output file (.jsonl .csv .parquet), - for JSONL on stdout, or a folder "
+                        "(DIR/: sharded mode keeps its parts there; docs/sharded.md)")
     task: str = "classify"
     model: str | None = None
     dtype: str = "auto"

@@ -28,6 +28,7 @@ from parainfer.executors.base import TaskResult, WorkerFailed, WorkerReady
 from parainfer.executors.shared import Workers
 from parainfer.io.checkpoint import Checkpoint
 from parainfer.io.guard import OutputLock, check_output_paths
+from parainfer.io.shard_store import is_dir_output
 from parainfer.io.sinks import default_errors_path
 from parainfer.io.openai_batch import BATCH_TASK, open_batch_source, resolve_job_format
 from parainfer.io.sources import open_source
@@ -109,8 +110,10 @@ class Job:
             config.input, text_column=config.text_column, id_column=config.id_column,
             allow_messages=config.task == "generate"))
         if store is None:  # an in-memory job (the Python API) writes no file
-            check_output_paths(config.input, {"output": config.output, "report": config.report,
-                                              "errors file": config.errors or default_errors_path(config.output)})
+            folder = is_dir_output(config.output)  # a folder of parts (sharded mode; io.shard_store)
+            out = config.output.rstrip("/") if folder else config.output
+            check_output_paths(config.input, {"output": None if folder else out, "report": config.report,
+                                              "errors file": config.errors or default_errors_path(out)})
         self.predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device,
                                                       trust=config.trust, **config.generation,
                                                       **config.translation)
@@ -136,7 +139,7 @@ class Job:
         """
         if self.store is not None:
             return self._run(workers)
-        with OutputLock(self.config.output):
+        with OutputLock(self.config.output.rstrip("/") or self.config.output):
             from parainfer.shard_mode import choose_mode  # sharded mode (docs/sharded.md)
             from parainfer.sharded import ShardedJob
 

@@ -16,9 +16,13 @@ that raises fails record by record inside its shard. A worker that dies mid-shar
 bisected at a record end (``io.shards.split_shard``) and its halves are redone on the live
 workers (its partial part discarded), as ``recovery`` bisects a record-mode task, until a
 single record that kills its worker more than ``max_retries`` times goes to the errors file
-alone. Not in this mode: ``--task-timeout`` (no watchdog), ``--batch-size auto``
-(the fixed maximum size is used), CSV/Parquet/stdout output and the Ray executor
-(``shard_mode.choose_mode`` falls back to record mode, or refuses ``--shard-mode on`` saying why).
+alone. The output parts are in the output's format (JSONL, CSV, Parquet: ``io.part_sinks``);
+a part written under another CSV header / Parquet schema than the job's (the first committed
+part's) is redone with the job's. ``--task-timeout`` bounds each batch inside a shard
+(``executors.shard_runner.BatchWatchdog``); ``--batch-size auto`` is tuned by each worker
+for itself (``executors.shard_runner.worker_tuner``). Not in this mode: stdout output and the
+Ray executor (``shard_mode.choose_mode`` falls back to record mode, or refuses ``--shard-mode on``
+saying why).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any
 
 from parainfer.errors import JobError
 from parainfer.executors.base import ShardResult, ShardTask, WorkerFailed, WorkerReady
-from parainfer.executors.shard_runner import remove_quietly
+from parainfer.executors.shard_runner import remove_quietly, timeout_note
 from parainfer.io.shard_reader import ShardInput, shard_records
 from parainfer.io.shard_store import ShardStore
 from parainfer.io.shards import Shard, data_start, plan_parquet, plan_text, shard_lines, split_shard
@@ -60,7 +64,8 @@ class ShardedJob:
         size = job.tuner.max_size if job.tuner else int(cfg.batch_size)
         self.batch = dict(batch_size=size, max_batch_tokens=cfg.max_batch_tokens, bucket_window=cfg.bucket_window,
                           id_column=cfg.id_column, text_column=cfg.text_column,
-                          own_rows=job.predictor.writes_own_rows)
+                          own_rows=job.predictor.writes_own_rows, task_timeout=cfg.task_timeout,
+                          auto_max_batch=job.tuner.max_size if job.tuner else None)
 
     def _plan(self, store: ShardStore, workers: int) -> list[Shard]:
         """Shards for the uncommitted rest of the input. The smallest shard is MIN_SHARD_BYTES
@@ -79,6 +84,9 @@ class ShardedJob:
         cfg, job = self.config, self.job
         t0 = time.perf_counter()
         store = ShardStore(cfg, job.source, job.predictor, (0, 1) if self.parquet else data_start(cfg.input))
+        if store.finished:  # a finished output folder, its parts verified
+            return self._already_complete(store, t0)
+        self.batch.update(format=store.format, header=store.header, with_header=store.keep_parts)
         t_spawn = time.perf_counter()
         own = workers is None
         if own:
@@ -93,6 +101,7 @@ class ShardedJob:
         self.done: dict[int, tuple[ShardTask, ShardResult]] = {}  # shard start -> finished, not committed
         self.deaths: dict[int, int] = {}  # shard start -> deaths of workers running it
         self.counts, self.next_index = TokenCounts(), 0
+        self.sizes: list[list[float]] = []  # [s since the first dispatch, batch size] as workers report them
         self.saved_at, self.saved = time.monotonic(), len(store.committed)  # last manifest write
         self.t_first = self.t_last = None
         ready_phases: list[dict[str, float]] = []
@@ -174,6 +183,8 @@ class ShardedJob:
         self.report.failed_records += res.failed
         self.report.tasks += res.batches
         origin = self.t_first or 0.0
+        if res.batch_size and (not self.sizes or self.sizes[-1][1] != res.batch_size):
+            self.sizes.append([round(self.t_last - (self.t_first or self.t_last), 3), res.batch_size])
         self.report.timeline.append([task.index, res.worker_id, round(res.t_start - origin, 6),
                                      round(res.t_end - origin, 6), res.records, res.counts.real, res.counts.padded])
 
@@ -186,9 +197,10 @@ class ShardedJob:
         for task in event.tasks:
             if self.running.pop(task.index, None) is None:
                 continue
+            reason = _read_note(timeout_note(task.part)) or event.reason
             remove_quietly(task.part)
             remove_quietly(task.errors_part)
-            self._retry(task.shard, event.reason)
+            self._retry(task.shard, reason)
 
     def _retry(self, shard: Shard, reason: str) -> None:
         """A shard whose worker died, as ``recovery.TaskRecovery`` treats a suspect task: a shard
@@ -237,11 +249,39 @@ class ShardedJob:
         store = self.store
         while store.next_start in self.done:
             task, res = self.done.pop(store.next_start)
+            if not store.fits(res):
+                self._redo(task, res)
+                break
             store.commit(task.shard, task.part, task.errors_part, res)
+            self.batch["header"] = store.header
         now = time.monotonic()
         if (force or now - self.saved_at >= self.config.checkpoint_every_s) and len(store.committed) > self.saved:
             store.save()
             self.saved_at, self.saved = now, len(store.committed)
+
+    def _redo(self, task: ShardTask, res: ShardResult) -> None:
+        """A part written under another CSV header / Parquet schema than the job's (its worker
+        started before the first part set it): run the shard again with the job's, first."""
+        self.report.records -= res.records  # counted again when the redone shard finishes
+        self.report.failed_records -= res.failed
+        remove_quietly(task.part)
+        remove_quietly(task.errors_part)
+        self.report.extra["redone_shards"] = self.report.extra.get("redone_shards", 0) + 1
+        self.pending.appendleft(task.shard)
+
+    def _already_complete(self, store: ShardStore, t0: float) -> dict[str, Any]:
+        """The report of a rerun on a finished output folder (as record mode's "already complete")."""
+        report = TimingReport(workers=self.job.num_workers, policy="factoring")
+        report.wall_s = time.perf_counter() - t0
+        report.extra.update(already_complete=True, resumed_records=store.records_done, data_path="sharded",
+                            resumed_failed_records=store.failed, checkpoint=store.path,
+                            errors_file=store.errors_path if store.failed else None)
+        out = report.to_dict()
+        if self.config.report:
+            from parainfer.report import write_report
+
+            write_report(out, self.config.report)
+        return out
 
     def _finish(self, t0: float, t_spawn: float, ready_phases: list[dict[str, float]], busy: float) -> dict[str, Any]:
         report, store = self.report, self.store
@@ -259,7 +299,9 @@ class ShardedJob:
         book = busy - report.extra.get("driver_finish_cpu_s", 0.0)
         report.extra["driver_bookkeeping_us_per_record"] = round(book / report.records * 1e6, 3) if report.records else None
         report.extra["errors_file"] = store.errors_path if store.failed else None
-        report.batch_sizes = [[0.0, self.batch["batch_size"]]]
+        fixed = [[0.0, self.batch["batch_size"]]]
+        report.batch_sizes = (self.sizes or fixed) if self.batch["auto_max_batch"] else fixed
+        report.extra["output_format"] = store.format + (" parts in a folder" if store.keep_parts else "")
         out = report.to_dict()
         if self.config.report:
             from parainfer.report import write_report
@@ -267,3 +309,14 @@ class ShardedJob:
             write_report(out, self.config.report)
         return out
 
+
+
+def _read_note(path: str) -> str | None:
+    """The text of a worker's timeout note (``executors.shard_runner.BatchWatchdog``), or None."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    remove_quietly(path)
+    return text or None

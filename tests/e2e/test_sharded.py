@@ -1,6 +1,7 @@
-"""Sharded mode end to end: the same output bytes as record mode for every input format (a batch
-that raises fails record by record inside its shard), a killed driver resumes byte-identically,
-and a record that kills its worker is bisected out of its shard into the errors file."""
+"""Sharded mode end to end: the same output bytes as record mode for every input format and every
+output format (JSONL, CSV, Parquet; a batch that raises fails record by record inside its shard),
+a killed driver resumes byte-identically, and a record that kills its worker is bisected out of
+its shard into the errors file. Folder outputs, --task-timeout: tests/e2e/test_sharded_outputs.py."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from parainfer.config import JobConfig
@@ -49,20 +51,26 @@ def run_job(workers, src: Path, out: Path, mode: str) -> dict:
     return Job(config).run(workers)
 
 
+@pytest.mark.parametrize("out_ext", ["jsonl", "csv", "parquet"])
 @pytest.mark.parametrize("ext", ["jsonl", "csv", "txt", "parquet"])
-def test_sharded_output_is_record_mode_output(ext: str, inputs, workers, tmp_path: Path,  # noqa: F811
+def test_sharded_output_is_record_mode_output(ext: str, out_ext: str, inputs, workers, tmp_path: Path,  # noqa: F811
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     for k, v in SMALL_SHARDS.items():
         monkeypatch.setenv(k, v)
     src = inputs[ext]
-    rec = run_job(workers, src, tmp_path / "rec.jsonl", "off")
-    sh = run_job(workers, src, tmp_path / "sh.jsonl", "on")
+    rec = run_job(workers, src, tmp_path / f"rec.{out_ext}", "off")
+    sh = run_job(workers, src, tmp_path / f"sh.{out_ext}", "on")
     assert (rec["data_path"], sh["data_path"]) == ("records", "sharded")
     assert sh["shards"]["committed"] > 4
-    assert (tmp_path / "sh.jsonl").read_bytes() == (tmp_path / "rec.jsonl").read_bytes()
+    assert (tmp_path / f"sh.{out_ext}").read_bytes() == (tmp_path / f"rec.{out_ext}").read_bytes()
     assert (tmp_path / "sh.errors.jsonl").read_bytes() == (tmp_path / "rec.errors.jsonl").read_bytes()
     assert sh["failed_records"] == rec["failed_records"] > 0
-    assert not Path(str(tmp_path / "sh.jsonl") + ".parainfer-shards").exists()  # parts removed at the end
+    assert sh["records"] == rec["records"]
+    assert not Path(str(tmp_path / f"sh.{out_ext}") + ".parainfer-shards").exists()  # parts removed at the end
+    if out_ext == "csv":  # one header line, first
+        assert (tmp_path / "sh.csv").read_text().count("id,text,") == 1
+    if out_ext == "parquet":
+        assert pq.read_table(tmp_path / "sh.parquet").num_rows == sh["records"] - sh["failed_records"]
 
 
 def test_a_raising_record_fails_alone_inside_its_shard(marked: Path, workers, tmp_path: Path,
@@ -78,20 +86,31 @@ def test_a_raising_record_fails_alone_inside_its_shard(marked: Path, workers, tm
     assert out_ids == sorted(out_ids, key=lambda s: int(s[1:]))  # in input order
 
 
-def cli(src: Path, out: Path, model: str, *extra: str) -> list[str]:
+def cli(src: Path, out: Path | str, model: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "parainfer.cli", "run", str(src), "-o", str(out), "--model", model,
             "--workers", "2", "--batch-size", "16", "--bucket-window", "64", "--shard-mode", "on",
             "--checkpoint-every", "0.1", "-q", *extra]
 
 
-def test_killed_driver_resumes_byte_identical(inputs, workers, tmp_path: Path) -> None:  # noqa: F811
+def folder_bytes(folder: Path) -> bytes:
+    """The parts of a finished output folder joined in the manifest's order."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["finished"] and manifest["parts"] == sorted(manifest["parts"])  # names sort in input order
+    assert sorted(p.name for p in folder.iterdir()) == sorted(manifest["parts"] + ["manifest.json"])
+    return b"".join((folder / name).read_bytes() for name in manifest["parts"])
+
+
+@pytest.mark.parametrize("out_name", ["out.jsonl", "out.csv", "out.parquet", "parts/"])
+def test_killed_driver_resumes_byte_identical(out_name: str, inputs, workers, tmp_path: Path) -> None:  # noqa: F811
     src = inputs["jsonl"]
-    expected = tmp_path / "clean.jsonl"
+    folder = out_name.endswith("/")
+    ext = ".jsonl" if folder else Path(out_name).suffix
+    expected = tmp_path / f"clean{ext}"
     run_job(workers, src, expected, "off")  # an uninterrupted run (record mode: the same bytes)
     env = {**os.environ, **SMALL_SHARDS, "PARAINFER_TEST_MS_PER_TOKEN": "0.15"}
-    out = tmp_path / "out.jsonl"
-    manifest = Path(str(out) + ".parainfer-checkpoint.json")
-    proc = subprocess.Popen(cli(src, out, "parainfer.testing:sleepy"), env=env,
+    out = Path(f"{tmp_path}/{out_name}")
+    manifest = out / "manifest.json" if folder else Path(str(out) + ".parainfer-checkpoint.json")
+    proc = subprocess.Popen(cli(src, f"{tmp_path}/{out_name}", "parainfer.testing:sleepy"), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and proc.poll() is None:
@@ -103,15 +122,18 @@ def test_killed_driver_resumes_byte_identical(inputs, workers, tmp_path: Path) -
     committed = json.loads(manifest.read_text())
     assert not committed["finished"] and committed["records_done"] > 0
     report = tmp_path / "report.json"
-    done = subprocess.run(cli(src, out, "parainfer.testing:sleepy", "--report", str(report)), env=env,
-                          capture_output=True, text=True, timeout=120)
+    args = cli(src, f"{tmp_path}/{out_name}", "parainfer.testing:sleepy", "--report", str(report))
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr  # 1: the input's unusable rows are in the errors file
-    assert out.read_bytes() == expected.read_bytes()
-    assert (tmp_path / "out.errors.jsonl").read_bytes() == (tmp_path / "clean.errors.jsonl").read_bytes()
+    assert (folder_bytes(out) if folder else out.read_bytes()) == expected.read_bytes()
+    errors = tmp_path / ("parts.errors.jsonl" if folder else "out.errors.jsonl")
+    assert errors.read_bytes() == (tmp_path / "clean.errors.jsonl").read_bytes()
     rep = json.loads(report.read_text())
     assert rep["data_path"] == "sharded" and rep["resumed_records"] == committed["records_done"]
     total = sum(1 for line in src.read_bytes().splitlines() if line.strip())
     assert rep["records"] == total - committed["records_done"]  # committed shards were not read again
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert "is already complete" in again.stderr, again.stderr  # verified, nothing run
 
 
 def test_a_record_that_kills_its_worker_is_bisected_out(tmp_path: Path) -> None:

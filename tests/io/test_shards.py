@@ -134,9 +134,17 @@ def test_mode_choice(inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(shard_mode, "AUTO_MIN_BYTES", 1)
     assert shard_mode.choose_mode(cfg()) == "sharded"
     assert shard_mode.choose_mode(cfg(), in_memory=True) == "records"
-    assert shard_mode.choose_mode(cfg(output=str(tmp_path / "o.csv"))) == "records"
+    for out in ("o.csv", "o.parquet", "parts/"):  # every output format runs sharded, and a folder
+        assert shard_mode.choose_mode(cfg(output=f"{tmp_path}/{out}")) == "sharded"
+    assert shard_mode.choose_mode(cfg(task_timeout=5.0, batch_size="auto")) == "sharded"
     assert shard_mode.choose_mode(cfg(shard_mode="off")) == "records"
-    with pytest.raises(UsageError, match="must be a .jsonl/.ndjson file"):
-        shard_mode.choose_mode(cfg(output=str(tmp_path / "o.parquet"), shard_mode="on"))
+    with pytest.raises(UsageError, match="stdout output is one stream"):
+        shard_mode.choose_mode(cfg(output="-", shard_mode="on"))
+    with pytest.raises(UsageError, match="must be a .jsonl/.ndjson/.csv/.parquet file or a folder"):
+        shard_mode.choose_mode(cfg(output=str(tmp_path / "o.txt"), shard_mode="on"))
+    with pytest.raises(UsageError, match="only sharded mode keeps parts in a folder"):
+        shard_mode.choose_mode(cfg(output=f"{tmp_path}/parts/", shard_mode="off"))
+    with pytest.raises(UsageError, match="a folder of parts.*must be a file"):
+        shard_mode.choose_mode(cfg(output=f"{tmp_path}/parts/", input=str(tmp_path / "in.tsv")))
     with pytest.raises(UsageError, match="'sometimes' is not one of auto, on, off"):
         shard_mode.choose_mode(cfg(shard_mode="sometimes"))

@@ -84,10 +84,14 @@ class ShardTask:
         index: 0-based creation order of shard tasks within the job (its own numbering).
         shard: the range (``io.shards.Shard``).
         input: how to read it (``io.shard_reader.ShardInput``).
-        part, errors_part: where the worker writes the shard's output rows (JSONL) and its
-            failed records (errors-file JSONL); both are overwritten.
+        part, errors_part: where the worker writes the shard's output rows (in the output's
+            format, ``io.part_sinks``) and its failed records (errors-file JSONL); both are
+            overwritten.
         batch: batching settings: ``batch_size``, ``max_batch_tokens``, ``bucket_window``,
-            ``id_column``, ``text_column``, ``own_rows`` (``Predictor.writes_own_rows``).
+            ``id_column``, ``text_column``, ``own_rows`` (``Predictor.writes_own_rows``); output:
+            ``format``, ``header``, ``with_header`` (``io.part_sinks.open_part``); and
+            ``task_timeout`` (seconds one batch may run, or None), ``auto_max_batch`` (``--batch-size
+            auto``: the largest size the worker's tuner tries, or None; ``executors.shard_runner``).
         attempt: how many times this shard was given out before.
     """
 
@@ -114,6 +118,9 @@ class ShardResult:
         t_received, t_start, t_end: perf_counter seconds, as in TaskResult.
         counts: exact token counts summed over the shard's batches. batches: how many batches ran.
         lines: lines in the shard (line ends; Parquet: rows), for numbering the next shard's.
+        header: the output part's header (``io.part_sinks``: CSV columns, Parquet schema bytes;
+            None for JSONL or a part without rows).
+        batch_size: the batch size the worker used last (``--batch-size auto`` tunes it).
     """
 
     task_index: int
@@ -130,6 +137,8 @@ class ShardResult:
     counts: TokenCounts
     batches: int = 0
     lines: int = 0
+    header: Any = None
+    batch_size: int = 0
 
 
 Event = WorkerReady | TaskResult | ShardResult | WorkerFailed

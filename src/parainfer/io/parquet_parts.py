@@ -111,27 +111,10 @@ class PartedParquetSink(Sink):
     def finish(self) -> None:
         """Flush, assemble the parts into the output (row groups of ``row_group_size``), fsync it.
         Safe to repeat after a crash: the parts stay until ``cleanup``."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         self.flush()
         tmp = self.path + ".tmp"
         with open(tmp, "wb") as f:
-            writer = pq.ParquetWriter(f, self._schema if self._schema is not None else pa.schema([]))
-            pending: list[Any] = []
-            held = 0
-            for n in range(self.parts):
-                table = pq.read_table(part_path(self.folder, n)).cast(self._schema)
-                pending.append(table)
-                held += table.num_rows
-                while held >= self.row_group_size:
-                    whole = pa.concat_tables(pending)
-                    writer.write_table(whole.slice(0, self.row_group_size).combine_chunks(),
-                                       row_group_size=self.row_group_size)
-                    pending, held = [whole.slice(self.row_group_size)], held - self.row_group_size
-            if held:
-                writer.write_table(pa.concat_tables(pending).combine_chunks(), row_group_size=self.row_group_size)
-            writer.close()
+            assemble(f, [part_path(self.folder, n) for n in range(self.parts)], self._schema, self.row_group_size)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
@@ -151,6 +134,34 @@ class PartedParquetSink(Sink):
     def close(self) -> None:
         """Close without assembling (parts stay for a resume); ``finish`` ends a job."""
         self._stream.close()
+
+
+def assemble(out: Any, parts: list[str], schema: Any, row_group_size: int = 10_000) -> None:
+    """Stream the Parquet files ``parts``, in order, into the open binary file ``out`` as one
+    Parquet file in row groups of exactly ``row_group_size`` rows (the last one shorter),
+    each part cast to ``schema`` (None: no parts, an empty table). Re-cutting from contiguous
+    arrays makes the file independent of how the rows were split into parts (record mode's
+    checkpoint parts, sharded mode's shard parts). Raises pyarrow errors for a part that
+    does not cast to ``schema``. Parts are read in batches of ``row_group_size`` rows, so memory
+    stays about two row groups however large a part is."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer = pq.ParquetWriter(out, schema if schema is not None else pa.schema([]))
+    pending: list[Any] = []
+    held = 0
+    for path in parts:  # read a row group's worth at a time: memory stays ~2 row groups whatever the part size
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=row_group_size):
+            table = pa.Table.from_batches([batch]).cast(schema)
+            pending.append(table)
+            held += table.num_rows
+            while held >= row_group_size:
+                whole = pa.concat_tables(pending)
+                writer.write_table(whole.slice(0, row_group_size).combine_chunks(), row_group_size=row_group_size)
+                pending, held = [whole.slice(row_group_size)], held - row_group_size
+    if held:
+        writer.write_table(pa.concat_tables(pending).combine_chunks(), row_group_size=row_group_size)
+    writer.close()
 
 
 def _is_committed(name: str, parts: int) -> bool:

@@ -13,6 +13,15 @@ the digest) and the parts folder is removed.
 A rerun after a killed driver verifies every committed part against its digest (UsageError
 when one was changed or lost), deletes every other file in the folder (partial parts), and
 plans shards for the rest of the input only.
+
+Parts are in the output's format (``io.part_sinks``). The final file: JSONL parts are
+concatenated; CSV parts (no header line) follow the job's header line, written once; Parquet
+parts are assembled in fixed row groups (``io.parquet_parts.assemble``, as record mode does).
+An output *folder* (``--output DIR/``, or an existing folder; ``is_dir_output``) keeps the
+parts instead: they are written into DIR, the manifest is ``DIR/manifest.json`` and, once
+finished, lists the parts in order under ``"parts"``; nothing is concatenated, and every file in
+DIR that is not a committed part is deleted at the end (the errors file goes next to DIR:
+``DIR.errors.jsonl``).
 """
 
 from __future__ import annotations
@@ -27,12 +36,28 @@ from parainfer.errors import UsageError
 from parainfer.io import digest
 from parainfer.io.checkpoint import VERSION, _differences, job_fingerprint, manifest_path, read_manifest, write_manifest
 from parainfer.io.guard import check_not_foreign
-from parainfer.io.parquet_parts import fsync_dir
+from parainfer.io.parquet_parts import assemble, fsync_dir
+from parainfer.io.part_sinks import csv_header_line, output_format
 from parainfer.io.shards import Shard
 from parainfer.io.sinks import default_errors_path, dumps_bytes
 
 PARTS_SUFFIX = ".parainfer-shards"
 MODE = "sharded"
+DIR_MANIFEST = "manifest.json"
+
+
+def is_dir_output(output: str) -> bool:
+    """True when ``output`` names a folder to keep the parts in: it ends with "/" or is an
+    existing folder."""
+    return output != "-" and (output.endswith("/") or os.path.isdir(output))
+
+
+def store_paths(output: str, errors: str | None = None) -> tuple[str, str, str]:
+    """(manifest, parts folder, errors file) of a sharded job writing ``output``."""
+    if is_dir_output(output):
+        folder = output.rstrip("/") or "/"
+        return os.path.join(folder, DIR_MANIFEST), folder, errors or default_errors_path(folder)
+    return manifest_path(output), output + PARTS_SUFFIX, errors or default_errors_path(output)
 
 
 class ShardStore:
@@ -56,10 +81,13 @@ class ShardStore:
 
     def __init__(self, config: Any, source: Any, predictor: Any, start: tuple[int, int]):
         self.output = config.output
-        self.path = manifest_path(config.output)
-        self.folder = config.output + PARTS_SUFFIX
-        self.errors_path = config.errors or default_errors_path(config.output)
+        self.keep_parts = is_dir_output(config.output)
+        self.format = output_format(config.output)
+        self.path, self.folder, self.errors_path = store_paths(config.output, config.errors)
         self.job = job_fingerprint(config, source, predictor)
+        if self.keep_parts:
+            self.job["output_format"] = self.format + "/"
+            _check_dir(self.folder, self.path)
         old = None if config.overwrite else read_manifest(self.path)
         check_not_foreign(config.output, old is not None, config.overwrite)
         if old is not None and old.get("job") != self.job:
@@ -67,12 +95,20 @@ class ShardStore:
                              f"({_differences(old.get('job') or {}, self.job)}); rerun with --overwrite to "
                              "start over, or choose another --output")
         self.committed: list[dict[str, Any]] = []
+        self.header: Any = None  # the job's CSV header / Parquet schema bytes (io.part_sinks)
         self.next_start, self.next_line = start
-        if old is not None and old.get("mode") == MODE and not old.get("finished"):
+        self.finished = False
+        if old is not None and old.get("mode") == MODE and old.get("finished") and self.keep_parts:
+            self._resume(old, finished=True)  # verifies every part: "already complete"
+            self.finished = True
+        elif old is not None and old.get("mode") == MODE and not old.get("finished"):
             self._resume(old)
         else:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            os.makedirs(self.folder)
+            if self.keep_parts:
+                _clear_parts(self.folder, self.path)
+            else:
+                shutil.rmtree(self.folder, ignore_errors=True)
+            os.makedirs(self.folder, exist_ok=True)
             self._write(finished=False)
         self.resumed_records, self.resumed_failed = self.records_done, self.failed
 
@@ -87,14 +123,26 @@ class ShardStore:
     def part_paths(self, shard: Shard, task_index: int) -> tuple[str, str]:
         """(output part, errors part) of shard task ``task_index`` (one attempt at ``shard``)."""
         stem = os.path.join(self.folder, f"{shard.start:015d}-t{task_index}")
-        return stem + ".jsonl", stem + ".errors.jsonl"
+        return stem + self.format, stem + ".errors.jsonl"
 
-    def _resume(self, old: dict[str, Any]) -> None:
+    def fits(self, result: Any) -> bool:
+        """True when a finished part's header (CSV columns, Parquet schema) is the job's, or it
+        has none; the first part with a header sets the job's. A part that does not fit is
+        redone with the job's header (``sharded.ShardedJob``)."""
+        if result.header is None or self.header is None:
+            return True
+        return result.header == self.header
+
+    def _resume(self, old: dict[str, Any], finished: bool = False) -> None:
         os.makedirs(self.folder, exist_ok=True)
-        keep = set()
+        keep = {DIR_MANIFEST} if self.keep_parts else set()
+        header = old.get("header")
+        self.header = bytes.fromhex(header) if self.format == ".parquet" and header else header
         for entry in old.get("committed", []):
-            for name, size, sha in ((entry["part"], entry["out_bytes"], entry["out_sha256"]),
-                                    (entry["errors_part"], entry["err_bytes"], entry["err_sha256"])):
+            checks = [(entry["part"], entry["out_bytes"], entry["out_sha256"])]
+            if not finished:  # a finished folder's errors parts are in the errors file
+                checks.append((entry["errors_part"], entry["err_bytes"], entry["err_sha256"]))
+            for name, size, sha in checks:
                 path = os.path.join(self.folder, name)
                 if size and (not os.path.isfile(path) or os.path.getsize(path) != size
                              or digest.file_digest(path) != sha):
@@ -102,7 +150,7 @@ class ShardStore:
                                      "with --overwrite to start over")
                 keep.add(name)
         for name in os.listdir(self.folder):  # partial parts of shards that were not committed
-            if name not in keep:
+            if name not in keep and (not self.keep_parts or _is_part(name)):
                 os.remove(os.path.join(self.folder, name))
         self.committed = list(old.get("committed", []))
         self.next_start, self.next_line = old["next_start"], old["next_line"]
@@ -113,6 +161,8 @@ class ShardStore:
         number is where the previous one ended (``next_line``); a shard the worker numbered from
         1 (``first_line`` 0) is marked ``relative`` and its errors are shifted in ``finish``."""
         first = self.next_line
+        if self.header is None and result.header is not None:
+            self.header = result.header
         self.committed.append({
             "start": shard.start, "end": shard.end, "first_line": first, "relative": shard.first_line == 0,
             "part": os.path.basename(part), "errors_part": os.path.basename(errors_part),
@@ -132,8 +182,28 @@ class ShardStore:
 
         The output is copied in the kernel (``os.copy_file_range``) and not hashed again: the
         finished manifest keeps each part's size and digest (``output_ranges_sha256``), which
-        is what a rerun verifies (``digest.ranges_match``). The errors file (small) is hashed."""
-        out_bytes, _ = _concat(self.output, [os.path.join(self.folder, e["part"]) for e in self.committed], False)
+        is what a rerun verifies (``digest.ranges_match``). The errors file (small) is hashed.
+        CSV: the header line first; Parquet: assembled (``io.parquet_parts.assemble``) and
+        hashed whole. A folder output keeps its parts (see the module doc)."""
+        parts = [os.path.join(self.folder, e["part"]) for e in self.committed]
+        ranges: list[list[Any]] | None = [[e["out_bytes"], e["out_sha256"]] for e in self.committed if e["out_bytes"]]
+        out_sha = None
+        if self.keep_parts:
+            out_bytes = sum(e["out_bytes"] for e in self.committed)
+        elif self.format == ".parquet":
+            import pyarrow as pa
+
+            schema = pa.ipc.read_schema(pa.py_buffer(self.header)) if self.header else None
+            with _atomic_file(self.output) as out:
+                assemble(out, [p for p, e in zip(parts, self.committed) if e["out_bytes"]], schema)
+            out_bytes, out_sha, ranges = os.path.getsize(self.output), digest.file_digest(self.output), None
+        else:
+            head = csv_header_line(self.header) if self.format == ".csv" and self.header else b""
+            out_bytes, _ = _concat(self.output, parts, False, head)
+            if head:
+                h = digest.new()
+                h.update(head)
+                ranges = [[len(head), h.hexdigest()]] + ranges  # type: ignore[operator]
         err_parts = [e for e in self.committed if e["err_bytes"]]
         if err_parts:
             err_bytes, err_sha = _concat_errors(self.errors_path, self.folder, err_parts)
@@ -144,19 +214,65 @@ class ShardStore:
         write_manifest(self.path, {
             "version": VERSION, "mode": MODE, "job": self.job, "records_done": self.records_done,
             "failed_records": self.failed, "output_bytes": out_bytes, "output_parts": 0, "errors_bytes": err_bytes,
-            "output_sha256": None, "errors_sha256": err_sha, "sink": {}, "finished": True,
-            "shards": len(self.committed),
-            "output_ranges_sha256": [[e["out_bytes"], e["out_sha256"]] for e in self.committed if e["out_bytes"]]},
+            "output_sha256": out_sha, "errors_sha256": err_sha, "sink": {}, "finished": True,
+            "shards": len(self.committed), "header": self._header_json(),
+            "next_start": self.next_start, "next_line": self.next_line,
+            **({"committed": self.committed, "parts": [e["part"] for e in self.committed if e["out_bytes"]]}
+               if self.keep_parts
+               else {"output_ranges_sha256": ranges})},
             compact=True)
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.keep_parts:
+            for e in self.committed:  # the errors are in the errors file; a part without rows goes
+                remove_quietly(os.path.join(self.folder, e["errors_part"]))
+                if not e["out_bytes"]:
+                    remove_quietly(os.path.join(self.folder, e["part"]))
+        else:
+            shutil.rmtree(self.folder, ignore_errors=True)
         return out_bytes, err_bytes
+
+    def _header_json(self) -> Any:
+        return self.header.hex() if isinstance(self.header, bytes) else self.header
 
     def _write(self, finished: bool) -> None:
         write_manifest(self.path, {
             "version": VERSION, "mode": MODE, "job": self.job, "records_done": self.records_done,
             "failed_records": self.failed, "output_bytes": 0, "output_parts": 0, "errors_bytes": 0,
             "next_start": self.next_start, "next_line": self.next_line, "committed": self.committed,
-            "finished": finished}, compact=True)
+            "header": self._header_json(), "finished": finished}, compact=True)
+
+
+def _check_dir(folder: str, manifest: str) -> None:
+    """An output folder: its parent must exist; an existing one must be empty or hold a
+    manifest (a folder parainfer wrote). Raises UsageError naming the folder otherwise."""
+    parent = os.path.dirname(os.path.abspath(folder))
+    if not os.path.isdir(parent):
+        raise UsageError(f"output folder's parent {parent!r} does not exist; create it or choose another path")
+    if os.path.isfile(folder):
+        raise UsageError(f"output {folder!r} is a file; an output ending in '/' is a folder for the parts")
+    if os.path.isdir(folder) and os.listdir(folder) and not os.path.isfile(manifest):
+        raise UsageError(f"output folder {folder!r} is not empty and has no {DIR_MANIFEST} (not written by "
+                         "parainfer); parainfer never deletes files it did not write: choose an empty or new folder")
+
+
+def _clear_parts(folder: str, manifest: str) -> None:
+    """Delete the parts (and manifest) an earlier job wrote in an output folder, nothing else."""
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        if name == DIR_MANIFEST or _is_part(name):
+            os.remove(os.path.join(folder, name))
+
+
+def remove_quietly(path: str) -> None:
+    """Delete ``path`` if it exists."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+def _is_part(name: str) -> bool:
+    """A file name ``ShardStore.part_paths`` makes (or a worker's timeout note)."""
+    stem = name.split("-t", 1)[0]
+    return len(stem) == 15 and stem.isdigit()
 
 
 @contextlib.contextmanager
@@ -172,12 +288,15 @@ def _atomic_file(dest: str) -> Iterator[BinaryIO]:
     fsync_dir(os.path.dirname(dest) or ".")
 
 
-def _concat(dest: str, parts: list[str], hashed: bool) -> tuple[int, str | None]:
-    """Write the parts one after the other into ``dest`` (through a temp file, fsynced, then
-    renamed); returns (bytes, hex SHA-256 when ``hashed``, else None: then the copy runs in
-    the kernel, ``os.copy_file_range``, where the platform has it)."""
-    h, size = digest.new(), 0
+def _concat(dest: str, parts: list[str], hashed: bool, head: bytes = b"") -> tuple[int, str | None]:
+    """Write ``head`` then the parts one after the other into ``dest`` (through a temp file,
+    fsynced, then renamed); returns (bytes, hex SHA-256 when ``hashed``, else None: then the
+    copy runs in the kernel, ``os.copy_file_range``, where the platform has it)."""
+    h, size = digest.new(), len(head)
+    h.update(head)
     with _atomic_file(dest) as out:
+        out.write(head)
+        out.flush()
         for part in parts:
             with open(part, "rb") as f:
                 if not hashed and hasattr(os, "copy_file_range"):
