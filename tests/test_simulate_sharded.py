@@ -36,3 +36,11 @@ def test_a_per_shard_driver_cost_bends_the_curve_only_at_scale() -> None:
     dear = simulate_sharded(workload, 256, 10_000_000, shard_driver_s=0.5)
     assert cheap["efficiency"] > 0.9 > dear["efficiency"]
     assert simulate_sharded(workload, 1, 100_000)["efficiency"] > 0.99
+
+
+def test_a_large_job_on_1024_fast_workers_keeps_the_driver_off_the_critical_path() -> None:
+    # GPU-like: 35 µs a record (a 2-core CPU worker's ~1.7 ms / 50); driver 0.2 ms a shard.
+    workload = Workload([(100, 100)] * 10, overhead_s=0.0, s_per_token=35e-6, driver_s=0.0)
+    row = simulate_sharded(workload, 1024, 100_000_000, shard_driver_s=2e-4, shard_overhead_s=0.0, min_records=160)
+    assert row["efficiency"] >= 0.9 and row["driver_busy"] < 0.5
+    assert row["tasks"] < 8 * 1024 and row["smallest_shard"] >= 160
