@@ -5,7 +5,8 @@ estimate, batch, dispatch, merge, write), which bounds a job's speed-up however 
 it has. In sharded mode the driver plans shards (``io.shards``: byte ranges cut at record ends,
 or Parquet row groups, sized by factoring: large first, smaller towards the end, never so
 small that the driver's per-shard work would keep up with N workers only barely), gives one at
-a time to each idle worker as a ``ShardTask`` (the second task kind of the executor contract,
+a time to each worker with room as a ``ShardTask`` (one running and ``PREFETCH`` queued, so
+a worker never waits for the driver between shards) (the second task kind of the executor contract,
 ``executors.base``), and commits the finished shards' parts in shard order to the manifest
 (``io.shard_store``). Each worker reads, batches, runs and writes its shard
 (``executors.shard_runner``). The driver's cost is per shard, not per record.
@@ -51,6 +52,7 @@ from parainfer.tasks import TokenCounts
 
 MIN_SHARD_BYTES, MAX_SHARD_BYTES = 16 << 10, 256 << 20  # factoring makes the count logarithmic in the size
 MIN_SHARD_ROWS, MAX_SHARD_ROWS = 200, 2_000_000
+PREFETCH = 1  # shards queued on a worker behind the one it runs
 
 
 class ShardedJob:
@@ -98,7 +100,10 @@ class ShardedJob:
         self.planner = self._planner(store, n)
         # The first round (its sizes need no measurement) is cut while the workers start.
         self.pending = collections.deque(x for x in (self.planner.next() for _ in range(n)) if x is not None)
-        self.idle = {w for w in workers.ready if self.executor.in_flight(w) == 0}  # ready, no shard in flight
+        self.idle: set[int] = set()  # ready workers with no shard in flight (served first)
+        self.room: set[int] = set()  # ready workers with at most PREFETCH shards in flight
+        for w in workers.ready:
+            self._file(w)
         self.cpu = {"dispatch": 0.0, "complete": 0.0, "idle": 0.0}  # driver CPU by kind of loop work
         self.units_done, self.unit_busy = 0, 0.0  # units (bytes, rows) of finished shards and their worker seconds
         self.running: dict[int, tuple[ShardTask, int]] = {}  # index -> (task, deaths)
@@ -156,13 +161,14 @@ class ShardedJob:
         self.cpu["complete" if events else "idle"] += time.process_time() - c
 
     def _dispatch(self) -> None:
-        """Hand each idle worker its next shard (retried halves first, then the plan's next)."""
+        """Hand each worker with room its next shard (retried halves first, then the plan's
+        next), idle workers first."""
         c = time.process_time()
-        while self.idle:
+        while self.idle or self.room:
             shard = self.pending.popleft() if self.pending else self.planner.next()
             if shard is None:
                 break
-            w = self.idle.pop()
+            w = self.idle.pop() if self.idle else self.room.pop()
             deaths = self.deaths.get(shard.start, 0)
             part, errors_part = self.store.part_paths(shard, self.next_index)
             task = ShardTask(self.next_index, shard, self.input, part, errors_part, self.batch, attempt=deaths)
@@ -171,7 +177,19 @@ class ShardedJob:
             if self.t_first is None:
                 self.t_first = time.perf_counter()
             self.executor.submit(w, task)
+            self._file(w)
         self.cpu["dispatch"] += time.process_time() - c
+
+    def _file(self, w: int) -> None:
+        """Put worker ``w`` in ``idle``, ``room`` or neither by its shards in flight."""
+        self.idle.discard(w)
+        self.room.discard(w)
+        if w in self.workers.ready:
+            held = self.executor.in_flight(w)
+            if held == 0:
+                self.idle.add(w)
+            elif held <= PREFETCH:
+                self.room.add(w)
 
     def _observe(self) -> None:
         """Give the plan the driver's CPU per finished shard and the workers' seconds per unit."""
@@ -183,17 +201,14 @@ class ShardedJob:
     def _handle(self, event: Any, ready_phases: list[dict[str, float]]) -> None:
         if isinstance(event, WorkerReady):
             self.workers.ready.add(event.worker_id)
-            if self.executor.in_flight(event.worker_id) == 0:
-                self.idle.add(event.worker_id)
+            self._file(event.worker_id)
             self.workers.model_info = event.info
             self.report.per_worker[event.worker_id].load_s = event.load_s
             self.report.extra["model"] = event.info
             if len(ready_phases) < self.workers.num_workers:
                 ready_phases.append({**event.phases, "ready_at": time.perf_counter()})
         elif isinstance(event, ShardResult):
-            w = event.worker_id
-            if w in self.workers.ready and self.executor.in_flight(w) == 0:
-                self.idle.add(w)
+            self._file(event.worker_id)
             entry = self.running.pop(event.task_index, None)
             if entry is None:
                 return
@@ -224,16 +239,22 @@ class ShardedJob:
     def _on_worker_failed(self, event: WorkerFailed) -> None:
         self.workers.ready.discard(event.worker_id)
         self.idle.discard(event.worker_id)
+        self.room.discard(event.worker_id)
         if event.fatal:
             raise JobError(f"worker {event.worker_id}: {event.reason.strip()}")
         self.executor.restart(event.worker_id)
         self.report.per_worker[event.worker_id].restarts += 1
+        queued = []
         for task in event.tasks:
             if self.running.pop(task.index, None) is None:
                 continue
             remove_quietly(task.part)
             remove_quietly(task.errors_part)
-            self._retry(task.shard, event.reason)
+            if event.running is not None and task.index != event.running:
+                queued.append(task.shard)  # never started: given out again whole, first
+            else:
+                self._retry(task.shard, event.reason)
+        self.pending.extendleft(reversed(queued))
 
     def _retry(self, shard: Shard, reason: str) -> None:
         """A shard whose worker died, as ``recovery.TaskRecovery`` treats a suspect task: a shard

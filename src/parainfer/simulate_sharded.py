@@ -12,9 +12,10 @@ against simulated workers:
   ``record_s`` is the measured job's compute per record (``simulate.Workload``: the fitted task
   cost over the tasks' records, so record-mode and sharded reports both feed it);
 * the driver is one serial server that spends ``shard_driver_s`` per shard and nothing per
-  record: a share ``dispatch_share`` of it handing the shard out (before the worker can start
-  it), the rest taking it back when it ends (receive, account, commit; before that worker gets
-  its next one). A sharded report gives both (``driver_shard_us``), else
+  record: a share ``dispatch_share`` of it handing the shard out, the rest taking it back when
+  it ends (receive, account, commit; then it refills that worker). Each worker holds its
+  running shard and ``prefetch`` queued ones, as the real driver does, so the hand-out is off
+  the worker's path unless the driver falls behind. A sharded report gives both (``driver_shard_us``), else
   ``DEFAULT_SHARD_DRIVER_S`` split in half;
 * worker speed spread and a straggler as in ``simulate.simulate``;
 * a sharded report's first shard start (the worker's lazy imports of the shard runner) as a
@@ -49,7 +50,8 @@ def record_seconds(workload: Any) -> float:
 def simulate_sharded(workload: Any, workers: int, records: int, speed_sigma: float = 0.0, slowdown: float = 1.0,
                      shard_driver_s: float = DEFAULT_SHARD_DRIVER_S, dispatch_share: float = 0.5,
                      shard_overhead_s: float = DEFAULT_SHARD_OVERHEAD_S, min_records: int = 128,
-                     max_records: int = 2_000_000, start_lag_s: float = 0.0, seed: int = 0) -> dict[str, Any]:
+                     max_records: int = 2_000_000, start_lag_s: float = 0.0, prefetch: int = 1,
+                     seed: int = 0) -> dict[str, Any]:
     """One simulated sharded run of ``records`` records on ``workers`` workers.
 
     Returns the same keys as ``simulate.simulate`` (t_n_s, t1_s, speedup, efficiency,
@@ -57,6 +59,7 @@ def simulate_sharded(workload: Any, workers: int, records: int, speed_sigma: flo
     ``smallest_shard`` (records) and ``driver_busy`` (the driver's busy share of T_N). T_1 is
     the one-worker compute of all records with one shard overhead. ``start_lag_s``: from the
     first hand-out to a worker starting its first shard, added once to every worker.
+    ``prefetch``: shards queued on a worker behind the running one (``sharded.PREFETCH``).
     Raises ValueError for a ``dispatch_share`` outside [0, 1].
     """
     if not 0.0 <= dispatch_share <= 1.0:
@@ -68,29 +71,39 @@ def simulate_sharded(workload: Any, workers: int, records: int, speed_sigma: flo
         speeds[-1] /= slowdown
     d_out, d_in = shard_driver_s * dispatch_share, shard_driver_s * (1 - dispatch_share)
     plan = FactoringPlan(records, workers, max(1, min_records), max(min_records, max_records))
-    free = [(0.0, w, 0, 0.0) for w in range(workers)]  # (worker free at, worker, records of its shard, its cost)
-    heapq.heapify(free)
+    ends: list[tuple[float, int, int, float]] = []  # (shard end, worker, its records, its cost)
+    free_at = [0.0] * workers  # when each worker has run every shard it holds
     busy = [0.0] * workers
-    driver_at = last_end = done_busy = 0.0
-    shards = done_records = smallest = 0
-    while free:
-        t_free, w, n_done, cost_done = heapq.heappop(free)
-        if n_done:  # the driver takes the finished shard back, then measures
-            driver_at = max(driver_at, t_free) + d_in
-            done_records, done_busy = done_records + n_done, done_busy + cost_done
-            plan.observe(shard_driver_s, done_busy / done_records)
+    state = {"driver_at": 0.0, "last_end": 0.0, "shards": 0, "smallest": 0}
+
+    def hand_out(w: int, now: float) -> None:
+        """The driver gives worker ``w`` the plan's next shard; it starts when the worker has
+        run the ones it holds (prefetched: it waits for nothing when the driver kept up)."""
         n = min(plan.next_size(), plan.left)
         if n <= 0:
-            continue  # nothing left: this worker is done
+            return
         plan.take(n)
-        driver_at = max(driver_at, t_free) + d_out
+        state["driver_at"] = max(state["driver_at"], now) + d_out
+        start = max(state["driver_at"] + (start_lag_s if not busy[w] else 0.0), free_at[w])
         cost = (shard_overhead_s + n * record_s) / speeds[w]
-        end = driver_at + (start_lag_s if not busy[w] else 0.0) + cost
+        free_at[w] = start + cost
         busy[w] += cost
-        last_end = max(last_end, end)
-        heapq.heappush(free, (end, w, n, cost))
-        shards += 1
-        smallest = n if not smallest else min(smallest, n)
+        state["last_end"] = max(state["last_end"], free_at[w])
+        heapq.heappush(ends, (free_at[w], w, n, cost))
+        state["shards"] += 1
+        state["smallest"] = n if not state["smallest"] else min(state["smallest"], n)
+
+    for _ in range(1 + prefetch):  # every worker's first shard, then its queued ones
+        for w in range(workers):
+            hand_out(w, 0.0)
+    done_records, done_busy = 0, 0.0
+    while ends:  # a shard ends: the driver takes it back, measures, and refills that worker
+        end, w, n, cost = heapq.heappop(ends)
+        state["driver_at"] = max(state["driver_at"], end) + d_in
+        done_records, done_busy = done_records + n, done_busy + cost
+        plan.observe(shard_driver_s, done_busy / done_records)
+        hand_out(w, end)
+    last_end, shards, smallest = state["last_end"], state["shards"], state["smallest"]
     t1 = shard_overhead_s + records * record_s
     mean_busy = sum(busy) / workers
     speedup = t1 / last_end if last_end > 0 else 0.0
