@@ -133,16 +133,19 @@ def shard_driver_seconds(report: dict[str, Any]) -> tuple[float, float]:
 
 
 def sharded_rows(report_path: str, workload: Any, counts: list[int], records: int | None, speed_sigma: float,
-                 slowdown: float, seed: int, shard_driver_s: float | None = None) -> list[dict[str, Any]]:
+                 slowdown: float, seed: int, shard_driver_s: float | None = None,
+                 dispatch_share: float | None = None) -> list[dict[str, Any]]:
     """``simulate_sharded`` at each worker count in ``counts`` for the measured report at
     ``report_path`` (``records`` default: the report's; ``shard_driver_s`` default:
-    ``shard_driver_seconds`` of the report, whose hand-out share is used either way). Each row
+    ``shard_driver_seconds`` of the report; ``dispatch_share`` default: the report's, else 0.5;
+    ValueError outside [0, 1]). Each row
     also has ``shard_driver_s``, ``dispatch_share`` and ``record_s``."""
     from parainfer.report import load_report
 
     report = load_report(report_path)
     n = records or report.get("records") or sum(k for k, _ in workload.tasks)
     measured, share = shard_driver_seconds(report)
+    share = share if dispatch_share is None else dispatch_share
     driver_s = measured if shard_driver_s is None else shard_driver_s
     sharded = report.get("data_path") == "sharded"
     # A sharded report's timeline is its shards: the fitted cost already holds the per-shard
