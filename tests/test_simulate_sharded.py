@@ -24,6 +24,8 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
 def test_sharded_simulation_predicts_real_runs_within_15_percent(measured: dict[int, Path], workers: int) -> None:
     report = json.loads(measured[workers].read_text())
     assert report["data_path"] == "sharded" and report["shards"]["run"] > 3
+    split = report["driver_shard_us"]  # the driver's CPU per shard, handing out and taking back
+    assert split["dispatch"] > 0 and split["complete"] > 0 and report["shards"]["smallest_target"] >= 8000
     workload = Workload.from_report(measured[1])
     predicted = sharded_rows(str(measured[1]), workload, [workers], None, 0.0, 1.0, 0)[0]["t_n_s"]
     real = report["t_parallel_s"]

@@ -3,11 +3,11 @@
 In record mode (``engine.Job``) every record passes through the driver's one thread (read,
 estimate, batch, dispatch, merge, write), which bounds a job's speed-up however many workers
 it has. In sharded mode the driver plans shards (``io.shards``: byte ranges cut at record ends,
-or Parquet row groups, sized by factoring: large first, smaller towards the end, never so
-small that the driver's per-shard work would keep up with N workers only barely), gives one at
-a time to each worker with room as a ``ShardTask`` (one running and ``PREFETCH`` queued, so
-a worker never waits for the driver between shards) (the second task kind of the executor contract,
-``executors.base``), and commits the finished shards' parts in shard order to the manifest
+or Parquet row groups, sized by factoring: large first, smaller towards the end, and never so
+small that N workers would keep the driver busy more than half the time), gives them out as
+``ShardTask``s (the second task kind of the executor contract, ``executors.base``; each worker
+holds the shard it runs and ``PREFETCH`` queued, so it does not wait for the driver between
+shards), and commits the finished shards' parts in shard order to the manifest
 (``io.shard_store``). Each worker reads, batches, runs and writes its shard
 (``executors.shard_runner``). The driver's cost is per shard, not per record.
 
@@ -192,10 +192,11 @@ class ShardedJob:
                 self.room.add(w)
 
     def _observe(self) -> None:
-        """Give the plan the driver's CPU per finished shard and the workers' seconds per unit."""
-        shards = len(self.report.timeline)
-        if shards:
-            driver_s = (self.cpu["dispatch"] + self.cpu["complete"]) / shards
+        """Give the plan the driver's CPU per shard (handing out, per shard handed out; taking
+        back, per shard finished) and the workers' seconds per unit."""
+        finished = len(self.report.timeline)
+        if finished and self.next_index:
+            driver_s = self.cpu["dispatch"] / self.next_index + self.cpu["complete"] / finished
             self.planner.observe(driver_s, self.unit_busy / max(1, self.units_done))
 
     def _handle(self, event: Any, ready_phases: list[dict[str, float]]) -> None:
@@ -320,7 +321,7 @@ class ShardedJob:
                                   "committed": len(store.committed), "smallest_target": self.planner.plan.floor,
                                   "sizing": "factoring (Hummel et al. 1992), floor from the driver's cost per shard"}
         runs = max(1, len(report.timeline))
-        report.extra["driver_shard_us"] = {"dispatch": round(self.cpu["dispatch"] / runs * 1e6, 2),
+        report.extra["driver_shard_us"] = {"dispatch": round(self.cpu["dispatch"] / max(1, self.next_index) * 1e6, 2),
                                            "complete": round(self.cpu["complete"] / runs * 1e6, 2),
                                            "idle_s": round(self.cpu["idle"], 4)}
         report.extra["driver_busy_s"] = busy
