@@ -151,8 +151,8 @@ class ShardedJob:
         """Sleep until a worker reports (or the next manifest write is due; 0.25 s while
         stopping, for the grace deadline), then take in what came and commit. The CPU of a
         wake-up with news counts as taking shards back, of one without as idle."""
-        due = self.saved_at + self.config.checkpoint_every_s - time.monotonic() if len(self.done) or \
-            len(self.store.committed) > self.saved else 1.0
+        unsaved = len(self.store.committed) > self.saved  # commits waiting for the next manifest write
+        due = self.saved_at + self.config.checkpoint_every_s - time.monotonic() if unsaved else 1.0
         c = time.process_time()  # blocked in poll costs no CPU; receiving and unpickling does
         events = self.executor.poll(timeout=0.25 if stopping else min(1.0, max(0.01, due)))
         for event in events:
