@@ -24,6 +24,8 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
 def test_sharded_simulation_predicts_real_runs_within_15_percent(measured: dict[int, Path], workers: int) -> None:
     report = json.loads(measured[workers].read_text())
     assert report["data_path"] == "sharded" and report["shards"]["run"] > 3
+    split = report["driver_shard_us"]  # the driver's CPU per shard, handing out and taking back
+    assert split["dispatch"] > 0 and split["complete"] > 0 and report["shards"]["smallest_target"] >= 8000
     workload = Workload.from_report(measured[1])
     predicted = sharded_rows(str(measured[1]), workload, [workers], None, 0.0, 1.0, 0)[0]["t_n_s"]
     real = report["t_parallel_s"]
@@ -36,3 +38,11 @@ def test_a_per_shard_driver_cost_bends_the_curve_only_at_scale() -> None:
     dear = simulate_sharded(workload, 256, 10_000_000, shard_driver_s=0.5)
     assert cheap["efficiency"] > 0.9 > dear["efficiency"]
     assert simulate_sharded(workload, 1, 100_000)["efficiency"] > 0.99
+
+
+def test_a_large_job_on_1024_fast_workers_keeps_the_driver_off_the_critical_path() -> None:
+    # GPU-like: 35 µs a record (a 2-core CPU worker's ~1.7 ms / 50); driver 0.2 ms a shard.
+    workload = Workload([(100, 100)] * 10, overhead_s=0.0, s_per_token=35e-6, driver_s=0.0)
+    row = simulate_sharded(workload, 1024, 100_000_000, shard_driver_s=2e-4, shard_overhead_s=0.0, min_records=160)
+    assert row["efficiency"] >= 0.9 and row["driver_busy"] < 0.5
+    assert row["tasks"] < 8 * 1024 and row["smallest_shard"] >= 160

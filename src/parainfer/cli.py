@@ -257,7 +257,10 @@ def simulate_command(
     data_path: str = typer.Option("records", help="records | sharded: the data path to simulate (sharded: "
                                   "factoring shards, the driver paid per shard; see docs/sharded.md)"),
     shard_driver_ms: Optional[float] = typer.Option(None, help="sharded: driver ms per shard (default: from a "
-                                                    "sharded report, else 5)"),
+                                                    "sharded report, else 0.5)"),
+    shard_dispatch_share: Optional[float] = typer.Option(None, help="sharded: share of the driver's per-shard "
+                                                         "cost spent handing a shard out (default: from a "
+                                                         "sharded report, else 0.5)"),
 ) -> None:
     """Predict T_N, speedup, efficiency and imbalance at many worker counts (discrete-event)."""
     import json
@@ -280,11 +283,15 @@ def simulate_command(
     if data_path == "sharded":
         from parainfer.simulate_sharded import sharded_rows
 
+        if shard_dispatch_share is not None and not 0 <= shard_dispatch_share <= 1:
+            raise UsageError(f"--shard-dispatch-share {shard_dispatch_share} must be between 0 and 1")
+
         rows = sharded_rows(cost_from, workload, counts, records, speed_sigma, slowdown, seed,
-                            None if shard_driver_ms is None else shard_driver_ms / 1e3)
+                            None if shard_driver_ms is None else shard_driver_ms / 1e3, shard_dispatch_share)
         policies = ["factoring"]
-        print(f"sharded: driver {rows[0]['shard_driver_s'] * 1e3:.3f} ms per shard; worker "
-              f"{rows[0]['record_s'] * 1e3:.3f} ms per record")
+        print(f"sharded: driver {rows[0]['shard_driver_s'] * 1e3:.3f} ms per shard ({rows[0]['dispatch_share']:.0%} "
+              f"handing out); worker {rows[0]['record_s'] * 1e3:.4f} ms per record; smallest shard "
+              f"{', '.join(str(r['smallest_shard']) for r in rows)} records")
     elif data_path != "records":
         raise UsageError(f"--data-path {data_path!r} is not one of records, sharded")
     else:

@@ -3,11 +3,22 @@
 In record mode (``engine.Job``) every record passes through the driver's one thread (read,
 estimate, batch, dispatch, merge, write), which bounds a job's speed-up however many workers
 it has. In sharded mode the driver plans shards (``io.shards``: byte ranges cut at record ends,
-or Parquet row groups, sized by factoring: large first, smaller towards the end), gives one at
-a time to each ready worker as a ``ShardTask`` (the second task kind of the executor contract,
-``executors.base``), and commits the finished shards' parts in shard order to the manifest
+or Parquet row groups, sized by factoring: large first, smaller towards the end, and never so
+small that N workers would keep the driver busy more than half the time), gives them out as
+``ShardTask``s (the second task kind of the executor contract, ``executors.base``; each worker
+holds the shard it runs and ``PREFETCH`` queued, so it does not wait for the driver between
+shards), and commits the finished shards' parts in shard order to the manifest
 (``io.shard_store``). Each worker reads, batches, runs and writes its shard
 (``executors.shard_runner``). The driver's cost is per shard, not per record.
+
+The loop is event-driven: it sleeps in ``executor.poll`` until a worker reports (or the next
+manifest write is due), hands the idle workers their next shards, commits what continues the
+committed prefix, and writes the manifest at most every ``--checkpoint-every`` seconds (many
+commits per write). The first round of shards is cut while the workers start; later rounds are
+cut when the first of their shards is handed out, from the driver CPU per shard and the
+worker seconds per byte measured so far (``io.shards.ShardPlanner``), so the smallest shard
+grows with the number of workers. The report's ``driver_shard_us`` splits the driver's CPU per
+shard into handing out and taking back (the idle wake-ups apart): the simulator's input.
 
 Guarantees (as record mode): output in input order (parts in shard order, concatenated into
 ``--output`` at the end), every record exactly once in the output or the errors file, resume
@@ -37,7 +48,7 @@ from parainfer.executors.base import ShardResult, ShardTask, WorkerFailed, Worke
 from parainfer.executors.shard_runner import remove_quietly, timeout_note
 from parainfer.io.shard_reader import ShardInput, shard_records
 from parainfer.io.shard_store import ShardStore
-from parainfer.io.shards import Shard, data_start, plan_parquet, plan_text, shard_lines, split_shard
+from parainfer.io.shards import Shard, ShardPlanner, data_start, shard_lines, split_shard
 from parainfer.io.sinks import ErrorSink
 from parainfer.recovery import GracefulStop, Interrupted
 from parainfer.report import TimingReport, close_run
@@ -45,6 +56,7 @@ from parainfer.tasks import TokenCounts
 
 MIN_SHARD_BYTES, MAX_SHARD_BYTES = 16 << 10, 256 << 20  # factoring makes the count logarithmic in the size
 MIN_SHARD_ROWS, MAX_SHARD_ROWS = 200, 2_000_000
+PREFETCH = 1  # shards queued on a worker behind the one it runs
 
 
 class ShardedJob:
@@ -67,16 +79,14 @@ class ShardedJob:
                           own_rows=job.predictor.writes_own_rows, task_timeout=cfg.task_timeout,
                           auto_max_batch=job.tuner.max_size if job.tuner else None)
 
-    def _plan(self, store: ShardStore, workers: int) -> list[Shard]:
-        """Shards for the uncommitted rest of the input. The smallest shard is MIN_SHARD_BYTES
-        (Parquet: MIN_SHARD_ROWS), or ``PARAINFER_MIN_SHARD_BYTES`` / ``_ROWS`` from the
-        environment (tests and benchmarks use small ones)."""
+    def _planner(self, store: ShardStore, workers: int) -> ShardPlanner:
+        """The lazy plan of the uncommitted rest of the input. The smallest shard is
+        MIN_SHARD_BYTES (Parquet: MIN_SHARD_ROWS), or ``PARAINFER_MIN_SHARD_BYTES`` / ``_ROWS``
+        from the environment (tests and benchmarks use small ones), until measurements raise it."""
         env = os.environ
-        if self.parquet:
-            return plan_parquet(self.config.input, store.next_start, workers,
-                                int(env.get("PARAINFER_MIN_SHARD_ROWS", MIN_SHARD_ROWS)), MAX_SHARD_ROWS)
-        return plan_text(self.config.input, store.next_start, store.next_line, workers,
-                         int(env.get("PARAINFER_MIN_SHARD_BYTES", MIN_SHARD_BYTES)), MAX_SHARD_BYTES)
+        lo, hi = ((int(env.get("PARAINFER_MIN_SHARD_ROWS", MIN_SHARD_ROWS)), MAX_SHARD_ROWS) if self.parquet else
+                  (int(env.get("PARAINFER_MIN_SHARD_BYTES", MIN_SHARD_BYTES)), MAX_SHARD_BYTES))
+        return ShardPlanner(self.config.input, store.next_start, store.next_line, workers, lo, max(lo, hi))
 
     def run(self, workers: Any = None) -> dict[str, Any]:
         from parainfer.engine import start_workers
@@ -95,8 +105,15 @@ class ShardedJob:
         cpu0 = time.process_time()  # the driver's own work from here on (as engine.Job counts it)
         self.store, self.executor, self.workers = store, workers.executor, workers
         self.report = TimingReport(workers=n, policy="factoring")
-        self.pending = collections.deque(self._plan(store, n))
-        self.planned = len(self.pending)
+        self.planner = self._planner(store, n)
+        # The first round (its sizes need no measurement) is cut while the workers start.
+        self.pending = collections.deque(x for x in (self.planner.next() for _ in range(n)) if x is not None)
+        self.idle: set[int] = set()  # ready workers with no shard in flight (served first)
+        self.room: set[int] = set()  # ready workers with at most PREFETCH shards in flight
+        for w in workers.ready:
+            self._file(w)
+        self.cpu = {"dispatch": 0.0, "complete": 0.0, "idle": 0.0}  # driver CPU by kind of loop work
+        self.units_done, self.unit_busy = 0, 0.0  # units (bytes, rows) of finished shards and their worker seconds
         self.running: dict[int, tuple[ShardTask, int]] = {}  # index -> (task, deaths)
         self.done: dict[int, tuple[ShardTask, ShardResult]] = {}  # shard start -> finished, not committed
         self.deaths: dict[int, int] = {}  # shard start -> deaths of workers running it
@@ -111,14 +128,12 @@ class ShardedJob:
             with stop:
                 for event in workers.take_pending():
                     self._handle(event, ready_phases)
-                while self.pending or self.running:
+                while self.pending or self.running or not self.planner.done:
                     if not stop.requested:
                         self._dispatch()
                     elif not self.running or time.perf_counter() > stop.deadline:
                         break
-                    for event in self.executor.poll(timeout=0.25):
-                        self._handle(event, ready_phases)
-                    self._commit()
+                    self._wait(stop.requested, ready_phases)
                 self._commit(force=True)
                 if not stop.requested:
                     t, cpu = time.perf_counter(), time.process_time()
@@ -127,6 +142,7 @@ class ShardedJob:
                     self.report.extra["driver_finish_cpu_s"] = time.process_time() - cpu
                     finished = True
         finally:
+            self.planner.close()
             if not finished:
                 for w in range(n):
                     self.executor.kill(w)
@@ -140,34 +156,78 @@ class ShardedJob:
 
     # -- the loop --------------------------------------------------------------------------
 
+    def _wait(self, stopping: bool, ready_phases: list[dict[str, float]]) -> None:
+        """Sleep until a worker reports (or the next manifest write is due; 0.25 s while
+        stopping, for the grace deadline), then take in what came and commit. The CPU of a
+        wake-up with news counts as taking shards back, of one without as idle."""
+        unsaved = len(self.store.committed) > self.saved  # commits waiting for the next manifest write
+        due = self.saved_at + self.config.checkpoint_every_s - time.monotonic() if unsaved else 1.0
+        c = time.process_time()  # blocked in poll costs no CPU; receiving and unpickling does
+        events = self.executor.poll(timeout=0.25 if stopping else min(1.0, max(0.01, due)))
+        for event in events:
+            self._handle(event, ready_phases)
+        self._commit()
+        self.cpu["complete" if events else "idle"] += time.process_time() - c
+
     def _dispatch(self) -> None:
-        for w in sorted(self.workers.ready):
-            if self.executor.in_flight(w) == 0 and self.pending:
-                shard = self.pending.popleft()
-                deaths = self.deaths.get(shard.start, 0)
-                part, errors_part = self.store.part_paths(shard, self.next_index)
-                task = ShardTask(self.next_index, shard, self.input, part, errors_part, self.batch, attempt=deaths)
-                self.next_index += 1
-                self.running[task.index] = (task, deaths)
-                if self.t_first is None:
-                    self.t_first = time.perf_counter()
-                self.executor.submit(w, task)
+        """Hand each worker with room its next shard (retried halves first, then the plan's
+        next), idle workers first."""
+        c = time.process_time()
+        while self.idle or self.room:
+            shard = self.pending.popleft() if self.pending else self.planner.next()
+            if shard is None:
+                break
+            w = self.idle.pop() if self.idle else self.room.pop()
+            deaths = self.deaths.get(shard.start, 0)
+            part, errors_part = self.store.part_paths(shard, self.next_index)
+            task = ShardTask(self.next_index, shard, self.input, part, errors_part, self.batch, attempt=deaths)
+            self.next_index += 1
+            self.running[task.index] = (task, deaths)
+            if self.t_first is None:
+                self.t_first = time.perf_counter()
+            self.executor.submit(w, task)
+            self._file(w)
+        self.cpu["dispatch"] += time.process_time() - c
+
+    def _file(self, w: int) -> None:
+        """Put worker ``w`` in ``idle``, ``room`` or neither by its shards in flight."""
+        self.idle.discard(w)
+        self.room.discard(w)
+        if w in self.workers.ready:
+            held = self.executor.in_flight(w)
+            if held == 0:
+                self.idle.add(w)
+            elif held <= PREFETCH:
+                self.room.add(w)
+
+    def _observe(self) -> None:
+        """Give the plan the driver's CPU per shard (handing out, per shard handed out; taking
+        back, per shard finished) and the workers' seconds per unit."""
+        finished = len(self.report.timeline)
+        if finished and self.next_index:
+            driver_s = self.cpu["dispatch"] / self.next_index + self.cpu["complete"] / finished
+            self.planner.observe(driver_s, self.unit_busy / max(1, self.units_done))
 
     def _handle(self, event: Any, ready_phases: list[dict[str, float]]) -> None:
         if isinstance(event, WorkerReady):
             self.workers.ready.add(event.worker_id)
+            self._file(event.worker_id)
             self.workers.model_info = event.info
             self.report.per_worker[event.worker_id].load_s = event.load_s
             self.report.extra["model"] = event.info
             if len(ready_phases) < self.workers.num_workers:
                 ready_phases.append({**event.phases, "ready_at": time.perf_counter()})
         elif isinstance(event, ShardResult):
+            self._file(event.worker_id)
             entry = self.running.pop(event.task_index, None)
             if entry is None:
                 return
             task = entry[0]
             self.done[task.shard.start] = (task, event)
             self._account(task, event)
+            self.units_done += task.shard.end - task.shard.start
+            self.unit_busy += event.t_end - event.t_start
+            self._observe()
         elif isinstance(event, WorkerFailed):
             self._on_worker_failed(event)
 
@@ -190,17 +250,24 @@ class ShardedJob:
 
     def _on_worker_failed(self, event: WorkerFailed) -> None:
         self.workers.ready.discard(event.worker_id)
+        self.idle.discard(event.worker_id)
+        self.room.discard(event.worker_id)
         if event.fatal:
             raise JobError(f"worker {event.worker_id}: {event.reason.strip()}")
         self.executor.restart(event.worker_id)
         self.report.per_worker[event.worker_id].restarts += 1
+        queued = []
         for task in event.tasks:
             if self.running.pop(task.index, None) is None:
                 continue
             reason = _read_note(timeout_note(task.part)) or event.reason
             remove_quietly(task.part)
             remove_quietly(task.errors_part)
-            self._retry(task.shard, reason)
+            if event.running is not None and task.index != event.running:
+                queued.append(task.shard)  # never started: given out again whole, first
+            else:
+                self._retry(task.shard, reason)
+        self.pending.extendleft(reversed(queued))
 
     def _retry(self, shard: Shard, reason: str) -> None:
         """A shard whose worker died, as ``recovery.TaskRecovery`` treats a suspect task: a shard
@@ -290,8 +357,13 @@ class ShardedJob:
                   executor=self.executor, resumed=store.resumed_records, resumed_failed=store.resumed_failed,
                   checkpoint=store.path)
         report.extra["data_path"] = "sharded"
-        report.extra["shards"] = {"planned": self.planned, "run": len(report.timeline),
-                                  "committed": len(store.committed), "sizing": "factoring (Hummel et al. 1992)"}
+        report.extra["shards"] = {"planned": self.planner.planned, "run": len(report.timeline),
+                                  "committed": len(store.committed), "smallest_target": self.planner.plan.floor,
+                                  "sizing": "factoring (Hummel et al. 1992), floor from the driver's cost per shard"}
+        runs = max(1, len(report.timeline))
+        report.extra["driver_shard_us"] = {"dispatch": round(self.cpu["dispatch"] / max(1, self.next_index) * 1e6, 2),
+                                           "complete": round(self.cpu["complete"] / runs * 1e6, 2),
+                                           "idle_s": round(self.cpu["idle"], 4)}
         report.extra["driver_busy_s"] = busy
         report.extra["driver_finish_s"] = round(report.t_write_s, 4)  # wall time of the concatenation
         # The shard bookkeeping alone: the driver's CPU less the final concatenation (output bytes

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from parainfer.io.shard_reader import ShardInput, shard_records
-from parainfer.io.shards import data_start, factoring_sizes, plan_parquet, plan_text, shard_lines, split_shard
+from parainfer.io.shards import FactoringPlan, data_start, factoring_sizes, plan_parquet, plan_text, shard_lines, split_shard
 from parainfer.io.sources import open_source
 from parainfer.records import Record
 
@@ -74,6 +74,43 @@ def test_factoring_sizes_shrink_and_cover() -> None:
     assert all(a >= b for a, b in zip(sizes, sizes[1:]))  # never larger later
     assert sizes[-1] <= 50 + 50  # the last ones near the minimum
     assert max(factoring_sizes(10**7, 2, 1, 1000)) == 1000  # capped
+
+
+def drain(plan: FactoringPlan) -> list[int]:
+    sizes = []
+    while size := plan.next_size():
+        plan.take(size)
+        sizes.append(size)
+    return sizes
+
+
+def test_the_smallest_shard_grows_with_the_workers_once_the_driver_cost_is_measured() -> None:
+    # 1M records, worker 35 µs a record (GPU-like), driver 0.2 ms a shard: with 1,024 workers
+    # floor-size shards must take 1024 x 0.2 ms / 0.5 = 0.41 s, i.e. 11,703 records.
+    sizes = {}
+    for workers in (2, 1024):
+        plan = FactoringPlan(100_000_000, workers, 100, 10**9)
+        assert plan.floor == 100  # nothing measured yet: the static minimum
+        plan.observe(driver_s=2e-4, unit_s=35e-6)
+        sizes[workers] = drain(plan)
+    assert FactoringPlan(1, 1024, 100, 10**9).floor == 100
+    assert min(sizes[2]) == 100  # 2 workers: the measured floor (23 records) is below the minimum
+    assert min(sizes[1024][:-1024]) >= 11_703  # (the last round may go below the floor: equal shares)
+    assert len(sizes[1024]) < 8 * 1024  # a few shards per worker, not dozens
+    assert sum(sizes[1024]) >= 100_000_000
+
+
+def test_the_last_round_gives_every_worker_a_share() -> None:
+    plan = FactoringPlan(10_000, 100, 10, 10**6)
+    plan.observe(driver_s=1e-3, unit_s=1e-6)  # floor 200,000 units: more than what is left
+    sizes = drain(plan)
+    assert sizes == [100] * 100  # one round of equal shares instead of one 10,000-unit shard
+
+
+@pytest.mark.parametrize("args", [(10, 0, 1, 1), (10, 2, 0, 1), (10, 2, 5, 4), (-1, 2, 1, 1)])
+def test_a_bad_plan_is_refused_naming_the_values(args: tuple[int, int, int, int]) -> None:
+    with pytest.raises(ValueError, match="workers=.*min_size=.*max_size"):
+        FactoringPlan(*args)
 
 
 @pytest.mark.parametrize("ext", ["jsonl", "csv", "txt", "parquet"])

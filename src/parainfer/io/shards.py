@@ -11,7 +11,14 @@ parallel loops", CACM 35(8), 1992), the refinement of guided self-scheduling (Po
 & Kuck, "Guided self-scheduling", IEEE Trans. Computers C-36(12), 1987): work is handed out in
 rounds of N equal chunks, each ``remaining / (2 N)`` of what is left when the round starts, so
 chunks are large at first (little bookkeeping) and shrink towards the end (the last ones do
-not leave workers idle), bounded below by ``min_size`` and above by ``max_size``.
+not leave workers idle), bounded below by a floor and above by ``max_size``. The floor is
+``min_size`` or, once the driver's cost per shard and the workers' speed are measured, the
+size at which N workers running floor-size shards keep the driver busy at most
+``DRIVER_LOAD`` of the time (``FactoringPlan``): it grows with the number of workers, so 1,024
+fast workers get a few large shards each instead of thousands of tiny ones.
+
+The plan is lazy (``ShardPlanner``: one shard at a time, cut where the previous one ended), so
+a round's sizes use what has been measured by the time the round starts.
 """
 
 from __future__ import annotations
@@ -43,21 +50,79 @@ class Shard:
     first_line: int
 
 
-def factoring_sizes(total: int, workers: int, min_size: int, max_size: int) -> Iterator[int]:
-    """Target chunk sizes for ``total`` units over ``workers`` workers by factoring (x = 2).
+DRIVER_LOAD = 0.5  # the most of the driver's time that floor-size shards may take (FactoringPlan)
 
-    Yields sizes in units (bytes or rows) that sum to at least ``total``: rounds of ``workers``
-    chunks of ``ceil(R / (2 * workers))`` each, R being what is left when the round starts,
-    clamped to ``[min_size, max_size]``. Source: Hummel, Schonberg & Flynn 1992 (see module doc).
+
+class FactoringPlan:
+    """Shard sizes one at a time by factoring, with a floor set by the driver's cost per shard.
+
+    Factoring (Hummel, Schonberg & Flynn 1992; x = 2), the refinement of guided self-scheduling
+    (Polychronopoulos & Kuck 1987, chunk = remaining / N): rounds of ``workers`` equal chunks of
+    ``ceil(R / (2 N))`` units (bytes or rows or records), R being what is left when the round
+    starts, clamped to ``[floor, max_size]``.
+
+    The floor: ``min_size`` until ``observe`` gives the driver's seconds per shard ``d`` and a
+    worker's seconds per unit ``u``; then ``max(min_size, ceil(N d / (DRIVER_LOAD u)))``. With
+    every worker on floor-size shards, N workers finish ``N / (floor u)`` shards a second and
+    the driver spends ``d`` on each: at most ``DRIVER_LOAD`` of its time. (A fixed floor cut 1M
+    records into ~3,600 shards for 1,024 workers, and the serial per-shard work then took much
+    of the job.) The floor moves as measurements come in; a round's size is fixed when it starts.
+
+    Raises ValueError for workers < 1, min_size < 1, max_size < min_size or total < 0.
     """
-    left = total
-    while left > 0:
-        size = min(max_size, max(min_size, math.ceil(left / (2 * max(1, workers)))))
-        for _ in range(max(1, workers)):
-            if left <= 0:
-                return
-            yield size
-            left -= size
+
+    def __init__(self, total: int, workers: int, min_size: int, max_size: int, driver_load: float = DRIVER_LOAD):
+        if workers < 1 or min_size < 1 or max_size < min_size or total < 0 or not 0 < driver_load <= 1:
+            raise ValueError(f"factoring plan needs workers >= 1, 1 <= min_size <= max_size, total >= 0 and "
+                             f"0 < driver_load <= 1; got workers={workers}, min_size={min_size}, "
+                             f"max_size={max_size}, total={total}, driver_load={driver_load}")
+        self.left, self.workers, self.min_size, self.max_size = total, workers, min_size, max_size
+        self.driver_load = driver_load
+        self.driver_s: float | None = None  # driver seconds per shard (measured)
+        self.unit_s: float | None = None  # worker seconds per unit (measured)
+        self._round_left = self._size = self._share = 0
+
+    def observe(self, driver_s: float | None, unit_s: float | None) -> None:
+        """The latest measured driver seconds per shard and worker seconds per unit (None or
+        <= 0: not known yet)."""
+        self.driver_s = driver_s if driver_s and driver_s > 0 else None
+        self.unit_s = unit_s if unit_s and unit_s > 0 else None
+
+    @property
+    def floor(self) -> int:
+        """The smallest target size now (units), at most ``max_size``."""
+        if self.driver_s is None or self.unit_s is None:
+            return self.min_size
+        grown = math.ceil(self.workers * self.driver_s / (self.driver_load * self.unit_s))
+        return min(self.max_size, max(self.min_size, grown))
+
+    def next_size(self) -> int:
+        """The next target size in units (0 when nothing is left); call ``take`` with what the
+        shard really took (a cut moves forward to a record end)."""
+        if self.left <= 0:
+            return 0
+        if self._round_left == 0:
+            self._size, self._round_left = math.ceil(self.left / (2 * self.workers)), self.workers
+            self._share = math.ceil(self.left / self.workers)
+        self._round_left -= 1
+        # Near the end the floor is at most an equal share of the round's rest, so the last
+        # round gives every worker a piece instead of leaving most of them idle.
+        floor = max(self.min_size, min(self.floor, self._share))
+        return min(self.max_size, max(floor, self._size))
+
+    def take(self, units: int) -> None:
+        """``units`` of the rest were handed out."""
+        self.left -= units
+
+
+def factoring_sizes(total: int, workers: int, min_size: int, max_size: int) -> Iterator[int]:
+    """Target chunk sizes for ``total`` units over ``workers`` workers by factoring (x = 2),
+    with nothing measured (``FactoringPlan`` with the floor ``min_size``). They sum to at least
+    ``total``. Source: Hummel, Schonberg & Flynn 1992 (see module doc)."""
+    plan = FactoringPlan(total, max(1, workers), min_size, max(min_size, max_size))
+    while size := plan.next_size():
+        plan.take(size)
+        yield size
 
 
 def _count(f, a: int, b: int, quotes: bool = True) -> tuple[int, int]:
@@ -109,59 +174,130 @@ def data_start(path: str) -> tuple[int, int]:
     return offset, 1 + lines
 
 
+class TextCutter:
+    """Cuts bytes ``[start, size)`` of a JSONL/CSV/TXT file into consecutive shards, one ``cut``
+    at a time, each cut moved forward to the next record end. ``start`` must be a record start
+    (``data_start`` or a committed shard's end), ``first_line`` its line number. CSV and TXT:
+    reads each shard's range once (counting line ends, and for CSV quotes, at about memory
+    speed); JSONL: reads only around each cut, and the shards' ``first_line`` is 0 (not known).
+    Holds the file open until ``close``."""
+
+    def __init__(self, path: str, start: int, first_line: int):
+        self.csv = path.lower().endswith(".csv")
+        self.numbered = not path.lower().endswith((".jsonl", ".ndjson"))  # JSONL: first_line 0
+        self.size = os.path.getsize(path)
+        self.pos, self.line = start, first_line if self.numbered else 0
+        self._f = open(path, "rb")
+
+    @property
+    def left(self) -> int:
+        """Bytes not yet cut."""
+        return max(0, self.size - self.pos)
+
+    def cut(self, target: int) -> Shard | None:
+        """The next shard of about ``target`` bytes (>= 1), or None at the end of the file."""
+        f, pos, size = self._f, self.pos, self.size
+        if pos >= size:
+            return None
+        cut = min(size, pos + max(1, target))
+        if not self.numbered:
+            cut = _line_end(f, cut - 1, size, False, False)[0] if cut < size else size
+            self.pos = cut
+            return Shard(pos, cut, 0)
+        lines, quotes = _count(f, pos, cut, self.csv)
+        if cut < size:
+            f.seek(cut - 1)
+            if f.read(1) != b"\n" or (self.csv and quotes % 2):
+                cut, more, _ = _line_end(f, cut, size, quotes % 2 == 1, self.csv)
+                lines += more
+        shard = Shard(pos, cut, self.line)
+        self.pos, self.line = cut, self.line + lines
+        return shard
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class ParquetCutter:
+    """Cuts rows ``[start_row, num_rows)`` of a Parquet file into consecutive shards, each cut
+    moved forward to the next row-group boundary (a row group is never split)."""
+
+    def __init__(self, path: str, start_row: int):
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(path).metadata
+        self.bounds, row = [], 0
+        for g in range(meta.num_row_groups):
+            row += meta.row_group(g).num_rows
+            self.bounds.append(row)
+        self.total, self.pos = row, start_row
+
+    @property
+    def left(self) -> int:
+        """Rows not yet cut."""
+        return max(0, self.total - self.pos)
+
+    def cut(self, target: int) -> Shard | None:
+        """The next shard of about ``target`` rows (>= 1), or None after the last row."""
+        pos = self.pos
+        if pos >= self.total:
+            return None
+        self.pos = next((b for b in self.bounds if b >= pos + max(1, target)), self.total)
+        return Shard(pos, self.pos, pos + 1)
+
+    def close(self) -> None:
+        pass
+
+
+class ShardPlanner:
+    """The rest of an input file handed out as shards one at a time: a cutter (``TextCutter``
+    or ``ParquetCutter``) driven by a ``FactoringPlan`` over what is left. Used by the driver
+    (``sharded.ShardedJob``) so each round's sizes use the driver cost and worker speed
+    measured so far (``observe``). ``first_line`` is ignored for Parquet (rows number
+    themselves). Raises ValueError as ``FactoringPlan`` does."""
+
+    def __init__(self, path: str, start: int, first_line: int, workers: int, min_size: int, max_size: int):
+        parquet = path.lower().endswith(".parquet")
+        self.cutter = ParquetCutter(path, start) if parquet else TextCutter(path, start, first_line)
+        self.plan = FactoringPlan(self.cutter.left, workers, min_size, max_size)
+        self.planned = 0
+
+    @property
+    def done(self) -> bool:
+        """True when the whole input has been cut."""
+        return self.cutter.left <= 0
+
+    def next(self) -> Shard | None:
+        """The next shard, or None when the input is all cut."""
+        shard = self.cutter.cut(self.plan.next_size() or 1)
+        if shard is not None:
+            self.plan.take(shard.end - shard.start)
+            self.planned += 1
+        return shard
+
+    def observe(self, driver_s: float | None, unit_s: float | None) -> None:
+        """See ``FactoringPlan.observe`` (``unit_s``: worker seconds per byte, Parquet: per row)."""
+        self.plan.observe(driver_s, unit_s)
+
+    def close(self) -> None:
+        self.cutter.close()
+
+
 def plan_text(path: str, start: int, first_line: int, workers: int, min_bytes: int,
               max_bytes: int) -> list[Shard]:
-    """Cut bytes ``[start, size)`` of a JSONL/CSV/TXT file into shards by factoring, each cut
-    moved forward to the next record end. ``start`` must be a record start (``data_start`` or
-    a committed shard's end), ``first_line`` its line number. CSV and TXT: reads the range once
-    (counting line ends, and for CSV quotes, at about memory speed); JSONL: reads only around
-    each cut, and the shards' ``first_line`` is 0 (not known)."""
-    csv = path.lower().endswith(".csv")
-    numbered = not path.lower().endswith((".jsonl", ".ndjson"))  # JSONL: cut without reading (first_line 0)
-    size = os.path.getsize(path)
-    shards: list[Shard] = []
-    pos, line = start, first_line if numbered else 0
-    with open(path, "rb") as f:
-        for target in factoring_sizes(size - start, workers, min_bytes, max_bytes):
-            if pos >= size:
-                break
-            cut = min(size, pos + target)
-            if not numbered:
-                cut = _line_end(f, cut - 1, size, False, False)[0] if cut < size else size
-                shards.append(Shard(pos, cut, 0))
-                pos = cut
-                continue
-            lines, quotes = _count(f, pos, cut, csv)
-            if cut < size:
-                f.seek(cut - 1)
-                if f.read(1) != b"\n" or (csv and quotes % 2):
-                    cut, more, _ = _line_end(f, cut, size, quotes % 2 == 1, csv)
-                    lines += more
-            shards.append(Shard(pos, cut, line))
-            pos, line = cut, line + lines
-    return shards
+    """All shards of bytes ``[start, size)`` of a JSONL/CSV/TXT file at once, by factoring with
+    nothing measured (``ShardPlanner``; see ``TextCutter`` for the cuts)."""
+    planner = ShardPlanner(path, start, first_line, workers, min_bytes, max_bytes)
+    try:
+        return list(iter(planner.next, None))
+    finally:
+        planner.close()
 
 
 def plan_parquet(path: str, start_row: int, workers: int, min_rows: int, max_rows: int) -> list[Shard]:
-    """Cut rows ``[start_row, num_rows)`` of a Parquet file into shards by factoring, each cut
-    moved forward to the next row-group boundary (a row group is never split by the plan)."""
-    import pyarrow.parquet as pq
-
-    meta = pq.ParquetFile(path).metadata
-    bounds, row = [], 0
-    for g in range(meta.num_row_groups):
-        row += meta.row_group(g).num_rows
-        bounds.append(row)
-    total = row
-    shards: list[Shard] = []
-    pos = start_row
-    for target in factoring_sizes(total - start_row, workers, min_rows, max_rows):
-        if pos >= total:
-            break
-        cut = next((b for b in bounds if b >= pos + target), total)
-        shards.append(Shard(pos, cut, pos + 1))
-        pos = cut
-    return shards
+    """All shards of rows ``[start_row, num_rows)`` of a Parquet file at once, by factoring
+    with nothing measured, each cut at a row-group boundary (``ParquetCutter``)."""
+    return list(iter(ShardPlanner(path, start_row, 1, workers, min_rows, max_rows).next, None))
 
 
 def split_shard(path: str, shard: Shard) -> tuple[Shard, Shard] | None:
