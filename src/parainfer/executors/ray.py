@@ -10,6 +10,8 @@ Ray only places and runs the actors (``executors/ray_actor.py``). Each task is o
   seen at once): that becomes one ``WorkerFailed`` with the tasks it held, and as the task it
   was running the one it recorded starting in Ray's key-value store (a finished task's result
   can be lost when the process dies right after, so results alone cannot tell);
+* a ``ShardTask`` (sharded mode) is one call too, answered by the actor's ``ShardResult``
+  (``executors/ray_shards.py``: the shared-file-system check, the result's times placed as below);
 * a model that raises while loading is a fatal ``WorkerFailed`` (as for local workers); an
   actor that dies while loading ``MAX_DEATHS_WHILE_LOADING`` times in a row is too.
 

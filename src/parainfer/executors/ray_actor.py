@@ -2,7 +2,8 @@
 
 The actor does what a local worker process does (``executors/worker.py``): set the worker
 environment, load the predictor once, then run tasks with the same per-record fallback
-(``run_task``). It runs one call at a time, in the order the driver submitted them, so the
+(``run_task``), and whole shards in sharded mode (``executors.shard_runner.run_shard``, after
+``executors.ray_shards.check_paths``). It runs one call at a time, in the order the driver submitted them, so the
 driver knows which task it is running without being told. Ray does not promise that order for
 an actor with concurrency groups (it may start a later call first), so each call carries a
 turn number (load is turn 0, the k-th task turn k) and waits for its turn: the actor has a few
