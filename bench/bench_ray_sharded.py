@@ -43,14 +43,16 @@ def main() -> None:
     same = Path(reps[0]["out"]).read_bytes() == Path(reps[1]["out"]).read_bytes()
     print(f"{opts.records:,} records, {src.stat().st_size / 2**20:.1f} MiB; outputs identical: {same}; "
           f"load average {load0[0]:.2f} at start, {load1[0]:.2f} at end")
-    print("| mode | data path | driver CPU s | driver us/record | parallel rec/s | overall rec/s | wall s | shards/tasks |")
+    print("| mode | data path | driver CPU s | driver us/record | parallel rec/s | overall rec/s | wall s "
+          "| shards/tasks |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for rep in reps:
         units = rep.get("shards", {}).get("run", rep["tasks"])
         print(f"| {rep['label']} | {rep.get('data_path', 'records')} | {rep['driver_busy_s']:.2f} | "
               f"{rep['driver_us_per_record']:.2f} | {rep['parallel_throughput_records_per_s']:,.0f} | "
               f"{rep['throughput_records_per_s']:,.0f} | {rep['wall_s']:.1f} | {units} |")
-    print(f"ratio record/sharded driver us/record: {reps[0]['driver_us_per_record'] / reps[1]['driver_us_per_record']:.1f}x")
+    ratio = reps[0]["driver_us_per_record"] / reps[1]["driver_us_per_record"]
+    print(f"ratio record/sharded driver us/record: {ratio:.1f}x")
     if not same:
         raise SystemExit("outputs differ")
 

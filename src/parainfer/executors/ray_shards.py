@@ -50,7 +50,8 @@ class PathCheck:
 
 class Probe:
     """The driver's side: writes one probe file per parts folder (on the first shard submitted
-    there) and removes them all in ``remove`` (the executor's shutdown)."""
+    there, again with a new token when it is gone: a later job of a ``parainfer.Pool`` on the
+    same output) and removes them all in ``remove`` (the executor's shutdown)."""
 
     def __init__(self) -> None:
         self._checks: dict[tuple[str, str], PathCheck] = {}
@@ -60,25 +61,32 @@ class Probe:
 
         Raises OSError when the probe cannot be written (the driver's own folder is not writable)."""
         folder = os.path.dirname(os.path.abspath(task.part))
+        size = os.path.getsize(task.input.path)
         key = (task.input.path, folder)
         check = self._checks.get(key)
-        if check is None:
+        # new, or the input changed or the probe's folder was removed (a later job of a Pool)
+        if check is None or check.input_size != size or not os.path.exists(check.probe):
+            if check is not None:
+                _remove(check.probe)
             token = secrets.token_hex(16)
             probe = os.path.join(folder, f"{PROBE_PREFIX}{os.getpid()}-{token[:8]}")
             with open(probe, "w", encoding="ascii") as f:
                 f.write(token)
-            check = self._checks[key] = PathCheck(os.path.abspath(task.input.path),
-                                                  os.path.getsize(task.input.path), probe, token)
+            check = self._checks[key] = PathCheck(os.path.abspath(task.input.path), size, probe, token)
         return check
 
     def remove(self) -> None:
         """Delete the probe files written so far."""
         for check in self._checks.values():
-            try:
-                os.remove(check.probe)
-            except OSError:
-                pass
+            _remove(check.probe)
         self._checks.clear()
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def check_paths(check: PathCheck, node: str) -> None:
