@@ -20,8 +20,10 @@ OUTPUTS = (".jsonl", ".ndjson", ".csv", ".parquet")
 
 def why_not_sharded(config: Any, in_memory: bool) -> str | None:
     """Why this job cannot run in sharded mode, or None when it can. Every output format of
-    record mode (JSONL, CSV, Parquet), ``--task-timeout`` and ``--batch-size auto`` run sharded;
-    stdout output, stdin or other input, another executor and OpenAI batch files do not."""
+    record mode (JSONL, CSV, Parquet), ``--task-timeout`` and ``--batch-size auto`` run sharded,
+    on either executor (on Ray, every node must see the input and the output's folder at the same
+    path: ``executors.ray_shards`` checks it); stdout output, stdin or other input and OpenAI batch
+    files do not."""
     ext = os.path.splitext(config.input)[1].lower()
     if in_memory:
         return "an in-memory job (the Python API) has no input file to split"
@@ -31,8 +33,6 @@ def why_not_sharded(config: Any, in_memory: bool) -> str | None:
         return "stdout output is one stream that only the driver can write in order (write a file)"
     if not is_dir_output(config.output) and os.path.splitext(config.output)[1].lower() not in OUTPUTS:
         return f"the output must be a {'/'.join(OUTPUTS)} file or a folder, not {config.output!r}"
-    if config.executor != "local":
-        return f"executor {config.executor!r} does not run shards (the local executor does)"
     if config.task == "openai-batch":
         return "an OpenAI batch file runs in record mode"
     return None

@@ -31,9 +31,10 @@ alone. The output parts are in the output's format (JSONL, CSV, Parquet: ``io.pa
 a part written under another CSV header / Parquet schema than the job's (the first committed
 part's) is redone with the job's. ``--task-timeout`` bounds each batch inside a shard
 (``executors.shard_runner.BatchWatchdog``); ``--batch-size auto`` is tuned by each worker
-for itself (``executors.shard_runner.worker_tuner``). Not in this mode: stdout output and the
-Ray executor (``shard_mode.choose_mode`` falls back to record mode, or refuses ``--shard-mode on``
-saying why).
+for itself (``executors.shard_runner.worker_tuner``). Either executor runs shards (on Ray, every
+node must see the input and the output's folder at the same path: ``executors.ray_shards``). Not
+in this mode: stdout output (``shard_mode.choose_mode`` falls back to record mode, or refuses
+``--shard-mode on`` saying why).
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ Ray only places and runs the actors (``executors/ray_actor.py``). Each task is o
   seen at once): that becomes one ``WorkerFailed`` with the tasks it held, and as the task it
   was running the one it recorded starting in Ray's key-value store (a finished task's result
   can be lost when the process dies right after, so results alone cannot tell);
+* a ``ShardTask`` (sharded mode) is one call too, answered by the actor's ``ShardResult``
+  (``executors/ray_shards.py``: the shared-file-system check, the result's times placed as below);
 * a model that raises while loading is a fatal ``WorkerFailed`` (as for local workers); an
   actor that dies while loading ``MAX_DEATHS_WHILE_LOADING`` times in a row is too.
 
@@ -37,10 +39,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from parainfer.errors import UsageError
-from parainfer.executors.base import Event, Executor, TaskResult, WorkerFailed, WorkerReady
+from parainfer.executors.base import Event, Executor, ShardResult, ShardTask, TaskResult, WorkerFailed, WorkerReady
 from parainfer.executors.local import MAX_DEATHS_WHILE_LOADING, default_threads
 from parainfer.executors.ray_cluster import (PASSED_ENV_PREFIXES, check_room, connect, load_error, pick_node,
                                              running_task)
+from parainfer.executors.ray_shards import Probe, place_shard_result, shared_path_error
 from parainfer.models.base import Predictor
 from parainfer.tasks import Task
 
@@ -78,8 +81,12 @@ class RayExecutor(Executor):
         cpus_per_worker, gpus_per_worker: Ray resources each actor asks for (> 0 / >= 0).
 
     ``start`` raises UsageError when the cluster has fewer CPUs or GPUs in all than the
-    actors ask for (they would wait forever).
+    actors ask for (they would wait forever). Runs shards (sharded mode) when every node sees the
+    input and the output's folder at the same path; ``poll`` raises UsageError naming the node and
+    the path when one does not (``ray_shards``).
     """
+
+    runs_shards = True  # each actor reads its shard and writes its parts (a shared file system)
 
     def __init__(self, predictor: Predictor, num_workers: int, threads_per_worker: int | None = None,
                  env: dict[str, str] | None = None, address: str | None = None, cpus_per_worker: float = 1.0,
@@ -102,6 +109,7 @@ class RayExecutor(Executor):
         self._lock = threading.RLock()
         self._owns_ray = False
         self._actor_class: Any = None
+        self._probe = Probe()  # the shared-file-system probe files of sharded mode
         self.restarts = 0
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -168,12 +176,14 @@ class RayExecutor(Executor):
         for slot in slots:
             if slot is not None:
                 self._kill_actor(slot.actor)
+        self._probe.remove()
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
             self._owns_ray = False
 
     # -- feeding and watching ---------------------------------------------------------------------
-    def submit(self, worker_id: int, task: Task) -> None:
+    def submit(self, worker_id: int, task: Task | ShardTask) -> None:
+        check = self._probe.check_for(task) if isinstance(task, ShardTask) else None
         with self._lock:
             slot = self._slots[worker_id]
             if slot is None:
@@ -181,7 +191,8 @@ class RayExecutor(Executor):
             if len(slot.held) >= ACTOR_THREADS:
                 raise RuntimeError(f"worker {worker_id} holds {ACTOR_THREADS} tasks already (the most in flight)")
             slot.turns += 1
-            slot.held[task.index] = (slot.actor.run.remote(task, slot.turns), task, time.perf_counter())
+            ref = slot.actor.run.remote(task, slot.turns, check) if check else slot.actor.run.remote(task, slot.turns)
+            slot.held[task.index] = (ref, task, time.perf_counter())
 
     def in_flight(self, worker_id: int) -> int:
         slot = self._slots[worker_id]
@@ -248,6 +259,9 @@ class RayExecutor(Executor):
             try:
                 value = ray.get(ref)
             except Exception as e:  # noqa: BLE001 - RayActorError, or a result that did not arrive
+                message = shared_path_error(e)
+                if message:  # a node without the shared file system: no restart can help
+                    raise UsageError(message) from None
                 self._died(w, slot, e, events)
                 return
             self._result(w, slot, index, value, submitted, events)
@@ -257,13 +271,19 @@ class RayExecutor(Executor):
             except Exception as e:  # noqa: BLE001 - RayActorError: how it died
                 self._died(w, slot, e, events)
 
-    def _result(self, w: int, slot: _Slot, index: int, value: tuple, submitted: float, events: list[Event]) -> None:
-        _, outputs, errors, queue_s, compute_s, counts = value
+    def _result(self, w: int, slot: _Slot, index: int, value: Any, submitted: float, events: list[Event]) -> None:
+        if isinstance(value, ShardResult):  # times on the actor's clock: keep the durations
+            queue_s, compute_s = value.t_start - value.t_received, value.t_end - value.t_start
+        else:
+            _, outputs, errors, queue_s, compute_s, counts = value
         seen = time.perf_counter()
         start = min(max(submitted, slot.free_since), seen - compute_s)
         slot.free_since = start + compute_s
         del slot.held[index]
-        events.append(TaskResult(index, w, outputs, errors, start - queue_s, start, start + compute_s, counts))
+        if isinstance(value, ShardResult):
+            events.append(place_shard_result(value, start, queue_s))
+        else:
+            events.append(TaskResult(index, w, outputs, errors, start - queue_s, start, start + compute_s, counts))
 
     def _died(self, w: int, slot: _Slot, error: BaseException, events: list[Event]) -> None:
         """Report a dead actor. Every call it held resolves once Ray knows it died (a result, or

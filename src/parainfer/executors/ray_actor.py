@@ -2,7 +2,8 @@
 
 The actor does what a local worker process does (``executors/worker.py``): set the worker
 environment, load the predictor once, then run tasks with the same per-record fallback
-(``run_task``). It runs one call at a time, in the order the driver submitted them, so the
+(``run_task``), and whole shards in sharded mode (``executors.shard_runner.run_shard``, after
+``executors.ray_shards.check_paths``). It runs one call at a time, in the order the driver submitted them, so the
 driver knows which task it is running without being told. Ray does not promise that order for
 an actor with concurrency groups (it may start a later call first), so each call carries a
 turn number (load is turn 0, the k-th task turn k) and waits for its turn: the actor has a few
@@ -27,6 +28,7 @@ from typing import Any
 import ray
 
 from parainfer.devices import worker_device
+from parainfer.executors.base import ShardTask
 from parainfer.executors.worker import WORKER_ENV_DEFAULTS, run_task
 from parainfer.models.base import Predictor
 from parainfer.tasks import Task
@@ -68,6 +70,7 @@ class RayWorker:
         self.predictor: Predictor | None = None
         self._turn = 0
         self._cond = threading.Condition()
+        self._checked: set[Any] = set()  # ray_shards.PathCheck verified on this node
         for var, value in WORKER_ENV_DEFAULTS.items():
             os.environ.setdefault(var, value)
         os.environ["PARAINFER_WORKER_ID"] = str(worker_id)
@@ -116,20 +119,38 @@ class RayWorker:
         return {"load_s": load_s, "info": predictor.describe(), "phases": phases,
                 "node": ray.util.get_node_ip_address(), "pid": os.getpid()}
 
-    def run(self, task: Task, turn: int) -> tuple[int, list, list, float, float, Any]:
+    def run(self, task: Task | ShardTask, turn: int, check: Any = None) -> Any:
         """Run one task when its ``turn`` (1, 2, ...) comes; returns (task index, outputs, errors,
         queue_s, compute_s, counts), both durations measured here (queue_s: waiting for the turn);
-        counts: the task's exact ``TokenCounts`` (``TaskResult.counts``)."""
+        counts: the task's exact ``TokenCounts`` (``TaskResult.counts``).
+
+        A ``ShardTask`` (sharded mode) runs with ``executors.shard_runner.run_shard`` and returns
+        its ``ShardResult`` (times on this process's clock: the executor keeps only durations).
+        Before this actor's first shard of a (input, parts folder) pair, ``check``
+        (``ray_shards.PathCheck``) is verified: ``ray_shards.SharedPathError`` when this node does
+        not see the driver's input file or parts folder."""
         t_received = time.perf_counter()
         self._wait_turn(turn)
         try:
             assert self.predictor is not None, "load() first"
+            if isinstance(task, ShardTask):
+                return self._run_shard(task, check, t_received)
             mark_running(task.index)
             res = run_task(self.predictor, task, self.worker_id, t_received)
         finally:
             self._next_turn()
         return (res.task_index, res.outputs, res.errors, res.t_start - res.t_received, res.t_end - res.t_start,
                 res.counts)
+
+    def _run_shard(self, task: ShardTask, check: Any, t_received: float) -> Any:
+        from parainfer.executors.ray_shards import check_paths
+        from parainfer.executors.shard_runner import run_shard
+
+        if check is not None and check not in self._checked:
+            check_paths(check, ray.util.get_node_ip_address())
+            self._checked.add(check)
+        mark_running(task.index)
+        return run_shard(self.predictor, task, self.worker_id, t_received, run_task)
 
     @ray.method(concurrency_group="watch")
     def watch(self) -> None:

@@ -270,7 +270,10 @@ def remove_quietly(path: str) -> None:
 
 
 def _is_part(name: str) -> bool:
-    """A file name ``ShardStore.part_paths`` makes (or a worker's timeout note)."""
+    """A file name ``ShardStore.part_paths`` makes (or a worker's timeout note, or the Ray
+    executor's shared-file-system probe left by a killed driver: ``executors.ray_shards``)."""
+    if name.startswith(".parainfer-fs-probe-"):
+        return True
     stem = name.split("-t", 1)[0]
     return len(stem) == 15 and stem.isdigit()
 
