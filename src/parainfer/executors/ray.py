@@ -132,10 +132,10 @@ class RayExecutor(Executor):
         # Calls wait for their turn in the actor, so it needs a thread per call in flight.
         self._actor_class = ray.remote(max_concurrency=ACTOR_THREADS, concurrency_groups={"watch": 1})(RayWorker)
 
-    def _spawn(self, w: int, first: bool = True) -> None:
+    def _spawn(self, w: int, first: bool = True, avoid: str | None = None) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        node = pick_node(w, first, self.cpus, self.gpus, [s.node for s in self._slots if s is not None])
+        node = pick_node(w, first, self.cpus, self.gpus, [s.node for s in self._slots if s is not None], avoid)
         strategy = NodeAffinitySchedulingStrategy(node, soft=True) if node else "SPREAD"
         actor = self._actor_class.options(
             num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0, max_task_retries=0, scheduling_strategy=strategy,
@@ -151,7 +151,7 @@ class RayExecutor(Executor):
         if slot is not None:
             self._kill_actor(slot.actor)
         self.restarts += 1
-        self._spawn(worker_id, first=False)
+        self._spawn(worker_id, first=False, avoid=slot.node if slot is not None else None)
 
     def kill(self, worker_id: int) -> None:
         """Kill a worker's actor (a hung task); the next ``poll`` reports its death."""

@@ -46,10 +46,14 @@ def check_room(address: str | None, workers: int, cpus: float, gpus: float) -> N
                              f"smaller --{name.lower()}s-per-worker")
 
 
-def pick_node(w: int, first: bool, cpus: float, gpus: float, taken: list[str | None]) -> str | None:
+def pick_node(w: int, first: bool, cpus: float, gpus: float, taken: list[str | None],
+              avoid: str | None = None) -> str | None:
     """NodeID worker ``w`` should prefer: at start the w-th live node (by address) with room for
     one actor, round robin; on a restart the live node with room holding the fewest of
-    ``taken`` (node addresses of this job's live actors). None: no live node has room."""
+    ``taken`` (node addresses of this job's live actors), other than ``avoid`` (the address of
+    the node the dead actor ran on) while another has room: a node that was just lost still
+    reads as alive until the GCS's health checks notice (seconds), and an actor placed there
+    would die too. None: no live node has room."""
     import ray
 
     nodes = sorted((n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= cpus
@@ -58,7 +62,8 @@ def pick_node(w: int, first: bool, cpus: float, gpus: float, taken: list[str | N
         return None
     if first:
         return nodes[w % len(nodes)]["NodeID"]
-    return min(nodes, key=lambda n: taken.count(n["NodeManagerAddress"]))["NodeID"]
+    others = [n for n in nodes if n["NodeManagerAddress"] != avoid] or nodes
+    return min(others, key=lambda n: taken.count(n["NodeManagerAddress"]))["NodeID"]
 
 
 def load_error(error: BaseException) -> str:
