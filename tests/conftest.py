@@ -35,6 +35,21 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def assert_labels_agree(got: list[dict], want: list[dict], score_tol: float) -> None:
+    """Classifier rows of two runs of the same texts agree: scores within ``score_tol``, and a
+    label differs only on a near-tie (both top scores < 0.52: the two best classes within
+    rounding, which batch composition can tip, above all in bfloat16)."""
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(got, want)) < score_tol
+    flipped = [(a["id"], a["score"], b["score"]) for a, b in zip(got, want) if a["label"] != b["label"]]
+    assert len(flipped) <= 2 and all(max(x, y) < 0.52 for _, x, y in flipped), flipped
+
+
+def score_tolerance(report: dict) -> float:
+    """How far one record's score may move with the batch it ran in: float32 rounding (1e-3), or
+    bfloat16's ~3 significant digits (0.02, what the dtype check at load allows; models.md)."""
+    return 0.02 if report["model"].get("dtype") == "bfloat16" else 1e-3
+
+
 def sleepy_reports(tmp: Path, env: dict[str, str], **config) -> dict[int, Path]:
     """Run the ``parainfer.testing:sleepy`` model (cost set by ``env``, e.g.
     PARAINFER_TEST_MS_PER_TOKEN) on 1,500 texts of 3..42 tokens with 1 and 2 workers, batch 32;

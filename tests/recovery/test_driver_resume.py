@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import faultkit
-from tests.conftest import read_jsonl
+from tests.conftest import assert_labels_agree, read_jsonl
 
 FORMATS = ["jsonl", "csv", "parquet"]
 
@@ -115,9 +115,6 @@ def test_resume_with_the_real_model_gives_every_record_once_with_the_same_labels
     assert json.loads((tmp_path / "r.json").read_text())["resumed_records"] == committed
     got, want = read_jsonl(out), read_jsonl(clean)
     assert [r["id"] for r in got] == [r["id"] for r in want] and len(got) == 600
-    # bf16 keeps ~3 significant digits; the dtype check at load allows 0.02 (models.md)
-    assert max(abs(a["score"] - b["score"]) for a, b in zip(got, want)) < 0.02
-    # a label may differ only where the two best classes tie within that rounding (the top score
-    # is then ~0.5): seen once in a few runs, on a text the classifier scores 0.50x
-    flipped = [(a["id"], a["score"], b["score"]) for a, b in zip(got, want) if a["label"] != b["label"]]
-    assert len(flipped) <= 2 and all(max(x, y) < 0.52 for _, x, y in flipped), flipped
+    # bf16 keeps ~3 significant digits (the dtype check at load allows 0.02, models.md); a label
+    # may differ only on a near-tie: record 591 scores 0.5016 and flipped in some runs
+    assert_labels_agree(got, want, 0.02)
