@@ -49,14 +49,28 @@ def preload_list(predictor: Any) -> list[str]:
     """Modules the forkserver imports before forking workers for ``predictor``: ``preload``
     (which makes the server die with the driver and imports the heavy modules the predictor
     names in its optional ``preload_modules`` attribute, passed on through ``$PARAINFER_PRELOAD``),
-    the worker entry point and the predictor's own module."""
+    the worker entry point, the predictor's own module and, when the driver is parainfer's own
+    command line, ``parainfer.cli`` (each child re-runs the driver's main module before its
+    target; with the CLI's imports already in memory that costs nothing instead of ~0.1 s)."""
     import threading
 
     heavy = [m for m in getattr(predictor, "preload_modules", ()) if importlib.util.find_spec(m.split(".")[0])]
     os.environ["PARAINFER_PRELOAD"] = ",".join(heavy)  # read by the forkserver (inherits the env at start)
     main = threading.current_thread() is threading.main_thread()  # PDEATHSIG fires when the starting thread ends
     os.environ["PARAINFER_FORKSERVER_DIE_WITH_PARENT"] = "1" if main else "0"
-    return [PRELOAD_MODULE, "parainfer.executors.worker", type(predictor).__module__]
+    return [PRELOAD_MODULE, "parainfer.executors.worker", type(predictor).__module__, *_cli_main()]
+
+
+def _cli_main() -> list[str]:
+    """``["parainfer.cli"]`` when the driver runs ``parainfer`` (the console script) or
+    ``python -m parainfer.cli``, else nothing: a user's own main module is never imported
+    by the server (it is re-run in each child, as ``multiprocessing`` documents)."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None) or ""
+    script = os.path.basename(getattr(main, "__file__", None) or "")
+    return ["parainfer.cli"] if name == "parainfer.cli" or script == "parainfer" else []
 
 
 def make_context(method: str, predictor: Any) -> Any:
