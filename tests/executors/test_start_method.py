@@ -74,4 +74,4 @@ def test_the_server_preloads_the_cli_only_when_the_driver_is_parainfer(monkeypat
                            (types.SimpleNamespace(__spec__=None, __file__="/venv/bin/parainfer"), True),
                            (types.SimpleNamespace(__spec__=None, __file__="/home/u/my_job.py"), False)):
         monkeypatch.setitem(sys.modules, "__main__", main)
-        assert ("parainfer.cli" in preload_list(predictor)) is expected
+        assert ("parainfer.executors.preload_cli" in preload_list(predictor)) is expected
