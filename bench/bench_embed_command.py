@@ -5,8 +5,8 @@
 On the first N VADER texts, alternates per repeat: sentence-transformers ``encode`` in a fresh
 process (``python -c``: import, load the default embed model, read the JSONL, encode with its
 defaults, batch 32, save the vectors), `parainfer run --task embed --workers W` with this tree
-(``after``) and, with ``--before-src DIR``, with another checkout's ``src`` (``before``). Same
-model, same dtype (``--dtype``, float32 by default: sentence-transformers' own; bfloat16 casts
+(``after``) and, with ``--before-src DIR``, with another checkout's ``src`` (``before``), in
+alternating order. Same model, same dtype (``--dtype``, float32 by default: sentence-transformers' own; bfloat16 casts
 the sentence-transformers model too). Each command is timed from its start to its exit.
 Prints every run, then medians: texts/s over the whole command and, for parainfer, over its
 parallel phase (report ``parallel_throughput_records_per_s``) and its ``t_startup_s``, with
@@ -76,7 +76,7 @@ def main() -> None:
         walls["sentence-transformers"].append(
             timed([sys.executable, "-c", ST_SCRIPT, str(data), str(tmp / "st.npy"), args.dtype], base))
         print(f"run {i + 1} sentence-transformers: {walls['sentence-transformers'][-1]:.2f} s", flush=True)
-        for v, env in variants.items():
+        for v, env in (list(variants.items()) if i % 2 == 0 else list(variants.items())[::-1]):
             out, rep = tmp / f"out_{v}.jsonl", tmp / f"r_{v}.json"
             for p in (out, rep, Path(str(out) + ".parainfer-checkpoint.json")):
                 p.unlink(missing_ok=True)

@@ -72,7 +72,7 @@ def main() -> None:
     rows: dict[str, list[dict]] = {v: [] for v in variants}
     outputs: dict[str, bytes] = {}
     for i in range(args.repeats):
-        for v in variants:
+        for v in variants[i % len(variants):] + variants[:i % len(variants)]:  # each variant leads in turn
             r = run_once(variant_env(v, args.before_src), data, tmp / f"out_{v}.jsonl", args.workers)
             outputs[v] = (tmp / f"out_{v}.jsonl").read_bytes()
             rows[v].append(r)
