@@ -6,6 +6,9 @@ and then, inside ``from_pretrained``, the ~1,500 modules behind ``transformers.m
 most of a worker's start-up. With ``forkserver`` one server process is started from a fresh
 interpreter, imports those modules once (``multiprocessing.set_forkserver_preload``), and every
 worker is ``fork()``-ed from it with the modules already in memory (copy-on-write).
+The server imports with the garbage collector off and freezes what it imported, and reads
+transformers' import structure from a disk cache (``preload``, ``import_cache``): its import
+took 2.65 s here, now ~1.9 s; that one serial import is most of what start-up still costs.
 
 Thread safety: the server only *imports* modules; it runs no torch op, so neither the OpenMP
 nor the intra-op pool exists when it forks (a fork after those pools start can hang the child).
