@@ -7,7 +7,8 @@ process (``python -c``: import, load the default embed model, read the JSONL, en
 defaults, batch 32, save the vectors), `parainfer run --task embed --workers W` with this tree
 (``after``) and, with ``--before-src DIR``, with another checkout's ``src`` (``before``), the
 two in alternating order. Same model, same dtype (``--dtype``, float32 by default:
-sentence-transformers' own; bfloat16 casts the sentence-transformers model too). Each command is timed from its start to its exit.
+sentence-transformers' own; bfloat16 casts the sentence-transformers model too). Each command
+is timed from its start to its exit.
 Prints every run, then medians: texts/s over the whole command and, for parainfer, over its
 parallel phase (report ``parallel_throughput_records_per_s``) and its ``t_startup_s``, with
 the ratios to sentence-transformers. Checks that before and after wrote the same bytes and
