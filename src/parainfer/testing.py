@@ -36,11 +36,16 @@ def echo(texts: list[str]) -> list[dict]:
 def origin(texts: list[str]) -> list[dict]:
     """Echo's output plus ``ppid`` (the process that forked or spawned this worker) and
     ``preloaded`` (``colorsys`` already imported: inherited from a forkserver's preload) and
-    ``marker`` (``PARAINFER_TEST_MARKER`` as the worker sees it)."""
+    ``marker`` (``PARAINFER_TEST_MARKER`` as the worker sees it) and ``gc`` (whether the cyclic
+    collector is on, and how many objects sit in its permanent generation: frozen by a
+    forkserver's preload)."""
+    import gc
     import sys
 
     preloaded = "colorsys" in sys.modules
-    return [{"length": len(t), "ppid": os.getppid(), "preloaded": preloaded, "marker": _marker()} for t in texts]
+    collector = {"enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}
+    return [{"length": len(t), "ppid": os.getppid(), "preloaded": preloaded, "marker": _marker(), "gc": collector}
+            for t in texts]
 
 
 def sleepy(texts: list[str]) -> list[dict]:

@@ -57,5 +57,21 @@ def test_forkserver_workers_inherit_the_preload_and_match_spawn_workers(monkeypa
     driver = os.getpid()
     assert all(o["ppid"] != driver and o["preloaded"] for o in fork_out + fork_again)  # forked by the server
     assert all(o["ppid"] == driver and not o["preloaded"] for o in spawn_out + spawn_again)  # spawned by us
+    assert all(o["gc"]["enabled"] for o in fork_out + spawn_out)  # preload turned it off only for its imports
+    assert all(o["gc"]["frozen"] > 0 for o in fork_out) and all(o["gc"]["frozen"] == 0 for o in spawn_out)
     strip = lambda outs: [o["length"] for o in outs]  # noqa: E731
     assert strip(fork_out) == strip(spawn_out) == [1, 2] and strip(fork_again) == strip(spawn_again) == [3]
+
+
+def test_the_server_preloads_the_cli_only_when_the_driver_is_parainfer(monkeypatch) -> None:
+    import sys
+    import types
+
+    from parainfer.executors.start_method import preload_list
+
+    predictor = CallablePredictor("parainfer.testing:origin")
+    for main, expected in ((types.SimpleNamespace(__spec__=types.SimpleNamespace(name="parainfer.cli")), True),
+                           (types.SimpleNamespace(__spec__=None, __file__="/venv/bin/parainfer"), True),
+                           (types.SimpleNamespace(__spec__=None, __file__="/home/u/my_job.py"), False)):
+        monkeypatch.setitem(sys.modules, "__main__", main)
+        assert ("parainfer.executors.preload_cli" in preload_list(predictor)) is expected
