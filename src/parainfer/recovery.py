@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 from parainfer.errors import ParainferError
 from parainfer.executors.base import WorkerFailed
-from parainfer.tasks import Task
+from parainfer.tasks import Task, batch_sizes_split
 
 
 @dataclass
@@ -68,12 +68,14 @@ def split_task(task: Task, first_index: int, second_index: int) -> tuple[Task, T
         raise ValueError(f"cannot split task {task.index} of {len(task)} record(s); need >= 2")
     mid = len(task) // 2
     halves = []
-    for index, lo, hi in ((first_index, 0, mid), (second_index, mid, len(task))):
+    sizes = batch_sizes_split(task.batches, mid)
+    for (index, lo, hi), batches in zip(((first_index, 0, mid), (second_index, mid, len(task))), sizes):
         share = (hi - lo) / len(task)
         halves.append(dataclasses.replace(
             task, index=index, seqs=task.seqs[lo:hi], texts=task.texts[lo:hi],
             tokens=max(1, round(task.tokens * share)), padded_tokens=max(1, round(task.padded_tokens * share)),
-            attempt=0))
+            attempt=0, rows=task.rows.sliced(lo, hi) if task.rows is not None else None,
+            batches=batches if batches is None or len(batches) > 1 else None))
     return halves[0], halves[1]
 
 

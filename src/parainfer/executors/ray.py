@@ -258,12 +258,12 @@ class RayExecutor(Executor):
                 self._died(w, slot, e, events)
 
     def _result(self, w: int, slot: _Slot, index: int, value: tuple, submitted: float, events: list[Event]) -> None:
-        _, outputs, errors, queue_s, compute_s, counts = value
+        _, outputs, errors, queue_s, compute_s, counts, *rows = value  # rows: encoded, unwritable, renamed
         seen = time.perf_counter()
         start = min(max(submitted, slot.free_since), seen - compute_s)
         slot.free_since = start + compute_s
         del slot.held[index]
-        events.append(TaskResult(index, w, outputs, errors, start - queue_s, start, start + compute_s, counts))
+        events.append(TaskResult(index, w, outputs, errors, start - queue_s, start, start + compute_s, counts, *rows))
 
     def _died(self, w: int, slot: _Slot, error: BaseException, events: list[Event]) -> None:
         """Report a dead actor. Every call it held resolves once Ray knows it died (a result, or

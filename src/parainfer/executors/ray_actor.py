@@ -116,10 +116,11 @@ class RayWorker:
         return {"load_s": load_s, "info": predictor.describe(), "phases": phases,
                 "node": ray.util.get_node_ip_address(), "pid": os.getpid()}
 
-    def run(self, task: Task, turn: int) -> tuple[int, list, list, float, float, Any]:
+    def run(self, task: Task, turn: int) -> tuple:
         """Run one task when its ``turn`` (1, 2, ...) comes; returns (task index, outputs, errors,
-        queue_s, compute_s, counts), both durations measured here (queue_s: waiting for the turn);
-        counts: the task's exact ``TokenCounts`` (``TaskResult.counts``)."""
+        queue_s, compute_s, counts, encoded, unwritable, renamed), both durations measured here
+        (queue_s: waiting for the turn); counts: the task's exact ``TokenCounts``; the last three
+        as ``TaskResult``'s (a task with ``rows``: output lines encoded here)."""
         t_received = time.perf_counter()
         self._wait_turn(turn)
         try:
@@ -129,7 +130,7 @@ class RayWorker:
         finally:
             self._next_turn()
         return (res.task_index, res.outputs, res.errors, res.t_start - res.t_received, res.t_end - res.t_start,
-                res.counts)
+                res.counts, res.encoded, res.unwritable, res.renamed)
 
     @ray.method(concurrency_group="watch")
     def watch(self) -> None:
