@@ -48,6 +48,9 @@ from parainfer.tasks import Task, TaskBuilder, TokenCounts
 # Longest wait for a worker event while the driver has nothing else to do (seconds): also the
 # granularity of the watchdog, the checkpoint clock and a stop request while idle.
 IDLE_POLL_S = 0.25
+# Longest idle wait without a --task-timeout (``Job._idle_timeout``): how soon a stop request
+# is seen; each idle wake-up costs the driver CPU, counted per record on a slow model's job.
+IDLE_MAX_S = 1.0
 # Result gathering (``Job._gather``): sleep up to this fraction of the shortest recent task
 # time, at most GATHER_MAX_S seconds, while every worker has a full queue.
 GATHER_FRACTION = 0.8
@@ -227,7 +230,7 @@ class Job:
                     # Nothing to create: sleep until an event (a result wakes the poll at once).
                     # A longer timeout only spaces out the idle wake-ups, whose CPU would count
                     # against the driver for the whole of a slow model's job.
-                    for event in executor.poll(timeout=IDLE_POLL_S if busy else 0.0):
+                    for event in executor.poll(timeout=self._idle_timeout(state) if busy else 0.0):
                         self._handle(event, state)
                     self._watchdog.check(executor)
                     t = time.perf_counter()
@@ -301,6 +304,17 @@ class Job:
             state.stall_warned = True
             print(f"warning: no task has finished for {self.config.stall_warning_s:.0f} s ({len(self._tasks)} tasks "
                   "waiting); a hung model call is never interrupted without --task-timeout SECONDS", file=sys.stderr)
+
+    def _idle_timeout(self, state: _State) -> float:
+        """How long the driver may wait for the next worker event when it has nothing to create:
+        until the next checkpoint commit is due (none while nothing new was written), at most
+        IDLE_MAX_S (how soon a stop request is seen), and IDLE_POLL_S with a --task-timeout
+        (the watchdog's granularity) or while a stall warning may be due. A result wakes it at once."""
+        if self.config.task_timeout or not state.stall_warned:
+            limit = IDLE_POLL_S if self.config.task_timeout else min(IDLE_MAX_S, self.config.stall_warning_s / 4)
+        else:
+            limit = IDLE_MAX_S
+        return min(limit, self._ckpt.due_in(self._merger.next_seq))
 
     def _gather(self, state: _State) -> None:
         """Let results gather before the next wake-up while every worker has work queued.
@@ -469,7 +483,8 @@ class Job:
                   busy=report.extra.get("driver_busy_s", 0.0), predictor=self.predictor, executor=self._executor,
                   resumed=ckpt.resumed_records, resumed_failed=ckpt.resumed_failed, checkpoint=ckpt.path)
         report.tasks = self._builder.stats.tasks
-        report.extra["batches"] = self._builder.stats.batches  # tasks join TASK_GROUP batches each
+        report.extra["batches"] = self._builder.stats.batches  # a task joins up to TASK_GROUP batches
+        report.extra["most_batches_per_task"] = self._builder.stats.most_batches
         if counted.prefill_computed or counted.prefix_cache_queries:  # generation: prefill and prefix cache
             report.extra["prefill"] = {
                 "computed_tokens": counted.prefill_computed, "cached_tokens": counted.prefix_cache_hits,

@@ -79,6 +79,21 @@ def split_task(task: Task, first_index: int, second_index: int) -> tuple[Task, T
     return halves[0], halves[1]
 
 
+def split_batches(task: Task, new_index: Callable[[], int]) -> list[Task]:
+    """Cut a task of several batches (``Task.batches``) back into one task per batch, each with
+    a fresh index from ``new_index()``; tokens are shared in proportion to the records."""
+    out, lo = [], 0
+    for size in task.batches or [len(task)]:
+        hi = lo + size
+        share = size / len(task)
+        out.append(dataclasses.replace(
+            task, index=new_index(), seqs=task.seqs[lo:hi], texts=task.texts[lo:hi],
+            tokens=max(1, round(task.tokens * share)), padded_tokens=max(1, round(task.padded_tokens * share)),
+            attempt=0, rows=task.rows.sliced(lo, hi) if task.rows is not None else None, batches=None))
+        lo = hi
+    return out
+
+
 class TaskRecovery:
     """Decides what happens to the tasks a dead worker held.
 
@@ -107,7 +122,10 @@ class TaskRecovery:
                 out.requeue.append(task)
             elif len(task) > 1:
                 del tasks[task.index]
-                halves = split_task(task, self.new_index(), self.new_index())
+                # A task of several batches goes back as its batches (one more restart at most,
+                # not log2 of the group); a batch is halved.
+                halves = (split_batches(task, self.new_index) if task.batches and len(task.batches) > 1
+                          else split_task(task, self.new_index(), self.new_index()))
                 for half in halves:
                     tasks[half.index] = half
                 out.requeue.extend(halves)

@@ -184,6 +184,7 @@ class TaskStats:
 
     tasks: int = 0  # tasks scheduled (a task of several batches counts once)
     batches: int = 0  # batches built (predict calls planned)
+    most_batches: int = 1  # most batches joined in one task
     records: int = 0
     real_tokens: int = 0
     padded_tokens: int = 0
@@ -265,6 +266,7 @@ class TaskBuilder:
         if group > 1:
             first = self.stats.tasks - len(tasks)
             tasks = group_tasks(tasks, group, first)
+            self.stats.most_batches = max(self.stats.most_batches, group)
             self.stats.tasks = first + len(tasks)
         return tasks
 
