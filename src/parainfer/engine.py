@@ -51,10 +51,13 @@ IDLE_POLL_S = 0.25
 # Longest idle wait without a --task-timeout (``Job._idle_timeout``): how soon a stop request
 # is seen; each idle wake-up costs the driver CPU, counted per record on a slow model's job.
 IDLE_MAX_S = 1.0
-# Result gathering (``Job._gather``): sleep up to this fraction of the shortest recent task
-# time, at most GATHER_MAX_S seconds, while every worker has a full queue.
+# Result gathering (``Job._gather``): sleep up to this fraction of the smallest live task's time
+# at the fastest recent rate, at most GATHER_MAX_S seconds, while every worker has a full queue.
 GATHER_FRACTION = 0.8
-TASK_GROUP = 4
+# Task groups (``tasks.group_tasks``): up to TASK_GROUP batches a task, as long as a window
+# still makes WINDOW_TASKS_PER_SLOT tasks for each place in the workers' queues.
+TASK_GROUP = 8
+WINDOW_TASKS_PER_SLOT = 1
 GATHER_MAX_S = 0.2
 
 
@@ -90,7 +93,7 @@ class _State:
     t_spawn: float = 0.0  # when the executor was asked to start the workers
     ready_phases: list[dict[str, float]] = field(default_factory=list)  # WorkerReady.phases of the first load
     counted: TokenCounts = field(default_factory=TokenCounts)  # exact, summed over results
-    recent_task_s: float = 0.0  # shortest busy time of the last results (Job._gather)
+    recent_s_per_record: float = 0.0  # fastest busy seconds per record of the last results (Job._gather)
 
 
 class Job:
@@ -137,9 +140,9 @@ class Job:
         # driver only writes their bytes in order. False: the driver's merger and sink do it.
         self.encode_in_workers = True
         # Batches joined per task (``tasks.group_tasks``) while the input lasts: one message
-        # and one result for up to TASK_GROUP batches, the same batches; a window still makes
-        # 2 x workers x (prefetch + 1) tasks, and the last window is not grouped, so the load
-        # stays balanced and the job's tail fine-grained.
+        # and one result for up to TASK_GROUP batches, the same batches; a window still makes a
+        # task for each place in the workers' queues, and the last window is not grouped, so
+        # the load stays balanced and the job's tail fine-grained.
         self.task_group = TASK_GROUP
 
     def run(self, workers: Workers | None = None) -> dict[str, Any]:
@@ -322,17 +325,18 @@ class Job:
         Each wake-up of the driver costs it a fixed amount of CPU (scheduling, cold caches,
         the loop's bookkeeping) whatever it then handles; waking once per result makes that
         a cost per task. When every ready worker holds its running task *and* a full queue
-        (``prefetch`` tasks), none can run dry before it has finished a whole queued task, so
-        the driver may sleep for a fraction (``GATHER_FRACTION``) of the shortest task time
-        seen lately (``state.recent_task_s``) and then handle every result that came in at
-        once. Never sleeps longer than ``GATHER_MAX_S`` (a stop request, the watchdog and
-        the checkpoint clock wait at most that much longer)."""
-        if not state.ready or state.recent_task_s <= 0.0:
+        (``prefetch`` tasks), none can run dry before it has run a whole queued task, so the
+        driver may sleep for a fraction (``GATHER_FRACTION``) of the time the smallest live
+        task takes at the fastest rate seen lately (``state.recent_s_per_record``) and then
+        handle every result that came in at once. Never sleeps longer than ``GATHER_MAX_S`` (a
+        stop request, the watchdog and the checkpoint clock wait at most that much longer)."""
+        if not state.ready or state.recent_s_per_record <= 0.0 or not self._tasks:
             return
         full = self.config.prefetch + 1
         if any(self._executor.in_flight(w) < full for w in state.ready):
             return
-        time.sleep(min(GATHER_MAX_S, GATHER_FRACTION * state.recent_task_s))
+        smallest = min(len(t) for t in self._tasks.values())
+        time.sleep(min(GATHER_MAX_S, GATHER_FRACTION * state.recent_s_per_record * smallest))
 
     def _stop_now(self, deadline: float) -> bool:
         """After a stop request: True once no task is in flight, or the grace time is over."""
@@ -373,8 +377,9 @@ class Job:
         if self.tuner:
             self._builder.batch_size = self.tuner.current
         self._builder.group = 1 if state.source_done else self.task_group
-        # Enough tasks a window to keep every worker's queue full: 2 x workers x (prefetch + 1).
-        self._builder.min_tasks = 2 * self.num_workers * (self.config.prefetch + 1)
+        # Enough tasks a window to keep every worker's queue full: WINDOW_TASKS_PER_SLOT x workers
+        # x (prefetch + 1).
+        self._builder.min_tasks = WINDOW_TASKS_PER_SLOT * self.num_workers * (self.config.prefetch + 1)
         tasks = self._builder.build(window)
         for task in tasks:
             self._tasks[task.index] = task
@@ -415,8 +420,9 @@ class Job:
         if task is None:  # a duplicate from a task given out twice: exactly once wins
             return
         busy = res.t_end - res.t_start
-        # The shortest task time lately: follows a drop at once, a rise slowly.
-        state.recent_task_s = busy if not state.recent_task_s else min(busy, 0.9 * state.recent_task_s + 0.1 * busy)
+        # The fastest rate lately (seconds per record): follows a drop at once, a rise slowly.
+        rate, recent = busy / max(1, len(task)), state.recent_s_per_record
+        state.recent_s_per_record = rate if not recent else min(rate, 0.9 * recent + 0.1 * rate)
         if res.counts is not None:  # exact, from the worker's tokenizer: replaces the estimate
             task.tokens, task.padded_tokens = res.counts.real, res.counts.padded
             self._estimate.observe(res.counts)

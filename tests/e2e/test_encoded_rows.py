@@ -72,7 +72,7 @@ def test_worker_encoded_rows_and_grouped_tasks_write_the_same_bytes(tricky_input
     for rep in (rep_before, rep_after):
         assert rep["records"] == 1200 and rep["failed_records"] == 5 + len(unwritable)
         assert sum(w["records"] for w in rep["per_worker"]) == 1200 - 2  # read errors never reach a worker
-    assert rep_after["most_batches_per_task"] == 4 and rep_before["most_batches_per_task"] == 1
+    assert rep_after["most_batches_per_task"] > 1 and rep_before["most_batches_per_task"] == 1
     assert rep_after["tasks"] < rep_before["tasks"] and rep_after["batches"] == rep_before["batches"]
     if fmt == "jsonl":
         rows = [json.loads(x) for x in after.read_text(encoding="utf-8").splitlines()]
