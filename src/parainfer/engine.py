@@ -202,7 +202,8 @@ class Job:
         executor = workers.executor
         if workers.model_info is not None:
             report.extra["model"] = workers.model_info
-        progress = Progress(getattr(self.source, "total", None) or count_records(cfg.input), enabled=not cfg.quiet)
+        self._total = getattr(self.source, "total", None) or count_records(cfg.input)  # None: unknown (stdin)
+        progress = Progress(self._total, enabled=not cfg.quiet)
         builder.max_input_tokens = self.predictor.window()
         builder.max_chars = self._estimate.max_chars = self.predictor.max_input_chars()
         self._executor, self._policy, self._builder, self._report = executor, policy, builder, report
@@ -376,7 +377,12 @@ class Job:
             self._merger.expect_encoded(window[-1].seq + 1)
         if self.tuner:
             self._builder.batch_size = self.tuner.current
-        self._builder.group = 1 if state.source_done else self.task_group
+        # The last windows are not grouped (a fine-grained tail keeps the workers' finish even,
+        # a straggler's included): the input's last full window and what follows it, where the
+        # number of records is known, else the last window.
+        read = self._report.records + self._ckpt.resumed_records
+        tail = state.source_done or (self._total is not None and self._total - read < self.window)
+        self._builder.group = 1 if tail else self.task_group
         # Enough tasks a window to keep every worker's queue full: WINDOW_TASKS_PER_SLOT x workers
         # x (prefetch + 1).
         self._builder.min_tasks = WINDOW_TASKS_PER_SLOT * self.num_workers * (self.config.prefetch + 1)
