@@ -57,6 +57,7 @@ GATHER_FRACTION = 0.8
 # Task groups (``tasks.group_tasks``): up to TASK_GROUP batches a task, as long as a window
 # still makes WINDOW_TASKS_PER_SLOT tasks for each place in the workers' queues.
 TASK_GROUP = 8
+TAIL_WINDOWS = 2  # the input's last windows that are not grouped
 WINDOW_TASKS_PER_SLOT = 1
 GATHER_MAX_S = 0.2
 
@@ -378,10 +379,10 @@ class Job:
         if self.tuner:
             self._builder.batch_size = self.tuner.current
         # The last windows are not grouped (a fine-grained tail keeps the workers' finish even,
-        # a straggler's included): the input's last full window and what follows it, where the
-        # number of records is known, else the last window.
+        # a straggler's included): the input's last two full windows and what follows them,
+        # where the number of records is known, else the last window.
         read = self._report.records + self._ckpt.resumed_records
-        tail = state.source_done or (self._total is not None and self._total - read < self.window)
+        tail = state.source_done or (self._total is not None and self._total - read < TAIL_WINDOWS * self.window)
         self._builder.group = 1 if tail else self.task_group
         # Enough tasks a window to keep every worker's queue full: WINDOW_TASKS_PER_SLOT x workers
         # x (prefetch + 1).
