@@ -8,7 +8,11 @@ workers are other processes; start-up is left out), divided by the records. The 
 measure for both trees, so it does not depend on the newer report's ``driver_busy_s``.
 
 Jobs: ``classify`` (the default VADER classifier, 2 workers) and ``echo`` (the no-op callable
-``parainfer.testing:echo``, 2 workers) on a JSONL input.
+``parainfer.testing:echo``, 2 workers) on a JSONL input, in record mode (``--shard-mode off``,
+the default here: an input of 64 MiB or more would otherwise run sharded).
+
+Before/after for the record-mode driver (issue 11, item 2): ``--old`` = main at be21435
+(``git archive be21435 src | tar -x -C /tmp/base``), ``--new`` = this tree.
 
 Usage:
     python bench/bench_driver.py --old /tmp/old/src --new src --input vader3k.jsonl --job classify --rounds 2
@@ -45,12 +49,13 @@ if __name__ == "__main__":
 JOBS = {"classify": {"task": "classify"}, "echo": {"model": "parainfer.testing:echo"}}
 
 
-def run_once(src: str, job: str, input_path: str, workers: int, out: Path, report: Path | None = None) -> dict:
+def run_once(src: str, job: str, input_path: str, workers: int, out: Path, report: Path | None = None,
+             shard_mode: str = "off") -> dict:
     """One job in a fresh process with ``src`` first on PYTHONPATH; returns its report (the
     whole report, timeline included, is also written to ``report`` when given)."""
     env = {**os.environ, "PYTHONPATH": str(Path(src).resolve()), "HF_HUB_OFFLINE": "1"}
     config = {"input": input_path, "output": str(out), "workers": workers, "quiet": True, "overwrite": True,
-              **JOBS[job], **({"report": str(report)} if report else {})}
+              "shard_mode": shard_mode, **JOBS[job], **({"report": str(report)} if report else {})}
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(RUNNER)
     done = subprocess.run([sys.executable, f.name, json.dumps(config)], env=env, capture_output=True, text=True,
@@ -67,6 +72,7 @@ def main() -> None:
     ap.add_argument("--job", choices=sorted(JOBS), default="classify")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--shard-mode", default="off", choices=("off", "auto", "on"))
     ap.add_argument("--reports", help="folder to keep each run's report in (for `parainfer simulate --cost-from`)")
     args = ap.parse_args()
     print(f"load average at start: {os.getloadavg()}", file=sys.stderr)
@@ -74,19 +80,27 @@ def main() -> None:
           "startup s | wall s | records/s (whole) | records/s (parallel) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     per_tree: dict[str, list[float]] = {"old": [], "new": []}
+    speed: dict[str, list[float]] = {"old": [], "new": []}
+    outputs: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for name, src in (("old", args.old), ("new", args.new)):
                 keep = Path(args.reports) / f"{args.job}-{name}-{r + 1}.json" if args.reports else None
-                rep = run_once(src, args.job, args.input, args.workers, Path(tmp) / f"{name}.jsonl", keep)
+                rep = run_once(src, args.job, args.input, args.workers, Path(tmp) / f"{name}.jsonl", keep,
+                               args.shard_mode)
+                outputs[name] = (Path(tmp) / f"{name}.jsonl").read_bytes()
                 us = rep["driver_cpu_s"] / rep["records"] * 1e6
                 per_tree[name].append(us)
+                speed[name].append(rep["parallel_throughput_records_per_s"])
                 print(f"| {name} | {r + 1} | {rep['records']:,} | {rep['driver_cpu_s']:.2f} | {us:.1f} | "
                       f"{rep.get('driver_us_per_record', '-')} | {rep['t_startup_s']:.2f} | {rep['wall_s']:.2f} | "
                       f"{rep['throughput_records_per_s']:,.0f} | {rep['parallel_throughput_records_per_s']:,.0f} |",
                       flush=True)
+            print(f"<!-- round {r + 1}: outputs byte-identical: {outputs['old'] == outputs['new']}, "
+                  f"load average {os.getloadavg()[0]:.2f} -->", flush=True)
     old, new = min(per_tree["old"]), min(per_tree["new"])
-    print(f"\nbest driver µs/record: old {old:.1f}, new {new:.1f}, ratio old/new {old / new:.2f}")
+    print(f"\nbest driver µs/record: old {old:.1f}, new {new:.1f}, ratio old/new {old / new:.2f}; "
+          f"best parallel records/s: old {max(speed['old']):,.0f}, new {max(speed['new']):,.0f}")
     print(f"load average at end: {os.getloadavg()}", file=sys.stderr)
 
 

@@ -29,7 +29,7 @@ from parainfer.executors.shared import Workers
 from parainfer.io.checkpoint import Checkpoint
 from parainfer.io.guard import OutputLock, check_output_paths
 from parainfer.io.shard_store import is_dir_output
-from parainfer.io.sinks import default_errors_path
+from parainfer.io.sinks import JsonlSink, default_errors_path
 from parainfer.io.openai_batch import BATCH_TASK, open_batch_source, resolve_job_format
 from parainfer.io.sources import open_source
 from parainfer.length_estimate import LengthEstimator
@@ -49,6 +49,18 @@ from parainfer.tasks import Task, TaskBuilder, TokenCounts
 # Longest wait for a worker event while the driver has nothing else to do (seconds): also the
 # granularity of the watchdog, the checkpoint clock and a stop request while idle.
 IDLE_POLL_S = 0.25
+# Longest idle wait without a --task-timeout (``Job._idle_timeout``): how soon a stop request
+# is seen; each idle wake-up costs the driver CPU, counted per record on a slow model's job.
+IDLE_MAX_S = 1.0
+# Result gathering (``Job._gather``): sleep up to this fraction of the smallest live task's time
+# at the fastest recent rate, at most GATHER_MAX_S seconds, while every worker has a full queue.
+GATHER_FRACTION = 0.8
+# Task groups (``tasks.group_tasks``): up to TASK_GROUP batches a task, as long as a window
+# still makes WINDOW_TASKS_PER_SLOT tasks for each place in the workers' queues.
+TASK_GROUP = 8
+TAIL_WINDOWS = 2  # the input's last windows that are not grouped
+WINDOW_TASKS_PER_SLOT = 1
+GATHER_MAX_S = 0.2
 
 
 def count_records(path: str) -> int | None:
@@ -83,6 +95,7 @@ class _State:
     t_spawn: float = 0.0  # when the executor was asked to start the workers
     ready_phases: list[dict[str, float]] = field(default_factory=list)  # WorkerReady.phases of the first load
     counted: TokenCounts = field(default_factory=TokenCounts)  # exact, summed over results
+    recent_s_per_record: float = 0.0  # fastest busy seconds per record of the last results (Job._gather)
 
 
 class Job:
@@ -127,6 +140,14 @@ class Job:
         self.window = config.bucket_window if self.bucket else batch_size
         self.max_buffered = config.max_buffered_records or max(
             4 * self.window, 4 * self.num_workers * (config.prefetch + 1) * batch_size)
+        # Workers build and encode the output rows of a JSONL output (``tasks.RowInfo``): the
+        # driver only writes their bytes in order. False: the driver's merger and sink do it.
+        self.encode_in_workers = True
+        # Batches joined per task (``tasks.group_tasks``) while the input lasts: one message
+        # and one result for up to TASK_GROUP batches, the same batches; a window still makes a
+        # task for each place in the workers' queues, and the last window is not grouped, so
+        # the load stays balanced and the job's tail fine-grained.
+        self.task_group = TASK_GROUP
 
     def run(self, workers: Workers | None = None) -> dict[str, Any]:
         """Run the job to the end; returns the report dict (also written to config.report).
@@ -164,6 +185,10 @@ class Job:
             return out
         errors, sink = ckpt.errors, ckpt.sink
         merger.next_seq = ckpt.resumed_records
+        self._encoded = self.encode_in_workers and isinstance(sink, JsonlSink)
+        if self._encoded:
+            builder.row_columns = (cfg.id_column, cfg.text_column, self.predictor.writes_own_rows)
+            merger.expect_encoded(ckpt.resumed_records)
         own = workers is None
         t_spawn = time.perf_counter()
         if own:
@@ -181,7 +206,8 @@ class Job:
         executor = workers.executor
         if workers.model_info is not None:
             report.extra["model"] = workers.model_info
-        progress = Progress(getattr(self.source, "total", None) or count_records(cfg.input), enabled=not cfg.quiet)
+        self._total = getattr(self.source, "total", None) or count_records(cfg.input)  # None: unknown (stdin)
+        progress = Progress(self._total, enabled=not cfg.quiet)
         builder.max_input_tokens = self.predictor.window()
         builder.max_chars = self._estimate.max_chars = self.predictor.max_input_chars()
         self._executor, self._policy, self._builder, self._report = executor, policy, builder, report
@@ -207,22 +233,22 @@ class Job:
                     if done or (stop.requested and self._stop_now(stop.deadline)):
                         break
                     busy = state.source_done or not self._has_room() or stop.requested
+                    if busy and not stop.requested:
+                        self._gather(state)
                     # Nothing to create: sleep until an event (a result wakes the poll at once).
                     # A longer timeout only spaces out the idle wake-ups, whose CPU would count
                     # against the driver for the whole of a slow model's job.
-                    for event in executor.poll(timeout=IDLE_POLL_S if busy else 0.0):
+                    for event in executor.poll(timeout=self._idle_timeout(state) if busy else 0.0):
                         self._handle(event, state)
                     self._watchdog.check(executor)
                     t = time.perf_counter()
-                    rows = merger.drain()
-                    if rows:
-                        self._write_rows(rows)
+                    self._write_drained()
                     self._notices(state)
                     ckpt.advance(merger.next_seq, merger.failed)
                     report.t_write_s += time.perf_counter() - t
                     elapsed = time.perf_counter() - (state.t_first_dispatch or t0)
                     progress.update(merger.next_seq, merger.next_seq / elapsed if elapsed > 0 else 0.0)
-                self._write_rows(merger.drain())  # records failed while reading the last window
+                self._write_drained()  # records failed while reading the last window
                 (ckpt.finish if done else ckpt.commit)(merger.next_seq, merger.failed)
                 report.extra["driver_busy_s"] = time.process_time() - cpu0
                 report.extra["driver_thread_s"] = time.thread_time() - thread0
@@ -243,6 +269,17 @@ class Job:
         if not done:
             raise Interrupted(merger.next_seq, ckpt.path)
         return self._finish(report, state, merger, t0)
+
+    def _write_drained(self) -> None:
+        """Write what the merger releases: the workers' encoded lines, or rows to encode here."""
+        if self._encoded:
+            data, lines = self._merger.drain_encoded()
+            if lines:
+                self._ckpt.sink.write_encoded(data, lines)
+            return
+        rows = self._merger.drain()
+        if rows:
+            self._write_rows(rows)
 
     def _write_rows(self, rows: list[dict[str, Any]]) -> None:
         """Write drained rows; a row the output format cannot hold (a CSV row with a column the
@@ -276,6 +313,36 @@ class Job:
             print(f"warning: no task has finished for {self.config.stall_warning_s:.0f} s ({len(self._tasks)} tasks "
                   "waiting); a hung model call is never interrupted without --task-timeout SECONDS", file=sys.stderr)
 
+    def _idle_timeout(self, state: _State) -> float:
+        """How long the driver may wait for the next worker event when it has nothing to create:
+        until the next checkpoint commit is due (none while nothing new was written), at most
+        IDLE_MAX_S (how soon a stop request is seen), and IDLE_POLL_S with a --task-timeout
+        (the watchdog's granularity) or while a stall warning may be due. A result wakes it at once."""
+        if self.config.task_timeout or not state.stall_warned:
+            limit = IDLE_POLL_S if self.config.task_timeout else min(IDLE_MAX_S, self.config.stall_warning_s / 4)
+        else:
+            limit = IDLE_MAX_S
+        return min(limit, self._ckpt.due_in(self._merger.next_seq))
+
+    def _gather(self, state: _State) -> None:
+        """Let results gather before the next wake-up while every worker has work queued.
+
+        Each wake-up of the driver costs it a fixed amount of CPU (scheduling, cold caches,
+        the loop's bookkeeping) whatever it then handles; waking once per result makes that
+        a cost per task. When every ready worker holds its running task *and* a full queue
+        (``prefetch`` tasks), none can run dry before it has run a whole queued task, so the
+        driver may sleep for a fraction (``GATHER_FRACTION``) of the time the smallest live
+        task takes at the fastest rate seen lately (``state.recent_s_per_record``) and then
+        handle every result that came in at once. Never sleeps longer than ``GATHER_MAX_S`` (a
+        stop request, the watchdog and the checkpoint clock wait at most that much longer)."""
+        if not state.ready or state.recent_s_per_record <= 0.0 or not self._tasks:
+            return
+        full = self.config.prefetch + 1
+        if any(self._executor.in_flight(w) < full for w in state.ready):
+            return
+        smallest = min(len(t) for t in self._tasks.values())
+        time.sleep(min(GATHER_MAX_S, GATHER_FRACTION * state.recent_s_per_record * smallest))
+
     def _stop_now(self, deadline: float) -> bool:
         """After a stop request: True once no task is in flight, or the grace time is over."""
         idle = all(self._executor.in_flight(w) == 0 for w in range(self.num_workers))
@@ -308,9 +375,21 @@ class Job:
                 window.append(item)
         self._report.records += taken
         state.source_done = taken < self.window
-        self._merger.expect(window)
+        if not self._encoded:
+            self._merger.expect(window)
+        elif window:
+            self._merger.expect_encoded(window[-1].seq + 1)
         if self.tuner:
             self._builder.batch_size = self.tuner.current
+        # The last windows are not grouped (a fine-grained tail keeps the workers' finish even,
+        # a straggler's included): the input's last two full windows and what follows them,
+        # where the number of records is known, else the last window.
+        read = self._report.records + self._ckpt.resumed_records
+        tail = state.source_done or (self._total is not None and self._total - read < TAIL_WINDOWS * self.window)
+        self._builder.group = 1 if tail else self.task_group
+        # Enough tasks a window to keep every worker's queue full: WINDOW_TASKS_PER_SLOT x workers
+        # x (prefetch + 1).
+        self._builder.min_tasks = WINDOW_TASKS_PER_SLOT * self.num_workers * (self.config.prefetch + 1)
         tasks = self._builder.build(window)
         for task in tasks:
             self._tasks[task.index] = task
@@ -351,6 +430,9 @@ class Job:
         if task is None:  # a duplicate from a task given out twice: exactly once wins
             return
         busy = res.t_end - res.t_start
+        # The fastest rate lately (seconds per record): follows a drop at once, a rise slowly.
+        rate, recent = busy / max(1, len(task)), state.recent_s_per_record
+        state.recent_s_per_record = rate if not recent else min(rate, 0.9 * recent + 0.1 * rate)
         if res.counts is not None:  # exact, from the worker's tokenizer: replaces the estimate
             task.tokens, task.padded_tokens = res.counts.real, res.counts.padded
             self._estimate.observe(res.counts)
@@ -365,7 +447,15 @@ class Job:
                                       round(res.t_end - origin, 6), len(task), task.tokens, task.padded_tokens])
         for pos, reason in res.errors:
             self._fail_record(task, pos, reason)
-        self._merger.complete(task.seqs, res.outputs)
+        if res.encoded is None:
+            self._merger.complete(task.seqs, res.outputs)
+        else:
+            for pos, rid, reason in res.unwritable:  # as _write_rows: no text in the errors file
+                err = RecordError(task.seqs[pos], task.rows.lines[pos] if task.rows else 0, rid, reason)
+                self._merger.fail(err)
+                self._errors.write([err])
+            self._merger.renamed.update(res.renamed)
+            self._merger.complete_encoded(task.seqs, res.encoded)
         self._policy.on_task_done(res.worker_id, task, busy)
         if self.tuner:
             # Judge sizes by compute plus the driver's per-task cost (dispatch, IPC, merge), so
@@ -375,9 +465,12 @@ class Job:
 
     def _fail_record(self, task: Task, pos: int, reason: str) -> None:
         seq = task.seqs[pos]
-        rec = self._merger.record(seq)
-        err = RecordError(seq=seq, line=rec.line if rec else 0, id=rec.id if rec else None, reason=reason,
-                          text=task.texts[pos])
+        if task.rows is not None:  # the task carries its records' ids and lines (encoded rows)
+            line, rid = task.rows.lines[pos], task.rows.ids[pos]
+        else:
+            rec = self._merger.record(seq)
+            line, rid = (rec.line, rec.id) if rec else (0, None)
+        err = RecordError(seq=seq, line=line, id=rid, reason=reason, text=task.texts[pos])
         self._merger.fail(err)
         self._errors.write([err])
 
@@ -406,6 +499,8 @@ class Job:
                   busy=report.extra.get("driver_busy_s", 0.0), predictor=self.predictor, executor=self._executor,
                   resumed=ckpt.resumed_records, resumed_failed=ckpt.resumed_failed, checkpoint=ckpt.path)
         report.tasks = self._builder.stats.tasks
+        report.extra["batches"] = self._builder.stats.batches  # a task joins up to TASK_GROUP batches
+        report.extra["most_batches_per_task"] = self._builder.stats.most_batches
         if counted.prefill_computed or counted.prefix_cache_queries:  # generation: prefill and prefix cache
             report.extra["prefill"] = {
                 "computed_tokens": counted.prefill_computed, "cached_tokens": counted.prefix_cache_hits,

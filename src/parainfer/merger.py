@@ -4,6 +4,11 @@ Records wait in the buffer (keyed by their input position ``seq``) from the mome
 task is created until their result, or their failure, is known. ``drain`` releases the
 longest run of finished records that starts at the write frontier, in input order. The
 engine bounds the buffer by not creating tasks while it holds too many records.
+
+Two kinds of results: row dicts (``complete``, ``drain``: the merger builds each output row
+from the record and the model's result, the sink encodes it), or output lines the workers
+already built and encoded (``complete_encoded``, ``drain_encoded``: the driver only joins the
+bytes in order; ``tasks.RowInfo``). Both build rows with ``build_row``, so the bytes are equal.
 """
 
 from __future__ import annotations
@@ -13,6 +18,21 @@ from typing import Any
 from parainfer.records import Record, RecordError
 
 _FAILED = object()
+
+
+def build_row(id_column: str, text_column: str, own_rows: bool, rid: Any, text: Any, extra: dict[str, Any],
+              out: dict[str, Any], renamed: set[str]) -> dict[str, Any]:
+    """One output row: id, text, the other input columns, then the model's result columns.
+
+    An input column named like a result column is kept as ``input_<name>`` (its name is added to
+    ``renamed``). ``own_rows``: the result is the whole row. Model outputs may hold numpy arrays
+    and scalars: every sink writes them natively."""
+    if own_rows:
+        return out
+    if not extra.keys().isdisjoint(out):  # an input column named like a result column
+        renamed.update(extra.keys() & out.keys())
+        extra = {(f"input_{k}" if k in out else k): v for k, v in extra.items()}
+    return {id_column: rid, text_column: text, **extra, **out}
 
 
 class Merger:
@@ -38,6 +58,8 @@ class Merger:
         self.failed = 0
         self.renamed: set[str] = set()  # input columns written as input_<name> so far
         self.last_drained: list[tuple[int, int]] = []  # (seq, line) of the rows of the last drain
+        self._high = 0  # 1 + the highest seq registered (encoded results: records in flight)
+        self._encoded = False  # expect_encoded was called: no Records are held
 
     def expect(self, records: list[Record]) -> None:
         """Register records whose tasks were just created."""
@@ -48,7 +70,34 @@ class Merger:
         """Mark a record failed (it will be skipped in the output; it is in the errors file)."""
         self._records.pop(err.seq, None)
         self._done[err.seq] = _FAILED
+        self._high = max(self._high, err.seq + 1)
         self.failed += 1
+
+    def expect_encoded(self, high: int) -> None:
+        """Register that every record before seq ``high`` has a task (results come encoded:
+        the merger holds no Record, only the bytes of finished rows)."""
+        self._high = max(self._high, high)
+        self._encoded = True
+
+    def complete_encoded(self, seqs: list[int], lines: list[bytes | None]) -> None:
+        """Store the encoded output lines of ``seqs`` (None marks a record the caller has failed)."""
+        for seq, line in zip(seqs, lines):
+            if line is not None:
+                self._done[seq] = line
+
+    def drain_encoded(self) -> tuple[bytes, int]:
+        """(the bytes of the lines ready to write, in input order; how many lines)."""
+        chunks: list[bytes] = []
+        done = self._done
+        seq = self.next_seq
+        while seq in done:
+            line = done.pop(seq)
+            seq += 1
+            if line is not _FAILED:
+                chunks.append(line)
+        self.next_seq = seq
+        self.written += len(chunks)
+        return b"".join(chunks), len(chunks)
 
     def complete(self, seqs: list[int], outputs: list[dict[str, Any] | None]) -> None:
         """Store results for ``seqs`` (None marks a record the caller has failed)."""
@@ -63,7 +112,7 @@ class Merger:
     @property
     def buffered(self) -> int:
         """Records held: waiting for a result or for an earlier record."""
-        return len(self._records)
+        return max(0, self._high - self.next_seq) if self._encoded else len(self._records)
 
     def drain(self) -> list[dict[str, Any]]:
         """Rows ready to write, in input order; each record is released exactly once."""
@@ -78,15 +127,8 @@ class Merger:
                 continue
             rec = records.pop(seq)
             drained.append((seq, rec.line))
-            if self.own_rows:
-                rows.append(out)
-                continue
-            extra = rec.extra
-            if not extra.keys().isdisjoint(out):  # an input column named like a result column
-                self.renamed.update(extra.keys() & out.keys())
-                extra = {(f"input_{k}" if k in out else k): v for k, v in extra.items()}
-            # Model outputs may hold numpy arrays and scalars: every sink writes them natively.
-            rows.append({self.id_column: rec.id, self.text_column: rec.text, **extra, **out})
+            rows.append(build_row(self.id_column, self.text_column, self.own_rows, rec.id, rec.text, rec.extra,
+                                  out, self.renamed))
         self.written += len(rows)
         self.last_drained = drained
         return rows

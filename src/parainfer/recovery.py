@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 from parainfer.errors import ParainferError
 from parainfer.executors.base import WorkerFailed
-from parainfer.tasks import Task
+from parainfer.tasks import Task, batch_sizes_split
 
 
 @dataclass
@@ -68,13 +68,30 @@ def split_task(task: Task, first_index: int, second_index: int) -> tuple[Task, T
         raise ValueError(f"cannot split task {task.index} of {len(task)} record(s); need >= 2")
     mid = len(task) // 2
     halves = []
-    for index, lo, hi in ((first_index, 0, mid), (second_index, mid, len(task))):
+    sizes = batch_sizes_split(task.batches, mid)
+    for (index, lo, hi), batches in zip(((first_index, 0, mid), (second_index, mid, len(task))), sizes):
         share = (hi - lo) / len(task)
         halves.append(dataclasses.replace(
             task, index=index, seqs=task.seqs[lo:hi], texts=task.texts[lo:hi],
             tokens=max(1, round(task.tokens * share)), padded_tokens=max(1, round(task.padded_tokens * share)),
-            attempt=0))
+            attempt=0, rows=task.rows.sliced(lo, hi) if task.rows is not None else None,
+            batches=batches if batches is None or len(batches) > 1 else None))
     return halves[0], halves[1]
+
+
+def split_batches(task: Task, new_index: Callable[[], int]) -> list[Task]:
+    """Cut a task of several batches (``Task.batches``) back into one task per batch, each with
+    a fresh index from ``new_index()``; tokens are shared in proportion to the records."""
+    out, lo = [], 0
+    for size in task.batches or [len(task)]:
+        hi = lo + size
+        share = size / len(task)
+        out.append(dataclasses.replace(
+            task, index=new_index(), seqs=task.seqs[lo:hi], texts=task.texts[lo:hi],
+            tokens=max(1, round(task.tokens * share)), padded_tokens=max(1, round(task.padded_tokens * share)),
+            attempt=0, rows=task.rows.sliced(lo, hi) if task.rows is not None else None, batches=None))
+        lo = hi
+    return out
 
 
 class TaskRecovery:
@@ -105,7 +122,10 @@ class TaskRecovery:
                 out.requeue.append(task)
             elif len(task) > 1:
                 del tasks[task.index]
-                halves = split_task(task, self.new_index(), self.new_index())
+                # A task of several batches goes back as its batches (one more restart at most,
+                # not log2 of the group); a batch is halved.
+                halves = (split_batches(task, self.new_index) if task.batches and len(task.batches) > 1
+                          else split_task(task, self.new_index(), self.new_index()))
                 for half in halves:
                     tasks[half.index] = half
                 out.requeue.extend(halves)

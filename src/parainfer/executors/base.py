@@ -51,6 +51,13 @@ class TaskResult:
             (``Predictor.token_counts``); None when it could not. The driver only estimated
             lengths, so an executor must pass this back for the report's token figures and the
             driver's length estimate (``length_estimate.LengthEstimator``) to be exact.
+        encoded: for a task with ``Task.rows``: each record's output line, built and encoded
+            by the worker (``executors.worker.encode_rows``), None where the record failed;
+            ``outputs`` is then empty. None for a task without rows.
+        unwritable: (position, the row's id, reason) of each record whose output row the
+            format cannot hold (it goes to the errors file without its text, as the driver's
+            sink would have sent it).
+        renamed: input columns written as ``input_<name>`` in this task's rows.
     """
 
     task_index: int
@@ -61,6 +68,9 @@ class TaskResult:
     t_start: float
     t_end: float
     counts: TokenCounts | None = None
+    encoded: list[bytes | None] | None = None
+    unwritable: list[tuple[int, Any, str]] = field(default_factory=list)
+    renamed: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -274,8 +274,8 @@ class RayExecutor(Executor):
     def _result(self, w: int, slot: _Slot, index: int, value: Any, submitted: float, events: list[Event]) -> None:
         if isinstance(value, ShardResult):  # times on the actor's clock: keep the durations
             queue_s, compute_s = value.t_start - value.t_received, value.t_end - value.t_start
-        else:
-            _, outputs, errors, queue_s, compute_s, counts = value
+        else:  # rows: encoded, unwritable, renamed
+            _, outputs, errors, queue_s, compute_s, counts, *rows = value
         seen = time.perf_counter()
         start = min(max(submitted, slot.free_since), seen - compute_s)
         slot.free_since = start + compute_s
@@ -283,7 +283,8 @@ class RayExecutor(Executor):
         if isinstance(value, ShardResult):
             events.append(place_shard_result(value, start, queue_s))
         else:
-            events.append(TaskResult(index, w, outputs, errors, start - queue_s, start, start + compute_s, counts))
+            events.append(TaskResult(index, w, outputs, errors, start - queue_s, start, start + compute_s, counts,
+                                     *rows))
 
     def _died(self, w: int, slot: _Slot, error: BaseException, events: list[Event]) -> None:
         """Report a dead actor. Every call it held resolves once Ray knows it died (a result, or

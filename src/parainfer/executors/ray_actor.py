@@ -121,8 +121,9 @@ class RayWorker:
 
     def run(self, task: Task | ShardTask, turn: int, check: Any = None) -> Any:
         """Run one task when its ``turn`` (1, 2, ...) comes; returns (task index, outputs, errors,
-        queue_s, compute_s, counts), both durations measured here (queue_s: waiting for the turn);
-        counts: the task's exact ``TokenCounts`` (``TaskResult.counts``).
+        queue_s, compute_s, counts, encoded, unwritable, renamed), both durations measured here
+        (queue_s: waiting for the turn); counts: the task's exact ``TokenCounts``; the last three
+        as ``TaskResult``'s (a task with ``rows``: output lines encoded here).
 
         A ``ShardTask`` (sharded mode) runs with ``executors.shard_runner.run_shard`` and returns
         its ``ShardResult`` (times on this process's clock: the executor keeps only durations).
@@ -140,7 +141,7 @@ class RayWorker:
         finally:
             self._next_turn()
         return (res.task_index, res.outputs, res.errors, res.t_start - res.t_received, res.t_end - res.t_start,
-                res.counts)
+                res.counts, res.encoded, res.unwritable, res.renamed)
 
     def _run_shard(self, task: ShardTask, check: Any, t_received: float) -> Any:
         from parainfer.executors.ray_shards import check_paths

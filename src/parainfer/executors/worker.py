@@ -20,7 +20,7 @@ from typing import Any
 from parainfer.devices import worker_device
 from parainfer.executors.base import ShardTask, TaskResult, WorkerFailed, WorkerReady
 from parainfer.models.base import Predictor, RecordFailure
-from parainfer.tasks import Task
+from parainfer.tasks import Task, TokenCounts
 
 
 # Workers never reach a model hub, print no download bars, and leave threading to the executor.
@@ -38,33 +38,87 @@ def _describe_error(e: BaseException) -> str:
 
 
 def run_task(predictor: Predictor, task: Task, worker_id: int, t_received: float) -> TaskResult:
-    """Run one task on a loaded predictor; per-record fallback when the batch raises.
+    """Run one task on a loaded predictor; per-record fallback when a batch raises.
 
+    A task of several batches (``Task.batches``) runs each batch as its own ``predict`` call.
     The result carries the task's exact token counts (the predictor tokenised the texts here,
     in the worker; the driver only estimated them)."""
     t_start = time.perf_counter()
     errors: list[tuple[int, str]] = []
+    outputs: list[dict[str, Any] | None] = []
+    counts: TokenCounts | None = TokenCounts()
+    start = 0
+    for size in task.batches or [len(task.texts)]:
+        texts = task.texts[start:start + size]
+        outputs.extend(_run_batch(predictor, texts, start, errors))
+        try:
+            batch_counts = predictor.token_counts(texts)
+        except Exception:  # noqa: BLE001 - counts are for the report; a record that cannot be counted failed above
+            batch_counts = None
+        if counts is not None and batch_counts is not None:
+            counts.add(batch_counts)
+        else:
+            counts = None
+        start += size
+    if task.rows is None:
+        return TaskResult(task.index, worker_id, outputs, errors, t_received, t_start, time.perf_counter(), counts)
+    encoded, unwritable, renamed = encode_rows(task, outputs)
+    return TaskResult(task.index, worker_id, [], errors, t_received, t_start, time.perf_counter(), counts,
+                      encoded, unwritable, renamed)
+
+
+def _run_batch(predictor: Predictor, texts: list[Any], offset: int,
+               errors: list[tuple[int, str]]) -> list[dict[str, Any] | None]:
+    """Outputs of one ``predict`` call over ``texts``, record by record when the batch raises;
+    appends (offset + position, reason) to ``errors`` for each record that failed."""
     try:
-        outputs: list[dict[str, Any] | None] = list(predictor.predict(task.texts))
-        if len(outputs) != len(task.texts):
-            raise ValueError(f"model returned {len(outputs)} outputs for {len(task.texts)} texts")
+        outputs: list[dict[str, Any] | None] = list(predictor.predict(texts))
+        if len(outputs) != len(texts):
+            raise ValueError(f"model returned {len(outputs)} outputs for {len(texts)} texts")
     except Exception:
         outputs = []
-        for pos, text in enumerate(task.texts):
+        for pos, text in enumerate(texts):
             try:
                 outputs.append(predictor.predict([text])[0])
             except Exception as e:  # noqa: BLE001 - any model error quarantines the record
                 outputs.append(None)
-                errors.append((pos, f"model error: {_describe_error(e)}"))
+                errors.append((offset + pos, f"model error: {_describe_error(e)}"))
     for pos, out in enumerate(outputs):
         if isinstance(out, RecordFailure):
             outputs[pos] = None
-            errors.append((pos, out.reason))
-    try:
-        counts = predictor.token_counts(task.texts)
-    except Exception:  # noqa: BLE001 - counts are for the report; a record that cannot be counted failed above
-        counts = None
-    return TaskResult(task.index, worker_id, outputs, errors, t_received, t_start, time.perf_counter(), counts)
+            errors.append((offset + pos, out.reason))
+    return outputs
+
+
+def encode_rows(task: Task, outputs: list[dict[str, Any] | None]) -> tuple[list[bytes | None],
+                                                                           list[tuple[int, Any, str]], list[str]]:
+    """Build each record's output row (``merger.build_row``) and encode it as a JSONL line
+    (``io.sinks.encode_jsonl_row``): the same bytes the driver's merger and sink would write.
+
+    Returns (lines: None where the model failed the record or the row cannot be encoded;
+    unwritable: (position, row id, reason) for each row JSON cannot hold; the renamed input
+    columns). Needs ``task.rows``."""
+    from parainfer.io.sinks import encode_jsonl_row
+    from parainfer.merger import build_row
+
+    rows = task.rows
+    id_column, text_column, own = rows.columns
+    first = (id_column, text_column)
+    texts = rows.full_texts if rows.full_texts is not None else task.texts
+    renamed: set[str] = set()
+    lines: list[bytes | None] = []
+    unwritable: list[tuple[int, Any, str]] = []
+    for pos, out in enumerate(outputs):
+        if out is None:
+            lines.append(None)
+            continue
+        row = build_row(id_column, text_column, own, rows.ids[pos], texts[pos], rows.extras[pos], out, renamed)
+        try:
+            lines.append(encode_jsonl_row(row, first))
+        except (ValueError, TypeError) as e:
+            lines.append(None)
+            unwritable.append((pos, row.get(id_column), f"output row cannot be written: {e}"[:300]))
+    return lines, unwritable, sorted(renamed)
 
 
 def worker_main(worker_id: int, predictor: Predictor, inbox: Any, outbox: Any, threads: int | None,

@@ -247,13 +247,22 @@ class Checkpoint:
         return itertools.islice(iter(records), self.resumed_records, None)
 
     def advance(self, next_seq: int, failed: int) -> None:
-        """After rows up to ``next_seq`` went to the sink: write their errors; commit when due.
+        """After rows up to ``next_seq`` went to the sink: write their errors; commit when due
+        (``every_s`` after the last commit) and when there is something new to commit.
 
         ``failed``: records failed in this run so far (the resumed ones are added here).
         """
         self.errors.release(next_seq)
-        if self.path is not None and time.monotonic() - self._last_commit >= self.every_s:
+        if (self.path is not None and next_seq != self.committed_records
+                and time.monotonic() - self._last_commit >= self.every_s):
             self.commit(next_seq, failed)
+
+    def due_in(self, next_seq: int) -> float:
+        """Seconds until ``advance(next_seq, ...)`` would commit (0: now); inf when it never
+        would (no checkpoint, or nothing new since the last commit): the driver may sleep that long."""
+        if self.path is None or next_seq == self.committed_records:
+            return float("inf")
+        return max(0.0, self.every_s - (time.monotonic() - self._last_commit))
 
     def commit(self, next_seq: int, failed: int) -> None:
         """Make the first ``next_seq`` records durable: sink, then errors, then the manifest."""

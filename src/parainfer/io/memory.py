@@ -113,5 +113,9 @@ class MemoryStore:
     def commit(self, next_seq: int, failed: int) -> None:
         """Nothing to commit."""
 
+    def due_in(self, next_seq: int) -> float:
+        """Never: nothing to commit (``Checkpoint.due_in``)."""
+        return float("inf")
+
     def finish(self, next_seq: int, failed: int) -> None:
         """Nothing to finish."""

@@ -111,11 +111,7 @@ class Sink:
         self.close()
 
     def _ordered(self, row: dict[str, Any]) -> dict[str, Any]:
-        keys = [k for k in self._first if k in row]
-        it = iter(row)
-        if all(next(it) == k for k in keys):  # the common case: already id, text, ...
-            return row
-        return {**{k: row[k] for k in keys}, **row}
+        return ordered_row(row, self._first)
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         raise NotImplementedError
@@ -127,12 +123,34 @@ class Sink:
         self.bytes_written += len(data)
 
 
+def ordered_row(row: dict[str, Any], first: tuple[str, str]) -> dict[str, Any]:
+    """``row`` with the columns named in ``first`` (id, text) moved to the front, if present."""
+    keys = [k for k in first if k in row]
+    it = iter(row)
+    if all(next(it) == k for k in keys):  # the common case: already id, text, ...
+        return row
+    return {**{k: row[k] for k in keys}, **row}
+
+
+def encode_jsonl_row(row: dict[str, Any], first: tuple[str, str]) -> bytes:
+    """One output line of a JSONL sink whose id and text columns are ``first``: the exact bytes
+    ``JsonlSink.write_rows([row])`` writes (workers encode rows with it, ``tasks.RowInfo``).
+    Raises TypeError for a value JSON cannot hold."""
+    return dumps_bytes(ordered_row(row, first)) + b"\n"
+
+
 class JsonlSink(Sink):
     """One compact JSON object per line, UTF-8."""
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         if rows:
             self._put(b"".join(dumps_bytes(row) + b"\n" for row in rows))
+
+    def write_encoded(self, data: bytes, rows: int) -> None:
+        """Append ``rows`` lines already encoded by ``encode_jsonl_row`` (in output order)."""
+        if data:
+            self._put(data)
+        self.rows_written += rows
 
 
 class CsvSink(Sink):
