@@ -151,7 +151,8 @@ class RayExecutor(Executor):
         if slot is not None:
             self._kill_actor(slot.actor)
         self.restarts += 1
-        self._spawn(worker_id, first=False, avoid=slot.node if slot is not None else None)
+        last = self._placements[worker_id]  # its slot is gone already when it died: where it last loaded
+        self._spawn(worker_id, first=False, avoid=last[-1] if last else None)
 
     def kill(self, worker_id: int) -> None:
         """Kill a worker's actor (a hung task); the next ``poll`` reports its death."""
