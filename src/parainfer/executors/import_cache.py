@@ -28,20 +28,15 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from parainfer.user_cache import user_cache_folder
+
 TARGET = "transformers.utils.import_utils"
 FORMAT = 1
 
 
 def cache_folder() -> Path | None:
-    """Where entries are kept, or None when the cache is turned off."""
-    if os.environ.get("PARAINFER_IMPORT_CACHE", "1") == "0":
-        return None
-    folder = os.environ.get("PARAINFER_IMPORT_CACHE_DIR")
-    if folder:
-        return Path(folder)
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("parainfer")) / "import_structure"
+    """Where entries are kept, or None when the cache is turned off. (``PARAINFER_IMPORT_CACHE=0``; ``PARAINFER_IMPORT_CACHE_DIR`` overrides the folder)."""
+    return user_cache_folder("import_structure", "PARAINFER_IMPORT_CACHE")
 
 
 def install() -> bool:

@@ -90,23 +90,8 @@ class PartedParquetSink(Sink):
         self._buffer = []
 
     def _table(self, rows: list[dict[str, Any]]) -> Any:
-        import pyarrow as pa
-
-        if self._schema is None:
-            table = pa.Table.from_pylist(rows)
-            if EMBEDDING_COLUMN in table.column_names:
-                i = table.schema.get_field_index(EMBEDDING_COLUMN)
-                table = table.set_column(i, EMBEDDING_COLUMN, table[EMBEDDING_COLUMN].cast(pa.list_(pa.float32())))
-            self._schema = table.schema
-            return table
-        if extra := set().union(*rows) - set(self._schema.names):
-            raise ValueError(f"rows have columns {sorted(extra)} not in the Parquet schema "
-                             f"{self._schema.names} (taken from the first rows)")
-        try:
-            return pa.Table.from_pylist(rows, schema=self._schema)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-            fields = ", ".join(f"{f.name}: {f.type}" for f in self._schema)
-            raise ValueError(f"rows do not fit the Parquet schema taken from the first rows ({fields}): {e}") from e
+        table, self._schema = rows_table(rows, self._schema)
+        return table
 
     def finish(self) -> None:
         """Flush, assemble the parts into the output (row groups of ``row_group_size``), fsync it.
@@ -181,3 +166,30 @@ class _NullStream:
 
     def close(self) -> None:
         self.closed = True
+
+
+def rows_table(rows: list[dict[str, Any]], schema: Any) -> tuple[Any, Any]:
+    """Output rows (non-empty) as a ``pyarrow.Table`` under ``schema``, or, with ``schema`` None,
+    under the schema inferred from them (``embedding`` stored as float32 lists). Returns
+    (table, schema): the schema to hold for the rows that follow.
+
+    Raises:
+        ValueError: a row with a column the schema lacks, or a value that does not fit it (the
+            message names the columns and types).
+    """
+    import pyarrow as pa
+
+    if schema is None:
+        table = pa.Table.from_pylist(rows)
+        if EMBEDDING_COLUMN in table.column_names:
+            i = table.schema.get_field_index(EMBEDDING_COLUMN)
+            table = table.set_column(i, EMBEDDING_COLUMN, table[EMBEDDING_COLUMN].cast(pa.list_(pa.float32())))
+        return table, table.schema
+    if extra := set().union(*rows) - set(schema.names):
+        raise ValueError(f"rows have columns {sorted(extra)} not in the Parquet schema "
+                         f"{schema.names} (taken from the first rows)")
+    try:
+        return pa.Table.from_pylist(rows, schema=schema), schema
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        fields = ", ".join(f"{f.name}: {f.type}" for f in schema)
+        raise ValueError(f"rows do not fit the Parquet schema taken from the first rows ({fields}): {e}") from e

@@ -31,7 +31,8 @@ from typing import Any, BinaryIO
 
 from parainfer.errors import UsageError
 from parainfer.io import digest
-from parainfer.io.sinks import EMBEDDING_COLUMN, CsvSink, JsonlSink, Sink
+from parainfer.io.parquet_parts import rows_table
+from parainfer.io.sinks import CsvSink, JsonlSink, Sink
 
 PART_FORMATS = (".jsonl", ".csv", ".parquet")
 
@@ -102,25 +103,9 @@ class ParquetPartSink(Sink):
         self._writer: Any = None
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
-        import pyarrow as pa
-
         if not rows:
             return
-        if self._schema is None:
-            table = pa.Table.from_pylist(rows)
-            if EMBEDDING_COLUMN in table.column_names:
-                i = table.schema.get_field_index(EMBEDDING_COLUMN)
-                table = table.set_column(i, EMBEDDING_COLUMN, table[EMBEDDING_COLUMN].cast(pa.list_(pa.float32())))
-            self._schema = table.schema
-        else:
-            if extra := set().union(*rows) - set(self._schema.names):
-                raise ValueError(f"rows have columns {sorted(extra)} not in the Parquet schema "
-                                 f"{self._schema.names} (taken from the first rows)")
-            try:
-                table = pa.Table.from_pylist(rows, schema=self._schema)
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-                fields = ", ".join(f"{f.name}: {f.type}" for f in self._schema)
-                raise ValueError(f"rows do not fit the Parquet schema taken from the first rows ({fields}): {e}") from e
+        table, self._schema = rows_table(rows, self._schema)
         self._tables.append(table)
         self._held += table.num_rows
         if self._held >= self.row_group_size:

@@ -20,17 +20,12 @@ import json
 import os
 from pathlib import Path
 
+from parainfer.user_cache import user_cache_folder
+
 
 def cache_folder() -> Path | None:
-    """Where decisions are kept, or None when the cache is turned off."""
-    if os.environ.get("PARAINFER_DTYPE_CACHE", "1") == "0":
-        return None
-    folder = os.environ.get("PARAINFER_DTYPE_CACHE_DIR")
-    if folder:
-        return Path(folder)
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("parainfer")) / "dtype"
+    """Where decisions are kept, or None when the cache is turned off. (``PARAINFER_DTYPE_CACHE=0``; ``PARAINFER_DTYPE_CACHE_DIR`` overrides the folder)."""
+    return user_cache_folder("dtype", "PARAINFER_DTYPE_CACHE")
 
 
 def _cpu_identity() -> str:
