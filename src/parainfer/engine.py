@@ -23,15 +23,15 @@ from typing import Any, Iterator
 from parainfer.config import JobConfig
 from parainfer.devices import default_workers
 from parainfer.errors import JobError, StorageError, storage_message
-from parainfer.executors import check_executor, default_threads, make_executor
+from parainfer.executors import check_executor, default_threads
 from parainfer.executors.base import TaskResult, WorkerFailed, WorkerReady
-from parainfer.executors.shared import Workers
+from parainfer.executors.shared import Workers, start_workers, wait_ready  # noqa: F401 - re-exported
 from parainfer.io.checkpoint import Checkpoint
 from parainfer.io.guard import OutputLock, check_output_paths
 from parainfer.io.shard_store import is_dir_output
 from parainfer.io.sinks import JsonlSink, default_errors_path
 from parainfer.io.openai_batch import BATCH_TASK, open_batch_source, resolve_job_format
-from parainfer.io.sources import open_source
+from parainfer.io.sources import count_records, open_source
 from parainfer.length_estimate import LengthEstimator
 from parainfer.merger import Merger
 from parainfer.models.base import Predictor
@@ -39,8 +39,8 @@ from parainfer.models.registry import build_predictor
 from parainfer.monitor import Progress
 from parainfer.records import Record, RecordError
 from parainfer.recovery import GracefulStop, Interrupted, TaskRecovery, Watchdog
-from parainfer.report import TimingReport, close_run, summary_lines, write_report
-from parainfer.resources import cores, plan_start, warn_cores
+from parainfer.report import TimingReport, close_run, print_summary, write_report  # noqa: F401 - re-exported
+from parainfer.resources import cores, warn_cores
 from parainfer.scheduling import make_policy
 from parainfer.scheduling.autobatch import BatchSizeTuner
 from parainfer.tasks import Task, TaskBuilder, TokenCounts
@@ -61,24 +61,6 @@ TASK_GROUP = 8
 TAIL_WINDOWS = 2  # the input's last windows that are not grouped
 WINDOW_TASKS_PER_SLOT = 1
 GATHER_MAX_S = 0.2
-
-
-def count_records(path: str) -> int | None:
-    """Fast estimate of the number of input records for the progress bar (None if unknown)."""
-    if path == "-":
-        return None
-    try:
-        if path.endswith(".parquet"):
-            import pyarrow.parquet as pq
-
-            return pq.ParquetFile(path).metadata.num_rows
-        lines = 0
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                lines += chunk.count(b"\n")
-        return max(0, lines - 1) if path.endswith(".csv") else lines
-    except OSError:
-        return None
 
 
 @dataclass
@@ -533,63 +515,9 @@ class Job:
         return out
 
 
-def start_workers(predictor: Predictor, num_workers: int, threads_per_worker: int | None = None,
-                  config: JobConfig | None = None) -> Workers:
-    """Start N workers, each loading a replica of ``predictor`` (non-blocking: WorkerReady events
-    follow). The caller owns them: ``Job.run(workers)`` any number of times, then ``shutdown()``.
-
-    ``config`` picks the executor (``--executor`` and its Ray options; default local processes)
-    and the memory budget: fewer than N start when N replicas cannot fit in this machine's memory
-    (``resources.plan_start``; the returned ``Workers.num_workers`` says how many). Events read
-    while sizing the first replica are kept in ``Workers.pending`` for the first job.
-
-    Raises JobError when the first worker cannot load the model (fatally).
-    """
-    name = config.executor if config else "local"
-    options = dict(address=config.address, cpus_per_worker=config.cpus_per_worker,
-                   gpus_per_worker=config.gpus_per_worker) if config else {}
-    executor = make_executor(name, predictor, num_workers, threads_per_worker, **options)
-    try:
-        _, events = plan_start(executor, predictor, num_workers, config.memory_budget_bytes if config else None)
-    except BaseException:
-        executor.shutdown()
-        raise
-    return Workers(executor, pending=events)
-
-
-def wait_ready(workers: Workers, timeout_s: float | None = None) -> None:
-    """Block until every worker of ``workers`` has loaded its model (WorkerReady), so a job that
-    follows times compute only. A worker that dies while loading is restarted, as in a job.
-
-    Raises JobError when a worker cannot load the model, TimeoutError after ``timeout_s``."""
-    executor, deadline = workers.executor, time.perf_counter() + (timeout_s or float("inf"))
-    for event in workers.take_pending():  # worker 0's WorkerReady, read by the memory plan
-        if isinstance(event, WorkerReady):
-            workers.ready.add(event.worker_id)
-            workers.model_info = event.info
-    while len(workers.ready) < workers.num_workers:
-        if time.perf_counter() > deadline:
-            raise TimeoutError(f"{len(workers.ready)} of {workers.num_workers} workers ready after {timeout_s} s")
-        for event in executor.poll(timeout=0.1):
-            if isinstance(event, WorkerReady):
-                workers.ready.add(event.worker_id)
-                workers.model_info = event.info
-            elif isinstance(event, WorkerFailed):
-                workers.ready.discard(event.worker_id)
-                if event.fatal:
-                    raise JobError(f"worker {event.worker_id}: {event.reason.strip()}")
-                executor.restart(event.worker_id)
-
-
 def _already_complete_report(ckpt: Checkpoint, report: TimingReport, t0: float) -> dict[str, Any]:
     report.wall_s = time.perf_counter() - t0
     report.extra.update(already_complete=True, resumed_records=ckpt.resumed_records,
                         resumed_failed_records=ckpt.resumed_failed, checkpoint=ckpt.path,
                         errors_file=ckpt.errors.path if ckpt.resumed_failed else None)
     return report.to_dict()
-
-
-def print_summary(report: dict[str, Any], stream: Any) -> None:
-    """Write the short summary to ``stream`` (stderr)."""
-    for line in summary_lines(report):
-        print(line, file=stream)

@@ -223,3 +223,9 @@ def close_run(report: "TimingReport", *, t0: float, t_spawn: float, ready_phases
 def write_report(report: dict[str, Any], path: str | Path) -> None:
     """Write the report as indented JSON."""
     Path(path).write_text(json.dumps(report, indent=1) + "\n")
+
+
+def print_summary(report: dict[str, Any], stream: Any) -> None:
+    """Write the short summary to ``stream`` (stderr)."""
+    for line in summary_lines(report):
+        print(line, file=stream)

@@ -405,3 +405,21 @@ def _parquet_row(batch: Any, i: int) -> Row:
         return batch.slice(i, 1).to_pylist()[0]
     except Exception as e:  # noqa: BLE001
         return f"row could not be read: {type(e).__name__}: {e}"[:300]
+
+
+def count_records(path: str) -> int | None:
+    """Fast estimate of the number of input records for the progress bar (None if unknown)."""
+    if path == "-":
+        return None
+    try:
+        if path.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows
+        lines = 0
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                lines += chunk.count(b"\n")
+        return max(0, lines - 1) if path.endswith(".csv") else lines
+    except OSError:
+        return None
