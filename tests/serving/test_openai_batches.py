@@ -146,10 +146,15 @@ def wait_healthy(url: str, proc: subprocess.Popen) -> None:
         time.sleep(0.1)
 
 
+LINES = 300
+
+
 def test_a_server_killed_mid_batch_resumes_it_exactly_once(tmp_path: Path) -> None:
     data, port = tmp_path / "data", free_port()
     url, src = f"http://127.0.0.1:{port}", tmp_path / "batch.jsonl"
-    src.write_text("\n".join(batch_lines(30, inputs=16)) + "\n")
+    # long enough that the kill lands mid-batch on a fast CPU too (30 lines of 16 inputs finished
+    # within the first 0.5 s commit period on an AMX Xeon)
+    src.write_text("\n".join(batch_lines(LINES, inputs=4)) + "\n")
     proc = serve(data, port, KEY)
     try:
         wait_healthy(url, proc)
@@ -164,15 +169,15 @@ def test_a_server_killed_mid_batch_resumes_it_exactly_once(tmp_path: Path) -> No
         os.killpg(proc.pid, signal.SIGKILL)  # the server and its worker, no shutdown
         proc.wait()
     record = json.loads((data / "batches" / batch.id / "batch.json").read_text())
-    assert record["status"] == "in_progress" and 3 <= record["progress"]["next_line"] < 30, record["progress"]
+    assert record["status"] == "in_progress" and 3 <= record["progress"]["next_line"] < LINES, record["progress"]
     proc = serve(data, port, KEY)
     try:
         wait_healthy(url, proc)
         done = wait_done(client, batch.id)
-        assert done.status == "completed" and done.request_counts.completed == 30 and done.error_file_id is None
+        assert done.status == "completed" and done.request_counts.completed == LINES and done.error_file_id is None
         rows = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
-        assert [r["custom_id"] for r in rows] == [f"r{i}" for i in range(30)]  # each once, in order
-        assert all(len(r["response"]["body"]["data"]) == 16 for r in rows)
+        assert [r["custom_id"] for r in rows] == [f"r{i}" for i in range(LINES)]  # each once, in order
+        assert all(len(r["response"]["body"]["data"]) == 4 for r in rows)
         other = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
         assert other.files.retrieve(done.output_file_id).purpose == "batch_output"
     finally:
