@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import httpx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_serving import load_texts, server  # noqa: E402
+from bench_serving import load_texts, parainfer_cmd, server  # noqa: E402
 
 
 @dataclass
@@ -106,13 +106,14 @@ def main() -> None:
                         "(1: the engine in the server process; N > 1: N engine replicas in worker processes)")
     args = parser.parse_args()
     texts = load_texts(args.texts)
-    settings = ["--max-num-seqs", str(args.max_num_seqs), "--dtype", args.dtype, "--request-timeout-s", "600"]
+    settings = ["--max-num-seqs", str(args.max_num_seqs), "--request-timeout-s", "600"]
     if args.threads:
         settings += ["--threads-per-worker", str(args.threads)]
     rows = []
     for workers in [int(x) for x in args.workers.split(",") if x]:
-        spawn = argparse.Namespace(task="generate", workers=workers, max_wait_ms=5.0, model=args.model, device="cpu")
-        with server(spawn, settings) as url:
+        spawn = argparse.Namespace(task="generate", workers=workers, max_wait_ms=5.0, model=args.model, device="cpu",
+                                   dtype=args.dtype)
+        with server(lambda port: parainfer_cmd(spawn, settings, port)) as url:
             asyncio.run(run_point(url, texts, 2, 2, 8))  # warm-up
             for c in [int(x) for x in args.concurrency.split(",") if x]:
                 point = asyncio.run(run_point(url, texts, c, max(c, args.requests), args.max_tokens))
