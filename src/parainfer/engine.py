@@ -29,7 +29,7 @@ from parainfer.executors.shared import Workers, start_workers, wait_ready  # noq
 from parainfer.io.checkpoint import Checkpoint
 from parainfer.io.guard import OutputLock, check_output_paths
 from parainfer.io.shard_store import is_dir_output
-from parainfer.io.sinks import JsonlSink, default_errors_path
+from parainfer.io.sinks import JsonlSink, default_errors_path, write_rows_each
 from parainfer.io.openai_batch import BATCH_TASK, open_batch_source, resolve_job_format
 from parainfer.io.sources import count_records, open_source
 from parainfer.length_estimate import LengthEstimator
@@ -39,7 +39,7 @@ from parainfer.models.registry import build_predictor
 from parainfer.monitor import Progress
 from parainfer.records import Record, RecordError
 from parainfer.recovery import GracefulStop, Interrupted, TaskRecovery, Watchdog
-from parainfer.report import TimingReport, close_run, print_summary, write_report  # noqa: F401 - re-exported
+from parainfer.report import TimingReport, already_complete, close_run, print_summary, write_report  # noqa: F401 - re-exported
 from parainfer.resources import cores, warn_cores
 from parainfer.scheduling import make_policy
 from parainfer.scheduling.autobatch import BatchSizeTuner
@@ -161,10 +161,9 @@ class Job:
         merger = Merger(cfg.id_column, cfg.text_column, own_rows=self.predictor.writes_own_rows)
         ckpt = self.store or Checkpoint(cfg, self.source, self.predictor)
         if ckpt.finished:
-            out = _already_complete_report(ckpt, report, t0)
-            if cfg.report:
-                write_report(out, cfg.report)
-            return out
+            return already_complete(report, t0, cfg.report, resumed_records=ckpt.resumed_records,
+                                    resumed_failed_records=ckpt.resumed_failed, checkpoint=ckpt.path,
+                                    errors_file=ckpt.errors.path if ckpt.resumed_failed else None)
         errors, sink = ckpt.errors, ckpt.sink
         merger.next_seq = ckpt.resumed_records
         self._encoded = self.encode_in_workers and isinstance(sink, JsonlSink)
@@ -264,21 +263,12 @@ class Job:
             self._write_rows(rows)
 
     def _write_rows(self, rows: list[dict[str, Any]]) -> None:
-        """Write drained rows; a row the output format cannot hold (a CSV row with a column the
-        header lacks, a value JSON cannot encode) goes to the errors file alone, the rest is
-        written (each sink's ``write_rows`` raises before writing anything)."""
-        try:
-            self._ckpt.sink.write_rows(rows)
-            return
-        except (ValueError, TypeError):
-            pass
-        for (seq, line), row in zip(self._merger.last_drained, rows):
-            try:
-                self._ckpt.sink.write_rows([row])
-            except (ValueError, TypeError) as e:
-                self._merger.failed += 1
-                self._errors.write([RecordError(seq, line, row.get(self.config.id_column),
-                                                f"output row cannot be written: {e}"[:300])])
+        """Write drained rows; a row the output format cannot hold goes to the errors file alone,
+        the rest is written (``io.sinks.write_rows_each``)."""
+        failed = write_rows_each(self._ckpt.sink, rows, self._merger.last_drained, self.config.id_column)
+        if failed:
+            self._merger.failed += len(failed)
+            self._errors.write(failed)
 
     def _notices(self, state: _State) -> None:
         """One stderr line each, once: input columns renamed in the output, and a job where no
@@ -351,8 +341,7 @@ class Job:
         for item in itertools.islice(records, self.window):
             taken += 1
             if isinstance(item, RecordError):
-                self._merger.fail(item)
-                self._errors.write([item])
+                self._quarantine(item)
             else:
                 window.append(item)
         self._report.records += taken
@@ -433,9 +422,7 @@ class Job:
             self._merger.complete(task.seqs, res.outputs)
         else:
             for pos, rid, reason in res.unwritable:  # as _write_rows: no text in the errors file
-                err = RecordError(task.seqs[pos], task.rows.lines[pos] if task.rows else 0, rid, reason)
-                self._merger.fail(err)
-                self._errors.write([err])
+                self._quarantine(RecordError(task.seqs[pos], task.rows.lines[pos] if task.rows else 0, rid, reason))
             self._merger.renamed.update(res.renamed)
             self._merger.complete_encoded(task.seqs, res.encoded)
         self._policy.on_task_done(res.worker_id, task, busy)
@@ -452,7 +439,10 @@ class Job:
         else:
             rec = self._merger.record(seq)
             line, rid = (rec.line, rec.id) if rec else (0, None)
-        err = RecordError(seq=seq, line=line, id=rid, reason=reason, text=task.texts[pos])
+        self._quarantine(RecordError(seq=seq, line=line, id=rid, reason=reason, text=task.texts[pos]))
+
+    def _quarantine(self, err: RecordError) -> None:
+        """A record that failed: skipped in the output, written to the errors file."""
         self._merger.fail(err)
         self._errors.write([err])
 
@@ -513,11 +503,3 @@ class Job:
             a, b = self._policy.cost.coefficients(w)
             out.append({"worker": w, "overhead_ms": round(a * 1e3, 3), "ms_per_1k_tokens": round(b * 1e6, 3)})
         return out
-
-
-def _already_complete_report(ckpt: Checkpoint, report: TimingReport, t0: float) -> dict[str, Any]:
-    report.wall_s = time.perf_counter() - t0
-    report.extra.update(already_complete=True, resumed_records=ckpt.resumed_records,
-                        resumed_failed_records=ckpt.resumed_failed, checkpoint=ckpt.path,
-                        errors_file=ckpt.errors.path if ckpt.resumed_failed else None)
-    return report.to_dict()

@@ -67,16 +67,8 @@ def split_task(task: Task, first_index: int, second_index: int) -> tuple[Task, T
     if len(task) < 2:
         raise ValueError(f"cannot split task {task.index} of {len(task)} record(s); need >= 2")
     mid = len(task) // 2
-    halves = []
-    sizes = batch_sizes_split(task.batches, mid)
-    for (index, lo, hi), batches in zip(((first_index, 0, mid), (second_index, mid, len(task))), sizes):
-        share = (hi - lo) / len(task)
-        halves.append(dataclasses.replace(
-            task, index=index, seqs=task.seqs[lo:hi], texts=task.texts[lo:hi],
-            tokens=max(1, round(task.tokens * share)), padded_tokens=max(1, round(task.padded_tokens * share)),
-            attempt=0, rows=task.rows.sliced(lo, hi) if task.rows is not None else None,
-            batches=batches if batches is None or len(batches) > 1 else None))
-    return halves[0], halves[1]
+    first, second = batch_sizes_split(task.batches, mid)
+    return _slice(task, first_index, 0, mid, first), _slice(task, second_index, mid, len(task), second)
 
 
 def split_batches(task: Task, new_index: Callable[[], int]) -> list[Task]:
@@ -84,14 +76,20 @@ def split_batches(task: Task, new_index: Callable[[], int]) -> list[Task]:
     a fresh index from ``new_index()``; tokens are shared in proportion to the records."""
     out, lo = [], 0
     for size in task.batches or [len(task)]:
-        hi = lo + size
-        share = size / len(task)
-        out.append(dataclasses.replace(
-            task, index=new_index(), seqs=task.seqs[lo:hi], texts=task.texts[lo:hi],
-            tokens=max(1, round(task.tokens * share)), padded_tokens=max(1, round(task.padded_tokens * share)),
-            attempt=0, rows=task.rows.sliced(lo, hi) if task.rows is not None else None, batches=None))
-        lo = hi
+        out.append(_slice(task, new_index(), lo, lo + size, None))
+        lo += size
     return out
+
+
+def _slice(task: Task, index: int, lo: int, hi: int, batches: list[int] | None) -> Task:
+    """Records ``lo`` .. ``hi - 1`` of ``task`` as a fresh task (attempt 0) numbered ``index``;
+    tokens shared in proportion to the records; ``batches``: its batch sizes (one batch: None)."""
+    share = (hi - lo) / len(task)
+    return dataclasses.replace(
+        task, index=index, seqs=task.seqs[lo:hi], texts=task.texts[lo:hi],
+        tokens=max(1, round(task.tokens * share)), padded_tokens=max(1, round(task.padded_tokens * share)),
+        attempt=0, rows=task.rows.sliced(lo, hi) if task.rows is not None else None,
+        batches=batches if batches is not None and len(batches) > 1 else None)
 
 
 class TaskRecovery:

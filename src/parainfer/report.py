@@ -220,6 +220,19 @@ def close_run(report: "TimingReport", *, t0: float, t_spawn: float, ready_phases
     report.extra.update(resumed_records=resumed, resumed_failed_records=resumed_failed, checkpoint=checkpoint)
 
 
+def already_complete(report: "TimingReport", t0: float, path: str | None, **resumed: Any) -> dict[str, Any]:
+    """The report of a rerun whose output is already complete and verified (record or sharded
+    mode): the wall time since ``t0`` (``perf_counter``), ``already_complete``, and ``resumed``
+    (resumed_records, resumed_failed_records, checkpoint, errors_file, ...) in ``extra``.
+    Written to ``path`` when given; returns it as a dict."""
+    report.wall_s = time.perf_counter() - t0
+    report.extra.update(already_complete=True, **resumed)
+    out = report.to_dict()
+    if path:
+        write_report(out, path)
+    return out
+
+
 def write_report(report: dict[str, Any], path: str | Path) -> None:
     """Write the report as indented JSON."""
     Path(path).write_text(json.dumps(report, indent=1) + "\n")

@@ -46,13 +46,13 @@ from typing import Any
 
 from parainfer.errors import JobError
 from parainfer.executors.base import ShardResult, ShardTask, WorkerFailed, WorkerReady
-from parainfer.executors.shard_runner import remove_quietly, timeout_note
+from parainfer.executors.shard_runner import timeout_note
 from parainfer.io.shard_reader import ShardInput, shard_records
-from parainfer.io.shard_store import ShardStore
+from parainfer.io.shard_store import ShardStore, remove_quietly
 from parainfer.io.shards import Shard, ShardPlanner, data_start, shard_lines, split_shard
 from parainfer.io.sinks import ErrorSink
 from parainfer.recovery import GracefulStop, Interrupted
-from parainfer.report import TimingReport, close_run
+from parainfer.report import TimingReport, already_complete, close_run, write_report
 from parainfer.tasks import TokenCounts
 
 MIN_SHARD_BYTES, MAX_SHARD_BYTES = 16 << 10, 256 << 20  # factoring makes the count logarithmic in the size
@@ -339,17 +339,10 @@ class ShardedJob:
 
     def _already_complete(self, store: ShardStore, t0: float) -> dict[str, Any]:
         """The report of a rerun on a finished output folder (as record mode's "already complete")."""
-        report = TimingReport(workers=self.job.num_workers, policy="factoring")
-        report.wall_s = time.perf_counter() - t0
-        report.extra.update(already_complete=True, resumed_records=store.records_done, data_path="sharded",
-                            resumed_failed_records=store.failed, checkpoint=store.path,
-                            errors_file=store.errors_path if store.failed else None)
-        out = report.to_dict()
-        if self.config.report:
-            from parainfer.report import write_report
-
-            write_report(out, self.config.report)
-        return out
+        return already_complete(TimingReport(workers=self.job.num_workers, policy="factoring"), t0, self.config.report,
+                                resumed_records=store.records_done, data_path="sharded",
+                                resumed_failed_records=store.failed, checkpoint=store.path,
+                                errors_file=store.errors_path if store.failed else None)
 
     def _finish(self, t0: float, t_spawn: float, ready_phases: list[dict[str, float]], busy: float) -> dict[str, Any]:
         report, store = self.report, self.store
@@ -377,11 +370,8 @@ class ShardedJob:
         report.extra["output_format"] = store.format + (" parts in a folder" if store.keep_parts else "")
         out = report.to_dict()
         if self.config.report:
-            from parainfer.report import write_report
-
             write_report(out, self.config.report)
         return out
-
 
 
 def _read_note(path: str) -> str | None:

@@ -192,8 +192,7 @@ class RayExecutor(Executor):
             if len(slot.held) >= ACTOR_THREADS:
                 raise RuntimeError(f"worker {worker_id} holds {ACTOR_THREADS} tasks already (the most in flight)")
             slot.turns += 1
-            ref = slot.actor.run.remote(task, slot.turns, check) if check else slot.actor.run.remote(task, slot.turns)
-            slot.held[task.index] = (ref, task, time.perf_counter())
+            slot.held[task.index] = (slot.actor.run.remote(task, slot.turns, check), task, time.perf_counter())
 
     def in_flight(self, worker_id: int) -> int:
         slot = self._slots[worker_id]

@@ -34,7 +34,7 @@ from parainfer.executors.base import ShardResult, ShardTask
 from parainfer.io.shard_reader import shard_records
 from parainfer.io.shards import shard_lines
 from parainfer.io.part_sinks import open_part
-from parainfer.io.sinks import ErrorSink, Sink
+from parainfer.io.sinks import ErrorSink, write_rows_each
 from parainfer.length_estimate import LengthEstimator
 from parainfer.merger import Merger
 from parainfer.records import Record, RecordError
@@ -95,7 +95,10 @@ def run_shard(predictor: Any, task: ShardTask, worker_id: int, t_received: float
                     merger.fail(err)
                     failed.append(err)
                 merger.complete(batch.seqs, res.outputs)
-            _write_rows(sink, merger, merger.drain(), failed, b["id_column"])
+            rows = merger.drain()
+            unwritable = write_rows_each(sink, rows, merger.last_drained, b["id_column"])
+            merger.failed += len(unwritable)
+            failed.extend(unwritable)
             failed.sort(key=lambda e: e.seq)
             errors.write(failed)
     sink.close()  # flushed and fsynced (Parquet: the footer written, the file hashed)
@@ -175,27 +178,3 @@ class BatchWatchdog:
                 except OSError:
                     pass  # no note (a full disk): the driver names the death without the reason
                 os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _write_rows(sink: Sink, merger: Merger, rows: list[dict[str, Any]], failed: list[RecordError],
-                id_column: str) -> None:
-    """As the engine's ``_write_rows``: a row the output cannot hold fails alone."""
-    try:
-        sink.write_rows(rows)
-        return
-    except (ValueError, TypeError):
-        pass
-    for (seq, line), row in zip(merger.last_drained, rows):
-        try:
-            sink.write_rows([row])
-        except (ValueError, TypeError) as e:
-            merger.failed += 1
-            failed.append(RecordError(seq, line, row.get(id_column), f"output row cannot be written: {e}"[:300]))
-
-
-def remove_quietly(path: str) -> None:
-    """Delete ``path`` if it exists (a discarded partial part)."""
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass

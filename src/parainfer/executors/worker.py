@@ -98,7 +98,7 @@ def encode_rows(task: Task, outputs: list[dict[str, Any] | None]) -> tuple[list[
     Returns (lines: None where the model failed the record or the row cannot be encoded;
     unwritable: (position, row id, reason) for each row JSON cannot hold; the renamed input
     columns). Needs ``task.rows``."""
-    from parainfer.io.sinks import encode_jsonl_row
+    from parainfer.io.sinks import encode_jsonl_row, unwritable_reason
     from parainfer.merger import build_row
 
     rows = task.rows
@@ -117,7 +117,7 @@ def encode_rows(task: Task, outputs: list[dict[str, Any] | None]) -> tuple[list[
             lines.append(encode_jsonl_row(row, first))
         except (ValueError, TypeError) as e:
             lines.append(None)
-            unwritable.append((pos, row.get(id_column), f"output row cannot be written: {e}"[:300]))
+            unwritable.append((pos, row.get(id_column), unwritable_reason(e)))
     return lines, unwritable, sorted(renamed)
 
 

@@ -64,22 +64,9 @@ class CsvPartSink(CsvSink):
     def __init__(self, path: str, stream: BinaryIO, id_column: str, text_column: str,
                  header: list[str] | None, with_header: bool) -> None:
         super().__init__(path, stream, id_column, text_column)
-        self.with_header = with_header
+        self._header_due = with_header
         if header:
             self._header, self._known = list(header), set(header)
-
-    def _write(self, rows: list[dict[str, Any]]) -> None:
-        if not rows:
-            return
-        if not self._header:
-            self._header, self._known = list(rows[0]), set(rows[0])
-        for row in rows:  # checked before the header line goes out: a failed call writes nothing
-            if extra := row.keys() - self._known:
-                raise ValueError(f"row has columns {sorted(extra)} not in the CSV header "
-                                 f"{self._header} (taken from the first row)")
-        if self.with_header and not self.bytes_written:
-            self._put(csv_header_line(self._header))
-        super()._write(rows)
 
     @property
     def header(self) -> list[str] | None:
@@ -140,15 +127,7 @@ class ParquetPartSink(Sink):
         os.fsync(self._stream.fileno())
         self._stream.close()
         self.bytes_written = os.path.getsize(self.path)
-        self.digest = _file_hash(self.path)
-
-
-def _file_hash(path: str) -> Any:
-    h = digest.new()
-    with open(path, "rb") as f:
-        while chunk := f.read(digest.CHUNK):
-            h.update(chunk)
-    return h
+        self.digest = digest.prefix_digest(self.path, self.bytes_written)
 
 
 def open_part(path: str, fmt: str, id_column: str, text_column: str, header: Any = None,

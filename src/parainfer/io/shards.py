@@ -297,7 +297,7 @@ def plan_text(path: str, start: int, first_line: int, workers: int, min_bytes: i
 def plan_parquet(path: str, start_row: int, workers: int, min_rows: int, max_rows: int) -> list[Shard]:
     """All shards of rows ``[start_row, num_rows)`` of a Parquet file at once, by factoring
     with nothing measured, each cut at a row-group boundary (``ParquetCutter``)."""
-    return list(iter(ShardPlanner(path, start_row, 1, workers, min_rows, max_rows).next, None))
+    return plan_text(path, start_row, 1, workers, min_rows, max_rows)  # ShardPlanner picks the cutter
 
 
 def split_shard(path: str, shard: Shard) -> tuple[Shard, Shard] | None:

@@ -132,6 +132,31 @@ def ordered_row(row: dict[str, Any], first: tuple[str, str]) -> dict[str, Any]:
     return {**{k: row[k] for k in keys}, **row}
 
 
+def unwritable_reason(error: Exception) -> str:
+    """The errors-file reason of an output row the output format cannot hold (at most 300 characters)."""
+    return f"output row cannot be written: {error}"[:300]
+
+
+def write_rows_each(sink: "Sink", rows: list[dict[str, Any]], where: list[tuple[int, int]],
+                    id_column: str) -> list[RecordError]:
+    """Write ``rows``; when the format cannot hold one (a CSV row with a column the header lacks,
+    a value JSON cannot encode: each sink's ``write_rows`` raises before writing anything), write
+    them one by one instead. ``where``: (seq, input line) of each row. Returns a RecordError
+    (no text) for each row that could not be written; the rest are written, in order."""
+    try:
+        sink.write_rows(rows)
+        return []
+    except (ValueError, TypeError):
+        pass
+    failed = []
+    for (seq, line), row in zip(where, rows):
+        try:
+            sink.write_rows([row])
+        except (ValueError, TypeError) as e:
+            failed.append(RecordError(seq, line, row.get(id_column), unwritable_reason(e)))
+    return failed
+
+
 def encode_jsonl_row(row: dict[str, Any], first: tuple[str, str]) -> bytes:
     """One output line of a JSONL sink whose id and text columns are ``first``: the exact bytes
     ``JsonlSink.write_rows([row])`` writes (workers encode rows with it, ``tasks.RowInfo``).
@@ -157,6 +182,7 @@ class CsvSink(Sink):
     """Header from the first row's keys; lists and dicts as JSON strings; None as empty."""
 
     _header: list[str] = []
+    _header_due: bool | None = None  # write the header line first; None: when the header is not set yet
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
@@ -165,7 +191,7 @@ class CsvSink(Sink):
         writer = csv.writer(buf)
         header = self._header or list(rows[0])
         known = self._known if self._header else set(header)
-        if not self._header:
+        if self._header_due or (self._header_due is None and not self._header):
             writer.writerow(header)
         for row in rows:  # checked before anything changes: a failed call writes nothing
             if extra := row.keys() - known:
@@ -173,7 +199,7 @@ class CsvSink(Sink):
                                  f"{header} (taken from the first row)")
             writer.writerow([_csv_cell(row.get(k)) for k in header])
         data = buf.getvalue().encode("utf-8")
-        self._header, self._known = header, known
+        self._header, self._known, self._header_due = header, known, False
         self._put(data)
 
 
