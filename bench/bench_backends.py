@@ -26,7 +26,7 @@ from pathlib import Path
 
 def prepare(tmp: Path, limit: int | None) -> tuple[Path, Path]:
     """Write the training and validation splits of VADER as JSONL; returns their paths."""
-    from parainfer import datasets
+    from parainfer.platform import datasets
     from parainfer.training.data import split
 
     rows = [json.loads(line) for line in datasets.fetch("vader").read_text(encoding="utf-8").splitlines()]
@@ -52,7 +52,7 @@ def subset(path: Path, limit: int | None) -> Path:
 
 def run(src: Path, out: Path, model: str | None, dtype: str = "auto") -> tuple[list[dict], dict]:
     from parainfer.config import JobConfig
-    from parainfer.engine import Job
+    from parainfer.batch.job import Job
 
     report = Job(JobConfig(input=str(src), output=str(out), model=model, workers=2, dtype=dtype, batch_size=64,
                            quiet=True, overwrite=True)).run()

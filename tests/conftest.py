@@ -15,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def vader_path() -> Path:
     """The full VADER ground truth as JSONL (fetched once from PyPI into the user cache)."""
-    from parainfer import datasets
+    from parainfer.platform import datasets
 
     return datasets.fetch("vader")
 
@@ -55,7 +55,7 @@ def sleepy_reports(tmp: Path, env: dict[str, str], **config) -> dict[int, Path]:
     PARAINFER_TEST_MS_PER_TOKEN) on 1,500 texts of 3..42 tokens with 1 and 2 workers, batch 32;
     returns {workers: report path}. ``config``: more JobConfig fields (e.g. shard_mode)."""
     from parainfer.config import JobConfig
-    from parainfer.engine import Job
+    from parainfer.batch.job import Job
     from parainfer.models.python_callable import CallablePredictor
 
     src = tmp / "in.jsonl"

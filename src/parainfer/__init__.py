@@ -23,11 +23,11 @@ def __getattr__(name: str):  # PEP 562: lazy attributes
 
         return getattr(errors, name)
     if name == "Interrupted":
-        from parainfer.recovery import Interrupted
+        from parainfer.batch.recovery import Interrupted
 
         return Interrupted
     if name == "datasets":
         import importlib
 
-        return importlib.import_module("parainfer.datasets")
+        return importlib.import_module("parainfer.platform.datasets")
     raise AttributeError(f"module 'parainfer' has no attribute {name!r}")

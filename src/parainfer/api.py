@@ -49,7 +49,7 @@ def run(input: str, output: str, task: str = "classify", model: str | Callable |
     Raises:
         UsageError: a bad option value, input file or model. JobError: the model cannot run.
     """
-    from parainfer.engine import Job
+    from parainfer.batch.job import Job
 
     _check_not_bootstrapping()
     config = job_config(input, output, task, model, workers, progress, options)
@@ -68,7 +68,7 @@ def predict(data: Any, task: str = "classify", model: str | Callable | None = No
         classify, ``{"embedding": array}`` for embed, ...). For a pandas DataFrame or a pyarrow
         Table, the same kind of table with the result columns added (see ``Pool.predict``).
     """
-    from parainfer.api_tables import texts_of
+    from parainfer.io.tables import texts_of
 
     _check_errors_policy(errors)
     texts_of(data, text_column)  # bad data is reported before any worker starts
@@ -96,8 +96,8 @@ class Pool:
 
     def __init__(self, task: str = "classify", model: str | Callable | None = None, workers: int = 0,
                  **options: Any):
-        from parainfer.devices import default_workers
-        from parainfer.engine import start_workers
+        from parainfer.platform.devices import default_workers
+        from parainfer.batch.job import start_workers
         from parainfer.executors.local import default_threads
         from parainfer.models.registry import build_predictor
 
@@ -141,7 +141,7 @@ class Pool:
             UsageError: bad ``data``, ``text_column`` or ``errors``. RecordsFailed: see errors.
             JobError: the model cannot run (the pool is closed then).
         """
-        from parainfer.api_tables import attach_results, texts_of
+        from parainfer.io.tables import attach_results, texts_of
 
         _check_errors_policy(errors)
         if not self._finalizer.alive or self._workers.broken:
@@ -158,7 +158,7 @@ class Pool:
 
     def _run(self, texts: list[Any], progress: bool) -> tuple[list[dict[str, Any] | None], list[tuple[int, str]]]:
         """One job over ``texts``: (result dict or None per text, sorted (index, reason) failures)."""
-        from parainfer.engine import Job
+        from parainfer.batch.job import Job
 
         store = MemoryStore()
         config = self._config.model_copy(update={"quiet": not progress})
@@ -177,7 +177,7 @@ class Pool:
     def wait_ready(self, timeout_s: float | None = None) -> None:
         """Block until every worker has loaded its model replica (then a ``predict`` times
         compute only). Raises JobError when the model cannot load (the pool is closed then)."""
-        from parainfer.engine import wait_ready
+        from parainfer.batch.job import wait_ready
         from parainfer.errors import JobError
 
         try:

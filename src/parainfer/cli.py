@@ -77,7 +77,7 @@ def run(
 ) -> None:
     """Run a batch job: every input record's result, in input order, computed by N workers."""
     from parainfer.config import JobConfig
-    from parainfer.engine import Job, print_summary
+    from parainfer.batch.job import Job, print_summary
 
     config = JobConfig(input=input, output=output, task=task, model=model, workers=workers,
                        batch_size=_batch_size(batch_size), max_batch_tokens=max_batch_tokens, bucket_window=bucket_window,
@@ -94,7 +94,7 @@ def run(
                        gpus_per_worker=gpus_per_worker,
                        input_format=input_format, trust=trust,
                        shard_mode=shard_mode)
-    from parainfer.recovery import Interrupted
+    from parainfer.batch.recovery import Interrupted
 
     try:
         result = Job(config).run()
@@ -140,7 +140,7 @@ def datasets_fetch(
     refresh: bool = typer.Option(False, help="fetch again even if cached"),
 ) -> None:
     """Fetch a dataset as JSONL (id, text, label) and print its path."""
-    from parainfer import datasets
+    from parainfer.platform import datasets
 
     print(datasets.fetch(name, out=out, refresh=refresh))
 
@@ -148,7 +148,7 @@ def datasets_fetch(
 @datasets_app.command("list")
 def datasets_list() -> None:
     """List the datasets that can be fetched."""
-    from parainfer import datasets
+    from parainfer.platform import datasets
 
     for name, desc in datasets.DATASETS.items():
         print(f"{name}\t{desc}")
@@ -165,7 +165,7 @@ def train_head(
     """Train a sentiment head (encoder + logistic regression) and save it to --output."""
     from pathlib import Path
 
-    from parainfer import train_head as th
+    from parainfer.training import default_head as th
 
     target = Path(out)
     if not target.parent.is_dir():
@@ -230,13 +230,13 @@ def report_command(
     plot: Optional[str] = typer.Option(None, help="draw the timeline and breakdown to .png/.svg/.pdf/.html"),
 ) -> None:
     """Print a run report's summary; with --plot, draw its per-worker timeline and time breakdown."""
-    from parainfer.report import load_report, summary_lines
+    from parainfer.batch.report import load_report, summary_lines
 
     data = load_report(report)
     for line in summary_lines(data):
         print(line)
     if plot:
-        from parainfer.plots import save_plot
+        from parainfer.batch.plots import save_plot
 
         print(f"plot written to {save_plot(data, plot)}")
 
@@ -265,7 +265,7 @@ def simulate_command(
     """Predict T_N, speedup, efficiency and imbalance at many worker counts (discrete-event)."""
     import json
 
-    from parainfer import simulate as sim
+    from parainfer.simulate import records as sim
     from parainfer.scheduling import make_policy
 
     try:
@@ -281,7 +281,7 @@ def simulate_command(
     if worker_speedup != 1.0:
         workload = workload.faster(worker_speedup)
     if data_path == "sharded":
-        from parainfer.simulate_sharded import sharded_rows
+        from parainfer.simulate.shards import sharded_rows
 
         if shard_dispatch_share is not None and not 0 <= shard_dispatch_share <= 1:
             raise UsageError(f"--shard-dispatch-share {shard_dispatch_share} must be between 0 and 1")

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from parainfer.devices import Device
+from parainfer.platform.devices import Device
 
 
 class JobConfig(BaseModel):
@@ -23,7 +23,7 @@ class JobConfig(BaseModel):
     task: str = "classify"
     model: str | None = None
     dtype: str = "auto"
-    device: Device = Field(default="cpu", description="cpu | cuda | cuda:N | auto (see parainfer.devices)")
+    device: Device = Field(default="cpu", description="cpu | cuda | cuda:N | auto (see parainfer.platform.devices)")
     workers: int = Field(default=0, ge=0, description="worker processes; 0 = one per core (cuda: one per GPU)")
     threads_per_worker: int | None = Field(default=None, ge=1)
     batch_size: int | Literal["auto"] = Field(default=64, description="most records per task, or auto")

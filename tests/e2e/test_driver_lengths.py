@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from parainfer.config import JobConfig
-from parainfer.engine import Job
-from parainfer.length_estimate import MAX_CHARS_PER_TOKEN
+from parainfer.batch.job import Job
+from parainfer.counts import MAX_CHARS_PER_TOKEN
 from parainfer.models.hf_classify import HeadClassifierPredictor
 from tests.conftest import read_jsonl
 

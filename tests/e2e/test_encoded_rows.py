@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from parainfer.config import JobConfig
-from parainfer.engine import Job, start_workers
+from parainfer.batch.job import Job, start_workers
 from parainfer.models.registry import build_predictor
 
 MODEL = "parainfer.testing:raise_on_marker"  # echo, but a text with "@@crash@@" raises

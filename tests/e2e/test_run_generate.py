@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from parainfer.config import JobConfig
-from parainfer.engine import Job
+from parainfer.batch.job import Job
 from tests.conftest import read_jsonl
 
 PROMPTS = ["Name a fruit.", "Say hello in French.", "What is 2 + 2?", "Write a haiku about rain.",

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from parainfer.config import JobConfig
-from parainfer.engine import Job
+from parainfer.batch.job import Job
 from tests.conftest import assert_labels_agree, read_jsonl, score_tolerance
 
 

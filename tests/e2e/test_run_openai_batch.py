@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from parainfer.models.hf_embed import HFEmbedPredictor, default_embed_model_dir
-from parainfer.serving.schemas import ChatCompletionResponse, CompletionResponse, EmbeddingResponse
+from parainfer.openai.protocol import ChatCompletionResponse, CompletionResponse, EmbeddingResponse
 from tests.conftest import read_jsonl
 
 CHAT = {"messages": [{"role": "user", "content": "Name a fruit."}], "max_tokens": 4, "temperature": 0}

@@ -32,7 +32,7 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def articles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """8 BBC articles (title and first two paragraphs, all topics), a null and an empty text in between."""
-    from parainfer import datasets
+    from parainfer.platform import datasets
 
     lines = Path(datasets.fetch("bbc")).read_text(encoding="utf-8").splitlines()
     rows = [json.loads(line) for line in lines[7::278]][:8]

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from parainfer.config import JobConfig
-from parainfer.engine import Job, start_workers, wait_ready
+from parainfer.batch.job import Job, start_workers, wait_ready
 from parainfer.models.registry import build_predictor
 from tests.io.test_shards import inputs, rows  # noqa: F401 - the module fixture of four input files
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from parainfer.config import JobConfig
-from parainfer.engine import Job
+from parainfer.batch.job import Job
 from tests.e2e.test_sharded import MODEL, cli, workers  # noqa: F401 - the module's two ready workers
 from tests.io.test_shards import rows
 

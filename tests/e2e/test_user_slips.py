@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from parainfer.errors import UsageError
-from parainfer.report import TimingReport, write_report
+from parainfer.batch.report import TimingReport, write_report
 
 
 def parainfer(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -95,7 +95,7 @@ def test_renamed_input_columns_are_announced_once(files: Path) -> None:
 def test_a_job_where_nothing_finishes_warns_naming_task_timeout(tmp_path: Path) -> None:
     src = tmp_path / "in.jsonl"
     src.write_text('{"id": 1, "text": "@@crash@@ hangs"}\n')
-    script = ("import sys; from parainfer.config import JobConfig; from parainfer.engine import Job; "
+    script = ("import sys; from parainfer.config import JobConfig; from parainfer.batch.job import Job; "
               f"Job(JobConfig(input={str(src)!r}, output={str(tmp_path / 'o.jsonl')!r}, workers=1, quiet=True, "
               "model='parainfer.testing:hang_on_marker', stall_warning_s=1.0)).run()")
     proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
@@ -112,7 +112,7 @@ def test_a_job_where_nothing_finishes_warns_naming_task_timeout(tmp_path: Path) 
 
 def test_replicas_that_do_not_fit_in_memory_are_capped_before_all_load(tmp_path: Path, capfd) -> None:
     from parainfer.config import JobConfig
-    from parainfer.engine import Job
+    from parainfer.batch.job import Job
 
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"id": i, "text": "word " * (i % 7 + 1)}) + "\n" for i in range(200)))
@@ -121,7 +121,7 @@ def test_replicas_that_do_not_fit_in_memory_are_capped_before_all_load(tmp_path:
     report = Job(cfg).run()
     err = capfd.readouterr().err
     assert "warning: 3 workers do not fit in memory" in err and "running 1 workers" in err, err
-    from parainfer.resources import cores
+    from parainfer.platform.resources import cores
 
     assert ("3 workers on" in err) == (cores() < 3)  # the warning when workers outnumber the cores
     assert report["workers"] == 1 and len(report["per_worker"]) == 1 and report["failed_records"] == 0

@@ -7,7 +7,7 @@ import time
 from parainfer.executors.base import TaskResult, WorkerFailed, WorkerReady
 from parainfer.executors.local import LocalExecutor
 from parainfer.models.python_callable import CallablePredictor
-from parainfer.tasks import Task
+from parainfer.executors.base import Task
 
 
 def collect(executor: LocalExecutor, kinds: tuple, n: int, timeout: float = 60) -> list:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from parainfer.generation.detokenizer import IncrementalDetokenizer
-from parainfer.generation.sampling import SamplingParams
+from parainfer.generation.sampling_params import SamplingParams
 from parainfer.generation.sequence import Sequence
 
 

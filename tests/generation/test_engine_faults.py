@@ -9,7 +9,7 @@ import pytest
 
 from parainfer.generation import EngineLoop, SamplingParams
 from parainfer.serving.config import ServeConfig
-from parainfer.serving.generation_service import GenerationService
+from parainfer.serving.generate.service import GenerationService
 from parainfer.serving.metrics import ServingMetrics
 
 

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from parainfer.config import JobConfig
-from parainfer.engine import Job
+from parainfer.batch.job import Job
 from parainfer.errors import UsageError
-from parainfer.io.part_sinks import csv_header_line, open_part, output_format
+from parainfer.io.shards.part_sinks import csv_header_line, open_part, output_format
 
 
 def test_output_format_of_files_and_folders(tmp_path: Path) -> None:

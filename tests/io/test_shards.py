@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from parainfer.io.shard_reader import ShardInput, shard_records
-from parainfer.io.shards import FactoringPlan, data_start, factoring_sizes, plan_parquet, plan_text, shard_lines, split_shard
+from parainfer.io.shards.reader import ShardInput, shard_records
+from parainfer.io.shards.plan import FactoringPlan, data_start, factoring_sizes, plan_parquet, plan_text, shard_lines, split_shard
 from parainfer.io.sources import open_source
 from parainfer.records import Record
 
@@ -159,7 +159,7 @@ def test_bisection_keeps_every_record_once(ext: str, inputs: dict[str, Path]) ->
 
 
 def test_mode_choice(inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from parainfer import shard_mode
+    from parainfer.batch import mode as shard_mode
     from parainfer.config import JobConfig
     from parainfer.errors import UsageError
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from parainfer.config import JobConfig
-from parainfer.engine import Job
+from parainfer.batch.job import Job
 from parainfer.errors import UsageError
 from parainfer.models.hf_embed import default_embed_model_dir
 from parainfer.models.registry import build_predictor

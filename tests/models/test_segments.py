@@ -14,7 +14,7 @@ from parainfer.models.segments import join_segments, split_segments
 
 @pytest.fixture(scope="module")
 def bbc_texts() -> list[str]:
-    from parainfer import datasets
+    from parainfer.platform import datasets
 
     lines = Path(datasets.fetch("bbc")).read_text(encoding="utf-8").splitlines()
     return [json.loads(line)["text"] for line in lines[::45]]  # 50 articles across the 5 topics

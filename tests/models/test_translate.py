@@ -32,7 +32,7 @@ def words(text: str) -> list[str]:
 @pytest.fixture(scope="module")
 def sentences() -> list[str]:
     """16 English sentences from BBC articles of all five topics (first sentence of the body)."""
-    from parainfer import datasets
+    from parainfer.platform import datasets
     from parainfer.models.segments import split_segments
 
     lines = Path(datasets.fetch("bbc")).read_text(encoding="utf-8").splitlines()
@@ -85,7 +85,7 @@ def test_output_does_not_depend_on_batching_or_threads(en_pt, sentences, to_pt):
 
 
 def test_a_multi_paragraph_article_keeps_its_paragraphs(en_pt):
-    from parainfer import datasets
+    from parainfer.platform import datasets
 
     article = json.loads(Path(datasets.fetch("bbc")).read_text(encoding="utf-8").splitlines()[1])["text"]
     article = "\n\n".join(article.split("\n\n")[:4])

@@ -13,7 +13,7 @@ import pytest
 
 import faultkit
 from parainfer.config import JobConfig
-from parainfer.engine import Job
+from parainfer.batch.job import Job
 from parainfer.errors import UsageError
 from parainfer.io.checkpoint import write_manifest
 

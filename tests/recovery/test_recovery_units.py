@@ -12,8 +12,8 @@ from parainfer.io.checkpoint import OrderedErrors, read_manifest, write_manifest
 from parainfer.io.parquet_parts import PartedParquetSink
 from parainfer.io.sinks import ErrorSink
 from parainfer.records import RecordError
-from parainfer.recovery import TaskRecovery, Watchdog, split_task
-from parainfer.tasks import Task
+from parainfer.batch.recovery import TaskRecovery, Watchdog, split_task
+from parainfer.executors.base import Task
 
 
 def task(index: int, n: int, attempt: int = 0) -> Task:

@@ -7,7 +7,7 @@ import pytest
 from parainfer.scheduling import make_policy
 from parainfer.scheduling.autobatch import BatchSizeTuner
 from parainfer.scheduling.cost import CostModel
-from parainfer.tasks import Task
+from parainfer.executors.base import Task
 
 
 def task(index: int, tokens: int) -> Task:

@@ -6,7 +6,7 @@ import pytest
 
 from parainfer.errors import UsageError
 from parainfer.scheduling import make_policy, policy_names
-from parainfer.tasks import Task
+from parainfer.executors.base import Task
 
 
 def make_tasks(n: int) -> list[Task]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from parainfer.config import JobConfig
-from parainfer.engine import Job
+from parainfer.batch.job import Job
 from parainfer.models.python_callable import CallablePredictor
 from tests.conftest import read_jsonl
 

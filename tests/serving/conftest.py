@@ -14,7 +14,7 @@ import uvicorn
 
 from parainfer.serving.app import create_app
 from parainfer.serving.config import ServeConfig
-from parainfer.serving.http_protocol import uvicorn_settings
+from parainfer.serving.http.protocol import uvicorn_settings
 
 
 def free_port() -> int:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from parainfer.serving.batches import plan_line
-from parainfer.serving.errors import ApiError
-from parainfer.serving.files import FileStore
+from parainfer.serving.batch_api.batches import plan_line
+from parainfer.serving.http.errors import ApiError
+from parainfer.serving.batch_api.files import FileStore
 
 
 def test_files_belong_to_their_key_and_adoption_is_idempotent(tmp_path: Path) -> None:

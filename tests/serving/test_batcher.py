@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from parainfer.serving.batcher import DynamicBatcher, Item, QueueFull, take_batches
+from parainfer.serving.embed.batcher import DynamicBatcher, Item, QueueFull, take_batches
 
 
 def items(lengths: list[int]) -> list[Item]:

@@ -46,7 +46,7 @@ def test_both_directions_on_one_server(server: str):
 
 
 def test_a_document_keeps_its_paragraphs_and_a_text_translates_alike_alone_or_in_a_list(server: str):
-    from parainfer import datasets
+    from parainfer.platform import datasets
 
     article = json.loads(Path(datasets.fetch("bbc")).read_text(encoding="utf-8").splitlines()[500])["text"]
     article = "\n\n".join(article.split("\n\n")[:3])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from parainfer.config import JobConfig
-from parainfer.engine import Job
+from parainfer.batch.job import Job
 from parainfer.models.onnx_export import export_onnx
 from parainfer.models.onnx_model import OnnxPredictor
 from parainfer.models.registry import build_predictor

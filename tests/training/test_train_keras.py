@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from parainfer.config import JobConfig
-from parainfer.engine import Job
+from parainfer.batch.job import Job
 from parainfer.models.keras_model import KerasPredictor
 from parainfer.models.registry import build_predictor
 from parainfer.training import train

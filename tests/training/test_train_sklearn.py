@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from parainfer.config import JobConfig
-from parainfer.engine import Job
+from parainfer.batch.job import Job
 from parainfer.errors import UsageError
 from parainfer.models.registry import build_predictor
 from parainfer.models.sklearn_model import SklearnPredictor
@@ -100,7 +100,7 @@ def test_run_model_dir_on_two_workers(sk_model: tuple[Path, dict], vader_labelle
 
 
 def test_cli_train_csv_multiclass_and_bad_options(tmp_path: Path) -> None:
-    from parainfer import datasets
+    from parainfer.platform import datasets
 
     rows = read_jsonl(datasets.fetch("bbc"))[::15][:150]
     src = tmp_path / "bbc.csv"

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from parainfer.tasks import Task, TokenCounts
+from parainfer.counts import TokenCounts
 
 
 @dataclass(slots=True)
@@ -86,7 +86,7 @@ class WorkerFailed:
 
 @dataclass(slots=True)
 class ShardTask:
-    """The second task kind (sharded mode, ``parainfer.sharded``): a range of the input file that
+    """The second task kind (sharded mode, ``parainfer.batch.shard_mode``): a range of the input file that
     the worker reads, cuts into batches (``tasks.TaskBuilder``), runs and writes to its own
     output part, so the records never pass through the driver.
 
@@ -203,3 +203,61 @@ class Executor(ABC):
         host = socket.gethostname()
         return {"name": type(self).__name__.removesuffix("Executor").lower(),
                 "nodes": [{"node": host, "workers": self.num_workers}], "worker_nodes": [host] * self.num_workers}
+
+
+@dataclass(slots=True)
+class Task:
+    """A batch of records to run on one worker.
+
+    Attributes:
+        index: 0-based creation order within the job.
+        seqs: input positions (Record.seq) of the B records, in batch order.
+        texts: the B texts, aligned with ``seqs``.
+        tokens: real tokens after truncation (sum over the batch); the cost estimate.
+        padded_tokens: B x longest truncated length (what a padded batch computes).
+        attempt: how many times this task was given out before (for retries).
+        batch_size: the batch-size setting it was built with (it may hold fewer records).
+        rows: set when the worker builds and encodes each record's output row itself
+            (:class:`RowInfo`, record mode with a JSONL output); None: the driver does.
+        batches: a task that groups several batches (``TaskBuilder.group``): the sizes of its
+            batches, in order; the worker runs each as its own ``predict`` call, so the batches
+            are the same as ungrouped tasks'. None: the task is one batch.
+    """
+
+    index: int
+    seqs: list[int]
+    texts: list[str]
+    tokens: int
+    padded_tokens: int
+    attempt: int = 0
+    batch_size: int = 0
+    rows: "RowInfo | None" = None
+    batches: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+
+@dataclass(slots=True)
+class RowInfo:
+    """What a worker needs to build and encode the output rows of a task's records, so that the
+    driver only writes the bytes in order (``merger.build_row``, ``io.sinks.encode_jsonl_row``).
+
+    Attributes:
+        ids, extras, lines: per record, aligned with ``Task.seqs``: its id, its other input
+            columns, and its 1-based input line (for the errors file; the worker does not use it).
+        full_texts: the untruncated texts when ``TaskBuilder.max_chars`` cut one of the task's
+            texts (the output row holds the text as read), else None (``Task.texts`` are they).
+        columns: (id column, text column, own rows: the model's result is the whole row).
+    """
+
+    ids: list[Any]
+    extras: list[dict[str, Any]]
+    lines: list[int]
+    full_texts: list[Any] | None
+    columns: tuple[str, str, bool]
+
+    def sliced(self, lo: int, hi: int) -> "RowInfo":
+        """The rows of records ``lo`` .. ``hi - 1`` (a bisected task's half)."""
+        full = self.full_texts[lo:hi] if self.full_texts is not None else None
+        return RowInfo(self.ids[lo:hi], self.extras[lo:hi], self.lines[lo:hi], full, self.columns)

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from parainfer.user_cache import user_cache_folder
+from parainfer.platform.user_cache import user_cache_folder
 
 TARGET = "transformers.utils.import_utils"
 FORMAT = 1

@@ -21,7 +21,7 @@ from parainfer.executors.base import Event, Executor, ShardResult, TaskResult, W
 from parainfer.executors.start_method import choose_start_method, make_context
 from parainfer.executors.worker import worker_main
 from parainfer.models.base import Predictor
-from parainfer.tasks import Task
+from parainfer.executors.base import Task
 
 
 def default_threads(num_workers: int) -> int:

@@ -27,11 +27,11 @@ from typing import Any
 
 import ray
 
-from parainfer.devices import worker_device
+from parainfer.platform.devices import worker_device
 from parainfer.executors.base import ShardTask
 from parainfer.executors.worker import WORKER_ENV_DEFAULTS, run_task
 from parainfer.models.base import Predictor
-from parainfer.tasks import Task
+from parainfer.executors.base import Task
 
 
 RUNNING_KV_NAMESPACE = "parainfer-running"
@@ -145,7 +145,7 @@ class RayWorker:
 
     def _run_shard(self, task: ShardTask, check: Any, t_received: float) -> Any:
         from parainfer.executors.ray_shards import check_paths
-        from parainfer.executors.shard_runner import run_shard
+        from parainfer.batch.shard_runner import run_shard
 
         if check is not None and check not in self._checked:
             check_paths(check, ray.util.get_node_ip_address())

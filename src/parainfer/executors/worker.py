@@ -17,10 +17,11 @@ import time
 import traceback
 from typing import Any
 
-from parainfer.devices import worker_device
+from parainfer.platform.devices import worker_device
 from parainfer.executors.base import ShardTask, TaskResult, WorkerFailed, WorkerReady
 from parainfer.models.base import Predictor, RecordFailure
-from parainfer.tasks import Task, TokenCounts
+from parainfer.executors.base import Task
+from parainfer.counts import TokenCounts
 
 
 # Workers never reach a model hub, print no download bars, and leave threading to the executor.
@@ -99,7 +100,7 @@ def encode_rows(task: Task, outputs: list[dict[str, Any] | None]) -> tuple[list[
     unwritable: (position, row id, reason) for each row JSON cannot hold; the renamed input
     columns). Needs ``task.rows``."""
     from parainfer.io.sinks import encode_jsonl_row, unwritable_reason
-    from parainfer.merger import build_row
+    from parainfer.io.rows import build_row
 
     rows = task.rows
     id_column, text_column, own = rows.columns
@@ -179,7 +180,7 @@ def worker_main(worker_id: int, predictor: Predictor, inbox: Any, outbox: Any, t
 
 def run_shard(predictor: Predictor, task: ShardTask, worker_id: int, t_received: float) -> Any:
     """Run a whole shard (sharded mode); see ``executors.shard_runner``."""
-    from parainfer.executors.shard_runner import run_shard as _run
+    from parainfer.batch.shard_runner import run_shard as _run
 
     return _run(predictor, task, worker_id, t_received, run_task)
 
@@ -191,7 +192,7 @@ def _preload_shard_runner() -> None:
 
     def _load() -> None:
         try:
-            import parainfer.executors.shard_runner  # noqa: F401
+            import parainfer.batch.shard_runner  # noqa: F401
         except Exception:  # noqa: BLE001 - the first shard imports it again and reports the error
             pass
 

@@ -12,7 +12,7 @@ from parainfer.generation.engine_config import EngineConfig
 from parainfer.generation.loop import EngineLoop
 from parainfer.generation.model_store import ensure_smollm2
 from parainfer.generation.outputs import GenerationResult, RequestOutput
-from parainfer.generation.sampling import SamplingParams
+from parainfer.generation.sampling_params import SamplingParams
 
 __all__ = [
     "EngineConfig",

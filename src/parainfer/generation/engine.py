@@ -39,7 +39,7 @@ from parainfer.generation.llama import LlamaForward
 from parainfer.generation.model_runner import ModelRunner
 from parainfer.generation.outputs import GenerationResult, RequestOutput
 from parainfer.generation.postprocess import append_token, eos_token_ids, make_output, make_result
-from parainfer.generation.sampling import SamplingParams
+from parainfer.generation.sampling_params import SamplingParams
 from parainfer.generation.scheduler import Scheduler
 from parainfer.generation.sequence import Sequence
 

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 from parainfer.generation.engine import LLMEngine
 from parainfer.generation.outputs import RequestOutput
-from parainfer.generation.sampling import SamplingParams
+from parainfer.generation.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import torch
 from parainfer.generation.attention import AttentionMetadata, chunk_mask
 from parainfer.generation.kv_cache import KVCache
 from parainfer.generation.llama import LlamaForward
-from parainfer.generation.sampling import sample
+from parainfer.generation.sampler import sample
 from parainfer.generation.scheduler import ScheduledBatch
 
 

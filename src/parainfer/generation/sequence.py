@@ -12,7 +12,7 @@ from enum import Enum, auto
 from typing import Any
 
 from parainfer.generation.detokenizer import IncrementalDetokenizer
-from parainfer.generation.sampling import SamplingParams
+from parainfer.generation.sampling_params import SamplingParams
 
 
 class SequenceStatus(Enum):

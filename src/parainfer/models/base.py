@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
-from parainfer.tasks import TokenCounts
+from parainfer.counts import TokenCounts
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ import json
 import os
 from pathlib import Path
 
-from parainfer.user_cache import user_cache_folder
+from parainfer.platform.user_cache import user_cache_folder
 
 
 def cache_folder() -> Path | None:

@@ -22,7 +22,7 @@ def predictor_from_manifest(task: str, path: Path, dtype: str = "auto", device: 
     Raises:
         UsageError: bad manifest, missing files, or a task the model does not do.
     """
-    from parainfer.training.manifest import read_manifest
+    from parainfer.models.manifest import read_manifest
 
     m = read_manifest(path)
     backend, files = m["backend"], m.get("files", {})

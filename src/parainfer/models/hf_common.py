@@ -15,8 +15,8 @@ import numpy as np
 
 from parainfer.errors import UsageError
 from parainfer.models.dtype import check_dtype, resolve_dtype
-from parainfer.length_estimate import MAX_CHARS_PER_TOKEN
-from parainfer.tasks import TokenCounts, split_by_padding, within_budget
+from parainfer.counts import MAX_CHARS_PER_TOKEN
+from parainfer.counts import TokenCounts, split_by_padding, within_budget
 
 # Fixed cost of one encoder forward call, in token-equivalents, by device type: a batch is cut
 # into length groups only where the padding saved exceeds this per extra call (see

@@ -86,7 +86,7 @@ class GeneratePredictor(Predictor):
     def _check_options(self) -> None:
         """Bad sampling options are a usage error at start (exit 2), not one error per record:
         SamplingParams' checks, and max_tokens against the model's context window."""
-        from parainfer.generation.sampling import SamplingParams
+        from parainfer.generation.sampling_params import SamplingParams
 
         from parainfer.generation.grammar import check_schema
 

@@ -135,7 +135,7 @@ def export_onnx(output_dir: str | Path, head: str | None = None, encoder: str = 
     """
     from parainfer.models.hf_embed import default_embed_model_dir
     from parainfer.models.onnx_model import int8_encoder_path
-    from parainfer.training.manifest import versions, write_manifest
+    from parainfer.models.manifest import versions, write_manifest
 
     if encoder not in ("fp32", "int8"):
         raise UsageError(f"--encoder {encoder!r}; accepted: fp32, int8")

@@ -42,7 +42,7 @@ def build_predictor(task: str = "classify", model: str | None = None, dtype: str
 
     check_dtype(dtype)
     if task == "openai-batch":  # OpenAI batch files: one predictor routing each line by its url
-        from parainfer.models.openai_batch import OpenAIBatchPredictor, parse_models
+        from parainfer.openai.batch_predictor import OpenAIBatchPredictor, parse_models
 
         return OpenAIBatchPredictor(parse_models(model), dtype=dtype, device=device)
     if task not in TASKS:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 from parainfer.scheduling.cost import CostModel
-from parainfer.tasks import Task
+from parainfer.executors.base import Task
 
 
 class SchedulingPolicy(ABC):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 
 from parainfer.scheduling.base import SchedulingPolicy
-from parainfer.tasks import Task
+from parainfer.executors.base import Task
 
 
 class LptPolicy(SchedulingPolicy):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 
 from parainfer.scheduling.base import SchedulingPolicy
-from parainfer.tasks import Task
+from parainfer.executors.base import Task
 
 
 class StaticPolicy(SchedulingPolicy):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 
 from parainfer.scheduling.base import SchedulingPolicy
-from parainfer.tasks import Task
+from parainfer.executors.base import Task
 
 
 class StealPolicy(SchedulingPolicy):

@@ -23,19 +23,19 @@ from fastapi.responses import JSONResponse
 from parainfer import __version__
 from parainfer.models.base import Predictor
 from parainfer.models.registry import build_predictor
-from parainfer.serving.bodies import encode_vector
-from parainfer.serving.batch_api import BatchApi
-from parainfer.serving.batch_runner import OnlineGate
+from parainfer.openai.bodies import encode_vector
+from parainfer.serving.batch_api.api import BatchApi
+from parainfer.serving.batch_api.runner import OnlineGate
 from parainfer.serving.config import ServeConfig
-from parainfer.serving.json_body import OrjsonRoute
-from parainfer.serving.errors import ApiError, install_error_handlers
-from parainfer.serving.generation_routes import generation_routes
-from parainfer.serving.generation_service import GenerationService
-from parainfer.serving.guards import JsonContentTypeMiddleware, LoopbackGuardMiddleware, binds_loopback
+from parainfer.serving.http.json_body import OrjsonRoute
+from parainfer.serving.http.errors import ApiError, install_error_handlers
+from parainfer.serving.generate.routes import generation_routes
+from parainfer.serving.generate.service import GenerationService
+from parainfer.serving.http.guards import JsonContentTypeMiddleware, LoopbackGuardMiddleware, binds_loopback
 from parainfer.serving.metrics import ServingMetrics
-from parainfer.serving.files import UploadAwareBodyLimit
-from parainfer.serving.middleware import AuthMiddleware, MetricsMiddleware
-from parainfer.serving.schemas import (
+from parainfer.serving.batch_api.files import UploadAwareBodyLimit
+from parainfer.serving.http.middleware import AuthMiddleware, MetricsMiddleware
+from parainfer.openai.protocol import (
     ClassifyRequest,
     ClassifyResponse,
     EmbeddingRequest,
@@ -43,8 +43,8 @@ from parainfer.serving.schemas import (
     ErrorResponse,
     ModelList,
 )
-from parainfer.serving.service import ClientGone, InferenceService
-from parainfer.serving.translation_routes import translation_routes
+from parainfer.serving.embed.service import ClientGone, InferenceService
+from parainfer.serving.translate.routes import translation_routes
 
 CLIENT_CLOSED = 499  # nginx's code for "client closed request"; nobody reads it
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in

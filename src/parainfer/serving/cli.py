@@ -19,7 +19,7 @@ def run_server(config: ServeConfig, log_level: str = "info", graceful_timeout_s:
 
     from parainfer.serving.app import create_app
 
-    from parainfer.serving.http_protocol import uvicorn_settings
+    from parainfer.serving.http.protocol import uvicorn_settings
 
     app = create_app(config)
     uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, access_log=False,

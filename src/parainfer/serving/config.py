@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from parainfer.devices import Device
+from parainfer.platform.devices import Device
 
 
 class ServeConfig(BaseModel):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from parainfer.training.base import Fitted
-from parainfer.training.manifest import versions
+from parainfer.models.manifest import versions
 
 HEAD_FILE = "head.safetensors"
 
@@ -36,7 +36,7 @@ def embed_texts(texts: list[str], workers: int = 0, dtype: str = "float32") -> n
         encoder.load()
         return np.concatenate([encoder.encode(texts[i:i + 64]) for i in range(0, len(texts), 64)])
     from parainfer.config import JobConfig
-    from parainfer.engine import Job
+    from parainfer.batch.job import Job
 
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "texts.jsonl", Path(tmp) / "emb.jsonl"
@@ -52,7 +52,7 @@ def fit(train_texts: list[str], train_labels: list[str], val_texts: list[str], v
     from sklearn.linear_model import LogisticRegression
 
     from parainfer.models.hf_classify import apply_head
-    from parainfer.train_head import save_head
+    from parainfer.training.default_head import save_head
 
     x = embed_texts(train_texts + val_texts, workers, dtype)
     x_tr, x_va = x[:len(train_texts)], x[len(train_texts):]

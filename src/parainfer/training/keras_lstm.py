@@ -18,7 +18,7 @@ import numpy as np
 from parainfer.errors import UsageError
 from parainfer.models.text_vectorizer import TextVectorizer
 from parainfer.training.base import Fitted
-from parainfer.training.manifest import versions
+from parainfer.models.manifest import versions
 
 MODEL_FILE, VOCAB_FILE = "model.keras", "vocabulary.json"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from parainfer.training.base import Fitted
-from parainfer.training.manifest import versions
+from parainfer.models.manifest import versions
 
 MODEL_FILE = "model.skops"
 

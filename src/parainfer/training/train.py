@@ -15,7 +15,7 @@ from typing import Any
 
 from parainfer.errors import UsageError
 from parainfer.training.data import read_labelled, split, write_errors
-from parainfer.training.manifest import MANIFEST, write_manifest
+from parainfer.models.manifest import MANIFEST, write_manifest
 from parainfer.training.metrics import classification_metrics, plot_curve
 
 TRAINERS = {"sklearn": "parainfer.training.sklearn_tfidf", "head": "parainfer.training.head",

@@ -1,0 +1,246 @@
+"""Recovery from faults during a job: dead workers, poison records, hung tasks, Ctrl-C.
+
+Three small pieces the engine calls from its loop:
+
+* ``TaskRecovery.plan(event, tasks)``: a worker died (``WorkerFailed``). The task it was
+  running is the suspect: a suspect of B > 1 records is bisected (two new tasks of B/2, so a
+  poison record that kills its worker every time is isolated in about log2(B) deaths); a
+  single-record suspect is given out again up to ``max_retries`` times, then failed with a
+  reason naming the worker death. The other tasks the worker held (queued, not started) are
+  requeued as they are, no attempt counted.
+* ``Watchdog.check(executor, now)``: kills a worker whose running task has run longer than
+  ``--task-timeout``; its death then goes through ``plan`` like any other (the reason says
+  "timed out").
+* ``GracefulStop``: the first SIGINT/SIGTERM sets ``requested`` (the engine stops dispatching,
+  lets in-flight tasks finish for up to ``grace_s``, commits the checkpoint, exits 130); a
+  second one exits at once with 130 (the checkpoint on disk is consistent at any moment).
+
+Example::
+
+    recovery = TaskRecovery(max_retries=3, new_index=counter.__next__)
+    plan = recovery.plan(worker_failed_event, live_tasks)   # live_tasks: dict index -> Task
+    for task in plan.requeue: policy.requeue(task)
+    for task, reason in plan.failed: ...quarantine every record of task with reason
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from parainfer.errors import ParainferError
+from parainfer.executors.base import WorkerFailed
+from parainfer.executors.base import Task
+from parainfer.batch.tasks import batch_sizes_split
+
+
+@dataclass
+class RecoveryPlan:
+    """What to do after a worker death.
+
+    Attributes:
+        requeue: tasks to give out again (the dead worker's queued tasks, the suspect's retry
+            or its two halves), already registered in the live-task table.
+        failed: (task, reason) whose records all go to the errors file; already removed from
+            the live-task table.
+        retries: tasks given out again because they were the suspect (report counter).
+        bisected: suspects split in two (report counter).
+    """
+
+    requeue: list[Task] = field(default_factory=list)
+    failed: list[tuple[Task, str]] = field(default_factory=list)
+    retries: int = 0
+    bisected: int = 0
+
+
+def split_task(task: Task, first_index: int, second_index: int) -> tuple[Task, Task]:
+    """Cut a task of B >= 2 records into halves of B//2 and B - B//2 (order kept).
+
+    Token counts are shared in proportion to the records; ``attempt`` starts again at 0 for
+    each half (a half is a new task). Any other Task fields are copied.
+    """
+    if len(task) < 2:
+        raise ValueError(f"cannot split task {task.index} of {len(task)} record(s); need >= 2")
+    mid = len(task) // 2
+    first, second = batch_sizes_split(task.batches, mid)
+    return _slice(task, first_index, 0, mid, first), _slice(task, second_index, mid, len(task), second)
+
+
+def split_batches(task: Task, new_index: Callable[[], int]) -> list[Task]:
+    """Cut a task of several batches (``Task.batches``) back into one task per batch, each with
+    a fresh index from ``new_index()``; tokens are shared in proportion to the records."""
+    out, lo = [], 0
+    for size in task.batches or [len(task)]:
+        out.append(_slice(task, new_index(), lo, lo + size, None))
+        lo += size
+    return out
+
+
+def _slice(task: Task, index: int, lo: int, hi: int, batches: list[int] | None) -> Task:
+    """Records ``lo`` .. ``hi - 1`` of ``task`` as a fresh task (attempt 0) numbered ``index``;
+    tokens shared in proportion to the records; ``batches``: its batch sizes (one batch: None)."""
+    share = (hi - lo) / len(task)
+    return dataclasses.replace(
+        task, index=index, seqs=task.seqs[lo:hi], texts=task.texts[lo:hi],
+        tokens=max(1, round(task.tokens * share)), padded_tokens=max(1, round(task.padded_tokens * share)),
+        attempt=0, rows=task.rows.sliced(lo, hi) if task.rows is not None else None,
+        batches=batches if batches is not None and len(batches) > 1 else None)
+
+
+class TaskRecovery:
+    """Decides what happens to the tasks a dead worker held.
+
+    Args:
+        max_retries: times a single-record suspect is given out again before it fails (>= 0).
+        new_index: returns a fresh, unused Task.index (for the halves of a bisected task).
+    """
+
+    def __init__(self, max_retries: int, new_index: Callable[[], int]):
+        self.max_retries = max_retries
+        self.new_index = new_index
+
+    def plan(self, event: WorkerFailed, tasks: dict[int, Task], reason: str | None = None) -> RecoveryPlan:
+        """Plan for ``event.tasks``; updates ``tasks`` (the engine's live tasks by index).
+
+        The suspect is ``event.running``; when the executor does not know it (the worker died
+        before it reported a start), the oldest task it held. Tasks no longer live (already
+        finished through a duplicate) are ignored. ``reason`` overrides ``event.reason``.
+        """
+        why = reason or event.reason.strip()
+        held = [t for t in event.tasks if t.index in tasks]
+        suspect = event.running if event.running is not None else (held[0].index if held else None)
+        out = RecoveryPlan()
+        for task in held:
+            if task.index != suspect:
+                out.requeue.append(task)
+            elif len(task) > 1:
+                del tasks[task.index]
+                # A task of several batches goes back as its batches (one more restart at most,
+                # not log2 of the group); a batch is halved.
+                halves = (split_batches(task, self.new_index) if task.batches and len(task.batches) > 1
+                          else split_task(task, self.new_index(), self.new_index()))
+                for half in halves:
+                    tasks[half.index] = half
+                out.requeue.extend(halves)
+                out.retries += 1
+                out.bisected += 1
+            elif task.attempt < self.max_retries:
+                task.attempt += 1
+                out.requeue.append(task)
+                out.retries += 1
+            else:
+                del tasks[task.index]
+                out.failed.append((task, f"worker died {task.attempt + 1} time(s) running this record "
+                                         f"alone ({why})"))
+        return out
+
+
+class Watchdog:
+    """Kills workers whose running task takes longer than ``timeout_s`` (None: never).
+
+    The executor must offer ``running(worker_id) -> (task_index, t_start) | None`` and
+    ``kill(worker_id)``; times are perf_counter seconds.
+    """
+
+    def __init__(self, timeout_s: float | None):
+        self.timeout_s = timeout_s
+        self._killed: dict[int, str] = {}
+
+    def check(self, executor: Any, now: float | None = None) -> list[int]:
+        """Kill overdue workers; returns the ids killed by this call."""
+        if not self.timeout_s:
+            return []
+        now = time.perf_counter() if now is None else now
+        killed = []
+        for w in range(executor.num_workers):
+            running = executor.running(w)
+            if running is None or w in self._killed or now - running[1] <= self.timeout_s:
+                continue
+            self._killed[w] = f"task {running[0]} timed out after {self.timeout_s:g} s; worker {w} killed"
+            executor.kill(w)
+            killed.append(w)
+        return killed
+
+    def reason(self, worker_id: int) -> str | None:
+        """The timeout reason for a worker this watchdog killed (once), else None."""
+        return self._killed.pop(worker_id, None)
+
+
+class GracefulStop:
+    """SIGINT/SIGTERM handling for the driver, as a context manager.
+
+    First signal: ``requested`` becomes True and ``deadline`` = now + ``grace_s`` (the engine
+    stops dispatching and finishes in-flight tasks until then). Second signal: prints a line
+    and exits the process at once with code 130 (``on_abort`` runs first, e.g. to kill
+    workers). Does nothing outside the main thread (signals can only be caught there).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, grace_s: float = 30.0, on_abort: Callable[[], None] | None = None):
+        self.grace_s = grace_s
+        self.on_abort = on_abort
+        self.requested = False
+        self.deadline = float("inf")
+        self.signal_name = ""
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            print("\nsecond interrupt: stopping now; the last checkpoint is kept "
+                  "(resume with the same command)", file=sys.stderr, flush=True)
+            if self.on_abort is not None:
+                try:
+                    self.on_abort()
+                except Exception:  # noqa: BLE001 - exiting anyway
+                    pass
+            _release_multiprocessing()
+            os._exit(130)
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+        self.deadline = time.perf_counter() + self.grace_s
+        print(f"\n{self.signal_name}: finishing the tasks in flight (up to {self.grace_s:g} s), then "
+              "saving a checkpoint; interrupt again to stop at once", file=sys.stderr, flush=True)
+
+
+class Interrupted(ParainferError):
+    """The job stopped early on SIGINT/SIGTERM after committing its checkpoint (exit 130).
+
+    Attributes: committed (input records done, in total), checkpoint (manifest path or None).
+    """
+
+    def __init__(self, committed: int, checkpoint: str | None):
+        self.committed, self.checkpoint = committed, checkpoint
+        where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint (output is stdout or input is stdin)"
+        resume = "resume with the same command" if checkpoint else "rerun to start over"
+        super().__init__(f"interrupted after {committed:,} input records committed ({where}); {resume}")
+
+
+def _release_multiprocessing() -> None:
+    """Before ``os._exit``: run multiprocessing's exit finalizers, the ones a normal exit runs
+    (``util._exit_function``). Without them the semaphores of the workers' queues stay
+    registered and the resource tracker warns "There appear to be N leaked semaphore objects
+    to clean up at shutdown" after the job is gone."""
+    try:
+        from multiprocessing import util
+
+        util._run_finalizers(0)  # priority >= 0: queue closing, semaphore unlink + unregister
+    except Exception:  # noqa: BLE001 - exiting anyway
+        pass

@@ -1,0 +1,385 @@
+"""Sharded mode: the driver hands out shards of the input file, never records.
+
+In record mode (``engine.Job``) every record passes through the driver's one thread (read,
+estimate, batch, dispatch, merge, write), which bounds a job's speed-up however many workers
+it has. In sharded mode the driver plans shards (``io.shards``: byte ranges cut at record ends,
+or Parquet row groups, sized by factoring: large first, smaller towards the end, and never so
+small that N workers would keep the driver busy more than half the time), gives them out as
+``ShardTask``s (the second task kind of the executor contract, ``executors.base``; each worker
+holds the shard it runs and ``PREFETCH`` queued, so it does not wait for the driver between
+shards), and commits the finished shards' parts in shard order to the manifest
+(``io.shard_store``). Each worker reads, batches, runs and writes its shard
+(``executors.shard_runner``). The driver's cost is per shard, not per record.
+
+The loop is event-driven: it sleeps in ``executor.poll`` until a worker reports (or the next
+manifest write is due), hands the idle workers their next shards, commits what continues the
+committed prefix, and writes the manifest at most every ``--checkpoint-every`` seconds (many
+commits per write). The first round of shards is cut while the workers start; later rounds are
+cut when the first of their shards is handed out, from the driver CPU per shard and the
+worker seconds per byte measured so far (``io.shards.ShardPlanner``), so the smallest shard
+grows with the number of workers. The report's ``driver_shard_us`` splits the driver's CPU per
+shard into handing out and taking back (the idle wake-ups apart): the simulator's input.
+
+Guarantees (as record mode): output in input order (parts in shard order, concatenated into
+``--output`` at the end), every record exactly once in the output or the errors file, resume
+after a killed driver (committed shards are verified and skipped, the others redone), a batch
+that raises fails record by record inside its shard. A worker that dies mid-shard: the shard is
+bisected at a record end (``io.shards.split_shard``) and its halves are redone on the live
+workers (its partial part discarded), as ``recovery`` bisects a record-mode task, until a
+single record that kills its worker more than ``max_retries`` times goes to the errors file
+alone. The output parts are in the output's format (JSONL, CSV, Parquet: ``io.part_sinks``);
+a part written under another CSV header / Parquet schema than the job's (the first committed
+part's) is redone with the job's. ``--task-timeout`` bounds each batch inside a shard
+(``executors.shard_runner.BatchWatchdog``); ``--batch-size auto`` is tuned by each worker
+for itself (``executors.shard_runner.worker_tuner``). Either executor runs shards (on Ray, every
+node must see the input and the output's folder at the same path: ``executors.ray_shards``). Not
+in this mode: stdout output (``shard_mode.choose_mode`` falls back to record mode, or refuses
+``--shard-mode on`` saying why).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from typing import Any
+
+from parainfer.errors import JobError
+from parainfer.executors.base import ShardResult, ShardTask, WorkerFailed, WorkerReady
+from parainfer.batch.shard_runner import timeout_note
+from parainfer.io.shards.reader import ShardInput, shard_records
+from parainfer.io.shards.store import ShardStore, remove_quietly
+from parainfer.io.shards.plan import Shard, ShardPlanner, data_start, shard_lines, split_shard
+from parainfer.io.sinks import ErrorSink
+from parainfer.batch.recovery import GracefulStop, Interrupted
+from parainfer.batch.report import TimingReport, already_complete, close_run, write_report
+from parainfer.counts import TokenCounts
+
+MIN_SHARD_BYTES, MAX_SHARD_BYTES = 16 << 10, 256 << 20  # factoring makes the count logarithmic in the size
+MIN_SHARD_ROWS, MAX_SHARD_ROWS = 200, 2_000_000
+PREFETCH = 1  # shards queued on a worker behind the one it runs
+
+
+class ShardedJob:
+    """Runs a ``engine.Job`` in sharded mode (``Job.run`` calls this when ``shard_mode.choose_mode`` says so).
+
+    ``run(workers)`` returns the report dict, as ``Job.run`` does; raises JobError when the
+    workers cannot run the model, Interrupted after a SIGINT/SIGTERM (the committed shards stay).
+    """
+
+    def __init__(self, job: Any):
+        self.job, self.config = job, job.config
+        cfg = self.config
+        self.parquet = cfg.input.lower().endswith(".parquet")
+        ext = os.path.splitext(cfg.input)[1].lower()
+        self.input = ShardInput(cfg.input, cfg.text_column, cfg.id_column,
+                                allow_messages=cfg.task == "generate" and ext in (".jsonl", ".ndjson", ".parquet"))
+        size = job.tuner.max_size if job.tuner else int(cfg.batch_size)
+        self.batch = dict(batch_size=size, max_batch_tokens=cfg.max_batch_tokens, bucket_window=cfg.bucket_window,
+                          id_column=cfg.id_column, text_column=cfg.text_column,
+                          own_rows=job.predictor.writes_own_rows, task_timeout=cfg.task_timeout,
+                          auto_max_batch=job.tuner.max_size if job.tuner else None)
+
+    def _planner(self, store: ShardStore, workers: int) -> ShardPlanner:
+        """The lazy plan of the uncommitted rest of the input. The smallest shard is
+        MIN_SHARD_BYTES (Parquet: MIN_SHARD_ROWS), or ``PARAINFER_MIN_SHARD_BYTES`` / ``_ROWS``
+        from the environment (tests and benchmarks use small ones), until measurements raise it."""
+        env = os.environ
+        lo, hi = ((int(env.get("PARAINFER_MIN_SHARD_ROWS", MIN_SHARD_ROWS)), MAX_SHARD_ROWS) if self.parquet else
+                  (int(env.get("PARAINFER_MIN_SHARD_BYTES", MIN_SHARD_BYTES)), MAX_SHARD_BYTES))
+        return ShardPlanner(self.config.input, store.next_start, store.next_line, workers, lo, max(lo, hi))
+
+    def run(self, workers: Any = None) -> dict[str, Any]:
+        from parainfer.batch.job import start_workers
+
+        cfg, job = self.config, self.job
+        t0 = time.perf_counter()
+        store = ShardStore(cfg, job.source, job.predictor, (0, 1) if self.parquet else data_start(cfg.input))
+        if store.finished:  # a finished output folder, its parts verified
+            return self._already_complete(store, t0)
+        self.batch.update(format=store.format, header=store.header, with_header=store.keep_parts)
+        t_spawn = time.perf_counter()
+        own = workers is None
+        if own:
+            workers = start_workers(job.predictor, job.num_workers, cfg.threads_per_worker, cfg)
+        n = workers.num_workers
+        cpu0 = time.process_time()  # the driver's own work from here on (as engine.Job counts it)
+        self.store, self.executor, self.workers = store, workers.executor, workers
+        self.report = TimingReport(workers=n, policy="factoring")
+        self.planner = self._planner(store, n)
+        # The first round (its sizes need no measurement) is cut while the workers start.
+        self.pending = collections.deque(x for x in (self.planner.next() for _ in range(n)) if x is not None)
+        self.idle: set[int] = set()  # ready workers with no shard in flight (served first)
+        self.room: set[int] = set()  # ready workers with at most PREFETCH shards in flight
+        for w in workers.ready:
+            self._file(w)
+        self.cpu = {"dispatch": 0.0, "complete": 0.0, "idle": 0.0}  # driver CPU by kind of loop work
+        self.units_done, self.unit_busy = 0, 0.0  # units (bytes, rows) of finished shards and their worker seconds
+        self.running: dict[int, tuple[ShardTask, int]] = {}  # index -> (task, deaths)
+        self.done: dict[int, tuple[ShardTask, ShardResult]] = {}  # shard start -> finished, not committed
+        self.deaths: dict[int, int] = {}  # shard start -> deaths of workers running it
+        self.counts, self.next_index = TokenCounts(), 0
+        self.sizes: list[list[float]] = []  # [s since the first dispatch, batch size] as workers report them
+        self.saved_at, self.saved = time.monotonic(), len(store.committed)  # last manifest write
+        self.t_first = self.t_last = None
+        ready_phases: list[dict[str, float]] = []
+        stop = GracefulStop(on_abort=lambda: [self.executor.kill(w) for w in range(n)])
+        finished = False
+        try:
+            with stop:
+                for event in workers.take_pending():
+                    self._handle(event, ready_phases)
+                while self.pending or self.running or not self.planner.done:
+                    if not stop.requested:
+                        self._dispatch()
+                    elif not self.running or time.perf_counter() > stop.deadline:
+                        break
+                    self._wait(stop.requested, ready_phases)
+                self._commit(force=True)
+                if not stop.requested:
+                    t, cpu = time.perf_counter(), time.process_time()
+                    store.finish()
+                    self.report.t_write_s += time.perf_counter() - t
+                    self.report.extra["driver_finish_cpu_s"] = time.process_time() - cpu
+                    finished = True
+        finally:
+            self.planner.close()
+            if not finished:
+                for w in range(n):
+                    self.executor.kill(w)
+                workers.broken = True
+            if own:
+                workers.shutdown()
+        if not finished:
+            raise Interrupted(store.records_done, store.path)
+        busy = time.process_time() - cpu0
+        return self._finish(t0, t_spawn, ready_phases, busy)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _wait(self, stopping: bool, ready_phases: list[dict[str, float]]) -> None:
+        """Sleep until a worker reports (or the next manifest write is due; 0.25 s while
+        stopping, for the grace deadline), then take in what came and commit. The CPU of a
+        wake-up with news counts as taking shards back, of one without as idle."""
+        unsaved = len(self.store.committed) > self.saved  # commits waiting for the next manifest write
+        due = self.saved_at + self.config.checkpoint_every_s - time.monotonic() if unsaved else 1.0
+        c = time.process_time()  # blocked in poll costs no CPU; receiving and unpickling does
+        events = self.executor.poll(timeout=0.25 if stopping else min(1.0, max(0.01, due)))
+        for event in events:
+            self._handle(event, ready_phases)
+        self._commit()
+        self.cpu["complete" if events else "idle"] += time.process_time() - c
+
+    def _dispatch(self) -> None:
+        """Hand each worker with room its next shard (retried halves first, then the plan's
+        next), idle workers first."""
+        c = time.process_time()
+        while self.idle or self.room:
+            shard = self.pending.popleft() if self.pending else self.planner.next()
+            if shard is None:
+                break
+            w = self.idle.pop() if self.idle else self.room.pop()
+            deaths = self.deaths.get(shard.start, 0)
+            part, errors_part = self.store.part_paths(shard, self.next_index)
+            task = ShardTask(self.next_index, shard, self.input, part, errors_part, self.batch, attempt=deaths)
+            self.next_index += 1
+            self.running[task.index] = (task, deaths)
+            if self.t_first is None:
+                self.t_first = time.perf_counter()
+            self.executor.submit(w, task)
+            self._file(w)
+        self.cpu["dispatch"] += time.process_time() - c
+
+    def _file(self, w: int) -> None:
+        """Put worker ``w`` in ``idle``, ``room`` or neither by its shards in flight."""
+        self.idle.discard(w)
+        self.room.discard(w)
+        if w in self.workers.ready:
+            held = self.executor.in_flight(w)
+            if held == 0:
+                self.idle.add(w)
+            elif held <= PREFETCH:
+                self.room.add(w)
+
+    def _observe(self) -> None:
+        """Give the plan the driver's CPU per shard (handing out, per shard handed out; taking
+        back, per shard finished) and the workers' seconds per unit."""
+        finished = len(self.report.timeline)
+        if finished and self.next_index:
+            driver_s = self.cpu["dispatch"] / self.next_index + self.cpu["complete"] / finished
+            self.planner.observe(driver_s, self.unit_busy / max(1, self.units_done))
+
+    def _handle(self, event: Any, ready_phases: list[dict[str, float]]) -> None:
+        if isinstance(event, WorkerReady):
+            self.workers.ready.add(event.worker_id)
+            self._file(event.worker_id)
+            self.workers.model_info = event.info
+            self.report.per_worker[event.worker_id].load_s = event.load_s
+            self.report.extra["model"] = event.info
+            if len(ready_phases) < self.workers.num_workers:
+                ready_phases.append({**event.phases, "ready_at": time.perf_counter()})
+        elif isinstance(event, ShardResult):
+            self._file(event.worker_id)
+            entry = self.running.pop(event.task_index, None)
+            if entry is None:
+                return
+            task = entry[0]
+            self.done[task.shard.start] = (task, event)
+            self._account(task, event)
+            self.units_done += task.shard.end - task.shard.start
+            self.unit_busy += event.t_end - event.t_start
+            self._observe()
+        elif isinstance(event, WorkerFailed):
+            self._on_worker_failed(event)
+
+    def _account(self, task: ShardTask, res: ShardResult) -> None:
+        self.t_last = time.perf_counter()
+        stats = self.report.per_worker[res.worker_id]
+        busy = res.t_end - res.t_start
+        stats.busy_s += busy
+        stats.tasks += 1
+        stats.records += res.records
+        self.counts.add(res.counts)
+        self.report.records += res.records
+        self.report.failed_records += res.failed
+        self.report.tasks += res.batches
+        origin = self.t_first or 0.0
+        if res.batch_size and (not self.sizes or self.sizes[-1][1] != res.batch_size):
+            self.sizes.append([round(self.t_last - (self.t_first or self.t_last), 3), res.batch_size])
+        self.report.timeline.append([task.index, res.worker_id, round(res.t_start - origin, 6),
+                                     round(res.t_end - origin, 6), res.records, res.counts.real, res.counts.padded])
+
+    def _on_worker_failed(self, event: WorkerFailed) -> None:
+        self.workers.ready.discard(event.worker_id)
+        self.idle.discard(event.worker_id)
+        self.room.discard(event.worker_id)
+        if event.fatal:
+            raise JobError(f"worker {event.worker_id}: {event.reason.strip()}")
+        self.executor.restart(event.worker_id)
+        self.report.per_worker[event.worker_id].restarts += 1
+        queued = []
+        for task in event.tasks:
+            if self.running.pop(task.index, None) is None:
+                continue
+            reason = _read_note(timeout_note(task.part)) or event.reason
+            remove_quietly(task.part)
+            remove_quietly(task.errors_part)
+            if event.running is not None and task.index != event.running:
+                queued.append(task.shard)  # never started: given out again whole, first
+            else:
+                self._retry(task.shard, reason)
+        self.pending.extendleft(reversed(queued))
+
+    def _retry(self, shard: Shard, reason: str) -> None:
+        """A shard whose worker died, as ``recovery.TaskRecovery`` treats a suspect task: a shard
+        of several records is bisected at a record end (its halves go first in the queue); a
+        single record is given out again up to ``max_retries`` times, then failed alone."""
+        self.report.retries += 1
+        halves = split_shard(self.config.input, shard)
+        if halves is not None:
+            self.report.extra["bisected_shards"] = self.report.extra.get("bisected_shards", 0) + 1
+            for half in halves:
+                self.deaths[half.start] = 0
+            self.pending.extendleft(reversed(halves))
+            return
+        deaths = self.deaths[shard.start] = self.deaths.get(shard.start, 0) + 1
+        if deaths > self.config.max_retries:
+            self._fail_alone(shard, f"worker died running this record {deaths} times (last: {reason.strip()})")
+        else:
+            self.pending.appendleft(shard)
+
+    def _fail_alone(self, shard: Shard, reason: str) -> None:
+        """Write a single-record shard's errors part by hand (its worker keeps dying on it)."""
+        from parainfer.records import RecordError
+
+        part, errors_part = self.store.part_paths(shard, self.next_index)
+        self.next_index += 1
+        open(part, "wb").close()
+        items = list(shard_records(self.input, shard))
+        errs = ErrorSink(errors_part)
+        errs.write([RecordError(i, getattr(r, "line", shard.first_line), getattr(r, "id", None), reason,
+                                text=getattr(r, "text", None)) for i, r in enumerate(items)])
+        errs.flush()
+        size = errs.offset
+        errs.close()
+        from parainfer.io import digest
+
+        task = ShardTask(-1, shard, self.input, part, errors_part, self.batch)
+        res = ShardResult(-1, 0, len(items), len(items), 0, digest.new().hexdigest(), size, errs.digest.hexdigest(),
+                          0.0, 0.0, 0.0, TokenCounts(), lines=shard_lines(self.config.input, shard))
+        self.done[shard.start] = (task, res)
+        self.report.records += len(items)
+        self.report.failed_records += len(items)
+
+    def _commit(self, force: bool = False) -> None:
+        """Commit the finished shards that continue the committed prefix; write the manifest
+        when ``--checkpoint-every`` seconds have passed since the last write (or ``force``)."""
+        store = self.store
+        while store.next_start in self.done:
+            task, res = self.done.pop(store.next_start)
+            if not store.fits(res):
+                self._redo(task, res)
+                break
+            store.commit(task.shard, task.part, task.errors_part, res)
+            self.batch["header"] = store.header
+        now = time.monotonic()
+        if (force or now - self.saved_at >= self.config.checkpoint_every_s) and len(store.committed) > self.saved:
+            store.save()
+            self.saved_at, self.saved = now, len(store.committed)
+
+    def _redo(self, task: ShardTask, res: ShardResult) -> None:
+        """A part written under another CSV header / Parquet schema than the job's (its worker
+        started before the first part set it): run the shard again with the job's, first."""
+        self.report.records -= res.records  # counted again when the redone shard finishes
+        self.report.failed_records -= res.failed
+        remove_quietly(task.part)
+        remove_quietly(task.errors_part)
+        self.report.extra["redone_shards"] = self.report.extra.get("redone_shards", 0) + 1
+        self.pending.appendleft(task.shard)
+
+    def _already_complete(self, store: ShardStore, t0: float) -> dict[str, Any]:
+        """The report of a rerun on a finished output folder (as record mode's "already complete")."""
+        return already_complete(TimingReport(workers=self.job.num_workers, policy="factoring"), t0, self.config.report,
+                                resumed_records=store.records_done, data_path="sharded",
+                                resumed_failed_records=store.failed, checkpoint=store.path,
+                                errors_file=store.errors_path if store.failed else None)
+
+    def _finish(self, t0: float, t_spawn: float, ready_phases: list[dict[str, float]], busy: float) -> dict[str, Any]:
+        report, store = self.report, self.store
+        close_run(report, t0=t0, t_spawn=t_spawn, ready_phases=ready_phases, t_first=self.t_first,
+                  t_last=self.t_last, counts=self.counts, busy=busy, predictor=self.job.predictor,
+                  executor=self.executor, resumed=store.resumed_records, resumed_failed=store.resumed_failed,
+                  checkpoint=store.path)
+        report.extra["data_path"] = "sharded"
+        report.extra["shards"] = {"planned": self.planner.planned, "run": len(report.timeline),
+                                  "committed": len(store.committed), "smallest_target": self.planner.plan.floor,
+                                  "sizing": "factoring (Hummel et al. 1992), floor from the driver's cost per shard"}
+        runs = max(1, len(report.timeline))
+        report.extra["driver_shard_us"] = {"dispatch": round(self.cpu["dispatch"] / max(1, self.next_index) * 1e6, 2),
+                                           "complete": round(self.cpu["complete"] / runs * 1e6, 2),
+                                           "idle_s": round(self.cpu["idle"], 4)}
+        report.extra["driver_busy_s"] = busy
+        report.extra["driver_finish_s"] = round(report.t_write_s, 4)  # wall time of the concatenation
+        # The shard bookkeeping alone: the driver's CPU less the final concatenation (output bytes
+        # copied into one file, in the kernel).
+        book = busy - report.extra.get("driver_finish_cpu_s", 0.0)
+        report.extra["driver_bookkeeping_us_per_record"] = round(book / report.records * 1e6, 3) if report.records else None
+        report.extra["errors_file"] = store.errors_path if store.failed else None
+        fixed = [[0.0, self.batch["batch_size"]]]
+        report.batch_sizes = (self.sizes or fixed) if self.batch["auto_max_batch"] else fixed
+        report.extra["output_format"] = store.format + (" parts in a folder" if store.keep_parts else "")
+        out = report.to_dict()
+        if self.config.report:
+            write_report(out, self.config.report)
+        return out
+
+
+def _read_note(path: str) -> str | None:
+    """The text of a worker's timeout note (``executors.shard_runner.BatchWatchdog``), or None."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    remove_quietly(path)
+    return text or None

@@ -1,0 +1,181 @@
+"""Run one shard inside a worker (sharded mode): read, batch, run, write the shard's parts.
+
+The worker does here what the driver does in record mode, for its shard alone: it reads the
+shard's records (``io.shard_reader``), cuts each window of ``bucket_window`` records into
+batches with the same ``tasks.TaskBuilder`` (length bucketing, ``--max-batch-tokens``; lengths
+from a ``LengthEstimator`` that learns from this worker's exact counts), runs each batch with
+``worker.run_task`` (a batch that raises is retried record by record, so a poison record fails
+alone), puts the rows back in input order with a ``merger.Merger`` and writes them to the
+shard's output part, and the failed records to its errors part, both in input order. Both
+parts are fsynced before the ``ShardResult`` (sizes and SHA-256 digests) goes back: the driver
+commits a shard only after that. The output part is in the job's output format
+(``io.part_sinks``: JSONL, CSV or Parquet).
+
+``--batch-size auto`` in sharded mode: each worker tunes its own batch size with the record-mode
+hill climber (``scheduling.autobatch.BatchSizeTuner``, fed with its own batches' measured
+tokens per busy second), kept across the shards it runs (``worker_tuner``).
+
+``--task-timeout`` in sharded mode bounds each *batch* of the shard, as it bounds each task
+(a batch) in record mode: a ``BatchWatchdog`` thread in the worker writes a note next to the
+part (``timeout_note``) and SIGKILLs the worker when one batch runs longer; the driver reads
+the note as the death's reason and bisects the shard as for any worker death.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable
+
+from parainfer.executors.base import ShardResult, ShardTask
+from parainfer.io.shards.reader import shard_records
+from parainfer.io.shards.plan import shard_lines
+from parainfer.io.shards.part_sinks import open_part
+from parainfer.io.sinks import ErrorSink, write_rows_each
+from parainfer.batch.length_estimate import LengthEstimator
+from parainfer.batch.merger import Merger
+from parainfer.records import Record, RecordError
+from parainfer.batch.tasks import TaskBuilder
+from parainfer.counts import TokenCounts
+
+
+def run_shard(predictor: Any, task: ShardTask, worker_id: int, t_received: float,
+              run_task: Callable[..., Any]) -> ShardResult:
+    """Run ``task`` on the loaded ``predictor``; returns its ShardResult.
+
+    ``run_task(predictor, task, worker_id, t_received) -> TaskResult`` runs one batch (passed
+    in to keep this module free of the worker's process code). Raises OSError when a part
+    cannot be written (the worker then dies and the driver redoes the shard elsewhere)."""
+    t_start = time.perf_counter()
+    b = task.batch
+    max_chars = predictor.max_input_chars()
+    estimate = LengthEstimator(max_chars=max_chars)
+    bucket = b["bucket_window"] > 1
+    builder = TaskBuilder(estimate, predictor.window(), b["batch_size"], b["max_batch_tokens"], bucket,
+                          max_chars=max_chars)
+    window = b["bucket_window"] if bucket else b["batch_size"]
+    tuner = worker_tuner(b.get("auto_max_batch"))
+    merger = Merger(b["id_column"], b["text_column"], own_rows=b["own_rows"])
+    counts = TokenCounts()
+    errors = ErrorSink(task.errors_part)
+    errors.resume(0)  # a stale errors part of an earlier attempt
+    records = shard_records(task.input, task.shard)
+    sink = open_part(task.part, b.get("format", ".jsonl"), b["id_column"], b["text_column"], b.get("header"),
+                     b.get("with_header", False))
+    watchdog = BatchWatchdog(b.get("task_timeout"), timeout_note(task.part), worker_id)
+    with watchdog:
+        while True:
+            items = list(itertools.islice(records, window))
+            if not items:
+                break
+            failed: list[RecordError] = []
+            good = [r for r in items if isinstance(r, Record)]
+            for err in items:
+                if isinstance(err, RecordError):
+                    merger.fail(err)
+                    failed.append(err)
+            merger.expect(good)
+            if tuner is not None:
+                builder.batch_size = tuner.current
+            for batch in builder.build(good):
+                watchdog.arm(batch.index)
+                res = run_task(predictor, batch, worker_id, time.perf_counter())
+                watchdog.disarm()
+                if tuner is not None:
+                    tokens = res.counts.real if res.counts is not None else batch.tokens
+                    tuner.observe(batch.batch_size, tokens, res.t_end - res.t_start, time.perf_counter())
+                if res.counts is not None:
+                    counts.add(res.counts)
+                    estimate.observe(res.counts)
+                for pos, reason in res.errors:
+                    rec = merger.record(batch.seqs[pos])
+                    err = RecordError(batch.seqs[pos], rec.line, rec.id, reason, text=batch.texts[pos])
+                    merger.fail(err)
+                    failed.append(err)
+                merger.complete(batch.seqs, res.outputs)
+            rows = merger.drain()
+            unwritable = write_rows_each(sink, rows, merger.last_drained, b["id_column"])
+            merger.failed += len(unwritable)
+            failed.extend(unwritable)
+            failed.sort(key=lambda e: e.seq)
+            errors.write(failed)
+    sink.close()  # flushed and fsynced (Parquet: the footer written, the file hashed)
+    errors.flush()
+    err_bytes = errors.offset
+    errors.close()
+    return ShardResult(task.index, worker_id, records=merger.next_seq, failed=merger.failed,
+                       out_bytes=sink.bytes_written, out_sha256=sink.digest.hexdigest(), err_bytes=err_bytes,
+                       err_sha256=errors.digest.hexdigest(), t_received=t_received, t_start=t_start,
+                       t_end=time.perf_counter(), counts=counts, batches=builder.stats.tasks,
+                       lines=shard_lines(task.input.path, task.shard), header=getattr(sink, "header", None),
+                       batch_size=builder.batch_size)
+
+
+_TUNER: list[Any] = [None, None]  # (max size, BatchSizeTuner) of this worker process
+
+
+def worker_tuner(max_size: int | None) -> Any:
+    """This worker's ``BatchSizeTuner`` for ``--batch-size auto`` (None: a fixed size), made on
+    the first shard and kept for the next ones (a new one when ``max_size`` changes: a new job)."""
+    if not max_size:
+        return None
+    if _TUNER[0] != max_size:
+        from parainfer.scheduling.autobatch import BatchSizeTuner
+
+        _TUNER[:] = [max_size, BatchSizeTuner(start=min(8, max_size), max_size=max_size)]
+    return _TUNER[1]
+
+
+def timeout_note(part: str) -> str:
+    """Where a worker notes why it killed itself on ``--task-timeout`` (next to its part)."""
+    return part + ".timeout"
+
+
+class BatchWatchdog:
+    """Kills this worker process (SIGKILL) when one batch runs longer than ``timeout_s``.
+
+    ``arm(batch_index)`` before a batch, ``disarm()`` after it; a daemon thread checks every
+    ``min(1, timeout_s / 10)`` s. Before the kill it writes the reason to ``note`` (the driver
+    reads it, ``sharded.ShardedJob``). None or 0: does nothing. A model that hangs in native
+    code holding the GIL cannot be stopped from a thread (the thread never runs): that one
+    only the driver could kill; a sleep, I/O, torch op or Python loop releases it.
+    """
+
+    def __init__(self, timeout_s: float | None, note: str, worker_id: int):
+        self.timeout_s, self.note, self.worker_id = timeout_s, note, worker_id
+        self._since: float | None = None
+        self._batch = -1
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> BatchWatchdog:
+        if self.timeout_s:
+            self._thread = threading.Thread(target=self._watch, name="parainfer-batch-watchdog", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    def arm(self, batch_index: int) -> None:
+        self._batch, self._since = batch_index, time.monotonic()
+
+    def disarm(self) -> None:
+        self._since = None
+
+    def _watch(self) -> None:
+        assert self.timeout_s
+        step = min(1.0, self.timeout_s / 10)
+        while not self._stop.wait(step):
+            since = self._since
+            if since is not None and time.monotonic() - since > self.timeout_s:
+                try:
+                    with open(self.note, "w", encoding="utf-8") as f:
+                        f.write(f"batch {self._batch} of the shard timed out after {self.timeout_s:g} s "
+                                f"(--task-timeout); worker {self.worker_id} killed")
+                except OSError:
+                    pass  # no note (a full disk): the driver names the death without the reason
+                os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,90 @@
+"""Response bodies of the inference endpoints, built in one place for every caller.
+
+The online routes (``generation_routes``, ``app``) and the OpenAI batch paths
+(``parainfer run`` on a batch file, ``/v1/batches``) all shape their answers here, so a batch
+result's ``body`` is exactly what the matching online endpoint returns. The shapes are
+OpenAI's (and the pydantic models in ``schemas``): a chat completion, a text completion, an
+embeddings list, each with ``usage``.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from parainfer.serving.http.errors import ApiError
+
+
+@dataclass
+class Choice:
+    """One prompt's finished sequence (online answers and batch-file lines alike)."""
+
+    index: int
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    logprobs: dict[str, Any] | None = None  # OpenAI's logprobs object, shaped by serving.logprobs_format
+    token_logprobs: list[Any] | None = None  # the engine's TokenLogprobs, before shaping
+
+
+def completion_head(kind: str, model: str) -> dict[str, Any]:
+    """``{id, object, created, model}`` of a new completion; ``kind`` is "chat" or "text"."""
+    if kind == "chat":
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": model}
+    return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+            "model": model}
+
+
+def usage(choices: Sequence[Choice]) -> dict[str, int]:
+    """OpenAI's completion usage summed over the choices."""
+    prompt = sum(c.prompt_tokens for c in choices)
+    completion = sum(c.completion_tokens for c in choices)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def chat_completion_body(head: dict[str, Any], choices: Sequence[Choice]) -> dict[str, Any]:
+    """A ``chat.completion`` object (schemas.ChatCompletionResponse)."""
+    return {**head, "usage": usage(choices),
+            "choices": [{"index": c.index, "message": {"role": "assistant", "content": c.text},
+                         "logprobs": c.logprobs, "finish_reason": c.finish_reason} for c in choices]}
+
+
+def completion_body(head: dict[str, Any], choices: Sequence[Choice]) -> dict[str, Any]:
+    """A ``text_completion`` object (schemas.CompletionResponse)."""
+    return {**head, "usage": usage(choices),
+            "choices": [{"index": c.index, "text": c.text, "logprobs": c.logprobs,
+                         "finish_reason": c.finish_reason} for c in choices]}
+
+
+def embeddings_body(data: list[dict[str, Any]], model: str, tokens: int) -> dict[str, Any]:
+    """An embeddings ``list`` object (schemas.EmbeddingResponse); ``data`` items are
+    ``{"object": "embedding", "index", "embedding"}``, ``tokens`` the input tokens."""
+    return {"object": "list", "data": data, "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def encode_vector(out: dict[str, Any], encoding: str, index: int) -> list[float] | str:
+    """An embedding as floats, or base64 of its little-endian float32 bytes (OpenAI's encoding).
+
+    Args:
+        out: one model output, with ``embedding`` (a vector of floats).
+        encoding: "float" or "base64" (the request's ``encoding_format``).
+        index: the input's position in the request, for the error.
+
+    Raises:
+        ApiError: 422 ``model_error`` when the output has no embedding.
+    """
+    if "embedding" not in out:
+        raise ApiError(422, f"the model returned no 'embedding' for input {index} (keys: {sorted(out)})",
+                       param=f"input.{index}", code="model_error")
+    vector = np.asarray(out["embedding"], dtype="<f4")
+    if encoding == "base64":
+        return base64.b64encode(vector.tobytes()).decode("ascii")
+    return vector.tolist()

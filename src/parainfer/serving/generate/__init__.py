@@ -1,0 +1,2 @@
+"""Generation behind ``/v1/completions`` and ``/v1/chat/completions``: admission, routes, replica router, service.
+"""

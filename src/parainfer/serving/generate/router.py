@@ -1,0 +1,297 @@
+"""N generation engine replicas behind one ``stream_async``, routed by least outstanding tokens.
+
+``serve --task generate --workers N`` (N > 1, or ``--executor ray``) runs one engine per worker
+(``replica_handles``: local processes or Ray actors); each does continuous batching on its own.
+:class:`ReplicaRouter` stands where the one-engine server has its ``EngineLoop``: the
+``GenerationService`` calls ``stream_async(prompt_ids, params)`` and reads ``engine`` (an
+``engine_view.EngineView``: the tokenizer, context window and cache size that admission needs;
+no weights in the server process). A request goes to the ready replica with the fewest
+*outstanding tokens*: for each request it holds, the prompt (until its first output: prefill
+still to do) plus ``max_tokens`` minus the tokens generated so far (ties: fewer requests, then
+the lower index). Outputs stream back in message batches, one per engine step or so.
+
+Faults: a replica that dies (killed, crashed, its node lost) or whose engine step raised
+is started again; a request it held that had no output yet is sent whole to another ready
+replica, the others fail with :class:`ReplicaDied` (the routes answer 503 with Retry-After, or
+an error event mid-stream); one that dies ``MAX_DEATHS_WHILE_LOADING``
+times in a row before loading, or whose model raised while loading, is given up. With every
+replica given up, ``error`` is set and /health says failed. All state lives on the event loop:
+reader threads hand events over with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable
+
+from parainfer.executors import MAX_DEATHS_WHILE_LOADING
+from parainfer.serving.generate.engine_view import EngineView
+from parainfer.serving.http.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+
+class ReplicaDied(RuntimeError):
+    """The replica running this request died or its engine broke (it is being restarted)."""
+
+
+@dataclass
+class _Request:
+    queue: asyncio.Queue
+    prompt: int
+    max_tokens: int
+    generated: int = 0
+    started: bool = False
+
+    @property
+    def outstanding(self) -> int:
+        return (0 if self.started else self.prompt) + max(0, self.max_tokens - self.generated)
+
+
+@dataclass
+class _Replica:
+    handle: Any = None
+    incarnation: int = 0
+    ready: bool = False
+    loaded_once: bool = False
+    dead: bool = False  # given up: never restarted
+    info: dict[str, Any] = field(default_factory=dict)
+    requests: dict[str, _Request] = field(default_factory=dict)
+    routed: int = 0
+    restarts: int = 0
+    load_deaths: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)  # its engine's counters, from 0 at each start
+
+    @property
+    def outstanding(self) -> int:
+        return sum(r.outstanding for r in self.requests.values())
+
+
+class ReplicaRouter:
+    """Starts the replicas and routes requests to them (see the module docstring).
+
+    Args:
+        factory: ``replica_handles.LocalReplicas`` or ``RayReplicas`` (connected already).
+        num_workers: N replicas.
+        tokenizer: the model's tokenizer (loaded in the server process).
+        on_ready: called once (on the loop) when every replica not given up has loaded.
+        on_failed: called (on the loop) with the reason when every replica is given up.
+        on_restart: called with the replica index when it is started again.
+        on_route: called with the replica index each time a sequence is sent to it.
+    """
+
+    def __init__(self, factory: Any, num_workers: int, tokenizer: Any, on_ready: Callable[[], None],
+                 on_failed: Callable[[str], None], on_restart: Callable[[int], None] = lambda w: None,
+                 on_route: Callable[[int], None] = lambda w: None) -> None:
+        self.factory, self.tokenizer = factory, tokenizer
+        self.on_ready, self.on_failed, self.on_restart, self.on_route = on_ready, on_failed, on_restart, on_route
+        self.replicas = [_Replica() for _ in range(num_workers)]
+        self.engine: EngineView | None = None
+        self.error: BaseException | None = None
+        self._ids = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = False
+
+    def start(self) -> None:
+        """Start every replica (they load in the background). Call on the event loop."""
+        self._loop = asyncio.get_running_loop()
+        for w in range(len(self.replicas)):
+            self._spawn(w)
+
+    def stop(self) -> None:
+        """Stop every replica and fail what they hold (blocking: run it in a thread)."""
+        self._stopped = True
+        for rep in self.replicas:
+            if rep.handle is not None:
+                rep.handle.close()
+        self.factory.close()
+
+    @property
+    def ready_count(self) -> int:
+        return sum(r.ready for r in self.replicas)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Per-replica state for /health."""
+        return [{"replica": w, "ready": r.ready, "dead": r.dead, "running": len(r.requests),
+                 "outstanding_tokens": r.outstanding, "requests_routed": r.routed, "restarts": r.restarts,
+                 "pid": r.info.get("pid"), "node": r.info.get("node"), "load_s": r.info.get("load_s")}
+                for w, r in enumerate(self.replicas)]
+
+    # ---- requests (on the loop) -------------------------------------------------------------
+
+    async def stream_async(self, prompt: list[int], params: Any) -> AsyncIterator[Any]:
+        """Send one sequence to the replica with the fewest outstanding tokens; async-iterate its
+        RequestOutputs. Leaving early aborts it in its replica. A sequence whose replica dies
+        before its first output is sent again, whole, to another ready replica (nothing of it
+        reached the client, so the answer is the one it would have had); once an output has
+        been yielded, the replica's death is the request's.
+
+        Raises:
+            ApiError: 503 (Retry-After) when no replica is ready now.
+            ReplicaDied: its replica died or broke after its first output, or before it with no
+                other ready replica left to try.
+            RuntimeError: the sequence failed alone in its engine (the reason is the message).
+        """
+        tried: set[int] = set()
+        while True:
+            w = self._pick(tried)
+            started = False
+            try:
+                async with aclosing(self._attempt(w, prompt, params)) as attempt:  # a client that
+                    async for out in attempt:  # leaves closes the attempt too: its finally aborts
+                        started = True
+                        yield out
+                return
+            except ReplicaDied as exc:
+                tried.add(w)
+                if started or not any(r.ready for i, r in enumerate(self.replicas) if i not in tried):
+                    raise
+                log.warning("generation replica %d lost a sequence before its first token (%s); sending it "
+                            "to another replica", w, exc)
+
+    async def _attempt(self, w: int, prompt: list[int], params: Any) -> AsyncIterator[Any]:
+        """One try of a sequence on replica ``w`` (see ``stream_async``)."""
+        rep, rid = self.replicas[w], f"g{next(self._ids)}"
+        req = _Request(asyncio.Queue(), len(prompt), params.max_tokens)
+        rep.requests[rid] = req
+        rep.routed += 1
+        self.on_route(w)
+        incarnation, handle, finished = rep.incarnation, rep.handle, False
+        try:
+            try:
+                handle.add(rid, prompt, params)
+            except Exception as exc:  # noqa: BLE001 - the worker went away: its "died" event follows
+                raise ReplicaDied(f"replica {w} went away while the request was sent: {exc}") from None
+            while not finished:
+                out = await req.queue.get()
+                if isinstance(out, BaseException):
+                    raise out
+                finished = out.finished
+                yield out
+        finally:
+            rep.requests.pop(rid, None)
+            if not finished and rep.incarnation == incarnation and rep.ready:
+                handle.abort(rid)
+
+    def _pick(self, exclude: set[int] = frozenset()) -> int:
+        ready = [w for w, r in enumerate(self.replicas) if r.ready and w not in exclude]
+        if not ready:
+            raise ApiError(503, "no generation replica is ready (restarting after a fault); retry shortly",
+                           code="replica_unavailable", headers={"Retry-After": "2"})
+        return min(ready, key=lambda w: (self.replicas[w].outstanding, len(self.replicas[w].requests), w))
+
+    def fail_all(self, exc: BaseException) -> None:
+        for rep in self.replicas:
+            self._fail_requests(rep, exc)
+
+    # ---- replica events (on the loop) ---------------------------------------------------------
+
+    def _spawn(self, w: int) -> None:
+        rep = self.replicas[w]
+        rep.incarnation += 1
+        rep.stats = {}  # a fresh engine counts from 0 (a counter reset, as after an engine rebuild)
+        incarnation, loop = rep.incarnation, self._loop
+        assert loop is not None
+
+        def on_event(kind: str, payload: Any) -> None:  # in the handle's reader thread
+            try:
+                loop.call_soon_threadsafe(self._on_event, w, incarnation, kind, payload)
+            except RuntimeError:  # the loop closed: shutting down
+                pass
+        rep.handle = self.factory.start(w, on_event)
+
+    def _on_event(self, w: int, incarnation: int, kind: str, payload: Any) -> None:
+        rep = self.replicas[w]
+        if incarnation != rep.incarnation or self._stopped:
+            return  # from a replica replaced already
+        if kind == "batch":
+            self._deliver(w, rep, payload)
+        elif kind == "ready":
+            rep.ready = rep.loaded_once = True
+            rep.info, rep.load_deaths = payload, 0
+            if self.engine is None:
+                self.engine = EngineView(self.tokenizer, payload, self)
+            if all(r.loaded_once or r.dead for r in self.replicas):
+                self.on_ready()
+        elif kind == "fatal":
+            log.error("generation replica %d: %s", w, payload)
+            self._give_up(w, rep, str(payload).splitlines()[0])
+        elif kind == "died":
+            self._lost(w, rep, str(payload))
+
+    def _deliver(self, w: int, rep: _Replica, messages: list[tuple]) -> None:
+        for msg in messages:
+            if msg[0] == "out":
+                out = msg[1]
+                req = rep.requests.get(out.request_id)
+                if req is None:
+                    continue  # aborted: its request has left
+                req.started, req.generated = True, out.completion_tokens
+                if out.finished:
+                    del rep.requests[out.request_id]
+                req.queue.put_nowait(out)
+            elif msg[0] == "error":
+                req = rep.requests.pop(msg[1], None)
+                if req is not None:
+                    req.queue.put_nowait(RuntimeError(f"the sequence failed in replica {w}: {msg[2]}"))
+            elif msg[0] == "stats":
+                rep.stats = msg[1]
+            elif msg[0] == "broken":
+                self._lost(w, rep, f"replica {w}'s engine broke: {msg[1]}")
+                return
+
+    def _lost(self, w: int, rep: _Replica, reason: str) -> None:
+        log.error("generation replica %d lost (%s); its %d requests fail, restarting it", w, reason,
+                  len(rep.requests))
+        was_ready, rep.ready = rep.ready, False
+        rep.handle.close()
+        self._fail_requests(rep, ReplicaDied(reason))
+        if not was_ready:
+            rep.load_deaths += 1
+            if rep.load_deaths >= MAX_DEATHS_WHILE_LOADING:
+                return self._give_up(w, rep, f"replica {w} died {rep.load_deaths} times in a row while loading "
+                                             f"(last: {reason})")
+        rep.restarts += 1
+        self.on_restart(w)
+        self._spawn(w)
+        return None
+
+    def _give_up(self, w: int, rep: _Replica, reason: str) -> None:
+        rep.ready, rep.dead = False, True
+        rep.handle.close()
+        self._fail_requests(rep, ReplicaDied(reason))
+        if all(r.dead for r in self.replicas):
+            self.error = RuntimeError(reason)
+            self.on_failed(reason)
+        elif all(r.loaded_once or r.dead for r in self.replicas) and self.ready_count:
+            self.on_ready()
+
+    @staticmethod
+    def _fail_requests(rep: _Replica, exc: BaseException) -> None:
+        held, rep.requests = rep.requests, {}
+        for req in held.values():
+            req.queue.put_nowait(exc)
+
+
+async def start_router(config: Any, **callbacks: Callable) -> ReplicaRouter:
+    """Connect (Ray: to the cluster), load the tokenizer, and start ``config.workers`` replicas of
+    ``config``'s engine on ``config.executor`` behind a router; ``callbacks`` are ReplicaRouter's
+    ``on_ready``, ``on_failed``, ``on_restart``, ``on_route``. Call on the event loop.
+
+    Raises:
+        UsageError: a Ray cluster without room for the actors.
+    """
+    from parainfer.executors.engine_replicas.handles import make_replicas
+    from parainfer.executors.engine_replicas.host import EngineSpec
+
+    spec = EngineSpec(config.model, config.dtype, config.max_num_seqs, config.threads_per_worker, config.prefix_cache)
+    factory = make_replicas(config, spec)
+    await asyncio.to_thread(factory.connect)
+    tokenizer = await asyncio.to_thread(spec.load_tokenizer)
+    router = ReplicaRouter(factory, config.workers, tokenizer, **callbacks)
+    router.start()
+    return router

@@ -1,0 +1,220 @@
+"""POST /v1/completions and POST /v1/chat/completions (OpenAI's schema), plain or streamed.
+
+``stream: true`` answers with server-sent events in OpenAI's format: ``data: {chunk}\\n\\n`` per
+piece of text (``object`` "text_completion" or "chat.completion.chunk"; chat sends the delta
+``{"role": "assistant"}`` first, then ``{"content": ...}`` deltas), a last chunk per choice with
+its ``finish_reason``, a usage chunk when ``stream_options.include_usage``, then
+``data: [DONE]\\n\\n``. A client that leaves mid-stream aborts its sequences in the engine.
+``response_format`` (json_object / json_schema) constrains the output by token masks
+(``generation.grammar``; an uncompilable schema is 400 at admission); ``logprobs`` (chat:
+``logprobs`` + ``top_logprobs``; completions: ``logprobs`` k) come in OpenAI's shapes
+(``logprobs_format``), each stream chunk carrying its own tokens'.
+On a server of another task the routes answer 400 naming the task they need.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import aclosing
+from typing import Any, AsyncIterator, Callable
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from parainfer.openai.bodies import chat_completion_body, completion_body, completion_head
+from parainfer.serving.config import ServeConfig
+from parainfer.serving.http.json_body import OrjsonRoute
+from parainfer.openai.logprobs import chat_logprobs, completion_logprobs
+from parainfer.serving.http.errors import ApiError, request_id
+from parainfer.serving.generate.admission import chat_messages, check_supported
+from parainfer.serving.generate.service import Admitted, GenerationService, Reservation
+from parainfer.serving.embed.service import ClientGone
+from parainfer.openai.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    SamplingFields,
+    error_body,
+)
+
+CLIENT_CLOSED = 499
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in
+                                            (400, 401, 403, 413, 415, 422, 429, 503, 504)}
+log = logging.getLogger(__name__)
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def generation_routes(config: ServeConfig, service: GenerationService | None) -> APIRouter:
+    """The two generation routes; ``service`` is None on an embed/classify server (they answer 400)."""
+    router = APIRouter(tags=["v1"], responses=_ERRORS, route_class=OrjsonRoute)
+    name = config.served_model_name()
+
+    def need(route: str) -> GenerationService:
+        if service is None:
+            raise ApiError(400, f"this server runs --task {config.task}; {route} needs --task generate "
+                                f"(use /v1/{dict(embed='embeddings', translate='translations').get(config.task, 'classify')})",
+                           code="wrong_task")
+        return service
+
+    @router.post("/v1/completions", response_model=CompletionResponse)
+    async def completions(body: CompletionRequest, request: Request) -> Any:
+        """Complete one prompt or a list (one choice each); text prompts get no chat template."""
+        gen = need("/v1/completions")
+        check_supported(body)
+        if body.echo:
+            raise ApiError(400, "echo is not supported; leave it false", param="echo", code="unsupported")
+        got = await gen.admit_completion(body)
+        head = completion_head("text", name)
+        if body.stream:
+            return _sse(_completion_events(gen.stream(got.prompts, got.params, got.reservation), head,
+                                           _include_usage(body), got.prompts, request,
+                                           _chunk_logprobs(gen, got.params, chat=False)), got.reservation)
+        choices = await _complete(gen, got, request)
+        if isinstance(choices, Response):
+            return choices
+        _shape_logprobs(choices, gen, chat=False)
+        return JSONResponse(completion_body(head, choices))
+
+    @router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+        """Answer a conversation with the model's chat template (one choice)."""
+        gen = need("/v1/chat/completions")
+        check_supported(body)
+        got = await gen.admit_chat(body, chat_messages(body))
+        head = completion_head("chat", name)
+        if body.stream:
+            head["object"] = "chat.completion.chunk"
+            return _sse(_chat_events(gen.stream(got.prompts, got.params, got.reservation), head,
+                                     _include_usage(body), got.prompts, request,
+                                     _chunk_logprobs(gen, got.params, chat=True)), got.reservation)
+        choices = await _complete(gen, got, request)
+        if isinstance(choices, Response):
+            return choices
+        _shape_logprobs(choices, gen, chat=True)
+        return JSONResponse(chat_completion_body(head, choices))
+
+    return router
+
+
+def _shape_logprobs(choices: list[Any], gen: GenerationService, chat: bool) -> None:
+    """Fill each choice's OpenAI ``logprobs`` object from the engine's token logprobs."""
+    tokenizer = gen.loop.engine.tokenizer if gen.loop is not None else None
+    for c in choices:
+        if c.token_logprobs is not None and tokenizer is not None:
+            c.logprobs = (chat_logprobs(tokenizer, c.token_logprobs) if chat
+                          else completion_logprobs(tokenizer, c.token_logprobs))
+
+
+def _chunk_logprobs(gen: GenerationService, params: Any, chat: bool) -> Callable[[int, Any], Any] | None:
+    """For a stream that asked for logprobs: ``(choice index, output) -> logprobs object`` of
+    the output's new tokens (completions' ``text_offset`` continues across chunks); else None."""
+    if params.logprobs is None or gen.loop is None:
+        return None
+    tokenizer, offsets = gen.loop.engine.tokenizer, {}
+
+    def shape(i: int, out: Any) -> Any:
+        entries = out.new_logprobs or []
+        if chat:
+            return chat_logprobs(tokenizer, entries)
+        body = completion_logprobs(tokenizer, entries, offsets.get(i, 0))
+        offsets[i] = offsets.get(i, 0) + sum(len(t) for t in body["tokens"])
+        return body
+    return shape
+
+
+def _include_usage(body: SamplingFields) -> bool:
+    return bool((body.stream_options or {}).get("include_usage"))
+
+
+async def _complete(gen: GenerationService, got: Admitted, request: Request) -> Any:
+    try:
+        return await gen.complete(got.prompts, got.params, request, got.reservation)
+    except ClientGone:
+        return Response(status_code=CLIENT_CLOSED)
+
+
+class _ReleasingStream(StreamingResponse):
+    """A StreamingResponse that releases the request's reservation however it ends (even when
+    its body iterator never started: the client left before the first byte)."""
+
+    def __init__(self, content: AsyncIterator[bytes], reservation: Reservation) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=SSE_HEADERS)
+        self.reservation = reservation
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.reservation.release()
+
+
+def _sse(events: AsyncIterator[dict[str, Any]], reservation: Reservation) -> StreamingResponse:
+    async def encode() -> AsyncIterator[bytes]:
+        async with aclosing(events) as chunks:
+            async for chunk in chunks:
+                yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+    return _ReleasingStream(encode(), reservation)
+
+
+async def _events(outputs: AsyncIterator[tuple[int, Any]], head: dict[str, Any], include_usage: bool,
+                  prompts: list[list[int]], request: Request, choice: Callable[[int, Any], dict[str, Any] | None]
+                  ) -> AsyncIterator[dict[str, Any]]:
+    """Chunks from engine outputs; ``choice(index, out)`` shapes one choice (None: nothing to send).
+    An engine failure mid-stream becomes an ``{"error": ...}`` event (the openai client raises it)
+    with a generic message and the request id; the exception goes to the server log."""
+    completion = [0] * len(prompts)
+    try:
+        async with aclosing(outputs) as outs:
+            async for i, out in outs:
+                if out is not None:  # None: chat's role delta, before any token
+                    completion[i] = out.completion_tokens
+                shaped = choice(i, out)
+                if shaped is not None:
+                    yield {**head, "choices": [shaped]}
+    except Exception as exc:  # noqa: BLE001 - the status line was sent already
+        rid = request_id(request.scope)
+        log.error("request %s: generation failed mid-stream: %s: %s", rid, type(exc).__name__, exc)
+        yield error_body(f"generation failed (request id {rid}; see the server log); retry it", "server_error",
+                         code="engine_error")
+        return
+    if include_usage:
+        prompt = sum(len(p) for p in prompts)
+        yield {**head, "choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": sum(completion),
+                                                "total_tokens": prompt + sum(completion)}}
+
+
+def _completion_events(outputs: AsyncIterator[tuple[int, Any]], head: dict[str, Any], include_usage: bool,
+                       prompts: list[list[int]], request: Request,
+                       logprobs: Callable[[int, Any], Any] | None = None) -> AsyncIterator[dict[str, Any]]:
+    def choice(i: int, out: Any) -> dict[str, Any] | None:
+        if not out.new_text and not out.finished and not (logprobs and out.new_logprobs):
+            return None
+        return {"index": i, "text": out.new_text, "logprobs": logprobs(i, out) if logprobs else None,
+                "finish_reason": out.finish_reason if out.finished else None}
+    return _events(outputs, head, include_usage, prompts, request, choice)
+
+
+def _chat_events(outputs: AsyncIterator[tuple[int, Any]], head: dict[str, Any], include_usage: bool,
+                 prompts: list[list[int]], request: Request,
+                 logprobs: Callable[[int, Any], Any] | None = None) -> AsyncIterator[dict[str, Any]]:
+    async def with_role() -> AsyncIterator[tuple[int, Any]]:
+        for i in range(len(prompts)):  # the role delta goes first, before any text
+            yield i, None
+        async with aclosing(outputs) as outs:
+            async for item in outs:
+                yield item
+
+    def choice(i: int, out: Any) -> dict[str, Any] | None:
+        if out is None:
+            return {"index": i, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}
+        lp = logprobs(i, out) if logprobs and out.new_logprobs else None
+        if out.finished:
+            delta = {"content": out.new_text} if out.new_text else {}
+            return {"index": i, "delta": delta, "logprobs": lp, "finish_reason": out.finish_reason}
+        return {"index": i, "delta": {"content": out.new_text}, "logprobs": lp, "finish_reason": None} \
+            if out.new_text or lp else None
+    return _events(with_role(), head, include_usage, prompts, request, choice)

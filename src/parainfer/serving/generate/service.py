@@ -1,0 +1,337 @@
+"""The generation service behind /v1/completions and /v1/chat/completions (``--task generate``).
+
+One :class:`~parainfer.generation.LLMEngine` runs in the server process, stepped by an
+:class:`~parainfer.generation.EngineLoop` thread; no worker processes. Continuous batching
+happens inside the engine (sequences join and leave the running batch at every step), so one
+engine already batches every request the server holds; a second replica would hold a second
+copy of the weights and KV cache and split the batch, making each step's matmuls smaller, on
+the same cores. torch releases the GIL inside the forward, so the event loop keeps serving
+HTTP while the engine thread computes. That is the default (``--workers 1``).
+
+With ``--workers N`` > 1 or ``--executor ray`` the engines run in N workers instead (local
+processes or Ray actors, on other GPUs or nodes), each batching continuously on its own, and a
+:class:`~parainfer.serving.generate.router.ReplicaRouter` stands where the EngineLoop was: it
+sends each sequence to the replica with the fewest outstanding tokens and streams its outputs
+back; admission, metrics and the routes are the same. A replica that dies fails its requests
+(503, or an error event mid-stream) and is restarted.
+
+A route calls ``admit_completion`` / ``admit_chat`` (in this order: 503 not loaded, 413 more
+prompts than ``--max-queue`` could ever hold, 400 a prompt over its character budget, 429 no
+room: capacity for the request's sequences is *reserved* here, before any tokenising; then, in
+the CPU thread, off the event loop: tokenising, 400 a lone surrogate or too long for the
+window), then ``complete`` (non-streaming: waits for every sequence, the client's disconnect or
+the timeout) or ``stream`` (async iterator of ``(prompt index, RequestOutput)``), handing them
+the reservation, which they release when the request ends. Leaving either early (disconnect,
+timeout, cancel) aborts the request's sequences in the engine.
+
+Fault isolation: a sequence that fails in the engine fails alone (see ``LLMEngine.step``). If a
+step itself raises, the engine's state may be broken: the EngineLoop fails what it holds and
+stops, and this service builds a new engine with the same factory (/health says
+``"rebuilding"``, 503, meanwhile; requests get 503 with ``Retry-After``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+from starlette.requests import Request
+
+from parainfer.openai.bodies import Choice
+from parainfer.serving.config import ServeConfig
+from parainfer.serving.http.errors import ApiError, request_id
+from parainfer.serving.generate.admission import CHAT_DEFAULT_MAX_TOKENS, Admission, Admitted, Reservation
+from parainfer.serving.metrics import EngineStatsCollector, ServingMetrics
+from parainfer.serving.embed.service import wait_or_give_up
+
+log = logging.getLogger(__name__)
+REBUILD_RETRY_AFTER_S = 10
+__all__ = ["Admitted", "CHAT_DEFAULT_MAX_TOKENS", "Choice", "GenerationService", "Reservation", "uses_replicas"]
+
+
+
+
+def uses_replicas(config: ServeConfig) -> bool:
+    """True when the engines run in workers (``--workers`` > 1 or ``--executor ray``); else one
+    engine runs in the server process (``--workers 1``, the default for generate)."""
+    return config.workers > 1 or config.executor == "ray"
+
+
+class GenerationService(Admission):
+    """Owns the engine, its loop thread, admission and the generation metrics of one app.
+
+    Args:
+        config: the server settings (``model``, ``dtype``, ``max_num_seqs``, ``max_queue``,
+            ``request_timeout_s``, ``threads_per_worker``).
+        metrics: where time to first token, inter-token latency and token counts go.
+        engine_factory: builds the engine (runs in a loader thread); default loads
+            ``config.model`` or SmolLM2-135M-Instruct. Also used to rebuild a broken engine.
+    """
+
+    def __init__(self, config: ServeConfig, metrics: ServingMetrics,
+                 engine_factory: Callable[[], Any] | None = None) -> None:
+        self.config, self.metrics = config, metrics
+        self._factory = engine_factory or self._build_engine
+        self.loop: Any = None  # EngineLoop once loaded
+        self.load_error: BaseException | None = None
+        self.state = "loading"  # loading | ok | rebuilding | failed
+        self.rebuilds = 0
+        self.running = 0  # sequences admitted (reserved or in the engine)
+        self._done_times: list[float] = []  # recent sequence ends, for Retry-After
+        self._cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parainfer-gen-cpu")
+        self.replicas: Any = None  # a ReplicaRouter when the engines run in workers (uses_replicas)
+        for reason in ("stop", "length", "abort", "error"):
+            metrics.sequences.labels(reason)
+        metrics.registry.register(EngineStatsCollector(self._engine_stats))
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the engine in a background thread (/health says 503 until it is up); with
+        replicas (``uses_replicas``), start them instead."""
+        if uses_replicas(self.config):
+            await self._start_replicas()
+            return
+        threading.Thread(target=self._load, name="parainfer-engine-load", daemon=True).start()
+
+    # ---- replicas: --workers N > 1 or --executor ray (replica_router) ---------------------------
+
+    async def _start_replicas(self) -> None:
+        """One engine per worker (local processes or Ray actors), routed by outstanding tokens.
+
+        Raises:
+            UsageError: a Ray cluster without room for the actors (the server does not start).
+        """
+        from parainfer.serving.generate.router import start_router
+
+        for w in range(self.config.workers):  # the series exist (at 0) from the first scrape
+            self.metrics.restarts.labels(str(w))
+            self.metrics.replica_requests.labels(str(w))
+        self.replicas = await start_router(self.config, on_ready=self._replicas_ready,
+                                           on_failed=self._replicas_failed, on_restart=self._replica_restarted,
+                                           on_route=lambda w: self.metrics.replica_requests.labels(str(w)).inc())
+
+    def _replicas_ready(self) -> None:
+        if self.state in ("loading", "rebuilding", "ok"):
+            self.loop, self.state = self.replicas, "ok"
+        self.metrics.replicas_ready.set(self.replicas.ready_count)
+
+    def _replicas_failed(self, reason: str) -> None:
+        log.error("every generation replica failed: %s", reason)
+        self.load_error, self.state = RuntimeError(reason), "failed"
+
+    def _replica_restarted(self, worker: int) -> None:
+        self.rebuilds += 1
+        self.metrics.restarts.labels(str(worker)).inc()
+        self.metrics.replicas_ready.set(self.replicas.ready_count)
+
+    async def stop(self) -> None:
+        """Stop the engine thread; sequences still in it end with an error (uvicorn has already
+        waited for the requests in flight)."""
+        self.state = "stopped"
+        self._cpu.shutdown(wait=False, cancel_futures=True)
+        if self.replicas is not None:
+            self.replicas.fail_all(ConnectionAbortedError("server is shutting down"))
+            await asyncio.to_thread(self.replicas.stop)
+            return
+        loop = self.loop
+        if loop is None:
+            return
+        await asyncio.to_thread(loop.stop)
+        loop.engine.fail_all(ConnectionAbortedError("server is shutting down"))
+
+    def _build_engine(self) -> Any:
+        from parainfer.generation import LLMEngine, ensure_smollm2
+
+        path = ensure_smollm2() if self.config.model in (None, "default") else Path(self.config.model)
+        dtype = "float32" if self.config.dtype == "auto" else self.config.dtype
+        return LLMEngine(path, dtype=dtype, max_num_seqs=self.config.max_num_seqs,
+                         threads=self.config.threads_per_worker,
+                         enable_prefix_caching=self.config.prefix_cache)
+
+    def _load(self) -> None:
+        from parainfer.generation import EngineLoop
+
+        try:
+            loop = EngineLoop(self._factory(), on_error=self._on_engine_error).start()
+        except BaseException as exc:  # noqa: BLE001 - reported by /health and every request
+            log.exception("generation engine failed to load")
+            self.load_error, self.state = exc, "failed"
+            return
+        if self.state == "stopped":
+            loop.stop()
+            return
+        self.loop, self.state = loop, "ok"
+
+    def _on_engine_error(self, exc: BaseException) -> None:
+        """The engine loop stopped on an error (its requests have been failed): build a new
+        engine in the background. Called in the old loop's thread."""
+        if self.state == "stopped":
+            return
+        log.error("generation engine broke (%s); rebuilding it", type(exc).__name__)
+        self.state, self.loop = "rebuilding", None  # drop the broken engine before loading anew
+        self.rebuilds += 1
+        threading.Thread(target=self._load, name="parainfer-engine-rebuild", daemon=True).start()
+
+    def _engine_stats(self) -> dict[str, Any] | None:
+        """A copy of the loaded engine's counters (prefill, prefix cache), for /metrics."""
+        loop = self.loop
+        stats = None if loop is None else getattr(loop.engine, "stats", None)
+        return None if stats is None else dict(stats)
+
+    @property
+    def ready(self) -> bool:
+        replicas_up = self.replicas is None or self.replicas.ready_count > 0
+        return self.state == "ok" and self.loop is not None and self.loop.error is None and replicas_up
+
+    @property
+    def queue_depth(self) -> int:
+        return self.running
+
+    def health(self) -> dict[str, Any]:
+        """The /health body: status ok | loading | rebuilding | failed, plus engine numbers once
+        loaded. No exception text (that is in the server log)."""
+        body: dict[str, Any] = {"status": self.state, "task": "generate", "sequences_running": self.running,
+                                "engine_rebuilds": self.rebuilds}
+        if self.state == "failed":
+            body["error"] = "the generation engine could not load; see the server log"
+        loop = self.loop
+        if loop is not None:
+            engine = loop.engine
+            body.update(max_model_len=engine.max_model_len, max_num_seqs=engine.config.max_num_seqs,
+                        dtype=engine.config.dtype, engine_stats=dict(engine.stats))
+        if self.replicas is not None:
+            body.update(executor=self.config.executor, replicas=len(self.replicas.replicas),
+                        replicas_ready=self.replicas.ready_count, replica_state=self.replicas.describe())
+            if self.state == "ok" and not self.replicas.ready_count:
+                body["status"] = "rebuilding"
+        return body
+
+    # ---- admission -----------------------------------------------------------------------------
+
+    def _engine(self) -> Any:
+        loop = self.loop
+        if loop is not None and loop.error is None and self.state == "ok":
+            return loop.engine
+        if self.state == "failed":
+            raise ApiError(503, "the generation engine failed to load; see /health and the server log",
+                           code="no_engine")
+        if self.state in ("rebuilding", "ok"):
+            raise ApiError(503, "the generation engine is being rebuilt after a fault; retry shortly",
+                           code="engine_rebuilding", headers={"Retry-After": str(REBUILD_RETRY_AFTER_S)})
+        raise ApiError(503, "the model is still loading; retry shortly (GET /health says 200 when ready)",
+                       code="loading", headers={"Retry-After": "5"})
+
+    # ---- running -------------------------------------------------------------------------------
+
+    async def complete(self, prompts: list[list[int]], params: Any, request: Request,
+                       reservation: Reservation | None = None) -> list[Choice]:
+        """Generate every prompt; returns one Choice each, in order.
+
+        Args:
+            reservation: the request's room from admission (released here when done); None
+                takes room now without a check (callers that used ``admit``).
+
+        Raises:
+            ApiError: 504 past --request-timeout-s, 503 the engine failed (a generic message
+                with the request id; the exception is logged).
+            ClientGone: the client disconnected (its sequences were aborted).
+        """
+        reservation = reservation or self._take(len(prompts))
+        t0 = time.perf_counter()
+        try:
+            work = asyncio.gather(*(self._collect(i, ids, params, t0) for i, ids in enumerate(prompts)))
+            await wait_or_give_up(work, request, self.config.request_timeout_s, "; or stream it")
+            try:
+                return work.result()
+            except ApiError:
+                raise
+            except Exception as exc:
+                rid = request_id(request.scope)
+                log.error("request %s: generation failed: %s: %s", rid, type(exc).__name__, exc)
+                raise ApiError(503, f"generation failed (request id {rid}; see the server log); retry it",
+                               code="engine_error", headers={"Retry-After": "1"}) from None
+        finally:
+            reservation.release()
+
+    async def stream(self, prompts: list[list[int]], params: Any,
+                     reservation: Reservation | None = None) -> AsyncIterator[tuple[int, Any]]:
+        """Yield ``(prompt index, RequestOutput)`` as the engine produces them, all prompts
+        interleaved. Closing the iterator early aborts every sequence still running; the
+        reservation (see ``complete``) is released when it ends.
+
+        Raises:
+            Exception: what the engine raised (its loop failed or shut down).
+        """
+        reservation = reservation or self._take(len(prompts))
+        t0 = time.perf_counter()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(i: int, ids: list[int]) -> None:
+            try:
+                async with aclosing(self._sequence(ids, params, t0)) as outs:
+                    async for out in outs:
+                        queue.put_nowait((i, out))
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer
+                queue.put_nowait((i, exc))
+            queue.put_nowait((i, None))
+
+        tasks = [asyncio.create_task(pump(i, ids)) for i, ids in enumerate(prompts)]
+        try:
+            for _ in range(len(tasks)):
+                while True:
+                    i, item = await queue.get()
+                    if item is None:
+                        break
+                    if isinstance(item, Exception):
+                        raise item
+                    yield i, item
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            reservation.release()
+
+    async def _collect(self, index: int, ids: list[int], params: Any, t0: float) -> Choice:
+        choice = Choice(index, prompt_tokens=len(ids))
+        parts: list[str] = []
+        logprobs: list[Any] = []
+        async with aclosing(self._sequence(ids, params, t0)) as outs:
+            async for out in outs:
+                parts.append(out.new_text)
+                choice.completion_tokens, choice.finish_reason = out.completion_tokens, out.finish_reason
+                logprobs.extend(out.new_logprobs or [])
+        choice.text = "".join(parts)
+        choice.token_logprobs = logprobs if params.logprobs is not None else None
+        return choice
+
+    async def _sequence(self, ids: list[int], params: Any, t0: float) -> AsyncIterator[Any]:
+        """One sequence's outputs from the engine, timed into the metrics."""
+        reason, last, first = "abort", t0, True
+        loop = self.loop
+        if loop is None:
+            self._engine()  # raises the 503 of the engine's state
+        try:
+            async with aclosing(loop.stream_async(ids, params)) as outs:
+                async for out in outs:
+                    if out.new_token_ids:
+                        now = time.perf_counter()
+                        (self.metrics.ttft if first else self.metrics.itl).observe(now - last)
+                        self.metrics.generated_tokens.inc(len(out.new_token_ids))
+                        first, last = False, now
+                    if out.finished:
+                        reason = out.finish_reason or "stop"
+                    yield out
+        except Exception:
+            reason = "error"
+            raise
+        finally:
+            self.metrics.sequences.labels(reason).inc()
+            now = time.monotonic()
+            self._done_times = [t for t in self._done_times[-255:] if now - t < 10.0] + [now]

@@ -1,0 +1,2 @@
+"""Translation behind ``/v1/translations``.
+"""

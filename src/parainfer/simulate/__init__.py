@@ -1,0 +1,2 @@
+"""The scale simulator (``parainfer simulate``): the real scheduling policies and shard plan against simulated workers.
+"""
