@@ -13,21 +13,17 @@ __all__ = ["run", "predict", "Pool", "datasets", "ParainferError", "UsageError",
            "Interrupted"]
 
 
-def __getattr__(name: str):  # PEP 562: lazy attributes
-    if name in ("run", "predict", "Pool"):
-        from parainfer import api
+# Lazy attributes (PEP 562) by module name: ``import parainfer`` loads none of the layers below.
+_LAZY = {"run": "parainfer.api", "predict": "parainfer.api", "Pool": "parainfer.api",
+         "ParainferError": "parainfer.errors", "UsageError": "parainfer.errors", "JobError": "parainfer.errors",
+         "RecordsFailed": "parainfer.errors", "Interrupted": "parainfer.batch.recovery"}
 
-        return getattr(api, name)
-    if name in ("ParainferError", "UsageError", "JobError", "RecordsFailed"):
-        from parainfer import errors
 
-        return getattr(errors, name)
-    if name == "Interrupted":
-        from parainfer.batch.recovery import Interrupted
+def __getattr__(name: str):
+    import importlib
 
-        return Interrupted
     if name == "datasets":
-        import importlib
-
         return importlib.import_module("parainfer.platform.datasets")
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'parainfer' has no attribute {name!r}")

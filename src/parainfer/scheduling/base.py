@@ -18,9 +18,17 @@ Example (a policy that pulls from one FIFO, i.e. ``dynamic``)::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Protocol
 
 from parainfer.scheduling.cost import CostModel
-from parainfer.executors.base import Task
+
+
+class Task(Protocol):
+    """What a policy needs of a task (``executors.base.Task`` is one): its index in the job
+    (unique while it is live) and its cost estimate in padded tokens."""
+
+    index: int
+    padded_tokens: int
 
 
 class SchedulingPolicy(ABC):

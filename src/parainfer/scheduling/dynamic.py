@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from parainfer.scheduling.base import SchedulingPolicy
-from parainfer.executors.base import Task
+from parainfer.scheduling.base import SchedulingPolicy, Task
 
 
 class DynamicPolicy(SchedulingPolicy):

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import bisect
 
-from parainfer.scheduling.base import SchedulingPolicy
-from parainfer.executors.base import Task
+from parainfer.scheduling.base import SchedulingPolicy, Task
 
 
 class LptPolicy(SchedulingPolicy):
