@@ -1,4 +1,4 @@
-"""The ``--dtype auto`` decision, remembered per model and machine (issue 11, start-up).
+"""The ``--dtype auto`` decision, remembered per model and machine (a start-up cost).
 
 ``--dtype auto`` runs the calibration texts through the model in float32 and in bfloat16 and
 keeps bf16 only within tolerance (``hf_common.pick_dtype``). The answer depends on the model
