@@ -59,7 +59,7 @@ class OnnxPredictor(HFTokenizerMixin, Predictor):
         tokenizer_dir: a Hugging Face tokenizer directory (with config.json for the window).
         task: "embed" or "classify".
         head_path: classify only: a .onnx head ([B, H] -> probabilities [B, C]) or a
-            safetensors head (``train_head.save_head`` format).
+            safetensors head (``training.default_head.save_head`` format).
         labels: classify: class index -> label (a safetensors head carries its own).
         name: a short name for reports.
     """

@@ -22,7 +22,7 @@ DEFAULT_SHARD_OVERHEAD_S = 5e-3  # a worker's per-shard cost: open, new length e
 
 
 def record_seconds(workload: Any) -> float:
-    """Worker compute seconds per record of a ``simulate.Workload`` (fitted task cost summed
+    """Worker compute seconds per record of a ``simulate.records.Workload`` (fitted task cost summed
     over its tasks, divided by their records)."""
     records = sum(n for n, _ in workload.tasks)
     total = sum(workload.task_seconds(tok) for _, tok in workload.tasks)
@@ -36,12 +36,12 @@ def simulate_sharded(workload: Any, workers: int, records: int, speed_sigma: flo
                      seed: int = 0) -> dict[str, Any]:
     """One simulated sharded run of ``records`` records on ``workers`` workers.
 
-    Returns the same keys as ``simulate.simulate`` (t_n_s, t1_s, speedup, efficiency,
+    Returns the same keys as ``simulate.records.simulate`` (t_n_s, t1_s, speedup, efficiency,
     imbalance; ``policy`` is "factoring", ``tasks`` the number of shards) plus
     ``smallest_shard`` (records) and ``driver_busy`` (the driver's busy share of T_N). T_1 is
     the one-worker compute of all records with one shard overhead. ``start_lag_s``: from the
     first hand-out to a worker starting its first shard, added once to every worker.
-    ``prefetch``: shards queued on a worker behind the running one (``sharded.PREFETCH``).
+    ``prefetch``: shards queued on a worker behind the running one (``batch.shard_mode.PREFETCH``).
     Raises ValueError for a ``dispatch_share`` outside [0, 1].
     """
     if not 0.0 <= dispatch_share <= 1.0:

@@ -29,7 +29,7 @@ class Shard:
         first_line: 1-based line (Parquet: row) number of the first line of the range; 0 when
             not known (a JSONL shard, planned without reading the file): the worker then
             numbers lines from 1 within the shard and the driver shifts its errors part's line
-            numbers when it concatenates the parts (``io.shard_store``).
+            numbers when it concatenates the parts (``io.shards.store``).
     """
 
     start: int
@@ -239,7 +239,7 @@ class ParquetCutter:
 class ShardPlanner:
     """The rest of an input file handed out as shards one at a time: a cutter (``TextCutter``
     or ``ParquetCutter``) driven by a ``FactoringPlan`` over what is left. Used by the driver
-    (``sharded.ShardedJob``) so each round's sizes use the driver cost and worker speed
+    (``batch.shard_mode.ShardDriver``) so each round's sizes use the driver cost and worker speed
     measured so far (``observe``). ``first_line`` is ignored for Parquet (rows number
     themselves). Raises ValueError as ``FactoringPlan`` does."""
 

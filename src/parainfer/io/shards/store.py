@@ -80,7 +80,7 @@ class ShardStore:
                              f"({_differences(old.get('job') or {}, self.job)}); rerun with --overwrite to "
                              "start over, or choose another --output")
         self.committed: list[dict[str, Any]] = []
-        self.header: Any = None  # the job's CSV header / Parquet schema bytes (io.part_sinks)
+        self.header: Any = None  # the job's CSV header / Parquet schema bytes (io.shards.part_sinks)
         self.next_start, self.next_line = start
         self.finished = False
         if old is not None and old.get("mode") == MODE and old.get("finished") and self.keep_parts:
@@ -113,7 +113,7 @@ class ShardStore:
     def fits(self, result: Any) -> bool:
         """True when a finished part's header (CSV columns, Parquet schema) is the job's, or it
         has none; the first part with a header sets the job's. A part that does not fit is
-        redone with the job's header (``sharded.ShardedJob``)."""
+        redone with the job's header (``batch.shard_mode.ShardDriver``)."""
         if result.header is None or self.header is None:
             return True
         return result.header == self.header
