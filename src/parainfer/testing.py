@@ -1,16 +1,13 @@
 """Callable test models for ``--model parainfer.testing:NAME`` (tests, benchmarks, demos).
 
-They need no weights and make scheduling effects visible:
-
-* ``echo``: returns the text length; costs nothing (scheduler-overhead benchmarks).
-* ``sleepy``: sleeps ``PARAINFER_TEST_MS_PER_TOKEN`` ms per (chars/4) token; worker
-  ``PARAINFER_TEST_SLOW_WORKER`` (if set) is ``PARAINFER_TEST_SLOWDOWN`` times slower: a straggler.
-* ``crash_on_marker``: like echo, but a text containing ``PARAINFER_TEST_MARKER`` (default
-  "@@crash@@") kills its worker process with SIGKILL (a poison record);
-  ``raise_on_marker`` raises ValueError instead.
-* ``hang_on_marker``: a text containing the marker sleeps for an hour (a hung task).
-* ``origin``: echo's output plus the worker's parent pid and whether ``colorsys`` (a module
-  nothing else imports) was in memory before the call: which start method made the worker.
+They need no weights and make scheduling effects visible: ``echo`` returns the text length at
+no cost; ``sleepy`` sleeps ``PARAINFER_TEST_MS_PER_TOKEN`` ms per (chars/4) token, and worker
+``PARAINFER_TEST_SLOW_WORKER`` (if set) is ``PARAINFER_TEST_SLOWDOWN`` times slower (a
+straggler); ``crash_on_marker`` is echo, but a text containing ``PARAINFER_TEST_MARKER``
+(default "@@crash@@") SIGKILLs its worker (a poison record), ``raise_on_marker`` raises
+ValueError instead, ``hang_on_marker`` sleeps an hour (a hung task); ``origin`` is echo's
+output plus the worker's parent pid and whether ``colorsys`` (a module nothing else imports)
+was in memory before the call: which start method made the worker.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Real model (the default classifier in float32) on a real VADER sample: the output equals the
 model run directly in this process on the same texts, the report's token and truncation
 figures equal an exact count by the tokenizer, and one very long text is cut to the
-character budget before anything tokenises it (issue 9, item 5).
+character budget before anything tokenises it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Record mode with output rows encoded by the workers and tasks of several batches (issue 11,
-item 2): the output and errors files are byte for byte those of the driver-side path (rows
-built by the merger, encoded by the sink, one batch a task), in JSONL and CSV."""
+"""Record mode with output rows encoded by the workers and tasks of several batches: the
+output and errors files are byte for byte those of the driver-side path (rows built by the
+merger, encoded by the sink, one batch a task), in JSONL and CSV."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The forkserver's disk cache of transformers' import structure (issue 11, start-up): the
+"""The forkserver's disk cache of transformers' import structure (start-up time): the
 cached answer equals transformers' own, entries are reused, and a broken entry falls back."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Local workers from a warmed forkserver or from spawn (issue 11, start-up): where they come
+"""Local workers from a warmed forkserver or from spawn (start-up time): where they come
 from, what they inherit, same outputs, and a SIGKILLed worker is still replaced."""
 
 from __future__ import annotations

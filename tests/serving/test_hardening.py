@@ -15,7 +15,7 @@ from conftest import running_server
 from fuzzing import embed_bodies, fuzz, requests, rss_bytes
 from health_probe import health_latencies_during
 
-FROZEN_S = 0.1  # the target for /health while the server is busy
+FROZEN_S = 0.1  # the target for /health while the server is busy
 # The machine running the suite is shared (2 cores, other jobs): allow a few slow samples,
 # but a frozen loop (14 s on the old main for one 7.9 MB string) fails at once.
 SLOW_SAMPLES_ALLOWED = 0.1

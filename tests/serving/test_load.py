@@ -46,7 +46,7 @@ def test_batches_form_under_concurrency(monkeypatch):
         assert codes == [200] * 32 * 6
         # 32 clients over 2 replicas could fill batches of ~16. A freed replica (one every ~0.15 s)
         # takes what arrived meanwhile, so the mean is bounded by how fast the in-process clients
-        # and server turn requests around (CPU), not by the batcher: issue 17 measured 4.3 and 4.3
+        # and server turn requests around (CPU), not by the batcher: we measured 4.3 and 4.3
         # before the admission-reservation change (f229a86), 8.0 and 3.9 at it (a99918b), 2.5-5.3
         # after, all at load 8-11 on 2 cores, with the replicas idle for want of requests. So the
         # bound is what arrived per freed replica (unbatched would be 1), capped at the old 6.
@@ -119,7 +119,7 @@ def test_health_is_503_until_every_replica_has_loaded(monkeypatch):
 
 
 def test_the_servers_tokenizer_loads_at_start_in_the_cpu_thread_not_on_the_event_loop():
-    # issue 17: the first request used to load the tokenizer (importing transformers and torch)
+    # The first request used to load the tokenizer (importing transformers and torch)
     # on the event loop, stalling every request for seconds; now start-up loads it off the loop.
     import threading
 

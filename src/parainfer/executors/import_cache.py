@@ -1,20 +1,12 @@
 """A disk cache for the import structure ``transformers`` computes each time it is imported
-(issue 11, start-up; used by the forkserver's ``preload`` only).
+(a start-up cost; used by the forkserver's ``preload`` only).
 
-``import transformers`` builds its lazy-module tables by reading and regex-scanning every
-source file under ``transformers/models`` (``utils.import_utils.define_import_structure``,
-called twice, once for the folder and once for ``models/__init__.py``): ~0.4 s of the ~2.2 s
-that the forkserver spends importing torch and ``transformers.modeling_utils`` on the 2-core
-machine. The result is a pure function of those files, so it is stored once in
-``<user cache dir>/parainfer/import_structure/<key>.json`` and read back by later imports.
-
-The key is a SHA-256 over the cache format, the Python version, the path asked for and the
-prefix, the modification time and size of ``transformers/__init__.py`` (which holds the
-version) and the modification times of the ``models`` folder and of the asked path (an
-upgrade or an edited install writes new files there, so it gets a new key).
+The tables that ``utils.import_utils.define_import_structure`` builds by scanning every source
+file under ``transformers/models`` are a pure function of those files, so they are stored once
+in ``<user cache dir>/parainfer/import_structure/<key>.json`` and read back by later imports.
 ``PARAINFER_IMPORT_CACHE=0`` turns the cache off; ``PARAINFER_IMPORT_CACHE_DIR`` moves it.
-Whatever goes wrong (a transformers version without the function, an unreadable or corrupt
-entry, a read-only folder) falls back to transformers' own computation.
+Whatever goes wrong falls back to transformers' own computation. The key and the time saved:
+docs/timing.md, "Worker start-up".
 """
 
 from __future__ import annotations

@@ -1,22 +1,13 @@
 """Imported by the local executor's forkserver only (``executors.start_method``): die with the
-driver (when it started the server from its main thread), apply the
-workers' environment defaults, then import the modules named in ``$PARAINFER_PRELOAD``
-(comma-separated), so that workers forked from the server start with them in memory.
+driver (when it started the server from its main thread), apply the workers' environment
+defaults, then import the modules named in ``$PARAINFER_PRELOAD`` (comma-separated), so that
+workers forked from the server start with them in memory.
 
-``transformers``' import structure is read from a disk cache (``import_cache``) instead of
-being recomputed from its source files.
-
-Only imports run here, never a torch op: no thread pool exists when the server forks.
-A module that fails to import is skipped (the worker imports it again and reports the error).
-
-The cyclic garbage collector is off during the imports: importing torch and
-``transformers.modeling_utils`` (~2,900 modules) allocates millions of objects and triggers
-hundreds of collections that find nothing to free (measured on the 2-core machine: 2.65 s
-with it, 2.15 s without). Afterwards every object is moved to the permanent generation
-(``gc.freeze``, Python >= 3.7) before the collector is turned back on, so the workers' own
-collections never walk, and so never copy-on-write, the pages of the inherited modules
-(the pattern Instagram described for pre-fork servers, "Dismissing Python Garbage Collection
-at Instagram", 2017; the reason ``gc.freeze`` exists, bpo-31558).
+Only imports run here, never a torch op. A module that fails to import is skipped (the worker
+imports it again and reports the error). transformers' import structure comes from a disk cache
+(``import_cache``); the imports run with the garbage collector off and end in ``gc.freeze``
+(the pattern of "Dismissing Python Garbage Collection at Instagram", 2017; bpo-31558). Why and
+what it saves: docs/timing.md, "Worker start-up".
 """
 
 from __future__ import annotations

@@ -1,32 +1,12 @@
 """The Ray executor: N Ray core actors on a cluster, one model replica each (``--executor ray``).
 
 The driver keeps parainfer's own scheduling policy, merger, checkpoint, recovery and report;
-Ray only places and runs the actors (``executors/ray_actor.py``). Each task is one actor call
-(``run.remote(task)``) whose ObjectRef the executor holds until it resolves:
-
-* a result becomes ``TaskResult``; its times are placed on the driver's clock (below);
-* an actor that died (SIGKILL, OOM, its node lost, or ``kill``) fails every call it held with
-  ``RayActorError``, and its never-returning ``watch`` call too (so an idle actor's death is
-  seen at once): that becomes one ``WorkerFailed`` with the tasks it held, and as the task it
-  was running the one it recorded starting in Ray's key-value store (a finished task's result
-  can be lost when the process dies right after, so results alone cannot tell);
-* a ``ShardTask`` (sharded mode) is one call too, answered by the actor's ``ShardResult``
-  (``executors/ray_shards.py``: the shared-file-system check, the result's times placed as below);
-* a model that raises while loading is a fatal ``WorkerFailed`` (as for local workers); an
-  actor that dies while loading ``MAX_DEATHS_WHILE_LOADING`` times in a row is too.
-
-Actors are created with ``max_restarts=0``: the engine restarts them (``restart``) so restarts
-and retries are counted and planned by ``recovery.TaskRecovery`` exactly as for processes.
-Actors are spread over the nodes round robin (worker w prefers the w-th node with room for it,
-a soft node affinity: Ray places it elsewhere when that node is full or gone; a restarted
-worker prefers the live node holding the fewest of this job's actors). Each asks for
-``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs, so Ray never places more replicas on a
-node than it has room for.
-
-Clocks: the clocks of two machines are not comparable, so only durations measured on the
-worker (compute time) cross the wire. A task's start on the driver's clock is the latest of
-its submission and the end of the worker's previous task (an actor runs one call at a time),
-but no later than (time the driver saw the result - compute time); its end is start + compute.
+Ray only places and runs the actors (``executors/ray_actor.py``). Each task, or ``ShardTask``
+(``executors/ray_shards.py``), is one actor call whose ObjectRef the executor holds until it
+resolves; an actor that dies becomes one ``WorkerFailed``. Actors have ``max_restarts=0``: the
+driver restarts them, so ``batch.recovery.TaskRecovery`` counts and plans restarts and retries
+as for processes. Placement, death detection and clocks: docs/cluster.md, "How the executor
+uses Ray".
 """
 
 from __future__ import annotations

@@ -1,18 +1,12 @@
 """Sharded mode on the Ray executor: the shared-file-system check, and shard results on the driver's clock.
 
-A Ray actor runs a ``ShardTask`` with the same ``executors.shard_runner.run_shard`` as a local
-worker process: it reads its byte range (or row groups) of the input file itself and writes its
-output and errors parts into the output's parts folder. So every node must see the input file
-and the parts folder *at the same path*: a shared file system (NFS, a cluster file system, or
-one machine). Before its first shard, each actor checks that it does (``check_paths``):
-
-* the input exists with the size the driver sees;
-* the parts folder holds the probe file the driver wrote there (``Probe``) with the driver's
-  random token: the same folder, not merely a folder of the same name on the node's own disk;
-* the parts folder is writable (a file created and removed).
-
-A failed check raises ``SharedPathError`` in the actor; the executor turns it into a
-``UsageError`` naming the node, the path and the fix (exit code 2).
+A Ray actor runs a ``ShardTask`` with the same ``batch.shard_runner.run_shard`` as a local
+worker process, so every node must see the input file and the parts folder at the same path.
+Before its first shard each actor checks that (``check_paths``): the input exists with the size
+the driver sees, the parts folder holds the driver's probe file (``Probe``) with its random
+token, and the folder is writable. A failed check raises ``SharedPathError``, which the executor
+turns into a ``UsageError`` naming the node, the path and the fix (exit code 2). More:
+docs/sharded.md, "On Ray: a shared file system".
 """
 
 from __future__ import annotations

@@ -1,23 +1,12 @@
 """How local workers are started: a warmed ``forkserver`` (default on Linux) or ``spawn``.
 
-Under ``spawn`` every worker is a fresh interpreter that imports torch and transformers itself
-and then, inside ``from_pretrained``, the ~1,500 modules behind ``transformers.modeling_utils``
-(torch.distributed, dynamo, sympy, scipy): on this 2-core machine ~17 s of CPU per worker,
-most of a worker's start-up. With ``forkserver`` one server process is started from a fresh
-interpreter, imports those modules once (``multiprocessing.set_forkserver_preload``), and every
-worker is ``fork()``-ed from it with the modules already in memory (copy-on-write).
-The server imports with the garbage collector off and freezes what it imported, and reads
-transformers' import structure from a disk cache (``preload``, ``import_cache``): its import
-took 2.65 s here, now ~1.9 s; that one serial import is most of what start-up still costs.
-
-Thread safety: the server only *imports* modules; it runs no torch op, so neither the OpenMP
-nor the intra-op pool exists when it forks (a fork after those pools start can hang the child).
-Each worker still sets its own thread count (``torch.set_num_threads``) before loading.
-The server is a child of the driver; it exits when the driver does, and a worker's
-parent-death signal and parent check then fire as under ``spawn``.
-
-``PARAINFER_START_METHOD=spawn`` (or ``LocalExecutor(start_method="spawn")``) restores the
-previous behaviour; platforms without ``forkserver`` (Windows, macOS default) use ``spawn``.
+With ``forkserver`` one server process imports torch and transformers once (``preload``) and
+every worker is ``fork()``-ed from it with those modules in memory; under ``spawn`` each worker
+imports them itself (~17 s of CPU per worker on the 2-core machine). The server runs no torch
+op, so no thread pool exists when it forks. ``PARAINFER_START_METHOD=spawn`` (or
+``LocalExecutor(start_method="spawn")``) restores spawn; platforms without ``forkserver``
+(Windows, macOS default) use it. Measurements and thread safety: docs/timing.md, "Worker
+start-up".
 """
 
 from __future__ import annotations

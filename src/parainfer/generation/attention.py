@@ -1,20 +1,12 @@
 """Attention over the paged KV cache for a mixed batch of decode and prefill tokens.
 
-Token rows of a step are laid out decode first (one row per decoding sequence), then each
-prefilling sequence's tokens back to back, with no padding. Keys/values of every row are
-first written into the cache at ``slot_mapping``; then:
-
-- decode rows (query length 1): each sequence's cached keys/values are gathered block by
-  block through its block table into [B, kv_heads, L, head_dim] (L = longest context in
-  blocks * block_size) and one ``scaled_dot_product_attention`` call runs them all, with a
-  boolean mask hiding positions past each sequence's length. Grouped-query attention costs no
-  copy: the G = heads / kv_heads query heads that share a KV head ride in the query-length
-  axis ([B, kv_heads, G, head_dim]), which is exact because decode rows need no causal mask.
-- prefill rows: a chunk that starts at position 0 (a whole prompt, the first chunk of a long
-  one, or a recompute after preemption) attends to its own keys/values just computed: one
-  causal SDPA call. A later chunk, positions s .. e-1, attends to the cached keys/values of
-  positions 0 .. e-1 (gathered through its block table, this chunk's included since they are
-  written first) with a mask letting the query at position s + i see keys 0 .. s + i.
+A step's token rows are decode rows first (one per decoding sequence), then each prefilling
+sequence's tokens back to back, unpadded. Every row's keys/values are first written into the
+cache at ``slot_mapping``; then decode rows attend, all in one ``scaled_dot_product_attention``
+call, to their cached keys/values gathered through their block tables (grouped-query heads in
+the query-length axis, no copy), and each prefill chunk attends causally to its own
+keys/values (a first chunk) or to its cached prefix plus itself (a later chunk). The layout
+and masks: docs/generation.md, "Attention over a mixed batch".
 """
 
 from __future__ import annotations

@@ -1,14 +1,11 @@
 """Incremental detokenization and stop strings for one request.
 
-Decoding the whole output at every step costs O(n^2); instead we decode a short window of
-tokens (the prefix/read offset scheme of Hugging Face TGI and vLLM): text for tokens
-``[prefix_offset:read_offset]`` was already emitted, so the new text is what decoding
-``[prefix_offset:]`` adds beyond it. A window that ends in the middle of a multi-byte
-character decodes to U+FFFD and is held until the next token completes it. The window starts
-a few prompt tokens back so a tokenizer that drops leading spaces at the start still decodes
-the first output token correctly.
-
-Stop strings: the text is cut before the first match. While the request runs, the last
+Only a short window of tokens is decoded at each step (the prefix/read offset scheme of Hugging
+Face TGI and vLLM; decoding the whole output each step costs O(n^2)): the new text is what
+decoding ``[prefix_offset:]`` adds beyond ``[prefix_offset:read_offset]``. A window ending
+inside a multi-byte character (U+FFFD) is held until the next token completes it; the window
+starts a few prompt tokens back so the first output token decodes with its leading space. Stop
+strings: the text is cut before the first match; while the request runs the last
 ``max(len(stop)) - 1`` characters are held back from streaming, so a client never sees the
 beginning of a stop string that is then removed.
 """

@@ -3,19 +3,10 @@
 The step loop is three lines (nano-vllm style): ``schedule`` (which sequences prefill and
 which decode, preempting when blocks run out) -> ``ModelRunner.run`` (one forward over the
 mixed batch, then sampling) -> ``append_token`` (detokenize, finish on EOS, stop string or
-max_tokens; a finished sequence's blocks are freed at once).
-
-Worked example::
-
-    from parainfer.generation import LLMEngine, SamplingParams, ensure_smollm2
-
-    engine = LLMEngine(ensure_smollm2())
-    prompt = engine.format_chat([{"role": "user", "content": "Say hi"}])
-    [result] = engine.generate([prompt], SamplingParams(max_tokens=32))
-    print(result.text, result.finish_reason)
-
-Threading: ``add_request`` and ``abort_request`` may be called from any thread (they post to
-an inbox that ``step`` drains); ``step`` itself must run in one thread at a time.
+max_tokens; a finished sequence's blocks are freed at once). Threading: ``add_request`` and
+``abort_request`` may be called from any thread (they post to an inbox that ``step``
+drains); ``step`` itself must run in one thread at a time. A worked example:
+docs/generation.md, "Using it".
 """
 
 from __future__ import annotations

@@ -1,24 +1,12 @@
 """Structured output: token masks from a JSON schema (xgrammar), per sequence, in the batched step.
 
-A request's ``SamplingParams.response_format`` is OpenAI's: ``{"type": "json_object"}`` (any
-JSON object) or ``{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}``
-(``{"type": "text"}`` or None: unconstrained). The engine's :class:`GrammarCompiler` compiles it
-once per distinct schema (xgrammar's compiler, cached) against the engine's tokenizer; each
-sequence gets its own :class:`GrammarState` (an ``xgrammar.GrammarMatcher``). At every step the
-sampler asks the state for its token mask, sets the disallowed logits to -inf before choosing
-(greedy or sampled), and the state advances with the accepted token (``postprocess``). Once the
-JSON value is complete the mask allows only the end-of-sequence tokens, so a constrained
-sequence ends with "stop" exactly when its text is a complete value of the schema (or with
-"length" at ``max_tokens``, like any other sequence, its text then cut short).
-
-Why xgrammar: measured on this project's 2-core AVX2 CPU with SmolLM2's 49k-token vocabulary
-(``bench/bench_grammar_masks.py``), xgrammar fills a mask and accepts a token in about
-0.2-0.4 ms against llguidance's 0.3-0.5 ms, and compiles a schema in 1-20 ms (see
-docs/generation.md). JSON is emitted compactly (``any_whitespace=False``, separators "," and
-":"): a small model otherwise can fill its whole budget with whitespace the grammar allows.
-
-References: xgrammar (Dong et al. 2024, https://arxiv.org/abs/2411.15100); OpenAI's
-``response_format`` (https://platform.openai.com/docs/guides/structured-outputs).
+``GrammarCompiler`` compiles a request's OpenAI ``response_format`` (``json_object`` or
+``json_schema``; ``text`` or None is unconstrained) once per distinct schema against the
+engine's tokenizer; each sequence gets its own ``GrammarState`` (an ``xgrammar.GrammarMatcher``)
+that gives the sampler its token mask and advances with each accepted token. JSON is emitted
+compactly (``any_whitespace=False``). References: xgrammar (Dong et al. 2024,
+https://arxiv.org/abs/2411.15100); OpenAI's ``response_format``. How, and why xgrammar:
+docs/generation.md, "Structured output".
 """
 
 from __future__ import annotations

@@ -1,29 +1,12 @@
 """The paged KV cache: fixed-size blocks handed out by a block manager, and the tensors behind them.
 
-Paging as in vLLM (Kwon et al. 2023, "Efficient Memory Management for Large Language Model
-Serving with PagedAttention", https://arxiv.org/abs/2309.06180): a sequence's keys and values
-live in blocks of ``block_size`` token slots that need not be contiguous; its block table maps
-logical block i (positions ``[i*block_size, (i+1)*block_size)``) to a physical block id. A
-sequence holds at most one partly filled block, so memory waste is < block_size tokens per
-sequence.
-
-Automatic prefix caching, as vLLM documents it ("Automatic Prefix Caching",
-https://docs.vllm.ai/en/latest/design/prefix_caching.html): a *full* block is identified by a
-hash of its token ids chained with the hash of the block before it (so the hash names the
-whole prefix up to the block's end, not only its own tokens). Once a full block's keys/values
-are scheduled to be computed, its hash is registered; a later sequence whose prompt starts with
-the same tokens takes the registered blocks by reference count instead of computing them again
-(its prefill starts after them). A block whose reference count drops to 0 keeps its contents
-and hash in an evictable LRU pool: it still counts as free, is handed out again only when the
-plain free list is empty (least recently freed first; a sequence's tail blocks are freed first,
-so they go before the shared head), and loses its hash then. Hashes are SHA-256 over the
-parent digest and the token ids (vLLM moved from Python's ``hash`` to SHA-256 so that crafted
-prompts cannot collide with another user's prefix, GHSA-rm76-4mrf-v9r8). At least the last
-token of a sequence is always computed (its logits give the next token), so a hit covers at
-most ``num_tokens - 1`` tokens, rounded down to whole blocks.
-
-Slot index of position p of a sequence: ``block_table[p // block_size] * block_size
-+ p % block_size``, an index into the cache viewed as [num_blocks * block_size, ...].
+``BlockManager`` owns the free list, each sequence's block table and automatic prefix caching
+(full blocks named by a chained SHA-256 of their token ids, shared by reference count, kept in
+an evictable LRU pool once free); ``KVCache`` owns the tensors. Paging as in vLLM (Kwon et al.
+2023, PagedAttention, https://arxiv.org/abs/2309.06180); prefix caching as vLLM documents it
+(https://docs.vllm.ai/en/latest/design/prefix_caching.html). Slot of position p:
+``block_table[p // block_size] * block_size + p % block_size``. The algorithm:
+docs/generation.md, "The paged KV cache" and "Automatic prefix caching".
 """
 
 from __future__ import annotations

@@ -2,17 +2,8 @@
 
 Requests arrive from any thread (``submit``, a blocking iterator) or from asyncio
 (``stream_async``, an async iterator); every engine step delivers each request's
-:class:`RequestOutput` to its own queue. The thread sleeps while there is no work.
-
-Example (FastAPI)::
-
-    loop = EngineLoop(LLMEngine(ensure_smollm2())).start()
-
-    async def completions(body):
-        ids = loop.engine.format_chat(body.messages)
-        loop.engine.check_fits(len(ids), body.max_tokens)        # UsageError -> HTTP 400
-        async for out in loop.stream_async(ids, SamplingParams(max_tokens=body.max_tokens)):
-            yield out.new_text                                   # SSE chunk
+:class:`RequestOutput` to its own queue. The thread sleeps while there is no work. A FastAPI
+example: docs/generation.md, "Using it".
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> list[int | Exception]:
         """Forward the batch and sample; returns one next-token id per ``batch.sampled`` entry
-        (or the exception its sampling raised: see ``sampling.sample``)."""
+        (or the exception its sampling raised: see ``sampler.sample``)."""
         input_ids, positions, meta, logit_rows = self.prepare(batch)
         logits = self.model.forward(input_ids, positions, meta, self.kv_cache, logit_rows)
         return sample(logits, batch.sampled)

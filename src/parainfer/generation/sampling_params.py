@@ -1,17 +1,11 @@
 """Sampling parameters of one request: temperature, top-k, top-p, seed, stop, logprobs, grammar.
 
-The sampler that applies them is ``generation.sampler``. Greedy decoding (``temperature == 0``) is a batched argmax. Sampled rows each draw from their
-own ``torch.Generator`` seeded from ``SamplingParams.seed``, so a request's tokens depend only
-on its prompt, its parameters and its seed, never on which other requests shared its batch
-(up to float rounding in batched matmuls). Filtering follows the usual order: temperature,
-then top-k, then top-p (nucleus, Holtzman et al. 2019, https://arxiv.org/abs/1904.09751).
-
-Numerical safety (every value the API accepts gives a valid token): a temperature below
-``MIN_TEMPERATURE`` decodes greedily (dividing by 1e-300 would turn the logits into inf and the
-softmax into NaN; vLLM uses the same 1e-5 cut-off, ``_SAMPLING_EPS``); top-p always keeps the
-most likely token (a ``top_p`` under float32's smallest value would round to 0 and drop them
-all); a row whose probabilities are not finite falls back to its argmax (``_finite_probs``);
-``seed`` is reduced to the 64 bits ``torch.Generator.manual_seed`` takes (``SEED_MIN..SEED_MAX``).
+The sampler that applies them is ``generation.sampler``: greedy (``temperature == 0``) is a
+batched argmax; sampled rows each draw from their own ``torch.Generator`` seeded from
+``seed``, so a request's tokens never depend on its batch; filters apply temperature, then
+top-k, then top-p (nucleus, Holtzman et al. 2019, https://arxiv.org/abs/1904.09751). Every
+value the API accepts gives a valid token: ``MIN_TEMPERATURE`` and ``SEED_MIN..SEED_MAX`` bound
+the inputs. The numerical-safety rules: docs/generation.md, "Sampling".
 """
 
 from __future__ import annotations

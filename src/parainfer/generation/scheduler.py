@@ -1,32 +1,12 @@
 """Continuous batching: which sequences prefill and which decode at each step.
 
-The running batch is re-formed at every step (iteration-level scheduling, Yu et al. 2022,
-"Orca", OSDI): finished sequences leave at once, waiting ones join as soon as blocks and the
-token budget allow. Order of :meth:`Scheduler.schedule`:
-
-1. Decode every running sequence whose prefill is done, oldest first (1 token each). When
-   the KV cache has no block for a sequence's next token, the NEWEST running sequence is
-   preempted: its blocks are freed and it goes to the FRONT of the waiting queue, to be
-   recomputed (prompt plus the tokens it already generated are prefilled again) when blocks
-   free up. Recompute keeps the output exact: the sampler never re-draws tokens that were
-   already generated.
-2. If nothing was preempted, spend what is left of the token budget on prefills (chunked
-   prefill, as in Sarathi-Serve, Agrawal et al. 2024, https://arxiv.org/abs/2403.02310, and
-   vLLM): first the next chunk of running sequences whose prefill was cut short, oldest first;
-   then waiting sequences in FIFO order while the running batch has fewer than
-   ``max_num_seqs`` sequences and the block manager can allocate all their tokens. A prompt
-   longer than what is left gets a chunk of that size and continues next step, so a long
-   prompt neither starves nor stalls the running decodes for its whole prefill; a sequence
-   gets its next token only from the step whose chunk reaches its last token.
-
-Prefix caching (see :mod:`parainfer.generation.kv_cache`): a waiting sequence admitted in
-step 2 takes the cached blocks of its longest known prefix, and its first chunk starts after
-them. The full blocks of every chunk and decode token scheduled are registered in the cache at
-once, before the next waiting sequence is looked up, so prompts admitted in the same step share
-their common prefix too: within a layer the model writes every row's keys/values into the cache
-before any row attends, so a chunk that starts after a prefix computed in the same step reads it.
-A preempted sequence's blocks stay cached (evictable) and its recompute takes whatever of them
-survived.
+:meth:`Scheduler.schedule` re-forms the running batch at every step (iteration-level
+scheduling, Yu et al. 2022, "Orca", OSDI): it decodes the running sequences first, preempting
+the newest one (to be recomputed) when the KV cache has no block left, then spends the rest of
+the token budget on prefill chunks (chunked prefill, Sarathi-Serve, Agrawal et al. 2024,
+https://arxiv.org/abs/2403.02310), unfinished prefills before waiting prompts, which take
+their cached prefix blocks (``kv_cache``). The order step by step, and why outputs stay exact:
+docs/generation.md, "Scheduling a step".
 """
 
 from __future__ import annotations

@@ -1,33 +1,12 @@
 """The checkpoint: a small manifest next to the output that makes a rerun resume exactly once.
 
-The merger writes rows in input order, so the durable state of a job is one number and two
-offsets: "the first K input records are done; the output is B bytes long (Parquet: P part
-files are committed); the errors file is E bytes long". A commit (every ``every_s`` seconds,
-and at the end) fsyncs the output and the errors file first, then replaces the manifest
-atomically (write a temp file unique to this process, fsync, ``os.replace``, fsync the folder). Whatever moment
-the driver dies, the manifest on disk describes a prefix of the output that is on disk too.
-
-A rerun of the same command reads the manifest and, when the job fingerprint matches (input
-file hash, model, task, requested dtype, columns, output format), cuts the output and the
-errors file back to B and E, skips the first K input records and goes on; a finished job is
-a no-op. A different fingerprint is refused (UsageError, exit 2) unless ``overwrite``. The
-manifest also holds the SHA-256 of the committed bytes (``io.digest``): a resume, and the
-"already complete" answer, first check that the files on disk still hold exactly those bytes,
-and refuse (UsageError) when they do not. A missing output (deleted by the user) starts over.
-A non-empty output with no manifest next to it was not written by parainfer: it is refused
-unless ``overwrite`` (``io.guard.check_not_foreign``).
-
-The manifest lives at ``OUTPUT.parainfer-checkpoint.json`` (Parquet parts in
-``OUTPUT.parainfer-parts/``). Stdout output or stdin input has no checkpoint. Errors are
-written to the errors file in input order, only once the write frontier passes them
-(``OrderedErrors``), so the errors file is a prefix-consistent part of the checkpoint too.
-
-Manifest (JSON)::
-
-    {"version": 1, "job": {...fingerprint...}, "records_done": K, "failed_records": F,
-     "output_bytes": B, "output_parts": P, "errors_bytes": E, "sink": {"csv_header": [...]},
-     "output_sha256": "<hex of the first B bytes, or of the P parts in order>",
-     "errors_sha256": "<hex of the first E bytes>", "finished": false}
+Owns the manifest (``OUTPUT.parainfer-checkpoint.json``; Parquet parts in
+``OUTPUT.parainfer-parts/``), the job fingerprint, the atomic commit (fsync the output and the
+errors file, then replace the manifest) and the resume: a rerun with the same fingerprint
+verifies the committed bytes' digests, cuts both files back to their committed lengths and
+skips the committed records; another fingerprint is refused unless ``overwrite``.
+``OrderedErrors`` writes errors in input order once the write frontier passes them. Stdout
+output or stdin input has no checkpoint. Algorithm and manifest fields: docs/fault-tolerance.md.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def file_digest(path: str) -> str:
 def ranges_match(path: str, ranges: list[list[Any]]) -> bool:
     """True when ``path`` is the concatenation of byte ranges of the given sizes and hex
     SHA-256 digests (``[[nbytes, hex], ...]`` in file order) and nothing more: how a sharded
-    job's output is verified from its parts' digests (``io.shard_store``)."""
+    job's output is verified from its parts' digests (``io.shards.store``)."""
     if os.path.getsize(path) != sum(n for n, _ in ranges):
         return False
     with open(path, "rb") as f:

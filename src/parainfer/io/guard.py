@@ -4,11 +4,9 @@
 is the input file itself (compared by device and inode, so symbolic and hard links count),
 whose output folder is missing or not writable, or whose output lies in a pseudo filesystem
 (/proc, /sys, /dev). ``check_not_foreign`` refuses to overwrite a non-empty file that
-parainfer did not write (it has no checkpoint) unless ``--overwrite`` is given.
-
-``OutputLock`` makes one output one job: an exclusive ``flock`` on ``OUTPUT.parainfer-lock``
-held for the whole job; a second job on the same output is refused naming the first one's
-pid and host.
+parainfer did not write (it has no checkpoint) unless ``--overwrite`` is given. ``OutputLock``
+makes one output one job: an exclusive ``flock`` on ``OUTPUT.parainfer-lock`` held for the
+whole job; a second job on the same output is refused naming the first one's pid and host.
 """
 
 from __future__ import annotations

@@ -1,19 +1,12 @@
 """A Parquet sink that can resume: committed rows go to numbered part files, assembled at the end.
 
-A Parquet file cannot be appended to or cut back (its footer is at the end), so a checkpointed
-job writes its Parquet output in two steps:
-
-1. every ``flush()`` (each checkpoint commit) writes the rows buffered since the last one as a
-   new, complete, fsync'd part file ``DIR/part-000000.parquet``, ``part-000001`` ...; the
-   checkpoint manifest records how many parts are committed, and a resume deletes any later
-   (uncommitted) part;
-2. ``finish()`` (job done) streams the parts, in order, into the output file, in row groups of
-   exactly ``row_group_size`` rows whatever the part sizes (written to ``OUTPUT.tmp``, fsync'd,
-   renamed over OUTPUT); ``cleanup()`` deletes the parts folder once that is recorded.
-
-Because step 2 re-cuts rows into fixed row groups from contiguous arrays, the final file is
-byte-identical however often the job was interrupted. The schema comes from the first part
-(``embedding`` as list<float32>, as in ``ParquetSink``); later parts are written with it.
+A Parquet file cannot be appended to or cut back (its footer is at the end), so every
+``flush()`` (each checkpoint commit) writes the rows buffered since the last one as a new,
+complete, fsync'd part ``DIR/part-000000.parquet``, ``part-000001`` ... (a resume deletes any
+uncommitted later part); ``finish()`` streams the parts in order into the output in row groups
+of exactly ``row_group_size`` rows (via ``OUTPUT.tmp``, fsync'd and renamed), so the file is
+byte-identical however often the job was interrupted; ``cleanup()`` deletes the parts folder.
+The schema is the first part's. More: docs/fault-tolerance.md, "Where the checkpoint lives".
 """
 
 from __future__ import annotations

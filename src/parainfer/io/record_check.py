@@ -1,15 +1,12 @@
 """One check of every input row's values where they enter, whatever the source format.
 
-A value that would crash the driver later (a tokenizer, a sink's JSON encoder) is caught here
-and becomes an errors-file row instead: a string holding a lone UTF-16 surrogate (JSON's
-``"\\ud800"`` escape, which no UTF-8 encoder accepts), a value nested deeper than
-``MAX_DEPTH`` levels (orjson writes at most 255 levels; Python's json recursion stops near
-1,000). JSONL's own checks (NaN or Infinity, which RFC 8259 section 6 does not allow: the
-record is quarantined rather than its value silently written as null) are in ``io.sources``.
-
-``check_row(row)`` walks a row without recursion; ``may_be_deep(raw)`` is the cheap test that
-lets the JSONL fast path skip the walk on ordinary lines (fewer than MAX_DEPTH brackets cannot
-nest deeper than MAX_DEPTH).
+A value that would crash the driver later (a tokenizer, a sink's JSON encoder) becomes an
+errors-file row here instead: a string holding a lone UTF-16 surrogate (JSON's ``"\\ud800"``
+escape, which no UTF-8 encoder accepts), or a value nested deeper than ``MAX_DEPTH`` levels
+(orjson writes at most 255; Python's json recursion stops near 1,000). JSONL's own NaN and
+Infinity check (RFC 8259 section 6) is in ``io.sources``. ``check_row(row)`` walks a row
+without recursion; ``may_be_deep(raw)`` lets the JSONL fast path skip the walk on ordinary
+lines (fewer than MAX_DEPTH brackets cannot nest deeper than MAX_DEPTH).
 """
 
 from __future__ import annotations

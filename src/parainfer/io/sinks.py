@@ -159,7 +159,7 @@ def write_rows_each(sink: "Sink", rows: list[dict[str, Any]], where: list[tuple[
 
 def encode_jsonl_row(row: dict[str, Any], first: tuple[str, str]) -> bytes:
     """One output line of a JSONL sink whose id and text columns are ``first``: the exact bytes
-    ``JsonlSink.write_rows([row])`` writes (workers encode rows with it, ``tasks.RowInfo``).
+    ``JsonlSink.write_rows([row])`` writes (workers encode rows with it, ``executors.base.RowInfo``).
     Raises TypeError for a value JSON cannot hold."""
     return dumps_bytes(ordered_row(row, first)) + b"\n"
 

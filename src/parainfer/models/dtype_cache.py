@@ -1,16 +1,12 @@
-"""The ``--dtype auto`` decision, remembered per model and machine (issue 11, start-up).
+"""The ``--dtype auto`` decision, remembered per model and machine (a start-up cost).
 
-``--dtype auto`` runs the calibration texts through the model in float32 and in bfloat16 and
-keeps bf16 only within tolerance (``hf_common.pick_dtype``). The answer depends on the model
-files, the predictor class (its tolerance test), the device, the CPU and the torch version,
-not on the job, so every worker of every job used to pay for the same check. Here it is
-stored once in ``<user cache dir>/parainfer/dtype/<key>.json`` (``PARAINFER_DTYPE_CACHE_DIR``
-overrides the folder; ``PARAINFER_DTYPE_CACHE=0`` turns the cache off) and read by later loads.
-
-The key is a SHA-256 over: the model directory's resolved path and, for each of its top-level
-files, name, size and modification time (a retrained or replaced model gets a new key); the
-predictor class; the device type; the CPU model name and flags from /proc/cpuinfo; torch's
-version.
+``--dtype auto`` checks bf16 against float32 on calibration texts (``hf_common.pick_dtype``);
+the answer depends on the model files, the predictor class, the device, the CPU and the torch
+version, not on the job, so it is stored once in ``<user cache dir>/parainfer/dtype/<key>.json``
+and read by later loads. The key is a SHA-256 over the model directory's resolved path and its
+top-level files' names, sizes and modification times, the predictor class, the device type,
+the CPU model name and flags (/proc/cpuinfo) and torch's version.
+``PARAINFER_DTYPE_CACHE_DIR`` moves the folder; ``PARAINFER_DTYPE_CACHE=0`` turns it off.
 """
 
 from __future__ import annotations

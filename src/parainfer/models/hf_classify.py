@@ -24,7 +24,7 @@ DEFAULT_HEAD = HEADS_DIR / "sentiment_vader.safetensors"
 
 
 def load_head(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, str]]:
-    """Read a linear head saved by ``train_head.save_head``.
+    """Read a linear head saved by ``training.default_head.save_head``.
 
     Returns (weight [C or 1, hidden] float32, bias [C or 1] float32, labels, metadata).
     A single output row means a binary head: p(labels[1]) = sigmoid(w . x + b).

@@ -220,7 +220,7 @@ class HFModel(HFTokenizerMixin):
     """
 
     task = "custom"
-    # Imported once by the local executor's forkserver, not by every worker (issue 11, start-up):
+    # Imported once by the local executor's forkserver, not by every worker (start-up time):
     # modeling_utils pulls in ~1,500 modules that ``from_pretrained`` would otherwise import.
     PRELOAD = ("torch", "transformers", "transformers.modeling_utils",
                "transformers.models.auto.modeling_auto", "transformers.models.auto.tokenization_auto")

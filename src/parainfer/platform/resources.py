@@ -1,17 +1,11 @@
 """Do N model replicas fit this machine? Checked before all N load, not after the OOM killer.
 
-``plan_start`` decides how the local workers start:
-
-* a cheap estimate first: one replica ~ 2 x its weights on disk + 300 MiB (the Python process,
-  torch and the tokenizer); when N of those take under half the memory available, all N
-  workers start at once (no cost to the job's startup);
-* otherwise (or when a memory budget is given) worker 0 starts alone; once its model has
-  loaded, its resident memory (VmRSS) is one replica's real size, and the job runs
-  min(N, floor(0.8 x memory / replica)) workers, with one line on stderr when that is fewer
-  than asked. The other workers then start. This adds one model load to the startup.
-
-Available memory is Linux's MemAvailable (/proc/meminfo): free memory plus the caches the
-kernel can drop. ``warn_cores`` warns when CPU workers outnumber the cores.
+``plan_start`` decides how the local workers start: all at once when N estimated replicas
+(2 x the weights on disk + 300 MiB each) take under half the available memory (Linux's
+MemAvailable: free memory plus the caches the kernel can drop); otherwise, or with a memory
+budget, worker 0 alone first, whose measured VmRSS sizes the job to min(N, floor(0.8 x memory
+/ replica)) workers (one stderr line when fewer than asked). ``warn_cores`` warns when CPU
+workers outnumber the cores. More: docs/fault-tolerance.md, "Resources".
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
 """The scheduling-policy contract: which worker runs which task, and when.
 
-The engine calls, in a loop:
-
-* ``add_tasks(tasks)`` as tasks are created (the input is streamed, so tasks arrive over time);
-* ``next_task(worker_id)`` whenever ``worker_id`` has room for another task; the policy
-  returns a task to send there, or None to leave the worker alone for now;
-* ``on_task_done(worker_id, task, busy_s)`` when a task finishes (measured feedback);
-* ``requeue(task)`` when a task must run again (its worker died).
-
-Example (a policy that pulls from one FIFO, i.e. ``dynamic``)::
+The driver calls ``add_tasks(tasks)`` as tasks are created (they arrive as the input streams),
+``next_task(worker_id)`` whenever that worker has room (a task to send there, or None to leave
+it alone for now), ``on_task_done(worker_id, task, busy_s)`` when a task finishes (measured
+feedback) and ``requeue(task)`` when a task must run again (its worker died). Example,
+``dynamic`` (one FIFO)::
 
     policy = make_policy("dynamic", num_workers=2)
     policy.add_tasks(tasks)

@@ -1,23 +1,11 @@
 """Scale simulator: the real scheduling policies against simulated workers (discrete events).
 
 ``parainfer simulate --workers 1,2,4,...,1024 --policy P --cost-from REPORT.json`` predicts
-T_N, speedup, efficiency and imbalance of a job at worker counts this machine does not have.
-It drives the same policy classes the engine uses (``scheduling.make_policy``), with:
-
-* task costs fitted from a measured report: seconds = overhead + s_per_token x padded tokens,
-  least squares over the report's timeline (all workers pooled), and the tasks themselves
-  (padded tokens, records) resampled from that timeline up to ``records``;
-* worker speed spread: worker w runs at speed exp(sigma * z_w), z_w ~ N(0, 1) (seeded), or one
-  worker ``slowdown`` times slower;
-* the driver as one serial server: each task costs it ``driver_s`` (the report's
-  ``driver_busy_s`` / tasks: the driver process's CPU seconds per task; reports written before
-  that field existed give (T_c + T_s + T_write) / tasks) before it can be dispatched, plus
-  ``dispatch_latency_s`` in flight. This serial part is what bends the speedup curve (Amdahl);
-* faster workers (``Workload.faster``): every task's cost divided by a factor, the driver's
-  unchanged: a GPU-like profile is the measured CPU profile with workers 50x faster.
-
-It models scale-out: each simulated worker has the cores the measured workers had (see the
-report's ``threads_per_worker``). Validation against real runs: docs/scheduling.md.
+T_N, speedup, efficiency and imbalance at worker counts this machine does not have. It drives
+the same policy classes the driver uses (``scheduling.make_policy``) with task costs fitted
+from a measured report (``Workload``, ``fit_line``), tasks resampled from its timeline
+(``make_tasks``), spread worker speeds and the driver as one serial server (``simulate``).
+The model and its validation: docs/scheduling.md, "Scale simulator".
 """
 
 from __future__ import annotations

@@ -1,29 +1,11 @@
 """The scale simulator's model of sharded mode (``parainfer simulate --data-path sharded``).
 
-The same plan code as a real sharded job (``io.shards.FactoringPlan``: factoring, Hummel,
-Schonberg & Flynn 1992, a refinement of guided self-scheduling, Polychronopoulos & Kuck 1987:
-rounds of N shards of ``remaining / (2 N)`` records, with the floor that the driver's cost
-per shard and the workers' measured speed set) fed the same measurements as the real driver
-(driver seconds per shard, worker seconds per record of the shards finished so far), and the
-same hand-out rule (the next shard goes to the first worker that is free: self-scheduling),
-against simulated workers:
-
-* a shard of n records costs its worker ``shard_overhead_s + n x record_s`` at its speed, where
-  ``record_s`` is the measured job's compute per record (``simulate.Workload``: the fitted task
-  cost over the tasks' records, so record-mode and sharded reports both feed it);
-* the driver is one serial server that spends ``shard_driver_s`` per shard and nothing per
-  record: a share ``dispatch_share`` of it handing the shard out, the rest taking it back when
-  it ends (receive, account, commit; then it refills that worker). Each worker holds its
-  running shard and ``prefetch`` queued ones, as the real driver does, so the hand-out is off
-  the worker's path unless the driver falls behind. A sharded report gives both (``driver_shard_us``), else
-  ``DEFAULT_SHARD_DRIVER_S`` split in half;
-* worker speed spread and a straggler as in ``simulate.simulate``;
-* a sharded report's first shard start (the worker's lazy imports of the shard runner) as a
-  start-up lag of every worker.
-
-T_N ends when the last shard ends (as the report's ``t_parallel_s``); the final concatenation
-of the parts (``driver_finish_s``) is not in it. Validation against real sharded runs at N = 1
-and 2: ``tests/test_simulate_sharded.py``.
+``simulate_sharded`` runs the real shard plan (``io.shards.plan.FactoringPlan``: factoring,
+Hummel, Schonberg & Flynn 1992) fed the real driver's measurements, with the same hand-out rule
+(self-scheduling), against simulated workers and a driver that is one serial server paid per
+shard, not per record. ``shard_driver_seconds`` reads a sharded report's per-shard driver cost.
+The model (costs, prefetch, start-up lag, what T_N includes) and its validation:
+docs/sharded.md, "Simulating sharded mode".
 """
 
 from __future__ import annotations
@@ -40,7 +22,7 @@ DEFAULT_SHARD_OVERHEAD_S = 5e-3  # a worker's per-shard cost: open, new length e
 
 
 def record_seconds(workload: Any) -> float:
-    """Worker compute seconds per record of a ``simulate.Workload`` (fitted task cost summed
+    """Worker compute seconds per record of a ``simulate.records.Workload`` (fitted task cost summed
     over its tasks, divided by their records)."""
     records = sum(n for n, _ in workload.tasks)
     total = sum(workload.task_seconds(tok) for _, tok in workload.tasks)
@@ -54,12 +36,12 @@ def simulate_sharded(workload: Any, workers: int, records: int, speed_sigma: flo
                      seed: int = 0) -> dict[str, Any]:
     """One simulated sharded run of ``records`` records on ``workers`` workers.
 
-    Returns the same keys as ``simulate.simulate`` (t_n_s, t1_s, speedup, efficiency,
+    Returns the same keys as ``simulate.records.simulate`` (t_n_s, t1_s, speedup, efficiency,
     imbalance; ``policy`` is "factoring", ``tasks`` the number of shards) plus
     ``smallest_shard`` (records) and ``driver_busy`` (the driver's busy share of T_N). T_1 is
     the one-worker compute of all records with one shard overhead. ``start_lag_s``: from the
     first hand-out to a worker starting its first shard, added once to every worker.
-    ``prefetch``: shards queued on a worker behind the running one (``sharded.PREFETCH``).
+    ``prefetch``: shards queued on a worker behind the running one (``batch.shard_mode.PREFETCH``).
     Raises ValueError for a ``dispatch_share`` outside [0, 1].
     """
     if not 0.0 <= dispatch_share <= 1.0:

@@ -1,25 +1,11 @@
 """Output parts of sharded mode in the job's output format (JSONL, CSV or Parquet).
 
-A worker writes each shard's rows into one part file (``executors.shard_runner``); the driver
-joins the committed parts into ``--output`` at the end (``io.shard_store``), or keeps them in
-an output folder. The encoding is the record-mode sinks' (``io.sinks``), so the joined file is
-the one record mode writes:
-
-* JSONL: the rows as ``JsonlSink`` writes them; parts are concatenated.
-* CSV: ``CsvSink`` rows. The header (the first row's columns) is the *job's*: the driver passes
-  the header of the first committed part that has rows to every later shard (``header``), and
-  redoes a shard whose part was written under another header (``sharded.ShardedJob``), so a
-  row with a column the header lacks fails alone, as in record mode. Parts for one output file
-  hold no header line (the driver writes it once, first); parts kept in a folder
-  (``with_header``) each start with it, so each is a CSV file of its own.
-* Parquet: each part is a Parquet file; rows are converted to Arrow as they are written (so a
-  row that does not fit the schema fails alone), schema from the first rows (``embedding`` as
-  list<float32>, as ``ParquetSink``) or the job's (``header``: the serialized Arrow schema).
-  The driver assembles the parts into one file in fixed row groups (``io.parquet_parts``), as
-  record mode does with its checkpointed parts, so the file is byte-identical.
-
-``header`` in both directions: a list of column names (CSV) or the Arrow IPC schema bytes
-(Parquet); None for JSONL or a part with no rows.
+A worker writes each shard's rows into one part file (``batch.shard_runner``); the driver joins
+the committed parts into ``--output`` at the end (``io.shards.store``), or keeps them in an
+output folder. The encoding is the record-mode sinks' (``io.sinks``), so the joined file is the
+one record mode writes. ``header`` goes both ways: the job's CSV column names or Parquet Arrow
+IPC schema bytes (None for JSONL or a part with no rows), passed to every later shard so a row
+that does not fit fails alone. Per format: docs/sharded.md, "Output formats".
 """
 
 from __future__ import annotations

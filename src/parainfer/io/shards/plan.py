@@ -1,24 +1,11 @@
 """Shards: an input file cut into contiguous pieces a worker reads on its own (sharded mode).
 
-A shard is a range of the input: bytes ``[start, end)`` of a JSONL, CSV or TXT file, cut at
-line ends (for CSV, at a line end outside any quoted field: one preceded by an even number of
-``"`` characters, since RFC 4180 escapes a quote as ``""``), or rows ``[start, end)`` of a
-Parquet file, cut at row-group boundaries. ``first_line`` is the 1-based line (row) number
-of the shard's first line, so a worker numbers lines and TXT ids exactly as record mode does.
-
-Sizes follow *factoring* (Hummel, Schonberg & Flynn, "Factoring: a method for scheduling
-parallel loops", CACM 35(8), 1992), the refinement of guided self-scheduling (Polychronopoulos
-& Kuck, "Guided self-scheduling", IEEE Trans. Computers C-36(12), 1987): work is handed out in
-rounds of N equal chunks, each ``remaining / (2 N)`` of what is left when the round starts, so
-chunks are large at first (little bookkeeping) and shrink towards the end (the last ones do
-not leave workers idle), bounded below by a floor and above by ``max_size``. The floor is
-``min_size`` or, once the driver's cost per shard and the workers' speed are measured, the
-size at which N workers running floor-size shards keep the driver busy at most
-``DRIVER_LOAD`` of the time (``FactoringPlan``): it grows with the number of workers, so 1,024
-fast workers get a few large shards each instead of thousands of tiny ones.
-
-The plan is lazy (``ShardPlanner``: one shard at a time, cut where the previous one ended), so
-a round's sizes use what has been measured by the time the round starts.
+A ``Shard`` is bytes ``[start, end)`` of a JSONL, CSV or TXT file cut at line ends (for CSV,
+outside any quoted field), or rows ``[start, end)`` of a Parquet file cut at row-group
+boundaries; ``first_line`` numbers its lines as record mode does. Sizes follow factoring
+(Hummel, Schonberg & Flynn, CACM 35(8), 1992), with a floor set by the driver's measured cost
+per shard (``FactoringPlan``); ``ShardPlanner`` cuts lazily, one shard at a time.
+``split_shard`` halves a shard at a record end. The rules: docs/sharded.md, "Shard sizes".
 """
 
 from __future__ import annotations
@@ -42,7 +29,7 @@ class Shard:
         first_line: 1-based line (Parquet: row) number of the first line of the range; 0 when
             not known (a JSONL shard, planned without reading the file): the worker then
             numbers lines from 1 within the shard and the driver shifts its errors part's line
-            numbers when it concatenates the parts (``io.shard_store``).
+            numbers when it concatenates the parts (``io.shards.store``).
     """
 
     start: int
@@ -252,7 +239,7 @@ class ParquetCutter:
 class ShardPlanner:
     """The rest of an input file handed out as shards one at a time: a cutter (``TextCutter``
     or ``ParquetCutter``) driven by a ``FactoringPlan`` over what is left. Used by the driver
-    (``sharded.ShardedJob``) so each round's sizes use the driver cost and worker speed
+    (``batch.shard_mode.ShardDriver``) so each round's sizes use the driver cost and worker speed
     measured so far (``observe``). ``first_line`` is ignored for Parquet (rows number
     themselves). Raises ValueError as ``FactoringPlan`` does."""
 

@@ -1,27 +1,12 @@
 """The output side of sharded mode: committed parts in a manifest, concatenated at the end.
 
-Workers write one output part and one errors part per shard into ``OUTPUT.parainfer-shards/``
-(names carry the shard's start and the shard task's index, so a redone shard never shares a file with a
-discarded partial one). The driver commits parts strictly in shard order: a commit appends the
-part's range, sizes and SHA-256 digests to the manifest (``OUTPUT.parainfer-checkpoint.json``,
-the same file and atomic write as ``io.checkpoint``, with ``"mode": "sharded"``). At the end the
-parts are concatenated into OUTPUT and the errors file (hashing as they are copied), the
-manifest is marked finished in the record-mode shape (``records_done``, ``output_bytes``,
-``output_sha256``, ...; so a rerun in either mode answers "already complete" after verifying
-the digest) and the parts folder is removed.
-
-A rerun after a killed driver verifies every committed part against its digest (UsageError
-when one was changed or lost), deletes every other file in the folder (partial parts), and
-plans shards for the rest of the input only.
-
-Parts are in the output's format (``io.part_sinks``). The final file: JSONL parts are
-concatenated; CSV parts (no header line) follow the job's header line, written once; Parquet
-parts are assembled in fixed row groups (``io.parquet_parts.assemble``, as record mode does).
-An output *folder* (``--output DIR/``, or an existing folder; ``is_dir_output``) keeps the
-parts instead: they are written into DIR, the manifest is ``DIR/manifest.json`` and, once
-finished, lists the parts in order under ``"parts"``; nothing is concatenated, and every file in
-DIR that is not a committed part is deleted at the end (the errors file goes next to DIR:
-``DIR.errors.jsonl``).
+``ShardStore`` owns ``OUTPUT.parainfer-shards/`` (one output and one errors part per shard,
+named by the shard's start and task index), the commits in shard order (each part's range,
+sizes and SHA-256 into the manifest ``OUTPUT.parainfer-checkpoint.json``, ``"mode":
+"sharded"``, written as ``io.checkpoint`` writes it), the verification on resume, and the
+final concatenation into OUTPUT and the errors file; or, for an output folder
+(``is_dir_output``), the parts kept in DIR with ``DIR/manifest.json``. The rules:
+docs/sharded.md, "Output formats", "--output DIR/" and "How the parts are stored".
 """
 
 from __future__ import annotations
@@ -95,7 +80,7 @@ class ShardStore:
                              f"({_differences(old.get('job') or {}, self.job)}); rerun with --overwrite to "
                              "start over, or choose another --output")
         self.committed: list[dict[str, Any]] = []
-        self.header: Any = None  # the job's CSV header / Parquet schema bytes (io.part_sinks)
+        self.header: Any = None  # the job's CSV header / Parquet schema bytes (io.shards.part_sinks)
         self.next_start, self.next_line = start
         self.finished = False
         if old is not None and old.get("mode") == MODE and old.get("finished") and self.keep_parts:
@@ -128,7 +113,7 @@ class ShardStore:
     def fits(self, result: Any) -> bool:
         """True when a finished part's header (CSV columns, Parquet schema) is the job's, or it
         has none; the first part with a header sets the job's. A part that does not fit is
-        redone with the job's header (``sharded.ShardedJob``)."""
+        redone with the job's header (``batch.shard_mode.ShardDriver``)."""
         if result.header is None or self.header is None:
             return True
         return result.header == self.header
