@@ -25,6 +25,7 @@ from parainfer.openai.bodies import Choice, chat_completion_body, completion_bod
 from parainfer.openai.bodies import embeddings_body, encode_vector
 from parainfer.openai.errors import ApiError, validation_error
 from parainfer.openai.logprobs import chat_logprobs, completion_logprobs
+from parainfer.openai.protocol import CHAT_DEFAULT_MAX_TOKENS, COMPLETION_DEFAULT_MAX_TOKENS
 from parainfer.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from parainfer.openai.requests import accepts_model, chat_messages, check_prompts_fit, check_supported
 from parainfer.openai.requests import sampling_params
@@ -115,7 +116,7 @@ class OpenAIBatchPredictor(Predictor):
             body = req.get("body") or {}
             new = 0 if req.get("url") == EMBED else body.get("max_completion_tokens") or body.get("max_tokens")
             if not isinstance(new, int):  # unset, or bad (the line's own 422 says so later)
-                new = 16 if req.get("url") == TEXT else 256
+                new = COMPLETION_DEFAULT_MAX_TOKENS if req.get("url") == TEXT else CHAT_DEFAULT_MAX_TOKENS
             out.append(len(json.dumps(body, ensure_ascii=False, default=str)) // 4 + 1 + max(0, min(new, 8192)))
         return out
 
