@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from parainfer.serving.batch_api.batches import plan_line
-from parainfer.serving.http.errors import ApiError
+from parainfer.openai.errors import ApiError
 from parainfer.serving.batch_api.files import FileStore
 
 

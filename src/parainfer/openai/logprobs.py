@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from parainfer.serving.http.errors import ApiError
-
 
 def token_text(tokenizer: Any, token_id: int) -> str:
     """The text of one token (special tokens included, e.g. "<|im_end|>")."""
@@ -48,31 +46,3 @@ def completion_logprobs(tokenizer: Any, entries: Sequence[Any], offset: int = 0)
             "top_logprobs": [{token_text(tokenizer, t): lp for t, lp in e.top} for e in entries],
             "text_offset": offsets}
 
-
-def requested_top_logprobs(body: Any, chat: bool, limit: int) -> int | None:
-    """How many top logprobs the request asks for (None: no logprobs).
-
-    Chat: ``logprobs`` is a boolean and ``top_logprobs`` 0..limit (needs ``logprobs: true``);
-    completions: ``logprobs`` is an integer 0..limit.
-
-    Raises:
-        ApiError: 400 naming the field and what is accepted.
-    """
-    value = body.logprobs
-    if chat:
-        top = getattr(body, "top_logprobs", None)
-        if value not in (None, True, False):
-            raise ApiError(400, f"logprobs must be true or false in a chat completion, got {value!r}",
-                           param="logprobs", code="invalid_logprobs")
-        if top is not None and not value:
-            raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_logprobs")
-        if top is not None and (isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= limit):
-            raise ApiError(400, f"top_logprobs must be an integer in 0..{limit}, got {top!r}",
-                           param="top_logprobs", code="invalid_logprobs")
-        return (top or 0) if value else None
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
-        raise ApiError(400, f"logprobs must be an integer in 0..{limit} in a completion, got {value!r}",
-                       param="logprobs", code="invalid_logprobs")
-    return value

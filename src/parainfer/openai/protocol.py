@@ -1,8 +1,8 @@
-"""Request and response bodies (pydantic), shaped like OpenAI's embeddings API.
+"""OpenAI's request and response bodies (pydantic): embeddings, classify, completions, chat
+completions, models, errors; and the protocol's defaults (``max_tokens``, list bounds).
 
 ``input`` is one string or a non-empty list of strings; every response lists one entry per
-input with its ``index`` (position in ``input``). Errors use OpenAI's envelope:
-``{"error": {"message", "type", "param", "code"}}``.
+input with its ``index`` (position in ``input``). Error bodies are built by ``openai.errors``.
 """
 
 from __future__ import annotations
@@ -133,14 +133,11 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    """The JSON of an error response."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
 # ---- generation (--task generate): OpenAI's completions and chat completions ----------------
 
 MAX_STOP_STRINGS = 16  # each is searched at every step of the sequence (OpenAI allows 4)
+CHAT_DEFAULT_MAX_TOKENS = 256  # chat without max_tokens: this many, or the rest of the context window if less
+COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 Prompt = Annotated[str | Annotated[list[str], Field(min_length=1)] | Annotated[list[int], Field(min_length=1)]
                    | Annotated[list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1)], Field(

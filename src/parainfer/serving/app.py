@@ -28,7 +28,8 @@ from parainfer.serving.batch_api.api import BatchApi
 from parainfer.serving.batch_api.runner import OnlineGate
 from parainfer.serving.config import ServeConfig
 from parainfer.serving.http.json_body import OrjsonRoute
-from parainfer.serving.http.errors import ApiError, install_error_handlers
+from parainfer.openai.errors import ApiError
+from parainfer.serving.http.errors import install_error_handlers
 from parainfer.serving.generate.routes import generation_routes
 from parainfer.serving.generate.service import GenerationService
 from parainfer.serving.http.guards import JsonContentTypeMiddleware, LoopbackGuardMiddleware, binds_loopback

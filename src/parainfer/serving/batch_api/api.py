@@ -18,7 +18,7 @@ from fastapi import APIRouter, FastAPI, Request
 from parainfer.serving.batch_api.runner import LANE_HEADER, BatchRunner, OnlineLoad
 from parainfer.serving.batch_api.batches import BatchStore, batches_routes
 from parainfer.serving.config import ServeConfig
-from parainfer.serving.http.errors import ApiError
+from parainfer.openai.errors import ApiError
 from parainfer.serving.batch_api.files import FileStore, files_routes
 
 log = logging.getLogger(__name__)

@@ -23,9 +23,8 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from parainfer.openai.batch_file import ENDPOINTS, malformed_reason, result_line
-from parainfer.serving.http.errors import ApiError, error_type
+from parainfer.openai.errors import ApiError, error_body, error_type
 from parainfer.serving.batch_api.files import FileStore, owner_of, write_json_atomic
-from parainfer.openai.protocol import error_body
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 WINDOWS = ("24h",)

@@ -22,9 +22,9 @@ from typing import Any
 from fastapi import APIRouter, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 
-from parainfer.serving.http.errors import ApiError
+from parainfer.openai.errors import ApiError
 from parainfer.serving.http.middleware import BodyLimitMiddleware, Receive, Scope, Send
-from parainfer.openai.protocol import error_body
+from parainfer.openai.errors import error_body
 
 UPLOAD_PURPOSES = ("batch",)
 MULTIPART_SLACK = 64 << 10  # bytes of multipart framing allowed on top of --max-file-mb

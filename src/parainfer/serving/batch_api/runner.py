@@ -33,7 +33,7 @@ from parainfer.openai.batch_file import result_line
 from parainfer.serving.batch_api.batches import ACTIVE, BatchStore, Plan, plan_line
 from parainfer.serving.batch_api.files import FileStore
 from parainfer.serving.http.middleware import ASGIApp, Receive, Scope, Send
-from parainfer.openai.protocol import error_body
+from parainfer.openai.errors import error_body
 
 log = logging.getLogger(__name__)
 LANE_HEADER = "x-parainfer-lane"

@@ -22,7 +22,8 @@ from parainfer.executors import make_executor
 from parainfer.models.base import Predictor
 from parainfer.serving.embed.batcher import DynamicBatcher, Item, QueueFull
 from parainfer.serving.config import ServeConfig
-from parainfer.serving.http.errors import ApiError, request_id
+from parainfer.openai.errors import ApiError
+from parainfer.serving.http.errors import request_id
 from parainfer.serving.http.limits import capped_texts, check_count
 from parainfer.serving.metrics import ServingMetrics
 from parainfer.serving.embed.replica_pool import InputFailed, ReplicaPool, ReplicaUnavailable

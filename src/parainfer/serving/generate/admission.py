@@ -17,12 +17,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from parainfer.errors import UsageError
-from parainfer.serving.http.errors import ApiError
+from parainfer.openai.errors import ApiError
+from parainfer.openai.requests import check_prompts_fit, sampling_params
 from parainfer.serving.http.limits import check_count, check_prompt_chars, check_text
 
 log = logging.getLogger(__name__)
-CHAT_DEFAULT_MAX_TOKENS = 256
 
 
 class Reservation:
@@ -69,30 +68,28 @@ class Admission:
         for i, p in enumerate(prompt):
             if isinstance(p, str):
                 check_prompt_chars(len(p), engine.max_model_len, f"prompt.{i}" if len(prompt) > 1 else "prompt")
-        return await self._admit(len(prompt), lambda: self.prompts_from_completion(prompt), body, 16)
+        return await self._admit(len(prompt), lambda: self.prompts_from_completion(prompt), body)
 
     async def admit_chat(self, body: Any, messages: list[dict[str, str]]) -> Admitted:
         """Admit a /v1/chat/completions body with its ``messages`` as plain dicts."""
         engine = self._engine()
         check_prompt_chars(sum(len(m["content"]) for m in messages), engine.max_model_len, "messages")
-        return await self._admit(1, lambda: [self.prompt_from_chat(messages)], body, None)
+        return await self._admit(1, lambda: [self.prompt_from_chat(messages)], body)
 
-    async def _admit(self, count: int, tokenize: Callable[[], list[list[int]]], body: Any,
-                     default_max_tokens: int | None) -> Admitted:
+    async def _admit(self, count: int, tokenize: Callable[[], list[list[int]]], body: Any) -> Admitted:
         reservation = self.reserve(count)
         try:
             prompts, params = await asyncio.get_running_loop().run_in_executor(
-                self._cpu, lambda: self._prepare(tokenize, body, default_max_tokens))
+                self._cpu, lambda: self._prepare(tokenize, body))
         except BaseException:
             reservation.release()
             raise
         return Admitted(prompts, params, reservation)
 
-    def _prepare(self, tokenize: Callable[[], list[list[int]]], body: Any,
-                 default_max_tokens: int | None) -> tuple[list[list[int]], Any]:
+    def _prepare(self, tokenize: Callable[[], list[list[int]]], body: Any) -> tuple[list[list[int]], Any]:
         """Tokenise, build the SamplingParams and check every prompt fits (the CPU thread)."""
         prompts = tokenize()
-        params = self.params(body, prompts, default_max_tokens)
+        params = sampling_params(self._engine(), body, prompts)
         self._check_fits(prompts, params)
         return prompts, params
 
@@ -158,23 +155,6 @@ class Admission:
             raise ApiError(400, f"the model's chat template rejected the messages{reason}", param="messages",
                            code="invalid_messages") from None
 
-    def params(self, body: Any, prompts: list[list[int]], default_max_tokens: int | None) -> Any:
-        """SamplingParams from the request fields. ``default_max_tokens`` None: the rest of the
-        context window, at most CHAT_DEFAULT_MAX_TOKENS."""
-        from parainfer.generation import SamplingParams
-
-        max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
-        if max_tokens is None:
-            room = self._engine().max_model_len - max(len(p) for p in prompts)
-            max_tokens = default_max_tokens or max(1, min(CHAT_DEFAULT_MAX_TOKENS, room))
-        top_logprobs, response_format = structured_fields(self._engine(), body)
-        try:
-            return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                                  seed=body.seed, stop=body.stop or [], ignore_eos=body.ignore_eos,
-                                  response_format=response_format, logprobs=top_logprobs)
-        except UsageError as exc:
-            raise ApiError(400, str(exc), code="invalid_sampling") from None
-
     def admit(self, prompts: list[list[int]], params: Any) -> None:
         """Raise ApiError unless every prompt fits (400, naming prompt and max_tokens) and there
         is room for ``len(prompts)`` more sequences (413 never, 429 not now; reserves nothing:
@@ -198,64 +178,3 @@ class Admission:
         self._set_running(self.running + count)
         return Reservation(self, count)
 
-
-def structured_fields(engine: Any, body: Any) -> tuple[int | None, dict | None]:
-    """The request's top-logprobs count and response_format, checked; the schema is compiled
-    here (the CPU thread), so the engine finds it in its cache.
-
-    Raises:
-        ApiError: 400 bad logprobs fields; 400 ``invalid_response_format`` naming why the
-            response_format or its schema cannot be used.
-    """
-    from parainfer.generation.sampling_params import MAX_TOP_LOGPROBS
-    from parainfer.openai.logprobs import requested_top_logprobs
-
-    top = requested_top_logprobs(body, hasattr(body, "messages"), MAX_TOP_LOGPROBS)
-    try:
-        engine.grammars.compile(body.response_format)
-    except UsageError as exc:
-        raise ApiError(400, str(exc), param="response_format", code="invalid_response_format") from None
-    return top, body.response_format
-
-
-def check_prompts_fit(engine: Any, prompts: list[list[int]], max_tokens: int) -> None:
-    """Raise 400 ``context_length_exceeded`` unless every prompt (token ids) plus ``max_tokens``
-    fits the engine's context window (``engine.check_fits``).
-
-    Raises:
-        ApiError: 400 naming the prompt (when there are several) and the engine's reason.
-    """
-    for i, ids in enumerate(prompts):
-        try:
-            engine.check_fits(len(ids), max_tokens)
-        except UsageError as exc:
-            which = f"prompt {i}: " if len(prompts) > 1 else ""
-            raise ApiError(400, f"{which}{exc}; shorten the prompt or lower max_tokens", param="max_tokens",
-                           code="context_length_exceeded") from None
-
-
-def check_supported(body: Any) -> None:
-    """Raise 400 ``unsupported`` for sampling fields the engine does not implement (``n`` > 1)."""
-    if body.n != 1:
-        raise ApiError(400, f"n={body.n} is not supported; only n=1 (send the request n times with different "
-                            "seeds)", param="n", code="unsupported")
-
-
-def chat_messages(body: Any) -> list[dict[str, str]]:
-    """A chat request's messages as plain {role, content} dicts (``developer`` read as ``system``);
-    text parts are joined.
-
-    Raises:
-        ApiError: 400 ``unsupported`` for a content part that is not text.
-    """
-    out = []
-    for i, m in enumerate(body.messages):
-        content = m.content
-        if isinstance(content, list):
-            kinds = {part.get("type") for part in content} - {"text"}
-            if kinds:
-                raise ApiError(400, f"messages.{i}.content has parts of type {sorted(map(str, kinds))}; only "
-                                    "'text' parts are supported", param=f"messages.{i}.content", code="unsupported")
-            content = "".join(str(part.get("text", "")) for part in content)
-        out.append({"role": "system" if m.role == "developer" else m.role, "content": content or ""})
-    return out

@@ -30,7 +30,7 @@ from typing import Any, AsyncIterator, Callable
 
 from parainfer.executors import MAX_DEATHS_WHILE_LOADING
 from parainfer.serving.generate.engine_view import EngineView
-from parainfer.serving.http.errors import ApiError
+from parainfer.openai.errors import ApiError
 
 log = logging.getLogger(__name__)
 

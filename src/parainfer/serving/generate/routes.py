@@ -26,8 +26,9 @@ from parainfer.openai.bodies import chat_completion_body, completion_body, compl
 from parainfer.serving.config import ServeConfig
 from parainfer.serving.http.json_body import OrjsonRoute
 from parainfer.openai.logprobs import chat_logprobs, completion_logprobs
-from parainfer.serving.http.errors import ApiError, request_id
-from parainfer.serving.generate.admission import chat_messages, check_supported
+from parainfer.openai.errors import ApiError, error_body
+from parainfer.serving.http.errors import request_id
+from parainfer.openai.requests import chat_messages, check_supported
 from parainfer.serving.generate.service import Admitted, GenerationService, Reservation
 from parainfer.serving.embed.service import ClientGone
 from parainfer.openai.protocol import (
@@ -37,7 +38,6 @@ from parainfer.openai.protocol import (
     CompletionResponse,
     ErrorResponse,
     SamplingFields,
-    error_body,
 )
 
 CLIENT_CLOSED = 499

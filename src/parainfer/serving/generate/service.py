@@ -45,14 +45,15 @@ from starlette.requests import Request
 
 from parainfer.openai.bodies import Choice
 from parainfer.serving.config import ServeConfig
-from parainfer.serving.http.errors import ApiError, request_id
-from parainfer.serving.generate.admission import CHAT_DEFAULT_MAX_TOKENS, Admission, Admitted, Reservation
+from parainfer.openai.errors import ApiError
+from parainfer.serving.http.errors import request_id
+from parainfer.serving.generate.admission import Admission, Admitted, Reservation
 from parainfer.serving.metrics import EngineStatsCollector, ServingMetrics
 from parainfer.serving.embed.service import wait_or_give_up
 
 log = logging.getLogger(__name__)
 REBUILD_RETRY_AFTER_S = 10
-__all__ = ["Admitted", "CHAT_DEFAULT_MAX_TOKENS", "Choice", "GenerationService", "Reservation", "uses_replicas"]
+__all__ = ["Admitted", "Choice", "GenerationService", "Reservation", "uses_replicas"]
 
 
 

@@ -17,7 +17,7 @@ import ipaddress
 from urllib.parse import urlsplit
 
 from parainfer.serving.http.middleware import ASGIApp, Receive, Scope, Send, send_json
-from parainfer.openai.protocol import error_body
+from parainfer.openai.errors import error_body
 
 JSON_ROUTES = frozenset({"/v1/embeddings", "/v1/classify", "/v1/completions", "/v1/chat/completions",
                          "/v1/translations", "/v1/batches"})

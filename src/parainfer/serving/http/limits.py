@@ -17,7 +17,7 @@ MiniLM's 256 tokens, 262,144 for SmolLM2's 8,192) instead of the body size.
 
 from __future__ import annotations
 
-from parainfer.serving.http.errors import ApiError
+from parainfer.openai.errors import ApiError
 
 CHARS_PER_TOKEN_BOUND = 32  # generous: natural-text tokens average ~4 characters
 NO_WINDOW_CHARS = 1 << 20  # budget for a model that declares no window (a python callable)

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 
 from parainfer.serving.http.errors import request_id
 from parainfer.serving.metrics import ServingMetrics
-from parainfer.openai.protocol import error_body
+from parainfer.openai.errors import error_body
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from parainfer.errors import UsageError
 from parainfer.models.translate import direction_for, normalize_lang, tag
 from parainfer.serving.config import ServeConfig
-from parainfer.serving.http.errors import ApiError
+from parainfer.openai.errors import ApiError
 from parainfer.openai.protocol import ErrorResponse
 from parainfer.serving.embed.service import ClientGone, InferenceService
 

@@ -1,0 +1,150 @@
+"""OpenAI's rules for a validated generation request, checked against the engine that answers it:
+supported options, chat messages as plain dicts, logprobs fields, response_format, the context
+window, and the SamplingParams the fields make; which ``model`` names a request may give. The
+online routes (``serving/generate``) and the batch predictor apply the same rules; each failure is
+an ApiError with the status the online endpoint answers (400).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from parainfer.errors import UsageError
+from parainfer.models.registry import served_model_name
+from parainfer.openai.errors import ApiError
+from parainfer.openai.protocol import CHAT_DEFAULT_MAX_TOKENS, COMPLETION_DEFAULT_MAX_TOKENS
+
+
+def accepts_model(requested: str, task: str, model: str | None) -> bool:
+    """True when a request's ``model`` field names the model served for ``task``.
+
+    Args:
+        requested: the body's ``model`` ("" when unset).
+        task: "embed", "classify", "generate" or "translate".
+        model: the served ``--model`` (None: the built-in default).
+
+    Returns:
+        True for "", "default", the served name or ``model`` itself (any case), and for
+        generate also "smollm2-135m-instruct" (the built-in's name).
+    """
+    known = {"", "default", served_model_name(task, model).lower(), str(model or "").lower()}
+    if task == "generate":
+        known.add("smollm2-135m-instruct")
+    return requested.lower() in known
+
+
+def check_supported(body: Any) -> None:
+    """Raise 400 ``unsupported`` for sampling fields the engine does not implement (``n`` > 1)."""
+    if body.n != 1:
+        raise ApiError(400, f"n={body.n} is not supported; only n=1 (send the request n times with different "
+                            "seeds)", param="n", code="unsupported")
+
+
+def chat_messages(body: Any) -> list[dict[str, str]]:
+    """A chat request's messages as plain {role, content} dicts (``developer`` read as ``system``);
+    text parts are joined.
+
+    Raises:
+        ApiError: 400 ``unsupported`` for a content part that is not text.
+    """
+    out = []
+    for i, m in enumerate(body.messages):
+        content = m.content
+        if isinstance(content, list):
+            kinds = {part.get("type") for part in content} - {"text"}
+            if kinds:
+                raise ApiError(400, f"messages.{i}.content has parts of type {sorted(map(str, kinds))}; only "
+                                    "'text' parts are supported", param=f"messages.{i}.content", code="unsupported")
+            content = "".join(str(part.get("text", "")) for part in content)
+        out.append({"role": "system" if m.role == "developer" else m.role, "content": content or ""})
+    return out
+
+
+def requested_top_logprobs(body: Any, chat: bool, limit: int) -> int | None:
+    """How many top logprobs the request asks for (None: no logprobs).
+
+    Chat: ``logprobs`` is a boolean and ``top_logprobs`` 0..limit (needs ``logprobs: true``);
+    completions: ``logprobs`` is an integer 0..limit.
+
+    Raises:
+        ApiError: 400 naming the field and what is accepted.
+    """
+    value = body.logprobs
+    if chat:
+        top = getattr(body, "top_logprobs", None)
+        if value not in (None, True, False):
+            raise ApiError(400, f"logprobs must be true or false in a chat completion, got {value!r}",
+                           param="logprobs", code="invalid_logprobs")
+        if top is not None and not value:
+            raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_logprobs")
+        if top is not None and (isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= limit):
+            raise ApiError(400, f"top_logprobs must be an integer in 0..{limit}, got {top!r}",
+                           param="top_logprobs", code="invalid_logprobs")
+        return (top or 0) if value else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+        raise ApiError(400, f"logprobs must be an integer in 0..{limit} in a completion, got {value!r}",
+                       param="logprobs", code="invalid_logprobs")
+    return value
+
+
+def structured_fields(engine: Any, body: Any) -> tuple[int | None, dict | None]:
+    """The request's top-logprobs count and response_format, checked; the schema is compiled
+    here (the caller's thread), so the engine finds it in its cache.
+
+    Raises:
+        ApiError: 400 bad logprobs fields; 400 ``invalid_response_format`` naming why the
+            response_format or its schema cannot be used.
+    """
+    from parainfer.generation.sampling_params import MAX_TOP_LOGPROBS
+
+    top = requested_top_logprobs(body, hasattr(body, "messages"), MAX_TOP_LOGPROBS)
+    try:
+        engine.grammars.compile(body.response_format)
+    except UsageError as exc:
+        raise ApiError(400, str(exc), param="response_format", code="invalid_response_format") from None
+    return top, body.response_format
+
+
+def sampling_params(engine: Any, body: Any, prompts: list[list[int]]) -> Any:
+    """The SamplingParams of a chat or completion ``body`` whose prompts are ``prompts`` (token ids).
+
+    ``max_tokens`` left unset: COMPLETION_DEFAULT_MAX_TOKENS for a completion; for a chat the rest
+    of the context window after the longest prompt, at most CHAT_DEFAULT_MAX_TOKENS (at least 1).
+
+    Raises:
+        ApiError: 400 as ``structured_fields``, or ``invalid_sampling`` for values the
+            engine refuses.
+    """
+    from parainfer.generation import SamplingParams
+
+    max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
+    if max_tokens is None and not hasattr(body, "messages"):
+        max_tokens = COMPLETION_DEFAULT_MAX_TOKENS
+    elif max_tokens is None:
+        room = engine.max_model_len - max(len(p) for p in prompts)
+        max_tokens = max(1, min(CHAT_DEFAULT_MAX_TOKENS, room))
+    top_logprobs, response_format = structured_fields(engine, body)
+    try:
+        return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
+                              seed=body.seed, stop=body.stop or [], ignore_eos=body.ignore_eos,
+                              response_format=response_format, logprobs=top_logprobs)
+    except UsageError as exc:
+        raise ApiError(400, str(exc), code="invalid_sampling") from None
+
+
+def check_prompts_fit(engine: Any, prompts: list[list[int]], max_tokens: int) -> None:
+    """Raise 400 ``context_length_exceeded`` unless every prompt (token ids) plus ``max_tokens``
+    fits the engine's context window (``engine.check_fits``).
+
+    Raises:
+        ApiError: 400 naming the prompt (when there are several) and the engine's reason.
+    """
+    for i, ids in enumerate(prompts):
+        try:
+            engine.check_fits(len(ids), max_tokens)
+        except UsageError as exc:
+            which = f"prompt {i}: " if len(prompts) > 1 else ""
+            raise ApiError(400, f"{which}{exc}; shorten the prompt or lower max_tokens", param="max_tokens",
+                           code="context_length_exceeded") from None
