@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from parainfer.executors import default_threads
 from parainfer.executors.engine_replicas.host import EngineSpec, replica_process_main
+from parainfer.executors.worker_env import die_with_parent_env
 
 OnEvent = Callable[[str, Any], None]
 
@@ -66,8 +67,7 @@ class _LocalReplica:
         self.w, self.on_event, self.closed = w, on_event, False
         commands_in, self._commands = ctx.Pipe(duplex=False)
         self._events, events_out = ctx.Pipe(duplex=False)
-        main = threading.current_thread() is threading.main_thread()
-        env = {"PARAINFER_DIE_WITH_PARENT": "1" if main else "0"}  # the kernel signal follows the spawning thread
+        env = die_with_parent_env()
         self.proc = ctx.Process(target=replica_process_main, args=(w, spec, commands_in, events_out, env),
                                 name=f"parainfer-replica-{w}", daemon=True)
         self.proc.start()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import queue
-import signal
 import threading
 import time
 import traceback
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from parainfer.executors.worker import WORKER_ENV_DEFAULTS, _die_with_parent
+from parainfer.executors.worker_env import enter_worker_process
 
 
 @dataclass(frozen=True)
@@ -136,17 +135,6 @@ class EngineHost:
         self._out.put(("broken", f"{type(exc).__name__}: {exc}"))
 
 
-def prepare_worker_env(worker_id: int, threads: int | None, env: dict[str, str]) -> None:
-    """The worker's environment: offline hub, quiet libraries, its id, its thread count."""
-    for var, value in WORKER_ENV_DEFAULTS.items():
-        os.environ.setdefault(var, value)
-    os.environ.update(env)
-    os.environ["PARAINFER_WORKER_ID"] = str(worker_id)
-    if threads:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[var] = str(threads)
-
-
 def load_failure(exc: BaseException) -> str:
     return f"model failed to load: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
 
@@ -154,10 +142,7 @@ def load_failure(exc: BaseException) -> str:
 def replica_process_main(worker_id: int, spec: EngineSpec, commands: Any, events: Any, env: dict[str, str]) -> None:
     """Local worker entry point. ``commands`` yields ("add", id, prompt, params), ("abort", id)
     or ("stop",); ``events`` gets ("ready", info) or ("fatal", reason), then lists of messages."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if env.get("PARAINFER_DIE_WITH_PARENT") == "1":
-        _die_with_parent()
-    prepare_worker_env(worker_id, spec.threads, env)
+    enter_worker_process(worker_id, spec.threads, env)
     t0 = time.perf_counter()
     try:
         host = EngineHost(spec.build())

@@ -15,7 +15,8 @@ from typing import Any
 
 import ray
 
-from parainfer.executors.engine_replicas.host import EngineHost, EngineSpec, load_failure, prepare_worker_env
+from parainfer.executors.engine_replicas.host import EngineHost, EngineSpec, load_failure
+from parainfer.executors.worker_env import prepare_worker_env
 
 
 class ReplicaLoadError(RuntimeError):
