@@ -39,7 +39,7 @@ class ClientGone(Exception):
 
 
 class InferenceService:
-    """Owns the batcher, the batch router and the metrics of one app.
+    """Owns the batcher, the batch router and the metrics of one app (a ``serving.service.Service``).
 
     Args:
         config: the server settings.

@@ -65,7 +65,8 @@ def uses_replicas(config: ServeConfig) -> bool:
 
 
 class GenerationService(Admission):
-    """Owns the engine, its loop thread, admission and the generation metrics of one app.
+    """Owns the engine, its loop thread, admission and the generation metrics of one app (a
+    ``serving.service.Service``).
 
     Args:
         config: the server settings (``model``, ``dtype``, ``max_num_seqs``, ``max_queue``,
