@@ -64,14 +64,13 @@ def test_forkserver_workers_inherit_the_preload_and_match_spawn_workers(monkeypa
 
 
 def test_the_server_preloads_the_cli_only_when_the_driver_is_parainfer(monkeypatch) -> None:
-    import sys
-    import types
-
-    from parainfer.executors.start_method import preload_list
+    from parainfer.executors import start_method
 
     predictor = CallablePredictor("parainfer.testing:origin")
-    for main, expected in ((types.SimpleNamespace(__spec__=types.SimpleNamespace(name="parainfer.cli")), True),
-                           (types.SimpleNamespace(__spec__=None, __file__="/venv/bin/parainfer"), True),
-                           (types.SimpleNamespace(__spec__=None, __file__="/home/u/my_job.py"), False)):
-        monkeypatch.setitem(sys.modules, "__main__", main)
-        assert ("parainfer.executors.preload_cli" in preload_list(predictor)) is expected
+    monkeypatch.setattr(start_method, "_driver_main", [])
+    monkeypatch.setenv("PARAINFER_PRELOAD_MAIN", "restored after the test")
+    for declared, expected in ((None, ""), ("parainfer.cli", "parainfer.cli")):  # a user's script declares nothing
+        if declared:
+            start_method.preload_driver_main(declared)  # what parainfer.cli.main does at start-up
+        start_method.preload_list(predictor)
+        assert os.environ["PARAINFER_PRELOAD_MAIN"] == expected

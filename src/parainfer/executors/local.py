@@ -12,7 +12,6 @@ the other workers use. A death is noticed through the process sentinel and repor
 from __future__ import annotations
 
 import os
-import threading
 import time
 from multiprocessing.connection import wait
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from parainfer.executors.base import Event, Executor, ShardResult, TaskResult, WorkerFailed, WorkerReady
 from parainfer.executors.start_method import choose_start_method, make_context
 from parainfer.executors.worker import worker_main
+from parainfer.executors.worker_env import die_with_parent_env
 from parainfer.models.base import Predictor
 from parainfer.executors.base import Task
 
@@ -102,8 +102,7 @@ class LocalExecutor(Executor):
         # A forked worker inherits the forkserver's environment, taken when the server started:
         # send the driver's current one along, as a spawned worker would have inherited it.
         current = dict(os.environ) if self.start_method == "forkserver" else {}
-        env = {**current, **self.env, "PARAINFER_NUM_WORKERS": str(self.num_workers),
-               "PARAINFER_DIE_WITH_PARENT": "1" if threading.current_thread() is threading.main_thread() else "0"}
+        env = {**current, **self.env, "PARAINFER_NUM_WORKERS": str(self.num_workers), **die_with_parent_env()}
         for attempt in range(3):
             proc = self._ctx.Process(target=worker_main, name=f"parainfer-worker-{w}", daemon=True,
                                      args=(w, self.predictor, inbox, writer, self.threads, env))

@@ -1,7 +1,9 @@
 """Imported by the local executor's forkserver only (``executors.start_method``): die with the
 driver (when it started the server from its main thread), apply the workers' environment
 defaults, then import the modules named in ``$PARAINFER_PRELOAD`` (comma-separated), so that
-workers forked from the server start with them in memory.
+workers forked from the server start with them in memory, and last the driver's main module
+named in ``$PARAINFER_PRELOAD_MAIN`` (``start_method.preload_driver_main``), for its
+dependencies only (it is dropped from ``sys.modules`` again).
 
 Only imports run here, never a torch op. A module that fails to import is skipped (the worker
 imports it again and reports the error). transformers' import structure comes from a disk cache
@@ -16,15 +18,15 @@ import atexit
 import gc
 import importlib
 import os
+import sys
 
 from parainfer.executors import import_cache
-from parainfer.executors.worker import WORKER_ENV_DEFAULTS, _die_with_parent
+from parainfer.executors.worker_env import apply_env_defaults, die_with_parent
 
 if os.environ.get("PARAINFER_FORKSERVER_DIE_WITH_PARENT") == "1":
-    _die_with_parent()  # a SIGKILLed driver takes the server (and so its workers) with it at once
+    die_with_parent()  # a SIGKILLed driver takes the server (and so its workers) with it at once
 
-for _var, _value in WORKER_ENV_DEFAULTS.items():
-    os.environ.setdefault(_var, _value)  # read by huggingface_hub/transformers at import time
+apply_env_defaults()  # read by huggingface_hub/transformers at import time
 
 import_cache.install()  # transformers' import structure from disk (~0.4 s; see import_cache)
 _gc_was_on = gc.isenabled()
@@ -35,6 +37,15 @@ try:
             importlib.import_module(_name)
         except Exception:  # noqa: BLE001 - see the module docstring
             pass
+    for _name in filter(None, os.environ.get("PARAINFER_PRELOAD_MAIN", "").split(",")):
+        try:
+            importlib.import_module(_name)  # for its imports; the module itself is forgotten:
+        except Exception:  # noqa: BLE001 - see the module docstring
+            pass
+        sys.modules.pop(_name, None)
+        _package, _, _leaf = _name.rpartition(".")
+        if _package in sys.modules and hasattr(sys.modules[_package], _leaf):
+            delattr(sys.modules[_package], _leaf)
 finally:
     gc.freeze()  # everything imported so far: never collected, never touched by a child's GC
     atexit.register(gc.unfreeze)  # collectable again at exit: extension modules (triton's nanobind)

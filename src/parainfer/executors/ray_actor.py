@@ -19,7 +19,6 @@ durations (clocks of two machines are not comparable) and places them on its own
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 import traceback
@@ -27,9 +26,9 @@ from typing import Any
 
 import ray
 
-from parainfer.platform.devices import worker_device
 from parainfer.executors.base import ShardTask
-from parainfer.executors.worker import WORKER_ENV_DEFAULTS, run_task
+from parainfer.executors.worker import run_task
+from parainfer.executors.worker_env import pin_torch_threads, place_predictor, prepare_worker_env
 from parainfer.models.base import Predictor
 from parainfer.executors.base import Task
 
@@ -71,12 +70,7 @@ class RayWorker:
         self._turn = 0
         self._cond = threading.Condition()
         self._checked: set[Any] = set()  # ray_shards.PathCheck verified on this node
-        for var, value in WORKER_ENV_DEFAULTS.items():
-            os.environ.setdefault(var, value)
-        os.environ["PARAINFER_WORKER_ID"] = str(worker_id)
-        if threads:
-            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-                os.environ[var] = str(threads)
+        prepare_worker_env(worker_id, threads)  # the driver's variables come as Ray's runtime env
 
     def _wait_turn(self, turn: int) -> None:
         with self._cond:
@@ -101,14 +95,10 @@ class RayWorker:
 
     def _load(self, predictor: Predictor) -> dict[str, Any]:
         t0 = time.perf_counter()
-        if hasattr(predictor, "device"):
-            predictor.device = worker_device(predictor.device, self.worker_id)
-        if self.threads and hasattr(predictor, "threads"):
-            predictor.threads = self.threads  # a predictor with its own thread pool (translate)
+        place_predictor(predictor, self.worker_id, self.threads)
         try:
             predictor.load()
-            if self.threads and "torch" in sys.modules:
-                sys.modules["torch"].set_num_threads(self.threads)
+            pin_torch_threads(self.threads)
         except BaseException as e:  # noqa: BLE001 - report any load failure to the driver
             raise ModelLoadError(f"model failed to load: {type(e).__name__}: {e}\n"
                                  f"{traceback.format_exc(limit=3)}") from None

@@ -16,6 +16,8 @@ import multiprocessing as mp
 import os
 from typing import Any
 
+from parainfer.executors.worker_env import DIE_WITH_PARENT, die_with_parent_env
+
 START_METHODS = ("forkserver", "spawn")
 
 # Imported once by the forkserver (see ``parainfer.executors.preload``) when the predictor
@@ -37,35 +39,38 @@ def choose_start_method(requested: str | None = None) -> str:
     return name
 
 
+def preload_driver_main(module: str) -> None:
+    """Declare ``module`` the driver's main module (an entry point such as parainfer's command
+    line calls this at start-up, before any executor starts): the forkserver then imports it for
+    its dependencies and forgets the module itself (``preload``). Each child of the server re-runs
+    the driver's main module before its target (``multiprocessing`` runs it as ``__mp_main__``);
+    with its imports already in memory that costs ~nothing instead of ~0.1 s. A driver that
+    declares nothing (a user's own script) is never imported by the server.
+
+    Args:
+        module: the dotted name of the main module, e.g. "parainfer.cli".
+    """
+    _driver_main[:] = [module]
+
+
+_driver_main: list[str] = []  # set once by the driver's entry point (preload_driver_main)
+
+
 def preload_list(predictor: Any) -> list[str]:
     """Modules the forkserver imports before forking workers for ``predictor``: ``preload``
     (which makes the server die with the driver and imports the heavy modules the predictor
     names in its optional ``preload_modules`` attribute, passed on through ``$PARAINFER_PRELOAD``),
-    the worker entry point, the predictor's own module and, when the driver is parainfer's own
-    command line, the CLI's imports (``preload_cli``: each child re-runs the driver's main module
-    before its target; with its imports already in memory that costs ~nothing instead of ~0.1 s).
-    All of them but ``preload`` itself also go into ``$PARAINFER_PRELOAD``, so that ``preload``
-    imports them with the garbage collector off and freezes them."""
-    import threading
-
+    the worker entry point and the predictor's own module. All of them but ``preload`` itself
+    also go into ``$PARAINFER_PRELOAD``, so that ``preload`` imports them with the garbage
+    collector off and freezes them; the driver's main module (``preload_driver_main``), if
+    declared, goes into ``$PARAINFER_PRELOAD_MAIN`` (imported last, then forgotten)."""
     heavy = [m for m in getattr(predictor, "preload_modules", ()) if importlib.util.find_spec(m.split(".")[0])]
-    light = ["parainfer.executors.worker", type(predictor).__module__, *_cli_main()]
+    light = ["parainfer.executors.worker", type(predictor).__module__]
     os.environ["PARAINFER_PRELOAD"] = ",".join(heavy + light)  # read by the forkserver (inherits the env at start)
-    main = threading.current_thread() is threading.main_thread()  # PDEATHSIG fires when the starting thread ends
-    os.environ["PARAINFER_FORKSERVER_DIE_WITH_PARENT"] = "1" if main else "0"
+    os.environ["PARAINFER_PRELOAD_MAIN"] = ",".join(_driver_main)
+    # PDEATHSIG fires when the starting thread ends
+    os.environ["PARAINFER_FORKSERVER_DIE_WITH_PARENT"] = die_with_parent_env()[DIE_WITH_PARENT]
     return [PRELOAD_MODULE, *light]
-
-
-def _cli_main() -> list[str]:
-    """``["parainfer.executors.preload_cli"]`` when the driver runs ``parainfer`` (the console script) or
-    ``python -m parainfer.cli``, else nothing: a user's own main module is never imported
-    by the server (it is re-run in each child, as ``multiprocessing`` documents)."""
-    import sys
-
-    main = sys.modules.get("__main__")
-    name = getattr(getattr(main, "__spec__", None), "name", None) or ""
-    script = os.path.basename(getattr(main, "__file__", None) or "")
-    return ["parainfer.executors.preload_cli"] if name == "parainfer.cli" or script == "parainfer" else []
 
 
 def make_context(method: str, predictor: Any) -> Any:

@@ -11,27 +11,15 @@ from __future__ import annotations
 
 import os
 import queue
-import signal
-import sys
 import time
 import traceback
 from typing import Any
 
-from parainfer.platform.devices import worker_device
 from parainfer.executors.base import ShardTask, TaskResult, WorkerFailed, WorkerReady
 from parainfer.models.base import Predictor, RecordFailure
 from parainfer.executors.base import Task
 from parainfer.counts import TokenCounts
-
-
-# Workers never reach a model hub, print no download bars, and leave threading to the executor.
-WORKER_ENV_DEFAULTS = {
-    "TOKENIZERS_PARALLELISM": "false",
-    "HF_HUB_OFFLINE": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-}
+from parainfer.executors.worker_env import enter_worker_process, pin_torch_threads, place_predictor
 
 
 def _describe_error(e: BaseException) -> str:
@@ -126,29 +114,13 @@ def worker_main(worker_id: int, predictor: Predictor, inbox: Any, outbox: Any, t
                 env: dict[str, str]) -> None:
     """Process entry point. ``inbox`` yields Task objects, then None to stop."""
     started_at = time.perf_counter()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if env.get("PARAINFER_DIE_WITH_PARENT") == "1":
-        _die_with_parent()
-    for var, value in WORKER_ENV_DEFAULTS.items():
-        os.environ.setdefault(var, value)
-    os.environ.update(env)
-    os.environ["PARAINFER_WORKER_ID"] = str(worker_id)
+    enter_worker_process(worker_id, threads, env)
     t0 = time.perf_counter()
-    if threads:
-        # Read by OpenMP/MKL when torch initialises; set_num_threads below covers a torch
-        # that was imported already (for example by the parent under fork).
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[var] = str(threads)
-    if threads and hasattr(predictor, "threads"):
-        predictor.threads = threads  # a predictor with its own thread pool (translate)
-    if hasattr(predictor, "device"):
-        predictor.device = worker_device(predictor.device, worker_id)  # "cuda": replicas spread over the GPUs
-    if threads and "torch" in sys.modules:  # imported by the forkserver: OMP_NUM_THREADS came too late
-        sys.modules["torch"].set_num_threads(threads)
+    place_predictor(predictor, worker_id, threads)
+    pin_torch_threads(threads)
     try:
         predictor.load()
-        if threads and "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(threads)
+        pin_torch_threads(threads)
     except BaseException as e:  # noqa: BLE001 - report any load failure to the driver
         outbox.send(WorkerFailed(worker_id, f"model failed to load: {_describe_error(e)}\n"
                                 f"{traceback.format_exc(limit=3)}", [], fatal=True))
@@ -198,17 +170,3 @@ def _preload_shard_runner() -> None:
 
     threading.Thread(target=_load, name="parainfer-preload", daemon=True).start()
 
-
-def _die_with_parent() -> None:
-    """Linux: have the kernel SIGKILL this worker when the driver dies (even mid-task).
-
-    The kernel fires on the exit of the driver *thread* that spawned us, so the executor asks
-    for this only when it spawns from the main thread.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass

@@ -1,4 +1,4 @@
-"""The HTTP app: OpenAI-compatible routes over an InferenceService.
+"""The HTTP app: OpenAI-compatible routes over a ``service.Service``.
 
 Routes: POST /v1/embeddings (--task embed), POST /v1/classify (--task classify),
 POST /v1/completions and /v1/chat/completions (--task generate, in ``generation_routes``),
@@ -34,6 +34,7 @@ from parainfer.serving.generate.routes import generation_routes
 from parainfer.serving.generate.service import GenerationService
 from parainfer.serving.http.guards import JsonContentTypeMiddleware, LoopbackGuardMiddleware, binds_loopback
 from parainfer.serving.metrics import ServingMetrics
+from parainfer.serving.service import Service
 from parainfer.serving.batch_api.files import UploadAwareBodyLimit
 from parainfer.serving.http.middleware import AuthMiddleware, MetricsMiddleware
 from parainfer.openai.protocol import (
@@ -64,12 +65,9 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
         UsageError: unknown model or task (from the registry).
     """
     metrics = ServingMetrics()
-    generator = GenerationService(config, metrics) if config.task == "generate" else None
-    if generator is None:
-        both_directions = {"source_lang": None, "target_lang": None} if config.task == "translate" else {}
-        predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device,
-                                                 trust=config.trust, **both_directions)
-    service: InferenceService | GenerationService = generator or InferenceService(config, predictor, metrics)
+    service = _make_service(config, predictor, metrics)
+    generator = service if isinstance(service, GenerationService) else None
+    batches = service if isinstance(service, InferenceService) else None
     batch_api = BatchApi(config)
 
     @asynccontextmanager
@@ -87,9 +85,9 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
                   description="OpenAI-compatible embeddings, classification and text generation.")
     app.state.service, app.state.config, app.state.metrics = service, config, metrics
     install_error_handlers(app)
-    app.include_router(_v1_routes(config, service))
+    app.include_router(_v1_routes(config, batches))
     app.include_router(generation_routes(config, generator))
-    app.include_router(translation_routes(config, service if config.task == "translate" else None))
+    app.include_router(translation_routes(config, batches if config.task == "translate" else None))
     app.include_router(_ops_routes(service, metrics))
     app.include_router(batch_api.router)  # /v1/files, /v1/batches
     app.add_middleware(OnlineGate, load=batch_api.load)
@@ -102,6 +100,17 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
         app.add_middleware(LoopbackGuardMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 401s and 413s too
     return app
+
+
+def _make_service(config: ServeConfig, predictor: Predictor | None, metrics: ServingMetrics) -> Service:
+    """A ``GenerationService`` for ``--task generate``, else an ``InferenceService`` over
+    ``predictor`` (default: the registry's predictor for the task; translate: both directions)."""
+    if config.task == "generate":
+        return GenerationService(config, metrics)
+    both_directions = {"source_lang": None, "target_lang": None} if config.task == "translate" else {}
+    predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device,
+                                             trust=config.trust, **both_directions)
+    return InferenceService(config, predictor, metrics)
 
 
 def _texts(value: str | list[str]) -> list[str]:
@@ -122,7 +131,9 @@ def _wrong_task(config: ServeConfig, route: str, needed: str) -> ApiError:
                     code="wrong_task")
 
 
-def _v1_routes(config: ServeConfig, service: Any) -> APIRouter:
+def _v1_routes(config: ServeConfig, service: InferenceService | None) -> APIRouter:
+    """/v1/embeddings, /v1/classify (``service`` None on a generate server: they answer 400) and
+    /v1/models."""
     router = APIRouter(tags=["v1"], responses=_ERRORS, route_class=OrjsonRoute)  # full paths: route labels in metrics stay whole
     name = config.served_model_name()
     created = int(time.time())
@@ -162,7 +173,7 @@ def _v1_routes(config: ServeConfig, service: Any) -> APIRouter:
     return router
 
 
-def _ops_routes(service: InferenceService | GenerationService, metrics: ServingMetrics) -> APIRouter:
+def _ops_routes(service: Service, metrics: ServingMetrics) -> APIRouter:
     router = APIRouter(tags=["operations"])
 
     @router.get("/health")

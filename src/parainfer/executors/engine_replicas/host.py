@@ -1,28 +1,21 @@
 """One generation engine replica inside a worker (``serve --task generate --workers N``).
 
-A worker (a local process, or a Ray actor: ``replica_ray.py``) holds one :class:`EngineHost`:
+A worker (a local process, or a Ray actor: ``ray_actor.py``) holds one :class:`EngineHost`:
 an :class:`~parainfer.generation.LLMEngine` stepped by an
 :class:`~parainfer.generation.EngineLoop` thread (continuous batching as in the one-engine
 server). The server sends it requests (``add``: request id, prompt token ids, SamplingParams)
-and aborts; the host hands back, in batches, the messages of every step:
-
-* ``("out", RequestOutput)``: one request's progress in one step;
-* ``("error", request_id, reason)``: that sequence failed alone in the engine;
-* ``("broken", reason)``: an engine step raised (its state may be broken): the server fails
-  the replica's requests and replaces the worker;
-* ``("stats", dict)``: the engine's counters (``LLMEngine.stats``: prefill and prefix-cache
-  tokens, steps), sent whenever they changed, so the server's /metrics can sum the replicas.
+and aborts; the host hands back, in batches, the messages of every step (``handles``:
+``SequenceOutput``, ``SequenceFailed``, ``EngineBroken``, ``EngineStats``).
 
 ``replica_process_main`` is the local process's entry point: commands arrive on one pipe,
-message batches leave on another (the worker holds its only write end, so EOF tells the server
-that it died).
+events leave on another (the worker holds its only write end, so EOF tells the server that it
+died).
 """
 
 from __future__ import annotations
 
 import os
 import queue
-import signal
 import threading
 import time
 import traceback
@@ -30,7 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from parainfer.executors.worker import WORKER_ENV_DEFAULTS, _die_with_parent
+from parainfer.executors.engine_replicas.handles import (
+    EngineBroken,
+    EngineMessage,
+    EngineStats,
+    ReplicaFailed,
+    ReplicaReady,
+    SequenceFailed,
+    SequenceOutput,
+)
+from parainfer.executors.worker_env import enter_worker_process
 
 
 @dataclass(frozen=True)
@@ -94,26 +96,28 @@ class EngineHost:
         self.loop = EngineLoop(engine, on_error=self._broken).start()
 
     def info(self) -> dict[str, Any]:
+        """``engine_info`` of the hosted engine."""
         return engine_info(self.loop.engine)
 
     def add(self, request_id: str, prompt: list[int], params: Any) -> None:
-        """Queue one sequence; a prompt the engine refuses ends at once with an ``error``."""
+        """Queue one sequence; a prompt the engine refuses ends at once with a ``SequenceFailed``."""
         def deliver(out: Any) -> None:
             if isinstance(out, BaseException):
-                self._out.put(("error", request_id, f"{type(out).__name__}: {out}"))
+                self._out.put(SequenceFailed(request_id, f"{type(out).__name__}: {out}"))
             else:
-                self._out.put(("out", out))
+                self._out.put(SequenceOutput(out))
         try:
             self.loop.add(prompt, params, request_id, deliver)
         except Exception as exc:  # noqa: BLE001 - admission checked it already; report, never crash
             deliver(exc)
 
     def abort(self, request_id: str) -> None:
+        """Stop that sequence (nothing when it has ended)."""
         self.loop.abort(request_id)
 
-    def drain(self, timeout: float) -> list[tuple]:
+    def drain(self, timeout: float) -> list[EngineMessage]:
         """Messages since the last call; waits up to ``timeout`` seconds for the first one. Ends
-        with a ``("stats", counters)`` message when the engine's counters changed since the last."""
+        with an ``EngineStats`` message when the engine's counters changed since the last."""
         try:
             messages = [self._out.get(timeout=timeout)]
         except queue.Empty:
@@ -126,45 +130,34 @@ class EngineHost:
         stats = dict(self.loop.engine.stats)  # a copy: the loop thread updates it after each step
         if stats != self._sent_stats:
             self._sent_stats = stats
-            messages.append(("stats", stats))
+            messages.append(EngineStats(stats))
         return messages
 
     def stop(self) -> None:
+        """Stop the engine loop thread."""
         self.loop.stop()
 
     def _broken(self, exc: BaseException) -> None:
-        self._out.put(("broken", f"{type(exc).__name__}: {exc}"))
-
-
-def prepare_worker_env(worker_id: int, threads: int | None, env: dict[str, str]) -> None:
-    """The worker's environment: offline hub, quiet libraries, its id, its thread count."""
-    for var, value in WORKER_ENV_DEFAULTS.items():
-        os.environ.setdefault(var, value)
-    os.environ.update(env)
-    os.environ["PARAINFER_WORKER_ID"] = str(worker_id)
-    if threads:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[var] = str(threads)
+        self._out.put(EngineBroken(f"{type(exc).__name__}: {exc}"))
 
 
 def load_failure(exc: BaseException) -> str:
+    """The reason a replica reports when its engine failed to build: cause plus a short traceback."""
     return f"model failed to load: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
 
 
 def replica_process_main(worker_id: int, spec: EngineSpec, commands: Any, events: Any, env: dict[str, str]) -> None:
     """Local worker entry point. ``commands`` yields ("add", id, prompt, params), ("abort", id)
-    or ("stop",); ``events`` gets ("ready", info) or ("fatal", reason), then lists of messages."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if env.get("PARAINFER_DIE_WITH_PARENT") == "1":
-        _die_with_parent()
-    prepare_worker_env(worker_id, spec.threads, env)
+    or ("stop",); ``events`` gets ``ReplicaReady`` or ``ReplicaFailed``, then lists of
+    ``EngineMessage`` (``handles``)."""
+    enter_worker_process(worker_id, spec.threads, env)
     t0 = time.perf_counter()
     try:
         host = EngineHost(spec.build())
     except BaseException as exc:  # noqa: BLE001 - reported to the server: restarting will not help
-        events.send(("fatal", load_failure(exc)))
+        events.send(ReplicaFailed(load_failure(exc)))
         return
-    events.send(("ready", {**host.info(), "load_s": time.perf_counter() - t0}))
+    events.send(ReplicaReady({**host.info(), "load_s": time.perf_counter() - t0}))
     done = threading.Event()
     threading.Thread(target=_send_forever, args=(host, events, done), name="parainfer-replica-out",
                      daemon=True).start()

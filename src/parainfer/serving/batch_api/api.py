@@ -19,6 +19,7 @@ from parainfer.serving.batch_api.runner import LANE_HEADER, BatchRunner, OnlineL
 from parainfer.serving.batch_api.batches import BatchStore, batches_routes
 from parainfer.serving.config import ServeConfig
 from parainfer.openai.errors import ApiError
+from parainfer.openai.requests import accepts_model
 from parainfer.serving.batch_api.files import FileStore, files_routes
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,7 @@ class BatchApi:
 
     def accepts_model(self, url: str, model: str) -> bool:
         """A body's ``model`` is served here: unset, "default", the served name (any case) or --model."""
-        known = {"", "default", self.config.served_model_name().lower(), str(self.config.model or "").lower()}
-        if self.config.task == "generate":
-            known.add("smollm2-135m-instruct")
-        return model.lower() in known
+        return accepts_model(model, self.config.task, self.config.model)
 
     async def start(self, app: FastAPI) -> None:
         """Take the data directory's lock and start the runner (which resumes active batches)."""

@@ -26,7 +26,7 @@ from parainfer.openai.errors import ApiError
 from parainfer.serving.http.errors import request_id
 from parainfer.serving.http.limits import capped_texts, check_count
 from parainfer.serving.metrics import ServingMetrics
-from parainfer.serving.embed.replica_pool import InputFailed, ReplicaPool, ReplicaUnavailable
+from parainfer.serving.embed.batch_router import BatchRouter, InputFailed, ReplicaUnavailable
 
 log = logging.getLogger(__name__)
 # Requests at most this large are counted and encoded on the event loop: it costs well under a
@@ -40,7 +40,7 @@ class ClientGone(Exception):
 
 
 class InferenceService:
-    """Owns the batcher, the replica pool and the metrics of one app.
+    """Owns the batcher, the batch router and the metrics of one app (a ``serving.service.Service``).
 
     Args:
         config: the server settings.
@@ -54,7 +54,7 @@ class InferenceService:
         executor = make_executor(config.executor, predictor, config.workers, config.threads_per_worker,
                                  address=config.address, cpus_per_worker=config.cpus_per_worker,
                                  gpus_per_worker=config.gpus_per_worker)
-        self.pool = ReplicaPool(executor, config.max_in_flight_per_replica, config.retries,
+        self.pool = BatchRouter(executor, config.max_in_flight_per_replica, config.retries,
                                 on_capacity=self._on_capacity, on_batch_done=self._on_batch_done,
                                 on_restart=lambda w: metrics.restarts.labels(str(w)).inc())
         self.batcher = DynamicBatcher(self._dispatch, self.pool.free_slots, config.max_batch_size,

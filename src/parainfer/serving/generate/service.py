@@ -10,7 +10,7 @@ HTTP while the engine thread computes. That is the default (``--workers 1``).
 
 With ``--workers N`` > 1 or ``--executor ray`` the engines run in N workers instead (local
 processes or Ray actors, on other GPUs or nodes), each batching continuously on its own, and a
-:class:`~parainfer.serving.generate.router.ReplicaRouter` stands where the EngineLoop was: it
+:class:`~parainfer.serving.generate.sequence_router.SequenceRouter` stands where the EngineLoop was: it
 sends each sequence to the replica with the fewest outstanding tokens and streams its outputs
 back; admission, metrics and the routes are the same. A replica that dies fails its requests
 (503, or an error event mid-stream) and is restarted.
@@ -48,6 +48,7 @@ from parainfer.serving.config import ServeConfig
 from parainfer.openai.errors import ApiError
 from parainfer.serving.http.errors import request_id
 from parainfer.serving.generate.admission import Admission, Admitted, Reservation
+from parainfer.serving.generate.sequence_router import SequenceRouter, start_router
 from parainfer.serving.metrics import EngineStatsCollector, ServingMetrics
 from parainfer.serving.embed.service import wait_or_give_up
 
@@ -65,7 +66,8 @@ def uses_replicas(config: ServeConfig) -> bool:
 
 
 class GenerationService(Admission):
-    """Owns the engine, its loop thread, admission and the generation metrics of one app.
+    """Owns the engine, its loop thread, admission and the generation metrics of one app (a
+    ``serving.service.Service``).
 
     Args:
         config: the server settings (``model``, ``dtype``, ``max_num_seqs``, ``max_queue``,
@@ -86,7 +88,7 @@ class GenerationService(Admission):
         self.running = 0  # sequences admitted (reserved or in the engine)
         self._done_times: list[float] = []  # recent sequence ends, for Retry-After
         self._cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parainfer-gen-cpu")
-        self.replicas: Any = None  # a ReplicaRouter when the engines run in workers (uses_replicas)
+        self.replicas: SequenceRouter | None = None  # when the engines run in workers (uses_replicas)
         for reason in ("stop", "length", "abort", "error"):
             metrics.sequences.labels(reason)
         metrics.registry.register(EngineStatsCollector(self._engine_stats))
@@ -101,7 +103,7 @@ class GenerationService(Admission):
             return
         threading.Thread(target=self._load, name="parainfer-engine-load", daemon=True).start()
 
-    # ---- replicas: --workers N > 1 or --executor ray (replica_router) ---------------------------
+    # ---- replicas: --workers N > 1 or --executor ray (sequence_router) ---------------------------
 
     async def _start_replicas(self) -> None:
         """One engine per worker (local processes or Ray actors), routed by outstanding tokens.
@@ -109,8 +111,6 @@ class GenerationService(Admission):
         Raises:
             UsageError: a Ray cluster without room for the actors (the server does not start).
         """
-        from parainfer.serving.generate.router import start_router
-
         for w in range(self.config.workers):  # the series exist (at 0) from the first scrape
             self.metrics.restarts.labels(str(w))
             self.metrics.replica_requests.labels(str(w))

@@ -1,8 +1,9 @@
-"""Replicas and routing: N worker processes (one model replica each) behind one ``submit``.
+"""Routes model *batches* (embed, classify, translate) to N executor workers, one model replica
+each (the generate server's ``generate.sequence_router`` routes sequences to engine replicas).
 
-``ReplicaPool`` owns an Executor (processes or Ray actors). Batches from the batcher become Tasks sent to the ready
-replica with the least outstanding work (tokens in flight, then batches in flight), never more
-than ``max_in_flight`` per replica. A background thread blocks in ``executor.poll`` and hands
+``BatchRouter`` owns an Executor (processes or Ray actors). Batches from the batcher become Tasks
+sent to the ready replica with the least outstanding work (tokens in flight, then batches in
+flight), never more than ``max_in_flight`` per replica. A background thread blocks in ``executor.poll`` and hands
 events to the event loop (``call_soon_threadsafe``), where every piece of routing state lives:
 
 * WorkerReady: the replica takes batches.
@@ -74,7 +75,7 @@ class ReplicaState:
         return sum(b.tokens for b in self.batches.values())
 
 
-class ReplicaPool:
+class BatchRouter:
     """Routes batches to replicas and resolves their items' futures.
 
     Args:

@@ -1,8 +1,11 @@
-"""N generation engine replicas behind one ``stream_async``, routed by least outstanding tokens.
+"""Routes generation *sequences* to N engine replicas behind one ``stream_async``, by least
+outstanding tokens (the embed/classify server's ``embed.batch_router`` routes model batches to
+executor workers instead).
 
 ``serve --task generate --workers N`` (N > 1, or ``--executor ray``) runs one engine per worker
-(``replica_handles``: local processes or Ray actors); each does continuous batching on its own.
-:class:`ReplicaRouter` stands where the one-engine server has its ``EngineLoop``: the
+(``executors.engine_replicas``: local processes or Ray actors, behind a ``ReplicaHandle``); each
+does continuous batching on its own.
+:class:`SequenceRouter` stands where the one-engine server has its ``EngineLoop``: the
 ``GenerationService`` calls ``stream_async(prompt_ids, params)`` and reads ``engine`` (an
 ``engine_view.EngineView``: the tokenizer, context window and cache size that admission needs;
 no weights in the server process). A request goes to the ready replica with the fewest
@@ -29,6 +32,20 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 from parainfer.executors import MAX_DEATHS_WHILE_LOADING
+from parainfer.executors.engine_replicas.handles import (
+    EngineBroken,
+    EngineMessage,
+    EngineStats,
+    ReplicaEvent,
+    ReplicaExited,
+    ReplicaFailed,
+    ReplicaHandle,
+    ReplicaLauncher,
+    ReplicaOutput,
+    ReplicaReady,
+    SequenceFailed,
+    SequenceOutput,
+)
 from parainfer.serving.generate.engine_view import EngineView
 from parainfer.openai.errors import ApiError
 
@@ -54,7 +71,7 @@ class _Request:
 
 @dataclass
 class _Replica:
-    handle: Any = None
+    handle: ReplicaHandle | None = None
     incarnation: int = 0
     ready: bool = False
     loaded_once: bool = False
@@ -71,11 +88,11 @@ class _Replica:
         return sum(r.outstanding for r in self.requests.values())
 
 
-class ReplicaRouter:
-    """Starts the replicas and routes requests to them (see the module docstring).
+class SequenceRouter:
+    """Starts the replicas and routes sequences to them (see the module docstring).
 
     Args:
-        factory: ``replica_handles.LocalReplicas`` or ``RayReplicas`` (connected already).
+        factory: the replicas' launcher (``engine_replicas.make_replicas``; connected already).
         num_workers: N replicas.
         tokenizer: the model's tokenizer (loaded in the server process).
         on_ready: called once (on the loop) when every replica not given up has loaded.
@@ -84,7 +101,7 @@ class ReplicaRouter:
         on_route: called with the replica index each time a sequence is sent to it.
     """
 
-    def __init__(self, factory: Any, num_workers: int, tokenizer: Any, on_ready: Callable[[], None],
+    def __init__(self, factory: ReplicaLauncher, num_workers: int, tokenizer: Any, on_ready: Callable[[], None],
                  on_failed: Callable[[str], None], on_restart: Callable[[int], None] = lambda w: None,
                  on_route: Callable[[int], None] = lambda w: None) -> None:
         self.factory, self.tokenizer = factory, tokenizer
@@ -164,7 +181,7 @@ class ReplicaRouter:
         try:
             try:
                 handle.add(rid, prompt, params)
-            except Exception as exc:  # noqa: BLE001 - the worker went away: its "died" event follows
+            except Exception as exc:  # noqa: BLE001 - the worker went away: its ReplicaExited follows
                 raise ReplicaDied(f"replica {w} went away while the request was sent: {exc}") from None
             while not finished:
                 out = await req.queue.get()
@@ -197,52 +214,53 @@ class ReplicaRouter:
         incarnation, loop = rep.incarnation, self._loop
         assert loop is not None
 
-        def on_event(kind: str, payload: Any) -> None:  # in the handle's reader thread
+        def on_event(event: ReplicaEvent) -> None:  # in the handle's reader thread
             try:
-                loop.call_soon_threadsafe(self._on_event, w, incarnation, kind, payload)
+                loop.call_soon_threadsafe(self._on_event, w, incarnation, event)
             except RuntimeError:  # the loop closed: shutting down
                 pass
         rep.handle = self.factory.start(w, on_event)
 
-    def _on_event(self, w: int, incarnation: int, kind: str, payload: Any) -> None:
+    def _on_event(self, w: int, incarnation: int, event: ReplicaEvent) -> None:
         rep = self.replicas[w]
         if incarnation != rep.incarnation or self._stopped:
             return  # from a replica replaced already
-        if kind == "batch":
-            self._deliver(w, rep, payload)
-        elif kind == "ready":
-            rep.ready = rep.loaded_once = True
-            rep.info, rep.load_deaths = payload, 0
-            if self.engine is None:
-                self.engine = EngineView(self.tokenizer, payload, self)
-            if all(r.loaded_once or r.dead for r in self.replicas):
-                self.on_ready()
-        elif kind == "fatal":
-            log.error("generation replica %d: %s", w, payload)
-            self._give_up(w, rep, str(payload).splitlines()[0])
-        elif kind == "died":
-            self._lost(w, rep, str(payload))
+        match event:
+            case ReplicaOutput(messages):
+                self._deliver(w, rep, messages)
+            case ReplicaReady(info):
+                rep.ready = rep.loaded_once = True
+                rep.info, rep.load_deaths = info, 0
+                if self.engine is None:
+                    self.engine = EngineView(self.tokenizer, info, self)
+                if all(r.loaded_once or r.dead for r in self.replicas):
+                    self.on_ready()
+            case ReplicaFailed(reason):
+                log.error("generation replica %d: %s", w, reason)
+                self._give_up(w, rep, reason.splitlines()[0])
+            case ReplicaExited(reason):
+                self._lost(w, rep, reason)
 
-    def _deliver(self, w: int, rep: _Replica, messages: list[tuple]) -> None:
+    def _deliver(self, w: int, rep: _Replica, messages: list[EngineMessage]) -> None:
         for msg in messages:
-            if msg[0] == "out":
-                out = msg[1]
-                req = rep.requests.get(out.request_id)
-                if req is None:
-                    continue  # aborted: its request has left
-                req.started, req.generated = True, out.completion_tokens
-                if out.finished:
-                    del rep.requests[out.request_id]
-                req.queue.put_nowait(out)
-            elif msg[0] == "error":
-                req = rep.requests.pop(msg[1], None)
-                if req is not None:
-                    req.queue.put_nowait(RuntimeError(f"the sequence failed in replica {w}: {msg[2]}"))
-            elif msg[0] == "stats":
-                rep.stats = msg[1]
-            elif msg[0] == "broken":
-                self._lost(w, rep, f"replica {w}'s engine broke: {msg[1]}")
-                return
+            match msg:
+                case SequenceOutput(out):
+                    req = rep.requests.get(out.request_id)
+                    if req is None:
+                        continue  # aborted: its request has left
+                    req.started, req.generated = True, out.completion_tokens
+                    if out.finished:
+                        del rep.requests[out.request_id]
+                    req.queue.put_nowait(out)
+                case SequenceFailed(request_id, reason):
+                    req = rep.requests.pop(request_id, None)
+                    if req is not None:
+                        req.queue.put_nowait(RuntimeError(f"the sequence failed in replica {w}: {reason}"))
+                case EngineStats(stats):
+                    rep.stats = stats
+                case EngineBroken(reason):
+                    self._lost(w, rep, f"replica {w}'s engine broke: {reason}")
+                    return
 
     def _lost(self, w: int, rep: _Replica, reason: str) -> None:
         log.error("generation replica %d lost (%s); its %d requests fail, restarting it", w, reason,
@@ -277,21 +295,21 @@ class ReplicaRouter:
             req.queue.put_nowait(exc)
 
 
-async def start_router(config: Any, **callbacks: Callable) -> ReplicaRouter:
+async def start_router(config: Any, **callbacks: Callable) -> SequenceRouter:
     """Connect (Ray: to the cluster), load the tokenizer, and start ``config.workers`` replicas of
-    ``config``'s engine on ``config.executor`` behind a router; ``callbacks`` are ReplicaRouter's
+    ``config``'s engine on ``config.executor`` behind a router; ``callbacks`` are SequenceRouter's
     ``on_ready``, ``on_failed``, ``on_restart``, ``on_route``. Call on the event loop.
 
     Raises:
         UsageError: a Ray cluster without room for the actors.
     """
-    from parainfer.executors.engine_replicas.handles import make_replicas
+    from parainfer.executors.engine_replicas import make_replicas
     from parainfer.executors.engine_replicas.host import EngineSpec
 
     spec = EngineSpec(config.model, config.dtype, config.max_num_seqs, config.threads_per_worker, config.prefix_cache)
     factory = make_replicas(config, spec)
     await asyncio.to_thread(factory.connect)
     tokenizer = await asyncio.to_thread(spec.load_tokenizer)
-    router = ReplicaRouter(factory, config.workers, tokenizer, **callbacks)
+    router = SequenceRouter(factory, config.workers, tokenizer, **callbacks)
     router.start()
     return router
