@@ -1,40 +1,14 @@
-"""Sharded mode: the driver hands out shards of the input file, never records.
+"""Sharded mode (``ShardDriver``): the driver hands out shards of the input file, never records.
 
-In record mode (``engine.Job``) every record passes through the driver's one thread (read,
-estimate, batch, dispatch, merge, write), which bounds a job's speed-up however many workers
-it has. In sharded mode the driver plans shards (``io.shards``: byte ranges cut at record ends,
-or Parquet row groups, sized by factoring: large first, smaller towards the end, and never so
-small that N workers would keep the driver busy more than half the time), gives them out as
-``ShardTask``s (the second task kind of the executor contract, ``executors.base``; each worker
-holds the shard it runs and ``PREFETCH`` queued, so it does not wait for the driver between
-shards), and commits the finished shards' parts in shard order to the manifest
-(``io.shard_store``). Each worker reads, batches, runs and writes its shard
-(``executors.shard_runner``). The driver's cost is per shard, not per record.
-
-The loop is event-driven: it sleeps in ``executor.poll`` until a worker reports (or the next
-manifest write is due), hands the idle workers their next shards, commits what continues the
-committed prefix, and writes the manifest at most every ``--checkpoint-every`` seconds (many
-commits per write). The first round of shards is cut while the workers start; later rounds are
-cut when the first of their shards is handed out, from the driver CPU per shard and the
-worker seconds per byte measured so far (``io.shards.ShardPlanner``), so the smallest shard
-grows with the number of workers. The report's ``driver_shard_us`` splits the driver's CPU per
-shard into handing out and taking back (the idle wake-ups apart): the simulator's input.
-
-Guarantees (as record mode): output in input order (parts in shard order, concatenated into
-``--output`` at the end), every record exactly once in the output or the errors file, resume
-after a killed driver (committed shards are verified and skipped, the others redone), a batch
-that raises fails record by record inside its shard. A worker that dies mid-shard: the shard is
-bisected at a record end (``io.shards.split_shard``) and its halves are redone on the live
-workers (its partial part discarded), as ``recovery`` bisects a record-mode task, until a
-single record that kills its worker more than ``max_retries`` times goes to the errors file
-alone. The output parts are in the output's format (JSONL, CSV, Parquet: ``io.part_sinks``);
-a part written under another CSV header / Parquet schema than the job's (the first committed
-part's) is redone with the job's. ``--task-timeout`` bounds each batch inside a shard
-(``executors.shard_runner.BatchWatchdog``); ``--batch-size auto`` is tuned by each worker
-for itself (``executors.shard_runner.worker_tuner``). Either executor runs shards (on Ray, every
-node must see the input and the output's folder at the same path: ``executors.ray_shards``). Not
-in this mode: stdout output (``shard_mode.choose_mode`` falls back to record mode, or refuses
-``--shard-mode on`` saying why).
+The driver plans shards (``io.shards``: byte ranges cut at record ends, or Parquet row groups,
+sized by factoring, the smallest from the driver's measured cost per shard), gives them out as
+``ShardTask``s (each worker holds the one it runs and ``PREFETCH`` queued) that the workers run
+themselves (``batch.shard_runner``: read, batch, run, write a part), and commits the finished
+parts in shard order to the manifest (``io.shards.store``), at most every ``--checkpoint-every``
+seconds. Guarantees as record mode: input order, every record exactly once in the output or
+the errors file, resume after a killed driver. A worker death goes through
+``recovery.RecoveryPolicy`` (shards wrapped as ``ShardPiece``: bisected at a record end, a
+single record retried then failed alone). Not in this mode: stdout output (``mode.choose_mode``).
 """
 
 from __future__ import annotations
@@ -419,7 +393,7 @@ class ShardDriver:
 
 
 def _read_note(path: str) -> str | None:
-    """The text of a worker's timeout note (``executors.shard_runner.BatchWatchdog``), or None."""
+    """The text of a worker's timeout note (``shard_runner.BatchWatchdog``), or None."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read().strip()
