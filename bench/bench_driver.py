@@ -3,7 +3,7 @@
 Runs the same job with two source trees (``--old`` and ``--new``, each a ``src`` folder put
 first on PYTHONPATH), alternating, each in a fresh process, and measures the driver
 process's CPU seconds over the job loop, from its first task creation to the end of
-``Job.run()`` (``time.process_time``: the main thread and the queue feeder threads; the
+``Job.run()`` (the record-mode loop: ``record_mode.RecordDriver``; ``time.process_time``: the main thread and the queue feeder threads; the
 workers are other processes; start-up is left out), divided by the records. The same
 measure for both trees, so it does not depend on the newer report's ``driver_busy_s``.
 
@@ -32,15 +32,19 @@ RUNNER = """
 import json, sys, time
 from parainfer.config import JobConfig
 from parainfer.batch.job import Job
+try:  # the record-mode loop: RecordDriver since the job setup was split from the drivers
+    from parainfer.batch.record_mode import RecordDriver as Loop
+except ImportError:  # an older tree: the loop was Job's own
+    Loop = Job
 if __name__ == "__main__":
     job = Job(JobConfig(**json.loads(sys.argv[1])))
     loop_start = []
-    create = Job._create_tasks
+    create = Loop._create_tasks
     def first_create(self, *args):  # the job loop starts with its first task creation
         if not loop_start:
             loop_start.append(time.process_time())
         return create(self, *args)
-    Job._create_tasks = first_create
+    Loop._create_tasks = first_create
     report = job.run()
     report["driver_cpu_s"] = time.process_time() - loop_start[0]
     print(json.dumps({k: v for k, v in report.items() if k != "timeline"}))

@@ -1,6 +1,6 @@
 """The Python API: ``run`` for files, ``predict`` and ``Pool`` for data in memory (see docs/api.md).
 
-Everything goes through the engine the command line uses (``engine.Job``), with the same
+Everything goes through the engine the command line uses (``batch.job.Job``), with the same
 validated options (``config.JobConfig``): ``run`` is ``parainfer run`` as a function; a
 ``Pool`` starts N workers once (``engine.start_workers``) and runs each ``predict`` call as a
 job over in-memory records (``io.memory``) on those workers; ``predict`` is a one-call pool.
@@ -96,19 +96,15 @@ class Pool:
 
     def __init__(self, task: str = "classify", model: str | Callable | None = None, workers: int = 0,
                  **options: Any):
-        from parainfer.platform.devices import default_workers
-        from parainfer.batch.job import start_workers
-        from parainfer.executors.local import default_threads
-        from parainfer.models.registry import build_predictor
+        from parainfer.batch.setup import build_job_predictor, start_workers, worker_count
 
         _check_not_bootstrapping()
         for key in ("input", "output", "quiet"):
             if key in options:
                 raise UsageError(f"Pool takes no {key!r} option (use parainfer.run for files; progress= on predict)")
         config = job_config(MEMORY, MEMORY, task, model, workers, False, options)
-        predictor = build_predictor(config.task, config.model, config.dtype, config.device,
-                                    trust=config.trust, **config.generation, **config.translation)
-        n = config.workers or predictor.default_workers or default_workers(config.device, default_threads(1))
+        predictor = build_job_predictor(config)
+        n = worker_count(config, predictor)
         predictor.max_batch_tokens = config.max_batch_tokens  # workers hold it exactly
         self._predictor = predictor
         self._workers = start_workers(predictor, n, config.threads_per_worker, config)

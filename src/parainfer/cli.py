@@ -9,7 +9,7 @@ with 4; an interrupted one with 130.
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -76,24 +76,8 @@ def run(
                                    "(auto: splittable inputs of 64 MiB and more; docs/sharded.md)"),
 ) -> None:
     """Run a batch job: every input record's result, in input order, computed by N workers."""
-    from parainfer.config import JobConfig
-    from parainfer.batch.job import Job, print_summary
-
-    config = JobConfig(input=input, output=output, task=task, model=model, workers=workers,
-                       batch_size=_batch_size(batch_size), max_batch_tokens=max_batch_tokens, bucket_window=bucket_window,
-                       policy=policy, dtype=dtype, device=device, threads_per_worker=threads_per_worker,
-                       text_column=text_column, id_column=id_column, report=report, errors=errors,
-                       max_retries=max_retries, quiet=quiet,
-                       generation=dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                                       seed=seed, stop=list(stop or []), chat=chat,
-                                       prefix_cache=prefix_cache, **_structured_options(json_schema, logprobs))
-                       if task == "generate" else {},
-                       task_timeout=task_timeout, overwrite=overwrite, checkpoint_every_s=checkpoint_every,
-                       translation=dict(source_lang=source_lang, target_lang=target_lang) if task == "translate" else {},
-                       executor=executor, address=address, cpus_per_worker=cpus_per_worker,
-                       gpus_per_worker=gpus_per_worker,
-                       input_format=input_format, trust=trust,
-                       shard_mode=shard_mode)
+    config = _job_config(**locals())
+    from parainfer.batch.job import Job
     from parainfer.batch.recovery import Interrupted
 
     try:
@@ -101,6 +85,33 @@ def run(
     except Interrupted as e:
         print(str(e), file=sys.stderr)
         raise typer.Exit(130) from None
+    raise typer.Exit(_tell_result(result, output, quiet))
+
+
+def _job_config(*, task: str, batch_size: str, checkpoint_every: float, max_tokens: int, temperature: float,
+                top_p: float, top_k: int, seed: Optional[int], stop: Optional[list[str]], chat: bool,
+                json_schema: Optional[str], logprobs: Optional[int], prefix_cache: bool, source_lang: str,
+                target_lang: str, **same: Any) -> Any:
+    """The ``JobConfig`` of ``parainfer run``'s options (its parameters, by name): the generate and
+    translate options grouped, ``same``: the options that are JobConfig fields of the same name.
+    Raises UsageError for a bad --batch-size or --json-schema file, pydantic's error for a bad field."""
+    from parainfer.config import JobConfig
+
+    return JobConfig(task=task, batch_size=_batch_size(batch_size),
+                     generation=dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                                     seed=seed, stop=list(stop or []), chat=chat,
+                                     prefix_cache=prefix_cache, **_structured_options(json_schema, logprobs))
+                     if task == "generate" else {},
+                     checkpoint_every_s=checkpoint_every,
+                     translation=dict(source_lang=source_lang, target_lang=target_lang) if task == "translate" else {},
+                     **same)
+
+
+def _tell_result(result: dict[str, Any], output: str, quiet: bool) -> int:
+    """Print a finished job's outcome on stderr (already complete; else, unless ``quiet``, the
+    summary and the failed records); returns the exit code: 1 when records failed, else 0."""
+    from parainfer.batch.job import print_summary
+
     failed = result["failed_records"] + result.get("resumed_failed_records", 0)
     if result.get("already_complete"):
         print(f"{output} is already complete ({result['resumed_records']:,} input records, checkpoint "
@@ -109,7 +120,7 @@ def run(
         print_summary(result, sys.stderr)
         if failed:
             print(f"{failed} record{'' if failed == 1 else 's'} failed; see {result['errors_file']}", file=sys.stderr)
-    raise typer.Exit(1 if failed else 0)
+    return 1 if failed else 0
 
 
 def _structured_options(json_schema: str | None, logprobs: int | None) -> dict:

@@ -1,85 +1,24 @@
-"""The job loop: source -> tasks -> scheduling policy -> executor -> merger -> sink.
+"""A batch job: its setup (``setup.JobSetup``), the output lock, and the driver that runs it.
 
-One thread in the driver does everything between the workers, in a loop of three steps:
-create tasks (while the reorder buffer and the policy's queue have room), dispatch tasks to
-workers with room (at most ``prefetch`` queued per worker besides the running one), and
-handle events (results are merged and written in input order at once). Worker model loading
-overlaps with reading and tokenising the first windows of input.
-
-Faults (see docs/fault-tolerance.md): a dead or hung worker's tasks go through
-``recovery.TaskRecovery`` (requeue, bisect, quarantine); ``io.checkpoint.Checkpoint`` commits
-the written prefix every few seconds and makes a rerun resume; the first SIGINT/SIGTERM stops
-dispatching, lets in-flight tasks finish, commits and raises ``recovery.Interrupted``.
+``Job(config).run()`` sets the job up once (input checked, predictor built, sizes chosen),
+locks the output, picks the data path (``mode.choose_mode``: record mode,
+``record_mode.RecordDriver``, or sharded mode, ``shard_mode.ShardDriver``) and runs it.
+Also the entry point for starting workers that outlive one job (``start_workers``, ``wait_ready``).
 """
 
 from __future__ import annotations
 
-import itertools
-import sys
-import time
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
-from parainfer.config import JobConfig
-from parainfer.platform.devices import default_workers
-from parainfer.errors import JobError, StorageError, storage_message
-from parainfer.executors import check_executor, default_threads
-from parainfer.executors.base import TaskResult, WorkerFailed, WorkerReady
-from parainfer.executors.pool import Workers, start_workers, wait_ready  # noqa: F401 - re-exported
-from parainfer.io.checkpoint import Checkpoint
-from parainfer.io.guard import OutputLock, check_output_paths
-from parainfer.io.shards.store import is_dir_output
-from parainfer.io.sinks import JsonlSink, default_errors_path, write_rows_each
-from parainfer.openai.batch_file import BATCH_TASK, open_batch_source, resolve_job_format
-from parainfer.io.sources import count_records, open_source
-from parainfer.batch.length_estimate import LengthEstimator
-from parainfer.batch.merger import Merger
-from parainfer.models.base import Predictor
-from parainfer.models.registry import build_predictor
-from parainfer.batch.monitor import Progress
-from parainfer.records import Record, RecordError
-from parainfer.batch.recovery import GracefulStop, Interrupted, TaskRecovery, Watchdog
+from parainfer.batch.mode import choose_mode
+from parainfer.batch.record_mode import RecordDriver
 from parainfer.batch.report import TimingReport, already_complete, close_run, print_summary, write_report  # noqa: F401 - re-exported
-from parainfer.platform.resources import cores, warn_cores
-from parainfer.scheduling import make_policy
-from parainfer.scheduling.autobatch import BatchSizeTuner
-from parainfer.executors.base import Task
-from parainfer.batch.tasks import TaskBuilder
-from parainfer.counts import TokenCounts
-
-
-# Longest wait for a worker event while the driver has nothing else to do (seconds): also the
-# granularity of the watchdog, the checkpoint clock and a stop request while idle.
-IDLE_POLL_S = 0.25
-# Longest idle wait without a --task-timeout (``Job._idle_timeout``): how soon a stop request
-# is seen; each idle wake-up costs the driver CPU, counted per record on a slow model's job.
-IDLE_MAX_S = 1.0
-# Result gathering (``Job._gather``): sleep up to this fraction of the smallest live task's time
-# at the fastest recent rate, at most GATHER_MAX_S seconds, while every worker has a full queue.
-GATHER_FRACTION = 0.8
-# Task groups (``tasks.group_tasks``): up to TASK_GROUP batches a task, as long as a window
-# still makes WINDOW_TASKS_PER_SLOT tasks for each place in the workers' queues.
-TASK_GROUP = 8
-TAIL_WINDOWS = 2  # the input's last windows that are not grouped
-WINDOW_TASKS_PER_SLOT = 1
-GATHER_MAX_S = 0.2
-
-
-@dataclass
-class _State:
-    """Mutable bookkeeping of one run."""
-
-    ready: set[int] = field(default_factory=set)
-    t_first_dispatch: float | None = None
-    t_last_result: float = 0.0
-    source_done: bool = False
-    dispatched: int = 0
-    announced: set[str] = field(default_factory=set)  # renamed input columns already announced
-    stall_warned: bool = False
-    t_spawn: float = 0.0  # when the executor was asked to start the workers
-    ready_phases: list[dict[str, float]] = field(default_factory=list)  # WorkerReady.phases of the first load
-    counted: TokenCounts = field(default_factory=TokenCounts)  # exact, summed over results
-    recent_s_per_record: float = 0.0  # fastest busy seconds per record of the last results (Job._gather)
+from parainfer.batch.setup import Driver, JobSetup, start_workers  # noqa: F401 - re-exported
+from parainfer.batch.shard_mode import ShardDriver
+from parainfer.config import JobConfig
+from parainfer.executors.pool import Workers, wait_ready  # noqa: F401 - re-exported
+from parainfer.io.guard import OutputLock
+from parainfer.models.base import Predictor
 
 
 class Job:
@@ -93,45 +32,28 @@ class Job:
         store: the output side with the Checkpoint interface (default: ``Checkpoint`` on
             config.output; in-memory jobs pass ``io.memory.MemoryStore``).
 
-    ``run()`` returns the report dict; raises UsageError for bad input files or options and
-    JobError when the workers cannot run the model.
+    The constructor raises UsageError for bad input files or options (``JobSetup.build``);
+    ``run()`` returns the report dict and raises JobError when the workers cannot run the model.
+    ``encode_in_workers`` and ``task_group`` may be set before ``run`` (``JobSetup``'s).
     """
 
     def __init__(self, config: JobConfig, predictor: Predictor | None = None, source: Any = None,
                  store: Any = None):
-        self.config = config = resolve_job_format(config)  # an OpenAI batch file: task openai-batch
-        check_executor(config.executor)
-        self.store = store
-        # Input problems are reported before any model is built or worker started.
-        self.source = source or (open_batch_source(config.input) if config.task == BATCH_TASK else open_source(
-            config.input, text_column=config.text_column, id_column=config.id_column,
-            allow_messages=config.task == "generate"))
-        if store is None:  # an in-memory job (the Python API) writes no file
-            folder = is_dir_output(config.output)  # a folder of parts (sharded mode; io.shard_store)
-            out = config.output.rstrip("/") if folder else config.output
-            check_output_paths(config.input, {"output": None if folder else out, "report": config.report,
-                                              "errors file": config.errors or default_errors_path(out)})
-        self.predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device,
-                                                      trust=config.trust, **config.generation,
-                                                      **config.translation)
-        self.num_workers = (config.workers or self.predictor.default_workers
-                            or default_workers(config.device, default_threads(1)))
-        self.predictor.max_batch_tokens = config.max_batch_tokens  # workers hold it exactly
-        self.tuner = (BatchSizeTuner(max_size=config.max_auto_batch_size, tasks_per_trial=4 * self.num_workers)
-                      if config.batch_size == "auto" else None)
-        batch_size = self.tuner.max_size if self.tuner else int(config.batch_size)
-        self.bucket = config.bucket_window > 1
-        self.window = config.bucket_window if self.bucket else batch_size
-        self.max_buffered = config.max_buffered_records or max(
-            4 * self.window, 4 * self.num_workers * (config.prefetch + 1) * batch_size)
-        # Workers build and encode the output rows of a JSONL output (``tasks.RowInfo``): the
-        # driver only writes their bytes in order. False: the driver's merger and sink do it.
-        self.encode_in_workers = True
-        # Batches joined per task (``tasks.group_tasks``) while the input lasts: one message
-        # and one result for up to TASK_GROUP batches, the same batches; a window still makes a
-        # task for each place in the workers' queues, and the last window is not grouped, so
-        # the load stays balanced and the job's tail fine-grained.
-        self.task_group = TASK_GROUP
+        self.setup = JobSetup.build(config, predictor, source, store)
+        self.encode_in_workers = self.setup.encode_in_workers
+        self.task_group = self.setup.task_group
+
+    @property
+    def config(self) -> JobConfig:
+        return self.setup.config
+
+    @property
+    def predictor(self) -> Predictor:
+        return self.setup.predictor
+
+    @property
+    def num_workers(self) -> int:
+        return self.setup.num_workers
 
     def run(self, workers: Workers | None = None) -> dict[str, Any]:
         """Run the job to the end; returns the report dict (also written to config.report).
@@ -140,368 +62,15 @@ class Job:
         num_workers must equal this job's); default: start one now and shut it down at the end.
         The output is locked for the whole job (``io.guard.OutputLock``): a second job on the
         same output raises UsageError naming this one (an in-memory job has no output to lock).
-        A large splittable input runs in sharded mode (``shard_mode.choose_mode``, ``--shard-mode``).
+        A large splittable input runs in sharded mode (``mode.choose_mode``, ``--shard-mode``).
         """
-        if self.store is not None:
-            return self._run(workers)
-        with OutputLock(self.config.output.rstrip("/") or self.config.output):
-            from parainfer.batch.mode import choose_mode  # sharded mode (docs/sharded.md)
-            from parainfer.batch.shard_mode import ShardedJob
+        if self.setup.store is not None:
+            return self._driver("records").run(workers)
+        output = self.config.output
+        with OutputLock(output.rstrip("/") or output):
+            return self._driver(choose_mode(self.config)).run(workers)
 
-            if choose_mode(self.config) == "sharded":
-                return ShardedJob(self).run(workers)
-            return self._run(workers)
-
-    def _run(self, workers: Workers | None) -> dict[str, Any]:
-        cfg = self.config
-        t0 = time.perf_counter()
-        policy = make_policy(cfg.policy, self.num_workers)
-        first_size = self.tuner.current if self.tuner else int(cfg.batch_size)
-        self._estimate = LengthEstimator()  # the driver estimates lengths; workers tokenise
-        builder = TaskBuilder(self._estimate, None, first_size, cfg.max_batch_tokens, self.bucket)
-        report = TimingReport(workers=self.num_workers, policy=cfg.policy)
-        merger = Merger(cfg.id_column, cfg.text_column, own_rows=self.predictor.writes_own_rows)
-        ckpt = self.store or Checkpoint(cfg, self.source, self.predictor)
-        if ckpt.finished:
-            return already_complete(report, t0, cfg.report, resumed_records=ckpt.resumed_records,
-                                    resumed_failed_records=ckpt.resumed_failed, checkpoint=ckpt.path,
-                                    errors_file=ckpt.errors.path if ckpt.resumed_failed else None)
-        errors, sink = ckpt.errors, ckpt.sink
-        merger.next_seq = ckpt.resumed_records
-        self._encoded = self.encode_in_workers and isinstance(sink, JsonlSink)
-        if self._encoded:
-            builder.row_columns = (cfg.id_column, cfg.text_column, self.predictor.writes_own_rows)
-            merger.expect_encoded(ckpt.resumed_records)
-        own = workers is None
-        t_spawn = time.perf_counter()
-        if own:
-            if cfg.executor == "local":
-                warn_cores(self.num_workers, cfg.device, cores())
-            try:
-                workers = start_workers(self.predictor, self.num_workers, cfg.threads_per_worker, cfg)
-            except BaseException:
-                sink.close()
-                raise
-        if workers.num_workers < self.num_workers:  # the replicas did not fit: fewer workers, same job
-            self.num_workers = workers.num_workers
-            policy = make_policy(cfg.policy, self.num_workers)
-            report = TimingReport(workers=self.num_workers, policy=cfg.policy)
-        executor = workers.executor
-        if workers.model_info is not None:
-            report.extra["model"] = workers.model_info
-        self._total = getattr(self.source, "total", None) or count_records(cfg.input)  # None: unknown (stdin)
-        progress = Progress(self._total, enabled=not cfg.quiet)
-        builder.max_input_tokens = self.predictor.window()
-        builder.max_chars = self._estimate.max_chars = self.predictor.max_input_chars()
-        self._executor, self._policy, self._builder, self._report = executor, policy, builder, report
-        self._merger, self._errors, self._tasks = merger, errors, {}
-        self._ckpt, self._watchdog = ckpt, Watchdog(cfg.task_timeout)
-        self._recovery = TaskRecovery(cfg.max_retries, self._new_task_index)
-        self._workers = workers
-        state = _State(ready=workers.ready, t_spawn=t_spawn)  # shared: what this job learns, the next one knows
-        for event in workers.take_pending():
-            self._handle(event, state)
-        records = ckpt.skip(self.source)
-        stop = GracefulStop(on_abort=self._kill_workers)
-        done = False
-        cpu0, thread0 = time.process_time(), time.thread_time()
-        try:
-            with sink, stop:
-                while True:
-                    if not stop.requested and not state.source_done and self._has_room():
-                        self._create_tasks(records, state)
-                    if not stop.requested:
-                        self._dispatch(state)
-                    done = state.source_done and not self._tasks
-                    if done or (stop.requested and self._stop_now(stop.deadline)):
-                        break
-                    busy = state.source_done or not self._has_room() or stop.requested
-                    if busy and not stop.requested:
-                        self._gather(state)
-                    # Nothing to create: sleep until an event (a result wakes the poll at once).
-                    # A longer timeout only spaces out the idle wake-ups, whose CPU would count
-                    # against the driver for the whole of a slow model's job.
-                    for event in executor.poll(timeout=self._idle_timeout(state) if busy else 0.0):
-                        self._handle(event, state)
-                    self._watchdog.check(executor)
-                    t = time.perf_counter()
-                    self._write_drained()
-                    self._notices(state)
-                    ckpt.advance(merger.next_seq, merger.failed)
-                    report.t_write_s += time.perf_counter() - t
-                    elapsed = time.perf_counter() - (state.t_first_dispatch or t0)
-                    progress.update(merger.next_seq, merger.next_seq / elapsed if elapsed > 0 else 0.0)
-                self._write_drained()  # records failed while reading the last window
-                (ckpt.finish if done else ckpt.commit)(merger.next_seq, merger.failed)
-                report.extra["driver_busy_s"] = time.process_time() - cpu0
-                report.extra["driver_thread_s"] = time.thread_time() - thread0
-        except OSError as e:  # a full disk, a file size limit: what is committed stays valid
-            done = False
-            raise StorageError(storage_message(e, cfg.output, ckpt.committed_records, ckpt.path)) from None
-        finally:
-            progress.close()
-            if not done:
-                self._kill_workers()
-                workers.broken = True
-            if own:
-                workers.shutdown()
-            try:
-                errors.close()
-            except OSError:
-                pass  # already reported; the errors file's committed prefix is intact
-        if not done:
-            raise Interrupted(merger.next_seq, ckpt.path)
-        return self._finish(report, state, merger, t0)
-
-    def _write_drained(self) -> None:
-        """Write what the merger releases: the workers' encoded lines, or rows to encode here."""
-        if self._encoded:
-            data, lines = self._merger.drain_encoded()
-            if lines:
-                self._ckpt.sink.write_encoded(data, lines)
-            return
-        rows = self._merger.drain()
-        if rows:
-            self._write_rows(rows)
-
-    def _write_rows(self, rows: list[dict[str, Any]]) -> None:
-        """Write drained rows; a row the output format cannot hold goes to the errors file alone,
-        the rest is written (``io.sinks.write_rows_each``)."""
-        failed = write_rows_each(self._ckpt.sink, rows, self._merger.last_drained, self.config.id_column)
-        if failed:
-            self._merger.failed += len(failed)
-            self._errors.write(failed)
-
-    def _notices(self, state: _State) -> None:
-        """One stderr line each, once: input columns renamed in the output, and a job where no
-        task has finished for ``stall_warning_s`` while no --task-timeout would end a hung call."""
-        if self._merger.renamed - state.announced:
-            new = sorted(self._merger.renamed - state.announced)
-            state.announced.update(new)
-            print(f"note: input column{'s' if len(new) > 1 else ''} {', '.join(map(repr, new))} written as "
-                  f"{', '.join(repr('input_' + c) for c in new)} (the model's result uses that name)", file=sys.stderr)
-        since = state.t_last_result or state.t_first_dispatch
-        if (self.config.task_timeout is None and not state.stall_warned and self._tasks and since is not None
-                and time.perf_counter() - since > self.config.stall_warning_s):
-            state.stall_warned = True
-            print(f"warning: no task has finished for {self.config.stall_warning_s:.0f} s ({len(self._tasks)} tasks "
-                  "waiting); a hung model call is never interrupted without --task-timeout SECONDS", file=sys.stderr)
-
-    def _idle_timeout(self, state: _State) -> float:
-        """How long the driver may wait for the next worker event when it has nothing to create:
-        until the next checkpoint commit is due (none while nothing new was written), at most
-        IDLE_MAX_S (how soon a stop request is seen), and IDLE_POLL_S with a --task-timeout
-        (the watchdog's granularity) or while a stall warning may be due. A result wakes it at once."""
-        if self.config.task_timeout or not state.stall_warned:
-            limit = IDLE_POLL_S if self.config.task_timeout else min(IDLE_MAX_S, self.config.stall_warning_s / 4)
-        else:
-            limit = IDLE_MAX_S
-        return min(limit, self._ckpt.due_in(self._merger.next_seq))
-
-    def _gather(self, state: _State) -> None:
-        """Let results gather before the next wake-up while every worker has work queued.
-
-        Each wake-up of the driver costs it a fixed amount of CPU (scheduling, cold caches,
-        the loop's bookkeeping) whatever it then handles; waking once per result makes that
-        a cost per task. When every ready worker holds its running task *and* a full queue
-        (``prefetch`` tasks), none can run dry before it has run a whole queued task, so the
-        driver may sleep for a fraction (``GATHER_FRACTION``) of the time the smallest live
-        task takes at the fastest rate seen lately (``state.recent_s_per_record``) and then
-        handle every result that came in at once. Never sleeps longer than ``GATHER_MAX_S`` (a
-        stop request, the watchdog and the checkpoint clock wait at most that much longer)."""
-        if not state.ready or state.recent_s_per_record <= 0.0 or not self._tasks:
-            return
-        full = self.config.prefetch + 1
-        if any(self._executor.in_flight(w) < full for w in state.ready):
-            return
-        smallest = min(len(t) for t in self._tasks.values())
-        time.sleep(min(GATHER_MAX_S, GATHER_FRACTION * state.recent_s_per_record * smallest))
-
-    def _stop_now(self, deadline: float) -> bool:
-        """After a stop request: True once no task is in flight, or the grace time is over."""
-        idle = all(self._executor.in_flight(w) == 0 for w in range(self.num_workers))
-        return idle or time.perf_counter() > deadline
-
-    def _kill_workers(self) -> None:
-        for w in range(self.num_workers):
-            self._executor.kill(w)
-
-    def _new_task_index(self) -> int:
-        """A fresh Task.index (for the halves of a bisected task); counted in the report's tasks."""
-        index = self._builder.stats.tasks
-        self._builder.stats.tasks += 1
-        return index
-
-    def _has_room(self) -> bool:
-        return (self._policy.pending() < 2 * self.num_workers * (self.config.prefetch + 1)
-                and self._merger.buffered < self.max_buffered)
-
-    def _create_tasks(self, records: Iterator[Record | RecordError], state: _State) -> None:
-        t = time.perf_counter()
-        window: list[Record] = []
-        taken = 0
-        for item in itertools.islice(records, self.window):
-            taken += 1
-            if isinstance(item, RecordError):
-                self._quarantine(item)
-            else:
-                window.append(item)
-        self._report.records += taken
-        state.source_done = taken < self.window
-        if not self._encoded:
-            self._merger.expect(window)
-        elif window:
-            self._merger.expect_encoded(window[-1].seq + 1)
-        if self.tuner:
-            self._builder.batch_size = self.tuner.current
-        # The last windows are not grouped (a fine-grained tail keeps the workers' finish even,
-        # a straggler's included): the input's last two full windows and what follows them,
-        # where the number of records is known, else the last window.
-        read = self._report.records + self._ckpt.resumed_records
-        tail = state.source_done or (self._total is not None and self._total - read < TAIL_WINDOWS * self.window)
-        self._builder.group = 1 if tail else self.task_group
-        # Enough tasks a window to keep every worker's queue full: WINDOW_TASKS_PER_SLOT x workers
-        # x (prefetch + 1).
-        self._builder.min_tasks = WINDOW_TASKS_PER_SLOT * self.num_workers * (self.config.prefetch + 1)
-        tasks = self._builder.build(window)
-        for task in tasks:
-            self._tasks[task.index] = task
-        self._policy.add_tasks(tasks)
-        self._report.t_create_s += time.perf_counter() - t
-
-    def _dispatch(self, state: _State) -> None:
-        t = time.perf_counter()
-        prefetch = self.config.prefetch
-        for w in sorted(state.ready):
-            while self._executor.in_flight(w) <= prefetch:
-                task = self._policy.next_task(w)
-                if task is None:
-                    break
-                if state.t_first_dispatch is None:
-                    state.t_first_dispatch = time.perf_counter()
-                self._executor.submit(w, task)
-                state.dispatched += 1
-        self._report.t_schedule_s += time.perf_counter() - t
-
-    def _handle(self, event: Any, state: _State) -> None:
-        t = time.perf_counter()
-        if isinstance(event, WorkerReady):
-            state.ready.add(event.worker_id)
-            self._report.per_worker[event.worker_id].load_s = event.load_s
-            self._report.extra["model"] = event.info  # as loaded: the resolved dtype
-            if len(state.ready_phases) < self.num_workers:
-                state.ready_phases.append({**event.phases, "ready_at": time.perf_counter()})
-            self._workers.model_info = event.info
-        elif isinstance(event, TaskResult):
-            self._on_result(event, state)
-        elif isinstance(event, WorkerFailed):
-            self._on_worker_failed(event, state)
-        self._report.t_schedule_s += time.perf_counter() - t
-
-    def _on_result(self, res: TaskResult, state: _State) -> None:
-        task = self._tasks.pop(res.task_index, None)
-        if task is None:  # a duplicate from a task given out twice: exactly once wins
-            return
-        busy = res.t_end - res.t_start
-        # The fastest rate lately (seconds per record): follows a drop at once, a rise slowly.
-        rate, recent = busy / max(1, len(task)), state.recent_s_per_record
-        state.recent_s_per_record = rate if not recent else min(rate, 0.9 * recent + 0.1 * rate)
-        if res.counts is not None:  # exact, from the worker's tokenizer: replaces the estimate
-            task.tokens, task.padded_tokens = res.counts.real, res.counts.padded
-            self._estimate.observe(res.counts)
-            state.counted.add(res.counts)
-        stats = self._report.per_worker[res.worker_id]
-        stats.busy_s += busy
-        stats.tasks += 1
-        stats.records += len(task)
-        state.t_last_result = time.perf_counter()
-        origin = state.t_first_dispatch or 0.0
-        self._report.timeline.append([task.index, res.worker_id, round(res.t_start - origin, 6),
-                                      round(res.t_end - origin, 6), len(task), task.tokens, task.padded_tokens])
-        for pos, reason in res.errors:
-            self._fail_record(task, pos, reason)
-        if res.encoded is None:
-            self._merger.complete(task.seqs, res.outputs)
-        else:
-            for pos, rid, reason in res.unwritable:  # as _write_rows: no text in the errors file
-                self._quarantine(RecordError(task.seqs[pos], task.rows.lines[pos] if task.rows else 0, rid, reason))
-            self._merger.renamed.update(res.renamed)
-            self._merger.complete_encoded(task.seqs, res.encoded)
-        self._policy.on_task_done(res.worker_id, task, busy)
-        if self.tuner:
-            # Judge sizes by compute plus the driver's per-task cost (dispatch, IPC, merge), so
-            # a cheap model still learns that tiny tasks waste the driver.
-            per_task_driver_s = self._report.t_schedule_s / max(1, state.dispatched)
-            self.tuner.observe(task.batch_size, task.tokens, busy + per_task_driver_s, time.perf_counter() - origin)
-
-    def _fail_record(self, task: Task, pos: int, reason: str) -> None:
-        seq = task.seqs[pos]
-        if task.rows is not None:  # the task carries its records' ids and lines (encoded rows)
-            line, rid = task.rows.lines[pos], task.rows.ids[pos]
-        else:
-            rec = self._merger.record(seq)
-            line, rid = (rec.line, rec.id) if rec else (0, None)
-        self._quarantine(RecordError(seq=seq, line=line, id=rid, reason=reason, text=task.texts[pos]))
-
-    def _quarantine(self, err: RecordError) -> None:
-        """A record that failed: skipped in the output, written to the errors file."""
-        self._merger.fail(err)
-        self._errors.write([err])
-
-    def _on_worker_failed(self, event: WorkerFailed, state: _State) -> None:
-        state.ready.discard(event.worker_id)
-        if event.fatal:
-            raise JobError(f"worker {event.worker_id}: {event.reason.strip()}")
-        self._executor.restart(event.worker_id)
-        self._report.per_worker[event.worker_id].restarts += 1
-        for task in event.tasks:  # split or failed tasks leave the dead worker's backlog too
-            self._policy.forget(task)
-        plan = self._recovery.plan(event, self._tasks, self._watchdog.reason(event.worker_id))
-        for task, reason in plan.failed:
-            for pos in range(len(task)):
-                self._fail_record(task, pos, reason)
-        for task in plan.requeue:
-            self._policy.requeue(task)
-        self._report.retries += plan.retries
-        self._report.extra["bisected_tasks"] = self._report.extra.get("bisected_tasks", 0) + plan.bisected
-
-    def _finish(self, report: TimingReport, state: _State, merger: Merger, t0: float) -> dict[str, Any]:
-        ckpt = self._ckpt
-        counted = state.counted  # exact counts of the tasks that ran (the workers tokenised them)
-        close_run(report, t0=t0, t_spawn=state.t_spawn, ready_phases=state.ready_phases,
-                  t_first=state.t_first_dispatch, t_last=state.t_last_result, counts=counted,
-                  busy=report.extra.get("driver_busy_s", 0.0), predictor=self.predictor, executor=self._executor,
-                  resumed=ckpt.resumed_records, resumed_failed=ckpt.resumed_failed, checkpoint=ckpt.path)
-        report.tasks = self._builder.stats.tasks
-        report.extra["batches"] = self._builder.stats.batches  # a task joins up to TASK_GROUP batches
-        report.extra["most_batches_per_task"] = self._builder.stats.most_batches
-        if counted.prefill_computed or counted.prefix_cache_queries:  # generation: prefill and prefix cache
-            report.extra["prefill"] = {
-                "computed_tokens": counted.prefill_computed, "cached_tokens": counted.prefix_cache_hits,
-                "prefix_cache_queried_tokens": counted.prefix_cache_queries,
-                "prefix_cache_hit_rate": round(counted.prefix_cache_hits / counted.prefix_cache_queries, 4)
-                if counted.prefix_cache_queries else 0.0}
-        report.extra["length_estimate"] = {
-            **self._estimate.describe(),
-            "estimated": "task formation (bucketing, --max-batch-tokens) and the scheduling policy's "
-                         "costs before a task ran use estimated tokens; the token, padding and truncation "
-                         "figures and the timeline are exact (counted by the workers)"}
-        report.failed_records = merger.failed
-        report.extra["data_path"] = "records"
-        report.extra["scheduling"] = {**self._policy.stats, "cost_model": self._cost_summary()}
-        report.batch_sizes = ([list(h) for h in self.tuner.history] if self.tuner
-                              else [[0.0, self._builder.batch_size]])
-        report.extra["errors_file"] = self._errors.path if self._errors.count or ckpt.resumed_failed else None
-        out = report.to_dict()
-        if self.config.report:
-            write_report(out, self.config.report)
-        return out
-
-
-    def _cost_summary(self) -> list[dict[str, float]]:
-        """Fitted per-worker task cost: overhead (ms) and ms per 1,000 padded tokens."""
-        out = []
-        for w in range(self.num_workers):
-            a, b = self._policy.cost.coefficients(w)
-            out.append({"worker": w, "overhead_ms": round(a * 1e3, 3), "ms_per_1k_tokens": round(b * 1e6, 3)})
-        return out
+    def _driver(self, mode: str) -> Driver:
+        """The driver of ``mode`` ("records" or "sharded") on this job's setup."""
+        setup = self.setup.with_options(encode_in_workers=self.encode_in_workers, task_group=self.task_group)
+        return ShardDriver(setup) if mode == "sharded" else RecordDriver(setup)

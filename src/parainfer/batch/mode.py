@@ -1,4 +1,5 @@
-"""Which data path a job takes: record mode (``engine.Job``) or sharded mode (``sharded``).
+"""Which data path a job takes: record mode (``record_mode.RecordDriver``) or sharded
+mode (``shard_mode.ShardDriver``).
 
 ``--shard-mode auto | on | off``; see ``choose_mode`` and docs/sharded.md.
 """

@@ -1,26 +1,13 @@
-"""Recovery from faults during a job: dead workers, poison records, hung tasks, Ctrl-C.
+"""Recovery from faults during a job, one policy for record tasks and shards.
 
-Three small pieces the engine calls from its loop:
-
-* ``TaskRecovery.plan(event, tasks)``: a worker died (``WorkerFailed``). The task it was
-  running is the suspect: a suspect of B > 1 records is bisected (two new tasks of B/2, so a
-  poison record that kills its worker every time is isolated in about log2(B) deaths); a
-  single-record suspect is given out again up to ``max_retries`` times, then failed with a
-  reason naming the worker death. The other tasks the worker held (queued, not started) are
-  requeued as they are, no attempt counted.
-* ``Watchdog.check(executor, now)``: kills a worker whose running task has run longer than
-  ``--task-timeout``; its death then goes through ``plan`` like any other (the reason says
-  "timed out").
-* ``GracefulStop``: the first SIGINT/SIGTERM sets ``requested`` (the engine stops dispatching,
-  lets in-flight tasks finish for up to ``grace_s``, commits the checkpoint, exits 130); a
-  second one exits at once with 130 (the checkpoint on disk is consistent at any moment).
-
-Example::
-
-    recovery = TaskRecovery(max_retries=3, new_index=counter.__next__)
-    plan = recovery.plan(worker_failed_event, live_tasks)   # live_tasks: dict index -> Task
-    for task in plan.requeue: policy.requeue(task)
-    for task, reason in plan.failed: ...quarantine every record of task with reason
+* ``RecoveryPolicy.plan(held, running)``: a worker died; of the ``Splittable`` units it held,
+  the one it ran is the suspect: bisected when it holds several records, else retried up to
+  ``max_retries`` times, then failed alone; the others are requeued untouched.
+  ``TaskRecovery`` applies it to record mode's live tasks, ``shard_mode`` to shards;
+  ``on_worker_failed`` is both drivers' handler of a ``WorkerFailed`` event.
+* ``Watchdog.check(executor, now)``: kills a worker whose task ran past ``--task-timeout``.
+* ``GracefulStop``: the first SIGINT/SIGTERM stops dispatching and lets in-flight work finish
+  for ``grace_s``; a second exits at once with 130. ``Interrupted``: the job stopped early.
 """
 
 from __future__ import annotations
@@ -32,17 +19,93 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
-from parainfer.errors import ParainferError
-from parainfer.executors.base import WorkerFailed
-from parainfer.executors.base import Task
+from parainfer.errors import JobError, ParainferError
+from parainfer.executors.base import Task, WorkerFailed
+from parainfer.executors.pool import Workers
 from parainfer.batch.tasks import batch_sizes_split
+
+
+class Splittable(Protocol):
+    """A unit of work recovery can give out again, bisect or fail: a record-mode task
+    (``TaskPiece``) or a shard (``shard_mode.ShardPiece``).
+
+    Attributes: index (the unit's number in its driver's live table), attempt (deaths of
+    workers running it alone so far). ``split()`` returns its halves (fresh units, attempt 0), or
+    None when it holds a single record; ``len()``: its records (a shard counts as one).
+    """
+
+    index: int
+    attempt: int
+
+    def split(self) -> list[Splittable] | None: ...
+
+    def __len__(self) -> int: ...
+
+
+@dataclass
+class Triage:
+    """What ``RecoveryPolicy.plan`` decided for the units a dead worker held.
+
+    Attributes:
+        requeue: units to give out again, in held order: the untouched ones as they are, a
+            retried suspect (its ``attempt`` counted), a bisected suspect's halves.
+        untouched: the units the worker held but had not started (a subset of ``requeue``).
+        split: (suspect, its halves) for each bisected suspect.
+        retried: single-record suspects given out again.
+        failed: single-record suspects out of retries (``attempt + 1`` deaths): fail them alone.
+    """
+
+    requeue: list[Any] = field(default_factory=list)
+    untouched: list[Any] = field(default_factory=list)
+    split: list[tuple[Any, list[Any]]] = field(default_factory=list)
+    retried: list[Any] = field(default_factory=list)
+    failed: list[Any] = field(default_factory=list)
+
+
+class RecoveryPolicy:
+    """One rule for tasks and shards whose worker died.
+
+    The unit the worker was running is the suspect (when the executor does not know it, the
+    oldest unit it held); the others are requeued untouched, no attempt counted. A suspect of
+    several records is bisected (a poison record is isolated in about log2(B) deaths); a
+    single record is given out again up to ``max_retries`` times, then failed alone.
+
+    Args:
+        max_retries: times a single-record suspect is given out again before it fails (>= 0).
+    """
+
+    def __init__(self, max_retries: int):
+        self.max_retries = max_retries
+
+    def plan(self, held: list[Splittable], running: int | None) -> Triage:
+        """Decide for ``held`` (the live units of a dead worker, oldest first); ``running``: the
+        index of the unit it had started (None: unknown; one no unit has: no suspect). Counts
+        a retried suspect's ``attempt``; returns the ``Triage``."""
+        suspect = running if running is not None else (held[0].index if held else None)
+        out = Triage()
+        for unit in held:
+            if unit.index != suspect:
+                out.untouched.append(unit)
+                out.requeue.append(unit)
+                continue
+            halves = unit.split()
+            if halves is not None:
+                out.split.append((unit, halves))
+                out.requeue.extend(halves)
+            elif unit.attempt < self.max_retries:
+                unit.attempt += 1
+                out.retried.append(unit)
+                out.requeue.append(unit)
+            else:
+                out.failed.append(unit)
+        return out
 
 
 @dataclass
 class RecoveryPlan:
-    """What to do after a worker death.
+    """What record mode does after a worker death (``TaskRecovery.plan``).
 
     Attributes:
         requeue: tasks to give out again (the dead worker's queued tasks, the suspect's retry
@@ -93,8 +156,41 @@ def _slice(task: Task, index: int, lo: int, hi: int, batches: list[int] | None) 
         batches=batches if batches is not None and len(batches) > 1 else None)
 
 
+@dataclass
+class TaskPiece:
+    """A record-mode task as a ``Splittable``: a task of several batches splits back into its
+    batches (one more restart at most, not log2 of the group), a batch into halves; each new
+    task takes a fresh index from ``new_index()``."""
+
+    task: Task
+    new_index: Callable[[], int]
+
+    @property
+    def index(self) -> int:
+        return self.task.index
+
+    @property
+    def attempt(self) -> int:
+        return self.task.attempt
+
+    @attempt.setter
+    def attempt(self, value: int) -> None:
+        self.task.attempt = value
+
+    def __len__(self) -> int:
+        return len(self.task)
+
+    def split(self) -> list[TaskPiece] | None:
+        task = self.task
+        if len(task) < 2:
+            return None
+        halves = (split_batches(task, self.new_index) if task.batches and len(task.batches) > 1
+                  else split_task(task, self.new_index(), self.new_index()))
+        return [TaskPiece(half, self.new_index) for half in halves]
+
+
 class TaskRecovery:
-    """Decides what happens to the tasks a dead worker held.
+    """Record mode's use of ``RecoveryPolicy``: keeps the live-task table in step.
 
     Args:
         max_retries: times a single-record suspect is given out again before it fails (>= 0).
@@ -102,7 +198,7 @@ class TaskRecovery:
     """
 
     def __init__(self, max_retries: int, new_index: Callable[[], int]):
-        self.max_retries = max_retries
+        self.policy = RecoveryPolicy(max_retries)
         self.new_index = new_index
 
     def plan(self, event: WorkerFailed, tasks: dict[int, Task], reason: str | None = None) -> RecoveryPlan:
@@ -113,32 +209,34 @@ class TaskRecovery:
         finished through a duplicate) are ignored. ``reason`` overrides ``event.reason``.
         """
         why = reason or event.reason.strip()
-        held = [t for t in event.tasks if t.index in tasks]
-        suspect = event.running if event.running is not None else (held[0].index if held else None)
-        out = RecoveryPlan()
-        for task in held:
-            if task.index != suspect:
-                out.requeue.append(task)
-            elif len(task) > 1:
-                del tasks[task.index]
-                # A task of several batches goes back as its batches (one more restart at most,
-                # not log2 of the group); a batch is halved.
-                halves = (split_batches(task, self.new_index) if task.batches and len(task.batches) > 1
-                          else split_task(task, self.new_index(), self.new_index()))
-                for half in halves:
-                    tasks[half.index] = half
-                out.requeue.extend(halves)
-                out.retries += 1
-                out.bisected += 1
-            elif task.attempt < self.max_retries:
-                task.attempt += 1
-                out.requeue.append(task)
-                out.retries += 1
-            else:
-                del tasks[task.index]
-                out.failed.append((task, f"worker died {task.attempt + 1} time(s) running this record "
-                                         f"alone ({why})"))
+        held = [TaskPiece(t, self.new_index) for t in event.tasks if t.index in tasks]
+        triage = self.policy.plan(held, event.running)
+        out = RecoveryPlan(requeue=[piece.task for piece in triage.requeue])
+        for suspect, halves in triage.split:
+            del tasks[suspect.index]
+            for half in halves:
+                tasks[half.index] = half.task
+        for piece in triage.failed:
+            del tasks[piece.index]
+            out.failed.append((piece.task, f"worker died {piece.attempt + 1} time(s) running this record "
+                                           f"alone ({why})"))
+        out.retries = len(triage.split) + len(triage.retried)
+        out.bisected = len(triage.split)
         return out
+
+
+def on_worker_failed(event: WorkerFailed, workers: Workers, report: Any,
+                     recover: Callable[[WorkerFailed], None]) -> None:
+    """Both drivers' handling of a worker death: the worker leaves ``workers.ready``; a fatal
+    failure (the model does not load) raises JobError naming the worker and reason; otherwise
+    the worker is restarted (``report.per_worker[w].restarts`` counted) and ``recover(event)``
+    gives out again or fails the units it held (the driver's use of ``RecoveryPolicy``)."""
+    workers.ready.discard(event.worker_id)
+    if event.fatal:
+        raise JobError(f"worker {event.worker_id}: {event.reason.strip()}")
+    workers.executor.restart(event.worker_id)
+    report.per_worker[event.worker_id].restarts += 1
+    recover(event)
 
 
 class Watchdog:

@@ -1,40 +1,14 @@
-"""Sharded mode: the driver hands out shards of the input file, never records.
+"""Sharded mode (``ShardDriver``): the driver hands out shards of the input file, never records.
 
-In record mode (``engine.Job``) every record passes through the driver's one thread (read,
-estimate, batch, dispatch, merge, write), which bounds a job's speed-up however many workers
-it has. In sharded mode the driver plans shards (``io.shards``: byte ranges cut at record ends,
-or Parquet row groups, sized by factoring: large first, smaller towards the end, and never so
-small that N workers would keep the driver busy more than half the time), gives them out as
-``ShardTask``s (the second task kind of the executor contract, ``executors.base``; each worker
-holds the shard it runs and ``PREFETCH`` queued, so it does not wait for the driver between
-shards), and commits the finished shards' parts in shard order to the manifest
-(``io.shard_store``). Each worker reads, batches, runs and writes its shard
-(``executors.shard_runner``). The driver's cost is per shard, not per record.
-
-The loop is event-driven: it sleeps in ``executor.poll`` until a worker reports (or the next
-manifest write is due), hands the idle workers their next shards, commits what continues the
-committed prefix, and writes the manifest at most every ``--checkpoint-every`` seconds (many
-commits per write). The first round of shards is cut while the workers start; later rounds are
-cut when the first of their shards is handed out, from the driver CPU per shard and the
-worker seconds per byte measured so far (``io.shards.ShardPlanner``), so the smallest shard
-grows with the number of workers. The report's ``driver_shard_us`` splits the driver's CPU per
-shard into handing out and taking back (the idle wake-ups apart): the simulator's input.
-
-Guarantees (as record mode): output in input order (parts in shard order, concatenated into
-``--output`` at the end), every record exactly once in the output or the errors file, resume
-after a killed driver (committed shards are verified and skipped, the others redone), a batch
-that raises fails record by record inside its shard. A worker that dies mid-shard: the shard is
-bisected at a record end (``io.shards.split_shard``) and its halves are redone on the live
-workers (its partial part discarded), as ``recovery`` bisects a record-mode task, until a
-single record that kills its worker more than ``max_retries`` times goes to the errors file
-alone. The output parts are in the output's format (JSONL, CSV, Parquet: ``io.part_sinks``);
-a part written under another CSV header / Parquet schema than the job's (the first committed
-part's) is redone with the job's. ``--task-timeout`` bounds each batch inside a shard
-(``executors.shard_runner.BatchWatchdog``); ``--batch-size auto`` is tuned by each worker
-for itself (``executors.shard_runner.worker_tuner``). Either executor runs shards (on Ray, every
-node must see the input and the output's folder at the same path: ``executors.ray_shards``). Not
-in this mode: stdout output (``shard_mode.choose_mode`` falls back to record mode, or refuses
-``--shard-mode on`` saying why).
+The driver plans shards (``io.shards``: byte ranges cut at record ends, or Parquet row groups,
+sized by factoring, the smallest from the driver's measured cost per shard), gives them out as
+``ShardTask``s (each worker holds the one it runs and ``PREFETCH`` queued) that the workers run
+themselves (``batch.shard_runner``: read, batch, run, write a part), and commits the finished
+parts in shard order to the manifest (``io.shards.store``), at most every ``--checkpoint-every``
+seconds. Guarantees as record mode: input order, every record exactly once in the output or
+the errors file, resume after a killed driver. A worker death goes through
+``recovery.RecoveryPolicy`` (shards wrapped as ``ShardPiece``: bisected at a record end, a
+single record retried then failed alone). Not in this mode: stdout output (``mode.choose_mode``).
 """
 
 from __future__ import annotations
@@ -42,16 +16,18 @@ from __future__ import annotations
 import collections
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from parainfer.errors import JobError
 from parainfer.executors.base import ShardResult, ShardTask, WorkerFailed, WorkerReady
-from parainfer.batch.shard_runner import timeout_note
+from parainfer.executors.pool import Workers
+from parainfer.batch.setup import JobSetup, start_workers
+from parainfer.batch.shard_runner import run_shard, timeout_note
 from parainfer.io.shards.reader import ShardInput, shard_records
 from parainfer.io.shards.store import ShardStore, remove_quietly
 from parainfer.io.shards.plan import Shard, ShardPlanner, data_start, shard_lines, split_shard
 from parainfer.io.sinks import ErrorSink
-from parainfer.batch.recovery import GracefulStop, Interrupted
+from parainfer.batch.recovery import GracefulStop, Interrupted, RecoveryPolicy, Triage, on_worker_failed
 from parainfer.batch.report import TimingReport, already_complete, close_run, write_report
 from parainfer.counts import TokenCounts
 
@@ -60,25 +36,51 @@ MIN_SHARD_ROWS, MAX_SHARD_ROWS = 200, 2_000_000
 PREFETCH = 1  # shards queued on a worker behind the one it runs
 
 
-class ShardedJob:
-    """Runs a ``engine.Job`` in sharded mode (``Job.run`` calls this when ``shard_mode.choose_mode`` says so).
+@dataclass(eq=False)
+class ShardPiece:
+    """A shard as recovery sees it (``recovery.Splittable``): bisected at a record end
+    (``io.shards.plan.split_shard``, which reads the input at ``path``), or None for a single
+    record. ``index``: its ShardTask's (-1 for a half not given out yet); ``attempt``: deaths of
+    workers running it alone; ``reason``: why its last worker died."""
 
-    ``run(workers)`` returns the report dict, as ``Job.run`` does; raises JobError when the
-    workers cannot run the model, Interrupted after a SIGINT/SIGTERM (the committed shards stay).
+    shard: Shard
+    path: str
+    index: int = -1
+    attempt: int = 0
+    reason: str = ""
+
+    def __len__(self) -> int:  # a shard counts as one unit, as ShardTask does
+        return 1
+
+    def split(self) -> list[ShardPiece] | None:
+        halves = split_shard(self.path, self.shard)
+        return None if halves is None else [ShardPiece(half, self.path) for half in halves]
+
+
+class ShardDriver:
+    """Runs a job in sharded mode (``setup.Driver``; ``Job.run`` picks it when
+    ``mode.choose_mode`` says so).
+
+    Args:
+        setup: the job's ``JobSetup``.
+
+    ``run(workers)`` returns the report dict; raises JobError when the workers cannot run the
+    model, Interrupted after a SIGINT/SIGTERM (the committed shards stay).
     """
 
-    def __init__(self, job: Any):
-        self.job, self.config = job, job.config
-        cfg = self.config
+    def __init__(self, setup: JobSetup):
+        self.setup, self.config = setup, setup.config
+        cfg, tuner = self.config, setup.tuner
         self.parquet = cfg.input.lower().endswith(".parquet")
         ext = os.path.splitext(cfg.input)[1].lower()
         self.input = ShardInput(cfg.input, cfg.text_column, cfg.id_column,
                                 allow_messages=cfg.task == "generate" and ext in (".jsonl", ".ndjson", ".parquet"))
-        size = job.tuner.max_size if job.tuner else int(cfg.batch_size)
+        size = tuner.max_size if tuner else int(cfg.batch_size)
         self.batch = dict(batch_size=size, max_batch_tokens=cfg.max_batch_tokens, bucket_window=cfg.bucket_window,
                           id_column=cfg.id_column, text_column=cfg.text_column,
-                          own_rows=job.predictor.writes_own_rows, task_timeout=cfg.task_timeout,
-                          auto_max_batch=job.tuner.max_size if job.tuner else None)
+                          own_rows=setup.predictor.writes_own_rows, task_timeout=cfg.task_timeout,
+                          auto_max_batch=tuner.max_size if tuner else None)
+        self.recovery = RecoveryPolicy(cfg.max_retries)
 
     def _planner(self, store: ShardStore, workers: int) -> ShardPlanner:
         """The lazy plan of the uncommitted rest of the input. The smallest shard is
@@ -89,25 +91,47 @@ class ShardedJob:
                   (int(env.get("PARAINFER_MIN_SHARD_BYTES", MIN_SHARD_BYTES)), MAX_SHARD_BYTES))
         return ShardPlanner(self.config.input, store.next_start, store.next_line, workers, lo, max(lo, hi))
 
-    def run(self, workers: Any = None) -> dict[str, Any]:
-        from parainfer.batch.job import start_workers
-
-        cfg, job = self.config, self.job
+    def run(self, workers: Workers | None = None) -> dict[str, Any]:
+        """Run the job to the end on ``workers`` (None: start them here and shut them down at
+        the end); returns the report dict (also written to config.report)."""
+        cfg, setup = self.config, self.setup
         t0 = time.perf_counter()
-        store = ShardStore(cfg, job.source, job.predictor, (0, 1) if self.parquet else data_start(cfg.input))
+        store = ShardStore(cfg, setup.source, setup.predictor, (0, 1) if self.parquet else data_start(cfg.input))
         if store.finished:  # a finished output folder, its parts verified
             return self._already_complete(store, t0)
         self.batch.update(format=store.format, header=store.header, with_header=store.keep_parts)
         t_spawn = time.perf_counter()
         own = workers is None
         if own:
-            workers = start_workers(job.predictor, job.num_workers, cfg.threads_per_worker, cfg)
+            workers = start_workers(setup.predictor, setup.num_workers, cfg.threads_per_worker, cfg)
         n = workers.num_workers
-        cpu0 = time.process_time()  # the driver's own work from here on (as engine.Job counts it)
+        cpu0 = time.process_time()  # the driver's own work from here on (as record mode counts it)
+        self._begin(store, workers)
+        ready_phases: list[dict[str, float]] = []
+        stop = GracefulStop(on_abort=lambda: [self.executor.kill(w) for w in range(n)])
+        finished = False
+        try:
+            finished = self._loop(workers, stop, ready_phases)
+        finally:
+            self.planner.close()
+            if not finished:
+                for w in range(n):
+                    self.executor.kill(w)
+                workers.broken = True
+            if own:
+                workers.shutdown()
+        if not finished:
+            raise Interrupted(store.records_done, store.path)
+        busy = time.process_time() - cpu0
+        return self._finish(t0, t_spawn, ready_phases, busy)
+
+    def _begin(self, store: ShardStore, workers: Workers) -> None:
+        """This run's state on ``workers``; the first round of shards (its sizes need no
+        measurement) is cut while the workers start."""
+        n = workers.num_workers
         self.store, self.executor, self.workers = store, workers.executor, workers
         self.report = TimingReport(workers=n, policy="factoring")
         self.planner = self._planner(store, n)
-        # The first round (its sizes need no measurement) is cut while the workers start.
         self.pending = collections.deque(x for x in (self.planner.next() for _ in range(n)) if x is not None)
         self.idle: set[int] = set()  # ready workers with no shard in flight (served first)
         self.room: set[int] = set()  # ready workers with at most PREFETCH shards in flight
@@ -122,38 +146,27 @@ class ShardedJob:
         self.sizes: list[list[float]] = []  # [s since the first dispatch, batch size] as workers report them
         self.saved_at, self.saved = time.monotonic(), len(store.committed)  # last manifest write
         self.t_first = self.t_last = None
-        ready_phases: list[dict[str, float]] = []
-        stop = GracefulStop(on_abort=lambda: [self.executor.kill(w) for w in range(n)])
-        finished = False
-        try:
-            with stop:
-                for event in workers.take_pending():
-                    self._handle(event, ready_phases)
-                while self.pending or self.running or not self.planner.done:
-                    if not stop.requested:
-                        self._dispatch()
-                    elif not self.running or time.perf_counter() > stop.deadline:
-                        break
-                    self._wait(stop.requested, ready_phases)
-                self._commit(force=True)
+
+    def _loop(self, workers: Workers, stop: GracefulStop, ready_phases: list[dict[str, float]]) -> bool:
+        """Hand out, take back and commit shards until all are committed (returns True, the
+        output finished) or a stop request ends it (False, what is committed saved)."""
+        with stop:
+            for event in workers.take_pending():
+                self._handle(event, ready_phases)
+            while self.pending or self.running or not self.planner.done:
                 if not stop.requested:
-                    t, cpu = time.perf_counter(), time.process_time()
-                    store.finish()
-                    self.report.t_write_s += time.perf_counter() - t
-                    self.report.extra["driver_finish_cpu_s"] = time.process_time() - cpu
-                    finished = True
-        finally:
-            self.planner.close()
-            if not finished:
-                for w in range(n):
-                    self.executor.kill(w)
-                workers.broken = True
-            if own:
-                workers.shutdown()
-        if not finished:
-            raise Interrupted(store.records_done, store.path)
-        busy = time.process_time() - cpu0
-        return self._finish(t0, t_spawn, ready_phases, busy)
+                    self._dispatch()
+                elif not self.running or time.perf_counter() > stop.deadline:
+                    break
+                self._wait(stop.requested, ready_phases)
+            self._commit(force=True)
+            if stop.requested:
+                return False
+            t, cpu = time.perf_counter(), time.process_time()
+            self.store.finish()
+            self.report.t_write_s += time.perf_counter() - t
+            self.report.extra["driver_finish_cpu_s"] = time.process_time() - cpu
+            return True
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -181,7 +194,8 @@ class ShardedJob:
             w = self.idle.pop() if self.idle else self.room.pop()
             deaths = self.deaths.get(shard.start, 0)
             part, errors_part = self.store.part_paths(shard, self.next_index)
-            task = ShardTask(self.next_index, shard, self.input, part, errors_part, self.batch, attempt=deaths)
+            task = ShardTask(self.next_index, shard, self.input, part, errors_part, self.batch, attempt=deaths,
+                             runner=run_shard)
             self.next_index += 1
             self.running[task.index] = (task, deaths)
             if self.t_first is None:
@@ -230,7 +244,7 @@ class ShardedJob:
             self.unit_busy += event.t_end - event.t_start
             self._observe()
         elif isinstance(event, WorkerFailed):
-            self._on_worker_failed(event)
+            self._forget(event)
 
     def _account(self, task: ShardTask, res: ShardResult) -> None:
         self.t_last = time.perf_counter()
@@ -249,44 +263,48 @@ class ShardedJob:
         self.report.timeline.append([task.index, res.worker_id, round(res.t_start - origin, 6),
                                      round(res.t_end - origin, 6), res.records, res.counts.real, res.counts.padded])
 
-    def _on_worker_failed(self, event: WorkerFailed) -> None:
-        self.workers.ready.discard(event.worker_id)
+    def _forget(self, event: WorkerFailed) -> None:
+        """A worker failed: it is neither idle nor has room; then ``recovery.on_worker_failed``."""
         self.idle.discard(event.worker_id)
         self.room.discard(event.worker_id)
-        if event.fatal:
-            raise JobError(f"worker {event.worker_id}: {event.reason.strip()}")
-        self.executor.restart(event.worker_id)
-        self.report.per_worker[event.worker_id].restarts += 1
-        queued = []
+        on_worker_failed(event, self.workers, self.report, self._recover)
+
+    def _recover(self, event: WorkerFailed) -> None:
+        """The shards a restarted worker held, through ``recovery.RecoveryPolicy``: their partial
+        parts are removed; the untouched ones go first in the queue, whole; the suspect is
+        retried (``_retry``)."""
+        held = []
         for task in event.tasks:
             if self.running.pop(task.index, None) is None:
                 continue
             reason = _read_note(timeout_note(task.part)) or event.reason
             remove_quietly(task.part)
             remove_quietly(task.errors_part)
-            if event.running is not None and task.index != event.running:
-                queued.append(task.shard)  # never started: given out again whole, first
-            else:
-                self._retry(task.shard, reason)
-        self.pending.extendleft(reversed(queued))
+            held.append(ShardPiece(task.shard, self.config.input, task.index,
+                                   self.deaths.get(task.shard.start, 0), reason))
+        triage = self.recovery.plan(held, event.running)
+        for piece in held:
+            if piece not in triage.untouched:
+                self._retry(piece, triage)
+        self.pending.extendleft(reversed([piece.shard for piece in triage.untouched]))
 
-    def _retry(self, shard: Shard, reason: str) -> None:
-        """A shard whose worker died, as ``recovery.TaskRecovery`` treats a suspect task: a shard
-        of several records is bisected at a record end (its halves go first in the queue); a
-        single record is given out again up to ``max_retries`` times, then failed alone."""
+    def _retry(self, piece: ShardPiece, triage: Triage) -> None:
+        """A suspect shard as the policy decided: its halves first in the queue, or the shard
+        again (its death counted), or, a single record out of retries, failed alone."""
         self.report.retries += 1
-        halves = split_shard(self.config.input, shard)
+        halves = next((h for suspect, h in triage.split if suspect is piece), None)
         if halves is not None:
             self.report.extra["bisected_shards"] = self.report.extra.get("bisected_shards", 0) + 1
             for half in halves:
-                self.deaths[half.start] = 0
-            self.pending.extendleft(reversed(halves))
-            return
-        deaths = self.deaths[shard.start] = self.deaths.get(shard.start, 0) + 1
-        if deaths > self.config.max_retries:
-            self._fail_alone(shard, f"worker died running this record {deaths} times (last: {reason.strip()})")
+                self.deaths[half.shard.start] = 0
+            self.pending.extendleft(reversed([half.shard for half in halves]))
+        elif piece in triage.failed:
+            deaths = self.deaths[piece.shard.start] = piece.attempt + 1
+            self._fail_alone(piece.shard, f"worker died running this record {deaths} times "
+                                          f"(last: {piece.reason.strip()})")
         else:
-            self.pending.appendleft(shard)
+            self.deaths[piece.shard.start] = piece.attempt
+            self.pending.appendleft(piece.shard)
 
     def _fail_alone(self, shard: Shard, reason: str) -> None:
         """Write a single-record shard's errors part by hand (its worker keeps dying on it)."""
@@ -339,7 +357,7 @@ class ShardedJob:
 
     def _already_complete(self, store: ShardStore, t0: float) -> dict[str, Any]:
         """The report of a rerun on a finished output folder (as record mode's "already complete")."""
-        return already_complete(TimingReport(workers=self.job.num_workers, policy="factoring"), t0, self.config.report,
+        return already_complete(TimingReport(workers=self.setup.num_workers, policy="factoring"), t0, self.config.report,
                                 resumed_records=store.records_done, data_path="sharded",
                                 resumed_failed_records=store.failed, checkpoint=store.path,
                                 errors_file=store.errors_path if store.failed else None)
@@ -347,7 +365,7 @@ class ShardedJob:
     def _finish(self, t0: float, t_spawn: float, ready_phases: list[dict[str, float]], busy: float) -> dict[str, Any]:
         report, store = self.report, self.store
         close_run(report, t0=t0, t_spawn=t_spawn, ready_phases=ready_phases, t_first=self.t_first,
-                  t_last=self.t_last, counts=self.counts, busy=busy, predictor=self.job.predictor,
+                  t_last=self.t_last, counts=self.counts, busy=busy, predictor=self.setup.predictor,
                   executor=self.executor, resumed=store.resumed_records, resumed_failed=store.resumed_failed,
                   checkpoint=store.path)
         report.extra["data_path"] = "sharded"
@@ -375,7 +393,7 @@ class ShardedJob:
 
 
 def _read_note(path: str) -> str | None:
-    """The text of a worker's timeout note (``executors.shard_runner.BatchWatchdog``), or None."""
+    """The text of a worker's timeout note (``shard_runner.BatchWatchdog``), or None."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read().strip()

@@ -57,7 +57,6 @@ def run_shard(predictor: Any, task: ShardTask, worker_id: int, t_received: float
     builder = TaskBuilder(estimate, predictor.window(), b["batch_size"], b["max_batch_tokens"], bucket,
                           max_chars=max_chars)
     window = b["bucket_window"] if bucket else b["batch_size"]
-    tuner = worker_tuner(b.get("auto_max_batch"))
     merger = Merger(b["id_column"], b["text_column"], own_rows=b["own_rows"])
     counts = TokenCounts()
     errors = ErrorSink(task.errors_part)
@@ -66,36 +65,14 @@ def run_shard(predictor: Any, task: ShardTask, worker_id: int, t_received: float
     sink = open_part(task.part, b.get("format", ".jsonl"), b["id_column"], b["text_column"], b.get("header"),
                      b.get("with_header", False))
     watchdog = BatchWatchdog(b.get("task_timeout"), timeout_note(task.part), worker_id)
+    batches = _BatchRunner(predictor, run_task, worker_id, builder, estimate, merger, counts,
+                           worker_tuner(b.get("auto_max_batch")), watchdog)
     with watchdog:
         while True:
             items = list(itertools.islice(records, window))
             if not items:
                 break
-            failed: list[RecordError] = []
-            good = [r for r in items if isinstance(r, Record)]
-            for err in items:
-                if isinstance(err, RecordError):
-                    merger.fail(err)
-                    failed.append(err)
-            merger.expect(good)
-            if tuner is not None:
-                builder.batch_size = tuner.current
-            for batch in builder.build(good):
-                watchdog.arm(batch.index)
-                res = run_task(predictor, batch, worker_id, time.perf_counter())
-                watchdog.disarm()
-                if tuner is not None:
-                    tokens = res.counts.real if res.counts is not None else batch.tokens
-                    tuner.observe(batch.batch_size, tokens, res.t_end - res.t_start, time.perf_counter())
-                if res.counts is not None:
-                    counts.add(res.counts)
-                    estimate.observe(res.counts)
-                for pos, reason in res.errors:
-                    rec = merger.record(batch.seqs[pos])
-                    err = RecordError(batch.seqs[pos], rec.line, rec.id, reason, text=batch.texts[pos])
-                    merger.fail(err)
-                    failed.append(err)
-                merger.complete(batch.seqs, res.outputs)
+            failed = batches.run_window(items)
             rows = merger.drain()
             unwritable = write_rows_each(sink, rows, merger.last_drained, b["id_column"])
             merger.failed += len(unwritable)
@@ -112,6 +89,47 @@ def run_shard(predictor: Any, task: ShardTask, worker_id: int, t_received: float
                        t_end=time.perf_counter(), counts=counts, batches=builder.stats.tasks,
                        lines=shard_lines(task.input.path, task.shard), header=getattr(sink, "header", None),
                        batch_size=builder.batch_size)
+
+
+class _BatchRunner:
+    """Runs one window of a shard's records batch by batch (``run_window``), feeding the merger,
+    the token counts, the length estimate and the worker's batch-size tuner."""
+
+    def __init__(self, predictor: Any, run_task: Callable[..., Any], worker_id: int, builder: TaskBuilder,
+                 estimate: LengthEstimator, merger: Merger, counts: TokenCounts, tuner: Any, watchdog: BatchWatchdog):
+        self.predictor, self.run_task, self.worker_id = predictor, run_task, worker_id
+        self.builder, self.estimate, self.merger, self.counts, self.tuner = builder, estimate, merger, counts, tuner
+        self.watchdog = watchdog
+
+    def run_window(self, items: list[Record | RecordError]) -> list[RecordError]:
+        """Run the records of ``items``; returns the records that failed (read or run), not sorted."""
+        merger, builder, tuner, watchdog = self.merger, self.builder, self.tuner, self.watchdog
+        failed: list[RecordError] = []
+        good = [r for r in items if isinstance(r, Record)]
+        for err in items:
+            if isinstance(err, RecordError):
+                merger.fail(err)
+                failed.append(err)
+        merger.expect(good)
+        if tuner is not None:
+            builder.batch_size = tuner.current
+        for batch in builder.build(good):
+            watchdog.arm(batch.index)
+            res = self.run_task(self.predictor, batch, self.worker_id, time.perf_counter())
+            watchdog.disarm()
+            if tuner is not None:
+                tokens = res.counts.real if res.counts is not None else batch.tokens
+                tuner.observe(batch.batch_size, tokens, res.t_end - res.t_start, time.perf_counter())
+            if res.counts is not None:
+                self.counts.add(res.counts)
+                self.estimate.observe(res.counts)
+            for pos, reason in res.errors:
+                rec = merger.record(batch.seqs[pos])
+                err = RecordError(batch.seqs[pos], rec.line, rec.id, reason, text=batch.texts[pos])
+                merger.fail(err)
+                failed.append(err)
+            merger.complete(batch.seqs, res.outputs)
+        return failed
 
 
 _TUNER: list[Any] = [None, None]  # (max size, BatchSizeTuner) of this worker process
@@ -139,7 +157,7 @@ class BatchWatchdog:
 
     ``arm(batch_index)`` before a batch, ``disarm()`` after it; a daemon thread checks every
     ``min(1, timeout_s / 10)`` s. Before the kill it writes the reason to ``note`` (the driver
-    reads it, ``sharded.ShardedJob``). None or 0: does nothing. A model that hangs in native
+    reads it, ``shard_mode.ShardDriver``). None or 0: does nothing. A model that hangs in native
     code holding the GIL cannot be stopped from a thread (the thread never runs): that one
     only the driver could kill; a sleep, I/O, torch op or Python loop releases it.
     """

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from parainfer.counts import TokenCounts
+
+# Environment variable naming, comma-separated, the modules a local worker imports in a
+# background thread once its model is loaded (``pool.start_workers``'s ``warm``).
+WARM_ENV = "PARAINFER_WARM"
 
 
 @dataclass(slots=True)
@@ -101,8 +105,12 @@ class ShardTask:
             ``id_column``, ``text_column``, ``own_rows`` (``Predictor.writes_own_rows``); output:
             ``format``, ``header``, ``with_header`` (``io.part_sinks.open_part``); and
             ``task_timeout`` (seconds one batch may run, or None), ``auto_max_batch`` (``--batch-size
-            auto``: the largest size the worker's tuner tries, or None; ``executors.shard_runner``).
+            auto``: the largest size the worker's tuner tries, or None; ``batch.shard_runner``).
         attempt: how many times this shard was given out before.
+        runner: the module-level function that runs it in the worker,
+            ``runner(predictor, task, worker_id, t_received, run_task) -> ShardResult``
+            (``run_task`` runs one batch); pickled by reference, so the driver's layer
+            provides it and the executors never import it.
     """
 
     index: int
@@ -112,6 +120,7 @@ class ShardTask:
     errors_part: str
     batch: dict[str, Any]
     attempt: int = 0
+    runner: Callable[..., ShardResult] | None = None
 
     def __len__(self) -> int:  # recovery and policies count records; a shard counts as one unit
         return 1

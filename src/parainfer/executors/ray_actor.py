@@ -2,7 +2,7 @@
 
 The actor does what a local worker process does (``executors/worker.py``): set the worker
 environment, load the predictor once, then run tasks with the same per-record fallback
-(``run_task``), and whole shards in sharded mode (``executors.shard_runner.run_shard``, after
+(``run_task``), and whole shards in sharded mode (the task's ``ShardTask.runner``, after
 ``executors.ray_shards.check_paths``). It runs one call at a time, in the order the driver submitted them, so the
 driver knows which task it is running without being told. Ray does not promise that order for
 an actor with concurrency groups (it may start a later call first), so each call carries a
@@ -115,7 +115,7 @@ class RayWorker:
         (queue_s: waiting for the turn); counts: the task's exact ``TokenCounts``; the last three
         as ``TaskResult``'s (a task with ``rows``: output lines encoded here).
 
-        A ``ShardTask`` (sharded mode) runs with ``executors.shard_runner.run_shard`` and returns
+        A ``ShardTask`` (sharded mode) runs with its ``runner`` (``batch.shard_runner.run_shard``) and returns
         its ``ShardResult`` (times on this process's clock: the executor keeps only durations).
         Before this actor's first shard of a (input, parts folder) pair, ``check``
         (``ray_shards.PathCheck``) is verified: ``ray_shards.SharedPathError`` when this node does
@@ -135,13 +135,12 @@ class RayWorker:
 
     def _run_shard(self, task: ShardTask, check: Any, t_received: float) -> Any:
         from parainfer.executors.ray_shards import check_paths
-        from parainfer.batch.shard_runner import run_shard
 
         if check is not None and check not in self._checked:
             check_paths(check, ray.util.get_node_ip_address())
             self._checked.add(check)
         mark_running(task.index)
-        return run_shard(self.predictor, task, self.worker_id, t_received, run_task)
+        return task.runner(self.predictor, task, self.worker_id, t_received, run_task)
 
     @ray.method(concurrency_group="watch")
     def watch(self) -> None:

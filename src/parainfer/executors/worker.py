@@ -15,9 +15,8 @@ import time
 import traceback
 from typing import Any
 
-from parainfer.executors.base import ShardTask, TaskResult, WorkerFailed, WorkerReady
+from parainfer.executors.base import WARM_ENV, ShardTask, Task, TaskResult, WorkerFailed, WorkerReady
 from parainfer.models.base import Predictor, RecordFailure
-from parainfer.executors.base import Task
 from parainfer.counts import TokenCounts
 from parainfer.executors.worker_env import enter_worker_process, pin_torch_threads, place_predictor
 
@@ -130,7 +129,7 @@ def worker_main(worker_id: int, predictor: Predictor, inbox: Any, outbox: Any, t
     phases["load_other_s"] = max(0.0, load_s - sum(phases.values()))  # imports the predictor's phases missed
     phases["started_at"] = started_at
     outbox.send(WorkerReady(worker_id, load_s, predictor.describe(), phases))
-    _preload_shard_runner()
+    _warm(env.get(WARM_ENV, ""))
     parent = os.getppid()
     while True:
         try:
@@ -143,30 +142,27 @@ def worker_main(worker_id: int, predictor: Predictor, inbox: Any, outbox: Any, t
             break
         try:
             if isinstance(task, ShardTask):
-                outbox.send(run_shard(predictor, task, worker_id, time.perf_counter()))
+                outbox.send(task.runner(predictor, task, worker_id, time.perf_counter(), run_task))
             else:
                 outbox.send(run_task(predictor, task, worker_id, time.perf_counter()))
         except (BrokenPipeError, EOFError):  # the driver is gone
             return
 
 
-def run_shard(predictor: Predictor, task: ShardTask, worker_id: int, t_received: float) -> Any:
-    """Run a whole shard (sharded mode); see ``executors.shard_runner``."""
-    from parainfer.batch.shard_runner import run_shard as _run
-
-    return _run(predictor, task, worker_id, t_received, run_task)
-
-
-def _preload_shard_runner() -> None:
-    """Import the shard runner (readers, sinks, merger: ~0.15 s of imports) in a background
-    thread once the model is loaded, so a worker's first shard does not wait for them."""
+def _warm(modules: str) -> None:
+    """Import ``modules`` (comma-separated: ``pool.start_workers``'s ``warm``, the shard runner's
+    readers, sinks, merger: ~0.15 s of imports) in a background thread once the model is loaded,
+    so a worker's first shard does not wait for them."""
+    import importlib
     import threading
 
     def _load() -> None:
-        try:
-            import parainfer.batch.shard_runner  # noqa: F401
-        except Exception:  # noqa: BLE001 - the first shard imports it again and reports the error
-            pass
+        for name in filter(None, modules.split(",")):
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the first shard imports it again and reports the error
+                pass
 
-    threading.Thread(target=_load, name="parainfer-preload", daemon=True).start()
+    if modules:
+        threading.Thread(target=_load, name="parainfer-preload", daemon=True).start()
 

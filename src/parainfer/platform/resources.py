@@ -1,22 +1,19 @@
 """Do N model replicas fit this machine? Checked before all N load, not after the OOM killer.
 
-``plan_start`` decides how the local workers start: all at once when N estimated replicas
-(2 x the weights on disk + 300 MiB each) take under half the available memory (Linux's
-MemAvailable: free memory plus the caches the kernel can drop); otherwise, or with a memory
-budget, worker 0 alone first, whose measured VmRSS sizes the job to min(N, floor(0.8 x memory
-/ replica)) workers (one stderr line when fewer than asked). ``warn_cores`` warns when CPU
-workers outnumber the cores. More: docs/fault-tolerance.md, "Resources".
+The memory arithmetic of ``executors.pool.plan_start``, which starts the local workers: all at
+once when N estimated replicas (2 x the weights on disk + 300 MiB each) take under half the
+available memory (Linux's MemAvailable: free memory plus the caches the kernel can drop);
+otherwise, or with a memory budget, worker 0 alone first, whose measured VmRSS sizes the job to
+min(N, floor(0.8 x memory / replica)) workers (one stderr line when fewer than asked).
+``warn_cores`` warns when CPU workers outnumber the cores. More: docs/fault-tolerance.md, "Resources".
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
-
-from parainfer.errors import JobError
 
 BASE_BYTES = 300 << 20  # a worker process without weights: Python, torch, tokenizer
 SAFETY = 0.8  # share of the available memory the replicas may take
@@ -63,60 +60,30 @@ def warn_cores(workers: int, device: str, cores: int) -> None:
               f"which rarely helps (default: one worker per core)", file=sys.stderr)
 
 
-def plan_start(executor: Any, predictor: Any, workers: int, budget: int | None) -> tuple[int, list[Any]]:
-    """Start the workers of ``executor``, fewer than ``workers`` when they do not fit in memory.
+def memory_room(budget: int | None, avail: int | None) -> int | None:
+    """Bytes the replicas may use: ``budget``, else SAFETY x ``avail`` (MemAvailable); None: unknown."""
+    return budget if budget is not None else (int(SAFETY * avail) if avail else None)
 
-    Args:
-        executor: an unstarted executor for ``workers`` workers. Only one whose replicas share
-            this machine's memory (it has ``start(first, count)`` and ``shrink``: the local
-            executor) is checked; a Ray executor's replicas live on the cluster's nodes and
-            are placed by Ray's own resource accounting, so it just starts.
-        predictor: the unloaded predictor (for the weights' size).
-        workers: N asked for.
-        budget: bytes the replicas may use; None = SAFETY x MemAvailable.
 
-    Returns:
-        (workers started, events already read from worker 0 while waiting for it: hand them
-        to the engine's event handler).
+def start_all_at_once(predictor: Any, workers: int, budget: int | None, avail: int | None) -> bool:
+    """True when ``workers`` replicas of ``predictor`` start without measuring one first: a
+    single worker, unknown memory, or (no budget given) N estimated replicas
+    (``estimate_replica_bytes``) take under half the room (``memory_room``)."""
+    room = memory_room(budget, avail)
+    return workers == 1 or room is None or (budget is None and workers * estimate_replica_bytes(predictor) < room / 2)
 
-    Raises:
-        JobError: worker 0 failed to load its model (fatally).
-    """
-    avail = available_bytes()
-    room = budget if budget is not None else (int(SAFETY * avail) if avail else None)
-    if not hasattr(executor, "shrink") or workers == 1 or room is None or (budget is None and workers * estimate_replica_bytes(predictor) < room / 2):
-        executor.start()
-        return workers, []
-    executor.start(count=1)
-    events = _wait_ready(executor)
-    replica = rss_bytes(executor.pid(0)) or estimate_replica_bytes(predictor)
-    if budget is None:
-        room = int(SAFETY * ((available_bytes() or avail or 0) + replica))  # worker 0 is loaded already
+
+def replicas_that_fit(workers: int, replica: int, budget: int | None, avail: int | None) -> int:
+    """How many of ``workers`` replicas of ``replica`` bytes fit (at least 1): in ``budget``, else
+    in SAFETY x (MemAvailable now + the one measured replica; ``avail``: MemAvailable before
+    it loaded, used when unknown now). One stderr line when fewer than ``workers`` fit."""
+    room = budget if budget is not None else int(SAFETY * ((available_bytes() or avail or 0) + replica))
     fit = max(1, min(workers, room // max(1, replica)))
     if fit < workers:
         print(f"warning: {workers} workers do not fit in memory: one replica takes {replica / GIB:.2f} GiB "
               f"(worker 0 after loading), {workers} would need {workers * replica / GIB:.1f} GiB and "
               f"{room / GIB:.1f} GiB may be used; running {fit} workers", file=sys.stderr)
-        executor.shrink(fit)
-    executor.start(first=1)
-    return fit, events
-
-
-def _wait_ready(executor: Any, timeout_s: float = 3600.0) -> list[Any]:
-    """Poll until worker 0 is ready (a death while loading restarts it, as the engine would);
-    returns [its WorkerReady]."""
-    from parainfer.executors.base import WorkerFailed, WorkerReady
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for ev in executor.poll(timeout=0.2):
-            if isinstance(ev, WorkerReady):
-                return [ev]
-            if isinstance(ev, WorkerFailed) and ev.fatal:
-                raise JobError(f"worker {ev.worker_id}: {ev.reason.strip()}")
-            if isinstance(ev, WorkerFailed):
-                executor.restart(ev.worker_id)
-    raise JobError(f"worker 0 did not load its model within {timeout_s:.0f} s")
+    return fit
 
 
 def cores() -> int:

@@ -1,0 +1,157 @@
+"""One job's setup, made once before either driver runs, and the driver contract.
+
+``JobSetup.build`` resolves the input format, checks the executor, opens the source, guards
+the output paths, builds the predictor and sizes the workers, batches and windows, in short
+named steps: input problems are reported before any model is built or worker started. Both
+drivers (``record_mode.RecordDriver``, ``shard_mode.ShardDriver``) are made from a setup and
+implement ``Driver``; what a driver changes while it runs stays in the driver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from parainfer.batch import shard_runner
+from parainfer.config import JobConfig
+from parainfer.executors import check_executor, default_threads
+from parainfer.executors import pool
+from parainfer.executors.pool import Workers
+from parainfer.io.guard import check_output_paths
+from parainfer.io.shards.store import is_dir_output
+from parainfer.io.sinks import default_errors_path
+from parainfer.io.sources import open_source
+from parainfer.models.base import Predictor
+from parainfer.models.registry import build_predictor
+from parainfer.openai.batch_file import BATCH_TASK, open_batch_source, resolve_job_format
+from parainfer.openai.batch_predictor import batch_file_predictor
+from parainfer.platform.devices import default_workers
+from parainfer.scheduling.autobatch import BatchSizeTuner
+
+# Task groups (``tasks.group_tasks``): up to TASK_GROUP batches a task, as long as a window
+# still makes ``record_mode.WINDOW_TASKS_PER_SLOT`` tasks for each place in the workers' queues.
+TASK_GROUP = 8
+# Modules a local worker imports in the background once its model is loaded, so that its first
+# shard does not wait for them (the shard runner's readers, sinks, merger).
+WARM_MODULES = (shard_runner.__name__,)
+
+
+class Driver(Protocol):
+    """A job's data path: record mode or sharded mode.
+
+    ``run(workers)`` runs the job to the end on ``workers`` (a started executor, left running;
+    None: start one and shut it down at the end) and returns the report dict; raises JobError
+    when the workers cannot run the model, StorageError when the output cannot be written,
+    ``recovery.Interrupted`` after a SIGINT/SIGTERM (what is committed stays).
+    """
+
+    def run(self, workers: Workers | None = None) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class JobSetup:
+    """Everything both drivers need, fixed before the job runs.
+
+    Attributes:
+        config: the settings (an OpenAI batch file's already resolved to task openai-batch).
+        predictor: the unloaded predictor (``max_batch_tokens`` set).
+        source: the records to read. store: the output side (None: a ``Checkpoint`` on
+            ``config.output``, made by the driver; in-memory jobs pass ``io.memory.MemoryStore``).
+        num_workers: workers asked for (a driver runs fewer when the replicas do not fit).
+        tuner: ``--batch-size auto``'s ``BatchSizeTuner``, else None.
+        batch_size: the largest batch size (the tuner's maximum, or the fixed size).
+        bucket: length bucketing on (``--bucket-window`` > 1). window: records read at once.
+        max_buffered: most records the driver's reorder buffer holds.
+        encode_in_workers: workers build and encode a JSONL output's rows (``tasks.RowInfo``);
+            False: the driver's merger and sink do.
+        task_group: most batches joined per task while the input lasts (``tasks.group_tasks``).
+    """
+
+    config: JobConfig
+    predictor: Predictor
+    source: Any
+    store: Any
+    num_workers: int
+    tuner: BatchSizeTuner | None
+    batch_size: int
+    bucket: bool
+    window: int
+    max_buffered: int
+    encode_in_workers: bool = True
+    task_group: int = TASK_GROUP
+
+    @classmethod
+    def build(cls, config: JobConfig, predictor: Predictor | None = None, source: Any = None,
+              store: Any = None) -> JobSetup:
+        """The setup of ``config``; ``predictor``, ``source``, ``store`` as ``Job`` takes them.
+
+        Raises UsageError for a bad input file, output path or option, before any model is built."""
+        config = resolve_job_format(config)  # an OpenAI batch file: task openai-batch
+        check_executor(config.executor)
+        source = source or open_job_source(config)
+        if store is None:  # an in-memory job (the Python API) writes no file
+            guard_output_paths(config)
+        predictor = predictor or build_job_predictor(config)
+        num_workers = worker_count(config, predictor)
+        predictor.max_batch_tokens = config.max_batch_tokens  # workers hold it exactly
+        tuner = auto_batch_tuner(config, num_workers)
+        batch_size = tuner.max_size if tuner else int(config.batch_size)
+        bucket = config.bucket_window > 1
+        window = config.bucket_window if bucket else batch_size
+        max_buffered = config.max_buffered_records or max(
+            4 * window, 4 * num_workers * (config.prefetch + 1) * batch_size)
+        return cls(config, predictor, source, store, num_workers, tuner, batch_size, bucket, window, max_buffered)
+
+    def with_options(self, **changes: Any) -> JobSetup:
+        """A copy with ``changes`` (e.g. ``encode_in_workers``, ``task_group``); self if none differ."""
+        if all(getattr(self, k) == v for k, v in changes.items()):
+            return self
+        return dataclasses.replace(self, **changes)
+
+
+def open_job_source(config: JobConfig) -> Any:
+    """The job's records: an OpenAI batch file's requests, or ``io.sources.open_source``."""
+    if config.task == BATCH_TASK:
+        return open_batch_source(config.input)
+    return open_source(config.input, text_column=config.text_column, id_column=config.id_column,
+                       allow_messages=config.task == "generate")
+
+
+def guard_output_paths(config: JobConfig) -> None:
+    """UsageError when the output, report or errors file would overwrite the input or each
+    other (``io.guard.check_output_paths``); a folder output (sharded parts) is not checked."""
+    folder = is_dir_output(config.output)  # a folder of parts (sharded mode; io.shard_store)
+    out = config.output.rstrip("/") if folder else config.output
+    check_output_paths(config.input, {"output": None if folder else out, "report": config.report,
+                                      "errors file": config.errors or default_errors_path(out)})
+
+
+def build_job_predictor(config: JobConfig) -> Predictor:
+    """The predictor of ``config.task`` / ``config.model``: for an OpenAI batch file, the batch
+    predictor over the registry's backends (``openai.batch_predictor``); else the registry's backend."""
+    if config.task == BATCH_TASK:
+        return batch_file_predictor(config, build_predictor)
+    return build_predictor(config.task, config.model, config.dtype, config.device, trust=config.trust,
+                           **config.generation, **config.translation)
+
+
+
+
+def worker_count(config: JobConfig, predictor: Predictor) -> int:
+    """``--workers``, else the predictor's default, else one per core (per GPU with cuda)."""
+    return config.workers or predictor.default_workers or default_workers(config.device, default_threads(1))
+
+
+def auto_batch_tuner(config: JobConfig, num_workers: int) -> BatchSizeTuner | None:
+    """``--batch-size auto``'s tuner (4 tasks per worker a trial), else None."""
+    if config.batch_size != "auto":
+        return None
+    return BatchSizeTuner(max_size=config.max_auto_batch_size, tasks_per_trial=4 * num_workers)
+
+
+def start_workers(predictor: Predictor, num_workers: int, threads_per_worker: int | None = None,
+                  config: Any = None) -> Workers:
+    """Start the workers of a job (``executors.pool.start_workers``, same arguments, returns and
+    errors), each warming ``WARM_MODULES`` once its model is loaded."""
+    return pool.start_workers(predictor, num_workers, threads_per_worker, config, warm=WARM_MODULES)
