@@ -10,8 +10,8 @@ reports it (on VADER: 0.257). Only ordering and rough size matter: the worker en
 exact token budget when it tokenises, and the report's token figures are the exact ones.
 
 ``MAX_CHARS_PER_TOKEN`` bounds how much of one text is worth tokenising at all: a text is
-cut to ``window x MAX_CHARS_PER_TOKEN`` characters before anything tokenises it (issue 9:
-one 50 MB text was tokenised whole, twice, to keep its first 256 tokens).
+cut to ``window x MAX_CHARS_PER_TOKEN`` characters before anything tokenises it (once
+a 50 MB text was tokenised whole, twice, to keep its first 256 tokens).
 """
 
 from __future__ import annotations

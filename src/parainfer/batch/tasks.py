@@ -7,8 +7,8 @@ holds them); only texts travel to workers.
 Lengths here are the driver's *estimates* (``length_estimate.LengthEstimator``: characters x
 a tokens-per-character ratio learned from the workers' exact counts): the driver never
 tokenises. Workers tokenise, and send the exact counts back with each result
-(:class:`TokenCounts`); the engine reports those. A text longer than ``max_chars`` is cut to
-``max_chars`` characters here, before any tokenising (issue 9: the size of one record is bounded).
+(``counts.TokenCounts``); the driver reports those. A text longer than ``max_chars`` is cut to
+``max_chars`` characters here, before any tokenising (the size of one record is bounded).
 
 Length bucketing: within a window of W records, records are sorted by token length before
 batching, so each batch holds texts of similar length and little padding; the window's

@@ -86,7 +86,7 @@ class LocalExecutor(Executor):
 
     def start(self, first: int = 0, count: int | None = None) -> None:
         """Spawn workers ``first`` .. ``count - 1`` (default: all); a staged start spawns worker
-        0 alone, then the rest (``resources.plan_start``)."""
+        0 alone, then the rest (``executors.pool.plan_start``)."""
         for w in range(first, self.num_workers if count is None else count):
             self._spawn(w)
 

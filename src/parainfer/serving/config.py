@@ -59,7 +59,7 @@ class ServeConfig(BaseModel):
     batch_concurrency: int = Field(default=4, ge=1, description="most batch requests running at once; they start "
                                    "only while no online request is in flight")
     trust: bool = Field(default=False, description="load model files holding types skops does not trust by default")
-    # ---- token budget of embed/classify batches (issue 17; see batcher.py) ----
+    # ---- token budget of embed/classify batches (see embed/batcher.py) ----
     max_batch_tokens: int | None = Field(default=8192, ge=1, description="most padded tokens (inputs x longest) "
                                          "per model batch; None: no budget")
 

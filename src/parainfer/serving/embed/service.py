@@ -80,7 +80,7 @@ class InferenceService:
     def _load_tokenizer(self) -> None:
         """Count one text, so the tokenizer (and the libraries it imports: transformers, torch) is
         loaded here and not by the first request on the event loop: that import held the loop
-        for ~20 s on a loaded 2-core machine (issue 17's profile), stalling every request."""
+        for ~20 s on a loaded 2-core machine (as profiled), stalling every request."""
         try:
             self.predictor.token_lengths(["warm up"])
         except Exception as exc:  # noqa: BLE001 - requests will meet (and report) the same error
