@@ -1,17 +1,11 @@
 """The driver's token-length estimate: characters x a tokens-per-character ratio learned online.
 
-The driver must not tokenise (its thread caps the whole job; DESIGN.md, "Scale"), yet it
-needs lengths to bucket records, fill token budgets and estimate task costs. It estimates
-``tokens ~ 1 + ceil(chars x r)`` per text with a fixed prior ``r`` (1/4: about four characters
-a token for English BPE/WordPiece), so that the same input always gives the same batches. It
-also learns the true ratio of tokens to characters over all records the workers tokenised
-without truncating them (their exact counts come back in each ``TaskResult.counts``) and
-reports it (on VADER: 0.257). Only ordering and rough size matter: the worker enforces the
-exact token budget when it tokenises, and the report's token figures are the exact ones.
-
-``MAX_CHARS_PER_TOKEN`` bounds how much of one text is worth tokenising at all: a text is
-cut to ``window x MAX_CHARS_PER_TOKEN`` characters before anything tokenises it (once
-a 50 MB text was tokenised whole, twice, to keep its first 256 tokens).
+``LengthEstimator`` gives ``1 + ceil(chars x r)`` tokens per text with the fixed prior
+``r = PRIOR_TOKENS_PER_CHAR`` (1/4), so that the same input always gives the same batches, and
+learns the true ratio from the workers' exact counts (``TaskResult.counts``, over the records
+they did not truncate) for the report. A text counts only up to ``max_chars`` characters
+(``window x counts.MAX_CHARS_PER_TOKEN``). Why the driver never tokenises, and the figures:
+docs/timing.md, "Estimated and exact token figures".
 """
 
 from __future__ import annotations

@@ -1,14 +1,13 @@
 """The merger: puts results back in input order, exactly once, through a reorder buffer.
 
-Records wait in the buffer (keyed by their input position ``seq``) from the moment their
-task is created until their result, or their failure, is known. ``drain`` releases the
-longest run of finished records that starts at the write frontier, in input order. The
-engine bounds the buffer by not creating tasks while it holds too many records.
-
-Two kinds of results: row dicts (``complete``, ``drain``: the merger builds each output row
-from the record and the model's result, the sink encodes it), or output lines the workers
-already built and encoded (``complete_encoded``, ``drain_encoded``: the driver only joins the
-bytes in order; ``tasks.RowInfo``). Both build rows with ``build_row``, so the bytes are equal.
+Records wait in the buffer (keyed by their input position ``seq``) from their task's creation
+until their result, or their failure, is known; ``drain`` releases, in input order, the longest
+run of finished records that starts at the write frontier. The record-mode driver bounds the
+buffer by not creating tasks while it holds too many records. Two kinds of results: row dicts
+(``complete``, ``drain``: the merger builds each row from the record and the model's result, the
+sink encodes it), or output lines the workers already built and encoded (``complete_encoded``,
+``drain_encoded``: the driver joins the bytes in order; ``executors.base.RowInfo``). Both build
+rows with ``io.rows.build_row``, so the bytes are equal.
 """
 
 from __future__ import annotations

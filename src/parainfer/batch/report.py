@@ -1,14 +1,11 @@
 """The run report: where the time went, with the timing model of docs/timing.md.
 
-For N workers: T_c task creation (read, tokenise, batch; driver), T_s scheduling and dispatch
-(policy decisions, serialisation and IPC both ways; driver), T_e execution (sum of task
-compute inside workers), T_w waiting (worker-seconds idle during the parallel phase: tasks
-not there yet, or the worker blocked). The parallel time T_N is the makespan of the parallel
-phase (first dispatch to last result), i.e. the MAX over workers, never the minimum.
-T_1 (serial estimate) = T_e; speedup S = T_1 / T_N; efficiency E = S / N;
-imbalance = max / mean worker busy time; Karp-Flatt serial fraction
-e = (1/S - 1/N) / (1 - 1/N) (Karp & Flatt, CACM 33(5), 1990), the Amdahl serial fraction
-that the measured speedup implies.
+``TimingReport`` collects T_c (task creation), T_s (scheduling and dispatch), T_e (execution
+inside workers) and T_w (worker-seconds idle in the parallel phase) and derives T_N (makespan of
+the parallel phase: the MAX over workers), T_1 = T_e, speedup S = T_1 / T_N, efficiency
+E = S / N, imbalance and the Karp-Flatt serial fraction e = (1/S - 1/N) / (1 - 1/N) (Karp &
+Flatt, CACM 33(5), 1990). The rest loads, writes and prints reports. Definitions:
+docs/timing.md, "Where the time went" and "Derived figures".
 """
 
 from __future__ import annotations

@@ -1,14 +1,11 @@
 """Sharded mode (``ShardDriver``): the driver hands out shards of the input file, never records.
 
-The driver plans shards (``io.shards``: byte ranges cut at record ends, or Parquet row groups,
-sized by factoring, the smallest from the driver's measured cost per shard), gives them out as
-``ShardTask``s (each worker holds the one it runs and ``PREFETCH`` queued) that the workers run
-themselves (``batch.shard_runner``: read, batch, run, write a part), and commits the finished
-parts in shard order to the manifest (``io.shards.store``), at most every ``--checkpoint-every``
-seconds. Guarantees as record mode: input order, every record exactly once in the output or
-the errors file, resume after a killed driver. A worker death goes through
-``recovery.RecoveryPolicy`` (shards wrapped as ``ShardPiece``: bisected at a record end, a
-single record retried then failed alone). Not in this mode: stdout output (``mode.choose_mode``).
+The driver plans shards (``io.shards``), gives them out as ``ShardTask``s that the workers run
+themselves (``batch.shard_runner``), commits the finished parts in shard order to the manifest
+(``io.shards.store``), and recovers from worker deaths with ``recovery.RecoveryPolicy`` (shards
+wrapped as ``ShardPiece``). Guarantees as record mode; not in this mode: stdout output
+(``mode.choose_mode``). How and why: docs/sharded.md, "The driver and the shard runner (code)",
+"Shard sizes" and "Guarantees".
 """
 
 from __future__ import annotations

@@ -1,24 +1,12 @@
 """Run one shard inside a worker (sharded mode): read, batch, run, write the shard's parts.
 
-The worker does here what the driver does in record mode, for its shard alone: it reads the
-shard's records (``io.shard_reader``), cuts each window of ``bucket_window`` records into
-batches with the same ``tasks.TaskBuilder`` (length bucketing, ``--max-batch-tokens``; lengths
-from a ``LengthEstimator`` that learns from this worker's exact counts), runs each batch with
-``worker.run_task`` (a batch that raises is retried record by record, so a poison record fails
-alone), puts the rows back in input order with a ``merger.Merger`` and writes them to the
-shard's output part, and the failed records to its errors part, both in input order. Both
-parts are fsynced before the ``ShardResult`` (sizes and SHA-256 digests) goes back: the driver
-commits a shard only after that. The output part is in the job's output format
-(``io.part_sinks``: JSONL, CSV or Parquet).
-
-``--batch-size auto`` in sharded mode: each worker tunes its own batch size with the record-mode
-hill climber (``scheduling.autobatch.BatchSizeTuner``, fed with its own batches' measured
-tokens per busy second), kept across the shards it runs (``worker_tuner``).
-
-``--task-timeout`` in sharded mode bounds each *batch* of the shard, as it bounds each task
-(a batch) in record mode: a ``BatchWatchdog`` thread in the worker writes a note next to the
-part (``timeout_note``) and SIGKILLs the worker when one batch runs longer; the driver reads
-the note as the death's reason and bisects the shard as for any worker death.
+``run_shard`` does for one shard what the record-mode driver does for the job: it reads the
+shard's records, batches them with ``tasks.TaskBuilder``, runs each batch with the worker's
+``run_task``, puts the rows back in input order with a ``merger.Merger`` and writes the output
+and errors parts, fsynced before the ``ShardResult`` (sizes, SHA-256 digests) goes back.
+``worker_tuner`` holds the worker's ``--batch-size auto`` tuner across shards; ``BatchWatchdog``
+enforces ``--task-timeout`` per batch. How: docs/sharded.md, "The driver and the shard runner
+(code)" and "`--task-timeout` and `--batch-size auto`".
 """
 
 from __future__ import annotations

@@ -1,20 +1,11 @@
 """Records -> tasks: batching under a size and token budget, with length bucketing.
 
-A task is the unit of scheduling: a batch of records (their input positions and texts) with
-its estimated cost in tokens. Records' ids and other columns stay in the driver (the merger
-holds them); only texts travel to workers.
-
-Lengths here are the driver's *estimates* (``length_estimate.LengthEstimator``: characters x
-a tokens-per-character ratio learned from the workers' exact counts): the driver never
-tokenises. Workers tokenise, and send the exact counts back with each result
-(``counts.TokenCounts``); the driver reports those. A text longer than ``max_chars`` is cut to
-``max_chars`` characters here, before any tokenising (the size of one record is bounded).
-
-Length bucketing: within a window of W records, records are sorted by token length before
-batching, so each batch holds texts of similar length and little padding; the window's
-batches are then queued in a fixed pseudo-random order (seeded by the window's first task
-index, so runs are reproducible). Padded tokens of a
-batch = batch size x its longest (truncated) text, as a padded encoder batch computes it.
+``TaskBuilder`` cuts windows of records into tasks (a task: a batch of records' input positions
+and texts, with its estimated cost in tokens), sorting each window by the driver's estimated
+lengths and queueing its tasks in a seeded pseudo-random order; it cuts texts longer than
+``max_chars`` before any tokenising. ``group_tasks`` joins consecutive batches into one task,
+``batch_sizes_split`` splits a task's batch sizes, ``TaskStats`` keeps the totals for the
+report. Rules and reasons: docs/scheduling.md, "Tasks: token budget and length bucketing".
 """
 
 from __future__ import annotations
