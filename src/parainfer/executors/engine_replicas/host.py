@@ -1,15 +1,11 @@
 """One generation engine replica inside a worker (``serve --task generate --workers N``).
 
-A worker (a local process, or a Ray actor: ``ray_actor.py``) holds one :class:`EngineHost`:
-an :class:`~parainfer.generation.LLMEngine` stepped by an
-:class:`~parainfer.generation.EngineLoop` thread (continuous batching as in the one-engine
-server). The server sends it requests (``add``: request id, prompt token ids, SamplingParams)
-and aborts; the host hands back, in batches, the messages of every step (``handles``:
-``SequenceOutput``, ``SequenceFailed``, ``EngineBroken``, ``EngineStats``).
-
-``replica_process_main`` is the local process's entry point: commands arrive on one pipe,
-events leave on another (the worker holds its only write end, so EOF tells the server that it
-died).
+A worker (a local process, or the Ray actor of ``ray_actor.py``) holds one :class:`EngineHost`:
+an :class:`~parainfer.generation.LLMEngine` stepped by an :class:`~parainfer.generation.EngineLoop`
+thread. The server sends it requests (``add``) and aborts; the host hands back, in batches, the
+messages of every step (``handles``). ``replica_process_main`` is the local process's entry
+point (commands on one pipe, events on another). The protocol: docs/serving.md, "Generation",
+"How the router and the replicas talk".
 """
 
 from __future__ import annotations

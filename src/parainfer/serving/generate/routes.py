@@ -1,15 +1,11 @@
 """POST /v1/completions and POST /v1/chat/completions (OpenAI's schema), plain or streamed.
 
-``stream: true`` answers with server-sent events in OpenAI's format: ``data: {chunk}\\n\\n`` per
-piece of text (``object`` "text_completion" or "chat.completion.chunk"; chat sends the delta
-``{"role": "assistant"}`` first, then ``{"content": ...}`` deltas), a last chunk per choice with
-its ``finish_reason``, a usage chunk when ``stream_options.include_usage``, then
-``data: [DONE]\\n\\n``. A client that leaves mid-stream aborts its sequences in the engine.
-``response_format`` (json_object / json_schema) constrains the output by token masks
-(``generation.grammar``; an uncompilable schema is 400 at admission); ``logprobs`` (chat:
-``logprobs`` + ``top_logprobs``; completions: ``logprobs`` k) come in OpenAI's shapes
-(``logprobs_format``), each stream chunk carrying its own tokens'.
-On a server of another task the routes answer 400 naming the task they need.
+``generation_routes`` builds both routes over a ``GenerationService``: plain answers, or
+server-sent events in OpenAI's chunk format for ``stream: true`` (a client that leaves
+mid-stream aborts its sequences in the engine); ``response_format`` constrains the output
+(``generation.grammar``), and ``logprobs`` come in OpenAI's shapes (``openai.logprobs``), each
+stream chunk carrying its own tokens'. On a server of another task the routes answer 400 naming
+the task they need. The wire format: docs/serving.md, "Generation" (the routes).
 """
 
 from __future__ import annotations

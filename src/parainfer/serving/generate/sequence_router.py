@@ -1,25 +1,12 @@
 """Routes generation *sequences* to N engine replicas behind one ``stream_async``, by least
-outstanding tokens (the embed/classify server's ``embed.batch_router`` routes model batches to
-executor workers instead).
+outstanding tokens (the embed/classify server's ``embed.batch_router`` routes model batches).
 
 ``serve --task generate --workers N`` (N > 1, or ``--executor ray``) runs one engine per worker
-(``executors.engine_replicas``: local processes or Ray actors, behind a ``ReplicaHandle``); each
-does continuous batching on its own.
-:class:`SequenceRouter` stands where the one-engine server has its ``EngineLoop``: the
-``GenerationService`` calls ``stream_async(prompt_ids, params)`` and reads ``engine`` (an
-``engine_view.EngineView``: the tokenizer, context window and cache size that admission needs;
-no weights in the server process). A request goes to the ready replica with the fewest
-*outstanding tokens*: for each request it holds, the prompt (until its first output: prefill
-still to do) plus ``max_tokens`` minus the tokens generated so far (ties: fewer requests, then
-the lower index). Outputs stream back in message batches, one per engine step or so.
-
-Faults: a replica that dies (killed, crashed, its node lost) or whose engine step raised
-is started again; a request it held that had no output yet is sent whole to another ready
-replica, the others fail with :class:`ReplicaDied` (the routes answer 503 with Retry-After, or
-an error event mid-stream); one that dies ``MAX_DEATHS_WHILE_LOADING``
-times in a row before loading, or whose model raised while loading, is given up. With every
-replica given up, ``error`` is set and /health says failed. All state lives on the event loop:
-reader threads hand events over with ``call_soon_threadsafe``.
+(``executors.engine_replicas``, behind a ``ReplicaHandle``). :class:`SequenceRouter` stands where
+the one-engine server has its ``EngineLoop``: it picks a replica per sequence, streams its
+outputs back, restarts replicas that die (:class:`ReplicaDied` for the requests they held) and
+gives up on those that cannot load. Routing rule and faults: docs/serving.md, "Generation"
+("Engine replicas" and "How the router and the replicas talk").
 """
 
 from __future__ import annotations

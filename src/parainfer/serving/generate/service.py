@@ -1,33 +1,13 @@
 """The generation service behind /v1/completions and /v1/chat/completions (``--task generate``).
 
-One :class:`~parainfer.generation.LLMEngine` runs in the server process, stepped by an
-:class:`~parainfer.generation.EngineLoop` thread; no worker processes. Continuous batching
-happens inside the engine (sequences join and leave the running batch at every step), so one
-engine already batches every request the server holds; a second replica would hold a second
-copy of the weights and KV cache and split the batch, making each step's matmuls smaller, on
-the same cores. torch releases the GIL inside the forward, so the event loop keeps serving
-HTTP while the engine thread computes. That is the default (``--workers 1``).
-
-With ``--workers N`` > 1 or ``--executor ray`` the engines run in N workers instead (local
-processes or Ray actors, on other GPUs or nodes), each batching continuously on its own, and a
-:class:`~parainfer.serving.generate.sequence_router.SequenceRouter` stands where the EngineLoop was: it
-sends each sequence to the replica with the fewest outstanding tokens and streams its outputs
-back; admission, metrics and the routes are the same. A replica that dies fails its requests
-(503, or an error event mid-stream) and is restarted.
-
-A route calls ``admit_completion`` / ``admit_chat`` (in this order: 503 not loaded, 413 more
-prompts than ``--max-queue`` could ever hold, 400 a prompt over its character budget, 429 no
-room: capacity for the request's sequences is *reserved* here, before any tokenising; then, in
-the CPU thread, off the event loop: tokenising, 400 a lone surrogate or too long for the
-window), then ``complete`` (non-streaming: waits for every sequence, the client's disconnect or
-the timeout) or ``stream`` (async iterator of ``(prompt index, RequestOutput)``), handing them
-the reservation, which they release when the request ends. Leaving either early (disconnect,
-timeout, cancel) aborts the request's sequences in the engine.
-
-Fault isolation: a sequence that fails in the engine fails alone (see ``LLMEngine.step``). If a
-step itself raises, the engine's state may be broken: the EngineLoop fails what it holds and
-stops, and this service builds a new engine with the same factory (/health says
-``"rebuilding"``, 503, meanwhile; requests get 503 with ``Retry-After``).
+:class:`GenerationService` owns the engine: by default (``--workers 1``) one
+:class:`~parainfer.generation.LLMEngine` in the server process, stepped by an
+:class:`~parainfer.generation.EngineLoop` thread; with ``--workers N`` > 1 or ``--executor ray`` a
+:class:`~parainfer.serving.generate.sequence_router.SequenceRouter` over engine replicas in its
+place. It admits requests (``admit_completion`` / ``admit_chat``), runs them (``complete``,
+``stream``) and rebuilds a broken engine with the same factory (/health says ``"rebuilding"``).
+Why one engine, the admission order, fault isolation: docs/serving.md, "Generation" ("One
+engine", "Engine replicas", "Admission and the request's life", "One request fails only itself").
 """
 
 from __future__ import annotations
