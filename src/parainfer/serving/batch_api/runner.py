@@ -1,21 +1,11 @@
 """Runs batches on the server's own replicas, one batch at a time, behind online requests.
 
-Priority: a request line starts only while no online request is in flight (``OnlineLoad``,
-counted by the ``OnlineGate`` middleware), and while fewer than ``concurrency`` lines are
-running, or fewer than one when an online request ran within the last ``QUIET_S`` seconds;
-lines already running finish. So under online traffic an online request waits behind at most
-one batch request (on one replica; the router sends it to another when there is one), and a
-batch advances on the capacity online traffic leaves idle, at full ``concurrency`` once the
-online traffic has stopped.
-
-Each line goes through the app itself (an in-process ASGI call to its endpoint, marked with
-the ``x-parainfer-lane: batch`` header), so its body is exactly the online answer. Results
-are written in input order (a reorder buffer); every ``commit_every_s`` the output and error
-files are fsynced and then the batch record stores the committed line count and byte sizes
-(atomically). A server killed at any point restarts from that record: it truncates the files
-to the committed bytes and goes on from the committed line, so each request's result is
-written exactly once (a line in flight at the kill runs again; its first answer was never
-committed).
+``BatchRunner`` starts a batch's request lines only on capacity online traffic leaves idle
+(``OnlineLoad``, counted by the ``OnlineGate`` middleware; ``QUIET_S``), sends each line through
+the app itself (an in-process ASGI call marked with the ``LANE_HEADER``), writes the results in
+input order and commits them every ``commit_every_s``, so a killed server resumes each batch
+with every result written exactly once. Priority and restart: docs/batch.md, "The same file
+through `parainfer serve` and the `openai` client" ("Priority", "Restart").
 """
 
 from __future__ import annotations

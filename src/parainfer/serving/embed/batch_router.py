@@ -1,19 +1,12 @@
 """Routes model *batches* (embed, classify, translate) to N executor workers, one model replica
 each (the generate server's ``generate.sequence_router`` routes sequences to engine replicas).
 
-``BatchRouter`` owns an Executor (processes or Ray actors). Batches from the batcher become Tasks
-sent to the ready replica with the least outstanding work (tokens in flight, then batches in
-flight), never more than ``max_in_flight`` per replica. A background thread blocks in ``executor.poll`` and hands
-events to the event loop (``call_soon_threadsafe``), where every piece of routing state lives:
-
-* WorkerReady: the replica takes batches.
-* TaskResult: each item's future gets its output (or ``InputFailed`` for a record the model
-  raised on); the replica's busy seconds go to the metrics.
-* WorkerFailed: the replica is restarted (unless its model failed to load); the batches it held
-  run again on a replica once (``retries``), then their items fail with ``ReplicaUnavailable``.
-
-Thread rule: the poll thread only calls ``executor.poll``; submit and restart run on the loop.
-A submit that races with a death (the slot closed under it) is retried like a held batch.
+``BatchRouter`` owns an Executor (processes or Ray actors): it sends each batch from the batcher
+to the ready replica with the least outstanding work, resolves the items' futures from the
+results (``InputFailed`` for a record the model raised on), and restarts dead replicas, running
+their batches once more before failing them with ``ReplicaUnavailable``. A poll thread feeds
+executor events to the event loop, where all routing state lives. Rules: docs/serving.md, "The
+path of a request", step 4.
 """
 
 from __future__ import annotations

@@ -1,32 +1,12 @@
 """Dynamic batching: inputs of concurrent requests are gathered into model batches.
 
 Each request puts its B inputs into one shared waiting queue (one :class:`Item` and one future
-per input) and awaits the futures; the batcher's loop cuts batches from the queue and hands them
-to ``dispatch`` (the replica router), which resolves the futures. A request's inputs may end up
-in several batches; ``asyncio.gather`` over its futures puts the outputs back in input order.
-
-When a batch is formed (``take_batches``):
-
-1. a replica must have room (``free_slots() > 0``), and
-2. the queue holds a full batch (``max_batch_size`` inputs, or ``max_batch_tokens`` tokens),
-   or its oldest input waited ``max_wait_s``,
-   or waiting is not worth it: at the arrival rate of the last second (inputs/s), fewer than
-   one more input is expected within ``max_wait_s`` (``rate x max_wait_s < 1``). An idle
-   replica then takes what is queued at once: under light load (one client, a trickle of
-   requests) waiting only adds latency, while under load the replicas are busy and batches fill
-   while they are (a batch is cut only when a slot frees up), wait or no wait.
-
-Then the oldest ``window`` waiting inputs are sorted by token length and cut into runs of at
-most ``max_batch_size`` inputs and ``max_batch_tokens`` padded tokens (B x longest, TEI's
-``--max-batch-tokens``): length grouping, as a padded encoder batch costs B x its longest input
-(mixing a 5-token and a 200-token text wastes 97% of the short one's row), and a token budget,
-so long inputs go a few to a batch (alone when one fills it) and short ones many. The runs are
-dispatched oldest-first (the run holding the oldest input goes first), at most one per free
-slot; the rest stay queued. The oldest input is always in the first run, so none starves.
-
-Worked example (max_batch_size=2, lengths by arrival a:9 b:2 c:8 d:3, one free slot):
-sorted b:2 d:3 c:8 a:9 -> runs [b d] [c a]; [c a] holds the oldest (a) -> dispatch [c a];
-[b d] waits for the next free slot.
+per input) and awaits the futures; :class:`DynamicBatcher`'s loop cuts batches from the queue
+(``take_batches``: only while a replica has a free slot, once a batch is full, the oldest input
+waited ``max_wait_s`` or waiting is not worth it; length-sorted runs under ``max_batch_size``
+and ``max_batch_tokens``, oldest first) and hands them to ``dispatch`` (the replica router),
+which resolves the futures. The rules, the reasons and a worked example: docs/serving.md, "The
+path of a request", steps 2-3, and "Why the batcher sorts by length".
 """
 
 from __future__ import annotations
