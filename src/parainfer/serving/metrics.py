@@ -1,37 +1,11 @@
 """Prometheus metrics of one server, in its own CollectorRegistry (never the global one).
 
-Names (all prefixed ``parainfer_``):
-
-* ``http_requests_total{route,status}``: requests answered, by route template and status code.
-* ``http_request_duration_seconds{route}``: latency histogram, arrival to response.
-* ``queue_depth``: inputs waiting for a batch (gauge).
-* ``batch_size``: inputs per model batch (histogram; mean = _sum / _count).
-* ``batch_tokens_total{kind="real"|"padded"|"computed"}``: real tokens vs B x longest per batch
-  (their ratio is the padding efficiency that length grouping buys) vs the padded tokens the
-  workers computed after cutting each batch into length groups (``TokenCounts.padded``).
-* ``replica_busy_seconds_total{replica}``: model compute time per replica.
-* ``replica_restarts_total{replica}``: replicas restarted after a crash.
-* ``replicas_ready``: replicas that can take batches (gauge).
-
-Generation (``--task generate``):
-
-* ``time_to_first_token_seconds``: request arrival to its first generated token (histogram).
-* ``inter_token_latency_seconds``: time between consecutive tokens of one sequence (histogram).
-* ``generated_tokens_total``: tokens generated (EOS included, as the usage numbers count them).
-* ``generation_sequences_total{finish_reason}``: sequences ended: stop, length, abort (client
-  left or timed out), error.
-* ``generation_sequences_running``: sequences in the engine, running or waiting (gauge).
-* ``generation_replica_requests_total{replica}``: sequences routed to each engine replica
-  (``--workers N`` > 1 or ``--executor ray``; ``replica_restarts_total`` and ``replicas_ready``
-  count their restarts and the ready ones).
-* ``prefill_tokens_total{kind="computed"|"cached"}``: prompt tokens the model computed at
-  prefill (recomputes after a preemption included), and those skipped because their keys and
-  values came from the prefix cache (``EngineStatsCollector``, read from the engine at scrape time).
-* ``prefix_cache_queries_total`` / ``prefix_cache_hits_total``: prompt tokens looked up in the
-  prefix cache / found there; ``prefix_cache_hit_rate``: hits / queries (gauge). These three
-  and ``prefill_tokens_total`` count from the engine's start: they restart at 0 when the
-  engine is rebuilt after a fault (Prometheus' ``rate`` handles counter resets). With engine
-  replicas they are the sum of the replicas' counters (a restarted replica counts from 0).
+``ServingMetrics`` holds every metric (all prefixed ``parainfer_``): HTTP requests and latency,
+queue depth, batch sizes and tokens (real, padded, computed), replica busy time, restarts and
+readiness, and for ``--task generate`` time to first token, inter-token latency, generated
+tokens, sequences by finish reason and per replica. ``EngineStatsCollector`` reads the engine's
+prefill and prefix-cache counters at scrape time. Every name and what it counts:
+docs/serving.md, "Metrics (`GET /metrics`)".
 """
 
 from __future__ import annotations

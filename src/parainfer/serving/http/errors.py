@@ -1,14 +1,10 @@
 """The HTTP handlers that answer every failure in OpenAI's error envelope (``openai.errors``).
 
-Status codes: 400 malformed JSON, wrong task for the route, a lone surrogate in a text, or
-(generate) a prompt + max_tokens over the context window or an unsupported option; 401 API key;
-403 a cross-site or DNS-rebinding request to a loopback server; 405 wrong method; 413 too many
-inputs or body too large; 415 a JSON route without ``Content-Type: application/json``; 422 a
-field of the wrong type/shape (the message names it, e.g. ``input.3``), or the model raised on
-one input; 429 queue full (with Retry-After); 503 no replica / engine rebuilding; 504 past
---request-timeout-s. Bad input never yields 500. No exception text reaches a client: a server
-fault is logged with the request id (also sent as the ``x-request-id`` header) and answered
-with a generic message naming that id.
+``install_error_handlers`` answers validation errors, over-long lists, HTTP exceptions and
+``ApiError``s with their status and code (bad input never yields 500); no exception text reaches
+a client: a server fault is logged with the request id (``request_id``, also sent as the
+``x-request-id`` header) and answered with a generic message naming that id. Which status
+means what: docs/serving.md, "Errors, backpressure, limits".
 """
 
 from __future__ import annotations

@@ -1,14 +1,12 @@
 """Request guards that need no body: JSON content type on JSON routes, and the loopback guard.
 
 * ``JsonContentTypeMiddleware``: a POST to a JSON route without ``Content-Type:
-  application/json`` (or ``application/*+json``) gets 415 before its body is read. Besides
-  being what the docs promise, this stops a browser's "simple" cross-site POST (``text/plain``,
-  sent without a CORS preflight) from driving the API.
-* ``LoopbackGuardMiddleware``: on a server bound to a loopback address, a request whose
-  ``Host`` is not a loopback name gets 403 (DNS rebinding: evil.example resolving to
-  127.0.0.1 still sends ``Host: evil.example``), and so does one whose ``Origin`` is not a
-  loopback origin (a page of another site, or ``null``, calling from the user's browser).
-  Servers bound elsewhere (``--host 0.0.0.0``) are reached by name and are not guarded here.
+  application/json`` (or ``application/*+json``) gets 415 before its body is read (this also
+  stops a browser's "simple" cross-site ``text/plain`` POST, sent without a CORS preflight).
+* ``LoopbackGuardMiddleware``: on a server bound to a loopback address, a request whose ``Host``
+  is not a loopback name (DNS rebinding), or whose ``Origin`` is not a loopback origin (a page of
+  another site, or ``null``), gets 403; servers bound elsewhere are not guarded here. Why:
+  docs/serving.md, "Errors, backpressure, limits" (403, 415).
 """
 
 from __future__ import annotations

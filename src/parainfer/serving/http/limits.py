@@ -1,18 +1,11 @@
 """Input limits checked before any tokenising, so that no single request can freeze the server.
 
-Order of checks on every inference route: the body size (``BodyLimitMiddleware``), the count of
-inputs (413 ``too_many_inputs``), the queue reservation (429 ``queue_full``), then, off the event
-loop, each text's characters: a lone surrogate is 400 ``invalid_text`` (it cannot be encoded as
-UTF-8, so no tokenizer can take it), and a text is capped at a **character budget** before it is
-counted: ``window x CHARS_PER_TOKEN_BOUND`` characters.
-
-The budget is tied to the model window. A model reads at most ``window`` tokens of a text, and
-a token of natural text covers ~4 characters (BPE, WordPiece); 32 is a generous upper bound,
-so the first ``window x 32`` characters hold every token the model will read. Embed/classify
-truncate a text to its budget (the result is the same: the model truncates to the window
-anyway); generation refuses a prompt over its budget with 400 (it cannot fit the context
-window). This bounds the tokenizer's work per text to ``window x 32`` characters (8,192 for
-MiniLM's 256 tokens, 262,144 for SmolLM2's 8,192) instead of the body size.
+The count of inputs (``check_count``: 413 ``too_many_inputs``), lone surrogates
+(``check_text``: 400 ``invalid_text``) and each text's **character budget**, ``window x
+CHARS_PER_TOKEN_BOUND`` characters (``char_budget``): embed/classify truncate a text to it
+(``capped_texts``; the model truncates to the window anyway), generation refuses a prompt over
+it with 400 (``check_prompt_chars``). The order of all checks and why the budget is safe:
+docs/serving.md, "Limits, in the order they are checked".
 """
 
 from __future__ import annotations
