@@ -1,15 +1,11 @@
 """Imported by the local executor's forkserver only (``executors.start_method``): die with the
-driver (when it started the server from its main thread), apply the workers' environment
-defaults, then import the modules named in ``$PARAINFER_PRELOAD`` (comma-separated), so that
-workers forked from the server start with them in memory, and last the driver's main module
-named in ``$PARAINFER_PRELOAD_MAIN`` (``start_method.preload_driver_main``), for its
-dependencies only (it is dropped from ``sys.modules`` again).
-
-Only imports run here, never a torch op. A module that fails to import is skipped (the worker
-imports it again and reports the error). transformers' import structure comes from a disk cache
-(``import_cache``); the imports run with the garbage collector off and end in ``gc.freeze``
-(the pattern of "Dismissing Python Garbage Collection at Instagram", 2017; bpo-31558). Why and
-what it saves: docs/timing.md, "Worker start-up".
+driver, apply the workers' environment defaults, then import the modules named in
+``$PARAINFER_PRELOAD`` and the driver's main module (``$PARAINFER_PRELOAD_MAIN``), so that
+workers forked from the server start with them in memory. Only imports run here, never a torch
+op; transformers' import structure comes from a disk cache (``import_cache``); the imports run
+with the garbage collector off and end in ``gc.freeze`` (the pattern of "Dismissing Python
+Garbage Collection at Instagram", 2017; bpo-31558). Why and what it saves: docs/timing.md,
+"Worker start-up".
 """
 
 from __future__ import annotations

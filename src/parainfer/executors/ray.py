@@ -4,7 +4,7 @@ The driver keeps parainfer's own scheduling policy, merger, checkpoint, recovery
 Ray only places and runs the actors (``executors/ray_actor.py``). Each task, or ``ShardTask``
 (``executors/ray_shards.py``), is one actor call whose ObjectRef the executor holds until it
 resolves; an actor that dies becomes one ``WorkerFailed``. Actors have ``max_restarts=0``: the
-driver restarts them, so ``batch.recovery.TaskRecovery`` counts and plans restarts and retries
+driver restarts them, so ``batch.recovery.RecoveryPolicy`` counts and plans restarts and retries
 as for processes. Placement, death detection and clocks: docs/cluster.md, "How the executor
 uses Ray".
 """

@@ -1,19 +1,11 @@
 """The worker side of the Ray executor: one Ray core actor holds one model replica.
 
-The actor does what a local worker process does (``executors/worker.py``): set the worker
-environment, load the predictor once, then run tasks with the same per-record fallback
-(``run_task``), and whole shards in sharded mode (the task's ``ShardTask.runner``, after
-``executors.ray_shards.check_paths``). It runs one call at a time, in the order the driver submitted them, so the
-driver knows which task it is running without being told. Ray does not promise that order for
-an actor with concurrency groups (it may start a later call first), so each call carries a
-turn number (load is turn 0, the k-th task turn k) and waits for its turn: the actor has a few
-threads, and all but the one whose turn it is wait on a condition.
-
-``watch`` runs in its own concurrency group and never returns: the driver keeps one call of it
-pending per actor, and that call fails the moment the actor dies, busy or idle.
-
-Times in the results are this process's ``perf_counter``: the driver turns them into
-durations (clocks of two machines are not comparable) and places them on its own clock.
+``RayWorker`` does what a local worker process does (``executors/worker.py``): load the
+predictor once, then run tasks (``run_task``) and, in sharded mode, whole shards. It runs one
+call at a time in submission order (each call carries a turn number); ``watch`` never returns,
+so the driver sees the actor's death at once; ``mark_running`` records the task it starts in
+Ray's key-value store. Times are this process's ``perf_counter``. Turns, clocks and deaths:
+docs/cluster.md, "How the executor uses Ray" ("The actor") and "What survives which fault".
 """
 
 from __future__ import annotations

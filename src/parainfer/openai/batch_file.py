@@ -1,18 +1,12 @@
 """The OpenAI Batch API file format: reading request lines, writing result lines.
 
-Input, one JSON object a line (OpenAI's batch input format)::
-
-    {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": {...}}
-
-``url`` is one of ENDPOINTS. Output, one line per request (OpenAI's batch output format)::
-
-    {"id": "batch_req_...", "custom_id": "r1",
-     "response": {"status_code": 200, "request_id": "req_...", "body": {...}}, "error": null}
-
-A line that is not a JSON object, lacks a string ``custom_id`` or an object ``body``, or
-repeats an earlier ``custom_id`` (OpenAI requires them unique) is malformed: it goes to the
-errors file and the job goes on. A well-formed request that cannot be served (unknown url,
-model, unsupported option) gets a result line with status 400 and an OpenAI error body.
+Input: one JSON object a line, ``{"custom_id", "method", "url", "body"}`` with ``url`` one of
+``ENDPOINTS`` (``is_batch_file`` recognises a file by its first line; ``open_batch_source``
+reads it). Output: one ``result_line`` per request, ``{"id", "custom_id", "response":
+{"status_code", "request_id", "body"}, "error"}``. A malformed line (``malformed_reason``) goes to
+the errors file and the job goes on; a well-formed request that cannot be served gets a result
+line with status 400. Formats (OpenAI's, https://platform.openai.com/docs/guides/batch) and
+rules: docs/batch.md, "`parainfer run BATCH.jsonl --output RESULTS.jsonl`".
 """
 
 from __future__ import annotations

@@ -1,18 +1,10 @@
 """Logprobs in OpenAI's two shapes, from the engine's :class:`~parainfer.generation.outputs.TokenLogprob`.
 
-Chat (``logprobs: true``, ``top_logprobs: k``)::
-
-    {"content": [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105],
-                  "top_logprobs": [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105]}, ...]}, ...]}
-
-Completions (``logprobs: k``)::
-
-    {"tokens": ["Hi", ...], "token_logprobs": [-0.1, ...], "top_logprobs": [{"Hi": -0.1, ...}, ...],
-     "text_offset": [0, ...]}
-
-A token's text is ``tokenizer.decode([id])`` (a piece of a multi-byte character decodes to
-U+FFFD, as in vLLM); ``bytes`` are that text's UTF-8 bytes. Values are natural logs of the
-model's raw distribution (see ``SamplingParams.logprobs``).
+``chat_logprobs`` builds a chat choice's ``{"content": [{token, logprob, bytes, top_logprobs}]}``,
+``completion_logprobs`` a completion's ``{tokens, token_logprobs, top_logprobs, text_offset}``;
+``token_text`` is a token's text (``tokenizer.decode([id])``). Values are natural logs of the
+model's raw distribution (see ``SamplingParams.logprobs``). The shapes, with examples:
+docs/generation.md, "Structured output (JSON schema) and logprobs" ("Logprobs in OpenAI's shapes").
 """
 
 from __future__ import annotations

@@ -1,12 +1,11 @@
-"""The scheduling-policy contract: which worker runs which task, and when.
+"""The scheduling-policy contract: which worker runs which task, and when (docs/scheduling.md).
 
-The driver calls ``add_tasks(tasks)`` as tasks are created (they arrive as the input streams),
+The driver calls ``add_tasks(tasks)`` as tasks are created (as the input streams),
 ``next_task(worker_id)`` whenever that worker has room (a task to send there, or None to leave
 it alone for now), ``on_task_done(worker_id, task, busy_s)`` when a task finishes (measured
-feedback) and ``requeue(task)`` when a task must run again (its worker died). Example,
-``dynamic`` (one FIFO)::
+feedback) and ``requeue(task)`` when a task must run again (its worker died). Example::
 
-    policy = make_policy("dynamic", num_workers=2)
+    policy = make_policy("dynamic", num_workers=2)   # one FIFO
     policy.add_tasks(tasks)
     task = policy.next_task(0)   # worker 0 is free: it gets the oldest task
 """
