@@ -2,8 +2,9 @@
 driver, apply the workers' environment defaults, then import the modules named in
 ``$PARAINFER_PRELOAD`` and the driver's main module (``$PARAINFER_PRELOAD_MAIN``), so that
 workers forked from the server start with them in memory. Only imports run here, never a torch
-op; transformers' import structure comes from a disk cache (``import_cache``); the imports run
-with the garbage collector off and end in ``gc.freeze`` (the pattern of "Dismissing Python
+op; a module that fails to import is skipped (the worker imports it again and reports the
+error). transformers' import structure comes from a disk cache (``import_cache``); the imports
+run with the garbage collector off and end in ``gc.freeze`` (the pattern of "Dismissing Python
 Garbage Collection at Instagram", 2017; bpo-31558). Why and what it saves: docs/timing.md,
 "Worker start-up".
 """

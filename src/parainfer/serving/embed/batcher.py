@@ -1,12 +1,13 @@
 """Dynamic batching: inputs of concurrent requests are gathered into model batches.
 
 Each request puts its B inputs into one shared waiting queue (one :class:`Item` and one future
-per input) and awaits the futures; :class:`DynamicBatcher`'s loop cuts batches from the queue
-(``take_batches``: only while a replica has a free slot, once a batch is full, the oldest input
-waited ``max_wait_s`` or waiting is not worth it; length-sorted runs under ``max_batch_size``
-and ``max_batch_tokens``, oldest first) and hands them to ``dispatch`` (the replica router),
-which resolves the futures. The rules, the reasons and a worked example: docs/serving.md, "The
-path of a request", steps 2-3, and "Why the batcher sorts by length".
+per input) and awaits the futures; :class:`DynamicBatcher`'s loop cuts batches (``take_batches``)
+while a replica has a free slot, once the queue holds a full batch, its oldest input waited
+``max_wait_s``, or waiting is not worth it (at the last second's arrival rate fewer than one
+more input is expected: ``rate x max_wait_s < 1``). It sorts the oldest ``window`` inputs by
+length, cuts runs under ``max_batch_size`` and ``max_batch_tokens`` and dispatches them oldest
+first to ``dispatch`` (the replica router), which resolves the futures. Rules, reasons and a
+worked example: docs/serving.md, "The path of a request", steps 2-3.
 """
 
 from __future__ import annotations
