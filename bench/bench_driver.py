@@ -1,4 +1,4 @@
-"""The driver's serial cost per record, before and after, in one run (issue 11).
+"""The driver's serial cost per record, before and after, in one run.
 
 Runs the same job with two source trees (``--old`` and ``--new``, each a ``src`` folder put
 first on PYTHONPATH), alternating, each in a fresh process, and measures the driver
@@ -11,7 +11,7 @@ Jobs: ``classify`` (the default VADER classifier, 2 workers) and ``echo`` (the n
 ``parainfer.testing:echo``, 2 workers) on a JSONL input, in record mode (``--shard-mode off``,
 the default here: an input of 64 MiB or more would otherwise run sharded).
 
-Before/after for the record-mode driver (issue 11, item 2): ``--old`` = main at be21435
+Before/after for the record-mode driver rework: ``--old`` = main at be21435
 (``git archive be21435 src | tar -x -C /tmp/base``), ``--new`` = this tree.
 
 Usage:
@@ -31,10 +31,11 @@ from pathlib import Path
 RUNNER = """
 import json, sys, time
 from parainfer.config import JobConfig
-from parainfer.batch.job import Job
 try:  # the record-mode loop: RecordDriver since the job setup was split from the drivers
+    from parainfer.batch.job import Job
     from parainfer.batch.record_mode import RecordDriver as Loop
-except ImportError:  # an older tree: the loop was Job's own
+except ImportError:  # an older tree (engine.py): the loop was Job's own
+    from parainfer.engine import Job
     Loop = Job
 if __name__ == "__main__":
     job = Job(JobConfig(**json.loads(sys.argv[1])))

@@ -1,4 +1,4 @@
-"""Start-up of `parainfer run`, alternated between code versions / start methods in one run (issue 11).
+"""Start-up of `parainfer run`, alternated between code versions / start methods in one run.
 
     python bench/bench_startup.py --records 200 --repeats 3 --before-src /tmp/before/src
 

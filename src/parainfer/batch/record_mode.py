@@ -88,7 +88,7 @@ class RecordDriver:
         self.source, self.store, self.tuner = setup.source, setup.store, setup.tuner
         self.num_workers = setup.num_workers
         self.bucket, self.window, self.max_buffered = setup.bucket, setup.window, setup.max_buffered
-        # Workers build and encode the output rows of a JSONL output (``tasks.RowInfo``): the
+        # Workers build and encode the output rows of a JSONL output (``executors.base.RowInfo``): the
         # driver only writes their bytes in order. False: the driver's merger and sink do it.
         self.encode_in_workers = setup.encode_in_workers
         # Batches joined per task (``tasks.group_tasks``) while the input lasts: one message

@@ -63,7 +63,7 @@ class JobSetup:
         batch_size: the largest batch size (the tuner's maximum, or the fixed size).
         bucket: length bucketing on (``--bucket-window`` > 1). window: records read at once.
         max_buffered: most records the driver's reorder buffer holds.
-        encode_in_workers: workers build and encode a JSONL output's rows (``tasks.RowInfo``);
+        encode_in_workers: workers build and encode a JSONL output's rows (``executors.base.RowInfo``);
             False: the driver's merger and sink do.
         task_group: most batches joined per task while the input lasts (``tasks.group_tasks``).
     """

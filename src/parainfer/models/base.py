@@ -84,7 +84,7 @@ class Predictor(ABC):
     def max_input_chars(self) -> int | None:
         """Characters of one text worth tokenising: longer texts are cut to it in the driver,
         before anything tokenises them (None: never cut). Truncating models return
-        ``window x length_estimate.MAX_CHARS_PER_TOKEN``; the default is None."""
+        ``window x counts.MAX_CHARS_PER_TOKEN``; the default is None."""
         return None
 
     def token_lengths(self, texts: list[str]) -> list[int]:
