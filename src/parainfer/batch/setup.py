@@ -25,7 +25,6 @@ from parainfer.io.sources import open_source
 from parainfer.models.base import Predictor
 from parainfer.models.registry import build_predictor
 from parainfer.openai.batch_file import BATCH_TASK, open_batch_source, resolve_job_format
-from parainfer.openai.batch_predictor import batch_file_predictor
 from parainfer.platform.devices import default_workers
 from parainfer.scheduling.autobatch import BatchSizeTuner
 
@@ -131,6 +130,8 @@ def build_job_predictor(config: JobConfig) -> Predictor:
     """The predictor of ``config.task`` / ``config.model``: for an OpenAI batch file, the batch
     predictor over the registry's backends (``openai.batch_predictor``); else the registry's backend."""
     if config.task == BATCH_TASK:
+        from parainfer.openai.batch_predictor import batch_file_predictor  # its protocol models: only for batch files
+
         return batch_file_predictor(config, build_predictor)
     return build_predictor(config.task, config.model, config.dtype, config.device, trust=config.trust,
                            **config.generation, **config.translation)
