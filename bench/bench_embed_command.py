@@ -1,4 +1,4 @@
-"""Whole-command wall time: `parainfer run --task embed` vs sentence-transformers, in one run (issue 11).
+"""Whole-command wall time: `parainfer run --task embed` vs sentence-transformers, in one run.
 
     python bench/bench_embed_command.py --texts 3000 --repeats 2 --before-src /tmp/before/src
 

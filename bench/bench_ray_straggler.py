@@ -7,7 +7,7 @@ The job of ``tests/cluster/test_ray_cluster.py::test_a_3x_straggler_actor_is_abs
 ``PARAINFER_TEST_SLOWDOWN``=3 times slower. Actors start seconds apart on a loaded machine, and a
 worker that starts late is idle through no fault of the policy, so the imbalance (max / mean of
 the workers' busy time) is taken over the tasks started once both were running, as in the test.
-Target (issue 12): <= 1.10 for dynamic, lpt and steal. Prints a markdown table.
+Target: <= 1.10 for dynamic, lpt and steal. Prints a markdown table.
 
 The cluster is the tests' one (``tests/cluster/raycluster.sh``: network namespaces, needs root),
 made and torn down here whatever the outcome.

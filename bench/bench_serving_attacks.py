@@ -1,4 +1,5 @@
-"""Replay issue 10's attack classes against `parainfer serve`, for one or two source trees.
+"""Replay the hostile-request attack classes (huge inputs, extreme sampling values, floods of streams and prompts)
+against `parainfer serve`, for one or two source trees.
 
 For each tree (``--src DIR``, repeatable: e.g. the old main's ``src`` and this one's) it starts
 ``python -m parainfer.serving`` as a subprocess with ``PYTHONPATH=DIR`` on a free loopback port and

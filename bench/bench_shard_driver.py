@@ -1,4 +1,4 @@
-"""The sharded driver's CPU per shard, before and after, in one run (issue 11, item 3).
+"""The sharded driver's CPU per shard, before and after, in one run.
 
 Runs the no-op job (``parainfer.testing:echo``, 2 workers started and loaded first) in sharded
 mode on N JSONL records with two source trees (``--old`` and ``--new``, each a ``src`` folder

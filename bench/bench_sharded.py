@@ -1,4 +1,4 @@
-"""Record mode vs sharded mode on the same loaded workers, in one run (issue 11, item 3).
+"""Record mode vs sharded mode on the same loaded workers, in one run.
 
 For each job, two workers are started once and loaded (``engine.start_workers`` +
 ``wait_ready``); then the same job runs alternately with ``shard_mode="off"`` (records pass
