@@ -1,8 +1,8 @@
 """The Python API: ``run`` for files, ``predict`` and ``Pool`` for data in memory (see docs/api.md).
 
-Everything goes through the engine the command line uses (``batch.job.Job``), with the same
+Everything goes through the job the command line uses (``batch.job.Job``), with the same
 validated options (``config.JobConfig``): ``run`` is ``parainfer run`` as a function; a
-``Pool`` starts N workers once (``engine.start_workers``) and runs each ``predict`` call as a
+``Pool`` starts N workers once (``batch.setup.start_workers``) and runs each ``predict`` call as a
 job over in-memory records (``io.memory``) on those workers; ``predict`` is a one-call pool.
 Workers are processes started with the ``spawn`` method: a script must call the API under
 ``if __name__ == "__main__":`` (spawn imports the main module in every worker).

@@ -202,7 +202,7 @@ class TaskRecovery:
         self.new_index = new_index
 
     def plan(self, event: WorkerFailed, tasks: dict[int, Task], reason: str | None = None) -> RecoveryPlan:
-        """Plan for ``event.tasks``; updates ``tasks`` (the engine's live tasks by index).
+        """Plan for ``event.tasks``; updates ``tasks`` (record mode's live tasks by index).
 
         The suspect is ``event.running``; when the executor does not know it (the worker died
         before it reported a start), the oldest task it held. Tasks no longer live (already
@@ -273,7 +273,7 @@ class Watchdog:
 class GracefulStop:
     """SIGINT/SIGTERM handling for the driver, as a context manager.
 
-    First signal: ``requested`` becomes True and ``deadline`` = now + ``grace_s`` (the engine
+    First signal: ``requested`` becomes True and ``deadline`` = now + ``grace_s`` (the driver
     stops dispatching and finishes in-flight tasks until then). Second signal: prints a line
     and exits the process at once with code 130 (``on_abort`` runs first, e.g. to kill
     workers). Does nothing outside the main thread (signals can only be caught there).

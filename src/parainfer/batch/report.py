@@ -30,7 +30,7 @@ class WorkerStats:
 
 @dataclass
 class TimingReport:
-    """Counters and timings collected by the engine; ``to_dict`` derives the report."""
+    """Counters and timings collected by the driver; ``to_dict`` derives the report."""
 
     workers: int
     policy: str = "dynamic"

@@ -120,7 +120,7 @@ def open_job_source(config: JobConfig) -> Any:
 def guard_output_paths(config: JobConfig) -> None:
     """UsageError when the output, report or errors file would overwrite the input or each
     other (``io.guard.check_output_paths``); a folder output (sharded parts) is not checked."""
-    folder = is_dir_output(config.output)  # a folder of parts (sharded mode; io.shard_store)
+    folder = is_dir_output(config.output)  # a folder of parts (sharded mode; io.shards.store)
     out = config.output.rstrip("/") if folder else config.output
     check_output_paths(config.input, {"output": None if folder else out, "report": config.report,
                                       "errors file": config.errors or default_errors_path(out)})

@@ -1,4 +1,4 @@
-"""Executors, created by name with :func:`make_executor` (the engine and the server never import
+"""Executors, created by name with :func:`make_executor` (the batch drivers and the server never import
 a concrete one): ``local`` (worker processes on this machine) and ``ray`` (Ray core actors on a
 cluster). Both implement :class:`parainfer.executors.base.Executor`.
 """

@@ -96,14 +96,14 @@ class ShardTask:
 
     Attributes:
         index: 0-based creation order of shard tasks within the job (its own numbering).
-        shard: the range (``io.shards.Shard``).
-        input: how to read it (``io.shard_reader.ShardInput``).
+        shard: the range (``io.shards.plan.Shard``).
+        input: how to read it (``io.shards.reader.ShardInput``).
         part, errors_part: where the worker writes the shard's output rows (in the output's
-            format, ``io.part_sinks``) and its failed records (errors-file JSONL); both are
+            format, ``io.shards.part_sinks``) and its failed records (errors-file JSONL); both are
             overwritten.
         batch: batching settings: ``batch_size``, ``max_batch_tokens``, ``bucket_window``,
             ``id_column``, ``text_column``, ``own_rows`` (``Predictor.writes_own_rows``); output:
-            ``format``, ``header``, ``with_header`` (``io.part_sinks.open_part``); and
+            ``format``, ``header``, ``with_header`` (``io.shards.part_sinks.open_part``); and
             ``task_timeout`` (seconds one batch may run, or None), ``auto_max_batch`` (``--batch-size
             auto``: the largest size the worker's tuner tries, or None; ``batch.shard_runner``).
         attempt: how many times this shard was given out before.
@@ -137,7 +137,7 @@ class ShardResult:
         t_received, t_start, t_end: perf_counter seconds, as in TaskResult.
         counts: exact token counts summed over the shard's batches. batches: how many batches ran.
         lines: lines in the shard (line ends; Parquet: rows), for numbering the next shard's.
-        header: the output part's header (``io.part_sinks``: CSV columns, Parquet schema bytes;
+        header: the output part's header (``io.shards.part_sinks``: CSV columns, Parquet schema bytes;
             None for JSONL or a part without rows).
         batch_size: the batch size the worker used last (``--batch-size auto`` tunes it).
     """
@@ -191,7 +191,7 @@ class Executor(ABC):
     def shutdown(self) -> None:
         """Stop all workers and release their resources."""
 
-    # -- recovery and reporting (the engine's watchdog and restarts use these) ----------------
+    # -- recovery and reporting (the drivers' watchdog and restarts use these) ---------------
     def restart(self, worker_id: int) -> None:
         """Replace a dead or killed worker with a fresh one (its model is loaded again)."""
         raise NotImplementedError

@@ -1,7 +1,7 @@
 """A started executor that outlives one job: the workers of a ``parainfer.Pool``.
 
 A job normally starts its executor and shuts it down at the end. Several jobs can instead run
-one after another on the same started executor (the model replicas stay loaded): the engine
+one after another on the same started executor (the model replicas stay loaded): the driver
 then takes a `Workers` and keeps what it learns about the workers in it (which are ready,
 the loaded model's description), so the next job starts dispatching at
 once. Jobs on one `Workers` must not run at the same time. ``start_workers`` starts them (the
@@ -123,7 +123,7 @@ def plan_start(executor: Any, predictor: Any, workers: int, budget: int | None) 
 
     Returns:
         (workers started, events already read from worker 0 while waiting for it: hand them
-        to the engine's event handler).
+        to the driver's event handler).
 
     Raises:
         JobError: worker 0 failed to load its model (fatally).
@@ -143,7 +143,7 @@ def plan_start(executor: Any, predictor: Any, workers: int, budget: int | None) 
 
 
 def _wait_first_ready(executor: Any, timeout_s: float = 3600.0) -> list[Any]:
-    """Poll until worker 0 is ready (a death while loading restarts it, as the engine would);
+    """Poll until worker 0 is ready (a death while loading restarts it, as a driver would);
     returns [its WorkerReady]."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

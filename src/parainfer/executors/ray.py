@@ -27,7 +27,7 @@ from parainfer.executors.ray_shards import Probe, place_shard_result, shared_pat
 from parainfer.models.base import Predictor
 from parainfer.executors.base import Task
 
-ACTOR_THREADS = 16  # most calls in flight per actor (the engine keeps prefetch + 1, the server 1)
+ACTOR_THREADS = 16  # most calls in flight per actor (record mode keeps prefetch + 1, the server 1)
 SETTLE_S = 10.0  # longest wait for a dead actor's calls to resolve (they do once Ray knows it died)
 
 

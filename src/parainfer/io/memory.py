@@ -2,7 +2,7 @@
 
 ``memory_source(texts)`` turns a list of texts into a `Source` with the same per-record
 validation as a file (a null, non-string or empty text becomes a `RecordError`).
-``MemoryStore`` stands where a file job has its `Checkpoint`: it hands the engine a sink that
+``MemoryStore`` stands where a file job has its `Checkpoint`: it hands the driver a sink that
 keeps the result rows in a list and an errors sink that keeps the `RecordError`s, and it has
 nothing to commit or resume (the data lives and dies with the caller).
 """
@@ -87,7 +87,7 @@ class MemoryErrors:
 
 
 class MemoryStore:
-    """The engine's output side for an in-memory job: the `Checkpoint` interface, without a file.
+    """The driver's output side for an in-memory job: the `Checkpoint` interface, without a file.
 
     Attributes:
         sink: a MemorySink (result rows in input order, failed records left out).

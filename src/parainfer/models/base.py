@@ -37,7 +37,7 @@ class Predictor(ABC):
         default_workers: workers when the user asks for the default (``--workers 0``); None
             leaves it to the device (one per core on the CPU, one per GPU).
         writes_own_rows: outputs are whole output rows (see below).
-        max_batch_tokens: the job's token budget (``--max-batch-tokens``), set by the engine
+        max_batch_tokens: the job's token budget (``--max-batch-tokens``), set by the job setup
             before the predictor is shipped: a tokenising predictor keeps each forward pass
             within it exactly (the driver's batches are formed from estimates). None: no budget.
 
