@@ -23,7 +23,7 @@ from parainfer.batch.merger import Merger
 from parainfer.batch.monitor import Progress
 from parainfer.batch.recovery import GracefulStop, Interrupted, TaskRecovery, Watchdog, on_worker_failed
 from parainfer.batch.report import TimingReport, already_complete, close_run, write_report
-from parainfer.batch.setup import JobSetup, start_workers
+from parainfer.batch.setup import JobSetup, on_worker_ready, start_workers
 from parainfer.batch.tasks import TaskBuilder
 from parainfer.counts import TokenCounts
 from parainfer.errors import StorageError, storage_message
@@ -365,12 +365,7 @@ class RecordDriver:
     def _handle(self, event: Any, state: _State) -> None:
         t = time.perf_counter()
         if isinstance(event, WorkerReady):
-            state.ready.add(event.worker_id)
-            self._report.per_worker[event.worker_id].load_s = event.load_s
-            self._report.extra["model"] = event.info  # as loaded: the resolved dtype
-            if len(state.ready_phases) < self.num_workers:
-                state.ready_phases.append({**event.phases, "ready_at": time.perf_counter()})
-            self._workers.model_info = event.info
+            on_worker_ready(event, self._workers, self._report, state.ready_phases)
         elif isinstance(event, TaskResult):
             self._on_result(event, state)
         elif isinstance(event, WorkerFailed):

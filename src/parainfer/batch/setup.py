@@ -10,6 +10,7 @@ implement ``Driver``; what a driver changes while it runs stays in the driver.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,6 +18,7 @@ from parainfer.batch import shard_runner
 from parainfer.config import JobConfig
 from parainfer.executors import check_executor, default_threads
 from parainfer.executors import pool
+from parainfer.executors.base import WorkerReady
 from parainfer.executors.pool import Workers
 from parainfer.io.guard import check_output_paths
 from parainfer.io.shards.store import is_dir_output
@@ -137,8 +139,6 @@ def build_job_predictor(config: JobConfig) -> Predictor:
                            **config.generation, **config.translation)
 
 
-
-
 def worker_count(config: JobConfig, predictor: Predictor) -> int:
     """``--workers``, else the predictor's default, else one per core (per GPU with cuda)."""
     return config.workers or predictor.default_workers or default_workers(config.device, default_threads(1))
@@ -156,3 +156,16 @@ def start_workers(predictor: Predictor, num_workers: int, threads_per_worker: in
     """Start the workers of a job (``executors.pool.start_workers``, same arguments, returns and
     errors), each warming ``WARM_MODULES`` once its model is loaded."""
     return pool.start_workers(predictor, num_workers, threads_per_worker, config, warm=WARM_MODULES)
+
+
+def on_worker_ready(event: WorkerReady, workers: Workers, report: Any, ready_phases: list[dict[str, float]]) -> None:
+    """Both drivers' handling of a ``WorkerReady``: the worker joins ``workers.ready``; the model
+    as loaded (its resolved dtype) goes to ``workers.model_info`` and the report; the worker's
+    load time to ``report.per_worker``; its start-up phases (seconds, plus ``ready_at``, this
+    process's ``perf_counter()`` now) to ``ready_phases`` for the first ``num_workers`` loads."""
+    workers.ready.add(event.worker_id)
+    workers.model_info = event.info
+    report.per_worker[event.worker_id].load_s = event.load_s
+    report.extra["model"] = event.info
+    if len(ready_phases) < workers.num_workers:
+        ready_phases.append({**event.phases, "ready_at": time.perf_counter()})

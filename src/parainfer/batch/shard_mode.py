@@ -18,7 +18,7 @@ from typing import Any
 
 from parainfer.executors.base import ShardResult, ShardTask, WorkerFailed, WorkerReady
 from parainfer.executors.pool import Workers
-from parainfer.batch.setup import JobSetup, start_workers
+from parainfer.batch.setup import JobSetup, on_worker_ready, start_workers
 from parainfer.batch.shard_runner import run_shard, timeout_note
 from parainfer.io.shards.reader import ShardInput, shard_records
 from parainfer.io.shards.store import ShardStore, remove_quietly
@@ -72,8 +72,7 @@ class ShardDriver:
         ext = os.path.splitext(cfg.input)[1].lower()
         self.input = ShardInput(cfg.input, cfg.text_column, cfg.id_column,
                                 allow_messages=cfg.task == "generate" and ext in (".jsonl", ".ndjson", ".parquet"))
-        size = tuner.max_size if tuner else int(cfg.batch_size)
-        self.batch = dict(batch_size=size, max_batch_tokens=cfg.max_batch_tokens, bucket_window=cfg.bucket_window,
+        self.batch = dict(batch_size=setup.batch_size, max_batch_tokens=cfg.max_batch_tokens, bucket_window=cfg.bucket_window,
                           id_column=cfg.id_column, text_column=cfg.text_column,
                           own_rows=setup.predictor.writes_own_rows, task_timeout=cfg.task_timeout,
                           auto_max_batch=tuner.max_size if tuner else None)
@@ -222,13 +221,8 @@ class ShardDriver:
 
     def _handle(self, event: Any, ready_phases: list[dict[str, float]]) -> None:
         if isinstance(event, WorkerReady):
-            self.workers.ready.add(event.worker_id)
+            on_worker_ready(event, self.workers, self.report, ready_phases)
             self._file(event.worker_id)
-            self.workers.model_info = event.info
-            self.report.per_worker[event.worker_id].load_s = event.load_s
-            self.report.extra["model"] = event.info
-            if len(ready_phases) < self.workers.num_workers:
-                ready_phases.append({**event.phases, "ready_at": time.perf_counter()})
         elif isinstance(event, ShardResult):
             self._file(event.worker_id)
             entry = self.running.pop(event.task_index, None)
