@@ -1,53 +1,106 @@
 """A full disk mid-job is one line (path, cause, records committed, rerun resumes) with exit code 4,
-and the rerun, once there is room, resumes to the byte-identical output.
+in record mode and in sharded mode alike, and the rerun, once there is room, resumes from the
+records the line says are committed to the byte-identical output. In sharded mode a worker that
+cannot write its part stops the job at once: no worker traceback, no restart, no split.
 
-The disk is a real 96 KiB tmpfs when the tests run as root (``mount -t tmpfs``, unmounted after);
-elsewhere the job runs under RLIMIT_FSIZE, which makes the kernel fail the write with EFBIG."""
+The disk is a real small tmpfs when the tests run as root (``mount -t tmpfs``, unmounted after; a
+mount that fails fails the test); elsewhere the job runs under RLIMIT_FSIZE, which makes the
+kernel fail the write with EFBIG."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 import resource
 import subprocess
 from pathlib import Path
+from typing import Iterator
+
+import pytest
 
 import faultkit
 
 LIMIT = 96 * 1024
+MODES = {"off": "records", "on": "sharded"}
 
 
-def _mount(folder: Path, size: int) -> bool:
+@contextlib.contextmanager
+def small_disk(folder: Path, size: int) -> Iterator[bool]:
+    """A tmpfs of ``size`` bytes mounted on ``folder`` as root (yields True; unmounted after);
+    not root: yields False (the caller limits the file size instead)."""
     folder.mkdir(exist_ok=True)
     if os.geteuid() != 0:
-        return False
-    opts = f"size={size}"
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(folder)], capture_output=True)
-    return done.returncode == 0
-
-
-def _limit_file_size() -> None:
-    resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))
-
-
-def test_full_disk_is_one_line_exit_4_and_the_rerun_resumes(fault_input: Path, clean_output, tmp_path: Path) -> None:
-    folder = tmp_path / "disk"
-    mounted = _mount(folder, LIMIT)
+        yield False
+        return
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, f"mount -t tmpfs failed as root: {done.stderr}"
     try:
+        yield True
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def _limit_file_size(limit: int):
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def _fail(cmd: list[str], mounted: bool, limit: int) -> str:
+    """Run ``cmd`` on the full disk; check exit 4 and one line without a traceback; return it."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, **faultkit.ENV},
+                          preexec_fn=None if mounted else _limit_file_size(limit))
+    assert proc.returncode == 4, proc.stderr
+    line = proc.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line, proc.stderr
+    cause = "No space left on device (ENOSPC)" if mounted else "File too large (EFBIG)"
+    assert cause in line and "input records are committed" in line, line
+    assert "rerun the same command to resume" in line
+    return line
+
+
+def _committed(line: str) -> int:
+    return int(re.search(r"; ([\d,]+) input records are committed", line).group(1).replace(",", ""))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_full_disk_is_one_line_exit_4_and_the_rerun_resumes(mode: str, fault_input: Path, clean_output,
+                                                            tmp_path: Path) -> None:
+    folder = tmp_path / "disk"
+    with small_disk(folder, LIMIT) as mounted:
         out = folder / "out.jsonl"
-        cmd = faultkit.command(fault_input, out, model="parainfer.testing:echo")
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, **faultkit.ENV},
-                              preexec_fn=None if mounted else _limit_file_size)
-        assert proc.returncode == 4, proc.stderr
-        line = proc.stderr.strip()
-        assert len(line.splitlines()) == 1 and "Traceback" not in line, proc.stderr
-        cause = "No space left on device (ENOSPC)" if mounted else "File too large (EFBIG)"
-        assert cause in line and str(out) in line and "input records are committed" in line, line
-        assert "rerun the same command to resume" in line
+        cmd = faultkit.command(fault_input, out, "--shard-mode", mode, model="parainfer.testing:echo")
+        line = _fail(cmd, mounted, LIMIT)
+        assert str(out) in line
         if mounted:
             subprocess.run(["mount", "-o", f"remount,size={16 * LIMIT}", str(folder)], check=True)
+        report = tmp_path / "report.json"
+        again = faultkit.run(cmd + ["--report", str(report)])
+        assert again.returncode == 0, again.stderr
+        assert out.read_bytes() == clean_output("jsonl")
+        rep = json.loads(report.read_text())
+        assert rep["data_path"] == MODES[mode]
+        assert rep["resumed_records"] == _committed(line)  # the line told the truth
+
+
+def test_a_worker_that_cannot_write_its_part_stops_the_sharded_job_at_once(fault_input: Path, clean_output,
+                                                                           tmp_path: Path) -> None:
+    """48 KiB hold no part of the first round (each ~74 KB): the first write error is a worker's.
+    Before, each one killed its worker (a traceback), which was restarted and its shard split
+    again, dozens of times, before the exit."""
+    folder, limit = tmp_path / "disk", 48 * 1024
+    with small_disk(folder, limit) as mounted:
+        out = folder / "out.jsonl"
+        cmd = faultkit.command(fault_input, out, "--shard-mode", "on", model="parainfer.testing:echo")
+        line = _fail(cmd, mounted, limit)
+        parts = Path(str(out) + ".parainfer-shards")
+        named = re.search(r"cannot write '([^']+)'", line).group(1)
+        assert Path(named).parent == parts and named.endswith(".jsonl"), line  # a worker's part
+        assert _committed(line) == 0
+        assert list(parts.iterdir()) == []  # the parts in flight are removed: their space is free
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,size=2m", str(folder)], check=True)
         again = faultkit.run(cmd)
         assert again.returncode == 0, again.stderr
         assert out.read_bytes() == clean_output("jsonl")
-    finally:
-        if mounted:
-            subprocess.run(["umount", str(folder)], check=True)

@@ -5,6 +5,8 @@
   ``max_retries`` times, then failed alone; the others are requeued untouched.
   ``TaskRecovery`` applies it to record mode's live tasks, ``shard_mode`` to shards;
   ``on_worker_failed`` is both drivers' handler of a ``WorkerFailed`` event.
+* ``on_write_failed``: a worker could not write its output (a full disk): no unit is to blame,
+  nothing is restarted or split; the job stops as when the driver's own write fails.
 * ``Watchdog.check(executor, now)``: kills a worker whose task ran past ``--task-timeout``.
 * ``GracefulStop``: the first SIGINT/SIGTERM stops dispatching and lets in-flight work finish
   for ``grace_s``; a second exits at once with 130. ``Interrupted``: the job stopped early.
@@ -19,10 +21,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NoReturn, Protocol
 
 from parainfer.errors import JobError, ParainferError
-from parainfer.executors.base import Task, WorkerFailed
+from parainfer.executors.base import Task, WorkerFailed, WriteFailed
 from parainfer.executors.pool import Workers
 from parainfer.batch.tasks import batch_sizes_split
 
@@ -237,6 +239,15 @@ def on_worker_failed(event: WorkerFailed, workers: Workers, report: Any,
     workers.executor.restart(event.worker_id)
     report.per_worker[event.worker_id].restarts += 1
     recover(event)
+
+
+def on_write_failed(event: WriteFailed) -> NoReturn:
+    """A worker could not write its task's output (``WriteFailed``: a full disk, a file size
+    limit, an I/O error). The disk's fault, not the records': a restart or a split would fail
+    the same way and fill the log with deaths, so the job stops at the first one. Raises the
+    worker's OSError (naming the file); the driver turns it into ``errors.StorageError`` (exit
+    4: the path, the cause, the records committed, "rerun resumes") as it does its own."""
+    raise event.error
 
 
 class Watchdog:

@@ -11,12 +11,14 @@ wrapped as ``ShardPiece``). Guarantees as record mode; not in this mode: stdout 
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from parainfer.executors.base import ShardResult, ShardTask, WorkerFailed, WorkerReady
+from parainfer.errors import StorageError, storage_message
+from parainfer.executors.base import ShardResult, ShardTask, WorkerFailed, WorkerReady, WriteFailed
 from parainfer.executors.pool import Workers
 from parainfer.batch.setup import JobSetup, on_worker_ready, start_workers
 from parainfer.batch.shard_runner import run_shard, timeout_note
@@ -24,7 +26,8 @@ from parainfer.io.shards.reader import ShardInput, shard_records
 from parainfer.io.shards.store import ShardStore, remove_quietly
 from parainfer.io.shards.plan import Shard, ShardPlanner, data_start, shard_lines, split_shard
 from parainfer.io.sinks import ErrorSink
-from parainfer.batch.recovery import GracefulStop, Interrupted, RecoveryPolicy, Triage, on_worker_failed
+from parainfer.batch.recovery import (GracefulStop, Interrupted, RecoveryPolicy, Triage, on_worker_failed,
+                                      on_write_failed)
 from parainfer.batch.report import TimingReport, already_complete, close_run, write_report
 from parainfer.counts import TokenCounts
 
@@ -62,7 +65,9 @@ class ShardDriver:
         setup: the job's ``JobSetup``.
 
     ``run(workers)`` returns the report dict; raises JobError when the workers cannot run the
-    model, Interrupted after a SIGINT/SIGTERM (the committed shards stay).
+    model, StorageError at the first part, manifest or output write that fails (a worker's
+    ``WriteFailed`` or the driver's own; the committed shards stay), Interrupted after a
+    SIGINT/SIGTERM (the committed shards stay).
     """
 
     def __init__(self, setup: JobSetup):
@@ -108,6 +113,8 @@ class ShardDriver:
         finished = False
         try:
             finished = self._loop(workers, stop, ready_phases)
+        except OSError as e:  # a full disk, a file size limit: what is committed stays valid
+            raise self._storage_error(e) from None
         finally:
             self.planner.close()
             if not finished:
@@ -234,6 +241,8 @@ class ShardDriver:
             self.units_done += task.shard.end - task.shard.start
             self.unit_busy += event.t_end - event.t_start
             self._observe()
+        elif isinstance(event, WriteFailed):
+            on_write_failed(event)
         elif isinstance(event, WorkerFailed):
             self._forget(event)
 
@@ -345,6 +354,19 @@ class ShardDriver:
         remove_quietly(task.errors_part)
         self.report.extra["redone_shards"] = self.report.extra.get("redone_shards", 0) + 1
         self.pending.appendleft(task.shard)
+
+    def _storage_error(self, error: OSError) -> StorageError:
+        """The job's one line for a failed write (``errors.storage_message``, as record mode's):
+        the finished shards that continue the committed prefix are committed first if the
+        manifest can still be written, the parts of the shards in flight are removed (their
+        space freed once the run's workers are stopped); the count is the manifest's on disk."""
+        with contextlib.suppress(OSError):
+            self._commit(force=True)
+        for task, _ in self.running.values():
+            remove_quietly(task.part)
+            remove_quietly(task.errors_part)
+        store = self.store
+        return StorageError(storage_message(error, self.config.output, store.saved_records, store.path))
 
     def _already_complete(self, store: ShardStore, t0: float) -> dict[str, Any]:
         """The report of a rerun on a finished output folder (as record mode's "already complete")."""

@@ -3,7 +3,8 @@
 ``run_shard`` does for one shard what the record-mode driver does for the job: it reads the
 shard's records, batches them with ``tasks.TaskBuilder``, runs each batch with the worker's
 ``run_task``, puts the rows back in input order with a ``merger.Merger`` and writes the output
-and errors parts, fsynced before the ``ShardResult`` (sizes, SHA-256 digests) goes back.
+and errors parts, fsynced before the ``ShardResult`` (sizes, SHA-256 digests) goes back (a part
+that cannot be written: a ``WriteFailed`` instead, and the driver stops the job).
 ``worker_tuner`` holds the worker's ``--batch-size auto`` tuner across shards; ``BatchWatchdog``
 enforces ``--task-timeout`` per batch. How: docs/sharded.md, "The driver and the shard runner
 (code)" and "`--task-timeout` and `--batch-size auto`".
@@ -11,14 +12,16 @@ enforces ``--task-timeout`` per batch. How: docs/sharded.md, "The driver and the
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import itertools
 import os
 import signal
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from parainfer.executors.base import ShardResult, ShardTask
+from parainfer.executors.base import ShardResult, ShardTask, WriteFailed
 from parainfer.io.shards.reader import shard_records
 from parainfer.io.shards.plan import shard_lines
 from parainfer.io.shards.part_sinks import open_part
@@ -31,12 +34,41 @@ from parainfer.counts import TokenCounts
 
 
 def run_shard(predictor: Any, task: ShardTask, worker_id: int, t_received: float,
-              run_task: Callable[..., Any]) -> ShardResult:
+              run_task: Callable[..., Any]) -> ShardResult | WriteFailed:
     """Run ``task`` on the loaded ``predictor``; returns its ShardResult.
 
     ``run_task(predictor, task, worker_id, t_received) -> TaskResult`` runs one batch (passed
-    in to keep this module free of the worker's process code). Raises OSError when a part
-    cannot be written (the worker then dies and the driver redoes the shard elsewhere)."""
+    in to keep this module free of the worker's process code). When a part cannot be written
+    (a full disk, a file size limit, an I/O error) returns ``WriteFailed`` with the OSError
+    naming the part, at once: the driver stops the job (``recovery.on_write_failed``); the
+    worker raises nothing and prints nothing. Any other error (reading the input) raises."""
+    try:
+        return _run_shard(predictor, task, worker_id, t_received, run_task)
+    except _PartUnwritable as e:
+        return WriteFailed(task.index, worker_id, e.error)
+
+
+class _PartUnwritable(Exception):
+    """A write to one of the shard's parts failed; ``error``: the OSError, naming the part."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
+
+
+@contextlib.contextmanager
+def _writing(path: str) -> Iterator[None]:
+    """Turn an OSError of the writes inside into ``_PartUnwritable``; an error that names no
+    file (a write the format library made) is named ``path``. Read errors stay outside."""
+    try:
+        yield
+    except OSError as e:
+        raise _PartUnwritable(OSError(e.errno or errno.EIO, e.strerror or str(e), e.filename or path)) from None
+
+
+def _run_shard(predictor: Any, task: ShardTask, worker_id: int, t_received: float,
+               run_task: Callable[..., Any]) -> ShardResult:
+    """``run_shard``'s work; raises ``_PartUnwritable`` when a part cannot be written."""
     t_start = time.perf_counter()
     b = task.batch
     max_chars = predictor.max_input_chars()
@@ -47,11 +79,13 @@ def run_shard(predictor: Any, task: ShardTask, worker_id: int, t_received: float
     window = b["bucket_window"] if bucket else b["batch_size"]
     merger = Merger(b["id_column"], b["text_column"], own_rows=b["own_rows"])
     counts = TokenCounts()
-    errors = ErrorSink(task.errors_part)
-    errors.resume(0)  # a stale errors part of an earlier attempt
+    with _writing(task.errors_part):
+        errors = ErrorSink(task.errors_part)
+        errors.resume(0)  # a stale errors part of an earlier attempt
     records = shard_records(task.input, task.shard)
-    sink = open_part(task.part, b.get("format", ".jsonl"), b["id_column"], b["text_column"], b.get("header"),
-                     b.get("with_header", False))
+    with _writing(task.part):
+        sink = open_part(task.part, b.get("format", ".jsonl"), b["id_column"], b["text_column"], b.get("header"),
+                         b.get("with_header", False))
     watchdog = BatchWatchdog(b.get("task_timeout"), timeout_note(task.part), worker_id)
     batches = _BatchRunner(predictor, run_task, worker_id, builder, estimate, merger, counts,
                            worker_tuner(b.get("auto_max_batch")), watchdog)
@@ -62,15 +96,17 @@ def run_shard(predictor: Any, task: ShardTask, worker_id: int, t_received: float
                 break
             failed = batches.run_window(items)
             rows = merger.drain()
-            unwritable = write_rows_each(sink, rows, merger.last_drained, b["id_column"])
-            merger.failed += len(unwritable)
-            failed.extend(unwritable)
-            failed.sort(key=lambda e: e.seq)
-            errors.write(failed)
-    sink.close()  # flushed and fsynced (Parquet: the footer written, the file hashed)
-    errors.flush()
-    err_bytes = errors.offset
-    errors.close()
+            with _writing(task.part):
+                unwritable = write_rows_each(sink, rows, merger.last_drained, b["id_column"])
+                merger.failed += len(unwritable)
+                failed.extend(unwritable)
+                failed.sort(key=lambda e: e.seq)
+                errors.write(failed)
+    with _writing(task.part):
+        sink.close()  # flushed and fsynced (Parquet: the footer written, the file hashed)
+        errors.flush()
+        err_bytes = errors.offset
+        errors.close()
     return ShardResult(task.index, worker_id, records=merger.next_seq, failed=merger.failed,
                        out_bytes=sink.bytes_written, out_sha256=sink.digest.hexdigest(), err_bytes=err_bytes,
                        err_sha256=errors.digest.hexdigest(), t_received=t_received, t_start=t_start,

@@ -89,6 +89,23 @@ class WorkerFailed:
 
 
 @dataclass(slots=True)
+class WriteFailed:
+    """A worker could not write a task's output (sharded mode: its part), a full disk, a file
+    size limit or an I/O error: the storage's fault, not the records'. The worker lives on; the
+    driver stops the job (``recovery.on_write_failed``), since a restart or a split would fail
+    the same way.
+
+    Attributes:
+        task_index: the task's index. worker_id: who ran it.
+        error: the OSError, naming the file (``errno``, ``strerror``, ``filename``).
+    """
+
+    task_index: int
+    worker_id: int
+    error: OSError
+
+
+@dataclass(slots=True)
 class ShardTask:
     """The second task kind (sharded mode, ``parainfer.batch.shard_mode``): a range of the input file that
     the worker reads, cuts into batches (``tasks.TaskBuilder``), runs and writes to its own
@@ -108,9 +125,10 @@ class ShardTask:
             auto``: the largest size the worker's tuner tries, or None; ``batch.shard_runner``).
         attempt: how many times this shard was given out before.
         runner: the module-level function that runs it in the worker,
-            ``runner(predictor, task, worker_id, t_received, run_task) -> ShardResult``
-            (``run_task`` runs one batch); pickled by reference, so the driver's layer
-            provides it and the executors never import it.
+            ``runner(predictor, task, worker_id, t_received, run_task) -> ShardResult``, or
+            ``WriteFailed`` when a part cannot be written (``run_task`` runs one batch);
+            pickled by reference, so the driver's layer provides it and the executors never
+            import it.
     """
 
     index: int
@@ -120,7 +138,7 @@ class ShardTask:
     errors_part: str
     batch: dict[str, Any]
     attempt: int = 0
-    runner: Callable[..., ShardResult] | None = None
+    runner: Callable[..., ShardResult | WriteFailed] | None = None
 
     def __len__(self) -> int:  # recovery and policies count records; a shard counts as one unit
         return 1
@@ -160,7 +178,7 @@ class ShardResult:
     batch_size: int = 0
 
 
-Event = WorkerReady | TaskResult | ShardResult | WorkerFailed
+Event = WorkerReady | TaskResult | ShardResult | WriteFailed | WorkerFailed
 
 
 class Executor(ABC):
@@ -177,7 +195,8 @@ class Executor(ABC):
     @abstractmethod
     def submit(self, worker_id: int, task: Task | ShardTask) -> None:
         """Queue ``task`` on ``worker_id`` (non-blocking). A ``ShardTask`` is answered by a
-        ``ShardResult`` (an executor that cannot run shards raises NotImplementedError)."""
+        ``ShardResult``, or a ``WriteFailed`` when its parts cannot be written (an executor that
+        cannot run shards raises NotImplementedError)."""
 
     @abstractmethod
     def poll(self, timeout: float) -> list[Event]:

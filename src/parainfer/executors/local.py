@@ -16,7 +16,7 @@ import time
 from multiprocessing.connection import wait
 from typing import Any
 
-from parainfer.executors.base import Event, Executor, ShardResult, TaskResult, WorkerFailed, WorkerReady
+from parainfer.executors.base import Event, Executor, ShardResult, TaskResult, WorkerFailed, WorkerReady, WriteFailed
 from parainfer.executors.start_method import choose_start_method, make_context
 from parainfer.executors.worker import worker_main
 from parainfer.executors.worker_env import die_with_parent_env
@@ -202,11 +202,11 @@ class LocalExecutor(Executor):
         try:
             while slot.results.poll():
                 ev = slot.results.recv()
-                if isinstance(ev, (TaskResult, ShardResult, WorkerReady)):
+                if isinstance(ev, (TaskResult, ShardResult, WriteFailed, WorkerReady)):
                     slot.free_since = time.perf_counter()
                 if isinstance(ev, WorkerReady):
                     slot.ready = True
-                if isinstance(ev, (TaskResult, ShardResult)):
+                if isinstance(ev, (TaskResult, ShardResult, WriteFailed)):
                     slot.held.pop(ev.task_index, None)
                     slot.submitted.pop(ev.task_index, None)
                 events.append(ev)

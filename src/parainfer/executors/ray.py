@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from parainfer.errors import UsageError
-from parainfer.executors.base import Event, Executor, ShardResult, ShardTask, TaskResult, WorkerFailed, WorkerReady
+from parainfer.executors.base import (Event, Executor, ShardResult, ShardTask, TaskResult, WorkerFailed, WorkerReady,
+                                      WriteFailed)
 from parainfer.executors.local import MAX_DEATHS_WHILE_LOADING, default_threads
 from parainfer.executors.ray_cluster import (PASSED_ENV_PREFIXES, check_room, connect, load_error, pick_node,
                                              running_task)
@@ -252,6 +253,10 @@ class RayExecutor(Executor):
                 self._died(w, slot, e, events)
 
     def _result(self, w: int, slot: _Slot, index: int, value: Any, submitted: float, events: list[Event]) -> None:
+        if isinstance(value, WriteFailed):  # a shard's part could not be written: the driver stops the job
+            del slot.held[index]
+            events.append(value)
+            return
         if isinstance(value, ShardResult):  # times on the actor's clock: keep the durations
             queue_s, compute_s = value.t_start - value.t_received, value.t_end - value.t_start
         else:  # rows: encoded, unwritable, renamed

@@ -58,6 +58,8 @@ class ShardStore:
         committed: manifest entries of the committed shards, in order.
         next_start, next_line: where the uncommitted rest of the input begins.
         records_done, failed: records (and failed ones) in the committed shards.
+        saved_records: records in the committed shards of the manifest on disk (the last
+            ``save``): what a rerun resumes from.
 
     Raises:
         UsageError: the manifest belongs to another job (and not ``overwrite``), or a committed
@@ -96,6 +98,7 @@ class ShardStore:
             os.makedirs(self.folder, exist_ok=True)
             self._write(finished=False)
         self.resumed_records, self.resumed_failed = self.records_done, self.failed
+        self.saved_records = self.records_done
 
     @property
     def records_done(self) -> int:
@@ -224,6 +227,7 @@ class ShardStore:
             "failed_records": self.failed, "output_bytes": 0, "output_parts": 0, "errors_bytes": 0,
             "next_start": self.next_start, "next_line": self.next_line, "committed": self.committed,
             "header": self._header_json(), "finished": finished}, compact=True)
+        self.saved_records = self.records_done
 
 
 def _check_dir(folder: str, manifest: str) -> None:
@@ -266,12 +270,19 @@ def _is_part(name: str) -> bool:
 @contextlib.contextmanager
 def _atomic_file(dest: str) -> Iterator[BinaryIO]:
     """An open temp file next to ``dest``; on a clean exit it is fsynced and renamed over
-    ``dest`` (and the folder fsynced), so readers see the old file or the whole new one."""
+    ``dest`` (and the folder fsynced), so readers see the old file or the whole new one. On an
+    error the temp file is removed; an OSError naming no file is raised naming ``dest``."""
     tmp = dest + ".parainfer-tmp"
-    with open(tmp, "wb") as out:
-        yield out
-        out.flush()
-        os.fsync(out.fileno())
+    try:
+        with open(tmp, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException as e:
+        remove_quietly(tmp)  # a full disk: the half-written copy must not keep the space
+        if isinstance(e, OSError) and not e.filename and e.errno is not None:
+            raise OSError(e.errno, e.strerror, dest) from None  # a failed write names no file
+        raise
     os.replace(tmp, dest)
     fsync_dir(os.path.dirname(dest) or ".")
 
