@@ -16,6 +16,7 @@ import pytest
 
 from parainfer.config import JobConfig
 from parainfer.batch.job import Job
+from parainfer.errors import UsageError
 from tests.e2e.test_sharded import MODEL, cli, workers  # noqa: F401 - the module's two ready workers
 from tests.io.test_shards import rows
 
@@ -100,3 +101,49 @@ def test_a_folder_keeps_parts_that_are_each_a_file_of_the_format(fmt: str, tmp_p
         tables = [pq.read_table(folder / name) for name in names]  # each part is a Parquet file of its own
         assert pa.concat_tables(tables).equals(pq.read_table(tmp_path / "rec.parquet"))
     assert (tmp_path / "parts.errors.jsonl").read_bytes() == (tmp_path / "rec.errors.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("mode", ["off", "on"])
+def test_an_edited_finished_output_is_refused_naming_what_changed(mode: str, tmp_path: Path, workers,  # noqa: F811
+                                                                  monkeypatch) -> None:
+    """A same-size edit is a changed content (not a wrong size); a longer file quotes both sizes."""
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows(600)), encoding="utf-8")
+    monkeypatch.setenv("PARAINFER_MIN_SHARD_BYTES", "2000")
+    out = tmp_path / "out.jsonl"
+    config = JobConfig(input=str(src), output=str(out), model=MODEL, workers=2, batch_size=16, bucket_window=64,
+                       shard_mode=mode, quiet=True)
+    assert Job(config).run(workers)["data_path"] == ("sharded" if mode == "on" else "records")
+    good = out.read_bytes()
+    out.write_bytes(good.replace(b'"r5"', b'"r6"', 1))
+    with pytest.raises(UsageError) as same:
+        Job(config).run(workers)
+    assert (f"was changed after its job finished: it has the {len(good):,} bytes its checkpoint recorded, but its "
+            "content differs") in str(same.value)
+    out.write_bytes(good + b"\n")
+    with pytest.raises(UsageError) as longer:
+        Job(config).run(workers)
+    assert f"it has {len(good) + 1:,} bytes, not the {len(good):,} its checkpoint recorded" in str(longer.value)
+    out.write_bytes(good)
+    assert Job(config).run(workers)["already_complete"]
+
+
+def test_an_edited_or_lost_part_of_a_folder_output_is_named(tmp_path: Path, workers, monkeypatch) -> None:  # noqa: F811
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows(600)), encoding="utf-8")
+    monkeypatch.setenv("PARAINFER_MIN_SHARD_BYTES", "2000")
+    folder = tmp_path / "parts"
+    config = JobConfig(input=str(src), output=f"{folder}/", model=MODEL, workers=2, batch_size=16, bucket_window=64,
+                       shard_mode="on", quiet=True)
+    Job(config).run(workers)
+    part = folder / json.loads((folder / "manifest.json").read_text())["parts"][0]
+    good = part.read_bytes()
+    part.write_bytes(good.replace(b'"r5"', b'"r6"', 1))
+    with pytest.raises(UsageError) as same:
+        Job(config).run(workers)
+    assert (f"committed part {str(part)!r} was changed or lost since its checkpoint: it has the {len(good):,} bytes "
+            "its checkpoint recorded, but its content differs") in str(same.value)
+    part.unlink()
+    with pytest.raises(UsageError) as lost:
+        Job(config).run(workers)
+    assert f"committed part {str(part)!r} was changed or lost since its checkpoint: it is missing" in str(lost.value)

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from parainfer.errors import UsageError
+from parainfer.io.input_checks import wide_encoding
 from parainfer.io.record_check import MAX_DEPTH, check_row
 from parainfer.io.sinks import dumps_bytes
 from parainfer.io.sources import _stdin_rows, open_source
@@ -71,7 +72,11 @@ def test_stdin_gets_the_same_checks_and_a_utf16_stream_is_refused() -> None:
 @pytest.mark.parametrize("name, data, message", [
     ("in.jsonl", (GOOD % (0, 0) + "\n").encode("utf-16"), "UTF-16 .*reads UTF-8 only"),
     ("in.csv", "id,text\n1,hi\n".encode("utf-32"), "UTF-32 .*reads UTF-8 only"),
-    ("in.txt", "hello\n".encode("utf-16-be"), "NUL bytes"),
+    ("in.txt", "hello\n".encode("utf-16-be"), "UTF-16BE without a byte-order mark.*iconv -f UTF-16BE"),
+    ("in.jsonl", (GOOD % (0, 0) + "\n").encode("utf-16-le"), "UTF-16LE without a byte-order mark"),
+    ("in.csv", "id,text\n1,hi\n".encode("utf-32-le"), "UTF-32LE without a byte-order mark"),
+    ("in.csv", "id,text\n1,hi\n".encode("utf-32-be"), "UTF-32BE without a byte-order mark"),
+    ("in.txt", b"\x00\x93\xfe binary\n", "NUL bytes in a first line that is not UTF-8"),
     ("in.jsonl", (GOOD % (0, 0) + "\r" + GOOD % (1, 1) + "\r").encode(), "CR-only line ends"),
     ("in.csv", b"id;text\r1;hi\r", "CR-only line ends"),
     ("in.csv", b"id;text\n1;hi\n", "separated by ';': parainfer reads comma-separated CSV"),
@@ -81,6 +86,98 @@ def test_whole_file_encoding_slips_are_one_usage_error(tmp_path: Path, name: str
     path.write_bytes(data)
     with pytest.raises(UsageError, match=message):
         open_source(str(path))
+
+
+@pytest.mark.parametrize("name, data, expected", [
+    ("in.jsonl", b'{"id": "n0", "text": "before\x00after"}\n' + (GOOD % (1, 1)).encode() + b"\n",
+     [("n0", "Invalid control character at column 29"), ("g1", "fine text 1")]),
+    ("in.jsonl", b'{"id": "n0", "text": "escaped \\u0000 is JSON"}\n', [("n0", "escaped \x00 is JSON")]),
+    ("in.txt", b"first\x00line\nsecond\n", [(1, "first\x00line"), (2, "second")]),
+    ("in.csv", b"id,text,n\x00te\nc1,a,1\n", [("c1", "a")]),  # a NUL in the header: read as UTF-8 too
+])
+def test_a_nul_in_the_first_line_of_a_utf8_file_is_read_as_utf8(tmp_path: Path, name: str, data: bytes,
+                                                                expected: list[tuple]) -> None:
+    """A NUL byte is a valid UTF-8 character: the file is UTF-8, not UTF-16. A raw NUL inside a
+    JSON string is not JSON (RFC 8259 wants it escaped): that record fails alone, with its id;
+    in TXT and CSV it is part of the text."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    got = [(x.id, x.text) if isinstance(x, Record) else (x.id, x.reason) for x in open_source(str(path))]
+    assert [i for i, _ in got] == [i for i, _ in expected]
+    for (_, value), (_, want) in zip(got, expected):
+        assert want in value
+
+
+def test_a_utf8_job_with_a_nul_in_its_first_line_runs_in_both_modes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b'{"id": "n0", "text": "before\x00after"}\n' + "".join(GOOD % (i, i) + "\n" for i in range(1, 40)).encode())
+    for mode in ("off", "on"):
+        out = tmp_path / f"out-{mode}.jsonl"
+        proc = subprocess.run([sys.executable, "-m", "parainfer.cli", "run", str(src), "-o", str(out), "--model",
+                               "parainfer.testing:echo", "--workers", "1", "-q", "--shard-mode", mode],
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [f"g{i}" for i in range(1, 40)]
+        (err,) = [json.loads(line) for line in (tmp_path / f"out-{mode}.errors.jsonl").read_text().splitlines()]
+        assert (err["line"], err["id"]) == (1, "n0") and "control character" in err["reason"]
+
+
+def test_utf8_with_nul_characters_has_no_wide_encoding_pattern() -> None:
+    assert wide_encoding(b'{"id": "a", "text": "x\x00y\x00\x00z"}\n') is None
+    assert wide_encoding("\u00e9t\u00e9 \x00 caf\u00e9\n".encode()) is None
+    for codec, name in (("utf-16-le", "UTF-16LE"), ("utf-16-be", "UTF-16BE"), ("utf-32-le", "UTF-32LE"),
+                        ("utf-32-be", "UTF-32BE")):
+        assert wide_encoding((GOOD % (0, 0)).encode(codec)) == name
+        assert wide_encoding("d\u00e9j\u00e0 vu, caf\u00e9 cr\u00e8me".encode(codec)) == name  # Latin-1 text too
+
+
+# Lines whose reading fails, each with the id its errors-file row must carry (None: not readable).
+UNREADABLE = [
+    ('{"id": "sur", "text": "a \\ud800 b"}', "sur"),
+    ('{"id": "nan", "text": "x", "score": NaN}', "nan"),
+    ('{"id": "ctl", "text": "a\tb"}', "ctl"),  # a raw control character inside a string
+    ('{"id": 7, "text": "x", "note": "\\udfff"}', 7),
+    ('{"text": "no id", "score": Infinity}', 5),  # no id column: the line number, as for a good row
+    ('{"id": "\\ud800", "text": "x", "s": NaN}', None),  # the id itself is not valid Unicode
+    ('[1, 2]', None),
+    ('{"id": "cut", "text": ', None),
+]
+
+
+@pytest.mark.parametrize("ext", ["jsonl", "csv", "txt", "parquet"])
+def test_error_rows_keep_a_readable_id(ext: str, tmp_path: Path) -> None:
+    from parainfer.io.shards.plan import Shard, data_start
+    from tests.io.test_shards import as_tuples, read_shards
+
+    path = tmp_path / f"in.{ext}"
+    if ext == "jsonl":
+        lines = [line.encode() for line, _ in UNREADABLE]
+        lines += [b'{"id": "utf", "text": "bad \xff here"}', b'{"id": "\xfe", "text": "x"}']
+        path.write_bytes(b"\n".join(lines) + b"\n")
+        expected = [want for _, want in UNREADABLE] + ["utf", None]
+    elif ext == "csv":
+        path.write_bytes(b"id,text\nc1,ok\nc2,bad \xff\nc3,a,b\n\xff,x\n")
+        expected = ["c2", None, None]  # a wrong field count: which field is the id is not known
+    elif ext == "txt":
+        path.write_bytes(b"ok\nbad \xff\n")
+        expected = [2]  # a TXT id is the line number
+    else:
+        text = pa.array([b"ok", b"bad \xff\xfe", b"fine"], pa.binary()).view(pa.string())
+        pq.write_table(pa.table({"id": ["p1", "p2", "p3"], "text": text}), path)
+        expected = ["p2"]
+    items = list(open_source(str(path)))
+    assert [e.id for e in items if isinstance(e, RecordError)] == expected
+    if ext == "jsonl":
+        assert [e.line for e in items if isinstance(e, RecordError)] == list(range(1, len(expected) + 1))
+    # sharded mode's reader gives the same rows, ids included (one shard: a JSONL shard numbers its
+    # lines from 1, so a row without an id would get its line in the shard)
+    start, line = data_start(str(path))
+    end = pq.ParquetFile(path).metadata.num_rows if ext == "parquet" else path.stat().st_size
+    shard = Shard(start, end, 0 if ext == "jsonl" else line)
+    assert read_shards(str(path), [shard], line) == as_tuples(items)
 
 
 def test_crlf_and_utf8_bom_still_read(tmp_path: Path) -> None:

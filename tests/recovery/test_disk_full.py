@@ -15,12 +15,11 @@ import os
 import re
 import resource
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
-
-import pytest
 
 import faultkit
+import pytest
 
 LIMIT = 96 * 1024
 MODES = {"off": "records", "on": "sharded"}
@@ -84,21 +83,28 @@ def test_full_disk_is_one_line_exit_4_and_the_rerun_resumes(mode: str, fault_inp
         assert rep["resumed_records"] == _committed(line)  # the line told the truth
 
 
-def test_a_worker_that_cannot_write_its_part_stops_the_sharded_job_at_once(fault_input: Path, clean_output,
-                                                                           tmp_path: Path) -> None:
+@pytest.mark.parametrize("size, file_limit, fails", [(48 * 1024, 48 * 1024, "part"),
+                                                     (450 * 1024, 200 * 1024, "output")])
+def test_a_sharded_job_stops_at_its_first_failed_write(size: int, file_limit: int, fails: str, fault_input: Path,
+                                                       clean_output, tmp_path: Path) -> None:
     """48 KiB hold no part of the first round (each ~74 KB): the first write error is a worker's.
     Before, each one killed its worker (a traceback), which was restarted and its shard split
-    again, dozens of times, before the exit."""
-    folder, limit = tmp_path / "disk", 48 * 1024
-    with small_disk(folder, limit) as mounted:
+    again, dozens of times, before the exit. 450 KiB hold every part (~300 KB) but not the copy
+    the driver concatenates them into at the end (not root: ``file_limit`` per file instead)."""
+    folder = tmp_path / "disk"
+    with small_disk(folder, size) as mounted:
         out = folder / "out.jsonl"
         cmd = faultkit.command(fault_input, out, "--shard-mode", "on", model="parainfer.testing:echo")
-        line = _fail(cmd, mounted, limit)
+        line = _fail(cmd, mounted, file_limit)
         parts = Path(str(out) + ".parainfer-shards")
-        named = re.search(r"cannot write '([^']+)'", line).group(1)
-        assert Path(named).parent == parts and named.endswith(".jsonl"), line  # a worker's part
-        assert _committed(line) == 0
-        assert list(parts.iterdir()) == []  # the parts in flight are removed: their space is free
+        named = Path(re.search(r"cannot write '([^']+)'", line).group(1))
+        if fails == "part":
+            assert named.parent == parts and named.suffix == ".jsonl", line  # a worker's part
+            assert _committed(line) == 0
+            assert list(parts.iterdir()) == []  # the parts in flight are removed: their space is free
+        else:
+            assert named == out and _committed(line) == faultkit.RECORDS, line
+            assert sorted(p.name for p in folder.iterdir()) == [out.name + ".parainfer-checkpoint.json", parts.name]
         if mounted:
             subprocess.run(["mount", "-o", "remount,size=2m", str(folder)], check=True)
         again = faultkit.run(cmd)

@@ -19,7 +19,8 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Iterator
+from typing import Any, Callable
 
 from parainfer.executors.base import ShardResult, ShardTask, WriteFailed
 from parainfer.io.shards.reader import shard_records

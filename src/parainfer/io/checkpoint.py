@@ -156,9 +156,6 @@ class Checkpoint:
 
     # -- opening ---------------------------------------------------------------------------
 
-    def _output_size(self) -> int:
-        return os.path.getsize(self.output) if os.path.isfile(self.output) else -1
-
     def _resumable(self, old: dict[str, Any]) -> bool:
         """True when the committed files are there to resume from (whether they are intact is
         checked by ``_resume``); False when the output was deleted: the job starts over."""
@@ -168,13 +165,12 @@ class Checkpoint:
 
     def _verify_finished(self, old: dict[str, Any]) -> None:
         """Raise UsageError unless the output (and errors file) are byte for byte as finished."""
-        size, expected = old.get("output_bytes"), old.get("output_sha256")
-        ranges = old.get("output_ranges_sha256")  # sharded mode: [bytes, sha256] of each part, in order
-        if ranges is not None and self._output_size() == size and not digest.ranges_match(self.output, ranges):
-            size = -1
-        if self._output_size() != size or (expected and digest.file_digest(self.output) != expected):
-            raise UsageError(f"output {self.output!r} was changed after its job finished (it is not the "
-                             f"{size:,} bytes the checkpoint recorded); rerun with --overwrite to start over")
+        # Sharded mode records [bytes, sha256] of each part, in order (output_ranges_sha256).
+        why = digest.mismatch(self.output, old.get("output_bytes", 0), old.get("output_sha256"),
+                              old.get("output_ranges_sha256"))
+        if why:
+            raise UsageError(f"output {self.output!r} was changed after its job finished: {why}; rerun with "
+                             "--overwrite to start over")
         if old.get("errors_bytes"):
             digest.verify_prefix(self.errors.path, old["errors_bytes"], old.get("errors_sha256"), "errors file")
 

@@ -54,15 +54,36 @@ def verify_prefix(path: str, nbytes: int, expected: str | None, what: str) -> An
         UsageError: the file is shorter than B, or its first B bytes differ from the committed
             ones (it was edited, cut or written by another program since the checkpoint).
     """
-    size = os.path.getsize(path) if os.path.isfile(path) else -1
+    if not os.path.isfile(path):
+        raise UsageError(f"{what} {path!r} is missing, but its checkpoint committed {nbytes:,} bytes of it; rerun "
+                         "with --overwrite to start over")
+    size = os.path.getsize(path)
     if size < nbytes:
-        raise UsageError(f"{what} {path!r} has {max(size, 0):,} bytes, fewer than the {nbytes:,} its checkpoint "
+        raise UsageError(f"{what} {path!r} has {size:,} bytes, fewer than the {nbytes:,} its checkpoint "
                          "committed: it was cut or changed since; rerun with --overwrite to start over")
     h = prefix_digest(path, nbytes)
     if expected is not None and h.hexdigest() != expected:
         raise UsageError(f"{what} {path!r} was changed since its checkpoint: its first {nbytes:,} committed bytes "
                          "no longer match the digest in the checkpoint; rerun with --overwrite to start over")
     return h
+
+
+def mismatch(path: str, nbytes: int, expected: str | None = None, ranges: list[list[Any]] | None = None) -> str | None:
+    """How the file at ``path`` differs from the whole file a checkpoint recorded, or None when it
+    does not: ``nbytes`` long, with hex SHA-256 ``expected`` (None: not checked) and/or the byte
+    ``ranges`` of ``ranges_match`` (None: not checked).
+
+    Returns a phrase for a message: "it is missing", "it has A bytes, not the N ...", or, for a
+    file of the right size, that its content differs (an edit that kept the size)."""
+    if not os.path.isfile(path):
+        return "it is missing"
+    size = os.path.getsize(path)
+    if size != nbytes:
+        return f"it has {size:,} bytes, not the {nbytes:,} its checkpoint recorded"
+    if (ranges is not None and not ranges_match(path, ranges)) or (expected and file_digest(path) != expected):
+        return (f"it has the {nbytes:,} bytes its checkpoint recorded, but its content differs (another SHA-256 "
+                "digest): it was edited in place")
+    return None
 
 
 def file_digest(path: str) -> str:

@@ -6,6 +6,7 @@ naming the problem and what is accepted. ``io.sources`` calls them; readers of b
 
 from __future__ import annotations
 
+import codecs
 from typing import Any
 
 from parainfer.errors import UsageError
@@ -23,18 +24,54 @@ _BOMS = ((b"\xff\xfe\x00\x00", "UTF-32 (little-endian)"), (b"\x00\x00\xfe\xff", 
 
 def check_first_line(raw: bytes, where: str = "the input") -> None:
     """Raise UsageError when the first line (or first 64 KiB) of a text input shows it is not
-    UTF-8 text with LF (or CRLF) line ends: a UTF-16/32 byte-order mark, NUL bytes (UTF-16/32
-    without a mark, or a binary file), or CR-only line ends (classic Mac)."""
+    UTF-8 text with LF (or CRLF) line ends: a UTF-16/32 byte-order mark, the NUL pattern of
+    UTF-16/32 without a mark (a NUL byte at every second or fourth position: ASCII characters
+    in 2 or 4 bytes, ``wide_encoding``), NUL bytes in a line that is not UTF-8 (a binary file),
+    or CR-only line ends (classic Mac). A NUL byte alone is a character of valid UTF-8: such a
+    file is read as UTF-8 (what a record holding it becomes: docs/fault-tolerance.md)."""
     for bom, name in _BOMS:
         if raw.startswith(bom):
             raise UsageError(f"{where} is encoded as {name} (it starts with that byte-order mark); parainfer "
                              "reads UTF-8 only: convert it, e.g. `iconv -f UTF-16 -t UTF-8 IN > OUT`")
     if b"\x00" in raw:
-        raise UsageError(f"{where} holds NUL bytes in its first line: it is UTF-16/UTF-32 text or a binary "
-                         "file; parainfer reads UTF-8 text only")
+        wide = wide_encoding(raw)
+        if wide is not None:
+            raise UsageError(f"{where} looks encoded as {wide} without a byte-order mark (a NUL byte at every "
+                             f"{'second' if wide.startswith('UTF-16') else 'fourth'} position of its first line); "
+                             f"parainfer reads UTF-8 only: convert it, e.g. `iconv -f {wide} -t UTF-8 IN > OUT`")
+        if not _utf8(raw):
+            raise UsageError(f"{where} holds NUL bytes in a first line that is not UTF-8: it is a binary file or "
+                             "text in another encoding; parainfer reads UTF-8 text only")
     if b"\r" in raw.rstrip(b"\r\n") and b"\n" not in raw:
         raise UsageError(f"{where} has CR-only line ends (old Mac style): it would read as one line; convert "
                          "them to LF, e.g. `tr '\\r' '\\n' < IN > OUT`")
+
+
+def wide_encoding(raw: bytes) -> str | None:
+    """"UTF-32LE", "UTF-32BE", "UTF-16LE" or "UTF-16BE" when the bytes ``raw`` (from the start
+    of a file) have that encoding's NUL pattern: at each of the positions where ASCII text has
+    a zero byte (1, 2, 3 mod 4 for UTF-32LE; 0, 1, 2 for UTF-32BE; odd or even ones for
+    UTF-16LE / BE) at least half the bytes are NUL, at least two in all; else None. UTF-8 text
+    with a NUL character here and there has no such pattern."""
+    def zeros(step: int, offsets: tuple[int, ...]) -> bool:
+        picked = [raw[o::step] for o in offsets]
+        return (sum(p.count(0) for p in picked) >= 2
+                and all(2 * p.count(0) >= len(p) for p in picked))
+
+    for name, step, offsets in (("UTF-32LE", 4, (1, 2, 3)), ("UTF-32BE", 4, (0, 1, 2)),
+                                ("UTF-16LE", 2, (1,)), ("UTF-16BE", 2, (0,))):
+        if zeros(step, offsets):
+            return name
+    return None
+
+
+def _utf8(raw: bytes) -> bool:
+    """True when ``raw`` is valid UTF-8 (a character cut at its end, by a 64 KiB head, counts)."""
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(raw, final=False)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def check_text_file(path: str) -> None:

@@ -22,7 +22,7 @@ def may_be_deep(raw: bytes) -> bool:
     return len(raw) > 2 * MAX_DEPTH and raw.count(b"[") + raw.count(b"{") > MAX_DEPTH
 
 
-def _bad_string(s: str) -> bool:
+def bad_string(s: str) -> bool:
     """True when ``s`` cannot be encoded as UTF-8 (a lone surrogate)."""
     if s.isascii():
         return False
@@ -40,7 +40,7 @@ def check_row(row: dict[str, Any]) -> str | None:
     than MAX_DEPTH. Never raises, whatever the row holds.
     """
     for column, value in row.items():
-        if isinstance(column, str) and _bad_string(column):
+        if isinstance(column, str) and bad_string(column):
             return f"column name {column!r:.40} holds a lone UTF-16 surrogate (not valid Unicode text)"
         reason = _check_value(value)
         if reason:
@@ -53,14 +53,14 @@ def _check_value(value: Any) -> str | None:
     while stack:
         v, depth = stack.pop()
         if isinstance(v, str):
-            if _bad_string(v):
+            if bad_string(v):
                 return f"string {v!r:.40} holds a lone UTF-16 surrogate (not valid Unicode text)"
         elif isinstance(v, (list, dict)):
             if depth > MAX_DEPTH:
                 return f"value nested more than {MAX_DEPTH} levels deep; at most {MAX_DEPTH} accepted"
             if isinstance(v, dict):
                 for k in v:
-                    if isinstance(k, str) and _bad_string(k):
+                    if isinstance(k, str) and bad_string(k):
                         return f"key {k!r:.40} holds a lone UTF-16 surrogate (not valid Unicode text)"
                 items = v.values()
             else:

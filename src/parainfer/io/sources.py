@@ -8,10 +8,12 @@ ahead: memory stays flat whatever the input size.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import sys
@@ -24,7 +26,7 @@ from parainfer.io.input_checks import check_first_line as _check_first_line
 from parainfer.io.input_checks import check_id_column as _check_id_column
 from parainfer.io.input_checks import check_text_file as _check_text_file
 from parainfer.io.input_checks import no_json_constant as _no_constant
-from parainfer.io.record_check import MAX_DEPTH, check_row, may_be_deep
+from parainfer.io.record_check import MAX_DEPTH, bad_string, check_row, may_be_deep
 from parainfer.records import Record, RecordError
 
 FORMATS = (".jsonl", ".ndjson", ".csv", ".parquet", ".txt")
@@ -32,8 +34,52 @@ STDIN = "-"
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number",
                bool: "boolean", type(None): "null"}
 
-Row = dict[str, Any] | str  # a row's columns, or the reason it could not be read
+Row = dict[str, Any] | str  # a row's columns, or the reason it could not be read (a Fault)
 Rows = Iterator[tuple[int, Row]]  # (1-based line or row number, row)
+
+
+class Fault(str):
+    """Why a row cannot be used: a reader yields it in the row's place (a ``str``, the reason).
+
+    Attributes:
+        row: what of the row's columns could be read anyway (a JSONL line read again without
+            the strict checks, a CSV row's fields, a Parquet row's readable columns, a TXT
+            line's number), else None: where the errors file takes the row's id from
+            (``fault_id``).
+    """
+
+    row: dict[str, Any] | None = None
+
+
+def fault(reason: str, row: dict[str, Any] | None = None) -> Fault:
+    """A ``Fault`` with ``reason`` and the readable columns ``row`` (None: none)."""
+    out = Fault(reason)
+    out.row = row
+    return out
+
+
+def fault_id(row: str, id_column: str, fallback: Any) -> Any:
+    """The id of an unusable row for its errors-file entry: the ``id_column`` value of a
+    ``Fault``'s readable columns when it can be written (a string of valid Unicode, a finite
+    number, a bool); ``fallback`` when those columns have no id (as ``to_record`` numbers such
+    rows, by line); None when nothing of the row could be read or its id is itself unreadable."""
+    cols = getattr(row, "row", None)
+    if cols is None:
+        return None
+    value = cols.get(id_column)
+    if value is None:
+        return fallback
+    if isinstance(value, str):
+        return None if bad_string(value) else value
+    if isinstance(value, (bool, int)) or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    return None
+
+
+def unusable(seq: int, line: int, row: str, id_column: str) -> RecordError:
+    """The RecordError of a row a reader could not use (``row``: the reason, a ``Fault``), with
+    the row's id where it could be read (``fault_id``; no id column: the line number)."""
+    return RecordError(seq, line, fault_id(row, id_column, line), str(row))
 
 
 class Source:
@@ -64,7 +110,7 @@ class Source:
 
     def _item(self, seq: int, line: int, row: Row) -> Record | RecordError:
         if isinstance(row, str):
-            return RecordError(seq, line, None, row)
+            return unusable(seq, line, row, self.id_column)
         if self.columns is None:
             self.columns = list(row)
         try:
@@ -279,7 +325,7 @@ def _jsonl_rows(stream: Iterable[bytes], start: int = 1) -> Rows:
             if isinstance(obj, dict) and not _may_hold_big_int(raw):
                 # Only a line of more than 2 x MAX_DEPTH bytes can nest deeper than MAX_DEPTH.
                 if len(raw) > deep and may_be_deep(raw) and (reason := check_row(obj)):
-                    yield line, reason
+                    yield line, fault(reason, obj)
                 else:
                     yield line, obj
                 continue
@@ -288,34 +334,48 @@ def _jsonl_rows(stream: Iterable[bytes], start: int = 1) -> Rows:
         try:
             s = _decode(raw, line)
         except UnicodeDecodeError as e:
-            yield line, _bad_utf8(raw, e)
+            yield line, fault(_bad_utf8(raw, e), _lenient_object(raw))
             continue
         if not s.strip():
             continue
         try:
             obj = json.loads(s, parse_constant=_no_constant)
         except json.JSONDecodeError as e:
-            yield line, f"line is not valid JSON ({e.msg} at column {e.colno}): {s:.60}"
+            where = e.msg.removesuffix(" at")  # "Invalid control character at"
+            yield line, fault(f"line is not valid JSON ({where} at column {e.colno}): {s:.60}", _lenient_object(raw))
             continue
         except ValueError as e:
-            yield line, f"line is not valid JSON: {e}"
+            yield line, fault(f"line is not valid JSON: {e}", _lenient_object(raw))
             continue
         except RecursionError:
-            yield line, "line is not usable: a value is nested too deep to read"
+            yield line, fault("line is not usable: a value is nested too deep to read")
             continue
         if isinstance(obj, dict):
-            yield line, check_row(obj) or obj
+            reason = check_row(obj)
+            yield line, fault(reason, obj) if reason else obj
         else:
             kind = _JSON_TYPES.get(type(obj), type(obj).__name__)
-            yield line, f"line is a JSON {kind} ({s:.40}), expected an object {{...}}"
+            yield line, fault(f"line is a JSON {kind} ({s:.40}), expected an object {{...}}")
 
 
-def _txt_rows(stream: BinaryIO) -> Rows:
-    for line, raw in enumerate(stream, 1):
+def _lenient_object(raw: bytes) -> dict[str, Any] | None:
+    """A JSONL line that failed the strict reading, read without its checks (NaN, raw control
+    characters and invalid UTF-8 let through, as lone surrogates), for the columns the errors
+    file can still name; None when it is no JSON object even so."""
+    try:
+        obj = json.loads(raw.decode("utf-8", "surrogateescape").lstrip("\ufeff"), strict=False)
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _txt_rows(stream: BinaryIO | Iterable[bytes], start: int = 1) -> Rows:
+    """TXT lines as rows, numbered from ``start`` (a shard's first line): id = the line number."""
+    for line, raw in enumerate(stream, start):
         try:
             yield line, {"id": line, "text": _decode(raw, line)}
         except UnicodeDecodeError as e:
-            yield line, _bad_utf8(raw, e)
+            yield line, fault(_bad_utf8(raw, e), {"id": line})
 
 
 def _csv_lines(stream: BinaryIO) -> Iterator[str]:
@@ -354,7 +414,7 @@ def _csv_rows(stream: BinaryIO) -> Rows:
             return
         except csv.Error as e:
             end = reader.line_num
-            yield start, f"line is not valid CSV: {e}"
+            yield start, fault(f"line is not valid CSV: {e}")
             continue
         end = reader.line_num
         if not fields:  # a blank line is not a row
@@ -362,11 +422,12 @@ def _csv_rows(stream: BinaryIO) -> Rows:
         try:
             "".join(fields).encode("utf-8")
         except UnicodeEncodeError:
-            yield start, "invalid UTF-8 in this row"
+            yield start, fault("invalid UTF-8 in this row", dict(zip(header, fields)) if len(fields) == len(header)
+                               else None)
             continue
-        if len(fields) != len(header):
-            yield start, (f"row has {len(fields)} fields but the header has {len(header)} "
-                          f"({', '.join(header)})")
+        if len(fields) != len(header):  # which field is which is not known: no id
+            yield start, fault(f"row has {len(fields)} fields but the header has {len(header)} "
+                               f"({', '.join(header)})")
             continue
         yield start, dict(zip(header, fields))
 
@@ -400,11 +461,16 @@ def _parquet_rows(stream: BinaryIO, batch_size: int = 4096) -> Rows:
 
 
 def _parquet_row(batch: Any, i: int) -> Row:
-    """Row ``i`` of a record batch, or the reason it cannot be read."""
+    """Row ``i`` of a record batch, or the reason it cannot be read (with its readable columns)."""
+    one = batch.slice(i, 1)
     try:
-        return batch.slice(i, 1).to_pylist()[0]
+        return one.to_pylist()[0]
     except Exception as e:  # noqa: BLE001
-        return f"row could not be read: {type(e).__name__}: {e}"[:300]
+        readable = {}
+        for name, column in zip(one.schema.names, one.columns):
+            with contextlib.suppress(Exception):  # the bad value's column is left out
+                readable[name] = column.to_pylist()[0]
+        return fault(f"row could not be read: {type(e).__name__}: {e}"[:300], readable)
 
 
 def count_records(path: str) -> int | None:

@@ -16,7 +16,7 @@ import uuid
 from typing import Any, Iterator
 
 from parainfer.errors import UsageError
-from parainfer.io.sources import Source, _jsonl_rows, _opened
+from parainfer.io.sources import Source, _jsonl_rows, _opened, fault_id
 from parainfer.records import Record, RecordError
 
 BATCH_TASK = "openai-batch"
@@ -71,7 +71,7 @@ class BatchSource(Source):
         seen: dict[str, int] = {}
         for seq, (line, row) in enumerate(self._reader()):
             if isinstance(row, str):
-                yield RecordError(seq, line, None, row)
+                yield RecordError(seq, line, fault_id(row, "custom_id", None), str(row))
                 continue
             reason = malformed_reason(row)
             cid = row.get("custom_id")

@@ -50,11 +50,7 @@ def _text_rows(inp: ShardInput, shard: Shard) -> sources.Rows:
     with open(inp.path, "rb") as f:
         body = _lines(f, shard.start, shard.end)
         if ext == ".txt":
-            for line, raw in enumerate(body, shard.first_line):
-                try:
-                    yield line, {"id": line, "text": sources._decode(raw, line)}
-                except UnicodeDecodeError as e:
-                    yield line, sources._bad_utf8(raw, e)
+            yield from sources._txt_rows(body, shard.first_line)
         elif ext == ".csv":
             head_end, first = data_start(inp.path)
             f2 = open(inp.path, "rb")
@@ -109,7 +105,7 @@ def shard_records(inp: ShardInput, shard: Shard) -> Iterator[Record | RecordErro
                               else (inp.text_column, inp.id_column))
     for seq, (line, row) in enumerate(rows):
         if isinstance(row, str):
-            yield RecordError(seq, line, None, row)
+            yield sources.unusable(seq, line, row, id_column)
             continue
         try:
             yield sources.to_record(seq, line, row, text_column, id_column, inp.allow_messages)

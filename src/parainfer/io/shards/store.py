@@ -132,10 +132,9 @@ class ShardStore:
                 checks.append((entry["errors_part"], entry["err_bytes"], entry["err_sha256"]))
             for name, size, sha in checks:
                 path = os.path.join(self.folder, name)
-                if size and (not os.path.isfile(path) or os.path.getsize(path) != size
-                             or digest.file_digest(path) != sha):
-                    raise UsageError(f"committed part {path!r} was changed or lost since its checkpoint; rerun "
-                                     "with --overwrite to start over")
+                if size and (why := digest.mismatch(path, size, sha)):
+                    raise UsageError(f"committed part {path!r} was changed or lost since its checkpoint: {why}; "
+                                     "rerun with --overwrite to start over")
                 keep.add(name)
         for name in os.listdir(self.folder):  # partial parts of shards that were not committed
             if name not in keep and (not self.keep_parts or _is_part(name)):
