@@ -28,11 +28,16 @@ def running_server(wait_ready: bool = True, **settings: object) -> Iterator[str]
     """Serve ``ServeConfig(**settings)`` on 127.0.0.1:<free port>; yields the base URL.
 
     With ``wait_ready`` it returns once /health says 200 (every replica loaded).
-    ``header_timeout_s`` (default 10) is the server's header-read timeout (``http_protocol``).
+    ``header_timeout_s`` (default 10) is the server's header-read timeout (``http_protocol``);
+    ``on_app`` (optional) is called with the app before it serves (to read its state).
     """
     header_timeout_s = float(settings.pop("header_timeout_s", 10.0))  # type: ignore[arg-type]
+    on_app = settings.pop("on_app", None)
     config = ServeConfig(port=free_port(), **settings)
-    server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=config.port,
+    app = create_app(config)
+    if on_app is not None:
+        on_app(app)  # type: ignore[operator]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=config.port,
                                            log_level="warning", access_log=False,
                                            **uvicorn_settings(header_timeout_s)))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -8,26 +8,38 @@ from pathlib import Path
 
 import pytest
 
-from parainfer.serving.batch_api.batches import plan_line
+from parainfer.serving.batch_api.batches import BatchStore, plan_line
 from parainfer.openai.errors import ApiError
 from parainfer.serving.batch_api.files import FileStore
+
+OUTPUT_ID = "file-0123456789abcdef01234567-output"  # the id a batch's output file gets
 
 
 def test_files_belong_to_their_key_and_adoption_is_idempotent(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "files")
     src = tmp_path / "out.jsonl"
     src.write_text("{}\n")
-    made = store.adopt(src, "out.jsonl", "batch_output", owner="key-a", file_id="file-x-output")
+    made = store.adopt(src, "out.jsonl", "batch_output", owner="key-a", file_id=OUTPUT_ID)
     assert made["bytes"] == 3 and not src.exists() and "owner" not in made
-    assert store.adopt(src, "out.jsonl", "batch_output", owner="key-a", file_id="file-x-output") == made
-    with pytest.raises(ApiError, match="no file with id 'file-x-output'") as err:
-        store.get("file-x-output", owner="key-b")
+    assert store.adopt(src, "out.jsonl", "batch_output", owner="key-a", file_id=OUTPUT_ID) == made
+    with pytest.raises(ApiError, match=f"no file with id '{OUTPUT_ID}'") as err:
+        store.get(OUTPUT_ID, owner="key-b")
     assert err.value.status == 404
-    assert store.list("key-b") == [] and [f["id"] for f in store.list("key-a")] == ["file-x-output"]
+    assert store.list("key-b") == [] and [f["id"] for f in store.list("key-a")] == [OUTPUT_ID]
     with pytest.raises(ApiError):
-        store.get("../files/file-x-output", owner="key-a")
-    store.delete("file-x-output", owner="key-a")
+        store.get(f"../files/{OUTPUT_ID}", owner="key-a")
+    store.delete(OUTPUT_ID, owner="key-a")
     assert store.list("key-a") == []
+
+
+@pytest.mark.parametrize("bad", ["x" * 300, "../batches", "..", "", "file-" + "a" * 24 + "\n", "batch_" + "é" * 24])
+def test_an_id_the_server_never_issued_is_404_before_the_disk(tmp_path: Path, bad: str) -> None:
+    files, batches = FileStore(tmp_path / "files"), BatchStore(tmp_path / "batches")
+    for store, code in ((files, "file_not_found"), (batches, "batch_not_found")):
+        with pytest.raises(ApiError) as err:
+            store.get(bad, owner="")
+        assert err.value.status == 404 and err.value.code == code
+    assert batches.load(bad) is None
 
 
 def test_each_line_is_planned_as_a_call_or_an_immediate_answer() -> None:

@@ -61,6 +61,19 @@ def test_out_of_range_and_unfit_requests_are_4xx(url, body, status):
     assert r.status_code == status, r.text
 
 
+def test_top_k_minus_one_or_zero_keeps_all_and_other_negatives_are_400(url):
+    r = complete(url, top_k=-5)
+    assert r.status_code == 400, r.text
+    assert "top_k must be -1, 0 (all) or a positive count, got -5" in r.json()["error"]["message"]
+    for k in (-1, 0, 5):
+        assert complete(url, top_k=k, temperature=1.0).status_code == 200, k
+    # top_k=1 keeps only the most likely token: greedy at any temperature and seed (top_k reaches the sampler)
+    greedy = complete(url, prompt="Once upon a time", max_tokens=6, temperature=0).json()["choices"][0]["text"]
+    for seed in (1, 2, 3):
+        got = complete(url, prompt="Once upon a time", max_tokens=6, temperature=1.5, top_k=1, seed=seed)
+        assert got.json()["choices"][0]["text"] == greedy, seed
+
+
 def test_chat_with_a_lone_surrogate_is_400(url):
     raw = b'{"messages": [{"role": "user", "content": "hi \\ud800"}], "max_tokens": 1}'
     r = httpx.post(url + "/v1/chat/completions", content=raw, headers={**AUTH, "content-type": "application/json"})

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -38,12 +39,29 @@ def wait_done(client: openai.OpenAI, batch_id: str, timeout_s: float = 300) -> o
         time.sleep(0.2)
 
 
+# a key file of two clients (alpha has two keys: one name, one owner) next to the environment key KEY
+KEY_FILE = "# batch tests\nkey-alpha alpha\nkey-beta\nkey-alpha-2 alpha\n"
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+def served(tmp_path_factory: pytest.TempPathFactory):
+    """The embedding server: its URL and its app (to read the online-load state)."""
     data = tmp_path_factory.mktemp("data")
-    with running_server(task="embed", workers=1, api_key=KEY, data_dir=str(data), max_file_mb=0.25,
-                        max_batch_lines=300) as url:
-        yield url, openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+    (data / "keys").write_text(KEY_FILE)
+    apps: list = []
+    with running_server(task="embed", workers=1, api_key=KEY, api_keys_file=str(data / "keys"), data_dir=str(data),
+                        max_file_mb=0.25, max_batch_lines=300, on_app=apps.append) as url:
+        yield url, apps[0]
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    url, _ = served
+    return url, openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+
+
+def client_of(url: str, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
 
 
 def test_upload_create_poll_download_with_per_line_errors(server, tmp_path: Path) -> None:
@@ -123,6 +141,119 @@ def test_cancel_limits_and_bad_requests(server, tmp_path: Path) -> None:
     assert err.value.status_code == 413
     with pytest.raises(openai.BadRequestError, match="purpose 'fine-tune' is not supported"):
         client.files.create(file=small.open("rb"), purpose="fine-tune")
+
+
+def small_batch(client: openai.OpenAI, tmp_path: Path, prefix: str, **kwargs: object) -> object:
+    src = tmp_path / f"{prefix}.jsonl"
+    src.write_text("\n".join(batch_lines(2, prefix=prefix)) + "\n")
+    file_id = client.files.create(file=src.open("rb"), purpose="batch").id
+    return client.batches.create(input_file_id=file_id, endpoint="/v1/embeddings", completion_window="24h", **kwargs)
+
+
+def test_each_key_owns_its_files_and_batches_whatever_the_scheme_spelling(server, tmp_path: Path) -> None:
+    url, env_client = server
+    alpha, beta = client_of(url, "key-alpha"), client_of(url, "key-beta")
+    batch = small_batch(alpha, tmp_path, "own")
+    done = wait_done(alpha, batch.id)
+    assert done.status == "completed" and done.request_counts.completed == 2
+    mine = [batch.input_file_id, done.output_file_id]
+    for other in (beta, env_client):  # another key of the file, and the environment key
+        for file_id in mine:
+            for call in (other.files.retrieve, other.files.content, other.files.delete):
+                with pytest.raises(openai.NotFoundError):
+                    call(file_id)
+        with pytest.raises(openai.NotFoundError):
+            other.batches.retrieve(batch.id)
+        with pytest.raises(openai.NotFoundError):
+            other.batches.cancel(batch.id)
+        with pytest.raises(openai.BadRequestError, match="no file with id"):
+            other.batches.create(input_file_id=batch.input_file_id, endpoint="/v1/embeddings",
+                                 completion_window="24h")
+        assert not set(mine) & {f.id for f in other.files.list()}
+        assert batch.id not in [b.id for b in other.batches.list(limit=100).data]
+    # the scheme is case-insensitive and the owner comes from the key: every spelling sees the same objects
+    for scheme in ("Bearer", "bearer", "BEARER", "bEaReR"):
+        headers = {"Authorization": f"{scheme}  key-alpha"}
+        got = httpx.get(f"{url}/v1/batches/{batch.id}", headers=headers)
+        assert got.status_code == 200 and got.json()["output_file_id"] == done.output_file_id, scheme
+        listed = httpx.get(url + "/v1/files", headers=headers).json()["data"]
+        assert set(mine) <= {f["id"] for f in listed}, scheme
+    rotated = client_of(url, "key-alpha-2")  # the same name: the same owner
+    assert rotated.files.content(done.output_file_id).text == alpha.files.content(done.output_file_id).text
+    assert rotated.files.delete(batch.input_file_id).deleted
+
+
+HEX = "0123456789abcdef01234567"
+# ("." and ".." alone are not here: an HTTP client resolves them as dot segments before sending)
+BAD_IDS = ["x" * 300, f"file-{HEX}" + "0" * 280, f"batch_{HEX}" + "0" * 280, "../x", "...", "file-",
+           f"file-{HEX}.json", f"file-{HEX.upper()}", f"batch-{HEX}", f"file_{HEX}", "é" * 150, f"file-{HEX[:-1]}é",
+           "\x00", "%ff", "..%2f..%2fserver.lock", "file-%00"]
+
+
+@pytest.mark.parametrize("method, template", [
+    ("GET", "/v1/files/{}"), ("GET", "/v1/files/{}/content"), ("DELETE", "/v1/files/{}"),
+    ("GET", "/v1/batches/{}"), ("POST", "/v1/batches/{}/cancel"),
+])
+def test_an_id_the_server_did_not_issue_is_404_on_every_route(server, method: str, template: str) -> None:
+    url, _ = server
+    issued_elsewhere = [f"batch_{HEX}"] if "files" in template else [f"file-{HEX}", f"file-{HEX}-output"]
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}) as http:
+        for bad in BAD_IDS + issued_elsewhere:
+            quoted = bad if "%" in bad else quote(bad, safe="")  # "%ff" and the like go as raw bytes
+            r = http.request(method, template.format(quoted))
+            assert r.status_code == 404, (bad, r.status_code, r.text[:200])
+            assert r.json()["error"]["type"] == "not_found_error", bad
+
+
+def test_bad_ids_through_the_openai_client_and_in_body_fields(server) -> None:
+    _, client = server
+    for bad in ("x" * 300, f"batch_{HEX}", "é" * 150):
+        with pytest.raises(openai.NotFoundError, match="no file with id"):
+            client.files.retrieve(bad)
+    for bad in ("x" * 300, f"file-{HEX}", "é" * 150):
+        with pytest.raises(openai.NotFoundError, match="no batch with id"):
+            client.batches.retrieve(bad)
+        with pytest.raises(openai.NotFoundError):
+            client.batches.cancel(bad)
+    for bad in ("x" * 300, "../x", "é" * 150, f"batch_{HEX}"):
+        with pytest.raises(openai.BadRequestError, match="no file with id") as err:
+            client.batches.create(input_file_id=bad, endpoint="/v1/embeddings", completion_window="24h")
+        assert err.value.body["param"] == "input_file_id"
+    for bad in ("x" * 300, "../x", "é" * 150, f"file-{HEX}"):
+        with pytest.raises(openai.BadRequestError, match="is not a batch id") as err:
+            client.batches.list(after=bad)
+        assert err.value.body["param"] == "after"
+    assert client.batches.list(after=f"batch_{HEX}").data == []  # well formed but unknown: an empty page
+
+
+def test_metadata_over_openai_limits_is_400_naming_the_limit(server, tmp_path: Path) -> None:
+    _, client = server
+    for metadata, message in [
+        ({f"k{i}": "v" for i in range(17)}, "metadata has 17 keys; at most 16"),
+        ({"k" * 65: "v"}, "65 characters; keys of at most 64"),
+        ({"k": "v" * 513}, "513 characters; values of at most 512"),
+    ]:
+        with pytest.raises(openai.BadRequestError, match=message) as err:
+            small_batch(client, tmp_path, "meta", metadata=metadata)
+        assert err.value.body["param"] == "metadata"
+    widest = {f"{i:02d}" + "k" * 62: "v" * 512 for i in range(16)}
+    batch = small_batch(client, tmp_path, "meta", metadata=widest)
+    assert batch.metadata == widest
+    assert wait_done(client, batch.id).status == "completed"
+
+
+def test_the_lane_is_the_servers_own_state_not_a_client_header(served, server, tmp_path: Path) -> None:
+    url, app = served
+    _, client = server
+    load = app.state.batch_api.load
+    before = load.last_active
+    batch = small_batch(client, tmp_path, "lane")
+    assert wait_done(client, batch.id).request_counts.completed == 2
+    assert load.last_active == before  # the runner's own calls are not online load
+    r = httpx.post(url + "/v1/embeddings", json={"input": "a client claiming the batch lane"},
+                   headers={"Authorization": f"Bearer {KEY}", "x-parainfer-lane": "batch"})
+    assert r.status_code == 200
+    assert load.last_active > before and load.in_flight == 0  # counted as online while it ran
 
 
 def serve(data: Path, port: int, key: str) -> subprocess.Popen:

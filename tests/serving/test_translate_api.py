@@ -66,6 +66,21 @@ def test_a_pair_the_model_lacks_is_400_naming_the_pairs(server: str, pair: tuple
     assert error["code"] == "unsupported_language_pair" and "accepted pairs: en->pt, pt->en" in error["message"]
 
 
+@pytest.mark.parametrize("raw", [
+    b'{"input": "Hello.", "temperature": NaN}',       # NaN in a field the route ignores
+    b'{"input": "Hello.", "temperature": 1e999}',     # a number beyond a double
+    b'{"input": ["Hello.", "Bye."], "n": -Infinity}',
+    b'\xef\xbb\xbf{"input": "Hello."}',                 # a UTF-8 byte order mark
+])
+def test_json_that_is_not_strict_json_is_400_as_on_the_other_routes(server: str, raw: bytes):
+    for route in ("/v1/translations", "/v1/embeddings", "/v1/completions"):
+        r = httpx.post(server + route, content=raw, headers={"content-type": "application/json"}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json", (route, r.text)
+    fixed = raw.removeprefix(b"\xef\xbb\xbf").replace(b"NaN", b"1").replace(b"1e999", b"1").replace(b"-Infinity", b"1")
+    assert httpx.post(server + "/v1/translations", content=fixed, headers={"content-type": "application/json"},
+                      timeout=60).status_code == 200
+
+
 def test_other_task_routes_are_400_pointing_to_translations(server: str):
     r = httpx.post(server + "/v1/embeddings", json={"input": "x"}, timeout=30)
     assert r.status_code == 400 and "/v1/translations" in r.json()["error"]["message"]

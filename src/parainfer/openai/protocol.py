@@ -155,6 +155,8 @@ class SamplingFields(BoundedBody):
     max_tokens: int | None = Field(default=None, ge=1, description="most tokens to generate")
     temperature: float = Field(default=1.0, ge=0, le=2, description="0 = greedy")
     top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int = Field(default=0, description="vLLM's extension: keep the k most likely tokens; 0 or -1 keeps all "
+                       "(other negatives get 400)")
     seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1, description="seeds this request's "
                              "sampler (same seed, same text); 64 bits, what torch.Generator takes")
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None = Field(

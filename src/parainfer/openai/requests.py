@@ -128,7 +128,7 @@ def sampling_params(engine: Any, body: Any, prompts: list[list[int]]) -> Any:
     top_logprobs, response_format = structured_fields(engine, body)
     try:
         return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                              seed=body.seed, stop=body.stop or [], ignore_eos=body.ignore_eos,
+                              top_k=body.top_k, seed=body.seed, stop=body.stop or [], ignore_eos=body.ignore_eos,
                               response_format=response_format, logprobs=top_logprobs)
     except UsageError as exc:
         raise ApiError(400, str(exc), code="invalid_sampling") from None

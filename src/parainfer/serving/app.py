@@ -36,7 +36,8 @@ from parainfer.serving.http.guards import JsonContentTypeMiddleware, LoopbackGua
 from parainfer.serving.metrics import ServingMetrics
 from parainfer.serving.service import Service
 from parainfer.serving.batch_api.files import UploadAwareBodyLimit
-from parainfer.serving.http.middleware import AuthMiddleware, MetricsMiddleware
+from parainfer.serving.http.auth import AuthMiddleware, KeySet
+from parainfer.serving.http.middleware import MetricsMiddleware
 from parainfer.openai.protocol import (
     ClassifyRequest,
     ClassifyResponse,
@@ -62,8 +63,10 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
             (not used by ``--task generate``, whose engine loads in the lifespan).
 
     Raises:
-        UsageError: unknown model or task (from the registry).
+        UsageError: unknown model or task (from the registry); an API key file that cannot be
+            read or holds a bad line.
     """
+    keys = KeySet.from_settings(config.api_key, config.api_keys_file)
     metrics = ServingMetrics()
     service = _make_service(config, predictor, metrics)
     generator = service if isinstance(service, GenerationService) else None
@@ -84,6 +87,7 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
     app = FastAPI(title="parainfer", version=__version__, lifespan=lifespan, **lenient,
                   description="OpenAI-compatible embeddings, classification and text generation.")
     app.state.service, app.state.config, app.state.metrics = service, config, metrics
+    app.state.batch_api = batch_api  # its ``load`` is the online-load state the batch runner yields to
     install_error_handlers(app)
     app.include_router(_v1_routes(config, batches))
     app.include_router(generation_routes(config, generator))
@@ -94,8 +98,8 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
     app.add_middleware(UploadAwareBodyLimit, max_bytes=config.max_body_bytes,
                        upload_bytes=int(config.max_file_mb * (1 << 20)))
     app.add_middleware(JsonContentTypeMiddleware)
-    if config.api_key:
-        app.add_middleware(AuthMiddleware, api_key=config.api_key)
+    if keys is not None:  # no key: an open server, every client one owner (docs/serving.md, "Authentication")
+        app.add_middleware(AuthMiddleware, keys=keys)
     if binds_loopback(config.host):
         app.add_middleware(LoopbackGuardMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 401s and 413s too

@@ -44,6 +44,9 @@ def serve_command(
     api_key: Optional[str] = typer.Option(None, envvar="PARAINFER_API_KEY",
                                           help="require 'Authorization: Bearer KEY' on /v1 routes; prefer the "
                                           "PARAINFER_API_KEY environment variable (a flag shows in the process list)"),
+    api_keys: str | None = typer.Option(None, "--api-keys", help="file of API keys, one 'KEY [NAME]' a line "
+                                        "('#' starts a comment line); every key is accepted and owns its own "
+                                        "files and batches (with --api-key too: both)"),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 (generate: auto = float32)"),
     device: str = typer.Option("cpu", help="cpu | cuda (replicas spread over the GPUs) | cuda:N | auto"),
     max_inputs_per_request: int = typer.Option(2048, help="more inputs in one request get 413"),
@@ -81,7 +84,8 @@ def serve_command(
     check_executor(executor)
     config = ServeConfig(task=task, model=model, workers=workers, host=host, port=port,
                          max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                         request_timeout_s=request_timeout_s, api_key=api_key, dtype=dtype, device=device,
+                         request_timeout_s=request_timeout_s, api_key=api_key, api_keys_file=api_keys,
+                         dtype=dtype, device=device,
                          max_inputs_per_request=max_inputs_per_request, max_body_bytes=max_body_bytes,
                          threads_per_worker=threads_per_worker, group_by_length=group_by_length,
                          max_num_seqs=max_num_seqs, prefix_cache=prefix_cache, executor=executor, address=address,

@@ -35,7 +35,10 @@ class ServeConfig(BaseModel):
     max_body_bytes: int = Field(default=8 << 20, ge=1024, description="larger request bodies get 413")
     request_timeout_s: float = Field(default=30.0, gt=0, description="a request still waiting after this gets 504 "
                                      "(generate: non-streaming requests only)")
-    api_key: str | None = Field(default=None, description="when set, /v1 routes need Authorization: Bearer KEY")
+    api_key: str | None = Field(default=None, description="when set, /v1 routes need Authorization: Bearer KEY "
+                                "(one key; with api_keys_file, one more)")
+    api_keys_file: str | None = Field(default=None, description="a file of API keys, one 'KEY [NAME]' a line "
+                                      "(# comments); each key owns its own files and batches")
     dtype: str = Field(default="auto", description="auto | float32 | bfloat16 (generate: auto = float32)")
     device: Device = Field(default="cpu", description="cpu | cuda | cuda:N | auto; cuda spreads replicas over the GPUs")
     threads_per_worker: int | None = Field(default=None, ge=1, description="default: cores // workers "

@@ -15,9 +15,10 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 
-from parainfer.serving.batch_api.runner import LANE_HEADER, BatchRunner, OnlineLoad
+from parainfer.serving.batch_api.runner import BatchRunner, OnlineLoad
 from parainfer.serving.batch_api.batches import BatchStore, batches_routes
 from parainfer.serving.config import ServeConfig
+from parainfer.serving.http.middleware import in_lane
 from parainfer.openai.errors import ApiError
 from parainfer.openai.requests import accepts_model
 from parainfer.serving.batch_api.files import FileStore, files_routes
@@ -39,7 +40,7 @@ class BatchApi:
 
     Args:
         config: the server settings (``data_dir``, ``max_file_mb``, ``max_batch_lines``,
-            ``batch_concurrency``, ``api_key``, ``task``, ``model``).
+            ``batch_concurrency``, ``task``, ``model``).
     """
 
     def __init__(self, config: ServeConfig):
@@ -89,12 +90,10 @@ class BatchApi:
                         self.root)
             return
         self._lock = lock
-        headers = {LANE_HEADER: "batch"}
-        if self.config.api_key:
-            headers["authorization"] = f"Bearer {self.config.api_key}"
-        # In-process calls (no socket); a loopback Host passes the loopback guard (serving/guards.py).
-        self._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1",
-                                         headers=headers, timeout=None)
+        # In-process calls (no socket) in the "batch" lane: not counted as online load, and past
+        # API-key auth; a loopback Host passes the loopback guard (serving/http/guards.py).
+        self._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=in_lane(app, "batch")),
+                                         base_url="http://127.0.0.1", timeout=None)
 
         async def call(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             resp = await self._client.post(url, json=body)

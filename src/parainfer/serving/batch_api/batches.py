@@ -8,11 +8,15 @@ is ``batch_runner.BatchRunner``'s. Each batch lives in ``<data dir>/batches/<id>
 ``batch.json`` (the object, its owner and its committed progress, written atomically),
 ``output.jsonl`` and ``errors.jsonl`` (results in input order, up to the committed bytes).
 ``plan_line`` decides, per input line, whether to call the endpoint or answer it at once.
+Only ids this server issues (``BATCH_ID``) reach the disk: any other id is 404 (400 as
+``after``). ``metadata``: at most ``MAX_METADATA_KEYS`` pairs, keys of at most 64 characters and
+values of at most 512, as OpenAI's (400 naming the limit).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from pathlib import Path
@@ -24,11 +28,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from parainfer.openai.batch_file import ENDPOINTS, malformed_reason, result_line
 from parainfer.openai.errors import ApiError, error_body, error_type
-from parainfer.serving.batch_api.files import FileStore, owner_of, write_json_atomic
+from parainfer.serving.batch_api.files import (
+    FileStore,
+    owner_of,
+    shown_id,
+    write_json_atomic,
+)
+from parainfer.serving.http.json_body import OrjsonRoute
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 WINDOWS = ("24h",)
 _PRIVATE = ("owner", "progress")
+BATCH_ID = re.compile(r"batch_[0-9a-f]{24}")
+MAX_METADATA_KEYS, MAX_METADATA_KEY_CHARS, MAX_METADATA_VALUE_CHARS = 16, 64, 512
 Plan = tuple[str, Any, Any]  # ("call", custom_id, body) or ("done", ok, result line)
 
 
@@ -59,14 +71,20 @@ class BatchStore:
         write_json_atomic(self.folder(batch["id"]) / "batch.json", batch)
 
     def load(self, batch_id: str) -> dict[str, Any] | None:
+        """The record of ``batch_id``; None when there is none or the id is not one this server
+        issues (``BATCH_ID``, checked before the disk)."""
+        if not BATCH_ID.fullmatch(batch_id):
+            return None
         path = self.folder(batch_id) / "batch.json"
-        return json.loads(path.read_text()) if "/" not in batch_id and path.is_file() else None
+        return json.loads(path.read_text()) if path.is_file() else None
 
     def get(self, batch_id: str, owner: str) -> dict[str, Any]:
-        """The full record. Raises ApiError 404 for an unknown id or another key's batch."""
+        """The full record. Raises ApiError 404 for an unknown or malformed id, or another key's batch."""
         batch = self.load(batch_id)
         if batch is None or batch["owner"] != owner:
-            raise ApiError(404, f"no batch with id {batch_id!r}", param="batch_id", code="batch_not_found")
+            hint = "" if BATCH_ID.fullmatch(batch_id) else ": batch ids look like 'batch_' and 24 hex digits"
+            raise ApiError(404, f"no batch with id {shown_id(batch_id)}{hint}", param="batch_id",
+                           code="batch_not_found")
         return batch
 
     def all(self) -> list[dict[str, Any]]:
@@ -97,7 +115,7 @@ def batches_routes(store: BatchStore, files: FileStore, served_endpoints: tuple[
     """The four Batches routes. ``served_endpoints``: the endpoints this server's task answers;
     ``wake``: tells the runner there is a new batch; ``cancel_batch``: the runner's cancel
     (it owns the record of the batch it is running)."""
-    router = APIRouter(tags=["batches"])
+    router = APIRouter(tags=["batches"], route_class=OrjsonRoute)  # bodies parsed as on every JSON route
 
     @router.post("/v1/batches")
     async def create(body: BatchCreate, request: Request) -> Any:
@@ -111,11 +129,12 @@ def batches_routes(store: BatchStore, files: FileStore, served_endpoints: tuple[
         if body.completion_window not in WINDOWS:
             raise ApiError(400, f"completion_window {body.completion_window!r} is not supported; accepted: 24h",
                            param="completion_window", code="invalid_completion_window")
+        check_metadata(body.metadata)
         owner = owner_of(request)
         try:
             meta = files.get(body.input_file_id, owner)
         except ApiError:
-            raise ApiError(400, f"no file with id {body.input_file_id!r}; upload it with POST /v1/files",
+            raise ApiError(400, f"no file with id {shown_id(body.input_file_id)}; upload it with POST /v1/files",
                            param="input_file_id", code="file_not_found") from None
         if meta["purpose"] != "batch":
             raise ApiError(400, f"file {body.input_file_id} has purpose {meta['purpose']!r}; a batch input needs "
@@ -137,6 +156,9 @@ def batches_routes(store: BatchStore, files: FileStore, served_endpoints: tuple[
     @router.get("/v1/batches")
     async def list_batches(request: Request, limit: int = Query(20, ge=1, le=100), after: str | None = None) -> Any:
         """This key's batches, newest first; ``after``: the last id of the previous page."""
+        if after is not None and not BATCH_ID.fullmatch(after):
+            raise ApiError(400, f"after {shown_id(after)} is not a batch id; give the last id of the previous page "
+                                "('batch_' and 24 hex digits)", param="after", code="invalid_after")
         owner = owner_of(request)
         mine = [public(b) for b in reversed(store.all()) if b["owner"] == owner]
         if after is not None:
@@ -158,6 +180,24 @@ def batches_routes(store: BatchStore, files: FileStore, served_endpoints: tuple[
         return public(batch)
 
     return router
+
+
+def check_metadata(metadata: dict[str, str] | None) -> None:
+    """Raise 400 ``invalid_metadata`` unless ``metadata`` (None or a dict of strings) has at most
+    MAX_METADATA_KEYS pairs, keys of at most MAX_METADATA_KEY_CHARS characters and values of at
+    most MAX_METADATA_VALUE_CHARS (OpenAI's limits); the message names the limit and the pair."""
+    def refuse(why: str) -> ApiError:
+        return ApiError(400, why, param="metadata", code="invalid_metadata")
+
+    if metadata and len(metadata) > MAX_METADATA_KEYS:
+        raise refuse(f"metadata has {len(metadata)} keys; at most {MAX_METADATA_KEYS} are accepted")
+    for key, value in (metadata or {}).items():
+        if len(key) > MAX_METADATA_KEY_CHARS:
+            raise refuse(f"metadata key {shown_id(key)} has {len(key)} characters; keys of at most "
+                         f"{MAX_METADATA_KEY_CHARS} are accepted")
+        if len(value) > MAX_METADATA_VALUE_CHARS:
+            raise refuse(f"metadata[{shown_id(key)}] has {len(value)} characters; values of at most "
+                         f"{MAX_METADATA_VALUE_CHARS} are accepted")
 
 
 def plan_line(raw: bytes, line: int, endpoint: str, seen: dict[str, int],

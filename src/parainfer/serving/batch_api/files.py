@@ -5,14 +5,15 @@ Routes: ``POST /v1/files`` (multipart: ``file``, ``purpose`` = "batch"), ``GET /
 /v1/files/{id}``. A file is kept under ``<data dir>/files/`` as ``<id>.data`` plus its
 OpenAI file object in ``<id>.json`` (written atomically), so files outlive a restart. A file
 over ``--max-file-mb`` gets 413; every file belongs to the API key it was made with (``owner``,
-a hash of the key; "" without a key) and is invisible (404) to others.
+set by ``http.auth.AuthMiddleware``; "" on a server without keys) and is invisible (404) to
+others. Only ids this server issues (``FILE_ID``) ever reach the disk: any other id is 404.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -23,6 +24,7 @@ from fastapi import APIRouter, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 
 from parainfer.openai.errors import ApiError
+from parainfer.serving.http.auth import owner_in
 from parainfer.serving.http.middleware import BodyLimitMiddleware, Receive, Scope, Send
 from parainfer.openai.errors import error_body
 
@@ -30,10 +32,19 @@ UPLOAD_PURPOSES = ("batch",)
 MULTIPART_SLACK = 64 << 10  # bytes of multipart framing allowed on top of --max-file-mb
 
 
+FILE_ID = re.compile(r"file-[0-9a-f]{24}(?:-output|-errors)?")  # uploads; a batch's output and error files
+
+
 def owner_of(request: Request) -> str:
-    """The owner of what this request creates or reads: a hash of its bearer key ("" for none)."""
-    key = request.headers.get("authorization", "")
-    return hashlib.sha256(key.encode()).hexdigest()[:24] if key else ""
+    """The owner of what this request creates or reads: its API key's owner, as the auth
+    middleware recorded it (``http.auth.owner_in``; "" on a server without keys)."""
+    return owner_in(request.scope)
+
+
+def shown_id(value: str) -> str:
+    """An id as an error message quotes it: its repr, cut to 80 characters."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def write_json_atomic(path: Path, value: dict[str, Any]) -> None:
@@ -79,9 +90,13 @@ class FileStore:
         return obj
 
     def get(self, file_id: str, owner: str) -> dict[str, Any]:
-        """The file object. Raises ApiError 404 for an unknown id or another owner's file."""
-        path = self._meta_path(file_id) if "/" not in file_id and not file_id.startswith(".") else None
-        meta = json.loads(path.read_text()) if path is not None and path.is_file() else None
+        """The file object. Raises ApiError 404 for an unknown id, another owner's file, or a
+        string that is not a file id this server issues (``FILE_ID``; checked before the disk)."""
+        if not FILE_ID.fullmatch(file_id):
+            raise ApiError(404, f"no file with id {shown_id(file_id)}: file ids look like 'file-' and 24 hex "
+                                "digits", param="file_id", code="file_not_found")
+        path = self._meta_path(file_id)
+        meta = json.loads(path.read_text()) if path.is_file() else None
         if meta is None or meta.pop("owner") != owner:
             raise ApiError(404, f"no file with id {file_id!r}", param="file_id", code="file_not_found")
         return meta

@@ -2,7 +2,8 @@
 
 ``BatchRunner`` starts a batch's request lines only on capacity online traffic leaves idle
 (``OnlineLoad``, counted by the ``OnlineGate`` middleware; ``QUIET_S``), sends each line through
-the app itself (an in-process ASGI call marked with the ``LANE_HEADER``), writes the results in
+the app itself (an in-process ASGI call in the "batch" lane: ``http.middleware.in_lane``, a mark
+in the ASGI scope that no HTTP client can set), writes the results in
 input order and commits them every ``commit_every_s``, so a killed server resumes each batch
 with every result written exactly once. Priority and restart: docs/batch.md, "The same file
 through `parainfer serve` and the `openai` client" ("Priority", "Restart").
@@ -22,11 +23,10 @@ import orjson
 from parainfer.openai.batch_file import result_line
 from parainfer.serving.batch_api.batches import ACTIVE, BatchStore, Plan, plan_line
 from parainfer.serving.batch_api.files import FileStore
-from parainfer.serving.http.middleware import ASGIApp, Receive, Scope, Send
+from parainfer.serving.http.middleware import ASGIApp, Receive, Scope, Send, lane_of
 from parainfer.openai.errors import error_body
 
 log = logging.getLogger(__name__)
-LANE_HEADER = "x-parainfer-lane"
 ONLINE_PATHS = ("/v1/embeddings", "/v1/classify", "/v1/completions", "/v1/chat/completions")
 Call = Callable[[str, dict[str, Any]], Awaitable[tuple[int, dict[str, Any]]]]
 RETRIES, RETRY_STATUS = 240, (429, 503, 504)
@@ -50,14 +50,14 @@ class OnlineLoad:
 
 
 class OnlineGate:
-    """ASGI middleware: counts online requests to ONLINE_PATHS in ``load`` while they run."""
+    """ASGI middleware: counts online requests to ONLINE_PATHS in ``load`` while they run: every
+    request but the server's own in-process ones (``lane_of``), whatever headers it sends."""
 
     def __init__(self, app: ASGIApp, load: OnlineLoad):
         self.app, self.load = app, load
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        online = (scope["type"] == "http" and scope["path"] in ONLINE_PATHS
-                  and LANE_HEADER.encode() not in dict(scope["headers"]))
+        online = scope["type"] == "http" and scope["path"] in ONLINE_PATHS and lane_of(scope) == "online"
         if not online:
             return await self.app(scope, receive, send)
         self.load.in_flight += 1

@@ -1,5 +1,6 @@
-"""Plain ASGI middleware of the server: metrics (+ the ``x-request-id`` header), API-key auth,
-request body limit, JSON content type, and the loopback guard (``guards.py``).
+"""Plain ASGI middleware of the server: metrics (+ the ``x-request-id`` header), request body
+limit, and the lane of a request (online, or the server's own in-process batch calls); API-key
+auth is ``auth.py``, JSON content type and the loopback guard ``guards.py``.
 
 Plain ASGI (not Starlette's BaseHTTPMiddleware) so they do not buffer bodies and do not get in
 the way of the handler noticing a client disconnect.
@@ -7,7 +8,6 @@ the way of the handler noticing a client disconnect.
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 from typing import Any, Awaitable, Callable
@@ -22,6 +22,23 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+LANE = "parainfer.lane"  # ASGI scope key; only the server's own in-process calls set it
+
+
+def lane_of(scope: Scope) -> str:
+    """A request's lane: "online" for every HTTP client, or the lane the server gave its own
+    in-process call (``in_lane``). A scope key, never a header: a client cannot choose its lane."""
+    return scope.get(LANE, "online")
+
+
+def in_lane(app: ASGIApp, lane: str) -> ASGIApp:
+    """``app`` as the server calls itself in-process (through ``httpx.ASGITransport``): every
+    request's scope is marked with ``lane`` (e.g. "batch"), so the online-load gate does not count
+    it and API-key auth lets it pass (the server vouches for its own calls)."""
+    async def marked(scope: Scope, receive: Receive, send: Send) -> None:
+        scope[LANE] = lane
+        await app(scope, receive, send)
+    return marked
 
 
 async def send_json(send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
@@ -59,27 +76,6 @@ class MetricsMiddleware:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.requests.labels(route, str(status["code"])).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - t0)
-
-
-class AuthMiddleware:
-    """Requires ``Authorization: Bearer <api_key>`` on paths under ``prefix`` (401 otherwise).
-
-    The scheme is case-insensitive (RFC 9110 section 11.1: ``bearer`` is as good as ``Bearer``);
-    the key is compared with ``hmac.compare_digest`` (constant time). Other paths (/health,
-    /metrics, /docs) stay open.
-    """
-
-    def __init__(self, app: ASGIApp, api_key: str, prefix: str = "/v1"):
-        self.app, self.expected, self.prefix = app, api_key.encode(), prefix
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (scope["path"] == self.prefix or scope["path"].startswith(self.prefix + "/")):
-            scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").strip().partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.expected):
-                return await send_json(send, 401, error_body(
-                    "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
-                    "authentication_error", code="invalid_api_key"), {"WWW-Authenticate": "Bearer"})
-        await self.app(scope, receive, send)
 
 
 class BodyLimitMiddleware:

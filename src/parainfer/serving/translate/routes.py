@@ -23,6 +23,7 @@ from parainfer.serving.config import ServeConfig
 from parainfer.openai.errors import ApiError
 from parainfer.openai.protocol import ErrorResponse
 from parainfer.serving.embed.service import ClientGone, InferenceService
+from parainfer.serving.http.json_body import OrjsonRoute
 
 CLIENT_CLOSED = 499
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 429, 503, 504)}
@@ -62,7 +63,7 @@ class TranslationResponse(BaseModel):
 
 def translation_routes(config: ServeConfig, service: InferenceService | None) -> APIRouter:
     """The translation route; ``service`` is None on a server of another task (it answers 400)."""
-    router = APIRouter(tags=["v1"], responses=_ERRORS)
+    router = APIRouter(tags=["v1"], responses=_ERRORS, route_class=OrjsonRoute)  # strict JSON as the other routes
     name = config.served_model_name()
 
     @router.post("/v1/translations", response_model=TranslationResponse)
