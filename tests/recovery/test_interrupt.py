@@ -28,6 +28,7 @@ def test_first_signal_commits_and_exits_130(sig: int, fault_input: Path, clean_o
     committed = json.loads(Path(str(out) + ".parainfer-checkpoint.json").read_text())["records_done"]
     assert 0 < committed < faultkit.RECORDS
     assert len(out.read_text().splitlines()) == committed  # no bad records: one row per record
+    assert not Path(str(out) + ".parainfer-lock").exists()
     resumed = faultkit.run(cmd)
     assert resumed.returncode == 0, resumed.stderr
     assert out.read_bytes() == clean_output("jsonl")
@@ -53,6 +54,7 @@ def test_second_signal_exits_at_once_and_the_checkpoint_stays_consistent(fault_i
     assert proc.returncode == 130 and time.monotonic() - t < 3, stderr
     assert "leaked semaphore" not in stderr, stderr  # multiprocessing resources released before os._exit
     assert faultkit.wait_gone(workers) == []
+    assert not Path(str(out) + ".parainfer-lock").exists()  # removed before the immediate exit too
     resumed = faultkit.run(cmd)
     assert resumed.returncode == 0, resumed.stderr
     assert out.read_bytes() == clean_output("csv")

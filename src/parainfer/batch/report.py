@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from parainfer.io.safe_files import atomic_write
+
 
 @dataclass
 class WorkerStats:
@@ -188,11 +190,29 @@ def load_report(path: str | Path) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError) as e:
         raise UsageError(f"report {str(p)!r} is not JSON ({e}); expected a file written by "
                          "`parainfer run ... --report FILE`") from None
-    missing = [k for k in REQUIRED_KEYS if not isinstance(data, dict) or k not in data]
-    if missing or not isinstance(data.get("timeline"), list):
-        raise UsageError(f"{str(p)!r} is not a parainfer run report (no {(missing or ['timeline'])[0]!r} "
+    if missing := _missing_key(data):
+        raise UsageError(f"{str(p)!r} is not a parainfer run report (no {missing!r} "
                          "key); expected a file written by `parainfer run ... --report FILE`")
     return data
+
+
+def _missing_key(data: Any) -> str | None:
+    """The first key a run report must have that ``data`` lacks (None: it is a run report)."""
+    missing = [k for k in REQUIRED_KEYS if not isinstance(data, dict) or k not in data]
+    if missing or not isinstance(data.get("timeline"), list):
+        return (missing or ["timeline"])[0]
+    return None
+
+
+def is_run_report(path: str) -> bool:
+    """True when the regular file ``path`` is a run report (JSON with the keys ``load_report``
+    needs): one parainfer wrote, which a later ``--report`` may replace. False for anything else
+    (not JSON, not UTF-8, another program's JSON, unreadable)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return _missing_key(json.load(f)) is None
+    except (OSError, ValueError):
+        return False
 
 
 def close_run(report: "TimingReport", *, t0: float, t_spawn: float, ready_phases: list[dict[str, float]],
@@ -231,8 +251,11 @@ def already_complete(report: "TimingReport", t0: float, path: str | None, **resu
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> None:
-    """Write the report as indented JSON."""
-    Path(path).write_text(json.dumps(report, indent=1) + "\n")
+    """Write the report as indented JSON, atomically: a temp file of a new name in the same
+    folder, then renamed over ``path`` (``io.safe_files.atomic_write``), so a link at ``path``
+    is replaced, never written through."""
+    with atomic_write(str(path), text=True) as f:
+        f.write(json.dumps(report, indent=1) + "\n")
 
 
 def print_summary(report: dict[str, Any], stream: Any) -> None:

@@ -15,13 +15,17 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from parainfer.batch import shard_runner
+from parainfer.batch.report import is_run_report
 from parainfer.config import JobConfig
 from parainfer.executors import check_executor, default_threads
 from parainfer.executors import pool
 from parainfer.executors.base import WorkerReady
 from parainfer.executors.pool import Workers
-from parainfer.io.guard import check_output_paths
-from parainfer.io.shards.store import is_dir_output
+from parainfer.io.checkpoint import PARTS_SUFFIX, manifest_path
+from parainfer.io.guard import LOCK_SUFFIX, check_not_foreign, check_output_paths
+from parainfer.io.safe_files import check_own_dir, check_regular_or_absent
+from parainfer.io.shards.store import PARTS_SUFFIX as SHARDS_SUFFIX
+from parainfer.io.shards.store import is_dir_output, store_paths
 from parainfer.io.sinks import default_errors_path
 from parainfer.io.sources import open_source
 from parainfer.models.base import Predictor
@@ -121,11 +125,36 @@ def open_job_source(config: JobConfig) -> Any:
 
 def guard_output_paths(config: JobConfig) -> None:
     """UsageError when the output, report or errors file would overwrite the input or each
-    other (``io.guard.check_output_paths``); a folder output (sharded parts) is not checked."""
+    other (``io.guard.check_output_paths``; a folder output, sharded parts, is not checked), or
+    a file parainfer keeps next to the output is refused (``check_side_files``)."""
     folder = is_dir_output(config.output)  # a folder of parts (sharded mode; io.shards.store)
     out = config.output.rstrip("/") if folder else config.output
+    errors = config.errors or default_errors_path(out)
     check_output_paths(config.input, {"output": None if folder else out, "report": config.report,
-                                      "errors file": config.errors or default_errors_path(out)})
+                                      "errors file": errors})
+    check_side_files(config, out, folder, errors)
+
+
+def check_side_files(config: JobConfig, out: str, folder: bool, errors: str) -> None:
+    """Refuse (UsageError), before any model is built, a file parainfer writes next to the output
+    that is a symbolic link or not a regular file (``io.safe_files``; the lock and the errors
+    file, written in place, not a hard link either): the lock, the checkpoint, the Parquet parts
+    and shards folders, the errors file and the report; and a non-empty ``--report`` that is not
+    a run report (parainfer did not write it) unless ``--overwrite``. ``out``: the output path (a
+    folder output without its "/"); ``folder``: the output is a folder of parts; ``errors``: the
+    errors file. The errors file's ownership needs the checkpoint (``io.checkpoint.check_errors_file``)."""
+    if out != "-":
+        check_regular_or_absent(out + LOCK_SUFFIX, "lock file")
+        check_regular_or_absent(store_paths(config.output)[0] if folder else manifest_path(out), "checkpoint",
+                                one_name=False)
+        if not folder:
+            check_own_dir(out + SHARDS_SUFFIX, "shards folder")
+            if out.lower().endswith(".parquet"):
+                check_own_dir(out + PARTS_SUFFIX, "Parquet parts folder")
+    check_regular_or_absent(errors, "errors file")
+    if config.report and check_regular_or_absent(config.report, "report", one_name=False):
+        check_not_foreign(config.report, is_run_report(config.report), config.overwrite, "report",
+                          "it is not a parainfer run report")
 
 
 def build_job_predictor(config: JobConfig) -> Predictor:

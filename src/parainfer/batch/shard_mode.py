@@ -25,6 +25,7 @@ from parainfer.batch.shard_runner import run_shard, timeout_note
 from parainfer.io.shards.reader import ShardInput, shard_records
 from parainfer.io.shards.store import ShardStore, remove_quietly
 from parainfer.io.shards.plan import Shard, ShardPlanner, data_start, shard_lines, split_shard
+from parainfer.io.safe_files import open_file
 from parainfer.io.sinks import ErrorSink
 from parainfer.batch.recovery import (GracefulStop, Interrupted, RecoveryPolicy, Triage, on_worker_failed,
                                       on_write_failed)
@@ -312,7 +313,7 @@ class ShardDriver:
 
         part, errors_part = self.store.part_paths(shard, self.next_index)
         self.next_index += 1
-        open(part, "wb").close()
+        open_file(part, "wb", "shard part").close()
         items = list(shard_records(self.input, shard))
         errs = ErrorSink(errors_part)
         errs.write([RecordError(i, getattr(r, "line", shard.first_line), getattr(r, "id", None), reason,
@@ -408,9 +409,9 @@ class ShardDriver:
 def _read_note(path: str) -> str | None:
     """The text of a worker's timeout note (``shard_runner.BatchWatchdog``), or None."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open_file(path, "r", "timeout note") as f:
             text = f.read().strip()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a UsageError for a link put there (not followed)
         return None
     remove_quietly(path)
     return text or None

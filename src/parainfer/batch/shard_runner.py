@@ -26,6 +26,7 @@ from parainfer.executors.base import ShardResult, ShardTask, WriteFailed
 from parainfer.io.shards.reader import shard_records
 from parainfer.io.shards.plan import shard_lines
 from parainfer.io.shards.part_sinks import open_part
+from parainfer.io.safe_files import open_file
 from parainfer.io.sinks import ErrorSink, write_rows_each
 from parainfer.batch.length_estimate import LengthEstimator
 from parainfer.batch.merger import Merger
@@ -216,9 +217,9 @@ class BatchWatchdog:
             since = self._since
             if since is not None and time.monotonic() - since > self.timeout_s:
                 try:
-                    with open(self.note, "w", encoding="utf-8") as f:
+                    with open_file(self.note, "w", "timeout note") as f:
                         f.write(f"batch {self._batch} of the shard timed out after {self.timeout_s:g} s "
                                 f"(--task-timeout); worker {self.worker_id} killed")
-                except OSError:
-                    pass  # no note (a full disk): the driver names the death without the reason
+                except (OSError, ValueError):
+                    pass  # no note (a full disk, a link put there): the driver names the death without the reason
                 os.kill(os.getpid(), signal.SIGKILL)

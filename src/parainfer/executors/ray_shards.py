@@ -16,6 +16,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from parainfer.io.safe_files import open_file
+
 PROBE_PREFIX = ".parainfer-fs-probe-"
 FIX = ("sharded mode on Ray needs every node to see the input file and the output's folder at the same path "
        "(a shared file system: mount it on every node at the same path), or run with --shard-mode off "
@@ -64,7 +66,7 @@ class Probe:
                 _remove(check.probe)
             token = secrets.token_hex(16)
             probe = os.path.join(folder, f"{PROBE_PREFIX}{os.getpid()}-{token[:8]}")
-            with open(probe, "w", encoding="ascii") as f:
+            with open_file(probe, "x", "shared-file-system probe") as f:  # a new name: never a planted file
                 f.write(token)
             check = self._checks[key] = PathCheck(os.path.abspath(task.input.path), size, probe, token)
         return check
@@ -110,11 +112,11 @@ def check_paths(check: PathCheck, node: str) -> None:
         raise fail(folder, "output parts folder: another folder of that name (the driver's probe file differs)")
     mine = f"{check.probe}.w{os.getpid()}"
     try:
-        with open(mine, "w", encoding="ascii") as f:
+        with open_file(mine, "w", "shared-file-system probe") as f:
             f.write(node)
         os.remove(mine)
-    except OSError as e:
-        raise fail(folder, f"output parts folder not writable: {e.strerror or e}") from None
+    except (OSError, ValueError) as e:  # ValueError: a UsageError for a link there (not followed)
+        raise fail(folder, f"output parts folder not writable: {getattr(e, 'strerror', None) or e}") from None
 
 
 def shared_path_error(error: BaseException) -> str | None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import tempfile
 import time
 from typing import Any, Iterable, Iterator
 
@@ -22,7 +21,8 @@ from parainfer.errors import UsageError
 from parainfer.io import digest
 from parainfer.io.guard import check_not_foreign
 from parainfer.io.ordered_errors import OrderedErrors
-from parainfer.io.parquet_parts import PartedParquetSink, fsync_dir, part_path
+from parainfer.io.parquet_parts import PartedParquetSink, is_part_name, part_path
+from parainfer.io.safe_files import atomic_write, check_own_dir, check_regular_or_absent, foreign_names, open_file
 from parainfer.io.sinks import STDOUT, CsvSink, ErrorSink, JsonlSink, Sink, default_errors_path, open_sink
 
 VERSION = 1
@@ -36,33 +36,21 @@ def manifest_path(output: str) -> str:
 
 
 def write_manifest(path: str, manifest: dict[str, Any], compact: bool = False) -> None:
-    """Replace the manifest atomically and durably (a temp file unique to this call, fsync,
-    rename, fsync folder): two processes writing it never share a temp file. ``compact``: one
-    line, no indentation (the C encoder; sharded mode's manifest lists every committed shard)."""
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(manifest, indent=None if compact else 1))  # dumps: the C encoder when compact
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, OSError) and not e.filename and e.errno is not None:
-            raise OSError(e.errno, e.strerror, path) from None
-        raise
-    fsync_dir(folder)
+    """Replace the manifest atomically and durably (``io.safe_files.atomic_write``: a temp file
+    of a new name, fsync, rename, fsync folder): two processes writing it never share a temp
+    file, and a link at ``path`` is replaced, never written through. ``compact``: one line, no
+    indentation (the C encoder; sharded mode's manifest lists every committed shard)."""
+    with atomic_write(path, text=True) as f:
+        f.write(json.dumps(manifest, indent=None if compact else 1))  # dumps: the C encoder when compact
 
 
 def read_manifest(path: str) -> dict[str, Any] | None:
     """The manifest at ``path``, or None when there is none. Raises UsageError when it is not a
-    parainfer manifest of this version."""
-    if not os.path.exists(path):
+    parainfer manifest of this version, or a link or not a regular file (``io.safe_files``)."""
+    if not check_regular_or_absent(path, "checkpoint", one_name=False):
         return None
     try:
-        with open(path, encoding="utf-8") as f:
+        with open_file(path, "r", "checkpoint") as f:
             manifest = json.load(f)
     except (OSError, ValueError) as e:
         raise UsageError(f"checkpoint {path!r} is unreadable ({e}); delete it or rerun with --overwrite") from None
@@ -70,6 +58,38 @@ def read_manifest(path: str) -> dict[str, Any] | None:
         raise UsageError(f"checkpoint {path!r} is not a version-{VERSION} parainfer checkpoint; "
                          "delete it or rerun with --overwrite")
     return manifest
+
+
+def errors_owned(old: dict[str, Any] | None, errors_path: str) -> bool:
+    """True when the manifest ``old`` of this output lists ``errors_path`` as its errors file
+    (``"errors_file"``, an absolute path; a manifest of an older parainfer, without the key,
+    lists the one it was run with, taken as this one); False without a manifest."""
+    if old is None:
+        return False
+    listed = old.get("errors_file")
+    return listed is None or os.path.abspath(listed) == os.path.abspath(errors_path)
+
+
+def check_errors_file(old: dict[str, Any] | None, errors_path: str, overwrite: bool) -> None:
+    """Refuse (UsageError) an existing, non-empty errors file that the manifest ``old`` does not
+    list (``errors_owned``), unless ``overwrite``: parainfer would cut or delete it."""
+    check_not_foreign(errors_path, errors_owned(old, errors_path), overwrite, "errors file",
+                      "the checkpoint next to the output does not list it" if old else "no checkpoint lists it")
+
+
+def check_parts_folder(folder: str, overwrite: bool, what: str, is_own: Any) -> None:
+    """Refuse a parts folder that is a link or not a folder, a part name in it that is a link or
+    not a regular file, or (unless ``overwrite``) any file in it parainfer did not write
+    (``is_own(name)`` False): parainfer deletes its parts folder's files, and never one it did
+    not write. With ``overwrite`` such files are left in place (and the folder with them)."""
+    if not check_own_dir(folder, what):
+        return
+    foreign = foreign_names(folder, is_own, f"part in {what}")
+    if foreign and not overwrite:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise UsageError(f"{what} {folder!r} holds {foreign[0]!r}{more}, which parainfer did not write; parainfer "
+                         "never deletes files it did not write: move them out, or rerun with --overwrite to run "
+                         "anyway (they are left in place)")
 
 
 def job_fingerprint(config: Any, source: Any, predictor: Any) -> dict[str, Any]:
@@ -129,21 +149,27 @@ class Checkpoint:
         errors_path = config.errors or default_errors_path(config.output)
         self.errors = OrderedErrors(ErrorSink(errors_path))
         self._last_commit = time.monotonic()
+        overwrite = getattr(config, "overwrite", False)
         if config.output == STDOUT or config.input == "-":
             self.path, self.job = None, None
-            check_not_foreign(config.output, False, getattr(config, "overwrite", False))
+            check_not_foreign(config.output, False, overwrite)
+            check_errors_file(None, errors_path, overwrite)
             self.sink = open_sink(config.output, id_column=config.id_column, text_column=config.text_column,
                                   row_group_size=row_group_size)
             return
         self.path = manifest_path(config.output)
         self.parts = config.output + PARTS_SUFFIX if config.output.lower().endswith(".parquet") else None
         self.job = job_fingerprint(config, source, predictor)
-        old = None if getattr(config, "overwrite", False) else read_manifest(self.path)
-        check_not_foreign(config.output, old is not None, getattr(config, "overwrite", False))
+        check_regular_or_absent(self.path, "checkpoint", one_name=False)
+        old = None if overwrite else read_manifest(self.path)
+        check_not_foreign(config.output, old is not None, overwrite)
         if old is not None and old.get("job") != self.job:
             raise UsageError(f"output {config.output!r} has a checkpoint from a different job "
                              f"({_differences(old.get('job') or {}, self.job)}); rerun with --overwrite to "
                              "start over, or choose another --output")
+        check_errors_file(old, errors_path, overwrite)
+        if self.parts is not None:
+            check_parts_folder(self.parts, overwrite, "Parquet parts folder", is_part_name)
         if old is not None and old.get("finished") and os.path.isfile(self.output):
             self._verify_finished(old)
             self.finished, self.resumed_records = True, old["records_done"]
@@ -272,5 +298,6 @@ class Checkpoint:
             "failed_records": self.resumed_failed + failed, "output_bytes": self.sink.bytes_written,
             "output_parts": getattr(self.sink, "parts", 0), "errors_bytes": self.errors.offset,
             "output_sha256": self.sink.final_digest() if finished else self.sink.digest.hexdigest(),
-            "errors_sha256": self.errors.sink.digest.hexdigest(), "sink": sink_state, "finished": finished})
+            "errors_sha256": self.errors.sink.digest.hexdigest(), "errors_file": os.path.abspath(self.errors.path),
+            "sink": sink_state, "finished": finished})
         self.committed_records = next_seq

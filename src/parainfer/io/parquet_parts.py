@@ -4,17 +4,24 @@ A Parquet file cannot be appended to or cut back (its footer is at the end), so 
 ``flush()`` (each checkpoint commit) writes the rows buffered since the last one as a new,
 complete, fsync'd part ``DIR/part-000000.parquet``, ``part-000001`` ... (a resume deletes any
 uncommitted later part); ``finish()`` streams the parts in order into the output in row groups
-of exactly ``row_group_size`` rows (via ``OUTPUT.tmp``, fsync'd and renamed), so the file is
-byte-identical however often the job was interrupted; ``cleanup()`` deletes the parts folder.
+of exactly ``row_group_size`` rows (via a temp file of a new name, fsync'd and renamed:
+``io.safe_files.atomic_write``), so the file is byte-identical however often the job was
+interrupted; ``cleanup()`` deletes the parts and the folder (files parainfer did not write stay).
 The schema is the first part's. More: docs/fault-tolerance.md, "Where the checkpoint lives".
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Any
 
+from parainfer.io.safe_files import (
+    atomic_write,
+    fsync_dir,
+    make_own_dir,
+    open_file,
+    remove_own,
+)
 from parainfer.io.sinks import EMBEDDING_COLUMN, Sink
 
 
@@ -23,13 +30,10 @@ def part_path(folder: str, n: int) -> str:
     return os.path.join(folder, f"part-{n:06d}.parquet")
 
 
-def fsync_dir(folder: str) -> None:
-    """fsync a directory, so a file created or renamed in it survives a crash."""
-    fd = os.open(folder or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def is_part_name(name: str) -> bool:
+    """True for a name ``part_path`` makes (``part-NNNNNN.parquet``): the only files of a parts
+    folder parainfer deletes."""
+    return len(name) == 19 and name.startswith("part-") and name[5:11].isdigit() and name.endswith(".parquet")
 
 
 class PartedParquetSink(Sink):
@@ -52,10 +56,8 @@ class PartedParquetSink(Sink):
         self.folder, self.row_group_size, self.parts = folder, row_group_size, parts
         self._buffer: list[dict[str, Any]] = []
         self._schema: Any = None
-        os.makedirs(folder, exist_ok=True)
-        for name in os.listdir(folder):
-            if name.startswith("part-") and not _is_committed(name, parts):
-                os.remove(os.path.join(folder, name))
+        make_own_dir(folder, "Parquet parts folder")
+        remove_own(folder, lambda name: is_part_name(name) and int(name[5:11]) >= parts)
         if parts:
             import pyarrow.parquet as pq
 
@@ -72,7 +74,7 @@ class PartedParquetSink(Sink):
 
         table = self._table(self._buffer)
         path = part_path(self.folder, self.parts)
-        with open(path, "wb") as f:
+        with open_file(path, "wb", "Parquet part") as f:
             pq.write_table(table, f)
             f.flush()
             os.fsync(f.fileno())
@@ -90,13 +92,8 @@ class PartedParquetSink(Sink):
         """Flush, assemble the parts into the output (row groups of ``row_group_size``), fsync it.
         Safe to repeat after a crash: the parts stay until ``cleanup``."""
         self.flush()
-        tmp = self.path + ".tmp"
-        with open(tmp, "wb") as f:
+        with atomic_write(self.path) as f:
             assemble(f, [part_path(self.folder, n) for n in range(self.parts)], self._schema, self.row_group_size)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fsync_dir(os.path.dirname(self.path))
         self.bytes_written = os.path.getsize(self.path)
 
     def final_digest(self) -> str:
@@ -106,8 +103,9 @@ class PartedParquetSink(Sink):
         return file_digest(self.path)
 
     def cleanup(self) -> None:
-        """Delete the parts folder (after the finished output is recorded)."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Delete the part files, then the parts folder when nothing else is in it (after the
+        finished output is recorded); files parainfer did not write stay."""
+        remove_own(self.folder, is_part_name, rmdir=True)
 
     def close(self) -> None:
         """Close without assembling (parts stay for a resume); ``finish`` ends a job."""
@@ -140,13 +138,6 @@ def assemble(out: Any, parts: list[str], schema: Any, row_group_size: int = 10_0
     if held:
         writer.write_table(pa.concat_tables(pending).combine_chunks(), row_group_size=row_group_size)
     writer.close()
-
-
-def _is_committed(name: str, parts: int) -> bool:
-    try:
-        return int(name[len("part-"):].split(".")[0]) < parts and name.endswith(".parquet")
-    except ValueError:
-        return False
 
 
 class _NullStream:

@@ -19,6 +19,7 @@ import orjson
 
 from parainfer.errors import UsageError
 from parainfer.io import digest
+from parainfer.io.safe_files import check_regular_or_absent, open_file
 from parainfer.records import RecordError
 
 FORMATS = (".jsonl", ".ndjson", ".csv", ".parquet")
@@ -316,14 +317,17 @@ def open_sink(path: str, id_column: str = "id", text_column: str = "text",
     return (CsvSink if ext == ".csv" else JsonlSink)(path, stream, id_column, text_column)
 
 
-def _create(path: str, what: str) -> BinaryIO:
-    if os.path.isdir(path):
+def _create(path: str, what: str, follow: bool = True) -> BinaryIO:
+    """Create (or cut) ``path`` for writing. ``follow``: False for a file parainfer keeps next to
+    the output (the errors file): never opened through a link (``io.safe_files.open_file``);
+    the output itself is the user's choice and is followed."""
+    if os.path.isdir(path) and follow:
         raise UsageError(f"{what} {path!r} is a directory; expected a file path")
     folder = os.path.dirname(path) or "."
     if not os.path.isdir(folder):
         raise UsageError(f"{what} folder {folder!r} does not exist; create it or choose "
                          "another path")
-    return open(path, "wb")
+    return open(path, "wb") if follow else open_file(path, "wb", what)  # type: ignore[return-value]
 
 
 def default_errors_path(output_path: str) -> str:
@@ -353,25 +357,28 @@ class ErrorSink:
 
     def resume(self, offset: int, expected_digest: str | None = None) -> None:
         """Continue a checkpointed errors file: cut it back to ``offset`` bytes (its committed
-        length) and append after that; offset 0 deletes a stale file. Raises UsageError when
-        the file is shorter than ``offset`` or its first ``offset`` bytes do not have
-        ``expected_digest`` (it was changed since the checkpoint)."""
+        length) and append after that; offset 0 deletes a stale file (the caller has checked
+        that it is parainfer's). Raises UsageError when the file is shorter than ``offset`` or its
+        first ``offset`` bytes do not have ``expected_digest`` (it was changed since the
+        checkpoint), or when it is a link or not a regular file (``io.safe_files``)."""
         if offset == 0:
-            if os.path.isfile(self.path):
+            if check_regular_or_absent(self.path, "errors file"):
                 os.remove(self.path)
             return
+        check_regular_or_absent(self.path, "errors file")
         self.digest = digest.verify_prefix(self.path, offset, expected_digest, "errors file")
-        self._stream = open(self.path, "r+b")
+        self._stream = open_file(self.path, "r+b", "errors file")  # type: ignore[assignment]
         self._stream.truncate(offset)
         self._stream.seek(offset)
 
     def write(self, errs: list[RecordError]) -> None:
         """Append the errors, creating the file on the first one. Raises UsageError when the
-        file cannot be created (folder missing, path is a directory)."""
+        file cannot be created (folder missing, the path is a directory, a link or not a
+        regular file: it is never opened through a link)."""
         if not errs:
             return
         if self._stream is None:
-            self._stream = _create(self.path, "errors file")
+            self._stream = _create(self.path, "errors file", follow=False)
         rows = ({"line": e.line, "id": e.id, "reason": e.reason, "text": e.text} for e in errs)
         data = "".join(dumps(row) + "\n" for row in rows).encode("utf-8")
         with _named(self.path):

@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 from parainfer.errors import UsageError
 from parainfer.io import digest
 from parainfer.io.parquet_parts import rows_table
+from parainfer.io.safe_files import open_file
 from parainfer.io.sinks import CsvSink, JsonlSink, Sink
 
 PART_FORMATS = (".jsonl", ".csv", ".parquet")
@@ -121,8 +122,9 @@ def open_part(path: str, fmt: str, id_column: str, text_column: str, header: Any
     """Create the part file ``path`` in format ``fmt`` (".jsonl", ".csv", ".parquet"); see the
     module doc for ``header`` and ``with_header``. The sink has ``write_rows``, ``close``,
     ``bytes_written``, ``digest`` (after ``close``) and ``header`` (None for JSONL).
-    Raises UsageError for another format."""
-    stream = open(path, "wb")
+    Raises UsageError for another format, or when ``path`` is a link or not a regular file
+    (it is never opened through a link: ``io.safe_files``)."""
+    stream = open_file(path, "wb", "shard part")
     if fmt == ".jsonl":
         sink: Sink = JsonlSink(path, stream, id_column, text_column)
         sink.header = None  # type: ignore[attr-defined]

@@ -14,14 +14,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-from typing import Any, BinaryIO, Iterator
+from typing import Any
 
 from parainfer.errors import UsageError
 from parainfer.io import digest
-from parainfer.io.checkpoint import VERSION, _differences, job_fingerprint, manifest_path, read_manifest, write_manifest
+from parainfer.io.checkpoint import (VERSION, _differences, check_errors_file, check_parts_folder, job_fingerprint,
+                                     manifest_path, read_manifest, write_manifest)
 from parainfer.io.guard import check_not_foreign
-from parainfer.io.parquet_parts import assemble, fsync_dir
+from parainfer.io.parquet_parts import assemble
+from parainfer.io.safe_files import (atomic_write, check_regular_or_absent, foreign_names, make_own_dir, open_file,
+                                     remove_own)
 from parainfer.io.shards.part_sinks import csv_header_line, output_format
 from parainfer.io.shards.plan import Shard
 from parainfer.io.sinks import default_errors_path, dumps_bytes
@@ -75,12 +77,18 @@ class ShardStore:
         if self.keep_parts:
             self.job["output_format"] = self.format + "/"
             _check_dir(self.folder, self.path)
+        check_regular_or_absent(self.path, "checkpoint", one_name=False)
         old = None if config.overwrite else read_manifest(self.path)
         check_not_foreign(config.output, old is not None, config.overwrite)
         if old is not None and old.get("job") != self.job:
             raise UsageError(f"output {config.output!r} has a checkpoint from a different job "
                              f"({_differences(old.get('job') or {}, self.job)}); rerun with --overwrite to "
                              "start over, or choose another --output")
+        check_errors_file(old, self.errors_path, config.overwrite)
+        if self.keep_parts:  # the output folder may hold the user's files (never deleted): its parts are checked
+            foreign_names(self.folder, _is_dir_own, "part in output folder")
+        else:
+            check_parts_folder(self.folder, config.overwrite, "shards folder", _is_part)
         self.committed: list[dict[str, Any]] = []
         self.header: Any = None  # the job's CSV header / Parquet schema bytes (io.shards.part_sinks)
         self.next_start, self.next_line = start
@@ -91,11 +99,8 @@ class ShardStore:
         elif old is not None and old.get("mode") == MODE and not old.get("finished"):
             self._resume(old)
         else:
-            if self.keep_parts:
-                _clear_parts(self.folder, self.path)
-            else:
-                shutil.rmtree(self.folder, ignore_errors=True)
-            os.makedirs(self.folder, exist_ok=True)
+            remove_own(self.folder, _is_dir_own if self.keep_parts else _is_part)
+            self._make_folder()
             self._write(finished=False)
         self.resumed_records, self.resumed_failed = self.records_done, self.failed
         self.saved_records = self.records_done
@@ -121,8 +126,16 @@ class ShardStore:
             return True
         return result.header == self.header
 
+    def _make_folder(self) -> None:
+        """Create the parts folder: the shards folder is parainfer's (never a link); an output
+        folder is the user's to name, as an output file is (a link to a folder is followed)."""
+        if self.keep_parts:
+            os.makedirs(self.folder, exist_ok=True)
+        else:
+            make_own_dir(self.folder, "shards folder")
+
     def _resume(self, old: dict[str, Any], finished: bool = False) -> None:
-        os.makedirs(self.folder, exist_ok=True)
+        self._make_folder()
         keep = {DIR_MANIFEST} if self.keep_parts else set()
         header = old.get("header")
         self.header = bytes.fromhex(header) if self.format == ".parquet" and header else header
@@ -136,9 +149,7 @@ class ShardStore:
                     raise UsageError(f"committed part {path!r} was changed or lost since its checkpoint: {why}; "
                                      "rerun with --overwrite to start over")
                 keep.add(name)
-        for name in os.listdir(self.folder):  # partial parts of shards that were not committed
-            if name not in keep and (not self.keep_parts or _is_part(name)):
-                os.remove(os.path.join(self.folder, name))
+        remove_own(self.folder, _is_part, keep)  # partial parts of shards that were not committed
         self.committed = list(old.get("committed", []))
         self.next_start, self.next_line = old["next_start"], old["next_line"]
 
@@ -165,7 +176,8 @@ class ShardStore:
 
     def finish(self) -> tuple[int, int]:
         """Concatenate the committed parts into the output and the errors file, mark the job
-        finished, remove the parts folder. Returns (output bytes, errors bytes).
+        finished, remove the parts (and the folder, unless files parainfer did not write are
+        in it). Returns (output bytes, errors bytes).
 
         The output is copied in the kernel (``os.copy_file_range``) and not hashed again: the
         finished manifest keeps each part's size and digest (``output_ranges_sha256``), which
@@ -181,7 +193,7 @@ class ShardStore:
             import pyarrow as pa
 
             schema = pa.ipc.read_schema(pa.py_buffer(self.header)) if self.header else None
-            with _atomic_file(self.output) as out:
+            with atomic_write(self.output) as out:
                 assemble(out, [p for p, e in zip(parts, self.committed) if e["out_bytes"]], schema)
             out_bytes, out_sha, ranges = os.path.getsize(self.output), digest.file_digest(self.output), None
         else:
@@ -196,12 +208,13 @@ class ShardStore:
             err_bytes, err_sha = _concat_errors(self.errors_path, self.folder, err_parts)
         else:
             err_bytes, err_sha = 0, digest.new().hexdigest()
-            if os.path.isfile(self.errors_path):
+            if check_regular_or_absent(self.errors_path, "errors file"):
                 os.remove(self.errors_path)  # a stale errors file of an older run of this output
         write_manifest(self.path, {
             "version": VERSION, "mode": MODE, "job": self.job, "records_done": self.records_done,
             "failed_records": self.failed, "output_bytes": out_bytes, "output_parts": 0, "errors_bytes": err_bytes,
-            "output_sha256": out_sha, "errors_sha256": err_sha, "sink": {}, "finished": True,
+            "output_sha256": out_sha, "errors_sha256": err_sha, "errors_file": os.path.abspath(self.errors_path),
+            "sink": {}, "finished": True,
             "shards": len(self.committed), "header": self._header_json(),
             "next_start": self.next_start, "next_line": self.next_line,
             **({"committed": self.committed, "parts": [e["part"] for e in self.committed if e["out_bytes"]]}
@@ -214,7 +227,7 @@ class ShardStore:
                 if not e["out_bytes"]:
                     remove_quietly(os.path.join(self.folder, e["part"]))
         else:
-            shutil.rmtree(self.folder, ignore_errors=True)
+            remove_own(self.folder, _is_part, rmdir=True)  # files parainfer did not write stay, and the folder
         return out_bytes, err_bytes
 
     def _header_json(self) -> Any:
@@ -225,7 +238,8 @@ class ShardStore:
             "version": VERSION, "mode": MODE, "job": self.job, "records_done": self.records_done,
             "failed_records": self.failed, "output_bytes": 0, "output_parts": 0, "errors_bytes": 0,
             "next_start": self.next_start, "next_line": self.next_line, "committed": self.committed,
-            "header": self._header_json(), "finished": finished}, compact=True)
+            "errors_file": os.path.abspath(self.errors_path), "header": self._header_json(), "finished": finished},
+            compact=True)
         self.saved_records = self.records_done
 
 
@@ -242,19 +256,15 @@ def _check_dir(folder: str, manifest: str) -> None:
                          "parainfer); parainfer never deletes files it did not write: choose an empty or new folder")
 
 
-def _clear_parts(folder: str, manifest: str) -> None:
-    """Delete the parts (and manifest) an earlier job wrote in an output folder, nothing else."""
-    if not os.path.isdir(folder):
-        return
-    for name in os.listdir(folder):
-        if name == DIR_MANIFEST or _is_part(name):
-            os.remove(os.path.join(folder, name))
-
-
 def remove_quietly(path: str) -> None:
     """Delete ``path`` if it exists."""
     with contextlib.suppress(FileNotFoundError):
         os.remove(path)
+
+
+def _is_dir_own(name: str) -> bool:
+    """A file parainfer writes in an output folder: its manifest or a part (``_is_part``)."""
+    return name == DIR_MANIFEST or _is_part(name)
 
 
 def _is_part(name: str) -> bool:
@@ -266,37 +276,17 @@ def _is_part(name: str) -> bool:
     return len(stem) == 15 and stem.isdigit()
 
 
-@contextlib.contextmanager
-def _atomic_file(dest: str) -> Iterator[BinaryIO]:
-    """An open temp file next to ``dest``; on a clean exit it is fsynced and renamed over
-    ``dest`` (and the folder fsynced), so readers see the old file or the whole new one. On an
-    error the temp file is removed; an OSError naming no file is raised naming ``dest``."""
-    tmp = dest + ".parainfer-tmp"
-    try:
-        with open(tmp, "wb") as out:
-            yield out
-            out.flush()
-            os.fsync(out.fileno())
-    except BaseException as e:
-        remove_quietly(tmp)  # a full disk: the half-written copy must not keep the space
-        if isinstance(e, OSError) and not e.filename and e.errno is not None:
-            raise OSError(e.errno, e.strerror, dest) from None  # a failed write names no file
-        raise
-    os.replace(tmp, dest)
-    fsync_dir(os.path.dirname(dest) or ".")
-
-
 def _concat(dest: str, parts: list[str], hashed: bool, head: bytes = b"") -> tuple[int, str | None]:
     """Write ``head`` then the parts one after the other into ``dest`` (through a temp file,
     fsynced, then renamed); returns (bytes, hex SHA-256 when ``hashed``, else None: then the
     copy runs in the kernel, ``os.copy_file_range``, where the platform has it)."""
     h, size = digest.new(), len(head)
     h.update(head)
-    with _atomic_file(dest) as out:
+    with atomic_write(dest) as out:
         out.write(head)
         out.flush()
         for part in parts:
-            with open(part, "rb") as f:
+            with open_file(part, "rb", "shard part") as f:
                 if not hashed and hasattr(os, "copy_file_range"):
                     left = os.fstat(f.fileno()).st_size
                     while left > 0:
@@ -319,9 +309,9 @@ def _concat_errors(dest: str, folder: str, entries: list[dict[str, Any]]) -> tup
     numbers (counted from 1 at its shard's start) are shifted to the file's. Returns (bytes,
     hex SHA-256)."""
     h, size = digest.new(), 0
-    with _atomic_file(dest) as out:
+    with atomic_write(dest) as out:
         for e in entries:
-            with open(os.path.join(folder, e["errors_part"]), "rb") as f:
+            with open_file(os.path.join(folder, e["errors_part"]), "rb", "shard errors part") as f:
                 data = f.read()
             if e.get("relative") and e["first_line"] != 1:
                 rows = [json.loads(x) for x in data.splitlines()]
