@@ -73,7 +73,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_backends_"))
     train_path, val_path = prepare(tmp, args.limit)
     t = time.perf_counter()
-    sk = train(str(subset(train_path, args.sklearn_train_limit)), str(tmp / "sklearn"), backend="sklearn",
+    train(str(subset(train_path, args.sklearn_train_limit)), str(tmp / "sklearn"), backend="sklearn",
                validation=0.01, seed=0)
     print(f"sklearn trained in {time.perf_counter() - t:.0f} s", flush=True)
     t = time.perf_counter()

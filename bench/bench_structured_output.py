@@ -28,7 +28,7 @@ import jsonschema  # noqa: E402
 
 from bench_generation import SENTENCES  # noqa: E402
 from parainfer.generation import LLMEngine, SamplingParams, ensure_smollm2  # noqa: E402
-from parainfer.generation import postprocess, sampling  # noqa: E402
+from parainfer.generation import sampling  # noqa: E402
 
 GRAMMAR_S = [0.0]  # seconds spent filling/applying masks and advancing grammar states
 

@@ -14,7 +14,6 @@ import pytest
 
 import parainfer
 from parainfer import RecordsFailed, UsageError
-from tests.conftest import read_jsonl
 
 ECHO = "parainfer.testing:echo"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from parainfer.executors.ray_shards import PathCheck, SharedPathError, check_paths
-from tests.cluster.test_ray_cluster import FAST, MARKER, SLEEPY, ray_args, write_input
+from tests.cluster.test_ray_cluster import FAST, SLEEPY, ray_args, write_input
 from tests.conftest import read_jsonl
 
 SHARDS = {"PARAINFER_MIN_SHARD_BYTES": "2000"}  # small shards: ~15 records each at the end

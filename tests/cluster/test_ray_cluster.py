@@ -110,7 +110,7 @@ def test_a_3x_straggler_actor_is_absorbed_by_the_dynamic_policy(ray_cluster, tmp
 
 def test_worker_actor_sigkilled_mid_job_loses_and_duplicates_nothing(ray_cluster, tmp_path: Path) -> None:
     src = write_input(tmp_path / "in.jsonl")
-    clean, out, report = tmp_path / "clean.jsonl", tmp_path / "o.jsonl", tmp_path / "r.json"
+    out, report = tmp_path / "o.jsonl", tmp_path / "r.json"
     proc = ray_cluster.start("run", str(src), "-o", str(out), "--report", str(report),
                              "--model", "parainfer.testing:sleepy", *ray_args(ray_cluster), *FAST, env=SLEEPY)
     actors = ray_cluster.wait_actors(2)

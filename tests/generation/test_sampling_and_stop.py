@@ -69,7 +69,7 @@ def test_bad_sampling_params_raise(kwargs):
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from parainfer.generation.sampler import sample
+from parainfer.generation.sampler import sample  # noqa: E402
 from parainfer.generation.sampling_params import SEED_MAX, SEED_MIN  # noqa: E402
 from parainfer.generation.sequence import Sequence  # noqa: E402
 
