@@ -52,7 +52,7 @@ def run_job(workers, src: Path, out: Path, mode: str) -> dict:
 
 
 @pytest.mark.parametrize("out_ext", ["jsonl", "csv", "parquet"])
-@pytest.mark.parametrize("ext", ["jsonl", "csv", "txt", "parquet"])
+@pytest.mark.parametrize("ext", ["jsonl", "csv", "txt", "parquet", "jsonl-noid"])
 def test_sharded_output_is_record_mode_output(ext: str, out_ext: str, inputs, workers, tmp_path: Path,  # noqa: F811
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     for k, v in SMALL_SHARDS.items():

@@ -48,6 +48,9 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     paths["txt"].write_text("".join(r["text"].replace("\n", " ").replace("\r", " ") + "\n" for r in data),
                             encoding="utf-8")
     pq.write_table(pa.Table.from_pylist(data), paths["parquet"], row_group_size=97)
+    paths["jsonl-noid"] = d / "noid.jsonl"  # no id column: ids are line numbers, as in record mode
+    paths["jsonl-noid"].write_text("".join(json.dumps({k: v for k, v in r.items() if k != "id"}) + "\n" for r in data),
+                                   encoding="utf-8")
     return paths
 
 
@@ -113,7 +116,7 @@ def test_a_bad_plan_is_refused_naming_the_values(args: tuple[int, int, int, int]
         FactoringPlan(*args)
 
 
-@pytest.mark.parametrize("ext", ["jsonl", "csv", "txt", "parquet"])
+@pytest.mark.parametrize("ext", ["jsonl", "csv", "txt", "parquet", "jsonl-noid"])
 def test_shards_read_exactly_what_the_source_reads(ext: str, inputs: dict[str, Path]) -> None:
     path = str(inputs[ext])
     expected = as_tuples(open_source(path))
@@ -128,7 +131,7 @@ def test_shards_read_exactly_what_the_source_reads(ext: str, inputs: dict[str, P
         sizes = [s.end - s.start for s in shards]
         assert sizes[0] > 4 * sizes[-2]  # large first, small towards the end
     assert [s.end for s in shards[:-1]] == [s.start for s in shards[1:]]  # contiguous, no gap, no overlap
-    assert all(s.first_line == 0 for s in shards) == (ext == "jsonl")  # JSONL is cut without reading it
+    assert [s.first_line for s in shards[:1]] == [data_start(path)[1]] and all(s.first_line > 0 for s in shards)
     assert read_shards(path, shards, data_start(path)[1]) == expected
 
 

@@ -26,10 +26,10 @@ class Shard:
 
     Attributes:
         start, end: byte offsets (text formats) or 0-based row numbers (Parquet), end excluded.
-        first_line: 1-based line (Parquet: row) number of the first line of the range; 0 when
-            not known (a JSONL shard, planned without reading the file): the worker then
-            numbers lines from 1 within the shard and the driver shifts its errors part's line
-            numbers when it concatenates the parts (``io.shards.store``).
+        first_line: 1-based line (Parquet: row) number of the first line of the range. 0 (not
+            known) only in a checkpoint written by an older parainfer, which cut JSONL without
+            counting lines: the driver then shifts that errors part's line numbers when it
+            concatenates the parts (``io.shards.store``).
     """
 
     start: int
@@ -164,16 +164,15 @@ def data_start(path: str) -> tuple[int, int]:
 class TextCutter:
     """Cuts bytes ``[start, size)`` of a JSONL/CSV/TXT file into consecutive shards, one ``cut``
     at a time, each cut moved forward to the next record end. ``start`` must be a record start
-    (``data_start`` or a committed shard's end), ``first_line`` its line number. CSV and TXT:
-    reads each shard's range once (counting line ends, and for CSV quotes, at about memory
-    speed); JSONL: reads only around each cut, and the shards' ``first_line`` is 0 (not known).
-    Holds the file open until ``close``."""
+    (``data_start`` or a committed shard's end), ``first_line`` its line number. Reads each
+    shard's range once, counting line ends (and for CSV quotes) at about memory speed, so every
+    shard knows its first line number: a JSONL row without an id gets its line number as its
+    id, as in record mode. Holds the file open until ``close``."""
 
     def __init__(self, path: str, start: int, first_line: int):
         self.csv = path.lower().endswith(".csv")
-        self.numbered = not path.lower().endswith((".jsonl", ".ndjson"))  # JSONL: first_line 0
         self.size = os.path.getsize(path)
-        self.pos, self.line = start, first_line if self.numbered else 0
+        self.pos, self.line = start, first_line
         self._f = open(path, "rb")
 
     @property
@@ -187,10 +186,6 @@ class TextCutter:
         if pos >= size:
             return None
         cut = min(size, pos + max(1, target))
-        if not self.numbered:
-            cut = _line_end(f, cut - 1, size, False, False)[0] if cut < size else size
-            self.pos = cut
-            return Shard(pos, cut, 0)
         lines, quotes = _count(f, pos, cut, self.csv)
         if cut < size:
             f.seek(cut - 1)
