@@ -192,7 +192,8 @@ def train_command(
     output: str = typer.Option(..., "--output", "-o", help="model directory to create (run --model DIR reads it)"),
     backend: str = typer.Option("sklearn", help="sklearn (TF-IDF + logistic regression) | head (built-in encoder + "
                                 "logistic regression) | keras (Embedding -> LSTM -> softmax)"),
-    label_column: str = typer.Option("label", help="column holding the label (any number of classes)"),
+    label_column: str = typer.Option("label", help="column holding the label: 2 classes or more, 2 rows or more of "
+                                     "each; labels keep their JSON type (1 stays an integer)"),
     text_column: str = typer.Option("text", help="column holding the text"),
     validation: float = typer.Option(0.2, help="fraction held out for validation (stratified)"),
     seed: int = typer.Option(0, help="split and training seed"),

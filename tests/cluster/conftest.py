@@ -3,7 +3,8 @@
 ``ray_cluster`` (session scope) runs ``raycluster.sh up`` once and ``down`` at the end whatever
 the outcome; the driver (``parainfer run`` / ``serve``) runs in the head's namespace with the
 cluster's token. Node failure detection is shortened (GCS health checks every 0.5 s, dead after
-3 misses) so a lost node is noticed in seconds, not the default ~30 s.
+3 misses) so Ray itself notices a lost node in seconds, not the default ~15-65 s;
+``cluster_up`` makes one with other settings (``test_ray_node_lost.py``: Ray's defaults).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,14 +87,30 @@ class Cluster:
         """SIGKILL every process of the second node (raylet, its workers): a machine lost."""
         subprocess.run([str(SCRIPT), "node-down", self.tag], check=True, timeout=60)
 
+    def node_cut(self) -> None:
+        """Take the second node off the network (its processes run on, unreachable)."""
+        subprocess.run([str(SCRIPT), "node-cut", self.tag], check=True, timeout=60)
+
+    def node_up(self) -> None:
+        """Start the second node again (after ``node_down``), its link up."""
+        env = {**os.environ, "RAY": str(Path(sys.executable).with_name("ray"))}
+        subprocess.run([str(SCRIPT), "node-up", self.tag], check=True, timeout=120, env=env)
+
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Cluster:
+def ray_cluster() -> Iterator[Cluster]:
     """The cluster; PARAINFER_TEST_RAY_TAG=TAG reuses one made by ``raycluster.sh up TAG`` (and
     leaves it up: for working on these tests)."""
     reuse = os.environ.get("PARAINFER_TEST_RAY_TAG")
-    tag = reuse or format(os.getpid(), "x")[-6:]
-    env = {**os.environ, "RAY": str(Path(sys.executable).with_name("ray")), **FAST_HEALTH,
+    with cluster_up(reuse or format(os.getpid(), "x")[-6:], FAST_HEALTH, reuse=bool(reuse)) as cluster:
+        yield cluster
+
+
+@contextmanager
+def cluster_up(tag: str, ray_env: dict[str, str], reuse: bool = False) -> Iterator[Cluster]:
+    """``raycluster.sh up TAG`` with ``ray_env`` in Ray's environment (e.g. FAST_HEALTH), and
+    ``down TAG`` on the way out whatever happens; ``reuse``: TAG is up already (left up)."""
+    env = {**os.environ, "RAY": str(Path(sys.executable).with_name("ray")), **ray_env,
            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
     t0 = time.monotonic()
     try:

@@ -4,8 +4,11 @@
 #   raycluster.sh up TAG     start it; prints KEY=VALUE lines (HEAD_NS, NODE_NS, ADDRESS, TEMP)
 #   raycluster.sh down TAG   kill every process in its namespaces, delete them and its files
 #   raycluster.sh node-down TAG   SIGKILL every process of the second node (a machine lost)
-#   raycluster.sh node-up TAG     start (or restart) the second node (NODES=1 up starts the head only;
-#                                 NODES=0 up makes the namespaces and their network, no Ray)
+#   raycluster.sh node-cut TAG    take the second node off the network (its link down; its processes
+#                                 run on, unreachable: a machine that vanished without a word)
+#   raycluster.sh node-up TAG     start (or restart) the second node, its link up again (NODES=1 up
+#                                 starts the head only; NODES=0 up makes the namespaces and their
+#                                 network, no Ray)
 #   raycluster.sh info TAG   print its KEY=VALUE lines again
 #   raycluster.sh down-all   tear down every cluster this script made (CI's exit trap)
 #
@@ -18,7 +21,7 @@
 # Environment: RAY_CPUS (logical CPUs per node, default 1), RAY_PORT (default 6379),
 # NET (third octet, default 1..250 from TAG).
 set -euo pipefail
-cmd=${1:?usage: raycluster.sh up|down|node-down TAG, or down-all}
+cmd=${1:?usage: raycluster.sh up|down|node-down|node-cut|node-up TAG, or down-all}
 if [[ $cmd == down-all ]]; then
   for ns in $(ip netns list | awk '{print $1}' | grep -E '^pirc[a-z0-9]{1,6}[12b]$' || true); do
     pids=$(ip netns pids "$ns" 2>/dev/null || true)
@@ -81,6 +84,7 @@ up() {
 }
 
 node_up() {
+  ip -n "$ns2" link set eth0 up
   ip netns exec "$ns2" env $auth "$RAY" start --address "$ip1:$port" --node-ip-address "$ip2" \
     --num-cpus "$cpus" --disable-usage-stats --temp-dir "$temp/node2" >"$temp/node2.log" 2>&1 \
     || { cat "$temp/node2.log" >&2; exit 1; }
@@ -95,7 +99,8 @@ case $cmd in
   up) up ;;
   down) down ;;
   node-down) kill_ns "$ns2" ;;
+  node-cut) ip -n "$ns2" link set eth0 down ;;
   node-up) node_up ;;
   info) info ;;
-  *) echo "unknown command '$cmd'; accepted: up, down, node-down, node-up, info, down-all" >&2; exit 2 ;;
+  *) echo "unknown command '$cmd'; accepted: up, down, node-down, node-cut, node-up, info, down-all" >&2; exit 2 ;;
 esac

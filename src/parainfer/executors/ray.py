@@ -5,14 +5,17 @@ Ray only places and runs the actors (``executors/ray_actor.py``). Each task, or 
 (``executors/ray_shards.py``), is one actor call whose ObjectRef the executor holds until it
 resolves; an actor that dies becomes one ``WorkerFailed``. Actors have ``max_restarts=0``: the
 driver restarts them, so ``batch.recovery.RecoveryPolicy`` counts and plans restarts and retries
-as for processes. Placement, death detection and clocks: docs/cluster.md, "How the executor
-uses Ray".
+as for processes. A lost node (``ray_cluster.NodeWatch``, seconds, where Ray's own health checks
+take up to a minute) fails all its workers at once, prints one line saying what happens next,
+and its workers restart where there is room. Placement, death detection and clocks:
+docs/cluster.md, "How the executor uses Ray".
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,8 +25,8 @@ from parainfer.errors import UsageError
 from parainfer.executors.base import (Event, Executor, ShardResult, ShardTask, TaskResult, WorkerFailed, WorkerReady,
                                       WriteFailed)
 from parainfer.executors.local import MAX_DEATHS_WHILE_LOADING, default_threads
-from parainfer.executors.ray_cluster import (PASSED_ENV_PREFIXES, check_room, connect, load_error, pick_node,
-                                             running_task)
+from parainfer.executors.ray_cluster import (PASSED_ENV_PREFIXES, NodeWatch, check_room, connect, load_error,
+                                             pick_node, raylet_ports, room_for, running_task)
 from parainfer.executors.ray_shards import Probe, place_shard_result, shared_path_error
 from parainfer.models.base import Predictor
 from parainfer.executors.base import Task
@@ -62,9 +65,15 @@ class RayExecutor(Executor):
         cpus_per_worker, gpus_per_worker: Ray resources each actor asks for (> 0 / >= 0).
 
     ``start`` raises UsageError when the cluster has fewer CPUs or GPUs in all than the
-    actors ask for (they would wait forever). Runs shards (sharded mode) when every node sees the
-    input and the output's folder at the same path; ``poll`` raises UsageError naming the node and
-    the path when one does not (``ray_shards``).
+    actors ask for (they would wait forever). A node found lost (``NodeWatch``: its raylet
+    refuses connections, or has not answered for ``NODE_LOST_S``) fails every worker on it at
+    once (``WorkerFailed``, no task blamed) and prints one line to stderr: ``node ADDRESS lost
+    (why; N workers: ids): restarting them on the remaining nodes``, or, when the nodes left have
+    no room (this job's actors counted), which are left out and how many workers go on; with no
+    room and no worker left, the failures are fatal (the job stops; a rerun resumes). A lost
+    node's address is not used again by this executor. Runs shards (sharded mode) when every
+    node sees the input and the output's folder at the same path; ``poll`` raises UsageError
+    naming the node and the path when one does not (``ray_shards``).
     """
 
     runs_shards = True  # each actor reads its shard and writes its parts (a shared file system)
@@ -91,6 +100,10 @@ class RayExecutor(Executor):
         self._owns_ray = False
         self._actor_class: Any = None
         self._probe = Probe()  # the shared-file-system probe files of sharded mode
+        self._watch: NodeWatch | None = None
+        self._ports: dict[str, int] = {}  # node address -> its raylet's port (for NodeWatch)
+        self._lost: set[str] = set()  # node addresses found lost
+        self._left_out: set[int] = set()  # workers of lost nodes not restarted: no room left
         self.restarts = 0
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -98,6 +111,14 @@ class RayExecutor(Executor):
         self._connect()
         for w in range(self.num_workers):
             self._spawn(w)
+        self._watch = NodeWatch(self._watched)
+        self._watch.start()
+
+    def _watched(self) -> dict[str, int]:
+        """NodeWatch's targets: {address: raylet port} of the nodes holding loaded workers."""
+        with self._lock:
+            nodes = {s.node for s in self._slots if s is not None and s.ready}
+            return {n: self._ports[n] for n in nodes if n in self._ports and n not in self._lost}
 
     def _connect(self) -> None:
         import ray
@@ -116,7 +137,8 @@ class RayExecutor(Executor):
     def _spawn(self, w: int, first: bool = True, avoid: str | None = None) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        node = pick_node(w, first, self.cpus, self.gpus, [s.node for s in self._slots if s is not None], avoid)
+        node = pick_node(w, first, self.cpus, self.gpus, [s.node for s in self._slots if s is not None], avoid,
+                         self._lost)
         strategy = NodeAffinitySchedulingStrategy(node, soft=True) if node else "SPREAD"
         actor = self._actor_class.options(
             num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0, max_task_retries=0, scheduling_strategy=strategy,
@@ -126,11 +148,14 @@ class RayExecutor(Executor):
             self._slots[w] = _Slot(actor, actor.load.remote(self.predictor), actor.watch.remote())
 
     def restart(self, worker_id: int) -> None:
-        """Replace a worker with a fresh actor (placed wherever the cluster has room)."""
+        """Replace a worker with a fresh actor (placed wherever the cluster has room); a worker
+        of a lost node that no node had room for stays stopped (``_lose_node``)."""
         with self._lock:
             slot, self._slots[worker_id] = self._slots[worker_id], None
         if slot is not None:
             self._kill_actor(slot.actor)
+        if worker_id in self._left_out:
+            return
         self.restarts += 1
         last = self._placements[worker_id]  # its slot is gone already when it died: where it last loaded
         self._spawn(worker_id, first=False, avoid=last[-1] if last else None)
@@ -153,6 +178,8 @@ class RayExecutor(Executor):
     def shutdown(self) -> None:
         import ray
 
+        if self._watch is not None:
+            self._watch.stop()
         with self._lock:
             slots, self._slots = self._slots, [None] * self.num_workers
         for slot in slots:
@@ -191,6 +218,12 @@ class RayExecutor(Executor):
     def poll(self, timeout: float) -> list[Event]:
         import ray
 
+        events: list[Event] = []
+        if self._watch is not None:
+            for address, why in self._watch.take_lost().items():
+                self._lose_node(address, why, events)
+        if events:
+            timeout = 0.0
         with self._lock:
             owners = {}
             for w, slot in enumerate(self._slots):
@@ -203,11 +236,10 @@ class RayExecutor(Executor):
                     owners[ref] = (w, slot)
         if not owners:
             time.sleep(min(timeout, 0.05))
-            return []
+            return events
         ready, _ = ray.wait(list(owners), num_returns=1, timeout=timeout)
         if ready:
             ready, _ = ray.wait(list(owners), num_returns=len(owners), timeout=0)
-        events: list[Event] = []
         done = set(ready)
         for w, slot in {owners[r][0]: owners[r][1] for r in ready}.items():
             with self._lock:
@@ -230,6 +262,7 @@ class RayExecutor(Executor):
                 self._slots[w] = None
                 return
             slot.ready, slot.node, slot.pid = True, loaded["node"], loaded["pid"]
+            self._ports.update(raylet_ports())  # a node started again has another raylet port
             slot.free_since = time.perf_counter()
             self._load_deaths[w] = 0
             self._placements[w].append(loaded["node"])
@@ -271,16 +304,28 @@ class RayExecutor(Executor):
             events.append(TaskResult(index, w, outputs, errors, start - queue_s, start, start + compute_s, counts,
                                      *rows))
 
-    def _died(self, w: int, slot: _Slot, error: BaseException, events: list[Event]) -> None:
+    def _died(self, w: int, slot: _Slot, error: BaseException | None, events: list[Event],
+              lost: str | None = None) -> WorkerFailed | None:
         """Report a dead actor. Every call it held resolves once Ray knows it died (a result, or
         RayActorError): wait for them (up to SETTLE_S) and keep the results. The task it was
         running is the one it last recorded starting (``ray_actor.mark_running``); a held task
-        whose result was lost in the crash is requeued like any other."""
+        whose result was lost in the crash is requeued like any other.
+
+        When the actor's node does not answer either, its whole node is lost (``_lose_node``).
+        ``lost`` (that path: why its node is lost): no waiting (the calls of a node off the
+        network resolve only when Ray gives up on it) and no task is blamed. Returns the
+        ``WorkerFailed`` appended to ``events`` (None when ``_lose_node`` reported it)."""
         import ray
 
+        if lost is None and slot.node and slot.node not in self._lost and self._watch is not None:
+            why = self._watch.verdict(slot.node, self._ports.get(slot.node))
+            if why is not None:
+                self._lose_node(slot.node, why, events)
+                if self._slots[w] is not slot:
+                    return None
         refs = [ref for ref, _, _ in slot.held.values()]
         if refs:
-            ray.wait(refs, num_returns=len(refs), timeout=SETTLE_S)
+            ray.wait(refs, num_returns=len(refs), timeout=0 if lost else SETTLE_S)
         for index, (ref, _, submitted) in list(slot.held.items()):
             try:
                 value = ray.get(ref, timeout=0)
@@ -288,28 +333,72 @@ class RayExecutor(Executor):
                 break
             self._result(w, slot, index, value, submitted, events)
         held = [task for _, task, _ in slot.held.values()]
-        running = running_task(slot.actor)
-        if running not in slot.held:
-            running = -1  # it died between tasks (killed): no task is the suspect
         where = f" (pid {slot.pid} on node {slot.node})" if slot.node else ""
-        cause = " ".join(str(error).split())[:300]
-        reason = f"worker {w}{where} died: {type(error).__name__}: {cause}"
-        if not slot.ready:
-            self._load_deaths[w] += 1
-        fatal = self._load_deaths[w] >= MAX_DEATHS_WHILE_LOADING
-        if fatal:
-            reason = f"model failed to load: worker {w} died {self._load_deaths[w]} times in a row while loading it " \
-                     f"(last: {reason})"
-        events.append(WorkerFailed(w, reason, held, fatal=fatal, running=running))
+        fatal = False
+        if lost is not None:
+            running = -1  # the node went, not a record's fault: nothing is blamed
+            reason = f"worker {w}{where} lost with its node: {lost}"
+        else:
+            running = running_task(slot.actor)
+            if running not in slot.held:
+                running = -1  # it died between tasks (killed): no task is the suspect
+            cause = " ".join(str(error).split())[:300]
+            reason = f"worker {w}{where} died: {type(error).__name__}: {cause}"
+            if not slot.ready:
+                self._load_deaths[w] += 1
+            fatal = self._load_deaths[w] >= MAX_DEATHS_WHILE_LOADING
+            if fatal:
+                reason = f"model failed to load: worker {w} died {self._load_deaths[w]} times in a row while " \
+                         f"loading it (last: {reason})"
+        event = WorkerFailed(w, reason, held, fatal=fatal, running=running)
+        events.append(event)
         self._kill_actor(slot.actor)
         self._slots[w] = None
+        return event
+
+    def _lose_node(self, address: str, why: str, events: list[Event]) -> None:
+        """Node ``address`` is lost: fail each worker on it (one ``WorkerFailed`` each, appended
+        to ``events``), count the room the other live nodes have for them (``room_for``), leave
+        out those that do not fit (``restart`` then keeps them stopped) and print one line saying
+        so. With no room and no other worker running, the failures are fatal instead, with that
+        line as their reason (the job stops; its checkpoint makes a rerun resume)."""
+        if address in self._lost:
+            return
+        self._lost.add(address)
+        victims = [w for w, s in enumerate(self._slots) if s is not None and s.node == address]
+        failed = [self._died(w, self._slots[w], None, events, lost=f"node {address} lost: {why}") for w in victims]
+        if not victims:
+            return
+        with self._lock:
+            live = [s.node for s in self._slots if s is not None]
+        n = len(victims)
+        fit = min(n, room_for(self.cpus, self.gpus, live, self._lost))
+        self._left_out.update(victims[fit:])
+        them = "it" if n == 1 else "them"
+        head = f"node {address} lost ({why}; {n} worker{'s' if n > 1 else ''}: {', '.join(map(str, victims))})"
+        if fit == n:
+            line = f"{head}: restarting {them} on the remaining nodes"
+        elif live or fit:
+            what = (f"no node left has room for {them}" if fit == 0 else
+                    f"restarting {fit} on the remaining nodes, no room for the other {n - fit}")
+            line = f"{head}: {what}: going on with {len(live) + fit} of {self.num_workers} workers"
+        else:
+            line = (f"{head}: no node left has room for {them} and no other worker is running: the job stops "
+                    "(rerun the same command to resume from its checkpoint)")
+            for event in failed:
+                if event is not None:
+                    event.fatal, event.reason = True, line
+            return
+        print(line, file=sys.stderr, flush=True)
 
     def describe(self) -> dict[str, Any]:
-        """Executor, address, nodes with their worker counts (last placement of each worker),
-        and every placement of each worker (restarts may move it)."""
-        last = [p[-1] if p else None for p in self._placements]
+        """Executor, address, nodes with their worker counts (last placement of each worker
+        still running), every placement of each worker (restarts may move it), the nodes found
+        lost and the workers left out for want of room after that."""
+        last = [p[-1] if p and w not in self._left_out else None for w, p in enumerate(self._placements)]
         nodes = sorted({n for n in last if n})
         return {"name": "ray", "address": self.address or "local", "cpus_per_worker": self.cpus,
                 "gpus_per_worker": self.gpus,
                 "nodes": [{"node": n, "workers": last.count(n)} for n in nodes],
-                "worker_nodes": last, "placements": self._placements}
+                "worker_nodes": last, "placements": self._placements, "lost_nodes": sorted(self._lost),
+                "left_out_workers": sorted(self._left_out)}

@@ -3,7 +3,8 @@
 
 Owns the format (version 1; ``write_manifest``, ``read_manifest``, ``has_manifest``): ``format``
 "parainfer-model", ``version``, ``backend`` (sklearn | head | keras | onnx), ``task`` (classify
-| embed), ``labels`` (class index -> label), ``files`` (paths relative to the directory),
+| embed), ``labels`` (class index -> label, each of the JSON type it had in the training data:
+1 and "1" differ), ``files`` (paths relative to the directory),
 ``preprocessing``, ``metrics`` (validation, at training time), ``training``, ``command`` (what
 made it) and ``versions``. An example and how it is read: docs/models.md, "The manifest".
 """

@@ -39,11 +39,14 @@ class SklearnPredictor(Predictor):
 
     Args:
         model_path: the .skops file.
-        labels: the classes in the order of ``predict_proba``'s columns (checked against the
-            estimator's ``classes_`` on load).
+        labels: the classes in the order of ``predict_proba``'s columns, each of the type it
+            had in the training data (the manifest's); checked against the text of the
+            estimator's ``classes_`` on load (``parainfer train`` fits on the labels' text).
+            None: the estimator's classes, as strings.
         trust: trust the file's non-default types (``--trust``).
 
-    Output per text: ``label`` (the most probable class) and ``score`` (its probability).
+    Output per text: ``label`` (the most probable class, from ``labels``: an integer label stays
+    an integer) and ``score`` (its probability).
     """
 
     task = "classify"
@@ -58,16 +61,17 @@ class SklearnPredictor(Predictor):
         """Load the estimator (checked by skops); raises UsageError for untrusted types."""
         self._model = load_skops(self.model_path, self.trust)
         classes = [str(c) for c in self._model.classes_]
-        if self.labels is not None and classes != list(self.labels):
+        if self.labels is not None and classes != [str(label) for label in self.labels]:
             raise UsageError(f"{str(self.model_path)!r} has classes {classes}, but its manifest says {self.labels}")
-        self.labels = classes
+        if self.labels is None:
+            self.labels = classes
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Class probabilities [B, C] (float64), columns in ``labels`` order."""
         return np.asarray(self._model.predict_proba(texts))
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
-        """Classify B texts; returns B dicts {"label": str, "score": float}."""
+        """Classify B texts; returns B dicts {"label": one of ``labels``, "score": float}."""
         probs = self.predict_proba(texts)
         best = probs.argmax(axis=1)
         return [{"label": self.labels[i], "score": float(probs[r, i])} for r, i in enumerate(best)]

