@@ -33,18 +33,117 @@ NODE_LOST_S = 10.0
 def connect(address: str | None, cpus_needed: int) -> bool:
     """Connect this process to the cluster at ``address``, or start a local Ray when None (with
     at least ``cpus_needed`` logical CPUs, as many processes as the local executor would run).
-    Returns True when this call connected (the caller should ``ray.shutdown()`` at the end)."""
+    Returns True when this call connected (the caller should ``ray.shutdown()`` at the end).
+
+    With no address the job always starts a Ray of its own (``address="local"``), even when
+    another Ray runs on this machine (``ray.init()`` would attach to that one). With an address,
+    ``check_head`` first makes sure a Ray head answers there and accepts this driver's token, so
+    a wrong address or token fails in seconds with one line instead of Ray's retries.
+
+    Raises:
+        UsageError: the head at ``address`` cannot be reached, refuses the token, or the
+            connection fails (the CLI exits with 2).
+    """
     import ray
 
     if ray.is_initialized():
         return False
     quiet = dict(log_to_driver=False, logging_level=logging.WARNING)
     if address:
-        ray.init(address=address, **quiet)
+        check_head(address)
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as e:
+            raise UsageError(head_error(address, e)) from e
     else:
-        ray.init(num_cpus=max(os.cpu_count() or 1, cpus_needed), include_dashboard=False, **quiet)
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, cpus_needed), include_dashboard=False, **quiet)
     route_raylet_notices_to_logging()
     return True
+
+
+# check_head: how long the TCP connection to the head's GCS port may take, and how long the GCS
+# may take to answer (a separate process asks it for the cluster id, so Ray's own warnings stay
+# out of the driver's stderr). Ray alone retries a dead head for minutes and a refused token
+# for ~20 s.
+HEAD_CONNECT_S = 5.0
+HEAD_ANSWER_S = 30.0
+_GCS_PROBE = """
+import sys
+try:
+    from ray._raylet import GcsClient
+except Exception:
+    sys.exit(3)
+try:
+    GcsClient(address=sys.argv[1], cluster_id=None)
+except Exception as e:
+    text = getattr(e, "message", None) or str(e) or type(e).__name__
+    print(text.strip().splitlines()[0] if text.strip() else type(e).__name__)
+    sys.exit(10 if type(e).__name__ == "AuthenticationError" else 11)
+"""
+
+
+def unreachable(address: str, why: str) -> str:
+    """The one line for a head that does not answer at ``address``."""
+    return f"cannot reach the Ray head at {address}: {why}; is `ray start --head` running there? (docs/cluster.md)"
+
+
+def token_refused(address: str) -> str:
+    """The one line for a head that refuses this driver's token (or its lack of one)."""
+    mode = "" if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else "set RAY_AUTH_MODE=token and "
+    return (f"the Ray cluster at {address} refused this driver's token: {mode}set RAY_AUTH_TOKEN_PATH to the "
+            f"cluster's token file (docs/cluster.md, \"Token\")")
+
+
+def head_error(address: str, error: BaseException) -> str:
+    """The one line for ``ray.init(address=...)`` failing with ``error`` (after ``check_head``
+    passed: the head went away meanwhile, or Ray failed otherwise)."""
+    text = " ".join(str(e) for e in (error, error.__cause__) if e is not None)
+    if "InvalidAuthToken" in text or "Unauthenticated" in text or type(error).__name__ == "AuthenticationError":
+        return token_refused(address)
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return unreachable(address, first)
+
+
+def check_head(address: str, connect_s: float = HEAD_CONNECT_S, answer_s: float = HEAD_ANSWER_S) -> None:
+    """Make sure a Ray head answers at ``address`` (HOST:PORT, its GCS) and takes this driver's
+    token (``RAY_AUTH_MODE``, ``RAY_AUTH_TOKEN_PATH``/``RAY_AUTH_TOKEN``, as Ray reads them),
+    within ``connect_s`` seconds for the TCP connection and ``answer_s`` for the GCS's answer.
+    Addresses Ray resolves itself (``auto``, ``ray://...``) are left to Ray.
+
+    Raises:
+        UsageError: ``address`` is not HOST:PORT, nothing answers there, the GCS refuses the
+            token, or it does not answer in time; the message says which and what to do.
+    """
+    import subprocess
+    import sys
+
+    if address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UsageError(f"--address must be HOST:PORT of the Ray head (e.g. 10.0.0.1:6379), got {address!r}")
+    token_path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if token_path and not os.environ.get("RAY_AUTH_TOKEN"):
+        try:
+            with open(os.path.expanduser(token_path), "rb"):
+                pass
+        except OSError as e:
+            raise UsageError(f"RAY_AUTH_TOKEN_PATH={token_path!r} cannot be read ({e.strerror or e}): set it to the "
+                             f"Ray cluster's token file (docs/cluster.md, \"Token\")") from None
+    why = probe_raylet(host.strip("[]"), int(port), connect_s)
+    if why is not None:
+        raise UsageError(unreachable(address, "connection refused" if why == "refused" else why))
+    try:
+        proc = subprocess.run([sys.executable, "-c", _GCS_PROBE, address], capture_output=True, text=True,
+                              timeout=answer_s)
+    except subprocess.TimeoutExpired:
+        raise UsageError(unreachable(address, f"port {port} accepts connections but no Ray GCS answered there "
+                                              f"within {answer_s:g} s")) from None
+    if proc.returncode == 10:
+        raise UsageError(token_refused(address))
+    if proc.returncode == 11:
+        raise UsageError(unreachable(address, proc.stdout.strip() or "its GCS failed to answer"))
+    # 0: it answered; anything else (no GcsClient in this Ray): ray.init will tell
 
 
 def check_room(address: str | None, workers: int, cpus: float, gpus: float) -> None:
