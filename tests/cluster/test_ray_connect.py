@@ -145,3 +145,15 @@ def test_a_token_path_that_does_not_exist_is_named(head, tmp_path: Path) -> None
     line = one_error_line(proc)
     assert f"RAY_AUTH_TOKEN_PATH={str(missing)!r} cannot be read" in line, line
     assert took < BOUND_S, f"took {took:.1f} s"
+
+
+def test_serve_with_an_address_where_no_head_listens_exits_2_before_starting(head) -> None:
+    address = head["NODE_IPS"].split(",")[1] + ":6399"
+    args = ["serve", "--task", "classify", "--model", "parainfer.testing:echo", "--port", "18123", "--workers", "1",
+            "--executor", "ray", "--address", address, "--log-level", "warning"]
+    proc, took = driver(head["HEAD_NS"], args, {}, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = one_error_line(proc)  # not uvicorn's "Application startup failed" with a traceback
+    assert line == (f"error: cannot reach the Ray head at {address}: connection refused; is `ray start --head` "
+                    "running there? (docs/cluster.md)"), line
+    assert took < 2 * BOUND_S, f"took {took:.1f} s"  # the server's imports take most of it

@@ -14,13 +14,26 @@ from parainfer.serving.config import ServeConfig
 
 
 def run_server(config: ServeConfig, log_level: str = "info", graceful_timeout_s: float | None = 30.0) -> None:
-    """Build the app and serve it until SIGTERM/SIGINT (blocking)."""
+    """Build the app and serve it until SIGTERM/SIGINT (blocking).
+
+    Raises:
+        UsageError: ``--executor ray`` names a Ray head that does not answer or refuses this
+            driver's token (checked before the server starts, so it is one line and exit 2, not
+            a failed startup inside uvicorn).
+    """
+    import os
+
     import uvicorn
 
     from parainfer.serving.app import create_app
 
     from parainfer.serving.http.protocol import uvicorn_settings
 
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    if config.executor == "ray" and address:
+        from parainfer.executors.ray_cluster import check_head
+
+        check_head(address)
     app = create_app(config)
     uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, access_log=False,
                 timeout_graceful_shutdown=graceful_timeout_s, **uvicorn_settings())
