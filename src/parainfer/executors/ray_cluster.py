@@ -101,7 +101,7 @@ def head_error(address: str, error: BaseException) -> str:
     if "InvalidAuthToken" in text or "Unauthenticated" in text or type(error).__name__ == "AuthenticationError":
         return token_refused(address)
     first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return unreachable(address, first)
+    return f"cannot connect to the Ray cluster at {address}: {first} (docs/cluster.md)"
 
 
 def check_head(address: str, connect_s: float = HEAD_CONNECT_S, answer_s: float = HEAD_ANSWER_S) -> None:
@@ -121,7 +121,7 @@ def check_head(address: str, connect_s: float = HEAD_CONNECT_S, answer_s: float 
         return
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise UsageError(f"--address must be HOST:PORT of the Ray head (e.g. 10.0.0.1:6379), got {address!r}")
+        raise UsageError(f"--address (or RAY_ADDRESS) must be HOST:PORT of the Ray head (e.g. 10.0.0.1:6379), got {address!r}")
     token_path = os.environ.get("RAY_AUTH_TOKEN_PATH")
     if token_path and not os.environ.get("RAY_AUTH_TOKEN"):
         try:
