@@ -329,9 +329,6 @@ def main() -> None:
     """Console entry point: usage errors become one line on stderr and exit code 2."""
     import pydantic
 
-    from parainfer.executors.start_method import preload_driver_main
-
-    preload_driver_main("parainfer.cli")  # the forkserver imports our dependencies once
     try:
         code = app(standalone_mode=False)  # click returns the code of a typer.Exit here
         sys.exit(code if isinstance(code, int) else 0)
