@@ -134,5 +134,5 @@ def main() -> None:
     print(f"load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
-if __name__ == "__main__":  # required: the workers are spawned processes that import this file
+if __name__ == "__main__":  # a script with arguments; parainfer itself needs no guard (docs/api.md)
     main()

@@ -4,13 +4,15 @@ Everything goes through the job the command line uses (``batch.job.Job``), with 
 validated options (``config.JobConfig``): ``run`` is ``parainfer run`` as a function; a
 ``Pool`` starts N workers once (``batch.setup.start_workers``) and runs each ``predict`` call as a
 job over in-memory records (``io.memory``) on those workers; ``predict`` is a one-call pool.
-Workers are processes started with the ``spawn`` method: a script must call the API under
-``if __name__ == "__main__":`` (spawn imports the main module in every worker).
+Workers are processes that never import the caller's main module, so the API works the same from
+a script (with or without ``if __name__ == "__main__":``), ``python -c``, stdin and a notebook; a
+model function defined there is sent to the workers by value (``models.python_callable``).
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import weakref
 from typing import Any, Callable
 
@@ -18,7 +20,9 @@ import pydantic
 
 from parainfer.config import JobConfig
 from parainfer.errors import RecordsFailed, UsageError
+from parainfer.executors.start_method import PROCESS_NAME_PREFIX
 from parainfer.io.memory import MEMORY, MemoryStore, memory_source
+from parainfer.io.tables import describe
 
 ERROR_POLICIES = ("raise", "return")
 GENERATION_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "chat", "response_format",
@@ -31,9 +35,11 @@ def run(input: str, output: str, task: str = "classify", model: str | Callable |
     """Run a batch job on a file, like ``parainfer run INPUT -o OUTPUT``.
 
     Args:
-        input: a .jsonl/.csv/.parquet/.txt file. output: a .jsonl/.csv/.parquet file.
+        input: a .jsonl/.csv/.parquet/.txt file. output: a .jsonl/.csv/.parquet file (each a
+            str or an ``os.PathLike``; data in memory goes to ``predict``).
         task: "classify" | "embed" | "generate". model: as ``--model`` (None = the built-in
-            model of the task), or a function defined in an importable module.
+            model of the task), or a function defined at the top level of a module or of the
+            main script or notebook.
         workers: worker processes (0 = one per core).
         progress: show the progress bar (off by default in the API).
         options: any other ``parainfer run`` option by its field name (batch_size, policy,
@@ -47,11 +53,14 @@ def run(input: str, output: str, task: str = "classify", model: str | Callable |
         Failed records are in the errors file, as with the CLI; nothing is raised for them.
 
     Raises:
-        UsageError: a bad option value, input file or model. JobError: the model cannot run.
+        UsageError: a bad option value, input file or model; an input or output that is not a
+            path (a DataFrame, a list: the message names its type and size and points to
+            ``predict``). JobError: the model cannot run.
     """
     from parainfer.batch.job import Job
 
     _check_not_bootstrapping()
+    input, output = _file_argument("input", input), _file_argument("output", output)
     config = job_config(input, output, task, model, workers, progress, options)
     return Job(config).run()
 
@@ -211,24 +220,21 @@ def job_config(input: str, output: str, task: str, model: str | Callable | None,
 
 
 def model_spec(model: str | Callable | None) -> str | None:
-    """``model`` as a ``--model`` string: a function becomes "module:qualified_name".
+    """``model`` as a ``--model`` string: a function becomes "module:qualified_name" (a function
+    of the main script or notebook: "__main__:name", sent to the workers by value).
 
-    Raises UsageError for a function the spawned workers cannot import: a lambda or a nested
-    function, or one defined in a notebook (its ``__main__`` is not a file).
+    Raises UsageError for a function that cannot be named so: a lambda or a nested function.
     """
     if model is None or isinstance(model, str):
         return model
     if not callable(model):
-        raise UsageError(f"model={model!r} is a {type(model).__name__}; expected a name, a path, "
+        raise UsageError(f"model={_short(model)} is a {type(model).__name__}; expected a name, a path, "
                          "'module:function' or a function")
     module, name = getattr(model, "__module__", None), getattr(model, "__qualname__", "")
-    import sys
-
-    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-    if not module or "<" in name or (module == "__main__" and not main_file):
-        raise UsageError(f"model function {name or model!r} cannot be imported by the worker processes (a lambda, "
-                         "a nested function, or one defined in a notebook); define it at the top level of a .py "
-                         "module and import it from there")
+    if not module or not name or "<" in name:
+        raise UsageError(f"model function {name or _short(model)} cannot be imported by the worker processes (a "
+                         "lambda or a nested function); define it with def at the top level of your script, "
+                         "notebook or a .py module")
     return f"{module}:{name}"
 
 
@@ -241,7 +247,25 @@ def _usage_error(e: pydantic.ValidationError) -> UsageError:
     if first["type"] == "extra_forbidden":
         accepted = [f for f in JobConfig.model_fields if f not in ("input", "output", "quiet", "generation")]
         return UsageError(f"unknown option {name!r}; accepted: {', '.join(accepted + list(GENERATION_OPTIONS))}")
-    return UsageError(f"option {name}={first.get('input')!r}: {first['msg']}")
+    return UsageError(f"option {name}={_short(first.get('input'))}: {first['msg']}")
+
+
+def _file_argument(name: str, value: Any) -> str:
+    """``run``'s ``input``/``output`` as a str; raises UsageError for anything but a path."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    hint = ("for data in memory call parainfer.predict(data, ...), which returns the results" if name == "input"
+            else "give the path of the file to write; parainfer.predict(data, ...) returns the results instead")
+    raise UsageError(f"parainfer.run takes a file path as {name}, got {describe(value)}: {hint}")
+
+
+def _short(value: Any) -> str:
+    """``repr(value)`` when it is one short line, else its type and size (a DataFrame's repr is
+    many lines and can be huge)."""
+    text = repr(value)
+    return text if len(text) <= 80 and "\n" not in text else describe(value)
 
 
 def _check_errors_policy(errors: str) -> None:
@@ -250,8 +274,10 @@ def _check_errors_policy(errors: str) -> None:
 
 
 def _check_not_bootstrapping() -> None:
-    """Raise a clear UsageError when called while a spawned process imports the main module."""
-    if mp.parent_process() is not None and mp.current_process().name.startswith("parainfer-worker"):
-        raise UsageError("the parainfer API was called while a worker process was importing your script: "
-                         "put the call under `if __name__ == \"__main__\":` (workers start with spawn, which "
-                         "imports the main module again)")
+    """Raise a clear UsageError when called inside one of parainfer's own worker processes (by a
+    model function, or by a module the worker imports for ``module:function`` that calls the API
+    when imported): a worker does not start workers."""
+    if mp.parent_process() is not None and mp.current_process().name.startswith(PROCESS_NAME_PREFIX):
+        raise UsageError("the parainfer API was called inside a parainfer worker process (by the model function, "
+                         "or by a module the worker imported for it): if that module calls the API when imported, "
+                         "put the call under `if __name__ == \"__main__\":`, or pass the function itself as model=")

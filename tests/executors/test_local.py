@@ -84,3 +84,19 @@ def test_a_worker_that_dies_while_loading_is_given_up_after_three_tries(tmp_path
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 3, proc.stderr
     assert "died 3 times in a row while loading" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_reason_a_worker_is_given_up_follows_how_it_ended() -> None:
+    """Only a SIGKILL suggests fewer workers (the out-of-memory killer); an exit code without a
+    message (the process failed while starting, before the model's load ran) is not called a
+    model that failed to load."""
+    from parainfer.executors.local import load_deaths_reason
+
+    killed = load_deaths_reason(1, 3, -9)
+    assert killed.startswith("model failed to load: worker 1 died 3 times in a row while loading it")
+    assert "code -9, killed by SIGKILL" in killed and "try fewer --workers" in killed
+    segv = load_deaths_reason(0, 3, -11)
+    assert "killed by SIGSEGV" in segv and "fewer --workers" not in segv
+    exited = load_deaths_reason(0, 3, 1)
+    assert exited.startswith("worker 0 exited 3 times in a row before its model was loaded (last: exit code 1)")
+    assert "model failed to load" not in exited and "fewer --workers" not in exited and "stderr" in exited

@@ -63,14 +63,20 @@ def test_forkserver_workers_inherit_the_preload_and_match_spawn_workers(monkeypa
     assert strip(fork_out) == strip(spawn_out) == [1, 2] and strip(fork_again) == strip(spawn_again) == [3]
 
 
-def test_the_server_preloads_the_cli_only_when_the_driver_is_parainfer(monkeypatch) -> None:
+def test_parainfer_processes_start_without_the_drivers_main_module() -> None:
+    """multiprocessing tells each spawn/forkserver child to re-run the parent's __main__; ours are
+    told nothing of it (a script without the __main__ guard, or read from stdin, then works),
+    while every other process of the driver keeps the standard behaviour."""
+    from multiprocessing import spawn
+
     from parainfer.executors import start_method
 
-    predictor = CallablePredictor("parainfer.testing:origin")
-    monkeypatch.setattr(start_method, "_driver_main", [])
-    monkeypatch.setenv("PARAINFER_PRELOAD_MAIN", "restored after the test")
-    for declared, expected in ((None, ""), ("parainfer.cli", "parainfer.cli")):  # a user's script declares nothing
-        if declared:
-            start_method.preload_driver_main(declared)  # what parainfer.cli.main does at start-up
-        start_method.preload_list(predictor)
-        assert os.environ["PARAINFER_PRELOAD_MAIN"] == expected
+    start_method.start_without_driver_main()
+    start_method.start_without_driver_main()  # idempotent: one wrapper, not two
+    main_keys = {"init_main_from_name", "init_main_from_path"}
+    theirs = spawn.get_preparation_data("Process-7")
+    ours = spawn.get_preparation_data(f"{start_method.PROCESS_NAME_PREFIX}worker-0")
+    assert main_keys & theirs.keys()  # pytest's own __main__ (a module or a script)
+    assert not main_keys & ours.keys()
+    rest = lambda data: {k: v for k, v in data.items() if k not in main_keys | {"name"}}  # noqa: E731
+    assert rest(ours) == rest(theirs) and ours["sys_path"]  # the workers still get sys.path, cwd, argv

@@ -12,12 +12,13 @@ the other workers use. A death is noticed through the process sentinel and repor
 from __future__ import annotations
 
 import os
+import signal
 import time
 from multiprocessing.connection import wait
 from typing import Any
 
 from parainfer.executors.base import Event, Executor, ShardResult, TaskResult, WorkerFailed, WorkerReady, WriteFailed
-from parainfer.executors.start_method import choose_start_method, make_context
+from parainfer.executors.start_method import PROCESS_NAME_PREFIX, choose_start_method, make_context
 from parainfer.executors.worker import worker_main
 from parainfer.executors.worker_env import die_with_parent_env
 from parainfer.models.base import Predictor
@@ -52,6 +53,26 @@ class _Slot:
 # A worker that dies this many times in a row before its model has loaded (a segfault or the
 # OOM killer during load, not an exception: that is reported as fatal at once) is not restarted.
 MAX_DEATHS_WHILE_LOADING = 3
+
+
+def load_deaths_reason(worker_id: int, deaths: int, exitcode: int | None) -> str:
+    """Why a worker that died ``deaths`` times in a row before WorkerReady is given up, by how
+    its last process ended (``exitcode``: ``Process.exitcode``, -N for signal N).
+
+    A signal (a segfault, the out-of-memory killer's SIGKILL) hit it while it loaded the model;
+    only SIGKILL suggests fewer workers. An exit code >= 0 without a message means it ended
+    before its model's ``load`` ran or reported (an error while the process started, printed on
+    stderr, or the model code calling ``sys.exit``): that is not the model failing to load."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = "; SIGKILL is often the out-of-memory killer: try fewer --workers" if name == "SIGKILL" else ""
+        return (f"model failed to load: worker {worker_id} died {deaths} times in a row while loading it "
+                f"(last: exited with code {exitcode}, killed by {name}{hint})")
+    return (f"worker {worker_id} exited {deaths} times in a row before its model was loaded (last: exit code "
+            f"{exitcode}); the worker's own error, if any, is printed on stderr above")
 
 
 class LocalExecutor(Executor):
@@ -104,7 +125,7 @@ class LocalExecutor(Executor):
         current = dict(os.environ) if self.start_method == "forkserver" else {}
         env = {**current, **self.env, "PARAINFER_NUM_WORKERS": str(self.num_workers), **die_with_parent_env()}
         for attempt in range(3):
-            proc = self._ctx.Process(target=worker_main, name=f"parainfer-worker-{w}", daemon=True,
+            proc = self._ctx.Process(target=worker_main, name=f"{PROCESS_NAME_PREFIX}worker-{w}", daemon=True,
                                      args=(w, self.predictor, inbox, writer, self.threads, env))
             try:
                 proc.start()
@@ -189,9 +210,7 @@ class LocalExecutor(Executor):
                 self._load_deaths[w] += 1
             fatal = self._load_deaths[w] >= MAX_DEATHS_WHILE_LOADING
             if fatal:
-                reason = (f"model failed to load: worker {w} died {self._load_deaths[w]} times in a row while "
-                          f"loading it (last: exited with code {slot.proc.exitcode}; -9 is often the "
-                          f"out-of-memory killer: try fewer --workers)")
+                reason = load_deaths_reason(w, self._load_deaths[w], slot.proc.exitcode)
             events.append(WorkerFailed(w, reason, list(slot.held.values()), fatal=fatal, running=running))
             self._close(slot)
             self._slots[w] = None

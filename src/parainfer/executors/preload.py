@@ -1,9 +1,8 @@
 """Imported by the local executor's forkserver only (``executors.start_method``): die with the
 driver, apply the workers' environment defaults, then import the modules named in
-``$PARAINFER_PRELOAD`` and the driver's main module (``$PARAINFER_PRELOAD_MAIN``), so that
-workers forked from the server start with them in memory. Only imports run here, never a torch
-op; a module that fails to import is skipped (the worker imports it again and reports the
-error). transformers' import structure comes from a disk cache (``import_cache``); the imports
+``$PARAINFER_PRELOAD``, so that workers forked from the server start with them in memory. Only
+imports run here, never a torch op; a module that fails to import is skipped (the worker
+imports it again and reports the error). transformers' import structure comes from a disk cache (``import_cache``); the imports
 run with the garbage collector off and end in ``gc.freeze`` (the pattern of "Dismissing Python
 Garbage Collection at Instagram", 2017; bpo-31558). Why and what it saves: docs/timing.md,
 "Worker start-up".
@@ -15,7 +14,6 @@ import atexit
 import gc
 import importlib
 import os
-import sys
 
 from parainfer.executors import import_cache
 from parainfer.executors.worker_env import apply_env_defaults, die_with_parent
@@ -34,15 +32,6 @@ try:
             importlib.import_module(_name)
         except Exception:  # noqa: BLE001 - see the module docstring
             pass
-    for _name in filter(None, os.environ.get("PARAINFER_PRELOAD_MAIN", "").split(",")):
-        try:
-            importlib.import_module(_name)  # for its imports; the module itself is forgotten:
-        except Exception:  # noqa: BLE001 - see the module docstring
-            pass
-        sys.modules.pop(_name, None)
-        _package, _, _leaf = _name.rpartition(".")
-        if _package in sys.modules and hasattr(sys.modules[_package], _leaf):
-            delattr(sys.modules[_package], _leaf)
 finally:
     gc.freeze()  # everything imported so far: never collected, never touched by a child's GC
     atexit.register(gc.unfreeze)  # collectable again at exit: extension modules (triton's nanobind)

@@ -5,12 +5,14 @@ every worker is ``fork()``-ed from it with those modules in memory; under ``spaw
 imports them itself (~17 s of CPU per worker on the 2-core machine). The server runs no torch
 op, so no thread pool exists when it forks. ``PARAINFER_START_METHOD=spawn`` (or
 ``LocalExecutor(start_method="spawn")``) restores spawn; platforms without ``forkserver``
-(Windows, macOS default) use it. Measurements and thread safety: docs/timing.md, "Worker
-start-up".
+(Windows, macOS default) use it. Either way the workers start without the driver's main
+module (``start_without_driver_main``): no ``__main__`` guard needed. Measurements and thread
+safety: docs/timing.md, "Worker start-up".
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import multiprocessing as mp
 import os
@@ -39,21 +41,41 @@ def choose_start_method(requested: str | None = None) -> str:
     return name
 
 
-def preload_driver_main(module: str) -> None:
-    """Declare ``module`` the driver's main module (an entry point such as parainfer's command
-    line calls this at start-up, before any executor starts): the forkserver then imports it for
-    its dependencies and forgets the module itself (``preload``). Each child of the server re-runs
-    the driver's main module before its target (``multiprocessing`` runs it as ``__mp_main__``);
-    with its imports already in memory that costs ~nothing instead of ~0.1 s. A driver that
-    declares nothing (a user's own script) is never imported by the server.
+# Every process parainfer starts (local workers, engine replicas) has a name with this prefix;
+# ``start_without_driver_main`` recognises them by it.
+PROCESS_NAME_PREFIX = "parainfer-"
 
-    Args:
-        module: the dotted name of the main module, e.g. "parainfer.cli".
+
+def start_without_driver_main() -> None:
+    """Make ``multiprocessing`` start parainfer's own processes (named ``PROCESS_NAME_PREFIX``...)
+    without the driver's main module; other processes of the driver are not affected.
+
+    Under ``spawn`` and ``forkserver``, ``multiprocessing`` re-runs the parent's ``__main__`` in
+    every child before its target (``spawn.get_preparation_data`` sends ``init_main_from_path``
+    or ``init_main_from_name``; the child runs it as ``__mp_main__``). Workers do not need it:
+    they load models by name or path, and a model function defined in ``__main__`` travels by
+    value (``models.python_callable``). Re-running it made a script without the
+    ``if __name__ == "__main__":`` guard call the API again in every worker, and a script read
+    from stdin (``python - <<EOF``) fail (its path, ``<stdin>``, is no file). So the preparation
+    data of our processes leaves both keys out, as loky's workers do (``init_main_module=False``).
+    Idempotent; installed by ``make_context`` and the engine replicas before their first start.
     """
-    _driver_main[:] = [module]
+    from multiprocessing import spawn
 
+    if getattr(spawn.get_preparation_data, "_parainfer_without_main", False):
+        return
+    original = spawn.get_preparation_data
 
-_driver_main: list[str] = []  # set once by the driver's entry point (preload_driver_main)
+    @functools.wraps(original)
+    def get_preparation_data(name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        data = original(name, *args, **kwargs)
+        if isinstance(name, str) and name.startswith(PROCESS_NAME_PREFIX):
+            data.pop("init_main_from_name", None)
+            data.pop("init_main_from_path", None)
+        return data
+
+    get_preparation_data._parainfer_without_main = True  # type: ignore[attr-defined]
+    spawn.get_preparation_data = get_preparation_data
 
 
 def preload_list(predictor: Any) -> list[str]:
@@ -62,12 +84,10 @@ def preload_list(predictor: Any) -> list[str]:
     names in its optional ``preload_modules`` attribute, passed on through ``$PARAINFER_PRELOAD``),
     the worker entry point and the predictor's own module. All of them but ``preload`` itself
     also go into ``$PARAINFER_PRELOAD``, so that ``preload`` imports them with the garbage
-    collector off and freezes them; the driver's main module (``preload_driver_main``), if
-    declared, goes into ``$PARAINFER_PRELOAD_MAIN`` (imported last, then forgotten)."""
+    collector off and freezes them."""
     heavy = [m for m in getattr(predictor, "preload_modules", ()) if importlib.util.find_spec(m.split(".")[0])]
     light = ["parainfer.executors.worker", type(predictor).__module__]
     os.environ["PARAINFER_PRELOAD"] = ",".join(heavy + light)  # read by the forkserver (inherits the env at start)
-    os.environ["PARAINFER_PRELOAD_MAIN"] = ",".join(_driver_main)
     # PDEATHSIG fires when the starting thread ends
     os.environ["PARAINFER_FORKSERVER_DIE_WITH_PARENT"] = die_with_parent_env()[DIE_WITH_PARENT]
     return [PRELOAD_MODULE, *light]
@@ -78,7 +98,10 @@ def make_context(method: str, predictor: Any) -> Any:
     and the server started now, so its imports overlap the driver's own set-up.
 
     The forkserver is one per driver process: the first executor's preload list is the one
-    imported (later executors still work; their workers import what is missing)."""
+    imported (later executors still work; their workers import what is missing). Processes
+    named ``PROCESS_NAME_PREFIX``... start without the driver's main module
+    (``start_without_driver_main``)."""
+    start_without_driver_main()
     ctx = mp.get_context(method)
     if method == "forkserver":
         from multiprocessing import forkserver

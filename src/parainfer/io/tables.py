@@ -26,6 +26,24 @@ def _kind(data: Any) -> str:
                      "a pandas DataFrame or a pyarrow Table")
 
 
+def describe(value: Any) -> str:
+    """A short phrase for ``value`` in an error message, never its repr (a table's is many lines):
+    "a pandas DataFrame of 100 rows x 2 columns", "a pyarrow Table of ...", "a list of 3 items",
+    else "a <type name>"."""
+    kind = type(value)
+    name = f"{kind.__module__.split('.')[0]} {kind.__name__}" if kind.__module__ != "builtins" else kind.__name__
+    shape = getattr(value, "shape", None)
+    if isinstance(shape, tuple) and len(shape) == 2 and all(isinstance(n, int) for n in shape):
+        return f"a {name} of {_count(shape[0], 'row')} x {_count(shape[1], 'column')}"
+    if isinstance(value, (list, tuple, dict, set)):
+        return f"a {name} of {_count(len(value), 'item')}"
+    return f"a {name}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def texts_of(data: Any, text_column: str) -> list[Any]:
     """The texts of ``data`` in order; raises UsageError for another kind of data or a table
     without ``text_column`` (the message lists its columns)."""

@@ -1,12 +1,16 @@
 """A plain Python callable as the model: ``--model module:function``.
 
 The function takes a list of B texts and returns B JSON-able results. A dict result is
-merged into the output row; any other value goes under the ``result`` column.
+merged into the output row; any other value goes under the ``result`` column. A function of the
+driver's ``__main__`` (a script, ``python -c``, stdin, a notebook: the Python API's
+``model=function``) travels to the workers by value (cloudpickle), since workers never import
+the driver's main module; any other one is imported by name in each worker.
 """
 
 from __future__ import annotations
 
 import importlib
+import pickle
 import sys
 from typing import Any, Callable
 
@@ -38,22 +42,47 @@ def resolve_callable(spec: str) -> Callable[[list[str]], list[Any]]:
     return obj
 
 
+def by_value(fn: Callable[..., Any], spec: str) -> bytes:
+    """``fn`` pickled by value with cloudpickle: its code and the globals it uses, so a worker
+    that never imported the module defining it (the driver's ``__main__``) can call it.
+
+    Raises UsageError when cloudpickle is missing or ``fn`` refers to something that cannot be
+    pickled (an open file, a lock, a live connection), naming ``spec`` and the cause."""
+    try:
+        import cloudpickle
+    except ImportError:
+        raise UsageError(f"model {spec!r} is defined in your main script; sending it to the workers needs the "
+                         "cloudpickle package (pip install cloudpickle), or define it in a .py module and import "
+                         "it from there") from None
+    try:
+        return cloudpickle.dumps(fn)
+    except Exception as e:  # noqa: BLE001 - pickling raises many types (TypeError, PicklingError ...)
+        raise UsageError(f"model {spec!r} cannot be sent to the worker processes: {type(e).__name__}: {e}; "
+                         "define it in a .py module and import it from there (the workers then import it)") from None
+
+
 class CallablePredictor(Predictor):
-    """Wraps ``module:function``; resolved in each worker on ``load``.
+    """Wraps ``module:function``; resolved in each worker on ``load`` (a ``__main__`` function:
+    unpickled there, see ``by_value``).
 
     Args:
         spec: "module:function".
         task: the output kind it produces (default "custom").
+
+    Raises:
+        UsageError: ``spec`` cannot be imported here (``resolve_callable``), or it names a
+            ``__main__`` function that cannot be pickled by value (``by_value``).
     """
 
     def __init__(self, spec: str, task: str = "custom"):
-        resolve_callable(spec)  # fail fast in the driver with a clear message
+        fn = resolve_callable(spec)  # fail fast in the driver with a clear message
         self.spec = spec
         self.task = task
         self._fn: Callable[[list[str]], list[Any]] | None = None
+        self._by_value = by_value(fn, spec) if spec.partition(":")[0] == "__main__" else None
 
     def load(self) -> None:
-        self._fn = resolve_callable(self.spec)
+        self._fn = pickle.loads(self._by_value) if self._by_value is not None else resolve_callable(self.spec)
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
         """Call the function on B texts; raises ValueError if it returns a wrong count."""

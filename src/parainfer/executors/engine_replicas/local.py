@@ -1,4 +1,5 @@
-"""Generation engine replicas as worker processes on this machine (spawned), one engine each.
+"""Generation engine replicas as worker processes on this machine (spawned, without the
+driver's main module), one engine each.
 
 Each process runs ``host.replica_process_main``: commands go to it on one pipe, its events come
 back on another, of which it holds the only write end (EOF: it died).
@@ -14,6 +15,7 @@ from typing import Any
 from parainfer.executors.engine_replicas.handles import OnEvent, ReplicaExited, ReplicaOutput
 from parainfer.executors.engine_replicas.host import EngineSpec, replica_process_main
 from parainfer.executors.local import default_threads
+from parainfer.executors.start_method import start_without_driver_main
 from parainfer.executors.worker_env import die_with_parent_env
 
 
@@ -30,6 +32,7 @@ class LocalReplicas:
     def __init__(self, spec: EngineSpec, workers: int) -> None:
         threads = spec.threads or default_threads(workers)
         self.spec = dataclasses.replace(spec, threads=threads)
+        start_without_driver_main()  # replicas never re-run the driver's __main__
         self._ctx = mp.get_context("spawn")
 
     def connect(self) -> None:
