@@ -258,7 +258,7 @@ def export_onnx_command(
 @app.command("report")
 def report_command(
     report: str = typer.Argument(..., help="a report written by `parainfer run --report`"),
-    plot: Optional[str] = typer.Option(None, help="draw the timeline and breakdown to .png/.svg/.pdf/.html"),
+    plot: Optional[str] = typer.Option(None, help="draw the timeline and breakdown: .png/.svg/.pdf (static) or .html (interactive, offline)"),
 ) -> None:
     """Print a run report's summary; with --plot, draw its per-worker timeline and time breakdown."""
     from parainfer.batch.report import load_report, summary_lines

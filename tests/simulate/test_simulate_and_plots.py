@@ -52,7 +52,7 @@ def test_report_plot_png_and_html(measured: dict[int, Path], tmp_path: Path) -> 
         assert proc.returncode == 0, proc.stderr
         assert "records" in proc.stdout and out.stat().st_size > 10_000
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
-    assert "data:image/png;base64" in (tmp_path / "t.html").read_text()
+    assert "Plotly.newPlot(" in (tmp_path / "t.html").read_text()
 
 
 def test_simulate_cli_prints_a_table(measured: dict[int, Path]) -> None:

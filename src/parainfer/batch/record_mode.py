@@ -391,7 +391,8 @@ class RecordDriver:
         state.t_last_result = time.perf_counter()
         origin = state.t_first_dispatch or 0.0
         self._report.timeline.append([task.index, res.worker_id, round(res.t_start - origin, 6),
-                                      round(res.t_end - origin, 6), len(task), task.tokens, task.padded_tokens])
+                                      round(res.t_end - origin, 6), len(task), task.tokens, task.padded_tokens,
+                                      task.attempt, len(res.errors)])
         for pos, reason in res.errors:
             self._fail_record(task, pos, reason)
         if res.encoded is None:

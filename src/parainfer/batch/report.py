@@ -19,6 +19,13 @@ from typing import Any
 from parainfer.io.safe_files import atomic_write
 
 
+# One row of ``timeline`` per finished task (a shard in sharded mode): its index, the worker, start and
+# end (seconds since the first dispatch), records in it, real and padded tokens, ``attempt`` (times it
+# was given out before: > 0 for a retry after a worker death) and the records in it that failed.
+TIMELINE_COLUMNS = ["task", "worker", "start_s", "end_s", "records", "tokens", "padded_tokens", "attempt",
+                    "failed_records"]
+
+
 @dataclass
 class WorkerStats:
     """Per-worker totals (seconds are compute time inside the worker)."""
@@ -96,7 +103,7 @@ class TimingReport:
             "padded_tokens": self.padded_tokens,
             "per_worker": [vars(w) | {"worker": i} for i, w in enumerate(self.per_worker)],
             "batch_sizes": self.batch_sizes,
-            "timeline_columns": ["task", "worker", "start_s", "end_s", "records", "tokens", "padded_tokens"],
+            "timeline_columns": TIMELINE_COLUMNS,
             "timeline": self.timeline,
             **self.extra,
         }

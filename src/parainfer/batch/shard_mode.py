@@ -262,7 +262,8 @@ class ShardDriver:
         if res.batch_size and (not self.sizes or self.sizes[-1][1] != res.batch_size):
             self.sizes.append([round(self.t_last - (self.t_first or self.t_last), 3), res.batch_size])
         self.report.timeline.append([task.index, res.worker_id, round(res.t_start - origin, 6),
-                                     round(res.t_end - origin, 6), res.records, res.counts.real, res.counts.padded])
+                                     round(res.t_end - origin, 6), res.records, res.counts.real, res.counts.padded,
+                                     task.attempt, res.failed])
 
     def _forget(self, event: WorkerFailed) -> None:
         """A worker failed: it is neither idle nor has room; then ``recovery.on_worker_failed``."""

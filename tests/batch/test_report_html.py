@@ -1,0 +1,114 @@
+"""The interactive HTML report: a real small job's report drawn as one self-contained plotly page,
+whose per-task hover data is the report's own timeline."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from parainfer.batch.plots import HOVER_COLUMNS, STATES, task_state
+from parainfer.batch.report import TIMELINE_COLUMNS
+
+
+@pytest.fixture(scope="module")
+def report_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-worker run of the echo model (``raise_on_marker``) over 600 records, two of them
+    poison: their tasks report failed records."""
+    from parainfer.batch.job import Job
+    from parainfer.config import JobConfig
+    from parainfer.models.python_callable import CallablePredictor
+
+    tmp = tmp_path_factory.mktemp("html")
+    src = tmp / "in.jsonl"
+    texts = ["tok " * (1 + (i * 7) % 30) + ("@@crash@@" if i in (50, 400) else "") for i in range(600)]
+    src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
+    report = tmp / "r.json"
+    Job(JobConfig(input=str(src), output=str(tmp / "o.jsonl"), errors=str(tmp / "err.jsonl"), workers=2,
+                  batch_size=16, report=str(report), quiet=True),
+        CallablePredictor("parainfer.testing:raise_on_marker")).run()
+    return report
+
+
+def plotly_call(script: str) -> tuple[list[dict], dict]:
+    """The data and layout arguments of ``Plotly.newPlot(id, data, layout, config)`` in ``script``
+    (the page less plotly.js)."""
+    decoder = json.JSONDecoder()
+    pos = script.index("Plotly.newPlot(") + len("Plotly.newPlot(")
+    args = []
+    for _ in range(3):  # the div id, data, layout: JSON values separated by commas and whitespace
+        pos = len(script) - len(script[pos:].lstrip(" \n\t,"))
+        value, pos = decoder.raw_decode(script, pos)
+        args.append(value)
+    return args[1], args[2]
+
+
+def array(value: object) -> np.ndarray:
+    """A plotly array: a JSON list, or plotly's typed-array form {"dtype", "bdata", "shape"}."""
+    if isinstance(value, dict):
+        out = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        return out.reshape([int(n) for n in str(value["shape"]).split(",")]) if "shape" in value else out
+    return np.asarray(value, dtype=float)
+
+
+def test_html_report_is_offline_and_hover_matches_the_timeline(report_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    proc = subprocess.run([sys.executable, "-m", "parainfer.cli", "report", str(report_path), "--plot", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    page = out.read_text(encoding="utf-8")
+    # Self-contained: plotly.js itself is inline, no script or stylesheet is fetched, and outside
+    # the library's source (which names map-tile servers as defaults) the page holds no URL.
+    scripts = re.findall(r"<script[^>]*>(.*?)</script>", page, re.S)
+    library = [s for s in scripts if "plotly.js v" in s]
+    assert len(library) == 1 and len(library[0]) > 3_000_000
+    assert not re.search(r"<script[^>]*\bsrc=", page) and not re.search(r"<link[^>]*\bhref=", page)
+    rest = page.replace(library[0], "")
+    assert "Plotly.newPlot(" in rest and not re.search(r"https?://", rest)
+
+    report = json.loads(report_path.read_text())
+    assert report["timeline_columns"] == TIMELINE_COLUMNS
+    timeline = report["timeline"]
+    assert len(timeline) == report["tasks"] and report["failed_records"] == 2
+    assert sorted(task_state(row) for row in timeline if task_state(row) != "ok") == ["failed", "failed"]
+
+    data, layout = plotly_call(rest)
+    hover = {t["name"]: t for t in data if t.get("mode") == "markers" and "customdata" in t}
+    assert set(hover) == {"worker 0", "worker 1"}
+    seen = 0
+    for name, trace in hover.items():
+        worker = int(name.split()[1])
+        rows = [r for r in timeline if r[1] == worker]
+        custom = array(trace["customdata"])
+        assert custom.shape == (len(rows), len(HOVER_COLUMNS))
+        for row, got in zip(rows, custom):
+            want = [row[0], row[4], row[5], row[6], row[2], row[3], row[3] - row[2], row[7], row[8]]
+            assert got == pytest.approx(want, rel=1e-6, abs=1e-4), (name, row)
+            seen += 1
+        assert f"<b>{name}</b>" in trace["hovertemplate"] and "customdata[2]" in trace["hovertemplate"]
+    assert seen == len(timeline)
+    # The Gantt bars: one line trace per (worker, state) present, coloured by state, a row per worker.
+    bars = [t for t in data if t.get("mode") == "lines" and t.get("name") in STATES]
+    assert {t["name"] for t in bars} == {"ok", "failed"}
+    for t in bars:
+        assert t["line"]["color"] == STATES[t["name"]]
+        ends, row = array(t["x"]).reshape(-1, 3), set(array(t["y"]).tolist())
+        assert len(row) == 1 and row <= {0, 1}  # a worker's bars lie on its row
+        worker = row.pop()
+        rows = [r for r in timeline if r[1] == worker and task_state(r) == t["name"]]
+        np.testing.assert_allclose(ends[:, :2], [[r[2], r[3]] for r in rows], atol=1e-4)
+        assert np.isnan(ends[:, 2]).all()  # the gap between two bars
+    assert layout["yaxis"]["ticktext"] == ["worker 0", "worker 1"]
+    # The other panels: throughput, the T_c/T_s/T_e/T_w breakdown, speedup against the ideal.
+    breakdown = next(t for t in data if t["type"] == "bar" and t.get("orientation") == "h")
+    assert array(breakdown["x"]) == pytest.approx([report[k] for k in ("t_create_s", "t_schedule_s", "t_execute_s",
+                                                                       "t_wait_s")])
+    speedup = next(t for t in data if t["type"] == "bar" and t.get("orientation") != "h")
+    assert array(speedup["y"]) == pytest.approx([report["speedup"], 2])
+    assert any(t.get("name") == "records/s" for t in data)
