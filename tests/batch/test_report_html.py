@@ -112,3 +112,20 @@ def test_html_report_is_offline_and_hover_matches_the_timeline(report_path: Path
     speedup = next(t for t in data if t["type"] == "bar" and t.get("orientation") != "h")
     assert array(speedup["y"]) == pytest.approx([report["speedup"], 2])
     assert any(t.get("name") == "records/s" for t in data)
+
+
+def test_a_retried_task_gets_its_own_colour_and_hover(report_path: Path) -> None:
+    """A row whose ``attempt`` is > 0 (given out again after a worker died) is drawn in the
+    "retried" colour on its worker's row, and its hover says which attempt it was."""
+    from parainfer.batch.plots import interactive
+
+    report = json.loads(report_path.read_text())
+    row = next(r for r in report["timeline"] if task_state(r) == "ok")
+    row[7] = 2
+    fig = interactive(report)
+    retried = [t for t in fig.data if t.name == "retried"]
+    assert len(retried) == 1 and retried[0].line.color == STATES["retried"]
+    assert list(retried[0].x[:2]) == pytest.approx([row[2], row[3]], abs=1e-4) and set(retried[0].y) == {row[1]}
+    hover = next(t for t in fig.data if t.name == f"worker {row[1]}")
+    mine = [c for c in hover.customdata if c[0] == row[0]]
+    assert len(mine) == 1 and mine[0][HOVER_COLUMNS.index("attempt")] == 2
