@@ -79,31 +79,28 @@ def test_html_report_is_offline_and_hover_matches_the_timeline(report_path: Path
     assert sorted(task_state(row) for row in timeline if task_state(row) != "ok") == ["failed", "failed"]
 
     data, layout = plotly_call(rest)
-    hover = {t["name"]: t for t in data if t.get("mode") == "markers" and "customdata" in t}
-    assert set(hover) == {"worker 0", "worker 1"}
-    seen = 0
-    for name, trace in hover.items():
-        worker = int(name.split()[1])
-        rows = [r for r in timeline if r[1] == worker]
-        custom = array(trace["customdata"])
-        assert custom.shape == (len(rows), len(HOVER_COLUMNS))
-        for row, got in zip(rows, custom):
-            want = [row[0], row[4], row[5], row[6], row[2], row[3], row[3] - row[2], row[7], row[8]]
-            assert got == pytest.approx(want, rel=1e-6, abs=1e-4), (name, row)
-            seen += 1
-        assert f"<b>{name}</b>" in trace["hovertemplate"] and "customdata[2]" in trace["hovertemplate"]
-    assert seen == len(timeline)
-    # The Gantt bars: one line trace per (worker, state) present, coloured by state, a row per worker.
+    # One hover point per task, in timeline order: its worker's row and the task's own figures.
+    hover = [t for t in data if t.get("name") == "tasks"]
+    assert len(hover) == 1 and "worker %{y}" in hover[0]["hovertemplate"]
+    custom = array(hover[0]["customdata"])
+    assert custom.shape == (len(timeline), len(HOVER_COLUMNS))
+    assert array(hover[0]["y"]).tolist() == [r[1] for r in timeline]
+    for row, got in zip(timeline, custom):
+        want = [row[0], row[4], row[5], row[6], row[2], row[3], row[3] - row[2], row[7], row[8]]
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-4), row
+    assert array(hover[0]["x"]) == pytest.approx([(r[2] + r[3]) / 2 for r in timeline], abs=1e-4)
+    for column in ("customdata[2]", "customdata[3]", "customdata[4]", "customdata[5]", "customdata[7]"):
+        assert column in hover[0]["hovertemplate"]
+    # The Gantt bars: one line trace per state present, coloured by state, on the task's worker's row.
     bars = [t for t in data if t.get("mode") == "lines" and t.get("name") in STATES]
     assert {t["name"] for t in bars} == {"ok", "failed"}
     for t in bars:
         assert t["line"]["color"] == STATES[t["name"]]
-        ends, row = array(t["x"]).reshape(-1, 3), set(array(t["y"]).tolist())
-        assert len(row) == 1 and row <= {0, 1}  # a worker's bars lie on its row
-        worker = row.pop()
-        rows = [r for r in timeline if r[1] == worker and task_state(r) == t["name"]]
+        rows = [r for r in timeline if task_state(r) == t["name"]]
+        ends = array(t["x"]).reshape(-1, 3)
         np.testing.assert_allclose(ends[:, :2], [[r[2], r[3]] for r in rows], atol=1e-4)
         assert np.isnan(ends[:, 2]).all()  # the gap between two bars
+        assert array(t["y"]).reshape(-1, 3).tolist() == [[r[1]] * 3 for r in rows]
     assert layout["yaxis"]["ticktext"] == ["worker 0", "worker 1"]
     # The other panels: throughput, the T_c/T_s/T_e/T_w breakdown, speedup against the ideal.
     breakdown = next(t for t in data if t["type"] == "bar" and t.get("orientation") == "h")
@@ -126,6 +123,18 @@ def test_a_retried_task_gets_its_own_colour_and_hover(report_path: Path) -> None
     retried = [t for t in fig.data if t.name == "retried"]
     assert len(retried) == 1 and retried[0].line.color == STATES["retried"]
     assert list(retried[0].x[:2]) == pytest.approx([row[2], row[3]], abs=1e-4) and set(retried[0].y) == {row[1]}
-    hover = next(t for t in fig.data if t.name == f"worker {row[1]}")
+    hover = next(t for t in fig.data if t.name == "tasks")
     mine = [c for c in hover.customdata if c[0] == row[0]]
     assert len(mine) == 1 and mine[0][HOVER_COLUMNS.index("attempt")] == 2
+
+
+def test_hover_names_the_node_of_a_multi_node_run(report_path: Path) -> None:
+    """With workers on several nodes (Ray), each hover point carries its worker's label."""
+    from parainfer.batch.plots import interactive, worker_labels
+
+    report = json.loads(report_path.read_text())
+    report["executor"] = {"name": "ray", "worker_nodes": ["10.0.0.1", "10.0.0.2"]}
+    hover = next(t for t in interactive(report).data if t.name == "tasks")
+    assert list(hover.text) == [worker_labels(report)[r[1]] for r in report["timeline"]]
+    assert {"worker 0 @ 10.0.0.1", "worker 1 @ 10.0.0.2"} == set(hover.text)
+    assert hover.hovertemplate.startswith("<b>%{text}</b>")

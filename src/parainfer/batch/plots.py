@@ -80,7 +80,7 @@ def draw(report: dict[str, Any]) -> Any:
 STATES = {"ok": "#4c8bd6", "retried": "#f2a541", "failed": "#d9534f"}
 # Per-task hover fields (the ``customdata`` columns of a worker's hover trace, float32: counts exact
 # up to 2**24, times to about 1 ms over the first 2 hours), 36 bytes a task before base64; the bars' ends are float32
-# too, the rows uint16: ~90 bytes a task in the page.
+# too, the rows uint16: ~100 bytes a task in the page.
 HOVER_COLUMNS = ["task", "records", "tokens", "padded_tokens", "start_s", "end_s", "duration_s", "attempt",
                  "failed_records"]
 
@@ -101,9 +101,11 @@ def interactive(report: dict[str, Any]) -> Any:
 
     Panels: the per-worker Gantt chart (one row per worker, bars coloured by ``task_state``,
     drawn as WebGL line segments so 100,000 tasks stay fluid), throughput (records/s over time),
-    the T_c / T_s / T_e / T_w breakdown, and speedup and efficiency against the ideal. Each
-    worker has one hover trace (``name`` "worker W[ @ NODE]", markers at the tasks' midpoints)
-    whose ``customdata`` rows are ``HOVER_COLUMNS`` of its tasks, in timeline order.
+    the T_c / T_s / T_e / T_w breakdown, and speedup and efficiency against the ideal. The Gantt
+    chart has one line trace per task state present (``name`` the state; x: start, end, NaN per
+    task; y: the worker) and one hover trace (``name`` "tasks": invisible markers at the tasks'
+    midpoints, y the worker, ``customdata`` rows the ``HOVER_COLUMNS`` of each task, in timeline
+    order; ``text`` the worker's label "worker W @ NODE" when the run spans several nodes).
     """
     import numpy as np
     import plotly.graph_objects as go
@@ -118,33 +120,30 @@ def interactive(report: dict[str, Any]) -> Any:
                                         f"{report.get('imbalance', 0):.2f}); drag to zoom, hover a task",
                                         "Throughput over time", "Where the time went (seconds)",
                                         f"Speedup and efficiency on {workers} workers"])
-    by_worker: dict[int, list[list[Any]]] = {}
-    for row in timeline:
-        by_worker.setdefault(int(row[1]), []).append(row)
-    shown: set[str] = set()
-    row_type = np.uint16 if workers < 2**16 else np.uint32  # the worker number of each point: its row
-    for w, rows in sorted(by_worker.items()):
-        label = labels[w] if w < len(labels) else f"worker {w}"
-        data = np.array([[r[0], r[4], r[5], r[6], r[2], r[3], r[3] - r[2], r[7] if len(r) > 7 else 0,
-                          r[8] if len(r) > 8 else 0] for r in rows], dtype=np.float64)
-        states = np.array([task_state(r) for r in rows])
-        for state, color in STATES.items():
-            pick = data[states == state]
-            if not len(pick):
-                continue
-            xs = np.full((len(pick), 3), np.nan, dtype=np.float32)  # start, end, gap: a segment per task
-            xs[:, 0], xs[:, 1] = pick[:, 4], pick[:, 5]
-            fig.add_trace(go.Scattergl(x=xs.ravel(), y=np.full(xs.size, w, dtype=row_type), mode="lines",
-                                       line={"color": color, "width": 12 if workers <= 16 else 6},
-                                       name=state, legendgroup=state, showlegend=state not in shown,
-                                       hoverinfo="skip"), row=1, col=1)
-            shown.add(state)
+    # Few traces whatever the size (plotly's per-trace cost is what grows with 1,000 workers): one
+    # of line segments per task state, and one of hover points for all tasks.
+    row_type = np.uint16 if workers < 2**16 else np.uint32  # each point's worker: its row
+    data = np.array([[r[0], r[4], r[5], r[6], r[2], r[3], r[3] - r[2], r[7] if len(r) > 7 else 0,
+                      r[8] if len(r) > 8 else 0] for r in timeline], dtype=np.float64).reshape(-1, len(HOVER_COLUMNS))
+    rows = np.array([r[1] for r in timeline], dtype=row_type)
+    states = np.array([task_state(r) for r in timeline])
+    for state, color in STATES.items():
+        pick = states == state
+        if not pick.any():
+            continue
+        xs = np.full((int(pick.sum()), 3), np.nan, dtype=np.float32)  # start, end, gap: a segment per task
+        xs[:, 0], xs[:, 1] = data[pick, 4], data[pick, 5]
+        fig.add_trace(go.Scattergl(x=xs.ravel(), y=np.repeat(rows[pick], 3), mode="lines", name=state,
+                                   line={"color": color, "width": 12 if workers <= 16 else 6},
+                                   legendgroup=state, hoverinfo="skip"), row=1, col=1)
+    if len(data):
+        # Worker labels name nodes only for multi-node runs: then each point carries its label.
+        with_nodes = any("@" in label for label in labels)
         fig.add_trace(go.Scattergl(
-            x=((data[:, 4] + data[:, 5]) / 2).astype(np.float32), y=np.full(len(data), w, dtype=row_type),
-            mode="markers",
-            marker={"size": 6, "opacity": 0}, name=label, showlegend=False,
-            customdata=data.astype(np.float32),
-            hovertemplate=(f"<b>{html.escape(label)}</b><br>task %{{customdata[0]:d}} "
+            x=((data[:, 4] + data[:, 5]) / 2).astype(np.float32), y=rows, mode="markers", name="tasks",
+            marker={"size": 6, "opacity": 0}, showlegend=False, customdata=data.astype(np.float32),
+            text=[labels[w] for w in rows] if with_nodes else None,
+            hovertemplate=("<b>" + ("%{text}" if with_nodes else "worker %{y}") + "</b><br>task %{customdata[0]:d} "
                            "(attempt %{customdata[7]:d})<br>records %{customdata[1]:d}, failed %{customdata[8]:d}"
                            "<br>tokens %{customdata[2]:d} real, %{customdata[3]:d} padded<br>start "
                            "%{customdata[4]:.3f} s, end %{customdata[5]:.3f} s<br>duration %{customdata[6]:.3f} s"
@@ -153,7 +152,7 @@ def interactive(report: dict[str, Any]) -> Any:
     fig.update_xaxes(title_text="seconds since first dispatch", row=1, col=1)
     end_s = max([t[3] for t in timeline], default=report.get("t_parallel_s", 1.0))
     xs, ys = _throughput(timeline, end_s, bins=100)
-    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"shape": "hvh"}, name="records/s", showlegend=False,
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"shape": "hvh", "color": "#555555"}, name="records/s", showlegend=False,
                              hovertemplate="%{x:.2f} s: %{y:,.1f} records/s<extra></extra>"), row=2, col=1)
     fig.update_xaxes(title_text="seconds since first dispatch", matches="x", row=2, col=1)
     fig.update_yaxes(title_text="records/s", row=2, col=1)
