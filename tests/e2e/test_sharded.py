@@ -84,6 +84,8 @@ def test_a_raising_record_fails_alone_inside_its_shard(marked: Path, workers, tm
     out_ids = [json.loads(x)["id"] for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert len(out_ids) + len(errors) == 1200 == rep["records"]  # every record exactly once
     assert out_ids == sorted(out_ids, key=lambda s: int(s[1:]))  # in input order
+    # the timeline's shards carry their failed records (the HTML report colours those red)
+    assert sum(r[8] for r in rep["timeline"]) == len(errors) and not any(r[7] for r in rep["timeline"])
 
 
 def cli(src: Path, out: Path | str, model: str, *extra: str) -> list[str]:

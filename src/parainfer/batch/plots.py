@@ -176,7 +176,7 @@ def interactive(report: dict[str, Any]) -> Any:
 def save_plot(report: dict[str, Any], out: str | Path) -> Path:
     """Write the figure to ``out``: .png, .svg or .pdf as a matplotlib image; .html as an
     interactive plotly page (``interactive``: plotly.js inline, no external script, so it opens
-    offline) with the summary and the report's scalar fields below it.
+    offline) with the summary lines and the report's scalar fields below it.
 
     Raises UsageError for any other extension, or when the folder of ``out`` does not exist.
     """
@@ -193,6 +193,8 @@ def save_plot(report: dict[str, Any], out: str | Path) -> Path:
                                          config={"displaylogo": False, "scrollZoom": True})
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
                    for k, v in report.items() if not isinstance(v, (list, dict)))
+    summary = html.escape("\n".join(summary_lines(report)))
     out.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>parainfer run report</title></head>"
-                   f"<body>{figure}<table border=1 cellpadding=3>{rows}</table></body></html>", encoding="utf-8")
+                   f"<body>{figure}<pre>{summary}</pre><table border=1 cellpadding=3>{rows}</table></body></html>",
+                   encoding="utf-8")
     return out
