@@ -81,7 +81,7 @@ def test_html_report_is_offline_and_hover_matches_the_timeline(report_path: Path
     data, layout = plotly_call(rest)
     # One hover point per task, in timeline order: its worker's row and the task's own figures.
     hover = [t for t in data if t.get("name") == "tasks"]
-    assert len(hover) == 1 and "worker %{y}" in hover[0]["hovertemplate"]
+    assert len(hover) == 1 and hover[0]["hovertemplate"].startswith("<b>%{y}</b>")  # the row's label
     custom = array(hover[0]["customdata"])
     assert custom.shape == (len(timeline), len(HOVER_COLUMNS))
     assert array(hover[0]["y"]).tolist() == [r[1] for r in timeline]
@@ -129,12 +129,14 @@ def test_a_retried_task_gets_its_own_colour_and_hover(report_path: Path) -> None
 
 
 def test_hover_names_the_node_of_a_multi_node_run(report_path: Path) -> None:
-    """With workers on several nodes (Ray), each hover point carries its worker's label."""
-    from parainfer.batch.plots import interactive, worker_labels
+    """With workers on several nodes (Ray), the rows, which the hover shows as %{y}, are labelled
+    with each worker's node."""
+    from parainfer.batch.plots import interactive
 
     report = json.loads(report_path.read_text())
     report["executor"] = {"name": "ray", "worker_nodes": ["10.0.0.1", "10.0.0.2"]}
-    hover = next(t for t in interactive(report).data if t.name == "tasks")
-    assert list(hover.text) == [worker_labels(report)[r[1]] for r in report["timeline"]]
-    assert {"worker 0 @ 10.0.0.1", "worker 1 @ 10.0.0.2"} == set(hover.text)
-    assert hover.hovertemplate.startswith("<b>%{text}</b>")
+    fig = interactive(report)
+    assert list(fig.layout.yaxis.ticktext) == ["worker 0 @ 10.0.0.1", "worker 1 @ 10.0.0.2"]
+    assert list(fig.layout.yaxis.tickvals) == [0, 1]
+    hover = next(t for t in fig.data if t.name == "tasks")
+    assert hover.hovertemplate.startswith("<b>%{y}</b>") and list(hover.y) == [r[1] for r in report["timeline"]]

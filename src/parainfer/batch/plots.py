@@ -105,7 +105,7 @@ def interactive(report: dict[str, Any]) -> Any:
     chart has one line trace per task state present (``name`` the state; x: start, end, NaN per
     task; y: the worker) and one hover trace (``name`` "tasks": invisible markers at the tasks'
     midpoints, y the worker, ``customdata`` rows the ``HOVER_COLUMNS`` of each task, in timeline
-    order; ``text`` the worker's label "worker W @ NODE" when the run spans several nodes).
+    order; the hover names the worker by its row's label, "worker W[ @ NODE]").
     """
     import numpy as np
     import plotly.graph_objects as go
@@ -137,13 +137,11 @@ def interactive(report: dict[str, Any]) -> Any:
                                    line={"color": color, "width": 12 if workers <= 16 else 6},
                                    legendgroup=state, hoverinfo="skip"), row=1, col=1)
     if len(data):
-        # Worker labels name nodes only for multi-node runs: then each point carries its label.
-        with_nodes = any("@" in label for label in labels)
+        # %{y} shows the row's tick label: "worker W", or "worker W @ NODE" on several nodes.
         fig.add_trace(go.Scattergl(
             x=((data[:, 4] + data[:, 5]) / 2).astype(np.float32), y=rows, mode="markers", name="tasks",
             marker={"size": 6, "opacity": 0}, showlegend=False, customdata=data.astype(np.float32),
-            text=[labels[w] for w in rows] if with_nodes else None,
-            hovertemplate=("<b>" + ("%{text}" if with_nodes else "worker %{y}") + "</b><br>task %{customdata[0]:d} "
+            hovertemplate=("<b>%{y}</b><br>task %{customdata[0]:d} "
                            "(attempt %{customdata[7]:d})<br>records %{customdata[1]:d}, failed %{customdata[8]:d}"
                            "<br>tokens %{customdata[2]:d} real, %{customdata[3]:d} padded<br>start "
                            "%{customdata[4]:.3f} s, end %{customdata[5]:.3f} s<br>duration %{customdata[6]:.3f} s"
