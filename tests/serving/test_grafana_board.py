@@ -123,6 +123,12 @@ def test_board_is_an_importable_grafana_dashboard() -> None:
         assert len({t["refId"] for t in p["targets"]}) == len(p["targets"])
         grid = p["gridPos"]
         assert grid["w"] > 0 and grid["h"] > 0 and grid["x"] + grid["w"] <= 24, p["title"]
+    cells = set()  # no two panels share a grid cell
+    for p in board["panels"]:
+        g = p["gridPos"]
+        mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not cells & mine, f"{p['title']!r} overlaps another panel"
+        cells |= mine
     for var in board["templating"]["list"]:
         assert var["datasource"]["uid"] == "${DS_PROMETHEUS}"
     import yaml  # PyYAML, a dependency of transformers
