@@ -93,6 +93,9 @@ def run(
                                "does not trust by default (only for files from a trusted source)"),
     shard_mode: str = typer.Option("auto", help="auto | on | off: workers read shards of the input file themselves "
                                    "(auto: splittable inputs of 64 MiB and more; docs/sharded.md)"),
+    dashboard: Optional[str] = typer.Option(None, metavar="[HOST:]PORT", help="serve a live dashboard of the job "
+                                            "at http://HOST:PORT/dashboard (HOST default 127.0.0.1; with "
+                                            "PARAINFER_API_KEY set it needs that key; docs/dashboard.md)"),
 ) -> None:
     """Run a batch job: every input record's result, in input order, computed by N workers."""
     config = _job_config(**locals())
