@@ -504,7 +504,7 @@ class RecordDriver:
             "timeline": timeline[start:end], "timeline_next": end,
             "startup": startup_so_far(self._t0, state.t_spawn, list(state.ready_phases), state.t_first_dispatch),
             "model_state": model_state,
-            "batch_sizes": [list(h) for h in self.tuner.history] if self.tuner else [],
+            "batch_sizes": [list(h) for h in self.tuner.history] if self.tuner else [[0.0, self._builder.batch_size]],
             "errors": self._errors.count, "errors_path": self._errors.path if self._errors.count else None,
         }
 

@@ -98,7 +98,7 @@ class ServeDashboard:
         queue = _total(m, "parainfer_queue_depth")
         batches = self._batch_counts(t)
         in_flight = sum(batches.values())
-        ms = (lambda v: None if v is None else round(v * 1e3, 2))
+        ms = _ms
         cards = [
             _card("requests", "API requests (/v1)", api_requests, f"{api_requests:,.0f}"),
             _card("request_rate", "requests/s (now)", round(rate, 2), f"{rate:,.1f}"),
@@ -197,6 +197,10 @@ def dashboard_routes(board: ServeDashboard) -> APIRouter:
         return StreamingResponse(board.events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
     return router
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1e3, 2)
 
 
 def _total(m: dict[str, list[tuple[dict[str, str], float]]], name: str) -> float:
