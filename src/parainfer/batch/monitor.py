@@ -153,6 +153,7 @@ class JobMonitor:
             {"id": "errors", "title": f"quarantined records ({live['errors']:,}; {live['errors_path'] or 'no errors file'})",
              "columns": ["row", "input line", "id", "reason"], "rows": self._recent_errors(live)},
         ]
+        sizes = live["batch_sizes"]
         rows = [[_lane(r[1], live["nodes"]), r[2], r[3], f"{live['unit']} {r[0]}: {r[4]} records"]
                 for r in live["timeline"]]
         payload = {**base, "phase": phase, "cards": cards,
@@ -162,8 +163,9 @@ class JobMonitor:
                                "series": {"tasks queued": live["queue"], "in flight": sum(live["in_flight"]),
                                           "backlog / 100 records": live["backlog"] / 100}}],
                    "gantt": {"title": f"{live['unit']}s per worker", "rows": rows},
-                   "bars": [{"id": "batch_sizes", "title": "batch size over time (s)",
-                             "x": [h[0] for h in live["batch_sizes"]], "y": [h[1] for h in live["batch_sizes"]]}],
+                   "bars": [{"id": "batch_sizes", "title": "batch size (records per batch)", "step": True,
+                             "xtitle": "s since first dispatch", "x": [*(h[0] for h in sizes), round(elapsed, 3)],
+                             "y": [*(h[1] for h in sizes), sizes[-1][1] if sizes else None]}],
                    "tables": tables}
         return payload, live["timeline_next"]
 

@@ -132,7 +132,7 @@ class ServeDashboard:
                        {"id": "latency", "title": "latency (ms, since start)",
                         "series": {"p50": ms(p50), "p90": ms(p90), "p99": ms(p99)}},
                        {"id": "queue", "title": "queue depth", "series": {"queue": queue}}],
-            "bars": [{"id": "batch_sizes", "title": "model batches by size (upper bound)",
+            "bars": [{"id": "batch_sizes", "title": "model batches by size", "xtitle": "inputs per batch (at most)",
                       "x": [_bound(b) for b, _ in sizes], "y": per_bucket}],
             "tables": [
                 {"id": "routes", "title": "requests by route and status", "columns": ["route", "status", "requests"],
