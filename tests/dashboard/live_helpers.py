@@ -82,22 +82,26 @@ def wait_for(predicate: Any, timeout_s: float, what: str, step_s: float = 0.1) -
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
+POISON = (100, 700, 1300)  # records holding the marker (``testing.sleepy_raise_on_marker`` fails them)
+
+
 def write_input(path: Path, records: int) -> Path:
-    """A JSONL input of ``records`` texts of 20-49 words."""
+    """A JSONL input of ``records`` texts of 20-49 words; those at ``POISON`` hold the marker."""
     with path.open("w") as f:
         for i in range(records):
-            f.write(json.dumps({"id": i, "text": "word " * (20 + i % 30)}) + "\n")
+            marker = " @@crash@@" if i in POISON else ""
+            f.write(json.dumps({"id": i, "text": "word " * (20 + i % 30) + marker}) + "\n")
     return path
 
 
 class JobProcess:
     """``parainfer run INPUT -o OUTPUT --dashboard 127.0.0.1:0 --report REPORT ...`` in a
-    subprocess on the sleepy test model; ``url`` is the dashboard's, read from its stderr."""
+    subprocess on the sleepy test model (the records at ``POISON`` fail); ``url`` is the dashboard's, read from its stderr."""
 
     def __init__(self, tmp: Path, records: int, ms_per_token: float, *args: str, env: dict[str, str] | None = None):
         self.report = tmp / "report.json"
         cmd = [sys.executable, "-m", "parainfer.cli", "run", str(write_input(tmp / "in.jsonl", records)),
-               "-o", str(tmp / "out.jsonl"), "--model", "parainfer.testing:sleepy", "--workers", "2",
+               "-o", str(tmp / "out.jsonl"), "--model", "parainfer.testing:sleepy_raise_on_marker", "--workers", "2",
                "--batch-size", "16", "--bucket-window", "1", "--report", str(self.report),
                "--dashboard", "127.0.0.1:0", *args]
         full_env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1",
@@ -121,8 +125,8 @@ class JobProcess:
         self.base = self.url.rsplit("/dashboard", 1)[0]
 
     def finish(self, timeout_s: float = 120) -> dict:
-        """Wait for the job to end (exit code 0) and return its run report."""
-        assert self.proc.wait(timeout_s) == 0, "".join(self.stderr)
+        """Wait for the job to end (exit code 1: the poison records failed) and return its run report."""
+        assert self.proc.wait(timeout_s) == 1, "".join(self.stderr)
         return json.loads(self.report.read_text())
 
     def kill(self) -> None:

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from live_helpers import JobProcess, running_server
+from live_helpers import JobProcess, running_server, wait_for
 from parainfer.dashboard import parse_address
 from parainfer.errors import UsageError
 from parainfer.serving.dashboard import histogram_quantile
@@ -42,10 +42,16 @@ def test_job_events_need_the_key_and_come_at_least_once_a_second(tmp_path):
         got, seconds = read_events(events, 6, {"Authorization": f"Bearer {KEY}"})
         assert seconds <= 5 * 1.0 + 0.5, f"6 events took {seconds:.1f} s"  # 5 gaps at >= 1 event/s
         assert all(p["kind"] == "job" for p in got) and [p["t"] for p in got] == sorted(p["t"] for p in got)
+        errors = job.base + f"/dashboard/api/errors?token={KEY}&row="
+        row = wait_for(lambda: httpx.get(errors + "1").json().get("id") == 100 and httpx.get(errors + "1").json(), 30,
+                       "the first poison record in the errors file")
+        assert "poison record" in row["reason"] and row["row"] == 1
+        missing = httpx.get(errors + "99")
+        assert missing.status_code == 404 and "row '99' is not in the errors file" in missing.json()["error"]
         state = httpx.get(job.base + f"/dashboard/api/state?token={KEY}").json()
         assert state["t"] > got[-1]["t"]
         report = job.finish()
-        assert report["records"] == 1000
+        assert report["records"] == 1000 and report["failed_records"] == 2  # POISON's first two
     finally:
         job.kill()
 

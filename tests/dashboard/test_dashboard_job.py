@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from live_helpers import JobProcess, card_value, chromium, console_errors, save_doc_screenshot, wait_for
+from live_helpers import POISON, JobProcess, card_value, chromium, console_errors, save_doc_screenshot, wait_for
 
 
 def test_job_dashboard_updates_live_and_ends_on_the_report_totals(tmp_path):
@@ -25,7 +25,7 @@ def test_job_dashboard_updates_live_and_ends_on_the_report_totals(tmp_path):
                      "the job's final event")
             report = job.finish()
             assert int(card_value(driver, "done")) == report["records"] == 1600
-            assert int(card_value(driver, "failed")) == report["failed_records"]
+            assert int(card_value(driver, "failed")) == report["failed_records"] == len(POISON)
             assert int(card_value(driver, "computed")) == report["records"]
             assert float(card_value(driver, "records_per_s")) == round(report["parallel_throughput_records_per_s"], 2)
             assert float(card_value(driver, "wall_s")) == round(report["wall_s"], 3)
@@ -34,6 +34,11 @@ def test_job_dashboard_updates_live_and_ends_on_the_report_totals(tmp_path):
             workers = driver.find_elements("css selector", "#workers tr")
             assert len(workers) == 1 + report["workers"]
             assert int(seen[1]) < int(seen[2]) <= report["records"]
+            errors = driver.find_elements("css selector", "#errors tr")[1:]
+            assert [int(row.find_elements("tag name", "td")[2].text) for row in errors] == list(POISON)
+            assert all("poison record" in row.find_elements("tag name", "td")[3].text for row in errors)
+            link = errors[1].find_element("tag name", "a").get_attribute("href")
+            assert link.endswith("/dashboard/api/errors?row=2")
             assert console_errors(driver) == []
             driver.save_screenshot(str(tmp_path / "dashboard-job.png"))
             save_doc_screenshot(driver, "dashboard-job.png")
