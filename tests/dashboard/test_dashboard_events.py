@@ -83,3 +83,25 @@ def test_a_bad_dashboard_address_names_the_value_and_the_form(bad):
     with pytest.raises(UsageError, match=r"expected \[HOST:\]PORT"):
         parse_address(bad)
     assert parse_address("8765") == ("127.0.0.1", 8765) and parse_address("0.0.0.0:0") == ("0.0.0.0", 0)
+
+
+def test_sharded_job_stream_shows_shards_as_bars_and_ends_on_the_report(tmp_path):
+    job = JobProcess(tmp_path, 1000, 0.2, "--shard-mode", "on",
+                     env={"PARAINFER_MIN_SHARD_BYTES": "20000"})
+    try:
+        payloads: list[dict] = []
+        with httpx.stream("GET", job.base + "/dashboard/api/events", timeout=60) as response:
+            for line in response.iter_lines():  # the stream ends after the final payload
+                if line.startswith("data: "):
+                    payloads.append(json.loads(line[6:]))
+        report = job.finish()
+        assert report["data_path"] == "sharded" and len(report["timeline"]) > 3
+        final = payloads[-1]
+        assert final["finished"] and not any(p["finished"] for p in payloads[:-1])
+        cards = {c["id"]: c["value"] for c in final["cards"]}
+        assert cards["done"] == report["records"] == 1000 and cards["failed"] == report["failed_records"] == 2
+        bars = [row for p in payloads for row in p.get("gantt", {}).get("rows", [])]  # none before the driver starts
+        assert len(bars) == len(report["timeline"]) and all(row[3].startswith("shard ") for row in bars)
+        assert sorted(b[1] for b in bars) == sorted(round(r[2], 6) for r in report["timeline"])
+    finally:
+        job.kill()
