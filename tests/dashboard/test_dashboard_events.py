@@ -39,6 +39,8 @@ def test_job_events_need_the_key_and_come_at_least_once_a_second(tmp_path):
         assert httpx.get(events, headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert httpx.get(job.base + "/dashboard/api/state?token=wrong").status_code == 401
         assert httpx.get(job.url).status_code == 200  # the page holds no data
+        rebound = httpx.get(job.base + f"/dashboard/api/state?token={KEY}", headers={"Host": "evil.example:80"})
+        assert rebound.status_code == 403  # a loopback dashboard answers only to a loopback Host
         got, seconds = read_events(events, 6, {"Authorization": f"Bearer {KEY}"})
         assert seconds <= 5 * 1.0 + 0.5, f"6 events took {seconds:.1f} s"  # 5 gaps at >= 1 event/s
         assert all(p["kind"] == "job" for p in got) and [p["t"] for p in got] == sorted(p["t"] for p in got)

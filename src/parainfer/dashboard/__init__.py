@@ -87,6 +87,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def is_loopback_name(host: str | None) -> bool:
+    """True for a Host header's host that names this machine: localhost, *.localhost, a loopback address."""
+    host = (host or "").rstrip(".").lower()
+    return host.endswith(".localhost") or is_loopback(host)
+
+
 def token_matches(given: str | None, key: str | None) -> bool:
     """True without a key (an open dashboard), else when ``given`` equals ``key`` (constant time)."""
     if key is None:
@@ -191,6 +197,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
         url = urlsplit(self.path)
         path, query = url.path.rstrip("/") or "/", parse_qs(url.query)
+        if is_loopback(self.owner.host) and not is_loopback_name(urlsplit(f"//{self.headers.get('Host', '')}").hostname):
+            # a page of another site that renamed itself to 127.0.0.1 (DNS rebinding) reads nothing
+            return self._send(403, "application/json", b'{"error": "a loopback dashboard answers only to a loopback Host"}')
         if path in ("/", PREFIX):
             return self._send(200, "text/html; charset=utf-8", page_html(), cache=False)
         if path == PREFIX + "/plotly.min.js":
