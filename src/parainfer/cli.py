@@ -118,7 +118,10 @@ def _job_config(*, task: str, batch_size: str, checkpoint_every: float, max_toke
     translate options grouped, ``same``: the options that are JobConfig fields of the same name.
     Raises UsageError for a bad --batch-size or --json-schema file, pydantic's error for a bad field."""
     from parainfer.config import JobConfig
+    from parainfer.dashboard import parse_address
 
+    if same.get("dashboard") is not None:  # a bad address is refused before any model is built
+        parse_address(same["dashboard"])
     return JobConfig(task=task, batch_size=_batch_size(batch_size),
                      generation=dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                      seed=seed, stop=list(stop or []), chat=chat,

@@ -107,3 +107,20 @@ def test_sharded_job_stream_shows_shards_as_bars_and_ends_on_the_report(tmp_path
         assert sorted(b[1] for b in bars) == sorted(round(r[2], 6) for r in report["timeline"])
     finally:
         job.kill()
+
+
+def test_run_refuses_a_bad_dashboard_address_before_it_starts(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from live_helpers import ROOT, write_input
+
+    out = tmp_path / "out.jsonl"
+    done = subprocess.run([sys.executable, "-m", "parainfer.cli", "run", str(write_input(tmp_path / "in.jsonl", 5)),
+                           "-o", str(out), "--model", "parainfer.testing:echo", "--dashboard", "localhost:http"],
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--dashboard 'localhost:http': expected [HOST:]PORT" in done.stderr
+    assert not out.exists()
