@@ -187,9 +187,11 @@ class JobMonitor:
             return []
         if self._errors_cache[0] != count:
             rows = _read_errors(path)
-            self._errors_cache = (count, [[{"text": str(i + 1), "href": f"/dashboard/api/errors?row={i + 1}"},
-                                           r.get("line"), r.get("id"), r.get("reason")]
-                                          for i, r in list(enumerate(rows))[-20:]])
+            shown = [[{"text": str(i + 1), "href": f"/dashboard/api/errors?row={i + 1}"}, r.get("line"), r.get("id"),
+                      r.get("reason")] for i, r in list(enumerate(rows))[-20:]]
+            # kept until the count changes only once every error is on disk (the file is flushed
+            # at each checkpoint commit and at the end); else read again next time
+            self._errors_cache = (count if len(rows) >= count else -1, shown)
         return self._errors_cache[1]
 
     def _error_rows(self, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
