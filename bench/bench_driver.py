@@ -14,8 +14,13 @@ the default here: an input of 64 MiB or more would otherwise run sharded).
 Before/after for the record-mode driver rework: ``--old`` = main at be21435
 (``git archive be21435 src | tar -x -C /tmp/base``), ``--new`` = this tree.
 
+With ``--dashboard`` the ``new`` runs also serve the live dashboard (``--dashboard 127.0.0.1:0``)
+with one page listening to its event stream (a reader thread in the driver process, so its CPU
+counts against the driver too): ``--old src --new src --dashboard`` measures the dashboard's cost.
+
 Usage:
     python bench/bench_driver.py --old /tmp/old/src --new src --input vader3k.jsonl --job classify --rounds 2
+    python bench/bench_driver.py --old src --new src --dashboard --input echo100k.jsonl --job echo --rounds 3
 """
 
 from __future__ import annotations
@@ -38,7 +43,23 @@ except ImportError:  # an older tree (engine.py): the loop was Job's own
     from parainfer.engine import Job
     Loop = Job
 if __name__ == "__main__":
-    job = Job(JobConfig(**json.loads(sys.argv[1])))
+    config = json.loads(sys.argv[1])
+    if config.get("dashboard"):  # one page listening to the event stream while the job runs
+        import threading, urllib.request
+        from parainfer.batch.monitor import JobMonitor
+        watch = JobMonitor.watch
+        def watching(self, driver):
+            watch(self, driver)
+            def listen(url=self.url + "/api/events"):
+                try:
+                    with urllib.request.urlopen(url) as stream:
+                        for _ in stream:
+                            pass
+                except OSError:
+                    pass
+            threading.Thread(target=listen, daemon=True).start()
+        JobMonitor.watch = watching
+    job = Job(JobConfig(**config))
     loop_start = []
     create = Loop._create_tasks
     def first_create(self, *args):  # the job loop starts with its first task creation
@@ -55,12 +76,13 @@ JOBS = {"classify": {"task": "classify"}, "echo": {"model": "parainfer.testing:e
 
 
 def run_once(src: str, job: str, input_path: str, workers: int, out: Path, report: Path | None = None,
-             shard_mode: str = "off") -> dict:
+             shard_mode: str = "off", dashboard: bool = False) -> dict:
     """One job in a fresh process with ``src`` first on PYTHONPATH; returns its report (the
     whole report, timeline included, is also written to ``report`` when given)."""
     env = {**os.environ, "PYTHONPATH": str(Path(src).resolve()), "HF_HUB_OFFLINE": "1"}
     config = {"input": input_path, "output": str(out), "workers": workers, "quiet": True, "overwrite": True,
-              "shard_mode": shard_mode, **JOBS[job], **({"report": str(report)} if report else {})}
+              "shard_mode": shard_mode, **JOBS[job], **({"report": str(report)} if report else {}),
+              **({"dashboard": "127.0.0.1:0"} if dashboard else {})}
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(RUNNER)
     done = subprocess.run([sys.executable, f.name, json.dumps(config)], env=env, capture_output=True, text=True,
@@ -78,6 +100,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--shard-mode", default="off", choices=("off", "auto", "on"))
+    ap.add_argument("--dashboard", action="store_true", help="the new tree's runs serve the live dashboard, "
+                    "one page listening")
     ap.add_argument("--reports", help="folder to keep each run's report in (for `parainfer simulate --cost-from`)")
     args = ap.parse_args()
     print(f"load average at start: {os.getloadavg()}", file=sys.stderr)
@@ -92,7 +116,7 @@ def main() -> None:
             for name, src in (("old", args.old), ("new", args.new)):
                 keep = Path(args.reports) / f"{args.job}-{name}-{r + 1}.json" if args.reports else None
                 rep = run_once(src, args.job, args.input, args.workers, Path(tmp) / f"{name}.jsonl", keep,
-                               args.shard_mode)
+                               args.shard_mode, dashboard=args.dashboard and name == "new")
                 outputs[name] = (Path(tmp) / f"{name}.jsonl").read_bytes()
                 us = rep["driver_cpu_s"] / rep["records"] * 1e6
                 per_tree[name].append(us)

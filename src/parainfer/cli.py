@@ -93,6 +93,9 @@ def run(
                                "does not trust by default (only for files from a trusted source)"),
     shard_mode: str = typer.Option("auto", help="auto | on | off: workers read shards of the input file themselves "
                                    "(auto: splittable inputs of 64 MiB and more; docs/sharded.md)"),
+    dashboard: Optional[str] = typer.Option(None, metavar="[HOST:]PORT", help="serve a live dashboard of the job "
+                                            "at http://HOST:PORT/dashboard (HOST default 127.0.0.1; with "
+                                            "PARAINFER_API_KEY set it needs that key; docs/dashboard.md)"),
 ) -> None:
     """Run a batch job: every input record's result, in input order, computed by N workers."""
     config = _job_config(**locals())
@@ -115,7 +118,10 @@ def _job_config(*, task: str, batch_size: str, checkpoint_every: float, max_toke
     translate options grouped, ``same``: the options that are JobConfig fields of the same name.
     Raises UsageError for a bad --batch-size or --json-schema file, pydantic's error for a bad field."""
     from parainfer.config import JobConfig
+    from parainfer.dashboard import parse_address
 
+    if same.get("dashboard") is not None:  # a bad address is refused before any model is built
+        parse_address(same["dashboard"])
     return JobConfig(task=task, batch_size=_batch_size(batch_size),
                      generation=dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                      seed=seed, stop=list(stop or []), chat=chat,

@@ -5,7 +5,7 @@ no cost; ``sleepy`` sleeps ``PARAINFER_TEST_MS_PER_TOKEN`` ms per (chars/4) toke
 ``PARAINFER_TEST_SLOW_WORKER`` (if set) is ``PARAINFER_TEST_SLOWDOWN`` times slower (a
 straggler); ``crash_on_marker`` is echo, but a text containing ``PARAINFER_TEST_MARKER``
 (default "@@crash@@") SIGKILLs its worker (a poison record), ``raise_on_marker`` raises
-ValueError instead, ``hang_on_marker`` sleeps an hour (a hung task); ``origin`` is echo's
+ValueError instead (``sleepy_raise_on_marker`` after sleepy's sleep), ``hang_on_marker`` sleeps an hour (a hung task); ``origin`` is echo's
 output plus the worker's parent pid and whether ``colorsys`` (a module nothing else imports)
 was in memory before the call: which start method made the worker.
 """
@@ -68,6 +68,12 @@ def raise_on_marker(texts: list[str]) -> list[dict]:
         if _marker() in t:
             raise ValueError(f"poison record: {t[:40]!r}")
     return echo(texts)
+
+
+def sleepy_raise_on_marker(texts: list[str]) -> list[dict]:
+    """``raise_on_marker`` after ``sleepy``'s sleep: a slow job with poison records."""
+    sleepy(texts)
+    return raise_on_marker(texts)
 
 
 def hang_on_marker(texts: list[str]) -> list[dict]:

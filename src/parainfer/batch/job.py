@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from parainfer.batch.mode import choose_mode
+from parainfer.batch.monitor import JobMonitor, open_monitor
 from parainfer.batch.record_mode import RecordDriver
 from parainfer.batch.report import TimingReport, already_complete, close_run, print_summary, write_report  # noqa: F401 - re-exported
 from parainfer.batch.setup import Driver, JobSetup, start_workers  # noqa: F401 - re-exported
@@ -63,14 +64,28 @@ class Job:
         The output is locked for the whole job (``io.guard.OutputLock``): a second job on the
         same output raises UsageError naming this one (an in-memory job has no output to lock).
         A large splittable input runs in sharded mode (``mode.choose_mode``, ``--shard-mode``).
+        With ``config.dashboard`` a live dashboard (``monitor.JobMonitor``) serves the job while it
+        runs and shows the report's totals at the end (UsageError when its address cannot be bound).
         """
-        if self.setup.store is not None:
-            return self._driver("records").run(workers)
-        output = self.config.output
-        with OutputLock(output.rstrip("/") or output):
-            return self._driver(choose_mode(self.config)).run(workers)
+        monitor = open_monitor(self.config.dashboard)
+        try:
+            if self.setup.store is not None:
+                report = self._driver("records", monitor).run(workers)
+            else:
+                output = self.config.output
+                with OutputLock(output.rstrip("/") or output):
+                    report = self._driver(choose_mode(self.config), monitor).run(workers)
+        except BaseException as e:
+            if monitor is not None:
+                monitor.finish(None, f"stopped: {type(e).__name__}")
+            raise
+        if monitor is not None:
+            monitor.finish(report)
+        return report
 
-    def _driver(self, mode: str) -> Driver:
-        """The driver of ``mode`` ("records" or "sharded") on this job's setup."""
+    def _driver(self, mode: str, monitor: JobMonitor | None = None) -> Driver:
+        """The driver of ``mode`` ("records" or "sharded") on this job's setup, shown by ``monitor``."""
         setup = self.setup.with_options(encode_in_workers=self.encode_in_workers, task_group=self.task_group)
-        return ShardDriver(setup) if mode == "sharded" else RecordDriver(setup)
+        driver = ShardDriver(setup) if mode == "sharded" else RecordDriver(setup)
+        driver.monitor = monitor
+        return driver

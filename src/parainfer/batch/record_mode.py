@@ -22,7 +22,7 @@ from parainfer.batch.length_estimate import LengthEstimator
 from parainfer.batch.merger import Merger
 from parainfer.batch.monitor import Progress
 from parainfer.batch.recovery import GracefulStop, Interrupted, TaskRecovery, Watchdog, on_worker_failed
-from parainfer.batch.report import TimingReport, already_complete, close_run, write_report
+from parainfer.batch.report import TimingReport, already_complete, close_run, startup_so_far, write_report
 from parainfer.batch.setup import JobSetup, on_worker_ready, start_workers
 from parainfer.batch.tasks import TaskBuilder
 from parainfer.counts import TokenCounts
@@ -96,6 +96,8 @@ class RecordDriver:
         # task for each place in the workers' queues, and the last window is not grouped, so
         # the load stays balanced and the job's tail fine-grained.
         self.task_group = setup.task_group
+        self.monitor: Any = None  # a ``monitor.JobMonitor`` that shows this run (``--dashboard``), or None
+        self._state: _State | None = None
 
     def run(self, workers: Workers | None = None) -> dict[str, Any]:
         """Run the job to the end on ``workers`` (None: start them here and shut them down at
@@ -112,6 +114,9 @@ class RecordDriver:
         workers = self._attach(self._start() if own else workers)
         progress = Progress(self._total, enabled=not cfg.quiet)
         state = _State(ready=workers.ready, t_spawn=t_spawn)  # shared: what this job learns, the next one knows
+        self._state, self._t0 = state, t0
+        if self.monitor is not None:
+            self.monitor.watch(self)
         for event in workers.take_pending():
             self._handle(event, state)
         records = ckpt.skip(self.source)
@@ -468,6 +473,42 @@ class RecordDriver:
             write_report(out, self.config.report)
         return out
 
+    def live(self, cursor: int) -> dict[str, Any]:
+        """The run so far, for the live dashboard (``monitor.JobMonitor``; called from its
+        thread, reads the driver's own counters, changes nothing): records done this run and
+        failed, tokens counted, queue and backlog, per-worker totals, the timeline rows from
+        index ``cursor`` on (at most ``dashboard.GANTT_KEEP``) and the next cursor, start-up
+        phases, the tuner's and cost model's state. Raises RuntimeError when a dict changed
+        size while read (the caller reads again)."""
+        state, report, merger = self._state, self._report, self._merger
+        timeline = report.timeline
+        end = len(timeline)
+        start = max(cursor, end - 2000)
+        elapsed = time.perf_counter() - state.t_first_dispatch if state.t_first_dispatch else 0.0
+        model_state = [["batch size now", self.tuner.current if self.tuner else self._builder.batch_size],
+                       ["tuner", ("settled" if self.tuner.settled else "trying sizes") if self.tuner else "fixed size"],
+                       ["policy", f"{self.config.policy} {dict(self._policy.stats)}"]]
+        for w in range(self.num_workers):
+            a, b = self._policy.cost.coefficients(w)
+            model_state.append([f"cost w{w}", f"{a * 1e3:.2f} ms + {b * 1e6:.2f} ms per 1k padded tokens"])
+        return {
+            "phase": ("finishing" if state.source_done and not self._tasks else "running") if state.t_first_dispatch
+            else "starting the workers",
+            "unit": "task", "total": self._total, "resumed": self._ckpt.resumed_records,
+            "done": merger.next_seq - self._ckpt.resumed_records, "failed": merger.failed,
+            "tokens": state.counted.real, "elapsed_s": elapsed, "queue": self._policy.pending(),
+            "backlog": merger.buffered, "in_flight": [self._executor.in_flight(w) for w in range(self.num_workers)],
+            "ready": set(state.ready), "nodes": self._executor.describe().get("worker_nodes") or [],
+            "per_worker": [[s.tasks, s.records, round(s.busy_s, 2), round(s.load_s, 2), s.restarts]
+                           for s in report.per_worker],
+            "restarts": sum(s.restarts for s in report.per_worker), "retries": report.retries,
+            "timeline": timeline[start:end], "timeline_next": end,
+            "startup": startup_so_far(self._t0, state.t_spawn, list(state.ready_phases), state.t_first_dispatch),
+            "model_state": model_state,
+            "batch_sizes": [list(h) for h in self.tuner.history] if self.tuner else [[0.0, self._builder.batch_size]],
+            "errors": self._errors.count, "errors_path": self._errors.path if self._errors.count else None,
+        }
+
     def _cost_summary(self) -> list[dict[str, float]]:
         """Fitted per-worker task cost: overhead (ms) and ms per 1,000 padded tokens."""
         out = []
@@ -475,3 +516,4 @@ class RecordDriver:
             a, b = self._policy.cost.coefficients(w)
             out.append({"worker": w, "overhead_ms": round(a * 1e3, 3), "ms_per_1k_tokens": round(b * 1e6, 3)})
         return out
+

@@ -134,6 +134,14 @@ def startup_parts(t0: float, t_spawn: float, ready: list[dict[str, float]], firs
     return {k: round(v, 4) for k, v in out.items()}
 
 
+def startup_so_far(t0: float, t_spawn: float, ready: list[dict[str, float]], t_first: float | None) -> dict[str, float]:
+    """``startup_parts`` while the job starts (the live dashboard): without a first dispatch
+    yet, the parts so far and no ``first_dispatch_s``. Seconds."""
+    if t_first is not None:
+        return startup_parts(t0, t_spawn, ready, t_first)
+    return {k: v for k, v in startup_parts(t0, t_spawn, ready, time.perf_counter()).items() if k != "first_dispatch_s"}
+
+
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """A short human summary of a report dict (printed on stderr at the end of a job)."""
     lines = [

@@ -29,7 +29,7 @@ from parainfer.io.safe_files import open_file
 from parainfer.io.sinks import ErrorSink
 from parainfer.batch.recovery import (GracefulStop, Interrupted, RecoveryPolicy, Triage, on_worker_failed,
                                       on_write_failed)
-from parainfer.batch.report import TimingReport, already_complete, close_run, write_report
+from parainfer.batch.report import TimingReport, already_complete, close_run, startup_so_far, write_report
 from parainfer.counts import TokenCounts
 
 MIN_SHARD_BYTES, MAX_SHARD_BYTES = 16 << 10, 256 << 20  # factoring makes the count logarithmic in the size
@@ -83,6 +83,7 @@ class ShardDriver:
                           own_rows=setup.predictor.writes_own_rows, task_timeout=cfg.task_timeout,
                           auto_max_batch=tuner.max_size if tuner else None)
         self.recovery = RecoveryPolicy(cfg.max_retries)
+        self.monitor: Any = None  # a ``monitor.JobMonitor`` that shows this run (``--dashboard``), or None
 
     def _planner(self, store: ShardStore, workers: int) -> ShardPlanner:
         """The lazy plan of the uncommitted rest of the input. The smallest shard is
@@ -110,6 +111,9 @@ class ShardDriver:
         cpu0 = time.process_time()  # the driver's own work from here on (as record mode counts it)
         self._begin(store, workers)
         ready_phases: list[dict[str, float]] = []
+        self._live_clock = (t0, t_spawn, ready_phases)
+        if self.monitor is not None:
+            self.monitor.watch(self)
         stop = GracefulStop(on_abort=lambda: [self.executor.kill(w) for w in range(n)])
         finished = False
         try:
@@ -264,6 +268,30 @@ class ShardDriver:
         self.report.timeline.append([task.index, res.worker_id, round(res.t_start - origin, 6),
                                      round(res.t_end - origin, 6), res.records, res.counts.real, res.counts.padded,
                                      task.attempt, res.failed])
+
+    def live(self, cursor: int) -> dict[str, Any]:
+        """The run so far, for the live dashboard (as ``record_mode.RecordDriver.live``; the
+        Gantt bars are shards; records count when their shard finished; the total is unknown
+        until the end, the errors are in the shards' parts). Called from the dashboard's thread."""
+        report, (t0, t_spawn, ready_phases) = self.report, self._live_clock
+        timeline = report.timeline
+        end = len(timeline)
+        n = self.workers.num_workers
+        return {
+            "phase": "running" if self.t_first else "starting the workers", "unit": "shard", "total": None,
+            "resumed": 0, "done": report.records, "failed": report.failed_records, "tokens": self.counts.real,
+            "elapsed_s": time.perf_counter() - self.t_first if self.t_first else 0.0,
+            "queue": len(self.pending), "backlog": len(self.done), "in_flight": [self.executor.in_flight(w) for w in range(n)],
+            "ready": set(self.workers.ready), "nodes": self.executor.describe().get("worker_nodes") or [],
+            "per_worker": [[s.tasks, s.records, round(s.busy_s, 2), round(s.load_s, 2), s.restarts]
+                           for s in report.per_worker],
+            "restarts": sum(s.restarts for s in report.per_worker), "retries": report.retries,
+            "timeline": timeline[max(cursor, end - 2000):end], "timeline_next": end,
+            "startup": startup_so_far(t0, t_spawn, list(ready_phases), self.t_first),
+            "model_state": [["shards planned", self.planner.planned], ["shards committed", len(self.store.committed)],
+                            ["smallest shard (floor)", self.planner.plan.floor]],
+            "batch_sizes": [list(h) for h in self.sizes], "errors": 0, "errors_path": None,
+        }
 
     def _forget(self, event: WorkerFailed) -> None:
         """A worker failed: it is neither idle nor has room; then ``recovery.on_worker_failed``."""

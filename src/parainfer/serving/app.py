@@ -4,7 +4,7 @@ Routes: POST /v1/embeddings (--task embed), POST /v1/classify (--task classify),
 POST /v1/completions and /v1/chat/completions (--task generate, in ``generation_routes``),
 POST /v1/translations (--task translate, in ``translation_routes``),
 GET /v1/models, GET /health (503 until every replica, or the engine, has loaded), GET /metrics
-(Prometheus text), plus FastAPI's /openapi.json and /docs. ``create_app(config)`` builds a fresh
+(Prometheus text), GET /dashboard (the live page over the same metrics: ``dashboard``), plus FastAPI's /openapi.json and /docs. ``create_app(config)`` builds a fresh
 app with its own metrics registry; the lifespan starts the workers (or loads the generation
 engine) and, on shutdown (after uvicorn has finished the in-flight requests), stops them.
 """
@@ -27,6 +27,7 @@ from parainfer.openai.bodies import encode_vector
 from parainfer.serving.batch_api.api import BatchApi
 from parainfer.serving.batch_api.runner import OnlineGate
 from parainfer.serving.config import ServeConfig
+from parainfer.serving.dashboard import API_PREFIX as DASHBOARD_API, ServeDashboard, dashboard_routes
 from parainfer.serving.http.json_body import OrjsonRoute
 from parainfer.openai.errors import ApiError
 from parainfer.serving.http.errors import install_error_handlers
@@ -94,12 +95,14 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
     app.include_router(translation_routes(config, batches if config.task == "translate" else None))
     app.include_router(_ops_routes(service, metrics))
     app.include_router(batch_api.router)  # /v1/files, /v1/batches
+    app.include_router(dashboard_routes(ServeDashboard(metrics, service, batch_api)))  # /dashboard
     app.add_middleware(OnlineGate, load=batch_api.load)
     app.add_middleware(UploadAwareBodyLimit, max_bytes=config.max_body_bytes,
                        upload_bytes=int(config.max_file_mb * (1 << 20)))
     app.add_middleware(JsonContentTypeMiddleware)
     if keys is not None:  # no key: an open server, every client one owner (docs/serving.md, "Authentication")
         app.add_middleware(AuthMiddleware, keys=keys)
+        app.add_middleware(AuthMiddleware, keys=keys, prefix=DASHBOARD_API)  # the dashboard's data, same keys
     if binds_loopback(config.host):
         app.add_middleware(LoopbackGuardMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 401s and 413s too
