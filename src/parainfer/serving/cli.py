@@ -44,9 +44,9 @@ def serve_command(
     model: Optional[str] = typer.Option(None, help="built-in name, local HF directory, or module:function "
                                         "(generate: local HF Llama-family directory; default SmolLM2-135M-Instruct)"),
     served_model_name: Optional[list[str]] = typer.Option(
-        None, "--served-model-name", metavar="NAME", help="a name requests may give as `model` (repeat the option for aliases; the "
-        "first is the one responses report); unset: any name is accepted (one model is served) and the model's own "
-        "name reported"),
+        None, "--served-model-name", metavar="NAME", help="a name requests may give as `model` (repeat the "
+        "option for aliases; the first is the one responses report); unset: any name is accepted (one model is "
+        "served) and the model's own name reported"),
     workers: Optional[int] = typer.Option(None, help="worker processes, one model replica each; default 2 "
                                           "(generate: 1 = the engine in the server process; N > 1 = N engine "
                                           "replicas in workers, routed by outstanding tokens)"),
