@@ -12,7 +12,14 @@ Part 2 (priority): an embedding server; an open-loop online load of R requests/s
 seconds, measured alone, then again while a B-line embedding batch runs through /v1/batches.
 Reported: online p50/p99 both times (and their ratio) and the batch lines done meanwhile.
 
+Part 3 (embeddings file): N texts (VADER) as an OpenAI batch file of ``/v1/embeddings`` lines
+with OpenAI's model name, through ``parainfer run FILE``, against the same texts through
+``parainfer run --task embed`` (W workers each, alternated R times). Reported from each run's
+report: start-up, parallel phase, tokens (exact, the workers' counts), tokens/s in the parallel
+phase and padding efficiency; the ratio of the best tokens/s of each.
+
     python bench/bench_openai_batch.py --requests 2000 --concurrency 32 --rate 20 --duration 20
+    python bench/bench_openai_batch.py --only embed-file --file-texts 600 --repeats 2
 """
 
 from __future__ import annotations
@@ -176,6 +183,38 @@ def part_throughput(args: argparse.Namespace, tmp: Path) -> None:
     print(f"run / serve requests/s: {served['wall_s'] / ran['wall_s']:.2f}x")
 
 
+def run_report(src: Path, workers: int, *extra: str) -> dict[str, Any]:
+    """``parainfer run SRC`` (W workers, ``extra`` options); its run report."""
+    report = src.with_suffix(".report.json")
+    subprocess.run([sys.executable, "-m", "parainfer.cli", "run", str(src), "-o", str(src.with_suffix(".out.jsonl")),
+                    "--workers", str(workers), "--overwrite", "--quiet", "--report", str(report), *extra], check=True)
+    return json.loads(report.read_text())
+
+
+def part_embed_file(args: argparse.Namespace, tmp: Path) -> None:
+    pool = texts(args.file_texts)
+    pool = (pool * (1 + args.file_texts // max(1, len(pool))))[:args.file_texts]
+    batch, records = tmp / "embeddings.jsonl", tmp / "texts.jsonl"
+    batch.write_text("".join(json.dumps({"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings", "body": {
+        "model": "text-embedding-3-small", "input": t}}) + "\n" for i, t in enumerate(pool)))
+    records.write_text("".join(json.dumps({"id": f"e{i}", "text": t}) + "\n" for i, t in enumerate(pool)))
+    runs: dict[str, list[dict[str, Any]]] = {"batch file": [], "--task embed": []}
+    for _ in range(args.repeats):  # alternated, so that a change in the machine's load hits both
+        runs["--task embed"].append(run_report(records, args.workers, "--task", "embed"))
+        runs["batch file"].append(run_report(batch, args.workers))
+    print(f"\n{len(pool)} texts, {args.workers} workers: an OpenAI embeddings batch file vs --task embed")
+    print("| path | start-up s | parallel s | real tokens | tokens/s (parallel) | padding efficiency |\n"
+          "| --- | --- | --- | --- | --- | --- |")
+    best = {}
+    for name, reps in runs.items():
+        for r in reps:
+            print(f"| {name} | {r['t_startup_s']:.2f} | {r['t_parallel_s']:.2f} | {r['real_tokens']} | "
+                  f"{r['real_tokens'] / r['t_parallel_s']:.0f} | {r['padding_efficiency']:.2f} |")
+        best[name] = max(r["real_tokens"] / r["t_parallel_s"] for r in reps)
+    print(f"tokens/s, best of {args.repeats}: --task embed {best['--task embed']:.0f}, batch file "
+          f"{best['batch file']:.0f}: --task embed / batch file = {best['--task embed'] / best['batch file']:.2f}x")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=2000)
@@ -186,7 +225,9 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=20.0, help="seconds per online window in part 2")
     p.add_argument("--batch-lines", type=int, default=2000)
     p.add_argument("--batch-concurrency", type=int, default=4)
-    p.add_argument("--only", choices=("throughput", "priority"), default=None)
+    p.add_argument("--file-texts", type=int, default=600, help="texts in part 3")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each path in part 3")
+    p.add_argument("--only", choices=("throughput", "priority", "embed-file"), default=None)
     args = p.parse_args()
     print(f"load average before: {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,6 +235,8 @@ def main() -> None:
             part_priority(args, Path(tmp))
         if args.only in (None, "throughput"):
             part_throughput(args, Path(tmp))
+        if args.only in (None, "embed-file"):
+            part_embed_file(args, Path(tmp))
     print(f"load average after: {os.getloadavg()}")
 
 

@@ -120,12 +120,22 @@ def within_budget(runs: list[range], sorted_lengths: list[int], max_tokens: int 
 
 
 def text_chars(text: Any) -> int:
-    """Characters of a record's text: a string's length, or the total ``content`` length of a
-    chat conversation (a list of {"role", "content"} dicts)."""
+    """Characters of a record's text, what the driver sizes tasks by: a string's length; for a
+    chat conversation (a list of {"role", "content"} dicts) or a list of texts, the sum over its
+    items; for an OpenAI batch request line ({"custom_id", "url", "body"}), what its body gives
+    the model (``input``, ``prompt``, ``messages``). A token id counts as 4 characters (one
+    token at the prior ratio of the length estimate)."""
     if isinstance(text, str):
         return len(text)
     if isinstance(text, list):
-        return sum(len(m.get("content") or "") if isinstance(m, dict) else 0 for m in text)
+        return sum(text_chars(item) for item in text)
+    if isinstance(text, dict):
+        body = text.get("body")
+        if isinstance(body, dict):  # a batch request line
+            return sum(text_chars(body.get(key)) for key in ("input", "prompt", "messages"))
+        return text_chars(text.get("content")) + text_chars(text.get("text"))  # a chat message or a content part
+    if isinstance(text, int) and not isinstance(text, bool):
+        return 4
     return 0
 
 

@@ -30,6 +30,18 @@ def test_estimate_counts_no_more_than_the_character_budget() -> None:
 def test_text_chars_of_strings_and_conversations() -> None:
     assert text_chars("héllo") == 5
     assert text_chars([{"role": "user", "content": "abc"}, {"role": "assistant", "content": None}]) == 3
+    assert text_chars([{"role": "user", "content": [{"type": "text", "text": "abcd"}]}]) == 4  # content parts
+
+
+def test_text_chars_of_openai_batch_request_lines() -> None:
+    """A batch line is sized by what its body gives the model, as a record of that text would
+    be (every line was one token before: no length bucketing, padding efficiency 0.25)."""
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/embeddings"}
+    assert text_chars({**line, "body": {"model": "text-embedding-3-small", "input": "hello world"}}) == 11
+    assert text_chars({**line, "body": {"input": ["hello", "good morning"]}}) == 17
+    assert text_chars({**line, "body": {"messages": [{"role": "user", "content": "Name a fruit."}]}}) == 13
+    assert text_chars({**line, "body": {"prompt": [1, 2, 3]}}) == 12  # token ids: 4 characters each
+    assert text_chars({**line, "body": "not an object"}) == 0
 
 
 def test_counts_from_lengths_learn_only_from_untruncated_records() -> None:

@@ -59,3 +59,16 @@ def test_input_columns_named_like_results_are_kept_as_input_prefixed() -> None:
     merger.complete([0], [{"label": "predicted", "score": 0.9}])
     (row,) = merger.drain()
     assert row == {"id": 0, "text": "t", "input_label": "gold", "src": "a", "label": "predicted", "score": 0.9}
+
+
+def test_the_text_and_id_columns_named_like_results_are_kept_too() -> None:
+    merger = Merger(id_column="id", text_column="translation")  # translating back the column a job wrote
+    merger.expect([Record(seq=0, id="a1", text="Olá mundo", extra={"text": "Hello world"})])
+    merger.complete([0], [{"translation": "Hello world"}])
+    (row,) = merger.drain()
+    assert row == {"id": "a1", "input_translation": "Olá mundo", "text": "Hello world", "translation": "Hello world"}
+    assert merger.renamed == {"translation"}
+    ids = Merger(id_column="length", text_column="text")  # a result column named like the id column
+    ids.expect([Record(seq=0, id=7, text="abc", extra={})])
+    ids.complete([0], [{"length": 3}])
+    assert ids.drain() == [{"input_length": 7, "text": "abc", "length": 3}] and ids.renamed == {"length"}

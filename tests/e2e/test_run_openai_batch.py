@@ -28,8 +28,12 @@ LINES = [
                                  "stop": ["\n"]}),
     ("seed-a", "/v1/chat/completions", SAMPLED),
     ("seed-b", "/v1/chat/completions", SAMPLED),
-    ("b64", "/v1/embeddings", {"input": "hello world", "encoding_format": "base64"}),
-    ("gpt", "/v1/chat/completions", {"model": "gpt-4o", **CHAT}),
+    ("b64", "/v1/embeddings", {"model": "text-embedding-3-small", "input": "hello world",
+                               "encoding_format": "base64"}),
+    ("gpt", "/v1/chat/completions", {"model": "gpt-4o-mini", **CHAT}),  # OpenAI's names: the served model answers
+    ("empty", "/v1/embeddings", {"input": ""}),
+    ("none", "/v1/embeddings", {"input": []}),
+    ("dims", "/v1/embeddings", {"input": "hello world", "dimensions": 64}),
     ("n2", "/v1/chat/completions", {**CHAT, "n": 2}),
     ("bad-temp", "/v1/chat/completions", {**CHAT, "temperature": "hot"}),
     ("bad-max", "/v1/chat/completions", {**CHAT, "max_tokens": "many"}),
@@ -48,8 +52,13 @@ def test_a_mixed_batch_file_gets_openai_result_lines_in_input_order(tmp_path: Pa
     text = [json.dumps({"custom_id": c, "method": "POST", "url": u, "body": b}) for c, u, b in LINES]
     text.insert(3, '{"custom_id": "broken", "method": "POST"')
     src.write_text("\n".join(text) + "\n")
-    proc = run_cli(str(src), "--output", str(out), "--workers", "1", "--quiet")
+    report = tmp_path / "report.json"
+    proc = run_cli(str(src), "--output", str(out), "--workers", "1", "--quiet", "--report", str(report))
     assert proc.returncode == 1, proc.stderr  # 1: some lines failed (the malformed and the duplicate)
+    rep = json.loads(report.read_text())  # both models load with the worker: start-up, not the first task
+    assert rep["model"]["loaded_at_start"] == ["embed", "generate"]
+    assert rep["startup"]["weights_s"] > 0 and rep["startup"]["tokenizer_s"] > 0
+    assert rep["per_worker"][0]["load_s"] >= rep["startup"]["weights_s"]
     rows = read_jsonl(out)
     assert [r["custom_id"] for r in rows] == [c for c, _, _ in LINES[:-1]]
     by_id = {r["custom_id"]: r for r in rows}
@@ -57,8 +66,8 @@ def test_a_mixed_batch_file_gets_openai_result_lines_in_input_order(tmp_path: Pa
         assert r["id"].startswith("batch_req_") and r["error"] is None
         assert r["response"]["request_id"].startswith("req_")
     status = {c: r["response"]["status_code"] for c, r in by_id.items()}
-    assert status == {"chat": 200, "emb": 200, "text": 200, "seed-a": 200, "seed-b": 200, "b64": 200, "gpt": 400,
-                      "n2": 400, "bad-temp": 422, "bad-max": 422}
+    assert status == {"chat": 200, "emb": 200, "text": 200, "seed-a": 200, "seed-b": 200, "b64": 200, "gpt": 200,
+                      "empty": 400, "none": 400, "dims": 400, "n2": 400, "bad-temp": 422, "bad-max": 422}
     body = {c: r["response"]["body"] for c, r in by_id.items()}
     chat = ChatCompletionResponse.model_validate(body["chat"])
     assert chat.model == "SmolLM2-135M-Instruct" and 1 <= chat.usage.completion_tokens <= 4
@@ -75,11 +84,44 @@ def test_a_mixed_batch_file_gets_openai_result_lines_in_input_order(tmp_path: Pa
     assert np.allclose(emb.data[0].embedding, want, atol=1e-5)
     b64 = np.frombuffer(base64.b64decode(body["b64"]["data"][0]["embedding"]), dtype="<f4")
     assert np.allclose(b64, want, atol=1e-5)
-    assert body["gpt"]["error"]["code"] == "model_not_found" and "gpt-4o" in body["gpt"]["error"]["message"]
+    assert body["gpt"]["model"] == "SmolLM2-135M-Instruct" and body["b64"]["model"] == "all-MiniLM-L6-v2"
+    assert (body["empty"]["error"]["code"], body["empty"]["error"]["param"]) == ("empty_input", "input")
+    assert "empty list" in body["none"]["error"]["message"]
+    assert body["dims"]["error"]["code"] == "invalid_dimensions" and "matryoshka" in body["dims"]["error"]["message"]
     assert body["n2"]["error"]["param"] == "n" and body["bad-temp"]["error"]["param"] == "temperature"
     errors = read_jsonl(tmp_path / "results.errors.jsonl")
-    assert [e["line"] for e in errors] == [4, 12]
+    assert [e["line"] for e in errors] == [4, 15]
     assert "not valid JSON" in errors[0]["reason"] and "duplicate custom_id 'emb'" in errors[1]["reason"]
     again = run_cli(str(src), "--output", str(out), "--workers", "1")
     assert again.returncode == 1 and "already complete" in again.stderr
     assert read_jsonl(out) == rows
+
+
+def test_an_openai_embeddings_file_runs_as_fast_as_task_embed_on_the_same_texts(tmp_path: Path) -> None:
+    """A batch file written for OpenAI (its model names, one text a line) is batched as
+    ``--task embed`` batches the same texts: length-bucketed tasks under the token budget, so the
+    same tokens are computed with the same padding (it was 0.25 when every line was estimated at
+    one token), and the vectors are the same."""
+    from parainfer.platform import datasets
+
+    rows = [json.loads(x) for x in Path(datasets.fetch("vader")).read_text().splitlines()[:240]]
+    batch, records = tmp_path / "batch.jsonl", tmp_path / "texts.jsonl"
+    batch.write_text("".join(json.dumps({"custom_id": str(r["id"]), "method": "POST", "url": "/v1/embeddings", "body": {
+        "model": "text-embedding-3-small", "input": r["text"]}}) + "\n" for r in rows))
+    records.write_text("".join(json.dumps({"id": str(r["id"]), "text": r["text"]}) + "\n" for r in rows))
+    reports = {}
+    for name, src, task in (("batch", batch, []), ("embed", records, ["--task", "embed"])):
+        reports[name] = tmp_path / f"{name}.report.json"
+        proc = run_cli(str(src), "-o", str(tmp_path / f"{name}.out.jsonl"), "--workers", "2", "--quiet", *task,
+                       "--report", str(reports[name]))
+        assert proc.returncode == 0, proc.stderr
+    got, want = (json.loads(reports[n].read_text()) for n in ("batch", "embed"))
+    assert got["real_tokens"] == want["real_tokens"] > 0 and got["tasks"] == want["tasks"]
+    assert got["padding_efficiency"] >= 0.95 * want["padding_efficiency"] and got["padding_efficiency"] > 0.8
+    assert got["model"]["loaded_at_start"] == ["embed"] and got["startup"]["weights_s"] > 0
+    results = {r["custom_id"]: r["response"] for r in read_jsonl(tmp_path / "batch.out.jsonl")}
+    vectors = {r["id"]: r["embedding"] for r in read_jsonl(tmp_path / "embed.out.jsonl")}
+    assert list(results) == list(vectors)  # input order
+    for cid, response in results.items():
+        assert response["status_code"] == 200 and response["body"]["model"] == "all-MiniLM-L6-v2"
+        assert np.allclose(response["body"]["data"][0]["embedding"], vectors[cid], atol=1e-5)

@@ -123,6 +123,24 @@ def test_portuguese_csv_back_to_english_on_the_default_one_worker_with_threads(r
         assert len(title.intersection(re.findall(r"[a-z]{5,}", b["translation"].lower()))) >= len(title) / 3
 
 
+def test_translating_back_the_translation_column_keeps_it_as_input_translation(runs: dict[int, Path],
+                                                                               tmp_path: Path):
+    src = tmp_path / "pt.jsonl"  # the job's own output: id, text (English), translation (Portuguese)
+    src.write_text("".join(line + "\n" for line in runs[1].read_text(encoding="utf-8").splitlines()[:2]),
+                   encoding="utf-8")
+    out = tmp_path / "back.jsonl"
+    proc = run_cli(str(src), "-o", str(out), "--text-column", "translation", "--source-lang", "pt-BR",
+                   "--target-lang", "en")
+    assert proc.returncode == 0, proc.stderr
+    assert "note: input column 'translation' written as 'input_translation'" in proc.stderr
+    rows, inputs = read_jsonl(out), read_jsonl(src)
+    assert [r["id"] for r in rows] == [r["id"] for r in inputs]
+    for row, given in zip(rows, inputs):
+        assert row["input_translation"] == given["translation"] and row["text"] == given["text"]  # nothing lost
+        assert row["translation"] != given["translation"]
+        assert re.search(r"\b(the|of|and|to)\b", row["translation"]), row["translation"]
+
+
 def test_an_unsupported_pair_is_a_usage_error_naming_the_pairs(articles: Path, tmp_path: Path):
     proc = run_cli(str(articles), "-o", str(tmp_path / "x.jsonl"), "--target-lang", "fr")
     assert proc.returncode == 2

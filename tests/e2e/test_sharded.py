@@ -157,3 +157,45 @@ def test_a_record_that_kills_its_worker_is_bisected_out(tmp_path: Path) -> None:
     assert out_ids == sorted(out_ids, key=lambda s: int(s[1:]))
     rep = json.loads(report.read_text())
     assert rep["data_path"] == "sharded" and rep["bisected_shards"] >= 1 and rep["restarts"] >= 1
+
+
+def test_parquet_rows_that_mix_types_fail_alone_and_both_modes_write_the_same_bytes(tmp_path: Path) -> None:
+    """The user's file: some rows name an id, the others get their line number (an int), and a
+    passthrough column whose type varies. ``run mix.jsonl -o mix.parquet`` ends without a
+    traceback in record and sharded mode alike, with the same bytes: the rows that do not fit
+    the first rows' types go to the errors file naming the column and both types."""
+    rows = []
+    for i in range(300):
+        row = {"id": f"r{i}", "text": f"text number {i}", "n": f"n{i}" if i % 11 == 5 else i}
+        if i % 7 == 3:
+            del row["id"]
+        rows.append(row)
+    src = tmp_path / "mix.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {**os.environ, **SMALL_SHARDS}
+    for mode in ("off", "on"):
+        args = [sys.executable, "-m", "parainfer.cli", "run", str(src), "-o", str(tmp_path / f"{mode}.parquet"),
+                "--model", "parainfer.testing:echo", "--shard-mode", mode, "--batch-size", "16", "-q",
+                "--report", str(tmp_path / f"{mode}.report.json")]
+        proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr  # 1: some records failed
+    reports = {m: json.loads((tmp_path / f"{m}.report.json").read_text()) for m in ("off", "on")}
+    assert (reports["off"]["data_path"], reports["on"]["data_path"]) == ("records", "sharded")
+    assert reports["on"]["shards"]["committed"] > 1
+    assert (tmp_path / "on.parquet").read_bytes() == (tmp_path / "off.parquet").read_bytes()
+    assert (tmp_path / "on.errors.jsonl").read_bytes() == (tmp_path / "off.errors.jsonl").read_bytes()
+    bad_id = {i for i in range(300) if i % 7 == 3}
+    bad_n = {i for i in range(300) if i % 11 == 5} - bad_id
+    table = pq.read_table(tmp_path / "off.parquet")
+    assert table.schema.field("id").type == "string" and table.schema.field("n").type == "int64"
+    assert table.column("id").to_pylist() == [f"r{i}" for i in range(300) if i not in bad_id | bad_n]
+    errors = [json.loads(x) for x in (tmp_path / "off.errors.jsonl").read_text().splitlines()]
+    assert [e["line"] for e in errors] == sorted(i + 1 for i in bad_id | bad_n)  # nothing lost: each row once
+    for e in errors:
+        i = e["line"] - 1
+        if i in bad_id:
+            assert e["id"] == i + 1 and "column 'id' is string" in e["reason"]
+            assert f"value is int {i + 1}" in e["reason"] and "line number" in e["reason"]
+        else:
+            assert e["id"] == f"r{i}" and "column 'n' is int64" in e["reason"] and f"value is str 'n{i}'" in e["reason"]
+

@@ -43,7 +43,7 @@ def test_csv_part_under_the_jobs_header(tmp_path: Path) -> None:
 def test_parquet_part_rejects_a_row_that_does_not_fit_the_schema(tmp_path: Path) -> None:
     schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("length", pa.int64())])
     sink = open_part(str(tmp_path / "p.parquet"), ".parquet", "id", "text", schema.serialize().to_pybytes())
-    with pytest.raises(ValueError, match="do not fit the Parquet schema"):
+    with pytest.raises(ValueError, match="column 'length' is int64 in the Parquet schema .* value is str 'long'"):
         sink.write_rows([{"id": "a", "text": "x", "length": "long"}])
     sink.write_rows([{"id": "b", "text": "y", "length": 1}])
     sink.close()

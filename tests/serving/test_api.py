@@ -23,12 +23,15 @@ def test_classify_returns_one_result_per_input_in_order(echo_server):
 
 @pytest.mark.parametrize("body, status, field", [
     ({"input": [1, 2]}, 422, "input.0"),
-    ({"input": []}, 422, "input"),
+    ({"input": []}, 400, "input"),
+    ({"input": ""}, 400, "input"),
+    ({"input": ["a", ""]}, 400, "input.1"),
+    ({"input": "x", "dimensions": 0}, 422, "dimensions"),
     ({"model": "m"}, 422, "input"),
     ({"input": "x", "encoding_format": "hex"}, 422, "encoding_format"),
 ])
 def test_wrong_schema_is_422_naming_the_field(echo_server, body, status, field):
-    path = "/v1/embeddings" if "encoding_format" in body else "/v1/classify"
+    path = "/v1/embeddings" if "encoding_format" in body or "dimensions" in body else "/v1/classify"
     r = post(echo_server, path, body)
     assert r.status_code == status, r.text
     assert r.json()["error"]["param"] == field

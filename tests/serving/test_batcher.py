@@ -49,6 +49,17 @@ def test_take_batches_cuts_padding():
     assert padded(grouped) < 0.6 * padded(mixed)
 
 
+def test_idle_replicas_share_the_waiting_inputs():
+    """4 inputs and 2 idle replicas: 2 batches of 2 (by length), not one of 4 and an idle replica;
+    never more batches than idle replicas or free slots, and one input cannot be split."""
+    waiting = items([9, 2, 8, 3])
+    assert [texts(b) for b in take_batches(waiting, 32, slots=2, window=64)] == [["t1", "t3", "t2", "t0"]]
+    assert [texts(b) for b in take_batches(waiting, 32, slots=2, window=64, spread=2)] == [["t2", "t0"], ["t1", "t3"]]
+    assert len(take_batches(waiting, 32, slots=1, window=64, spread=2)) == 1  # one free slot: one batch
+    assert sorted(len(b) for b in take_batches(items([5] * 7), 32, slots=3, window=64, spread=3)) == [2, 2, 3]
+    assert len(take_batches(items([5]), 32, slots=3, window=64, spread=3)) == 1
+
+
 def test_token_budget_sends_long_inputs_alone_and_packs_short_ones():
     # budget 400 padded tokens: the 300-token input alone, the 150s two to a batch, 40 short ones
     # (10 tokens) in batches of 32 (max_batch_size), then what remains.

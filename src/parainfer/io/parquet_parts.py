@@ -22,7 +22,7 @@ from parainfer.io.safe_files import (
     open_file,
     remove_own,
 )
-from parainfer.io.sinks import EMBEDDING_COLUMN, Sink
+from parainfer.io.sinks import Sink, infer_schema, rows_table
 
 
 def part_path(folder: str, n: int) -> str:
@@ -54,7 +54,7 @@ class PartedParquetSink(Sink):
                  parts: int = 0) -> None:
         super().__init__(path, _NullStream(), id_column, text_column)
         self.folder, self.row_group_size, self.parts = folder, row_group_size, parts
-        self._buffer: list[dict[str, Any]] = []
+        self._buffer: list[Any] = []  # Arrow tables of the rows written since the last part
         self._schema: Any = None
         make_own_dir(folder, "Parquet parts folder")
         remove_own(folder, lambda name: is_part_name(name) and int(name[5:11]) >= parts)
@@ -64,15 +64,21 @@ class PartedParquetSink(Sink):
             self._schema = pq.read_schema(part_path(folder, 0))
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
-        self._buffer.extend(rows)
+        """Rows become Arrow at once (``io.sinks.rows_table``): a row that does not fit the
+        schema raises ValueError here, so it fails alone (``write_rows_each``), as in sharded mode."""
+        if rows:
+            if self._schema is None:
+                self._schema = infer_schema(rows)
+            self._buffer.append(rows_table(rows, self._schema))
 
     def flush(self) -> None:
         """Write the buffered rows as the next part file (fsync'd); nothing when empty."""
         if not self._buffer:
             return
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = self._table(self._buffer)
+        table = pa.concat_tables(self._buffer).combine_chunks()
         path = part_path(self.folder, self.parts)
         with open_file(path, "wb", "Parquet part") as f:
             pq.write_table(table, f)
@@ -83,10 +89,6 @@ class PartedParquetSink(Sink):
             self.digest.update(f.read())
         self.parts += 1
         self._buffer = []
-
-    def _table(self, rows: list[dict[str, Any]]) -> Any:
-        table, self._schema = rows_table(rows, self._schema)
-        return table
 
     def finish(self) -> None:
         """Flush, assemble the parts into the output (row groups of ``row_group_size``), fsync it.
@@ -150,30 +152,3 @@ class _NullStream:
 
     def close(self) -> None:
         self.closed = True
-
-
-def rows_table(rows: list[dict[str, Any]], schema: Any) -> tuple[Any, Any]:
-    """Output rows (non-empty) as a ``pyarrow.Table`` under ``schema``, or, with ``schema`` None,
-    under the schema inferred from them (``embedding`` stored as float32 lists). Returns
-    (table, schema): the schema to hold for the rows that follow.
-
-    Raises:
-        ValueError: a row with a column the schema lacks, or a value that does not fit it (the
-            message names the columns and types).
-    """
-    import pyarrow as pa
-
-    if schema is None:
-        table = pa.Table.from_pylist(rows)
-        if EMBEDDING_COLUMN in table.column_names:
-            i = table.schema.get_field_index(EMBEDDING_COLUMN)
-            table = table.set_column(i, EMBEDDING_COLUMN, table[EMBEDDING_COLUMN].cast(pa.list_(pa.float32())))
-        return table, table.schema
-    if extra := set().union(*rows) - set(schema.names):
-        raise ValueError(f"rows have columns {sorted(extra)} not in the Parquet schema "
-                         f"{schema.names} (taken from the first rows)")
-    try:
-        return pa.Table.from_pylist(rows, schema=schema), schema
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        fields = ", ".join(f"{f.name}: {f.type}" for f in schema)
-        raise ValueError(f"rows do not fit the Parquet schema taken from the first rows ({fields}): {e}") from e

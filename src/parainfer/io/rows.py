@@ -12,12 +12,14 @@ def build_row(id_column: str, text_column: str, own_rows: bool, rid: Any, text: 
               out: dict[str, Any], renamed: set[str]) -> dict[str, Any]:
     """One output row: id, text, the other input columns, then the model's result columns.
 
-    An input column named like a result column is kept as ``input_<name>`` (its name is added to
+    Any input column named like a result column, the id and text columns included (translating
+    back with ``--text-column translation``), is kept as ``input_<name>`` (its name is added to
     ``renamed``). ``own_rows``: the result is the whole row. Model outputs may hold numpy arrays
     and scalars: every sink writes them natively."""
     if own_rows:
         return out
-    if not extra.keys().isdisjoint(out):  # an input column named like a result column
-        renamed.update(extra.keys() & out.keys())
-        extra = {(f"input_{k}" if k in out else k): v for k, v in extra.items()}
-    return {id_column: rid, text_column: text, **extra, **out}
+    row = {id_column: rid, text_column: text, **extra}
+    if row.keys().isdisjoint(out):
+        return {**row, **out}
+    renamed.update(row.keys() & out.keys())  # an input column named like a result column
+    return {**{(f"input_{k}" if k in out else k): v for k, v in row.items()}, **out}

@@ -222,50 +222,48 @@ def _csv_cell(value: Any) -> Any:
 
 
 class ParquetSink(Sink):
-    """Rows buffered and written as row groups of up to `row_group_size` rows (when the buffer is
-    full, or on flush). Schema inferred from the first row group; `embedding` is list<float32>."""
+    """Rows converted to Arrow as they are written (``rows_table``: a row that does not fit the
+    schema raises ValueError, so it fails alone) and written as row groups of ``row_group_size``
+    rows (when that many are held, or on flush). Schema: ``infer_schema`` of the first rows."""
 
     def __init__(self, path: str, stream: BinaryIO, id_column: str, text_column: str,
                  row_group_size: int) -> None:
         super().__init__(path, stream, id_column, text_column)
-        self.row_group_size, self._buffer, self._writer = row_group_size, [], None
+        self.row_group_size, self._tables, self._held = row_group_size, [], 0
+        self._schema: Any = None
+        self._writer: Any = None
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
-        self._buffer.extend(rows)
-        while len(self._buffer) >= self.row_group_size:
-            self._write_group(self._buffer[:self.row_group_size])
-            del self._buffer[:self.row_group_size]
+        if not rows:
+            return
+        if self._schema is None:
+            self._schema = infer_schema(rows)
+        self._tables.append(rows_table(rows, self._schema))
+        self._held += len(rows)
+        if self._held >= self.row_group_size:
+            import pyarrow as pa
 
-    def _write_group(self, rows: list[dict[str, Any]]) -> None:
-        import pyarrow as pa
+            whole = pa.concat_tables(self._tables)
+            while whole.num_rows >= self.row_group_size:
+                self._write_group(whole.slice(0, self.row_group_size))
+                whole = whole.slice(self.row_group_size)
+            self._tables, self._held = [whole], whole.num_rows
+
+    def _write_group(self, table: Any) -> None:
         import pyarrow.parquet as pq
 
         if self._writer is None:
-            table = pa.Table.from_pylist(rows)
-            if EMBEDDING_COLUMN in table.column_names:
-                i = table.schema.get_field_index(EMBEDDING_COLUMN)
-                table = table.set_column(i, EMBEDDING_COLUMN,
-                                         table[EMBEDDING_COLUMN].cast(pa.list_(pa.float32())))
-            self._writer = pq.ParquetWriter(self._stream, table.schema)
-        else:
-            schema = self._writer.schema
-            if extra := set().union(*rows) - set(schema.names):
-                raise ValueError(f"rows have columns {sorted(extra)} not in the Parquet schema "
-                                 f"{schema.names} (taken from the first row group)")
-            try:
-                table = pa.Table.from_pylist(rows, schema=schema)
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-                fields = ", ".join(f"{f.name}: {f.type}" for f in schema)
-                raise ValueError(f"rows do not fit the Parquet schema taken from the first row "
-                                 f"group ({fields}): {e}") from e
-        self._writer.write_table(table, row_group_size=len(rows))
+            self._writer = pq.ParquetWriter(self._stream, self._schema)
+        self._writer.write_table(table.combine_chunks(), row_group_size=table.num_rows)
         self.bytes_written = self._stream.tell()
 
     def flush(self) -> None:
         """Write the buffered rows as a row group, then flush and fsync the file."""
-        if self._buffer:
-            self._write_group(self._buffer)
-            self._buffer = []
+        if self._held:
+            import pyarrow as pa
+
+            self._write_group(pa.concat_tables(self._tables))
+            self._tables, self._held = [], 0
         super().flush()
 
     def close(self) -> None:
@@ -286,6 +284,80 @@ class ParquetSink(Sink):
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def infer_schema(rows: list[dict[str, Any]]) -> Any:
+    """The Parquet schema of an output whose first rows are ``rows`` (non-empty): the first
+    row's columns, in its order (a later row with another column fails alone, as in CSV); each
+    column's type inferred from all of ``rows`` (``embedding`` as list<float32>), or, when
+    they mix types Arrow cannot hold in one column (a string id and a line-number id), the type
+    of its first non-null value, so that only the rows that differ fail.
+
+    Raises:
+        ValueError: a value of the first row Arrow cannot store at all.
+    """
+    import pyarrow as pa
+
+    try:
+        schema = pa.Table.from_pylist(rows).schema  # the first row's keys, every row's values
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        fields = []
+        for name in rows[0]:
+            values = [row.get(name) for row in rows]
+            try:
+                kind = pa.array(values).type
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                first = next(v for v in values if v is not None)
+                try:
+                    kind = pa.array([first]).type
+                except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+                    raise ValueError(f"column {name!r}: Parquet cannot store a {type(first).__name__} "
+                                     f"({first!r:.60}): {e}") from None
+            fields.append(pa.field(name, kind))
+        schema = pa.schema(fields)
+    if EMBEDDING_COLUMN in schema.names:
+        i = schema.get_field_index(EMBEDDING_COLUMN)
+        if pa.types.is_list(schema.field(i).type) or pa.types.is_null(schema.field(i).type):
+            schema = schema.set(i, pa.field(EMBEDDING_COLUMN, pa.list_(pa.float32())))
+    return schema
+
+
+def rows_table(rows: list[dict[str, Any]], schema: Any) -> Any:
+    """Output rows (non-empty) as a ``pyarrow.Table`` under ``schema`` (``infer_schema`` of the
+    output's first rows). Record mode's and sharded mode's Parquet sinks convert every row
+    with it as it is written, so a row that does not fit fails alone in both.
+
+    Raises:
+        ValueError: a row with a column the schema lacks, or a value that does not fit its
+            column; the message names the column, its Parquet type and the value's type.
+    """
+    import pyarrow as pa
+
+    if extra := set().union(*rows) - set(schema.names):
+        raise ValueError(f"rows have columns {sorted(extra)} not in the Parquet schema "
+                         f"{schema.names} (taken from the first rows)")
+    try:
+        return pa.Table.from_pylist(rows, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+        raise ValueError(_misfit(rows, schema) or f"rows do not fit the Parquet schema taken from the first rows "
+                         f"({', '.join(f'{f.name}: {f.type}' for f in schema)}): {e}") from e
+
+
+def _misfit(rows: list[dict[str, Any]], schema: Any) -> str | None:
+    """Why the first value of ``rows`` that does not fit ``schema`` does not (None: none found)."""
+    import pyarrow as pa
+
+    for row in rows:
+        for field in schema:
+            value = row.get(field.name)
+            try:
+                pa.array([value], type=field.type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
+                return (f"column {field.name!r} is {field.type} in the Parquet schema (taken from the first rows) "
+                        f"but this row's value is {type(value).__name__} {value!r:.60}; a Parquet column holds one "
+                        "type: give the column values of one type (rows without an id get their line number, an "
+                        "int), or write JSONL or CSV")
+    return None
 
 
 def open_sink(path: str, id_column: str = "id", text_column: str = "text",

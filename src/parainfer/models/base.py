@@ -87,6 +87,12 @@ class Predictor(ABC):
         ``window x counts.MAX_CHARS_PER_TOKEN``; the default is None."""
         return None
 
+    def matryoshka_dimensions(self) -> bool | list[int]:
+        """Whether the model's embeddings may be truncated (Matryoshka representation learning):
+        the sizes it was trained for, True for any size, or False (the default: it was not,
+        and an embeddings request's ``dimensions`` gets 400). Cheap; runs in the server."""
+        return False
+
     def token_lengths(self, texts: list[str]) -> list[int]:
         """Length of each text in model tokens (before truncation).
 

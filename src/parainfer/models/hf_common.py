@@ -125,6 +125,18 @@ class HFTokenizerMixin:
         window = self.window()
         return window * MAX_CHARS_PER_TOKEN if window else None
 
+    def matryoshka_dimensions(self) -> bool | list[int]:
+        """From config.json as vLLM reads it: ``matryoshka_dimensions`` (a list of sizes), else
+        ``is_matryoshka`` (True: any size); False when neither is set or the file is unreadable."""
+        try:
+            config = json.loads((Path(self.model_dir) / "config.json").read_text())
+        except (OSError, ValueError):
+            return False
+        sizes = config.get("matryoshka_dimensions") if isinstance(config, dict) else None
+        if isinstance(sizes, list) and sizes and all(isinstance(n, int) and n > 0 for n in sizes):
+            return sorted(sizes)
+        return isinstance(config, dict) and config.get("is_matryoshka") is True
+
     def token_counts(self, texts: list[Any]) -> TokenCounts:
         """Exact counts of ``texts``: those the last forward passes measured when they ran this
         very list (no second tokenisation; ``padded`` is then what those passes computed, rows x

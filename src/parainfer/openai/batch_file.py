@@ -12,6 +12,7 @@ rules: docs/batch.md, "`parainfer run BATCH.jsonl --output RESULTS.jsonl`".
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from typing import Any, Iterator
 
@@ -38,6 +39,30 @@ def is_batch_file(path: str) -> bool:
         for _, row in _jsonl_rows(f):
             return looks_like_batch_line(row)
     return False
+
+
+# How much of a batch file ``urls_in`` reads: the endpoints named further on still work, their
+# model then loads when its first line arrives (counted as execution, not start-up).
+URL_SCAN_BYTES = 256 << 20
+_URL = re.compile(rb'"url"\s*:\s*"((?:\\?/[A-Za-z0-9_.-]+){1,8})"')
+
+
+def urls_in(path: str, limit: int = URL_SCAN_BYTES) -> set[str]:
+    """The ENDPOINTS that the request lines of the batch file ``path`` name as ``url``, found
+    by a byte search of its first ``limit`` bytes (no JSON parsing: a quoted ``"url"`` key
+    inside a text is escaped, so it does not match), so that each worker loads the models its
+    lines need at start-up. Raises OSError when the file cannot be read."""
+    found: set[str] = set()
+    with open(path, "rb") as f:
+        data, read = b"", 0
+        while read < limit and len(found) < len(ENDPOINTS):
+            chunk = f.read(min(1 << 24, limit - read))
+            if not chunk:
+                break
+            read += len(chunk)
+            data = data[-256:] + chunk  # a key cut at the chunk's start is whole again
+            found.update(u for m in _URL.finditer(data) if (u := m.group(1).replace(b"\\", b"").decode()) in ENDPOINTS)
+    return found
 
 
 def resolve_job_format(config: Any) -> Any:

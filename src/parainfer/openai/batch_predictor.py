@@ -1,8 +1,9 @@
 """``openai-batch``: the predictor that answers the request lines of an OpenAI batch file, every url.
 
 ``batch_file_predictor`` builds it for a job. Each worker holds two sub-predictors, built by the
-job's predictor factory and loaded on first use: an embedder (``/v1/embeddings``) and a generator
-(``/v1/chat/completions``, ``/v1/completions``). ``predict`` checks every request with the online
+job's predictor factory: an embedder (``/v1/embeddings``) and a generator (``/v1/chat/completions``,
+``/v1/completions``), each loaded with the worker (start-up, in the report) when the file's lines
+name its urls (``batch_file.urls_in``), else on its first request. ``predict`` checks every request with the online
 routes' schemas and rules (``protocol``, ``requests``), runs all embedding inputs in one encoder
 call and all generation prompts together in the engine (per-line SamplingParams), and returns one
 result line per request, its ``body`` built by ``bodies`` as ``parainfer serve`` builds it. A
@@ -17,18 +18,18 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ValidationError
 
+from parainfer.counts import TokenCounts
 from parainfer.errors import UsageError
 from parainfer.models.base import Predictor
-from parainfer.models.registry import served_model_name
-from parainfer.openai.batch_file import BATCH_TASK, ENDPOINTS, result_line
+from parainfer.openai.batch_file import BATCH_TASK, ENDPOINTS, result_line, urls_in
 from parainfer.openai.bodies import Choice, chat_completion_body, completion_body, completion_head
 from parainfer.openai.bodies import embeddings_body, encode_vector
 from parainfer.openai.errors import ApiError, validation_error
 from parainfer.openai.logprobs import chat_logprobs, completion_logprobs
 from parainfer.openai.protocol import CHAT_DEFAULT_MAX_TOKENS, COMPLETION_DEFAULT_MAX_TOKENS
 from parainfer.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from parainfer.openai.requests import accepts_model, chat_messages, check_prompts_fit, check_supported
-from parainfer.openai.requests import sampling_params
+from parainfer.openai.requests import ModelNames, chat_messages, check_dimensions, check_prompts_fit
+from parainfer.openai.requests import check_supported, embedding_inputs, sampling_params
 
 CHAT, TEXT, EMBED = ENDPOINTS
 SCHEMAS: dict[str, type[BaseModel]] = {CHAT: ChatCompletionRequest, TEXT: CompletionRequest, EMBED: EmbeddingRequest}
@@ -42,7 +43,7 @@ def batch_file_predictor(config: Any, make_predictor: MakePredictor) -> OpenAIBa
 
     Args:
         config: the job's settings; reads ``model`` ("generate=M,embed=M", see ``_parse_models``),
-            ``dtype`` and ``device``.
+            ``dtype``, ``device`` and ``input`` (the urls its lines name: the models to load).
         make_predictor: builds each sub-predictor in the worker, on its first request of that
             task: ``make_predictor(task, model, dtype, device)`` with task "generate" or "embed"
             and the worker's device; must pickle (a module-level function).
@@ -53,7 +54,13 @@ def batch_file_predictor(config: Any, make_predictor: MakePredictor) -> OpenAIBa
     from parainfer.models.dtype import check_dtype
 
     check_dtype(config.dtype)
-    return OpenAIBatchPredictor(_parse_models(config.model), make_predictor, config.dtype, config.device)
+    models = _parse_models(config.model)
+    try:
+        urls = urls_in(config.input) if config.input != "-" else set()
+    except OSError:  # the source reports an unreadable file
+        urls = set()
+    needs = tuple(task for task, used in (("embed", EMBED in urls), ("generate", bool(urls & {CHAT, TEXT}))) if used)
+    return OpenAIBatchPredictor(models, make_predictor, config.dtype, config.device, needs)
 
 
 def _parse_models(spec: str | None) -> dict[str, str | None]:
@@ -88,26 +95,49 @@ class OpenAIBatchPredictor(Predictor):
     writes_own_rows = True
 
     def __init__(self, models: dict[str, str | None] | None, make_predictor: MakePredictor, dtype: str = "auto",
-                 device: str = "cpu"):
+                 device: str = "cpu", needs: tuple[str, ...] = ()):
         self.models = {"generate": None, "embed": None, **(models or {})}
-        self.make_predictor, self.dtype, self.device = make_predictor, dtype, device
-        self.names = {task: served_model_name(task, self.models[task]) for task in ("generate", "embed")}
+        self.make_predictor, self.dtype, self.device, self.needs = make_predictor, dtype, device, needs
+        # One model per endpoint: any ``model`` name is accepted, the served one reported (ModelNames).
+        self.model_names = {task: ModelNames.of(task, self.models[task]) for task in ("generate", "embed")}
+        self.names = {task: names.reported for task, names in self.model_names.items()}
         self._subs: dict[str, Any] = {}
+        self._last_counts: tuple[list[Any], TokenCounts] | None = None
 
     def load(self) -> None:
-        """Nothing up front: each sub-predictor loads when its first request arrives."""
+        """Load the sub-predictors of ``needs`` (the tasks the file's urls name), so their load is
+        the worker's start-up; any other loads when its first request arrives."""
+        for task in self.needs:
+            self.sub(task)
+        phases: dict[str, float] = {}
+        for sub in self._subs.values():
+            for key, value in getattr(sub, "load_phases", {}).items():
+                phases[key] = phases.get(key, 0.0) + value
+        self.load_phases = phases
+
+    @property
+    def preload_modules(self) -> tuple[str, ...]:
+        """The heavy modules of the sub-predictors of ``needs`` (``Predictor.preload_modules``),
+        for the local executor's forkserver to import once for all workers, as for ``--task embed``;
+        read in the driver, where they are built unloaded (cheap)."""
+        modules: list[str] = []
+        for task in self.needs:
+            try:
+                sub = self._subs.get(task) or self.make_predictor(task, self.models[task], self.dtype, self.device)
+            except Exception:  # noqa: BLE001 - a model that cannot be built fails, with its reason, when loaded
+                continue
+            modules.extend(getattr(sub, "preload_modules", ()))
+        return tuple(dict.fromkeys(modules))
 
     def sub(self, task: str) -> Any:
-        """The loaded sub-predictor for "generate" or "embed"."""
+        """The loaded sub-predictor for "generate" or "embed" (the embedder holds the job's
+        ``max_batch_tokens`` in its forward passes, as with ``--task embed``)."""
         if task not in self._subs:
             predictor = self.make_predictor(task, self.models[task], self.dtype, self.device)
+            predictor.max_batch_tokens = self.max_batch_tokens
             predictor.load()
             self._subs[task] = predictor
         return self._subs[task]
-
-    def accepts_model(self, task: str, model: str) -> bool:
-        """True when a body's ``model`` names this worker's model for ``task`` (``requests.accepts_model``)."""
-        return accepts_model(model, task, self.models[task])
 
     def token_lengths(self, texts: list[Any]) -> list[int]:
         """Cost estimate per request: characters / 4 of its body, plus max_tokens for generation."""
@@ -119,6 +149,15 @@ class OpenAIBatchPredictor(Predictor):
                 new = COMPLETION_DEFAULT_MAX_TOKENS if req.get("url") == TEXT else CHAT_DEFAULT_MAX_TOKENS
             out.append(len(json.dumps(body, ensure_ascii=False, default=str)) // 4 + 1 + max(0, min(new, 8192)))
         return out
+
+    def token_counts(self, texts: list[Any]) -> TokenCounts:
+        """The counts the last ``predict`` on this very list measured: the embedder's exact counts
+        of every embedding input (padded as its forward passes computed them) plus, for
+        generation, the prompt tokens (no padding: the engine batches sequences continuously) and
+        the engine's prefill figures; else the base estimate."""
+        if self._last_counts is not None and self._last_counts[0] is texts:
+            return self._last_counts[1]
+        return super().token_counts(texts)
 
     def predict(self, texts: list[Any]) -> list[dict[str, Any]]:
         """Answer B request lines ``{"custom_id", "method", "url", "body"}``; returns B result
@@ -135,17 +174,20 @@ class OpenAIBatchPredictor(Predictor):
                     gens.append(_prepare_generation(self, pos, url, body))
             except ApiError as e:
                 lines[pos] = result_line(req["custom_id"], e.status, e.body())
+        counts = TokenCounts()
         if embeds:
-            _run_embeddings(self, embeds, texts, lines)
+            counts.add(_run_embeddings(self, embeds, texts, lines))
         if gens:
-            _run_generation(self, gens, texts, lines)
+            counts.add(_run_generation(self, gens, texts, lines))
+        self._last_counts = (texts, counts)
         return lines  # type: ignore[return-value]
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_subs": {}}
+        return {**self.__dict__, "_subs": {}, "_last_counts": None}
 
     def describe(self) -> dict[str, Any]:
-        return {"class": type(self).__name__, "task": self.task, "models": self.models, "dtype": self.dtype}
+        return {"class": type(self).__name__, "task": self.task, "models": self.models, "dtype": self.dtype,
+                "loaded_at_start": list(self.needs)}
 
 
 @dataclass
@@ -160,8 +202,9 @@ class _Generation:
 
 
 def _parse_request(predictor: OpenAIBatchPredictor, req: dict[str, Any]) -> tuple[str, Any]:
-    """(url, validated body) of a request line; raises ApiError as the online route would, plus
-    400 for a method other than POST, an unknown url, a model not served, or ``stream``."""
+    """(url, validated body) of a request line; raises ApiError as the online route would (its
+    ``model``, embedding inputs and ``dimensions`` too), plus 400 for a method other than POST, an
+    unknown url, or ``stream``."""
     if str(req.get("method", "POST")).upper() != "POST":
         raise ApiError(400, f"method {req.get('method')!r} is not supported; batch requests use POST",
                        param="method", code="invalid_method")
@@ -174,9 +217,11 @@ def _parse_request(predictor: OpenAIBatchPredictor, req: dict[str, Any]) -> tupl
     except ValidationError as exc:
         raise validation_error([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
     task = "embed" if url == EMBED else "generate"
-    if not predictor.accepts_model(task, body.model):
-        raise ApiError(400, f"model {body.model!r} is not served for {url}; accepted: "
-                            f"{predictor.names[task]!r}", param="model", code="model_not_found")
+    predictor.model_names[task].check(body.model)
+    if url == EMBED:
+        embedding_inputs(body.input)
+        if body.dimensions is not None:
+            check_dimensions(body.dimensions, predictor.sub("embed").matryoshka_dimensions(), predictor.names[task])
     if getattr(body, "stream", False):
         raise ApiError(400, "stream is not supported in a batch; leave it false", param="stream", code="unsupported")
     return url, body
@@ -220,9 +265,11 @@ def _completion_prompts(engine: Any, prompt: Any) -> list[list[int]]:
 
 
 def _run_generation(predictor: OpenAIBatchPredictor, gens: list[_Generation], requests: list[dict[str, Any]],
-                    lines: list[Any]) -> None:
-    """Generate every prepared request's prompts in one engine call; fill their result lines."""
-    engine = predictor.sub("generate").engine
+                    lines: list[Any]) -> TokenCounts:
+    """Generate every prepared request's prompts in one engine call; fill their result lines.
+    Returns the prompt tokens' counts (``OpenAIBatchPredictor.token_counts``)."""
+    generator = predictor.sub("generate")
+    engine = generator.engine
     flat = [(g, i, ids) for g in gens for i, ids in enumerate(g.prompts)]
     results = engine.generate([ids for _, _, ids in flat], [g.params for g, _, _ in flat])
     for (g, i, _), res in zip(flat, results):
@@ -237,22 +284,36 @@ def _run_generation(predictor: OpenAIBatchPredictor, gens: list[_Generation], re
         else:
             body = completion_body(completion_head("text", name), g.choices)
         lines[g.pos] = result_line(requests[g.pos]["custom_id"], 200, body)
+    counts = generator.token_counts([])  # the engine's prefill figures since the last task
+    prompts = TokenCounts.from_lengths([requests[g.pos] for g in gens], [sum(map(len, g.prompts)) for g in gens],
+                                       [False] * len(gens))
+    prompts.padded = prompts.real  # continuous batching: sequences are not padded to each other
+    counts.add(prompts)
+    return counts
 
 
 def _run_embeddings(predictor: OpenAIBatchPredictor, embeds: list[tuple[int, EmbeddingRequest]],
-                    requests: list[dict[str, Any]], lines: list[Any]) -> None:
-    """Embed every embeddings request's inputs in one encoder call; fill their result lines."""
+                    requests: list[dict[str, Any]], lines: list[Any]) -> TokenCounts:
+    """Embed every embeddings request's inputs in one encoder call (the encoder sorts them by
+    length and cuts its forward passes by padding and ``max_batch_tokens``, as for ``--task
+    embed``); fill their result lines. Returns the encoder's counts of those inputs."""
     embedder = predictor.sub("embed")
-    texts = [[b.input] if isinstance(b.input, str) else list(b.input) for _, b in embeds]
+    texts = [embedding_inputs(b.input) for _, b in embeds]
     flat = [t for group in texts for t in group]
     outputs = embedder.predict(flat)
+    counts = embedder.token_counts(flat)
     window = embedder.window()
     lengths = [min(n, window) if window else n for n in embedder.token_lengths(flat)]
     start = 0
     for (pos, body), group in zip(embeds, texts):
         outs, tokens = outputs[start:start + len(group)], sum(lengths[start:start + len(group)])
         start += len(group)
-        data = [{"object": "embedding", "index": j, "embedding": encode_vector(out, body.encoding_format, j)}
-                for j, out in enumerate(outs)]
-        lines[pos] = result_line(requests[pos]["custom_id"], 200,
-                                 embeddings_body(data, predictor.names["embed"], tokens))
+        try:
+            data = [{"object": "embedding", "index": j,
+                     "embedding": encode_vector(out, body.encoding_format, j, body.dimensions)}
+                    for j, out in enumerate(outs)]
+        except ApiError as e:
+            lines[pos] = result_line(requests[pos]["custom_id"], e.status, e.body())
+            continue
+        lines[pos] = result_line(requests[pos]["custom_id"], 200, embeddings_body(data, predictor.names["embed"], tokens))
+    return counts

@@ -70,21 +70,32 @@ def embeddings_body(data: list[dict[str, Any]], model: str, tokens: int) -> dict
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
-def encode_vector(out: dict[str, Any], encoding: str, index: int) -> list[float] | str:
+def encode_vector(out: dict[str, Any], encoding: str, index: int, dimensions: int | None = None) -> list[float] | str:
     """An embedding as floats, or base64 of its little-endian float32 bytes (OpenAI's encoding).
 
     Args:
         out: one model output, with ``embedding`` (a vector of floats).
         encoding: "float" or "base64" (the request's ``encoding_format``).
         index: the input's position in the request, for the error.
+        dimensions: keep the first ``dimensions`` values and scale them back to unit length (L2),
+            as OpenAI and vLLM do for a Matryoshka model (``requests.check_dimensions`` said
+            the model is one); None: the whole vector as the model gave it.
 
     Raises:
-        ApiError: 422 ``model_error`` when the output has no embedding.
+        ApiError: 422 ``model_error`` when the output has no embedding; 400
+            ``invalid_dimensions`` when ``dimensions`` exceeds the vector's length.
     """
     if "embedding" not in out:
         raise ApiError(422, f"the model returned no 'embedding' for input {index} (keys: {sorted(out)})",
                        param=f"input.{index}", code="model_error")
     vector = np.asarray(out["embedding"], dtype="<f4")
+    if dimensions is not None:
+        if dimensions > vector.shape[-1]:
+            raise ApiError(400, f"dimensions={dimensions} exceeds the model's {vector.shape[-1]}; ask for at most "
+                                f"{vector.shape[-1]}", param="dimensions", code="invalid_dimensions")
+        vector = vector[:dimensions]
+        norm = float(np.linalg.norm(vector))
+        vector = (vector / norm if norm > 0 else vector).astype("<f4")
     if encoding == "base64":
         return base64.b64encode(vector.tobytes()).decode("ascii")
     return vector.tolist()

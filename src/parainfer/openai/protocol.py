@@ -1,7 +1,7 @@
 """OpenAI's request and response bodies (pydantic): embeddings, classify, completions, chat
 completions, models, errors; and the protocol's defaults (``max_tokens``, list bounds).
 
-``input`` is one string or a non-empty list of strings; every response lists one entry per
+``input`` is one string or a non-empty list of non-empty strings; every response lists one entry per
 input with its ``index`` (position in ``input``). Error bodies are built by ``openai.errors``.
 """
 
@@ -50,19 +50,25 @@ class BoundedBody(BaseModel):
         return _bounded(data, ("input", "prompt", "messages", "stop"))
 
 
-Inputs = Annotated[str | Annotated[list[str], Field(min_length=1)], Field(
-    description="one text, or a non-empty list of texts (one result each, same order)")]
+# An empty list or an empty text is refused by the route with 400 (``requests.embedding_inputs``),
+# not here: a union's validation error would name the wrong branch ("should be a valid string").
+Inputs = Annotated[str | list[str], Field(
+    description="one text, or a non-empty list of texts (one result each, same order); no empty text")]
+MODEL_FIELD = ("any name when the server has no --served-model-name (the served model answers and the "
+               "response names it); else one of those names")
 
 
 class EmbeddingRequest(BoundedBody):
-    """POST /v1/embeddings. Unknown fields (``user``, ``dimensions``) are accepted and ignored."""
+    """POST /v1/embeddings. Unknown fields (``user``) are accepted and ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
     input: Inputs
-    model: str = Field(default="", description="accepted for compatibility; the served model answers")
+    model: str = Field(default="", description=MODEL_FIELD)
     encoding_format: Literal["float", "base64"] = Field(
         default="float", description="base64: the little-endian float32 bytes of each vector, base64-encoded")
+    dimensions: int | None = Field(default=None, ge=1, description="Matryoshka models only: the first "
+                                   "`dimensions` values, renormalised; other models answer 400")
 
 
 class ClassifyRequest(BoundedBody):
@@ -71,7 +77,7 @@ class ClassifyRequest(BoundedBody):
     model_config = ConfigDict(extra="ignore")
 
     input: Inputs
-    model: str = ""
+    model: str = Field(default="", description=MODEL_FIELD)
 
 
 class Usage(BaseModel):
@@ -151,7 +157,7 @@ class SamplingFields(BoundedBody):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(default="", description="accepted for compatibility; the served model answers")
+    model: str = Field(default="", description=MODEL_FIELD)
     max_tokens: int | None = Field(default=None, ge=1, description="most tokens to generate")
     temperature: float = Field(default=1.0, ge=0, le=2, description="0 = greedy")
     top_p: float = Field(default=1.0, gt=0, le=1)

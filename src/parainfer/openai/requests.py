@@ -1,12 +1,14 @@
-"""OpenAI's rules for a validated generation request, checked against the engine that answers it:
-supported options, chat messages as plain dicts, logprobs fields, response_format, the context
-window, and the SamplingParams the fields make; which ``model`` names a request may give. The
-online routes (``serving/generate``) and the batch predictor apply the same rules; each failure is
-an ApiError with the status the online endpoint answers (400).
+"""OpenAI's rules for a validated request: which ``model`` names it may give (``ModelNames``, every
+route), its embedding inputs and ``dimensions`` (``embedding_inputs``, ``check_dimensions``);
+for generation, checked against the engine that answers it: supported options, chat messages as
+plain dicts, logprobs fields, response_format, the context window, and the SamplingParams the
+fields make. The online routes and the batch predictor apply the same rules; each failure is an
+ApiError with the status the online endpoint answers.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from parainfer.errors import UsageError
@@ -15,22 +17,100 @@ from parainfer.openai.errors import ApiError
 from parainfer.openai.protocol import CHAT_DEFAULT_MAX_TOKENS, COMPLETION_DEFAULT_MAX_TOKENS
 
 
-def accepts_model(requested: str, task: str, model: str | None) -> bool:
-    """True when a request's ``model`` field names the model served for ``task``.
+@dataclass(frozen=True)
+class ModelNames:
+    """The ``model`` names one endpoint answers to, and the rule every route and batch path
+    applies to a request's ``model`` (docs/serving.md, "Model names").
+
+    One model is served per endpoint, so by default any name is accepted (a file or client
+    written for OpenAI, ``text-embedding-3-small`` say, runs unchanged) and answered by the
+    served model, whose name the response reports. Names given with ``--served-model-name``
+    (vLLM's option) are aliases, and then the only names accepted: any other gets 404
+    ``model_not_found``, as on vLLM and OpenAI.
+
+    Attributes:
+        names: the served names, non-empty; the first is reported in responses and first in
+            /v1/models.
+        strict: only ``names`` (or no ``model`` at all) are accepted.
+    """
+
+    names: tuple[str, ...]
+    strict: bool = False
+
+    @classmethod
+    def of(cls, task: str, model: str | None, served_names: list[str] | None = None) -> ModelNames:
+        """The names of ``--model`` for ``task`` (``registry.served_model_name``), or the
+        ``--served-model-name`` values when given (then strict)."""
+        if served_names:
+            return cls(tuple(served_names), strict=True)
+        return cls((served_model_name(task, model),))
+
+    @property
+    def reported(self) -> str:
+        """The name responses report as ``model``."""
+        return self.names[0]
+
+    def check(self, requested: str | None) -> None:
+        """Raise unless a request naming ``requested`` ("" or None: no name) may be answered.
+
+        Raises:
+            ApiError: 404 ``model_not_found`` naming the model and the served names (strict only).
+        """
+        if self.strict and requested and requested not in self.names:
+            raise ApiError(404, f"the model {requested!r} does not exist on this server; served: "
+                                f"{', '.join(map(repr, self.names))} (--served-model-name)", param="model",
+                           code="model_not_found")
+
+
+def embedding_inputs(value: str | list[str]) -> list[str]:
+    """The texts of an embeddings or classify request's ``input`` (one string or a list), in order.
+
+    Raises:
+        ApiError: 400 ``empty_input`` for an empty list or an empty string (OpenAI refuses both;
+            an empty text has nothing to embed), naming it (``input`` or ``input.3``).
+    """
+    texts = [value] if isinstance(value, str) else value
+    if not texts:
+        raise ApiError(400, "input is an empty list; give one text or a non-empty list of texts", param="input",
+                       code="empty_input")
+    if "" in texts:
+        where = "input" if isinstance(value, str) else f"input.{texts.index('')}"
+        raise ApiError(400, f"{where} is an empty string; every input needs some text", param=where,
+                       code="empty_input")
+    return texts
+
+
+def check_dimensions(dimensions: int | None, matryoshka: bool | list[int], model: str) -> int | None:
+    """An embeddings request's ``dimensions``, checked against the model as vLLM checks it.
+
+    A model trained for truncated embeddings (Matryoshka representation learning: its
+    config.json says ``is_matryoshka`` or lists ``matryoshka_dimensions``) answers with the first
+    ``dimensions`` values scaled back to unit length (``bodies.encode_vector``). Any other model
+    would return worse vectors, so the request is refused, whatever the number.
 
     Args:
-        requested: the body's ``model`` ("" when unset).
-        task: "embed", "classify", "generate" or "translate".
-        model: the served ``--model`` (None: the built-in default).
+        dimensions: the request's value (None: not given; >= 1, checked by the schema).
+        matryoshka: the model's ``Predictor.matryoshka_dimensions()``: False, True (any size)
+            or the sizes it was trained for.
+        model: the served name, for the message.
 
     Returns:
-        True for "", "default", the served name or ``model`` itself (any case), and for
-        generate also "smollm2-135m-instruct" (the built-in's name).
+        ``dimensions`` (None when not given).
+
+    Raises:
+        ApiError: 400 ``invalid_dimensions``: a model not trained for it, or a size it was not
+            trained for.
     """
-    known = {"", "default", served_model_name(task, model).lower(), str(model or "").lower()}
-    if task == "generate":
-        known.add("smollm2-135m-instruct")
-    return requested.lower() in known
+    if dimensions is None:
+        return None
+    if not matryoshka:
+        raise ApiError(400, f"model {model!r} does not support matryoshka representation: truncating its "
+                            f"vectors to dimensions={dimensions} would give poor embeddings; leave dimensions "
+                            "unset", param="dimensions", code="invalid_dimensions")
+    if matryoshka is not True and dimensions not in matryoshka:
+        raise ApiError(400, f"model {model!r} supports only the matryoshka dimensions {sorted(matryoshka)}; got "
+                            f"dimensions={dimensions}", param="dimensions", code="invalid_dimensions")
+    return dimensions
 
 
 def check_supported(body: Any) -> None:

@@ -30,6 +30,7 @@ from parainfer.serving.config import ServeConfig
 from parainfer.serving.dashboard import API_PREFIX as DASHBOARD_API, ServeDashboard, dashboard_routes
 from parainfer.serving.http.json_body import OrjsonRoute
 from parainfer.openai.errors import ApiError
+from parainfer.openai.requests import check_dimensions, embedding_inputs
 from parainfer.serving.http.errors import install_error_handlers
 from parainfer.serving.generate.routes import generation_routes
 from parainfer.serving.generate.service import GenerationService
@@ -120,10 +121,6 @@ def _make_service(config: ServeConfig, predictor: Predictor | None, metrics: Ser
     return InferenceService(config, predictor, metrics)
 
 
-def _texts(value: str | list[str]) -> list[str]:
-    return [value] if isinstance(value, str) else value
-
-
 async def _infer(service: InferenceService, texts: list[str], request: Request) -> tuple[list[dict], int] | Response:
     try:
         return await service.infer(texts, request)
@@ -142,16 +139,22 @@ def _v1_routes(config: ServeConfig, service: InferenceService | None) -> APIRout
     """/v1/embeddings, /v1/classify (``service`` None on a generate server: they answer 400) and
     /v1/models."""
     router = APIRouter(tags=["v1"], responses=_ERRORS, route_class=OrjsonRoute)  # full paths: route labels in metrics stay whole
-    name = config.served_model_name()
+    names = config.model_names()
+    name = names.reported
     created = int(time.time())
+    matryoshka = service.predictor.matryoshka_dimensions() if service is not None and config.task == "embed" else False
 
-    async def answer_list(task: str, route: str, inputs: str | list[str], request: Request,
-                          item: Callable[[int, dict], dict]) -> Any:
-        """The path both list endpoints share: task check, inference, then
-        ``{object: list, data: [item(i, output)], model, usage}`` (or the client-closed answer)."""
+    async def answer_list(task: str, route: str, body: EmbeddingRequest | ClassifyRequest, request: Request,
+                          item: Callable[[int, dict], dict], check: Callable[[], None] = lambda: None) -> Any:
+        """The path both list endpoints share: task, model and input checks (``check``: the
+        route's own, after those), inference, then ``{object: list, data: [item(i, output)],
+        model, usage}`` (or the client-closed answer)."""
         if config.task != task:
             raise _wrong_task(config, route, task)
-        got = await _infer(service, _texts(inputs), request)
+        names.check(body.model)
+        texts = embedding_inputs(body.input)
+        check()
+        got = await _infer(service, texts, request)
         if isinstance(got, Response):
             return got
         outputs, tokens = got
@@ -161,21 +164,24 @@ def _v1_routes(config: ServeConfig, service: InferenceService | None) -> APIRout
 
     @router.post("/v1/embeddings", response_model=EmbeddingResponse)
     async def embeddings(body: EmbeddingRequest, request: Request) -> Any:
-        """Embed one text or a list of texts (OpenAI's embeddings API)."""
-        return await answer_list("embed", "/v1/embeddings", body.input, request, lambda i, out: {
-            "object": "embedding", "index": i, "embedding": encode_vector(out, body.encoding_format, i)})
+        """Embed one text or a list of texts (OpenAI's embeddings API; ``dimensions`` on a
+        Matryoshka model only)."""
+        return await answer_list("embed", "/v1/embeddings", body, request, lambda i, out: {
+            "object": "embedding", "index": i,
+            "embedding": encode_vector(out, body.encoding_format, i, body.dimensions)},
+            check=lambda: check_dimensions(body.dimensions, matryoshka, name))
 
     @router.post("/v1/classify", response_model=ClassifyResponse)
     async def classify(body: ClassifyRequest, request: Request) -> Any:
         """Classify one text or a list: ``data[i]`` = {index, label, score} (plus any other model outputs)."""
-        return await answer_list("classify", "/v1/classify", body.input, request,
+        return await answer_list("classify", "/v1/classify", body, request,
                                  lambda i, out: {"index": i, **{k: _plain(v) for k, v in out.items()}})
 
     @router.get("/v1/models", response_model=ModelList)
     async def models() -> Any:
-        """The one model this server runs."""
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": created,
-                                            "owned_by": "parainfer", "task": config.task}]}
+        """The one model this server runs, under each of its names (``--served-model-name``)."""
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": created,
+                                            "owned_by": "parainfer", "task": config.task} for n in names.names]}
 
     return router
 

@@ -43,6 +43,10 @@ def serve_command(
     task: str = typer.Option("embed", help="classify | embed | generate | translate"),
     model: Optional[str] = typer.Option(None, help="built-in name, local HF directory, or module:function "
                                         "(generate: local HF Llama-family directory; default SmolLM2-135M-Instruct)"),
+    served_model_name: Optional[list[str]] = typer.Option(
+        None, "--served-model-name", metavar="NAME", help="a name requests may give as `model` (repeat the "
+        "option for aliases; the first is the one responses report); unset: any name is accepted (one model is "
+        "served) and the model's own name reported"),
     workers: Optional[int] = typer.Option(None, help="worker processes, one model replica each; default 2 "
                                           "(generate: 1 = the engine in the server process; N > 1 = N engine "
                                           "replicas in workers, routed by outstanding tokens)"),
@@ -74,8 +78,8 @@ def serve_command(
     data_dir: Optional[str] = typer.Option(None, help="files and batch state (default: user data dir/parainfer/serve)"),
     max_file_mb: float = typer.Option(200.0, help="larger uploads to /v1/files get 413"),
     max_batch_lines: int = typer.Option(50_000, help="batch input files with more requests get 400"),
-    batch_concurrency: int = typer.Option(4, help="most batch requests running at once (only while no online "
-                                          "request is in flight)"),
+    batch_concurrency: int = typer.Option(4, help="most batch requests running at once per replica (only while "
+                                          "no online request is in flight)"),
     log_level: str = typer.Option("info", help="uvicorn log level"),
     executor: str = typer.Option("local", help="local (worker processes) | ray (replicas as Ray actors; "
                                  "generate: every engine replica an actor)"),
@@ -95,7 +99,8 @@ def serve_command(
     from parainfer.executors import check_executor
 
     check_executor(executor)
-    config = ServeConfig(task=task, model=model, workers=workers, host=host, port=port,
+    config = ServeConfig(task=task, model=model, served_model_names=served_model_name or None, workers=workers,
+                         host=host, port=port,
                          max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          request_timeout_s=request_timeout_s, api_key=api_key, api_keys_file=api_keys,
                          dtype=dtype, device=device,

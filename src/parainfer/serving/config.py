@@ -6,11 +6,11 @@ Raises pydantic.ValidationError naming the field on a bad value.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from parainfer.models.registry import served_model_name
+from parainfer.openai.requests import ModelNames
 from parainfer.platform.devices import Device
 
 
@@ -22,6 +22,9 @@ class ServeConfig(BaseModel):
     task: Literal["classify", "embed", "generate", "translate"] = "embed"
     model: str | None = Field(default=None, description="built-in name, local HF directory, or module:function "
                               "(generate: a local HF Llama-family directory; default SmolLM2-135M-Instruct)")
+    served_model_names: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        default=None, min_length=1, description="names requests may give as `model` (the first is the one "
+        "responses report); unset: any name is accepted and the model's own name reported")
     workers: int | None = Field(default=None, ge=1,
                          description="worker processes, one model replica each; default 2 (generate: 1, the "
                          "engine in the server process; N > 1 runs N engine replicas in workers)")
@@ -59,8 +62,8 @@ class ServeConfig(BaseModel):
                                  "user data dir, parainfer/serve)")
     max_file_mb: float = Field(default=200.0, gt=0, description="larger uploads to /v1/files get 413")
     max_batch_lines: int = Field(default=50_000, ge=1, description="a batch input file with more requests gets 400")
-    batch_concurrency: int = Field(default=4, ge=1, description="most batch requests running at once; they start "
-                                   "only while no online request is in flight")
+    batch_concurrency: int = Field(default=4, ge=1, description="most batch requests running at once per replica "
+                                   "(x workers in all); they start only while no online request is in flight")
     trust: bool = Field(default=False, description="load model files holding types skops does not trust by default")
     # ---- token budget of embed/classify batches (see embed/batcher.py) ----
     max_batch_tokens: int | None = Field(default=8192, ge=1, description="most padded tokens (inputs x longest) "
@@ -74,6 +77,11 @@ class ServeConfig(BaseModel):
             self.workers = 1 if self.task == "generate" else 2
         return self
 
+    def model_names(self) -> ModelNames:
+        """The names requests may give as ``model`` and the rule for them (``openai.requests.ModelNames``)."""
+        return ModelNames.of(self.task, self.model, self.served_model_names)
+
     def served_model_name(self) -> str:
-        """The id reported by /v1/models and in responses ("all-MiniLM-L6-v2" for the default embedder)."""
-        return served_model_name(self.task, self.model)
+        """The id reported in responses and first in /v1/models ("all-MiniLM-L6-v2" for the default
+        embedder, or the first --served-model-name)."""
+        return self.model_names().reported

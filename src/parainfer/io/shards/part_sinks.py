@@ -17,9 +17,8 @@ from typing import Any, BinaryIO
 
 from parainfer.errors import UsageError
 from parainfer.io import digest
-from parainfer.io.parquet_parts import rows_table
 from parainfer.io.safe_files import open_file
-from parainfer.io.sinks import CsvSink, JsonlSink, Sink
+from parainfer.io.sinks import CsvSink, JsonlSink, Sink, infer_schema, rows_table
 
 PART_FORMATS = (".jsonl", ".csv", ".parquet")
 
@@ -79,7 +78,9 @@ class ParquetPartSink(Sink):
     def _write(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        table, self._schema = rows_table(rows, self._schema)
+        if self._schema is None:
+            self._schema = infer_schema(rows)
+        table = rows_table(rows, self._schema)
         self._tables.append(table)
         self._held += table.num_rows
         if self._held >= self.row_group_size:

@@ -20,7 +20,6 @@ from parainfer.serving.batch_api.batches import BatchStore, batches_routes
 from parainfer.serving.config import ServeConfig
 from parainfer.serving.http.middleware import in_lane
 from parainfer.openai.errors import ApiError
-from parainfer.openai.requests import accepts_model
 from parainfer.serving.batch_api.files import FileStore, files_routes
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ class BatchApi:
 
     Args:
         config: the server settings (``data_dir``, ``max_file_mb``, ``max_batch_lines``,
-            ``batch_concurrency``, ``task``, ``model``).
+            ``batch_concurrency`` per replica of ``workers``, ``task``).
     """
 
     def __init__(self, config: ServeConfig):
@@ -73,10 +72,6 @@ class BatchApi:
         assert self.runner is not None
         return self.runner.cancel(batch)
 
-    def accepts_model(self, url: str, model: str) -> bool:
-        """A body's ``model`` is served here: unset, "default", the served name (any case) or --model."""
-        return accepts_model(model, self.config.task, self.config.model)
-
     async def start(self, app: FastAPI) -> None:
         """Take the data directory's lock and start the runner (which resumes active batches)."""
         import filelock
@@ -99,8 +94,9 @@ class BatchApi:
             resp = await self._client.post(url, json=body)
             return resp.status_code, resp.json()
 
-        self.runner = BatchRunner(self.batches, self.files, call, self.load, self.accepts_model,
-                                  concurrency=self.config.batch_concurrency)
+        # per replica: each replica's batches as large as a one-replica server's (the batcher spreads them)
+        concurrency = self.config.batch_concurrency * (self.config.workers or 1)
+        self.runner = BatchRunner(self.batches, self.files, call, self.load, concurrency=concurrency)
         self.runner.start()
 
     async def stop(self) -> None:

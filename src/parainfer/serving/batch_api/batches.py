@@ -200,10 +200,11 @@ def check_metadata(metadata: dict[str, str] | None) -> None:
                          f"{MAX_METADATA_VALUE_CHARS} are accepted")
 
 
-def plan_line(raw: bytes, line: int, endpoint: str, seen: dict[str, int],
-              accepts_model: Callable[[str, str], bool]) -> Plan:
+def plan_line(raw: bytes, line: int, endpoint: str, seen: dict[str, int]) -> Plan:
     """What to do with one input line of a batch to ``endpoint``: call the endpoint, or its
-    answer now (a malformed line, a duplicate custom_id, another url, a model not served)."""
+    answer now (a malformed line, a duplicate custom_id, another url or method, ``stream``).
+    Everything about the body, its ``model`` included, is the endpoint's to answer, so a line's
+    result is the online answer."""
     try:
         row = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -220,8 +221,6 @@ def plan_line(raw: bytes, line: int, endpoint: str, seen: dict[str, int],
         return _refuse(cid, f"url {row.get('url')!r} is not this batch's endpoint {endpoint}", "url", "invalid_url")
     if str(row.get("method", "POST")).upper() != "POST":
         return _refuse(cid, f"method {row.get('method')!r} is not supported; use POST", "method", "invalid_method")
-    if not accepts_model(endpoint, str(body.get("model") or "")):
-        return _refuse(cid, f"model {body.get('model')!r} is not served here", "model", "model_not_found")
     if body.get("stream"):
         return _refuse(cid, "stream is not supported in a batch; leave it false", "stream", "unsupported")
     return "call", cid, body

@@ -76,15 +76,14 @@ class BatchRunner:
         store, files: where batches and files live.
         call: ``await call(url, body) -> (status, JSON body)`` of the app's endpoint.
         load: the online load to yield to.
-        accepts_model: ``(url, model) -> bool``: a body's model is served here.
         concurrency: most batch lines running at once.
         commit_every_s: seconds between commits of the written prefix.
     """
 
     def __init__(self, store: BatchStore, files: FileStore, call: Call, load: OnlineLoad,
-                 accepts_model: Callable[[str, str], bool], concurrency: int = 4, commit_every_s: float = 0.5):
+                 concurrency: int = 4, commit_every_s: float = 0.5):
         self.store, self.files, self.call, self.load = store, files, call, load
-        self.accepts_model, self.concurrency, self.commit_every_s = accepts_model, concurrency, commit_every_s
+        self.concurrency, self.commit_every_s = concurrency, commit_every_s
         self.current: dict[str, Any] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -142,7 +141,7 @@ class BatchRunner:
         with open(self.files.data_path(batch["input_file_id"]), "rb") as f:
             lines = [(n, raw) for n, raw in enumerate(f, 1) if raw.strip()]
         for n, raw in lines:
-            plans.append(plan_line(raw, n, batch["endpoint"], seen, self.accepts_model))
+            plans.append(plan_line(raw, n, batch["endpoint"], seen))
         return plans
 
     async def _execute(self, batch: dict[str, Any]) -> None:

@@ -135,6 +135,10 @@ class BatchRouter:
     def all_dead(self) -> bool:
         return all(r.dead for r in self.replicas)
 
+    def idle_replicas(self) -> int:
+        """Ready replicas that hold no batch (the batcher spreads waiting inputs over them)."""
+        return sum(1 for r in self.replicas if r.ready and not r.batches)
+
     def free_slots(self) -> int:
         """Batches the batcher may dispatch now (retries waiting go first)."""
         free = sum(self.max_in_flight - len(r.batches) for r in self.replicas if r.ready)
@@ -149,7 +153,9 @@ class BatchRouter:
         room = [w for w, r in enumerate(self.replicas) if r.ready and len(r.batches) < self.max_in_flight]
         if not room:
             return None
-        return min(room, key=lambda w: (self.replicas[w].tokens, len(self.replicas[w].batches), w))
+        # ties (idle replicas) go to the one that has worked least, so that work is spread over all
+        return min(room, key=lambda w: (self.replicas[w].tokens, len(self.replicas[w].batches),
+                                        self.replicas[w].busy_s, w))
 
     def _send(self, batch: _Batch) -> None:
         w = self._pick()

@@ -56,7 +56,7 @@ class Item:
 
 
 def take_batches(waiting: list[Item], max_batch_size: int, slots: int, window: int,
-                 group_by_length: bool = True, max_batch_tokens: int | None = None) -> list[list[Item]]:
+                 group_by_length: bool = True, max_batch_tokens: int | None = None, spread: int = 1) -> list[list[Item]]:
     """Cut up to ``slots`` batches from ``waiting`` (oldest first); see the module docstring.
 
     Args:
@@ -66,6 +66,9 @@ def take_batches(waiting: list[Item], max_batch_size: int, slots: int, window: i
         window: how many of the oldest items are sorted together (>= max_batch_size).
         group_by_length: False keeps arrival order (no sorting).
         max_batch_tokens: most padded tokens (items x longest) per batch (``cut_runs``); None: no budget.
+        spread: idle replicas (at most ``slots``): while the window makes fewer runs than that,
+            the largest run is halved (``spread_runs``), so that idle replicas share the inputs
+            waiting instead of one taking them all while the others wait.
 
     Returns:
         Batches in dispatch order; inside a batch items are sorted by tokens (when grouping).
@@ -76,9 +79,23 @@ def take_batches(waiting: list[Item], max_batch_size: int, slots: int, window: i
     head = waiting[:window]
     arrival = {id(item): i for i, item in enumerate(head)}
     ordered = sorted(head, key=lambda it: it.tokens) if group_by_length else head
-    runs = cut_runs(ordered, max_batch_size, max_batch_tokens)
+    runs = spread_runs(cut_runs(ordered, max_batch_size, max_batch_tokens), min(spread, slots))
     runs.sort(key=lambda run: min(arrival[id(it)] for it in run))
     return runs[:slots]
+
+
+def spread_runs(runs: list[list[Item]], at_least: int) -> list[list[Item]]:
+    """``runs`` with the largest one halved (its shorter half first, in place) until there are
+    ``at_least`` runs or none holds two items: 4 inputs and 2 idle replicas make 2 batches of
+    2, run side by side, instead of 1 batch of 4 on one replica."""
+    runs = list(runs)
+    while len(runs) < at_least:
+        i = max(range(len(runs)), key=lambda k: len(runs[k]), default=None)
+        if i is None or len(runs[i]) < 2:
+            break
+        half = len(runs[i]) // 2
+        runs[i:i + 1] = [runs[i][:half], runs[i][half:]]
+    return runs
 
 
 def cut_runs(ordered: list[Item], max_batch_size: int, max_batch_tokens: int | None) -> list[list[Item]]:
@@ -116,16 +133,18 @@ class DynamicBatcher:
         group_by_length: sort by token length before cutting batches (see ``take_batches``).
         window_batches: the sorting window, in batches (window = this x max_batch_size).
         max_batch_tokens: most padded tokens (inputs x longest) per batch; None: no budget.
+        idle_replicas: how many replicas hold no batch now (``take_batches``' ``spread``).
 
     Call ``wake()`` whenever ``free_slots()`` may have grown. All methods run on one event loop.
     """
 
     def __init__(self, dispatch: Callable[[list[Item]], None], free_slots: Callable[[], int],
                  max_batch_size: int = 32, max_wait_s: float = 0.005, max_queue: int = 1024,
-                 group_by_length: bool = True, window_batches: int = 8, max_batch_tokens: int | None = None):
+                 group_by_length: bool = True, window_batches: int = 8, max_batch_tokens: int | None = None,
+                 idle_replicas: Callable[[], int] = lambda: 1):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        self.dispatch, self.free_slots = dispatch, free_slots
+        self.dispatch, self.free_slots, self.idle_replicas = dispatch, free_slots, idle_replicas
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_s, max_queue
         self.group_by_length, self.max_batch_tokens = group_by_length, max_batch_tokens
         self._waiting_tokens = 0  # tokens of the inputs in self._waiting
@@ -237,7 +256,7 @@ class DynamicBatcher:
         for key in [k for k, it in self._waiting.items() if it.future.done()]:
             self._waiting_tokens -= self._waiting.pop(key).tokens  # cancelled without cancel()
         batches = take_batches(list(self._waiting.values()), self.max_batch_size, self.free_slots(),
-                               self.window, self.group_by_length, self.max_batch_tokens)
+                               self.window, self.group_by_length, self.max_batch_tokens, self.idle_replicas())
         for batch in batches:
             for item in batch:
                 del self._waiting[item.key]

@@ -59,7 +59,7 @@ class InferenceService:
                                 on_restart=lambda w: metrics.restarts.labels(str(w)).inc())
         self.batcher = DynamicBatcher(self._dispatch, self.pool.free_slots, config.max_batch_size,
                                       config.max_wait_ms / 1000.0, config.max_queue, config.group_by_length,
-                                      max_batch_tokens=config.max_batch_tokens)
+                                      max_batch_tokens=config.max_batch_tokens, idle_replicas=self.pool.idle_replicas)
         self._task: asyncio.Task | None = None
         self.tokenizer_loaded = False  # set by _load_tokenizer (CPU thread) once counting is cheap
         # One thread for the CPU work of requests (tokenising, encoding replies): off the event

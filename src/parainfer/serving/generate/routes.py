@@ -46,7 +46,8 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 def generation_routes(config: ServeConfig, service: GenerationService | None) -> APIRouter:
     """The two generation routes; ``service`` is None on an embed/classify server (they answer 400)."""
     router = APIRouter(tags=["v1"], responses=_ERRORS, route_class=OrjsonRoute)
-    name = config.served_model_name()
+    names = config.model_names()
+    name = names.reported
 
     def need(route: str) -> GenerationService:
         if service is None:
@@ -59,6 +60,7 @@ def generation_routes(config: ServeConfig, service: GenerationService | None) ->
     async def completions(body: CompletionRequest, request: Request) -> Any:
         """Complete one prompt or a list (one choice each); text prompts get no chat template."""
         gen = need("/v1/completions")
+        names.check(body.model)
         check_supported(body)
         if body.echo:
             raise ApiError(400, "echo is not supported; leave it false", param="echo", code="unsupported")
@@ -78,6 +80,7 @@ def generation_routes(config: ServeConfig, service: GenerationService | None) ->
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         """Answer a conversation with the model's chat template (one choice)."""
         gen = need("/v1/chat/completions")
+        names.check(body.model)
         check_supported(body)
         got = await gen.admit_chat(body, chat_messages(body))
         head = completion_head("chat", name)

@@ -21,7 +21,7 @@ from parainfer.errors import UsageError
 from parainfer.models.translate import direction_for, normalize_lang, tag
 from parainfer.serving.config import ServeConfig
 from parainfer.openai.errors import ApiError
-from parainfer.openai.protocol import ErrorResponse
+from parainfer.openai.protocol import MODEL_FIELD, ErrorResponse
 from parainfer.serving.embed.service import ClientGone, InferenceService
 from parainfer.serving.http.json_body import OrjsonRoute
 
@@ -39,7 +39,7 @@ class TranslationRequest(BaseModel):
                     "paragraph and line breaks are kept")]
     source_lang: str = Field(default="en", description="language of the input: en | pt (pt-BR)")
     target_lang: str = Field(default="pt", description="language to translate into: pt | en")
-    model: str = Field(default="", description="accepted for compatibility; the served model answers")
+    model: str = Field(default="", description=MODEL_FIELD)
 
 
 class Translation(BaseModel):
@@ -64,7 +64,8 @@ class TranslationResponse(BaseModel):
 def translation_routes(config: ServeConfig, service: InferenceService | None) -> APIRouter:
     """The translation route; ``service`` is None on a server of another task (it answers 400)."""
     router = APIRouter(tags=["v1"], responses=_ERRORS, route_class=OrjsonRoute)  # strict JSON as the other routes
-    name = config.served_model_name()
+    names = config.model_names()
+    name = names.reported
 
     @router.post("/v1/translations", response_model=TranslationResponse)
     async def translations(body: TranslationRequest, request: Request) -> Any:
@@ -72,6 +73,7 @@ def translation_routes(config: ServeConfig, service: InferenceService | None) ->
         if service is None or config.task != "translate":
             raise ApiError(400, f"this server runs --task {config.task}; /v1/translations needs --task translate",
                            code="wrong_task")
+        names.check(body.model)
         try:
             direction_for(body.source_lang, body.target_lang)
         except UsageError as e:
