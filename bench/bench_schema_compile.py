@@ -87,19 +87,25 @@ def rf(schema: Any) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
 
 
-def pathological(rng: random.Random) -> dict[str, dict[str, Any]]:
-    deep: dict[str, Any] = {"type": "string"}
-    for _ in range(500):
-        deep = {"type": "object", "properties": {"a": deep}, "required": ["a"]}
+def pathological(rng: random.Random) -> dict[str, str]:
+    """Name -> the schema as JSON text (the 500-deep one is built as text: too deep for json.dumps)."""
+    deep = '{"type":"object","properties":{"a":' * 500 + '{"type":"string"}' + '},"required":["a"]}' * 500
     return {
-        "1000 optional properties": {"type": "object", "properties": {w: {"type": "integer"}
-                                                                     for w in words(rng, 1000, 8)}},
-        "enum 1000 x 110 chars": {"enum": words(rng, 1000, 110)},
-        "enum 20000 (0.6 MB)": {"enum": [f"{i:05d}-{w}" for i, w in enumerate(words(rng, 20000, 23))]},
+        "1000 optional properties": json.dumps({"type": "object", "properties": {
+            w: {"type": "integer"} for w in words(rng, 1000, 8)}}),
+        "enum 1000 x 110 chars": json.dumps({"enum": words(rng, 1000, 110)}),
+        "enum 20000 (0.6 MB)": json.dumps({"enum": [f"{i:05d}-{w}" for i, w in enumerate(words(rng, 20000, 23))]}),
         "500-deep nesting": deep,
-        '{"$ref": "#"}': {"$ref": "#"},
-        "two-step $ref loop": {"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"},
+        '{"$ref": "#"}': json.dumps({"$ref": "#"}),
+        "two-step $ref loop": json.dumps({"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}},
+                                          "$ref": "#/$defs/a"}),
     }
+
+
+def chat_body(schema_json: str, max_tokens: int) -> bytes:
+    head = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens})[:-1]
+    return (head + ',"response_format":{"type":"json_schema","json_schema":{"name":"s","schema":'
+            + schema_json + "}}}").encode()
 
 
 # ---- isolation: thread vs process, in one engine process -------------------------------------------
@@ -135,7 +141,7 @@ def isolation() -> None:
             out.append(time.perf_counter() - t0)
         return out
 
-    def while_running(work: Any) -> tuple[list[float], float]:
+    def while_running(work: Any) -> tuple[list[float], float, float]:
         done, t0, ready = threading.Event(), time.perf_counter(), {}
 
         def run() -> None:
@@ -143,7 +149,7 @@ def isolation() -> None:
             ready["s"] = time.perf_counter() - t0
             done.set()
         threading.Thread(target=run).start()
-        return plain_latencies(done), ready["s"] if ready else float("nan")
+        return plain_latencies(done), ready["s"] if ready else float("nan"), os.getloadavg()[0]
 
     def in_process() -> None:
         parent, child = mp.get_context("spawn").Pipe()
@@ -155,7 +161,8 @@ def isolation() -> None:
         xgr.CompiledGrammar.deserialize_json(text, info)
 
     plain_latencies(None, 3)
-    rows: list[tuple[str, list[float], float | None]] = [("alone", plain_latencies(None, 20), None)]
+    rows: list[tuple[str, list[float], float | None, float]] = [
+        ("alone", plain_latencies(None, 20), None, os.getloadavg()[0])]
     for nice in (10, 0):
         compiler = GrammarCompiler(engine.tokenizer, vocab, eos, GrammarSettings(
             compile_timeout_s=600, compile_niceness=nice, limits=roomy))
@@ -163,14 +170,14 @@ def isolation() -> None:
         rows.append((f"compile in a thread (GrammarCompiler), niceness {nice}",
                      *while_running(lambda c=compiler: c.compile(rf(schema)))))
     rows.append(("compile in a spawned process (serialize, send, deserialize)", *while_running(in_process)))
-    rows.append(("alone again", plain_latencies(None, 20), None))
-    base = statistics.median(rows[0][1] + rows[-1][1])
-    for name, lat, ready in rows:
+    rows.append(("alone again", plain_latencies(None, 20), None, os.getloadavg()[0]))
+    base = statistics.median(rows[0][1] + rows[-1][1])  # the load moves: both "alone" runs are the baseline
+    for name, lat, ready, load in rows:
         print(json.dumps({"part": "isolation", "case": name, "completions": len(lat),
                           "median_ms": round(statistics.median(lat) * 1e3, 1), "max_ms": round(max(lat) * 1e3, 1),
                           "median_ratio": round(statistics.median(lat) / base, 2),
                           "grammar_ready_s": None if ready is None else round(ready, 2),
-                          "load_average": os.getloadavg()[0]}), flush=True)
+                          "load_average": load}), flush=True)
 
 
 # ---- latency and memory: a server per tree -----------------------------------------------------------
@@ -191,10 +198,10 @@ async def latency_part(url: str, src: str) -> None:
         await timed_plain(client, 3)
         alone = await timed_plain(client, 10)
 
-        async def bad(name: str, schema: Any) -> tuple[str, int, float]:
+        async def bad(name: str, schema_json: str) -> tuple[str, int, float]:
             t0 = time.perf_counter()
-            r = await client.post("/v1/chat/completions", json={
-                "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "response_format": rf(schema)})
+            r = await client.post("/v1/chat/completions", content=chat_body(schema_json, 2),
+                                  headers={"content-type": "application/json"})
             return name, r.status_code, time.perf_counter() - t0
 
         jobs = [asyncio.create_task(bad(n, s)) for n, s in pathological(rng).items()]

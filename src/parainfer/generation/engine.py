@@ -280,7 +280,7 @@ class LLMEngine:
             raise UsageError(f"request id {rid!r} is already running; ids must be unique")
         detok = IncrementalDetokenizer(self.tokenizer, ids, params.stop)
         seq = Sequence(rid, ids, params, detok, prompt if isinstance(prompt, str) else None)
-        ticket = self.grammars.submit(params.response_format)  # None unless structured output
+        ticket = self.grammars.submit(params.response_format, again=True)  # None unless structured output
         if ticket is not None and ticket.future.done():
             seq.grammar = GrammarState(ticket.future.result(), self.grammars.vocab_size)  # raises its error
         elif ticket is not None:

@@ -4,7 +4,8 @@
 ``json_schema``; ``text`` or None is unconstrained) into a compiled grammar against the
 engine's tokenizer, off the caller's thread: ``submit`` checks the schema's size and
 references (``schema_check``, cheap) and hands the compile to a small pool of compile threads
-(xgrammar releases the GIL while it compiles, so the engine keeps stepping); the caller waits
+(xgrammar releases the GIL while it compiles, so the engine keeps stepping; a compile still
+running after ``NICE_AFTER_S`` lowers its thread's CPU priority); the caller waits
 for its :class:`GrammarTicket` no longer than its own time budget
 (``GrammarSettings.compile_timeout_s``; then :class:`GrammarTimeout`). Compiled grammars are
 kept in an LRU cache bounded by bytes. Each sequence gets its own ``GrammarState`` (an
@@ -51,6 +52,7 @@ _CPP_PREFIX = re.compile(r"^\[[^\]]*\]\s*\S+:\d+:\s*")
 _TOKENIZER_INFO: dict[tuple, tuple[Any, Any]] = {}  # (id(tokenizer), vocab, eos) -> (tokenizer, TokenizerInfo)
 _INFO_LOCK = threading.Lock()
 _IDLE_EXIT_S = 30.0  # a compile thread with nothing to do for this long ends (a new submit starts one)
+NICE_AFTER_S = 0.5  # a compile still running after this long yields the CPU (GrammarSettings.compile_niceness)
 log = logging.getLogger(__name__)
 
 
@@ -72,11 +74,11 @@ class GrammarSettings:
         cache_bytes: the compiled-grammar cache's budget in bytes (xgrammar's
             ``memory_size_bytes`` per grammar); least recently used grammars go first.
         compile_threads: compiles that may run at once (each on one core).
-        compile_niceness: how much lower the compile threads' CPU priority is than the engine's
-            (Linux ``nice`` increment, 0-19; 0: the same). A compile then takes the CPU the
-            engine leaves idle: on the 2-core machine under load, a 2-token completion ran at
-            1.1x its latency alone while a 20,000-value enum compiled at +10, 2.6x at 0 (the
-            compile itself took 53 s instead of 15 s there; the time budget bounds the wait).
+        compile_niceness: how much a compile still running after ``NICE_AFTER_S`` (0.5 s) lowers
+            its thread's CPU priority (Linux ``nice`` increment, 0-19; 0: never). Schemas that
+            compile in milliseconds run at full speed; a long compile then takes only the CPU
+            the engine leaves idle: on the 2-core machine under load, a 2-token completion ran
+            at 1.1x its latency alone while a 20,000-value enum compiled at +10, 3.3x at 0.
         limits: the schema size limits checked before any compile (:class:`SchemaLimits`).
     """
 
@@ -297,9 +299,14 @@ class GrammarCompiler:
 
     # ---- requests -------------------------------------------------------------------------------
 
-    def submit(self, response_format: dict | None) -> GrammarTicket | None:
+    def submit(self, response_format: dict | None, again: bool = False) -> GrammarTicket | None:
         """Start compiling ``response_format`` (or find it compiled, or compiling for another
         request); returns at once. None when unconstrained.
+
+        Args:
+            response_format: OpenAI's response_format (see ``schema_of``).
+            again: the request's schema was submitted before (the engine, after the server's
+                admission): a cache hit is not counted a second time.
 
         Returns:
             A ticket whose future is done already on a cache hit.
@@ -316,7 +323,7 @@ class GrammarCompiler:
             if key is not None:
                 hit = self._cache.get(key)
                 if hit is not None:
-                    self._counts["hits"] += 1
+                    self._counts["hits"] += not again
                     return GrammarTicket(key, _done(hit), deadline, self)
         if key is None:
             try:
@@ -328,7 +335,7 @@ class GrammarCompiler:
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
-                self._counts["hits"] += 1
+                self._counts["hits"] += not again
                 return GrammarTicket(key, _done(hit), deadline, self)
             self._counts["misses"] += 1
             job = self._inflight.get(key)
@@ -383,17 +390,21 @@ class GrammarCompiler:
         """Withdraw ``ticket``'s claim (its request timed out, or left: ``timed_out`` False); a
         compile no one waits for any more is dropped if it has not started. Returns the
         GrammarTimeout to raise."""
+        dropped = False
         with self._lock:
             job = self._inflight.get(ticket.key)
             if job is not None and job.future is ticket.future:
                 job.waiters -= 1
                 if job.waiters <= 0 and job.future.cancel():
                     del self._inflight[ticket.key]
+                    dropped = True
             self._counts["timeouts"] += timed_out
         budget = self.settings.compile_timeout_s
-        return GrammarTimeout(f"the response_format's JSON schema did not compile within the "
-                              f"{budget:g} s budget; simplify the schema (fewer optional properties, shorter "
-                              "enums), or retry later: the compile goes on and a retry uses its result")
+        simpler = "simplify the schema (fewer optional properties, shorter enums)"
+        then = (f"it was still queued behind other compiles; retry later, or {simpler}" if dropped else
+                f"{simpler}, or retry later: the compile goes on and a retry uses its result")
+        return GrammarTimeout(f"the response_format's JSON schema did not compile within the {budget:g} s budget; "
+                              f"{then}")
 
     def state(self, response_format: dict | None) -> GrammarState | None:
         """A fresh per-sequence state for ``response_format`` (None when unconstrained); blocks
@@ -437,16 +448,8 @@ class GrammarCompiler:
             return key if self._cache.get(key) is not None else None
 
     def _work(self) -> None:
-        """A compile thread: runs queued compiles; ends after ``_IDLE_EXIT_S`` with nothing to do.
-        It runs at ``settings.compile_niceness`` below the engine's priority (Linux threads are
-        scheduled alone; elsewhere this is skipped)."""
-        if self.settings.compile_niceness:
-            try:
-                tid = threading.get_native_id()
-                os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid)
-                                                         + self.settings.compile_niceness))
-            except (AttributeError, OSError) as exc:  # not Linux, or not allowed: same priority then
-                log.debug("grammar compile thread keeps its priority: %s", exc)
+        """A compile thread: runs queued compiles; ends after ``_IDLE_EXIT_S`` with nothing to
+        do, or after a compile that lowered its priority (a new thread starts at the caller's)."""
         while True:
             try:
                 job = self._jobs.get(timeout=_IDLE_EXIT_S)
@@ -456,10 +459,23 @@ class GrammarCompiler:
                         self._threads -= 1
                         return
                 continue
-            if job.future.set_running_or_notify_cancel():
-                self._run(job)
+            if job.future.set_running_or_notify_cancel() and self._run(job):
+                with self._lock:
+                    if self._jobs.empty():
+                        self._threads -= 1
+                    else:  # hand over to a fresh thread at full priority
+                        threading.Thread(target=self._work, name="parainfer-grammar", daemon=True).start()
+                return
 
-    def _run(self, job: _Compile) -> None:
+    def _run(self, job: _Compile) -> bool:
+        """Compile ``job`` and hand its result to its waiters; True if the thread's priority was
+        lowered meanwhile (``NICE_AFTER_S``)."""
+        lowered = threading.Event()
+        timer = None
+        if self.settings.compile_niceness:
+            timer = threading.Timer(NICE_AFTER_S, self._lower_priority, (threading.get_native_id(), lowered))
+            timer.daemon = True
+            timer.start()
         t0 = time.perf_counter()
         try:
             compiled = self._compile(job.key)
@@ -468,6 +484,9 @@ class GrammarCompiler:
             compiled = None
         else:
             error = None
+        finally:
+            if timer is not None:
+                timer.cancel()
         seconds = time.perf_counter() - t0
         with self._lock:
             self._counts["compiles"] += 1
@@ -484,6 +503,18 @@ class GrammarCompiler:
             job.future.set_exception(error)
         else:
             job.future.set_result(compiled)
+        return lowered.is_set()
+
+    def _lower_priority(self, tid: int, lowered: threading.Event) -> None:
+        """Lower compile thread ``tid``'s CPU priority by ``compile_niceness`` (Linux schedules
+        threads alone; elsewhere, or when not allowed, it keeps its priority)."""
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid)
+                                                     + self.settings.compile_niceness))
+        except (AttributeError, OSError) as exc:
+            log.debug("grammar compile thread %d keeps its priority: %s", tid, exc)
+            return
+        lowered.set()
 
     def _compile(self, schema: str) -> Any:
         compiler = self._xgr_compiler()
