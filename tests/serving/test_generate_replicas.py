@@ -129,6 +129,13 @@ def test_structured_output_and_logprobs_through_replicas(replicas):
         client(replicas).chat.completions.create(
             model="m", messages=CHATS[0], max_tokens=5,
             response_format={"type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "nope"}}})
+    with pytest.raises(openai.BadRequestError, match="# -> # is a cycle with no way out"):  # checked by the server
+        client(replicas).chat.completions.create(
+            model="m", messages=CHATS[0], max_tokens=5,
+            response_format={"type": "json_schema", "json_schema": {"name": "loop", "schema": {"$ref": "#"}}})
+    text = httpx.get(replicas + "/metrics").text  # the server's admission compiled both schemas first
+    assert float(re.search(r"^parainfer_grammar_compile_seconds_count (\S+)$", text, re.M).group(1)) >= 2
+    assert float(re.search(r"^parainfer_grammar_schemas_rejected_total (\S+)$", text, re.M).group(1)) >= 1
 
 
 def test_a_client_that_leaves_mid_stream_has_its_sequence_aborted_in_its_replica(replicas):

@@ -5,7 +5,10 @@ which decode, preempting when blocks run out) -> ``ModelRunner.run`` (one forwar
 mixed batch, then sampling) -> ``append_token`` (detokenize, finish on EOS, stop string or
 max_tokens; a finished sequence's blocks are freed at once). Threading: ``add_request`` and
 ``abort_request`` may be called from any thread (they post to an inbox that ``step``
-drains); ``step`` itself must run in one thread at a time. A worked example:
+drains); ``step`` itself must run in one thread at a time. A request with a
+``response_format`` whose grammar is not compiled yet waits outside the scheduler while the
+``GrammarCompiler``'s threads compile it; the other sequences keep stepping, and it joins the
+batch once compiled, or fails alone when its time budget passes. A worked example:
 docs/generation.md, "Using it".
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence as SequenceABC
 from pathlib import Path
@@ -24,7 +28,7 @@ import torch
 from parainfer.errors import UsageError
 from parainfer.generation.detokenizer import IncrementalDetokenizer
 from parainfer.generation.engine_config import EngineConfig
-from parainfer.generation.grammar import GrammarCompiler
+from parainfer.generation.grammar import GrammarCompiler, GrammarState
 from parainfer.generation.kv_cache import BlockManager, KVCache
 from parainfer.generation.llama import LlamaForward
 from parainfer.generation.model_runner import ModelRunner
@@ -94,7 +98,9 @@ class LLMEngine:
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens)
         self.runner = ModelRunner(m, kv)
         self.eos_token_ids = eos_token_ids(hf_model, tokenizer)
-        self.grammars = GrammarCompiler(tokenizer, int(hf_cfg.vocab_size), self.eos_token_ids)
+        self.grammars = GrammarCompiler(tokenizer, int(hf_cfg.vocab_size), self.eos_token_ids, cfg.grammar)
+        self._compiling: list[Sequence] = []  # waiting for their grammar (seq.grammar_ticket)
+        self._wakeup = threading.Event()  # set by new requests, aborts and finished compiles
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._callbacks: dict[str, OutputCallback] = {}
         self._live: dict[str, Sequence] = {}
@@ -131,17 +137,23 @@ class LLMEngine:
             The request id.
 
         Raises:
-            UsageError: empty prompt, or ``prompt tokens + max_tokens > max_model_len``.
+            UsageError: empty prompt, or ``prompt tokens + max_tokens > max_model_len``; a
+                ``response_format`` that fails its checks (``grammar.SchemaError``). Its grammar
+                compiles in the background: a schema xgrammar refuses, or one not compiled within
+                the time budget (``grammar.GrammarTimeout``), ends the request alone, its
+                callback getting that UsageError instead of an output.
         """
         seq = self._make_sequence(prompt, params or SamplingParams(), request_id)
         if on_output is not None:
             self._callbacks[seq.request_id] = on_output
         self._inbox.put(("add", seq))
+        self._wakeup.set()
         return seq.request_id
 
     def abort_request(self, request_id: str) -> None:
         """Stop a request at the next step (its last output has finish_reason "abort"). Thread-safe."""
         self._inbox.put(("abort", request_id))
+        self._wakeup.set()
 
     def has_unfinished(self) -> bool:
         return bool(self._live) or not self._inbox.empty()
@@ -163,11 +175,17 @@ class LLMEngine:
     # ---- the step loop --------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        """Run one scheduling + forward step; returns one output per sequence that ran."""
+        """Run one scheduling + forward step; returns one output per sequence that ran. With
+        nothing to run but sequences waiting for their grammar, it waits (up to 1 s) for a
+        compile to end, a request or an abort, instead of spinning."""
+        self._wakeup.clear()
         outputs = self._drain_inbox()
+        self._admit_compiled()
         batch = self.scheduler.schedule()
         if batch.is_empty:
             self._deliver(outputs)
+            if self._compiling and not outputs:
+                self._wait_for_grammars()
             return outputs
         t0 = time.perf_counter()
         tokens = self.runner.run(batch)
@@ -204,6 +222,8 @@ class LLMEngine:
             params = [params or SamplingParams()] * len(prompts)
         if len(params) != len(prompts):
             raise UsageError(f"got {len(prompts)} prompts but {len(params)} SamplingParams")
+        for sp in params:  # a schema that cannot compile raises here, as the others' do
+            self.grammars.compile(sp.response_format)
         seqs = [self._make_sequence(p, sp, None) for p, sp in zip(prompts, params)]
         for seq in seqs:
             self._inbox.put(("add", seq))
@@ -235,6 +255,9 @@ class LLMEngine:
         for seq in list(self._live.values()):
             self.scheduler.finish(seq, "abort")
         self._live.clear()
+        for seq in self._compiling:
+            self.grammars.give_up(seq.grammar_ticket, timed_out=False)
+        self._compiling.clear()
         callbacks, self._callbacks = self._callbacks, {}
         for rid, cb in callbacks.items():
             try:
@@ -257,7 +280,12 @@ class LLMEngine:
             raise UsageError(f"request id {rid!r} is already running; ids must be unique")
         detok = IncrementalDetokenizer(self.tokenizer, ids, params.stop)
         seq = Sequence(rid, ids, params, detok, prompt if isinstance(prompt, str) else None)
-        seq.grammar = self.grammars.state(params.response_format)  # None unless structured output
+        ticket = self.grammars.submit(params.response_format, again=True)  # None unless structured output
+        if ticket is not None and ticket.future.done():
+            seq.grammar = GrammarState(ticket.future.result(), self.grammars.vocab_size)  # raises its error
+        elif ticket is not None:
+            seq.grammar_ticket = ticket
+            ticket.future.add_done_callback(lambda _: self._wakeup.set())
         return seq
 
     def _drain_inbox(self) -> list[RequestOutput]:
@@ -266,12 +294,43 @@ class LLMEngine:
             kind, item = self._inbox.get()
             if kind == "add":
                 self._live[item.request_id] = item
-                self.scheduler.add(item)
+                if item.grammar_ticket is not None:
+                    self._compiling.append(item)
+                else:
+                    self.scheduler.add(item)
             elif item in self._live:
                 seq = self._live.pop(item)
+                if seq in self._compiling:
+                    self._compiling.remove(seq)
+                    self.grammars.give_up(seq.grammar_ticket, timed_out=False)
                 self.scheduler.finish(seq, "abort")
                 aborted.append(make_output(seq, []))
         return aborted
+
+    def _admit_compiled(self) -> None:
+        """Sequences whose grammar compiled join the scheduler; one whose compile failed, or
+        whose time budget passed, fails alone."""
+        now = time.monotonic()
+        for seq in list(self._compiling):
+            ticket = seq.grammar_ticket
+            if not ticket.future.done() and now < ticket.deadline:
+                continue
+            self._compiling.remove(seq)
+            seq.grammar_ticket = None
+            if not ticket.future.done():
+                self._fail_sequence(seq, self.grammars.give_up(ticket))
+                continue
+            try:
+                seq.grammar = GrammarState(ticket.future.result(), self.grammars.vocab_size)
+            except Exception as exc:  # noqa: BLE001 - a schema xgrammar refused: this request's alone
+                self._fail_sequence(seq, exc)
+                continue
+            self.scheduler.add(seq)
+
+    def _wait_for_grammars(self) -> None:
+        """Sleep until a compile ends, a request comes or goes, or the nearest deadline (<= 1 s)."""
+        nearest = min(seq.grammar_ticket.deadline for seq in self._compiling)
+        self._wakeup.wait(min(1.0, max(0.0, nearest - time.monotonic())))
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         for out in outputs:
@@ -289,7 +348,8 @@ class LLMEngine:
 
     def _fail_sequence(self, seq: Sequence, exc: Exception) -> None:
         """End ``seq`` alone (finish reason "error"), free its blocks, hand ``exc`` to its callback."""
-        log.error("request %s failed in the engine: %s: %s", seq.request_id, type(exc).__name__, exc)
+        level = logging.WARNING if isinstance(exc, UsageError) else logging.ERROR  # a bad schema is the caller's
+        log.log(level, "request %s failed in the engine: %s: %s", seq.request_id, type(exc).__name__, exc)
         self.scheduler.finish(seq, "error")
         self._live.pop(seq.request_id, None)
         cb = self._callbacks.pop(seq.request_id, None)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from parainfer.errors import UsageError
+from parainfer.generation.grammar import GrammarSettings
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
@@ -34,6 +35,8 @@ class EngineConfig:
         enable_prefix_caching: automatic prefix caching (full KV blocks of identical prefixes
             are shared and kept after their sequence ends; see ``kv_cache``). Outputs are the
             same either way; False recomputes every prompt (``--no-prefix-cache``).
+        grammar: structured output: the compile time budget, the compiled-grammar cache's
+            bytes, compile threads and schema limits (:class:`~parainfer.generation.grammar.GrammarSettings`).
     """
 
     dtype: str = "float32"
@@ -46,6 +49,7 @@ class EngineConfig:
     onednn: bool = True
     threads: int | None = None
     enable_prefix_caching: bool = True
+    grammar: GrammarSettings = field(default_factory=GrammarSettings)
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:

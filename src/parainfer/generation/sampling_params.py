@@ -73,9 +73,10 @@ class SamplingParams:
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
             raise UsageError(f"top logprobs must be in 0..{MAX_TOP_LOGPROBS}, got {self.logprobs}")
         if self.response_format is not None:
-            from parainfer.generation.grammar import schema_of
+            from parainfer.generation.grammar import response_format_kind
 
-            schema_of(self.response_format)  # a malformed response_format is a UsageError here
+            response_format_kind(self.response_format)  # a malformed one is a UsageError here (the schema
+            # itself is checked when the engine compiles it)
 
     @property
     def greedy(self) -> bool:

@@ -59,6 +59,7 @@ class Sequence:
         self.params = params
         self.generator = params.make_generator()
         self.grammar: Any = None  # a grammar.GrammarState for structured output (set by the engine)
+        self.grammar_ticket: Any = None  # a grammar.GrammarTicket while its schema compiles (engine)
         self.pending_logprob: Any = None  # the sampler's TokenLogprob of the token being appended
         self.output_logprobs: list[Any] = []  # one TokenLogprob per output token, if params.logprobs
         self.detokenizer = detokenizer

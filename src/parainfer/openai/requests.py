@@ -169,29 +169,53 @@ def requested_top_logprobs(body: Any, chat: bool, limit: int) -> int | None:
     return value
 
 
-def structured_fields(engine: Any, body: Any) -> tuple[int | None, dict | None]:
-    """The request's top-logprobs count and response_format, checked; the schema is compiled
-    here (the caller's thread), so the engine finds it in its cache.
+def grammar_error(exc: UsageError) -> ApiError:
+    """The answer to a ``response_format`` that cannot be used (a ``generation.grammar`` error):
+    its ``status`` (400; 413 a schema over the size limit; 408 not compiled within the time
+    budget) and ``code``, ``param: "response_format"``, the message naming the problem."""
+    return ApiError(getattr(exc, "status", 400), str(exc), param="response_format",
+                    code=getattr(exc, "code", "invalid_response_format"))
+
+
+def structured_fields(engine: Any, body: Any, compile_grammar: bool = True) -> tuple[int | None, dict | None]:
+    """The request's top-logprobs count and response_format, checked; with ``compile_grammar``
+    the schema is compiled here (blocking the caller up to the engine's compile budget), so the
+    engine finds it in its cache.
 
     Raises:
-        ApiError: 400 bad logprobs fields; 400 ``invalid_response_format`` naming why the
-            response_format or its schema cannot be used.
+        ApiError: 400 bad logprobs fields; ``grammar_error`` naming why the response_format or
+            its schema cannot be used.
     """
     from parainfer.generation.sampling_params import MAX_TOP_LOGPROBS
 
     top = requested_top_logprobs(body, hasattr(body, "messages"), MAX_TOP_LOGPROBS)
-    try:
-        engine.grammars.compile(body.response_format)
-    except UsageError as exc:
-        raise ApiError(400, str(exc), param="response_format", code="invalid_response_format") from None
+    if compile_grammar:
+        try:
+            engine.grammars.compile(body.response_format)
+        except UsageError as exc:
+            raise grammar_error(exc) from None
     return top, body.response_format
 
 
-def sampling_params(engine: Any, body: Any, prompts: list[list[int]]) -> Any:
+def start_grammar(engine: Any, response_format: dict | None) -> Any:
+    """Check ``response_format``'s schema and start its compile in the engine's compile threads
+    (``GrammarCompiler.submit``); returns its ticket (None when unconstrained) without waiting.
+
+    Raises:
+        ApiError: ``grammar_error``: 413 a schema over the size limit, 400 any other check.
+    """
+    try:
+        return engine.grammars.submit(response_format)
+    except UsageError as exc:
+        raise grammar_error(exc) from None
+
+
+def sampling_params(engine: Any, body: Any, prompts: list[list[int]], compile_grammar: bool = True) -> Any:
     """The SamplingParams of a chat or completion ``body`` whose prompts are ``prompts`` (token ids).
 
     ``max_tokens`` left unset: COMPLETION_DEFAULT_MAX_TOKENS for a completion; for a chat the rest
     of the context window after the longest prompt, at most CHAT_DEFAULT_MAX_TOKENS (at least 1).
+    ``compile_grammar`` False leaves the schema to the caller (``start_grammar``).
 
     Raises:
         ApiError: 400 as ``structured_fields``, or ``invalid_sampling`` for values the
@@ -205,12 +229,14 @@ def sampling_params(engine: Any, body: Any, prompts: list[list[int]]) -> Any:
     elif max_tokens is None:
         room = engine.max_model_len - max(len(p) for p in prompts)
         max_tokens = max(1, min(CHAT_DEFAULT_MAX_TOKENS, room))
-    top_logprobs, response_format = structured_fields(engine, body)
+    top_logprobs, response_format = structured_fields(engine, body, compile_grammar)
     try:
         return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
                               top_k=body.top_k, seed=body.seed, stop=body.stop or [], ignore_eos=body.ignore_eos,
                               response_format=response_format, logprobs=top_logprobs)
     except UsageError as exc:
+        if hasattr(exc, "status"):  # the response_format's shape (grammar.SchemaError)
+            raise grammar_error(exc) from None
         raise ApiError(400, str(exc), code="invalid_sampling") from None
 
 

@@ -92,6 +92,19 @@ def serve_command(
     max_batch_tokens: Optional[int] = typer.Option(8192, help="embed/classify: most padded tokens (inputs x "
                                                    "longest) per model batch; long inputs go a few to a batch, "
                                                    "short ones many (0 = no budget)"),
+    grammar_compile_timeout_s: float = typer.Option(10.0, help="generate: a request whose JSON schema has not "
+                                                    "compiled by then gets 408 (the others are not delayed)"),
+    grammar_cache_mb: float = typer.Option(128.0, help="generate: memory for compiled grammars (LRU)"),
+    grammar_compile_threads: int = typer.Option(2, help="generate: JSON schemas compiled at once"),
+    grammar_compile_niceness: int = typer.Option(10, help="generate: how much a compile still running after "
+                                                 "0.5 s lowers its thread's CPU priority (0-19; 0 = never)"),
+    max_schema_bytes: int = typer.Option(256 * 1024, help="generate: a larger JSON schema gets 413"),
+    max_schema_depth: int = typer.Option(64, help="generate: a JSON schema nested deeper gets 400"),
+    max_schema_nodes: int = typer.Option(20_000, help="generate: a JSON schema of more values gets 400"),
+    max_schema_enum_values: int = typer.Option(1_000, help="generate: more enum values in a schema get 400"),
+    max_schema_properties: int = typer.Option(1_000, help="generate: more properties in a schema get 400"),
+    max_schema_string_chars: int = typer.Option(120_000, help="generate: more characters of names and "
+                                                "enum/const strings in a schema get 400"),
 ) -> None:
     """Serve the model over HTTP: OpenAI-compatible /v1/embeddings, /v1/classify, /v1/completions,
     /v1/chat/completions (--task generate), /v1/translations (--task translate), /v1/files and
@@ -110,5 +123,11 @@ def serve_command(
                          cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
                          data_dir=data_dir, max_file_mb=max_file_mb,
                          max_batch_lines=max_batch_lines, batch_concurrency=batch_concurrency, trust=trust,
-                         max_batch_tokens=max_batch_tokens or None)
+                         max_batch_tokens=max_batch_tokens or None,
+                         grammar_compile_timeout_s=grammar_compile_timeout_s, grammar_cache_mb=grammar_cache_mb,
+                         grammar_compile_threads=grammar_compile_threads,
+                         grammar_compile_niceness=grammar_compile_niceness, max_schema_bytes=max_schema_bytes,
+                         max_schema_depth=max_schema_depth, max_schema_nodes=max_schema_nodes,
+                         max_schema_enum_values=max_schema_enum_values, max_schema_properties=max_schema_properties,
+                         max_schema_string_chars=max_schema_string_chars)
     run_server(config, log_level=log_level)

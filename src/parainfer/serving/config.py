@@ -6,12 +6,15 @@ Raises pydantic.ValidationError naming the field on a bad value.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from parainfer.openai.requests import ModelNames
 from parainfer.platform.devices import Device
+
+if TYPE_CHECKING:
+    from parainfer.generation.grammar import GrammarSettings
 
 
 class ServeConfig(BaseModel):
@@ -68,6 +71,25 @@ class ServeConfig(BaseModel):
     # ---- token budget of embed/classify batches (see embed/batcher.py) ----
     max_batch_tokens: int | None = Field(default=8192, ge=1, description="most padded tokens (inputs x longest) "
                                          "per model batch; None: no budget")
+    # ---- generate: structured output (response_format; see docs/serving.md, "Structured output: limits") ----
+    grammar_compile_timeout_s: float = Field(default=10.0, gt=0, description="a request whose JSON schema has not "
+                                             "compiled by then gets 408 (the others are not delayed)")
+    grammar_cache_mb: float = Field(default=128.0, ge=0, description="memory for compiled grammars (least "
+                                    "recently used go first)")
+    grammar_compile_threads: int = Field(default=2, ge=1, description="JSON schemas compiled at once")
+    grammar_compile_niceness: int = Field(default=10, ge=0, le=19, description="how much a compile still running "
+                                          "after 0.5 s lowers its thread's CPU priority (0: never)")
+    max_schema_bytes: int = Field(default=256 * 1024, ge=1, description="a larger JSON schema (as compact "
+                                  "JSON text) gets 413")
+    max_schema_depth: int = Field(default=64, ge=1, description="a JSON schema nested deeper (objects and arrays "
+                                  "inside one another) gets 400")
+    max_schema_nodes: int = Field(default=20_000, ge=1, description="a JSON schema of more values gets 400")
+    max_schema_enum_values: int = Field(default=1_000, ge=1, description="a JSON schema with more enum values "
+                                        "in all gets 400")
+    max_schema_properties: int = Field(default=1_000, ge=1, description="a JSON schema with more properties in "
+                                       "all gets 400")
+    max_schema_string_chars: int = Field(default=120_000, ge=1, description="a JSON schema with more characters "
+                                         "of property names, $defs names and enum/const strings gets 400")
 
     @model_validator(mode="after")
     def _default_workers(self) -> ServeConfig:
@@ -80,6 +102,19 @@ class ServeConfig(BaseModel):
     def model_names(self) -> ModelNames:
         """The names requests may give as ``model`` and the rule for them (``openai.requests.ModelNames``)."""
         return ModelNames.of(self.task, self.model, self.served_model_names)
+
+    def grammar_settings(self) -> GrammarSettings:
+        """The engine's structured-output settings from the ``grammar_*`` and ``max_schema_*`` fields."""
+        from parainfer.generation.grammar import GrammarSettings, SchemaLimits
+
+        limits = SchemaLimits(max_bytes=self.max_schema_bytes, max_depth=self.max_schema_depth,
+                              max_nodes=self.max_schema_nodes, max_enum_values=self.max_schema_enum_values,
+                              max_properties=self.max_schema_properties,
+                              max_string_chars=self.max_schema_string_chars)
+        return GrammarSettings(compile_timeout_s=self.grammar_compile_timeout_s,
+                               cache_bytes=int(self.grammar_cache_mb * 2**20),
+                               compile_threads=self.grammar_compile_threads,
+                               compile_niceness=self.grammar_compile_niceness, limits=limits)
 
     def served_model_name(self) -> str:
         """The id reported in responses and first in /v1/models ("all-MiniLM-L6-v2" for the default

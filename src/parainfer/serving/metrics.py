@@ -4,7 +4,8 @@
 queue depth, batch sizes and tokens (real, padded, computed), replica busy time, restarts and
 readiness, and for ``--task generate`` time to first token, inter-token latency, generated
 tokens, sequences by finish reason and per replica. ``EngineStatsCollector`` reads the engine's
-prefill and prefix-cache counters at scrape time. Every name and what it counts:
+prefill and prefix-cache counters at scrape time, ``GrammarStatsCollector`` its structured-output
+compiles and compiled-grammar cache. Every name and what it counts:
 docs/serving.md, "Metrics (`GET /metrics`)".
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -93,3 +94,45 @@ class EngineStatsCollector:
                                   value=hits)
         yield GaugeMetricFamily("parainfer_prefix_cache_hit_rate", "prefix cache hits / queries (tokens) since "
                                 "the engine started", value=hits / queries if queries else 0.0)
+
+
+class GrammarStatsCollector:
+    """Exports structured output's compiles and compiled-grammar cache (``GrammarCompiler.stats``),
+    read at each scrape.
+
+    Args:
+        grammar_stats: returns ``GrammarCompiler.stats``, or None while no engine is loaded
+            (every value is then 0).
+    """
+
+    def __init__(self, grammar_stats: Callable[[], dict | None]) -> None:
+        self._grammar_stats = grammar_stats
+
+    def collect(self) -> Iterator[Metric]:
+        from parainfer.generation.grammar import COMPILE_SECONDS_BUCKETS
+
+        stats = self._grammar_stats() or {}
+        counts = stats.get("compile_seconds_buckets") or [0] * (len(COMPILE_SECONDS_BUCKETS) + 1)
+        cumulative, buckets = 0, []
+        for bound, n in zip([*map(str, COMPILE_SECONDS_BUCKETS), "+Inf"], counts):
+            cumulative += n
+            buckets.append((bound, cumulative))
+        yield HistogramMetricFamily("parainfer_grammar_compile_seconds", "seconds each JSON schema took to compile "
+                                    "(xgrammar, in a compile thread; finished compiles, failed ones included)",
+                                    buckets=buckets, sum_value=stats.get("compile_seconds_sum", 0.0))
+        for name, key, text in (
+                ("grammar_cache_hits", "hits", "response formats whose grammar was in the compiled-grammar cache"),
+                ("grammar_cache_misses", "misses", "response formats that needed a compile (or joined one)"),
+                ("grammar_cache_evictions", "evictions", "compiled grammars dropped from the cache for room"),
+                ("grammar_compile_errors", "compile_errors", "schemas xgrammar refused (answered 400)"),
+                ("grammar_compile_timeouts", "timeouts", ("requests whose schema did not compile within the "
+                                                          "time budget (answered 408)")),
+                ("grammar_schemas_rejected", "rejected", ("schemas refused by the size and $ref checks before "
+                                                          "any compile (answered 400 or 413)"))):
+            yield CounterMetricFamily(f"parainfer_{name}", text, value=stats.get(key, 0))
+        yield GaugeMetricFamily("parainfer_grammar_cache_bytes", "bytes of the compiled grammars in the cache",
+                                value=stats.get("cache_bytes", 0))
+        yield GaugeMetricFamily("parainfer_grammar_cache_entries", "compiled grammars in the cache",
+                                value=stats.get("cache_entries", 0))
+        yield GaugeMetricFamily("parainfer_grammar_compiling", "schemas compiling or queued for a compile thread",
+                                value=stats.get("compiling", 0))

@@ -25,10 +25,17 @@ class SequenceOutput:
 
 @dataclass(frozen=True)
 class SequenceFailed:
-    """That sequence failed alone in the engine (the others go on); ``reason``: "Type: message"."""
+    """That sequence failed alone in the engine (the others go on); ``reason``: "Type: message".
+
+    ``status`` and ``code``: the HTTP status and OpenAI error code when the request itself was at
+    fault (a ``UsageError`` carrying them: its schema did not compile in time, 408); None for an
+    engine fault. ``message``: then the error's own message, for the client."""
 
     request_id: str
     reason: str
+    status: int | None = None
+    code: str | None = None
+    message: str | None = None
 
 
 @dataclass(frozen=True)

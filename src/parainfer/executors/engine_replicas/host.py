@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from parainfer.errors import UsageError
 from parainfer.executors.engine_replicas.handles import (
     EngineBroken,
     EngineMessage,
@@ -41,6 +42,7 @@ class EngineSpec:
         max_num_seqs: most sequences in the engine's running batch.
         threads: torch intra-op threads of the engine (None: torch's default).
         prefix_cache: automatic prefix caching in the engine (``--no-prefix-cache``: False).
+        grammar: structured output's ``generation.grammar.GrammarSettings`` (None: its defaults).
     """
 
     model: str | None
@@ -48,6 +50,7 @@ class EngineSpec:
     max_num_seqs: int
     threads: int | None
     prefix_cache: bool = True
+    grammar: Any = None
 
     def path(self) -> Path:
         from parainfer.generation import ensure_smollm2
@@ -59,8 +62,9 @@ class EngineSpec:
         from parainfer.generation import LLMEngine
 
         dtype = "float32" if self.dtype == "auto" else self.dtype
+        extra = {} if self.grammar is None else {"grammar": self.grammar}
         return LLMEngine(self.path(), dtype=dtype, max_num_seqs=self.max_num_seqs, threads=self.threads,
-                         enable_prefix_caching=self.prefix_cache)
+                         enable_prefix_caching=self.prefix_cache, **extra)
 
     def load_tokenizer(self) -> Any:
         """The model's tokenizer alone (the server tokenises; the workers hold the weights)."""
@@ -70,11 +74,13 @@ class EngineSpec:
 
 
 def engine_info(engine: Any) -> dict[str, Any]:
-    """What the server needs to admit requests for this engine without holding it."""
+    """What the server needs to admit requests for this engine without holding it (its grammar
+    settings too: the server checks and compiles each schema first, with the same limits)."""
     cfg = engine.config
     return {"max_model_len": engine.max_model_len, "num_blocks": cfg.num_blocks, "block_size": cfg.block_size,
             "max_num_seqs": cfg.max_num_seqs, "dtype": cfg.dtype, "pid": os.getpid(),
-            "vocab_size": engine.grammars.vocab_size, "eos_token_ids": list(engine.grammars.eos_ids)}
+            "vocab_size": engine.grammars.vocab_size, "eos_token_ids": list(engine.grammars.eos_ids),
+            "grammar": engine.grammars.settings}
 
 
 class EngineHost:
@@ -90,6 +96,7 @@ class EngineHost:
         self._out: queue.SimpleQueue = queue.SimpleQueue()
         self._sent_stats: dict[str, Any] = {}
         self.loop = EngineLoop(engine, on_error=self._broken).start()
+        engine.grammars.warm_up()
 
     def info(self) -> dict[str, Any]:
         """``engine_info`` of the hosted engine."""
@@ -99,7 +106,10 @@ class EngineHost:
         """Queue one sequence; a prompt the engine refuses ends at once with a ``SequenceFailed``."""
         def deliver(out: Any) -> None:
             if isinstance(out, BaseException):
-                self._out.put(SequenceFailed(request_id, f"{type(out).__name__}: {out}"))
+                status = getattr(out, "status", None) if isinstance(out, UsageError) else None
+                self._out.put(SequenceFailed(request_id, f"{type(out).__name__}: {out}", status,
+                                             getattr(out, "code", None) if status else None,
+                                             str(out) if status else None))
             else:
                 self._out.put(SequenceOutput(out))
         try:

@@ -5,7 +5,10 @@ Order (cheapest first, nothing is tokenised before the reservation is held): 413
 than ``--max-queue`` could ever hold; 400 a prompt over its character budget
 (``limits.check_prompt_chars``); 429 no room now, with ``Retry-After``; then, off the event
 loop: 400 a lone surrogate, an empty prompt, token ids outside the vocabulary, or prompt +
-``max_tokens`` over the context window. A failure after the reservation releases it.
+``max_tokens`` over the context window; 413/400 a ``response_format`` whose schema fails its
+checks (``generation.schema_check``), after which its compile starts in the engine's compile
+threads and the request awaits it (400 xgrammar refused it, 408 not compiled within the
+budget) while the engine steps the others. A failure after the reservation releases it.
 """
 
 from __future__ import annotations
@@ -17,8 +20,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from parainfer.errors import UsageError
 from parainfer.openai.errors import ApiError
-from parainfer.openai.requests import check_prompts_fit, sampling_params
+from parainfer.openai.requests import (
+    check_prompts_fit,
+    grammar_error,
+    sampling_params,
+    start_grammar,
+)
 from parainfer.serving.http.limits import check_count, check_prompt_chars, check_text
 
 log = logging.getLogger(__name__)
@@ -79,19 +88,26 @@ class Admission:
     async def _admit(self, count: int, tokenize: Callable[[], list[list[int]]], body: Any) -> Admitted:
         reservation = self.reserve(count)
         try:
-            prompts, params = await asyncio.get_running_loop().run_in_executor(
+            prompts, params, grammar = await asyncio.get_running_loop().run_in_executor(
                 self._cpu, lambda: self._prepare(tokenize, body))
+            if grammar is not None:
+                try:
+                    await grammar.owner.wait(grammar)
+                except UsageError as exc:
+                    raise grammar_error(exc) from None
         except BaseException:
             reservation.release()
             raise
         return Admitted(prompts, params, reservation)
 
-    def _prepare(self, tokenize: Callable[[], list[list[int]]], body: Any) -> tuple[list[list[int]], Any]:
-        """Tokenise, build the SamplingParams and check every prompt fits (the CPU thread)."""
+    def _prepare(self, tokenize: Callable[[], list[list[int]]], body: Any) -> tuple[list[list[int]], Any, Any]:
+        """Tokenise, build the SamplingParams, check every prompt fits and the response_format's
+        schema, and start its compile (the CPU thread); returns the compile's ticket too."""
         prompts = tokenize()
-        params = sampling_params(self._engine(), body, prompts)
+        engine = self._engine()
+        params = sampling_params(engine, body, prompts, compile_grammar=False)
         self._check_fits(prompts, params)
-        return prompts, params
+        return prompts, params, start_grammar(engine, params.response_format)
 
     def _check_count(self, count: int) -> None:
         limit = min(self.config.max_inputs_per_request, self.config.max_queue)

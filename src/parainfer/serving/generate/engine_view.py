@@ -20,7 +20,9 @@ class EngineView:
     def __init__(self, tokenizer: Any, info: dict[str, Any], router: Any) -> None:
         self.tokenizer, self.router = tokenizer, router
         self.max_model_len = int(info["max_model_len"])
-        self.grammars = GrammarCompiler(tokenizer, int(info["vocab_size"]), set(info["eos_token_ids"]))
+        self.grammars = GrammarCompiler(tokenizer, int(info["vocab_size"]), set(info["eos_token_ids"]),
+                                        info.get("grammar"))
+        self.grammars.warm_up()
         self.config = SimpleNamespace(**{k: info[k] for k in ("max_num_seqs", "dtype", "num_blocks", "block_size")})
 
     @property

@@ -24,7 +24,8 @@ from parainfer.serving.http.json_body import OrjsonRoute
 from parainfer.openai.logprobs import chat_logprobs, completion_logprobs
 from parainfer.openai.errors import ApiError, error_body
 from parainfer.serving.http.errors import request_id
-from parainfer.openai.requests import chat_messages, check_supported
+from parainfer.errors import UsageError
+from parainfer.openai.requests import chat_messages, check_supported, grammar_error
 from parainfer.serving.generate.service import Admitted, GenerationService, Reservation
 from parainfer.serving.embed.service import ClientGone
 from parainfer.openai.protocol import (
@@ -174,6 +175,15 @@ async def _events(outputs: AsyncIterator[tuple[int, Any]], head: dict[str, Any],
                 shaped = choice(i, out)
                 if shaped is not None:
                     yield {**head, "choices": [shaped]}
+    except (UsageError, ApiError) as exc:  # the request's own fault (its schema did not compile in time)?
+        if isinstance(exc, UsageError) or exc.status < 500:
+            yield (grammar_error(exc) if isinstance(exc, UsageError) else exc).body()
+            return
+        rid = request_id(request.scope)
+        log.error("request %s: generation failed mid-stream: %s", rid, exc)
+        yield error_body(f"generation failed (request id {rid}; see the server log); retry it", "server_error",
+                         code="engine_error")
+        return
     except Exception as exc:  # noqa: BLE001 - the status line was sent already
         rid = request_id(request.scope)
         log.error("request %s: generation failed mid-stream: %s: %s", rid, type(exc).__name__, exc)

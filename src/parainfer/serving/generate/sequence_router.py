@@ -239,9 +239,11 @@ class SequenceRouter:
                     if out.finished:
                         del rep.requests[out.request_id]
                     req.queue.put_nowait(out)
-                case SequenceFailed(request_id, reason):
+                case SequenceFailed(request_id, reason, status, code, message):
                     req = rep.requests.pop(request_id, None)
-                    if req is not None:
+                    if req is not None and status is not None:  # the request's own fault: named to its client
+                        req.queue.put_nowait(ApiError(status, message or reason, param="response_format", code=code))
+                    elif req is not None:
                         req.queue.put_nowait(RuntimeError(f"the sequence failed in replica {w}: {reason}"))
                 case EngineStats(stats):
                     rep.stats = stats
@@ -293,7 +295,8 @@ async def start_router(config: Any, **callbacks: Callable) -> SequenceRouter:
     from parainfer.executors.engine_replicas import make_replicas
     from parainfer.executors.engine_replicas.host import EngineSpec
 
-    spec = EngineSpec(config.model, config.dtype, config.max_num_seqs, config.threads_per_worker, config.prefix_cache)
+    spec = EngineSpec(config.model, config.dtype, config.max_num_seqs, config.threads_per_worker, config.prefix_cache,
+                      config.grammar_settings())
     factory = make_replicas(config, spec)
     await asyncio.to_thread(factory.connect)
     tokenizer = await asyncio.to_thread(spec.load_tokenizer)

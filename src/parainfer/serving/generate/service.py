@@ -23,13 +23,15 @@ from typing import Any, AsyncIterator, Callable
 
 from starlette.requests import Request
 
+from parainfer.errors import UsageError
 from parainfer.openai.bodies import Choice
+from parainfer.openai.requests import grammar_error
 from parainfer.serving.config import ServeConfig
 from parainfer.openai.errors import ApiError
 from parainfer.serving.http.errors import request_id
 from parainfer.serving.generate.admission import Admission, Admitted, Reservation
 from parainfer.serving.generate.sequence_router import SequenceRouter, start_router
-from parainfer.serving.metrics import EngineStatsCollector, ServingMetrics
+from parainfer.serving.metrics import EngineStatsCollector, GrammarStatsCollector, ServingMetrics
 from parainfer.serving.embed.service import wait_or_give_up
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ class GenerationService(Admission):
         for reason in ("stop", "length", "abort", "error"):
             metrics.sequences.labels(reason)
         metrics.registry.register(EngineStatsCollector(self._engine_stats))
+        metrics.registry.register(GrammarStatsCollector(self._grammar_stats))
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -134,13 +137,16 @@ class GenerationService(Admission):
         dtype = "float32" if self.config.dtype == "auto" else self.config.dtype
         return LLMEngine(path, dtype=dtype, max_num_seqs=self.config.max_num_seqs,
                          threads=self.config.threads_per_worker,
-                         enable_prefix_caching=self.config.prefix_cache)
+                         enable_prefix_caching=self.config.prefix_cache, grammar=self.config.grammar_settings())
 
     def _load(self) -> None:
         from parainfer.generation import EngineLoop
 
         try:
-            loop = EngineLoop(self._factory(), on_error=self._on_engine_error).start()
+            engine = self._factory()
+            loop = EngineLoop(engine, on_error=self._on_engine_error).start()
+            if hasattr(engine, "grammars"):
+                engine.grammars.warm_up()  # the first response_format does not pay for the vocabulary view
         except BaseException as exc:  # noqa: BLE001 - reported by /health and every request
             log.exception("generation engine failed to load")
             self.load_error, self.state = exc, "failed"
@@ -165,6 +171,13 @@ class GenerationService(Admission):
         loop = self.loop
         stats = None if loop is None else getattr(loop.engine, "stats", None)
         return None if stats is None else dict(stats)
+
+    def _grammar_stats(self) -> dict[str, Any] | None:
+        """The compiled-grammar counters of the engine (or, with replicas, of the server's
+        admission compiler, which compiles every schema first), for /metrics."""
+        loop = self.loop
+        grammars = None if loop is None or loop.engine is None else getattr(loop.engine, "grammars", None)
+        return None if grammars is None else grammars.stats
 
     @property
     def ready(self) -> bool:
@@ -233,6 +246,8 @@ class GenerationService(Admission):
                 return work.result()
             except ApiError:
                 raise
+            except UsageError as exc:  # the engine refused the request (its schema did not compile in time)
+                raise grammar_error(exc) from None
             except Exception as exc:
                 rid = request_id(request.scope)
                 log.error("request %s: generation failed: %s: %s", rid, type(exc).__name__, exc)
