@@ -87,8 +87,7 @@ def read_labelled(path: str, text_column: str = "text", label_column: str = "lab
     source = open_source(path, text_column=text_column, id_column=id_column)
     data = LabelledData()
     first: tuple[Label, int] | None = None  # the first label and its line: its type is the column's
-    columns: dict[str, None] = {}  # every column seen, in order of first sight (for a wrong --label-column)
-    has_label_column = False
+    has_label_column = False  # in any row (else --label-column is wrong: list the columns found)
     for item in source:
         if isinstance(item, RecordError):
             data.errors.append(item)
@@ -96,7 +95,6 @@ def read_labelled(path: str, text_column: str = "text", label_column: str = "lab
         row = {**item.extra, text_column: item.text}
         if label_column == id_column:
             row[label_column] = item.id
-        columns.update(dict.fromkeys(row))
         has_label_column = has_label_column or label_column in row
         reason = label_reason(row, label_column)
         if reason:
@@ -115,9 +113,9 @@ def read_labelled(path: str, text_column: str = "text", label_column: str = "lab
         data.labels.append(label)
     if not data.texts and not data.errors:
         raise UsageError(f"{path!r} has no rows; training needs at least 2 classes with 2 rows each")
-    if columns and not has_label_column:
+    if source.columns and not has_label_column:
         raise UsageError(f"input {path!r} has no label column {label_column!r}; columns found: "
-                         f"{', '.join(map(repr, columns))} (choose one with --label-column)")
+                         f"{', '.join(map(repr, source.columns))} (choose one with --label-column)")
     if not data.texts:
         raise UsageError(f"no usable rows in {path!r}: every row lacks a text in {text_column!r} or a label in "
                          f"{label_column!r} ({len(data.errors):,} bad rows; the first, line {data.errors[0].line}: "

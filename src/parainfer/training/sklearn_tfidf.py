@@ -14,7 +14,9 @@ char_wb TfidfVectorizer(ngram_range=(2, 5), sublinear_tf=True, min_df=2))`` (eac
   backend used first; exact but slow with many classes and features (minutes on 16,000 texts of
   45 classes, where ``svc`` takes seconds; see bench/bench_train.py).
 
-Both vectorizers lowercase. Below ``MIN_DF_2_TEXTS`` training texts min_df is 1: in a small
+A training split with a class of one row cannot be calibrated (``svc`` needs 2 rows of every
+class; it uses ``min(3, rows of the smallest class)`` folds): ``lbfgs`` is used instead, and the
+manifest's ``training.solver`` says so. Both vectorizers lowercase. Below ``MIN_DF_2_TEXTS`` training texts min_df is 1: in a small
 corpus nearly every term is in one text, and dropping those would leave nothing.
 
 The pipeline is fitted on the labels' text (``str(label)``; one type per column keeps it
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,8 +52,9 @@ def default_jobs() -> int:
 
 
 def build_classifier(solver: str = "svc", C: float | None = None, class_weight: str | None = None, seed: int = 0,
-                     n_jobs: int = 1, n_train: int = 1000) -> Any:
-    """The unfitted classifier of ``solver`` (see the module docstring); ``C`` None: DEFAULT_C.
+                     n_jobs: int = 1, n_train: int = 1000, folds: int = CALIBRATION_FOLDS) -> Any:
+    """The unfitted classifier of ``solver`` (see the module docstring); ``C`` None: DEFAULT_C;
+    ``folds``: svc's calibration folds (2 or more).
 
     Raises:
         UsageError: unknown solver, C <= 0, or a class weight other than None/"none"/"balanced".
@@ -69,7 +73,7 @@ def build_classifier(solver: str = "svc", C: float | None = None, class_weight: 
     weight = None if class_weight in (None, "none") else class_weight
     if solver == "svc":
         return CalibratedClassifierCV(LinearSVC(C=C, class_weight=weight, random_state=seed),
-                                      cv=CALIBRATION_FOLDS, method="sigmoid", n_jobs=n_jobs)
+                                      cv=folds, method="sigmoid", n_jobs=min(n_jobs, folds))
     if solver == "sgd":
         return SGDClassifier(loss="log_loss", alpha=1.0 / (C * max(n_train, 1)), class_weight=weight, max_iter=50,
                              tol=1e-4, n_jobs=n_jobs, random_state=seed)
@@ -78,7 +82,7 @@ def build_classifier(solver: str = "svc", C: float | None = None, class_weight: 
 
 def build_pipeline(C: float | None = None, max_features: int | None = 200_000, seed: int = 0, min_df: int = 2,
                    solver: str = "svc", class_weight: str | None = None, n_jobs: int = 1,
-                   n_train: int = 1000) -> Any:
+                   n_train: int = 1000, folds: int = CALIBRATION_FOLDS) -> Any:
     """The unfitted Pipeline: features (terms in at least ``min_df`` texts, at most
     ``max_features`` word and as many character n-grams) -> the classifier of ``solver``.
 
@@ -96,7 +100,7 @@ def build_pipeline(C: float | None = None, max_features: int | None = 200_000, s
         ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=min_df,
                                  max_features=max_features)),
     ], n_jobs=min(n_jobs, 2) if n_train >= PARALLEL_TEXTS else 1)
-    clf = build_classifier(solver, C, class_weight, seed, n_jobs, n_train)
+    clf = build_classifier(solver, C, class_weight, seed, n_jobs, n_train, folds)
     return Pipeline([("features", features), ("clf", clf)])
 
 
@@ -125,8 +129,12 @@ def fit(train_texts: list[str], train_labels: list[Any], val_texts: list[str], v
     n_jobs = n_jobs or default_jobs()
     value = {str(v): v for v in train_labels}
     min_df = 2 if len(train_texts) >= MIN_DF_2_TEXTS else 1
+    folds = min(CALIBRATION_FOLDS, min(Counter(map(str, train_labels)).values()))
+    if solver == "svc" and folds < 2:  # calibration needs 2 rows of every class; so little data fits at once
+        say("a class has 1 training row, too few to calibrate svc's probabilities: solver lbfgs instead")
+        solver = "lbfgs"
     C = DEFAULT_C.get(solver) if C is None else C
-    pipe = build_pipeline(C, max_features, seed, min_df, solver, class_weight, n_jobs, len(train_texts))
+    pipe = build_pipeline(C, max_features, seed, min_df, solver, class_weight, n_jobs, len(train_texts), folds)
     y = [str(v) for v in train_labels]
     t = time.perf_counter()
     say(f"vectorizing {len(train_texts):,} texts (TF-IDF word 1-2-grams + char 2-5-grams)")

@@ -68,7 +68,6 @@ def train(input: str, output_dir: str, backend: str = "sklearn", label_column: s
         raise UsageError(f"--output {str(out)!r} is a file; expected a directory to create")
     say = progress or (lambda line: None)
     t0 = time.perf_counter()
-    say(f"reading {input}")
     data = read_labelled(input, text_column, label_column, id_column)
     tr, va = split(data.labels, validation, seed)
     say(f"{len(data.texts):,} rows ({len(data.errors):,} bad), {len(set(data.labels)):,} classes: "
