@@ -3,8 +3,10 @@ WordNet glosses (45 classes) and VADER (2 classes), against a hand-written sciki
 on the same split, one run.
 
 Cases, each in its own process (peak RSS of that process and its children):
-- before: the backend's first default, ``--solver lbfgs`` (multinomial LogisticRegression(C=4,
-  max_iter=1000) on the same TF-IDF word 1-2 + char_wb 2-5 features), one process.
+- before: the backend's first default, multinomial LogisticRegression(C=4, max_iter=1000) on the
+  same TF-IDF word 1-2 + char_wb 2-5 features, one process: ``--before-src DIR``, the ``src``
+  folder of a checkout of that code (as it was, with its slow save: the pruned vocabulary's
+  numpy indices saved one by one); without it, this tree's ``--solver lbfgs``.
 - after: the current default (``--solver svc``: LinearSVC(C=0.5) + sigmoid calibration on 3
   folds), every core.
 - baseline: ``TfidfVectorizer(sublinear_tf=True)`` + ``LinearSVC()``, written by hand.
@@ -14,12 +16,13 @@ Every case fits on the same rows and is scored on the same held-out rows: ``trai
 whole ``train`` call (read, vectorize, fit, save, predict the held-out rows) and, for the
 baseline, of vectorize + fit + predict.
 
-Usage: python bench/bench_train.py [--wordnet 16000] [--before-limit 9600] [--skip-before]
+Usage: python bench/bench_train.py [--wordnet 16000] [--before-limit 9600] [--skip-before] [--before-src DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import resource
@@ -62,16 +65,18 @@ def case(kind: str, path: str, out: str) -> dict:
         return {"seconds": time.perf_counter() - t, "accuracy": acc, "n_train": len(tr), "n_validation": len(va)}
     from parainfer.training import train
 
-    options = {"solver": "lbfgs", "n_jobs": 1} if kind == "before" else {}
+    old = kind == "before" and "solver" not in inspect.signature(sklearn_tfidf.fit).parameters
+    options = {"solver": "lbfgs", "n_jobs": 1} if kind == "before" and not old else {}
     r = train(path, out, backend="sklearn", validation=0.2, seed=0, overwrite=True, **options)
     return {"seconds": r["seconds"], "accuracy": r["accuracy"], "n_train": r["n_train"],
             "n_validation": r["n_validation"]}
 
 
-def run_case(kind: str, path: Path, tmp: Path) -> dict:
+def run_case(kind: str, path: Path, tmp: Path, before_src: str | None = None) -> dict:
     """``case`` in a child process; adds peak RSS (MiB) of it and its children."""
+    env = {**os.environ, "PYTHONPATH": before_src} if kind == "before" and before_src else None
     done = subprocess.run([sys.executable, __file__, "--case", kind, "--data", str(path),
-                           "--out", str(tmp / f"model_{kind}_{path.stem}")], capture_output=True, text=True)
+                           "--out", str(tmp / f"model_{kind}_{path.stem}")], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{kind} on {path.name} failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -84,6 +89,8 @@ def main() -> None:
                     help="also run every case on this many WordNet glosses, and 'before' only there (0: before on "
                          "--wordnet too)")
     ap.add_argument("--skip-before", action="store_true")
+    ap.add_argument("--before-src", help="the src folder of a checkout of the code before (default: this tree, "
+                    "--solver lbfgs)")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -105,7 +112,7 @@ def main() -> None:
         if not args.skip_before and not (args.before_limit and path.stem == f"wordnet_{args.wordnet}"):
             kinds.insert(0, "before")
         for kind in kinds:
-            r = run_case(kind, path, tmp)
+            r = run_case(kind, path, tmp, args.before_src)
             rows.append((title, kind, r))
             print(f"{title} ({r['n_train']:,} train / {r['n_validation']:,} held out) {kind}: {r['seconds']:.1f} s, "
                   f"accuracy {r['accuracy']:.4f}, peak RSS {r['peak_rss_mib']:,.0f} MiB", flush=True)

@@ -153,10 +153,14 @@ def fit(train_texts: list[str], train_labels: list[Any], val_texts: list[str], v
         f"{len(value):,} classes")
     pipe.named_steps["clf"].fit(x, y)
     say(f"fitted in {time.perf_counter() - t:.1f} s")
+    t = time.perf_counter()
     for _, vectorizer in pipe.named_steps["features"].transformer_list:
         vectorizer.stop_words_ = None  # the pruned terms: only for introspection, and the bulk of the file
+        # min_df/max_features pruning leaves numpy int64 indices, which skops saves one array each
+        # (minutes for 100,000 terms); Python ints are saved as one JSON value each
+        vectorizer.vocabulary_ = {term: int(i) for term, i in vectorizer.vocabulary_.items()}
     sio.dump(pipe, Path(model_dir) / MODEL_FILE)
-    say(f"saved {Path(model_dir) / MODEL_FILE}; predicting {len(val_texts):,} validation texts")
+    say(f"saved {Path(model_dir) / MODEL_FILE} in {time.perf_counter() - t:.1f} s; predicting {len(val_texts):,} validation texts")
     return Fitted(labels=[value[c] for c in pipe.classes_.tolist()],
                   val_pred=[value[p] for p in pipe.predict(val_texts).tolist()],
                   files={"model": MODEL_FILE},
