@@ -63,7 +63,7 @@ def case(kind: str, path: str, out: str) -> dict:
         pred = clf.predict(vec.transform([rows[i]["text"] for i in va]))
         acc = sum(p == rows[i]["label"] for p, i in zip(pred, va)) / len(va)
         return {"seconds": time.perf_counter() - t, "accuracy": acc, "n_train": len(tr), "n_validation": len(va)}
-    from parainfer.training import train
+    from parainfer.training import sklearn_tfidf, train
 
     old = kind == "before" and "solver" not in inspect.signature(sklearn_tfidf.fit).parameters
     options = {"solver": "lbfgs", "n_jobs": 1} if kind == "before" and not old else {}
