@@ -17,6 +17,7 @@ whole ``train`` call (read, vectorize, fit, save, predict the held-out rows) and
 baseline, of vectorize + fit + predict.
 
 Usage: python bench/bench_train.py [--wordnet 16000] [--before-limit 9600] [--skip-before] [--before-src DIR]
+       [--datasets wordnet,vader]
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def main() -> None:
                     help="also run every case on this many WordNet glosses, and 'before' only there (0: before on "
                          "--wordnet too)")
     ap.add_argument("--skip-before", action="store_true")
+    ap.add_argument("--datasets", default="wordnet,vader", help="which of wordnet,vader to run")
     ap.add_argument("--before-src", help="the src folder of a checkout of the code before (default: this tree, "
                     "--solver lbfgs)")
     ap.add_argument("--case", help=argparse.SUPPRESS)
@@ -102,10 +104,13 @@ def main() -> None:
         print(json.dumps({**result, "peak_rss_mib": rss / 1024}))
         return
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
-    files = [("WordNet glosses, 45 classes", subset("wordnet", args.wordnet, tmp))]
-    if args.before_limit:
-        files.append(("WordNet glosses, 45 classes", subset("wordnet", args.before_limit, tmp)))
-    files.append(("VADER, 2 classes", subset("vader", None, tmp)))
+    files = []
+    if "wordnet" in args.datasets:
+        files.append(("WordNet glosses, 45 classes", subset("wordnet", args.wordnet, tmp)))
+        if args.before_limit:
+            files.append(("WordNet glosses, 45 classes", subset("wordnet", args.before_limit, tmp)))
+    if "vader" in args.datasets:
+        files.append(("VADER, 2 classes", subset("vader", None, tmp)))
     rows = []
     for title, path in files:
         kinds = ["after", "baseline"]
