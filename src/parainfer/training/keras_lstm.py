@@ -77,6 +77,8 @@ def fit(train_texts: list[str], train_labels: list[str], val_texts: list[str], v
     """
     if epochs < 1:
         raise UsageError(f"--epochs {epochs} must be >= 1")
+    say = progress or (lambda line: None)
+    say(f"importing keras (KERAS_BACKEND={os.environ.get('KERAS_BACKEND', 'torch')})")
     keras = import_keras()
     if keras.backend.backend() == "torch":
         import torch
@@ -89,7 +91,6 @@ def fit(train_texts: list[str], train_labels: list[str], val_texts: list[str], v
     x_tr, x_va = vec(train_texts), vec(val_texts)
     y_tr = np.array([index[y] for y in train_labels], dtype=np.int32)
     y_va = np.array([index[y] for y in val_labels], dtype=np.int32)
-    say = progress or (lambda line: None)
     say(f"vocabulary of {vec.vocab_size:,} tokens; training {epochs} epochs on {len(train_texts):,} texts "
         f"(keras on {keras.backend.backend()})")
     model = build_model(vec.vocab_size, sequence_length, len(labels), embedding_dim, units)
