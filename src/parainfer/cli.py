@@ -225,17 +225,42 @@ def train_command(
     errors: Optional[str] = typer.Option(None, help="bad rows go here (default MODEL_DIR/train.errors.jsonl)"),
     epochs: Optional[int] = typer.Option(None, help="keras: training epochs (default 4)"),
     workers: int = typer.Option(0, help="head: worker processes that embed the texts (0 = one per core)"),
+    C: Optional[float] = typer.Option(None, "--C", help="sklearn, head: inverse regularisation strength (larger "
+                                      "fits the training data closer; default sklearn svc 0.5, sgd and lbfgs 4, "
+                                      "head 1)"),
+    class_weight: str = typer.Option("none", help="sklearn, head: none | balanced (weight rows by the inverse "
+                                     "of their class's frequency)"),
+    max_features: int = typer.Option(200_000, help="sklearn: most word n-grams and most character n-grams kept "
+                                     "(each; the most frequent)"),
+    solver: str = typer.Option("svc", help="sklearn: svc (linear SVM + calibrated probabilities, fast) | sgd "
+                               "(logistic regression by SGD) | lbfgs (multinomial logistic regression, slow with "
+                               "many classes)"),
+    jobs: int = typer.Option(0, help="sklearn: processes for the vectorizers and the classifier (0 = every core)"),
     overwrite: bool = typer.Option(False, help="replace a model already in the output directory"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines on stderr"),
 ) -> None:
-    """Train a text classifier on a labelled file; print and save validation metrics."""
+    """Train a text classifier on a labelled file; print and save validation metrics.
+
+    Progress lines go to stderr. Exits 1 when bad rows were left out (the model is saved; they
+    are in the errors file), like ``run`` when records failed; 2 for bad input or options."""
+    import time
+
     from parainfer.training.metrics import metrics_lines
     from parainfer.training.train import train
 
-    options = {"epochs": epochs} if epochs is not None and backend == "keras" else {}
+    options: dict[str, Any] = {"epochs": epochs} if epochs is not None and backend == "keras" else {}
     if backend == "head":
-        options["workers"] = workers
+        options.update(workers=workers, class_weight=class_weight, **({"C": C} if C is not None else {}))
+    if backend == "sklearn":
+        options.update(C=C, class_weight=class_weight, max_features=max_features, solver=solver, n_jobs=jobs)
+    t0 = time.perf_counter()
+
+    def progress(line: str) -> None:
+        print(f"[train {time.perf_counter() - t0:6.1f} s] {line}", file=sys.stderr, flush=True)
+
     result = train(input, output, backend=backend, label_column=label_column, text_column=text_column,
-                   validation=validation, seed=seed, errors=errors, overwrite=overwrite, **options)
+                   validation=validation, seed=seed, errors=errors, overwrite=overwrite,
+                   progress=None if quiet else progress, **options)
     for line in metrics_lines(result):
         print(line)
     print(f"trained {backend} on {result['n_train']:,} texts in {result['seconds']:.1f} s; model saved in {output}"
@@ -243,6 +268,7 @@ def train_command(
     if result["bad_rows"]:
         print(f"{result['bad_rows']} bad row{'' if result['bad_rows'] == 1 else 's'} left out; see "
               f"{result['errors_file']}", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 @app.command("export-onnx")

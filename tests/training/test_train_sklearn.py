@@ -17,7 +17,7 @@ from parainfer.config import JobConfig
 from parainfer.batch.job import Job
 from parainfer.errors import UsageError
 from parainfer.models.registry import build_predictor
-from parainfer.models.sklearn_model import SklearnPredictor
+from parainfer.models.sklearn_model import SKLEARN_TRUSTED, SklearnPredictor
 from parainfer.training import train
 from tests.conftest import read_jsonl
 
@@ -62,7 +62,9 @@ def test_predictor_matches_sklearn_predict_proba(sk_model: tuple[Path, dict], va
     predictor = build_predictor("classify", str(out))
     assert isinstance(predictor, SklearnPredictor)
     predictor.load()
-    pipe = sio.load(out / "model.skops")
+    # beyond skops' defaults, the file holds only the calibration parts parainfer trusts
+    assert set(sio.get_untrusted_types(file=out / "model.skops")) == set(SKLEARN_TRUSTED)
+    pipe = sio.load(out / "model.skops", trusted=list(SKLEARN_TRUSTED))
     got, want = predictor.predict(texts), pipe.predict_proba(texts)
     assert [g["label"] for g in got] == list(pipe.predict(texts))
     assert np.abs(np.array([g["score"] for g in got]) - want.max(axis=1)).max() <= 1e-5

@@ -23,6 +23,23 @@ from parainfer.models.text_vectorizer import TextVectorizer
 KERAS_BACKENDS = ("torch", "tensorflow", "jax")
 
 
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0"}
+"""Set (unless already set) before keras imports TensorFlow: no C++ info/warning lines, no oneDNN notice."""
+
+
+def quiet_tensorflow() -> None:
+    """Keep TensorFlow's log lines off stderr: ``QUIET_ENV`` (call before importing keras, which
+    may import TensorFlow whatever its backend) and absl's Python logging at errors only."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    except ImportError:  # absl comes with TensorFlow only
+        pass
+
+
 class KerasPredictor(Predictor):
     """``--task classify`` with a Keras model directory.
 
@@ -60,6 +77,7 @@ class KerasPredictor(Predictor):
         """
         if "keras" not in sys.modules:
             os.environ["KERAS_BACKEND"] = self.keras_backend
+        quiet_tensorflow()
         import keras
 
         if keras.backend.backend() != self.keras_backend:

@@ -17,20 +17,27 @@ from parainfer.errors import UsageError
 from parainfer.models.base import Predictor
 
 
+# scikit-learn's own parts of CalibratedClassifierCV (``train --backend sklearn``'s default
+# classifier), which skops does not list as trusted: plain data holders of fitted coefficients.
+SKLEARN_TRUSTED = ("sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration")
+
+
 def load_skops(path: str | os.PathLike, trust: bool = False) -> Any:
-    """Load a skops file; returns the estimator.
+    """Load a skops file; returns the estimator. Trusted without ``trust``: skops' defaults
+    (scikit-learn estimators, numpy, scipy) and ``SKLEARN_TRUSTED``.
 
     Raises:
-        UsageError: the file holds types skops does not trust by default and ``trust`` is
-            False (the message lists them and says to pass --trust if the file's source is trusted).
+        UsageError: the file holds other types and ``trust`` is False (the message lists them
+            and says to pass --trust if the file's source is trusted).
     """
     import skops.io as sio
 
-    untrusted = sio.get_untrusted_types(file=str(path))
+    found = sio.get_untrusted_types(file=str(path))
+    untrusted = [t for t in found if t not in SKLEARN_TRUSTED]
     if untrusted and not trust:
         raise UsageError(f"{str(path)!r} holds types skops does not trust by default: {', '.join(untrusted)}; "
                          "pass --trust to load it anyway (only for files from a source you trust)")
-    return sio.load(str(path), trusted=untrusted or None)
+    return sio.load(str(path), trusted=found or None)
 
 
 class SklearnPredictor(Predictor):

