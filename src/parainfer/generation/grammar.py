@@ -5,7 +5,7 @@
 engine's tokenizer, off the caller's thread: ``submit`` checks the schema's size and
 references (``schema_check``, cheap) and hands the compile to a small pool of compile threads
 (xgrammar releases the GIL while it compiles, so the engine keeps stepping; a compile still
-running after ``NICE_AFTER_S`` lowers its thread's CPU priority); the caller waits
+that has used ``NICE_AFTER_S`` of CPU time lowers its thread's CPU priority); the caller waits
 for its :class:`GrammarTicket` no longer than its own time budget
 (``GrammarSettings.compile_timeout_s``; then :class:`GrammarTimeout`). Compiled grammars are
 kept in an LRU cache bounded by bytes. Each sequence gets its own ``GrammarState`` (an
@@ -52,7 +52,7 @@ _CPP_PREFIX = re.compile(r"^\[[^\]]*\]\s*\S+:\d+:\s*")
 _TOKENIZER_INFO: dict[tuple, tuple[Any, Any]] = {}  # (id(tokenizer), vocab, eos) -> (tokenizer, TokenizerInfo)
 _INFO_LOCK = threading.Lock()
 _IDLE_EXIT_S = 30.0  # a compile thread with nothing to do for this long ends (a new submit starts one)
-NICE_AFTER_S = 0.5  # a compile still running after this long yields the CPU (GrammarSettings.compile_niceness)
+NICE_AFTER_S = 0.5  # CPU seconds after which a compile yields the CPU (GrammarSettings.compile_niceness)
 log = logging.getLogger(__name__)
 
 
@@ -74,8 +74,8 @@ class GrammarSettings:
         cache_bytes: the compiled-grammar cache's budget in bytes (xgrammar's
             ``memory_size_bytes`` per grammar); least recently used grammars go first.
         compile_threads: compiles that may run at once (each on one core).
-        compile_niceness: how much a compile still running after ``NICE_AFTER_S`` (0.5 s) lowers
-            its thread's CPU priority (Linux ``nice`` increment, 0-19; 0: never). Schemas that
+        compile_niceness: how much a compile that has used ``NICE_AFTER_S`` (0.5 s) of CPU time
+            lowers its thread's CPU priority (Linux ``nice`` increment, 0-19; 0: never). Schemas that
             compile in milliseconds run at full speed; a long compile then takes only the CPU
             the engine leaves idle: on the 2-core machine under load, a 2-token completion ran
             at 1.1x its latency alone while a 20,000-value enum compiled at +10, 3.3x at 0.
@@ -469,13 +469,11 @@ class GrammarCompiler:
 
     def _run(self, job: _Compile) -> bool:
         """Compile ``job`` and hand its result to its waiters; True if the thread's priority was
-        lowered meanwhile (``NICE_AFTER_S``)."""
-        lowered = threading.Event()
-        timer = None
+        lowered meanwhile (after ``NICE_AFTER_S`` of CPU time)."""
+        lowered, done = threading.Event(), threading.Event()
         if self.settings.compile_niceness:
-            timer = threading.Timer(NICE_AFTER_S, self._lower_priority, (threading.get_native_id(), lowered))
-            timer.daemon = True
-            timer.start()
+            threading.Thread(target=self._watch_cpu, args=(_cpu_clock(), threading.get_native_id(), done, lowered),
+                             name="parainfer-grammar-watch", daemon=True).start()
         t0 = time.perf_counter()
         try:
             compiled = self._compile(job.key)
@@ -485,8 +483,7 @@ class GrammarCompiler:
         else:
             error = None
         finally:
-            if timer is not None:
-                timer.cancel()
+            done.set()
         seconds = time.perf_counter() - t0
         with self._lock:
             self._counts["compiles"] += 1
@@ -504,6 +501,18 @@ class GrammarCompiler:
         else:
             job.future.set_result(compiled)
         return lowered.is_set()
+
+    def _watch_cpu(self, clock: Any, tid: int, done: threading.Event, lowered: threading.Event) -> None:
+        """Until ``done``: once the compile thread ``tid`` has used ``NICE_AFTER_S`` of CPU time
+        on this compile (``clock``: its CPU clock id; None: wall time where there is none), lower
+        its CPU priority by ``compile_niceness``. CPU time, not wall time: on a busy host a
+        millisecond compile may wait seconds for a core, and must not be slowed further."""
+        start = time.clock_gettime(clock) if clock is not None else time.monotonic()
+        while not done.wait(0.05):
+            used = (time.clock_gettime(clock) if clock is not None else time.monotonic()) - start
+            if used >= NICE_AFTER_S:
+                self._lower_priority(tid, lowered)
+                return
 
     def _lower_priority(self, tid: int, lowered: threading.Event) -> None:
         """Lower compile thread ``tid``'s CPU priority by ``compile_niceness`` (Linux schedules
@@ -551,6 +560,14 @@ class GrammarCompiler:
                                                           stop_token_ids=self.eos_ids)
                 _TOKENIZER_INFO[key] = (self.tokenizer, info)  # the tokenizer is held: its id stays unique
             return _TOKENIZER_INFO[key][1]
+
+
+def _cpu_clock() -> Any:
+    """The calling thread's CPU-time clock id (Linux and most Unixes), None elsewhere."""
+    try:
+        return time.pthread_getcpuclockid(threading.get_ident())
+    except (AttributeError, OSError):
+        return None
 
 
 def _done(value: Any) -> concurrent.futures.Future:

@@ -96,8 +96,8 @@ def serve_command(
                                                     "compiled by then gets 408 (the others are not delayed)"),
     grammar_cache_mb: float = typer.Option(128.0, help="generate: memory for compiled grammars (LRU)"),
     grammar_compile_threads: int = typer.Option(2, help="generate: JSON schemas compiled at once"),
-    grammar_compile_niceness: int = typer.Option(10, help="generate: how much a compile still running after "
-                                                 "0.5 s lowers its thread's CPU priority (0-19; 0 = never)"),
+    grammar_compile_niceness: int = typer.Option(10, help="generate: how much a compile lowers its thread's CPU "
+                                                 "priority once it has used 0.5 s of CPU time (0-19; 0 = never)"),
     max_schema_bytes: int = typer.Option(256 * 1024, help="generate: a larger JSON schema gets 413"),
     max_schema_depth: int = typer.Option(64, help="generate: a JSON schema nested deeper gets 400"),
     max_schema_nodes: int = typer.Option(20_000, help="generate: a JSON schema of more values gets 400"),

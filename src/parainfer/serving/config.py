@@ -77,8 +77,8 @@ class ServeConfig(BaseModel):
     grammar_cache_mb: float = Field(default=128.0, ge=0, description="memory for compiled grammars (least "
                                     "recently used go first)")
     grammar_compile_threads: int = Field(default=2, ge=1, description="JSON schemas compiled at once")
-    grammar_compile_niceness: int = Field(default=10, ge=0, le=19, description="how much a compile still running "
-                                          "after 0.5 s lowers its thread's CPU priority (0: never)")
+    grammar_compile_niceness: int = Field(default=10, ge=0, le=19, description="how much a compile lowers its "
+                                          "thread's CPU priority once it has used 0.5 s of CPU time (0: never)")
     max_schema_bytes: int = Field(default=256 * 1024, ge=1, description="a larger JSON schema (as compact "
                                   "JSON text) gets 413")
     max_schema_depth: int = Field(default=64, ge=1, description="a JSON schema nested deeper (objects and arrays "
