@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from parainfer.errors import UsageError
@@ -83,6 +84,15 @@ def test_int_labels_come_back_as_ints_from_run(tmp_path: Path) -> None:
     got = read_jsonl(out)
     assert [r["id"] for r in got] == [0, 1, 2, 3]
     assert all(type(r["label"]) is int and r["label"] in (0, 1) for r in got), got
+    import parainfer  # the Python API and the server answer with the same types
+    from tests.serving.conftest import running_server
+
+    labels = [r["label"] for r in parainfer.predict([r["text"] for r in rows], model=str(model), workers=1)]
+    assert labels == [r["label"] for r in got]
+    with running_server(task="classify", model=str(model), workers=1) as url:
+        served = httpx.post(f"{url}/v1/classify", json={"input": [r["text"] for r in rows]})
+    assert served.status_code == 200, served.text
+    assert [d["label"] for d in served.json()["data"]] == labels
 
 
 def test_string_labels_stay_strings_and_csv_labels_are_strings(tmp_path: Path) -> None:
