@@ -51,7 +51,6 @@ COMPILE_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 _CPP_PREFIX = re.compile(r"^\[[^\]]*\]\s*\S+:\d+:\s*")
 _TOKENIZER_INFO: dict[tuple, tuple[Any, Any]] = {}  # (id(tokenizer), vocab, eos) -> (tokenizer, TokenizerInfo)
 _INFO_LOCK = threading.Lock()
-_IDLE_EXIT_S = 30.0  # a compile thread with nothing to do for this long ends (a new submit starts one)
 NICE_AFTER_S = 0.5  # CPU seconds after which a compile yields the CPU (GrammarSettings.compile_niceness)
 log = logging.getLogger(__name__)
 
@@ -342,9 +341,9 @@ class GrammarCompiler:
             if job is None:
                 job = self._inflight[key] = _Compile(key)
                 self._jobs.put(job)
-                if self._threads < self.settings.compile_threads:  # idle ones end after _IDLE_EXIT_S
+                if self._threads < self.settings.compile_threads:  # threads end when the queue is empty
                     self._threads += 1
-                    threading.Thread(target=self._work, name="parainfer-grammar", daemon=True).start()
+                    self._start_thread()
             job.waiters += 1
             return GrammarTicket(key, job.future, deadline, self)
 
@@ -420,7 +419,7 @@ class GrammarCompiler:
                 self._xgr_compiler()
             except Exception as exc:  # noqa: BLE001 - the first compile reports it to its request
                 log.warning("structured output is not available: %s", exc)
-        threading.Thread(target=build, name="parainfer-grammar-warm-up", daemon=True).start()
+        threading.Thread(target=build, name="parainfer-grammar-warm-up", daemon=False).start()  # as _work
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -448,24 +447,31 @@ class GrammarCompiler:
             return key if self._cache.get(key) is not None else None
 
     def _work(self) -> None:
-        """A compile thread: runs queued compiles; ends after ``_IDLE_EXIT_S`` with nothing to
-        do, or after a compile that lowered its priority (a new thread starts at the caller's)."""
+        """A compile thread: runs queued compiles until none is left, then ends; also after a
+        compile that lowered its priority (a fresh thread, at the caller's priority, takes the
+        rest) and once the interpreter is exiting. Not a daemon: the interpreter's exit waits for
+        a compile under way, since a daemon thread stopped inside xgrammar's C++ aborts the
+        process ("terminate called without an active exception")."""
         while True:
-            try:
-                job = self._jobs.get(timeout=_IDLE_EXIT_S)
-            except queue.Empty:
-                with self._lock:  # submit queues and counts threads under this lock: no job is left behind
-                    if self._jobs.empty():
-                        self._threads -= 1
-                        return
-                continue
-            if job.future.set_running_or_notify_cancel() and self._run(job):
+            with self._lock:  # submit queues and counts threads under this lock: no job is left behind
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    self._threads -= 1
+                    return
+            lowered = job.future.set_running_or_notify_cancel() and self._run(job)
+            exiting = not threading.main_thread().is_alive()
+            if lowered or exiting:
                 with self._lock:
-                    if self._jobs.empty():
+                    if self._jobs.empty() or exiting:
                         self._threads -= 1
-                    else:  # hand over to a fresh thread at full priority
-                        threading.Thread(target=self._work, name="parainfer-grammar", daemon=True).start()
+                    else:
+                        self._start_thread()
                 return
+
+    def _start_thread(self) -> None:
+        """Start a compile thread (the caller holds ``_lock`` and has counted it in ``_threads``)."""
+        threading.Thread(target=self._work, name="parainfer-grammar", daemon=False).start()
 
     def _run(self, job: _Compile) -> bool:
         """Compile ``job`` and hand its result to its waiters; True if the thread's priority was
