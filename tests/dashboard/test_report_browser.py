@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.dashboard.live_helpers import DOCS, chromium, console_errors, wait_for
@@ -34,9 +35,9 @@ HOVER_JS = """
 const gd = document.querySelector('.js-plotly-plot');
 const tasks = gd._fullData.find(t => t.name === 'tasks');
 Plotly.Fx.hover(gd, {xval: tasks.x[arguments[0]], yval: tasks.y[arguments[0]]}, 'xy');  // the task's bar middle
-const label = document.querySelector('.hoverlayer .hovertext');
-return label ? label.textContent : null;
 """
+UNHOVER_JS = "Plotly.Fx.unhover(document.querySelector('.js-plotly-plot'));"
+LABEL_JS = "const label = document.querySelector('.hoverlayer .hovertext'); return label ? label.textContent : null;"
 
 
 def test_the_html_report_hovers_each_task_with_its_report_figures(tmp_path: Path) -> None:
@@ -56,7 +57,11 @@ def test_the_html_report_hovers_each_task_with_its_report_figures(tmp_path: Path
         by_task = {(r[col["task"]], r[col["attempt"]]): r for r in timeline}
         seen = set()
         for k in (0, len(timeline) // 2, len(timeline) - 1):
-            text = wait_for(lambda k=k: driver.execute_script(HOVER_JS, k), 10, f"the hover label of row {k}")
+            driver.execute_script(UNHOVER_JS)
+            wait_for(lambda: driver.execute_script(LABEL_JS) is None, 10, "the last label gone")
+            time.sleep(0.2)  # plotly drops a hover that follows another within its throttle time
+            driver.execute_script(HOVER_JS, k)
+            text = wait_for(lambda: driver.execute_script(LABEL_JS), 10, f"the hover label of row {k}")
             # The label of the task nearest that bar's middle (a worker runs two tasks at once, so
             # bars overlap): each figure on it must be that task's own in the report.
             match = re.search(r"task (\d+) \(attempt (\d+)\)", text)
