@@ -93,6 +93,20 @@ def preload_list(predictor: Any) -> list[str]:
     return [PRELOAD_MODULE, *light]
 
 
+TRACKER_WARNINGS = "ignore::UserWarning:multiprocessing.resource_tracker"
+
+
+def quiet_resource_tracker() -> None:
+    """Keep multiprocessing's resource tracker from printing "leaked semaphore" warnings when a
+    job stops on an error while workers are being killed (the tracker still removes what was
+    left; the job's own one-line error is what the user needs). The tracker is a separate
+    interpreter started lazily, so the filter goes through ``PYTHONWARNINGS``, which it and the
+    workers inherit; a user's own ``PYTHONWARNINGS`` is kept and this filter appended."""
+    current = os.environ.get("PYTHONWARNINGS", "")
+    if TRACKER_WARNINGS not in current:
+        os.environ["PYTHONWARNINGS"] = f"{current},{TRACKER_WARNINGS}" if current else TRACKER_WARNINGS
+
+
 def make_context(method: str, predictor: Any) -> Any:
     """A multiprocessing context for ``method``; for ``forkserver`` the preload list is set
     and the server started now, so its imports overlap the driver's own set-up.
@@ -102,6 +116,7 @@ def make_context(method: str, predictor: Any) -> Any:
     named ``PROCESS_NAME_PREFIX``... start without the driver's main module
     (``start_without_driver_main``)."""
     start_without_driver_main()
+    quiet_resource_tracker()
     ctx = mp.get_context(method)
     if method == "forkserver":
         from multiprocessing import forkserver
