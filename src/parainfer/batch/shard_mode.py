@@ -119,6 +119,12 @@ class ShardDriver:
         try:
             finished = self._loop(workers, stop, ready_phases)
         except OSError as e:  # a full disk, a file size limit: what is committed stays valid
+            for w in range(n):  # first, so that no worker writes a part after the in-flight ones are removed
+                self.executor.kill(w)
+            alive = getattr(self.executor, "alive", None)  # local processes: wait (2 s at most) for them to end
+            deadline = time.monotonic() + 2.0
+            while alive is not None and any(alive(w) for w in range(n)) and time.monotonic() < deadline:
+                time.sleep(0.01)
             raise self._storage_error(e) from None
         finally:
             self.planner.close()
@@ -392,7 +398,7 @@ class ShardDriver:
         space freed once the run's workers are stopped); the count is the manifest's on disk."""
         with contextlib.suppress(OSError):
             self._commit(force=True)
-        for task, _ in self.running.values():
+        for task, _ in [*self.running.values(), *self.done.values()]:  # in flight, or finished out of order
             remove_quietly(task.part)
             remove_quietly(task.errors_part)
         store = self.store
