@@ -17,23 +17,26 @@ from parainfer.batch.plots import HOVER_COLUMNS, STATES, task_state
 from parainfer.batch.report import TIMELINE_COLUMNS
 
 
-@pytest.fixture(scope="module")
-def report_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-worker run of the echo model (``raise_on_marker``) over 600 records, two of them
-    poison: their tasks report failed records."""
+def marker_job_report(tmp: Path, records: int = 600, poison: tuple[int, ...] = (50, 400)) -> Path:
+    """A 2-worker run of the echo model (``raise_on_marker``) over ``records`` records, those at
+    ``poison`` failing (their tasks report failed records); returns its report's path."""
     from parainfer.batch.job import Job
     from parainfer.config import JobConfig
     from parainfer.models.python_callable import CallablePredictor
 
-    tmp = tmp_path_factory.mktemp("html")
     src = tmp / "in.jsonl"
-    texts = ["tok " * (1 + (i * 7) % 30) + ("@@crash@@" if i in (50, 400) else "") for i in range(600)]
+    texts = ["tok " * (1 + (i * 7) % 30) + ("@@crash@@" if i in poison else "") for i in range(records)]
     src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
     report = tmp / "r.json"
     Job(JobConfig(input=str(src), output=str(tmp / "o.jsonl"), errors=str(tmp / "err.jsonl"), workers=2,
                   batch_size=16, report=str(report), quiet=True),
         CallablePredictor("parainfer.testing:raise_on_marker")).run()
     return report
+
+
+@pytest.fixture(scope="module")
+def report_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return marker_job_report(tmp_path_factory.mktemp("html"))
 
 
 def plotly_call(script: str) -> tuple[list[dict], dict]:

@@ -12,23 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.batch.test_report_html import marker_job_report
 from tests.dashboard.live_helpers import DOCS, chromium, console_errors, wait_for
-
-
-def make_report(tmp: Path) -> Path:
-    """A 2-worker run of ``raise_on_marker`` over 400 records (one poison record) and its report."""
-    from parainfer.batch.job import Job
-    from parainfer.config import JobConfig
-    from parainfer.models.python_callable import CallablePredictor
-
-    src = tmp / "in.jsonl"
-    texts = ["tok " * (1 + (i * 7) % 30) + ("@@crash@@" if i == 50 else "") for i in range(400)]
-    src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
-    report = tmp / "r.json"
-    Job(JobConfig(input=str(src), output=str(tmp / "o.jsonl"), errors=str(tmp / "err.jsonl"), workers=2,
-                  batch_size=16, report=str(report), quiet=True),
-        CallablePredictor("parainfer.testing:raise_on_marker")).run()
-    return report
 
 
 HOVER_JS = """
@@ -41,7 +26,7 @@ LABEL_JS = "const label = document.querySelector('.hoverlayer .hovertext'); retu
 
 
 def test_the_html_report_hovers_each_task_with_its_report_figures(tmp_path: Path) -> None:
-    report_path = make_report(tmp_path)
+    report_path = marker_job_report(tmp_path, records=400, poison=(50,))
     page = tmp_path / "r.html"
     proc = subprocess.run([sys.executable, "-m", "parainfer.cli", "report", str(report_path), "--plot", str(page)],
                           capture_output=True, text=True, timeout=120)
