@@ -42,15 +42,10 @@ from typing import Any
 
 import httpx
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_serving_attacks as serving_attacks  # noqa: E402
+
 PLAIN = {"prompt": "The capital of France is", "max_tokens": 2, "temperature": 0}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mib(pid: int) -> float:
@@ -61,22 +56,8 @@ def rss_mib(pid: int) -> float:
 
 
 def start(src: str, *args: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": src, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "parainfer.serving", "--task", "generate", "--port", str(port),
-                             "--log-level", "error", "--threads-per-worker", "1", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=5).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"server of {src} did not start")
+    """A generate server of the tree ``src`` with one thread per worker (``bench_serving_attacks.start``)."""
+    return serving_attacks.start(src, "--task", "generate", "--threads-per-worker", "1", *args)
 
 
 def words(rng: random.Random, n: int, length: int) -> list[str]:
