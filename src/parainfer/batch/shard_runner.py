@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import itertools
 import os
 import signal
 import threading
@@ -32,6 +31,7 @@ from parainfer.batch.length_estimate import LengthEstimator
 from parainfer.batch.merger import Merger
 from parainfer.records import Record, RecordError
 from parainfer.batch.tasks import TaskBuilder
+from parainfer.batch.windows import WindowReader
 from parainfer.counts import TokenCounts
 
 
@@ -78,13 +78,15 @@ def _run_shard(predictor: Any, task: ShardTask, worker_id: int, t_received: floa
     bucket = b["bucket_window"] > 1
     builder = TaskBuilder(estimate, predictor.window(), b["batch_size"], b["max_batch_tokens"], bucket,
                           max_chars=max_chars)
-    window = b["bucket_window"] if bucket else b["batch_size"]
+    window = b.get("window") or (b["bucket_window"] if bucket else b["batch_size"])
     merger = Merger(b["id_column"], b["text_column"], own_rows=b["own_rows"])
     counts = TokenCounts()
     with _writing(task.errors_part):
         errors = ErrorSink(task.errors_part)
         errors.resume(0)  # a stale errors part of an earlier attempt
-    records = shard_records(task.input, task.shard)
+    # Windows anchored at input positions (``windows.py``): a shard cut at window boundaries
+    # (``io.shards.plan``) forms exactly record mode's batches.
+    records = WindowReader(shard_records(task.input, task.shard), window)
     with _writing(task.part):
         sink = open_part(task.part, b.get("format", ".jsonl"), b["id_column"], b["text_column"], b.get("header"),
                          b.get("with_header", False))
@@ -93,7 +95,7 @@ def _run_shard(predictor: Any, task: ShardTask, worker_id: int, t_received: floa
                            worker_tuner(b.get("auto_max_batch")), watchdog)
     with watchdog:
         while True:
-            items = list(itertools.islice(records, window))
+            items = records.next()
             if not items:
                 break
             failed = batches.run_window(items)
@@ -137,8 +139,6 @@ class _BatchRunner:
                 merger.fail(err)
                 failed.append(err)
         merger.expect(good)
-        if tuner is not None:
-            builder.batch_size = tuner.current
         for batch in builder.build(good):
             watchdog.arm(batch.index)
             res = self.run_task(self.predictor, batch, self.worker_id, time.perf_counter())
