@@ -11,7 +11,10 @@ import time
 
 def batchmates(texts: list[str]) -> list[dict]:
     """B texts -> B rows: the batch's fingerprint (SHA-256 of its sorted texts), its size and
-    its widest text (characters). Sleeps ``BATCHMATES_MS_PER_RECORD`` ms a record (default 0)."""
+    its widest text (characters). Sleeps ``BATCHMATES_MS_PER_RECORD`` ms a record (default 0).
+    A text holding "@@die@@" kills the worker process (a poison record)."""
+    if any("@@die@@" in t for t in texts):
+        os._exit(3)
     time.sleep(float(os.environ.get("BATCHMATES_MS_PER_RECORD", "0")) * len(texts) / 1000)
     batch = hashlib.sha256("\x00".join(sorted(texts)).encode()).hexdigest()[:16]
     width = max(len(t) for t in texts)

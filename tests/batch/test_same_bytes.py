@@ -66,7 +66,7 @@ def committed(out: Path) -> int:
         return 0
 
 
-def kill_driver(cmd: list[str], out: Path, at: int) -> None:
+def kill_driver(cmd: list[str], out: Path, at: int, total: int = RECORDS) -> None:
     """Start the job, SIGKILL the driver once ``at`` records are committed."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **ENV})
     deadline = time.monotonic() + 120
@@ -76,7 +76,7 @@ def kill_driver(cmd: list[str], out: Path, at: int) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert killed, "the job ended before the kill point; lower it"
-    assert 0 < committed(out) < RECORDS
+    assert 0 < committed(out) < total
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +118,51 @@ def test_same_bytes_as_the_clean_run(reference, tmp_path: Path, workers: int, po
     rep = json.loads(report.read_text())
     assert rep["deterministic"] is True
     assert (rep["resumed_records"] > 0) == (kill_at is not None)
+
+
+def test_a_bisected_batch_is_reported_with_its_records(reference, tmp_path: Path) -> None:
+    """A record that kills its worker: its batch is bisected, the batch-mates run in other
+    batches than planned; the report says so (deterministic false, how many, which ids), in
+    both modes, and the records of every other batch are the clean run's."""
+    src = tmp_path / "in.jsonl"
+    lines = reference[0].read_text().splitlines()
+    poison = json.loads(lines[100])
+    lines[100] = json.dumps({**poison, "text": poison["text"] + " @@die@@"})
+    src.write_text("\n".join(lines) + "\n")
+    for mode in ("off", "on"):
+        out, report = tmp_path / f"{mode}.jsonl", tmp_path / f"{mode}.json"
+        run(command(src, out, "--workers", "2", "--shard-mode", mode, "--max-retries", "0", "--report", str(report)))
+        rep = json.loads(report.read_text())
+        det = rep["determinism"]
+        assert rep["deterministic"] is False and "another batch than planned" in det["why"][0]
+        assert 1 < det["rebatched_records"] <= (8 if mode == "off" else 40)  # one batch, or one window
+        assert len(det["rebatched_ids"]) == min(20, det["rebatched_records"])  # the first 20 in input order
+        assert poison["id"] in det["rebatched_ids"] or det["rebatched_records"] > 20
+        assert poison["id"] in (tmp_path / f"{mode}.errors.jsonl").read_text()
+        rows = [json.loads(x) for x in out.read_text().splitlines()]
+        assert poison["id"] not in {r["id"] for r in rows} and len(rows) == RECORDS - 5
+
+
+def test_the_built_in_embedder_gives_the_same_bytes_in_both_modes_and_after_a_resume(vader_sample: Path,
+                                                                                     tmp_path: Path) -> None:
+    """The real default embedder (``--task embed``): record mode, sharded mode and a driver
+    SIGKILL then resume write the same bytes; the checkpoint records the numerics."""
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(vader_sample.read_text().splitlines(keepends=True)[:150]))
+    opts = ["--task", "embed", "--batch-size", "8", "--bucket-window", "32", "-q", "--checkpoint-every", "0.05"]
+
+    def cmd(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "parainfer.cli", "run", str(src), "-o", str(out), *opts, *extra]
+
+    record, sharded, resumed = tmp_path / "record.jsonl", tmp_path / "sharded.jsonl", tmp_path / "resumed.jsonl"
+    run(cmd(record, "--shard-mode", "off", "--workers", "1"))
+    numerics = json.loads(Path(str(record) + ".parainfer-checkpoint.json").read_text())["numerics"]
+    assert numerics["dtype"] in ("float32", "bfloat16") and numerics["threads_per_worker"] >= 1
+    assert "torch" in numerics["versions"] and "parainfer" in numerics["versions"]
+    run(cmd(sharded, "--shard-mode", "on", "--workers", "2"))
+    kill_driver(cmd(resumed, "--workers", "2"), resumed, 40, total=150)
+    report = tmp_path / "report.json"
+    run(cmd(resumed, "--workers", "2", "--report", str(report)))
+    assert sha(record) == sha(sharded) == sha(resumed)
+    rep = json.loads(report.read_text())
+    assert rep["deterministic"] is True and rep["resumed_records"] >= 40

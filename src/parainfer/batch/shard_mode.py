@@ -437,7 +437,7 @@ class ShardDriver:
                   checkpoint=store.path)
         report.extra["data_path"] = "sharded"
         self.determinism.fill(report)
-        report.extra["shards"] = {"planned": self.planner.planned, "run": len(report.timeline),
+        report.extra["shards"] = {"planned": self.planner.planned, "window": self.setup.window, "run": len(report.timeline),
                                   "committed": len(store.committed), "smallest_target": self.planner.plan.floor,
                                   "sizing": "factoring (Hummel et al. 1992), floor from the driver's cost per shard"}
         runs = max(1, len(report.timeline))
