@@ -166,3 +166,33 @@ def test_the_built_in_embedder_gives_the_same_bytes_in_both_modes_and_after_a_re
     assert sha(record) == sha(sharded) == sha(resumed)
     rep = json.loads(report.read_text())
     assert rep["deterministic"] is True and rep["resumed_records"] >= 40
+
+
+def test_a_resume_holds_the_recorded_numerics_or_refuses_in_one_line(tmp_path: Path) -> None:
+    """The checkpoint records the libraries' versions and the thread count; a resume under other
+    versions is refused (exit 2, one line naming them) unless forced, and then reported not
+    deterministic; another ``--threads-per-worker`` is refused."""
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "text": f"text {i}"}) + "\n" for i in range(40)))
+    out, report = tmp_path / "out.jsonl", tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "parainfer.cli", "run", str(src), "-o", str(out), "--model", "parainfer.testing:echo",
+           "--workers", "1", "-q"]
+    assert run(cmd).returncode == 0
+    manifest_path = Path(str(out) + ".parainfer-checkpoint.json")
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["numerics"]["threads_per_worker"] >= 1
+    manifest["finished"] = False  # a job stopped after its last commit: the rerun resumes
+    manifest["numerics"]["versions"]["parainfer"] = "0.0.1"
+    manifest_path.write_text(json.dumps(manifest))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **ENV}, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "parainfer 0.0.1 ->" in proc.stderr
+    threads = manifest["numerics"]["threads_per_worker"]
+    proc = subprocess.run(cmd + ["--threads-per-worker", str(threads + 1)], capture_output=True, text=True,
+                          env={**os.environ, **ENV, "PARAINFER_RESUME_ANY_VERSIONS": "1"}, timeout=120)
+    assert proc.returncode == 2 and f"--threads-per-worker {threads}" in proc.stderr, proc.stderr
+    proc = subprocess.run(cmd + ["--report", str(report)], capture_output=True, text=True,
+                          env={**os.environ, **ENV, "PARAINFER_RESUME_ANY_VERSIONS": "1"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(report.read_text())
+    assert rep["deterministic"] is False and "other library versions" in rep["determinism"]["why"][0]
