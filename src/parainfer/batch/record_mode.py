@@ -389,7 +389,7 @@ class RecordDriver:
         t = time.perf_counter()
         if isinstance(event, WorkerReady):
             on_worker_ready(event, self._workers, self._report, state.ready_phases)
-            record_numerics(self._ckpt, event.info, self._executor.threads, self._determinism)
+            record_numerics(self._ckpt, event.info, self._executor.threads, self._determinism, self.predictor)
         elif isinstance(event, TaskResult):
             self._on_result(event, state)
         elif isinstance(event, WorkerFailed):

@@ -222,13 +222,17 @@ def pin_numerics(store: Any, predictor: Predictor, config: JobConfig) -> tuple[i
     return threads, notes
 
 
-def record_numerics(store: Any, info: dict[str, Any] | None, threads: int | None, determinism: Any) -> None:
+def record_numerics(store: Any, info: dict[str, Any] | None, threads: int | None, determinism: Any,
+                    predictor: Predictor | None = None) -> None:
     """A worker is ready with the model as loaded (``info``: its resolved dtype): the first
-    one's dtype and the thread count go to ``store.numerics`` (kept in the manifest); a worker
-    that resolved another dtype than the job's makes the run not deterministic."""
+    one's dtype and the thread count go to ``store.numerics`` (kept in the manifest), and the
+    dtype replaces ``auto`` on ``predictor`` (a worker restarted later loads it, not deciding
+    again); a worker that resolved another dtype than the job's makes the run not deterministic."""
     dtype = (info or {}).get("dtype")
     if getattr(store, "numerics", None) is None:
         store.numerics = record(dtype, threads)
+        if dtype is not None and getattr(predictor, "dtype", None) == "auto":
+            predictor.dtype = dtype  # type: ignore[union-attr]
     elif dtype is not None and store.numerics.get("dtype") not in (None, dtype):
         determinism.note(f"a worker computed in {dtype}, the job in {store.numerics['dtype']} (--dtype auto decided "
                          "differently on its machine; pass --dtype to pin it)")

@@ -254,7 +254,7 @@ class ShardDriver:
     def _handle(self, event: Any, ready_phases: list[dict[str, float]]) -> None:
         if isinstance(event, WorkerReady):
             on_worker_ready(event, self.workers, self.report, ready_phases)
-            record_numerics(self.store, event.info, self.executor.threads, self.determinism)
+            record_numerics(self.store, event.info, self.executor.threads, self.determinism, self.setup.predictor)
             self._file(event.worker_id)
         elif isinstance(event, ShardResult):
             self._file(event.worker_id)
