@@ -14,7 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from parainfer.io.shards.reader import ShardInput, shard_records
-from parainfer.io.shards.plan import FactoringPlan, data_start, factoring_sizes, plan_parquet, plan_text, shard_lines, split_shard
+from parainfer.batch.windows import position
+from parainfer.io.shards.plan import (FactoringPlan, ShardPlanner, data_start, factoring_sizes, plan_parquet, plan_text,
+                                       shard_lines, split_at_window, split_shard)
 from parainfer.io.sources import open_source
 from parainfer.records import Record
 
@@ -188,3 +190,34 @@ def test_mode_choice(inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytes
         shard_mode.choose_mode(cfg(output=f"{tmp_path}/parts/", input=str(tmp_path / "in.tsv")))
     with pytest.raises(UsageError, match="'sometimes' is not one of auto, on, off"):
         shard_mode.choose_mode(cfg(shard_mode="sometimes"))
+
+
+def planned(path: str, window: int, min_size: int) -> list:
+    start, line = (0, 1) if path.endswith(".parquet") else data_start(path)
+    planner = ShardPlanner(path, start, line, 3, min_size, 10**9, window=window)
+    try:
+        return list(iter(planner.next, None))
+    finally:
+        planner.close()
+
+
+@pytest.mark.parametrize("ext", ["jsonl", "csv", "txt", "parquet"])
+def test_shards_end_at_window_boundaries(ext: str, inputs: dict[str, Path]) -> None:
+    """No window (input positions [k W, (k+1) W), batch.windows) is split between two shards, so
+    a worker forms record mode's batches; shards still cover the input exactly once."""
+    path, window = str(inputs[ext]), 64
+    shards = planned(path, window, 1 if ext == "parquet" else 500)
+    assert len(shards) > 4
+    inp, owner = ShardInput(path, "text", "id"), {}
+    for i, shard in enumerate(shards):
+        for item in shard_records(inp, shard):
+            assert owner.setdefault(position(item) // window, i) == i, f"window split between shards ({ext})"
+    assert read_shards(path, shards, data_start(path)[1] if ext != "parquet" else 1) == as_tuples(open_source(path))
+    halves = split_at_window(path, shards[0], window)
+    assert halves is not None and halves[0].end == halves[1].start
+    second = {position(x) // window for x in shard_records(inp, halves[1])}
+    assert not second & {position(x) // window for x in shard_records(inp, halves[0])}
+    one = shards[-1]  # the last round's shards hold a window or so: bisect down to one window
+    while (h := split_at_window(path, one, window)) is not None:
+        one = h[1]
+    assert len({position(x) // window for x in shard_records(inp, one)}) == 1

@@ -17,7 +17,8 @@ from tests.conftest import sleepy_reports
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     return sleepy_reports(tmp_path_factory.mktemp("simsh"), {"PARAINFER_TEST_MS_PER_TOKEN": "0.1",
-                                                            "PARAINFER_MIN_SHARD_BYTES": "8000"}, shard_mode="on")
+                                                            "PARAINFER_MIN_SHARD_BYTES": "8000"}, shard_mode="on",
+                          bucket_window=128)  # shards hold whole windows: small ones, for many shards
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -47,9 +47,13 @@ class Merger:
         self._encoded = False  # expect_encoded was called: no Records are held
 
     def expect(self, records: list[Record]) -> None:
-        """Register records whose tasks were just created."""
+        """Register records whose tasks were just created. A record before the write frontier
+        (``next_seq``: a resume computes a partly committed window again) is already written:
+        it is not held, and its result is dropped (exactly once)."""
+        low = self.next_seq
         for r in records:
-            self._records[r.seq] = r
+            if r.seq >= low:
+                self._records[r.seq] = r
 
     def fail(self, err: RecordError) -> None:
         """Mark a record failed (it will be skipped in the output; it is in the errors file)."""
@@ -66,8 +70,9 @@ class Merger:
 
     def complete_encoded(self, seqs: list[int], lines: list[bytes | None]) -> None:
         """Store the encoded output lines of ``seqs`` (None marks a record the caller has failed)."""
+        low = self.next_seq
         for seq, line in zip(seqs, lines):
-            if line is not None:
+            if line is not None and seq >= low:
                 self._done[seq] = line
 
     def drain_encoded(self) -> tuple[bytes, int]:
@@ -86,8 +91,9 @@ class Merger:
 
     def complete(self, seqs: list[int], outputs: list[dict[str, Any] | None]) -> None:
         """Store results for ``seqs`` (None marks a record the caller has failed)."""
+        low = self.next_seq
         for seq, out in zip(seqs, outputs):
-            if out is not None:
+            if out is not None and seq >= low:
                 self._done[seq] = out
 
     def record(self, seq: int) -> Record | None:

@@ -12,19 +12,19 @@ SIGINT/SIGTERM stops dispatching, lets in-flight tasks finish, commits and raise
 
 from __future__ import annotations
 
-import itertools
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from parainfer.batch.length_estimate import LengthEstimator
 from parainfer.batch.merger import Merger
 from parainfer.batch.monitor import Progress
 from parainfer.batch.recovery import GracefulStop, Interrupted, TaskRecovery, Watchdog, on_worker_failed
-from parainfer.batch.report import TimingReport, already_complete, close_run, startup_so_far, write_report
-from parainfer.batch.setup import JobSetup, on_worker_ready, start_workers
+from parainfer.batch.report import Determinism, TimingReport, already_complete, close_run, startup_so_far, write_report
+from parainfer.batch.setup import JobSetup, on_worker_ready, pin_numerics, record_numerics, start_workers
 from parainfer.batch.tasks import TaskBuilder
+from parainfer.batch.windows import WindowReader, from_window_start
 from parainfer.counts import TokenCounts
 from parainfer.errors import StorageError, storage_message
 from parainfer.executors.base import Task, TaskResult, WorkerFailed, WorkerReady
@@ -119,7 +119,9 @@ class RecordDriver:
             self.monitor.watch(self)
         for event in workers.take_pending():
             self._handle(event, state)
-        records = ckpt.skip(self.source)
+        # A resume restarts at the window that holds the first uncommitted record (windows.py):
+        # that window's committed records run again in their batches, and are not written again.
+        records = WindowReader(from_window_start(iter(self.source), ckpt.resumed_records, self.window), self.window)
         stop = GracefulStop(on_abort=self._kill_workers)
         try:
             self._loop(records, state, stop, progress, t0)
@@ -136,15 +138,21 @@ class RecordDriver:
         """The run's policy, task builder, report and merger, and its checkpoint (returned)."""
         cfg = self.config
         self._policy = make_policy(cfg.policy, self.num_workers)
-        first_size = self.tuner.current if self.tuner else int(cfg.batch_size)
+        # The batch size is fixed for the whole job (``--batch-size auto`` included: its tuner
+        # only sets how many batches go in one task, ``_group``), so batches never depend on timing.
         self._estimate = LengthEstimator()  # the driver estimates lengths; workers tokenise
-        self._builder = TaskBuilder(self._estimate, None, first_size, cfg.max_batch_tokens, self.bucket)
+        self._builder = TaskBuilder(self._estimate, None, self.setup.batch_size, cfg.max_batch_tokens, self.bucket)
         self._report = TimingReport(workers=self.num_workers, policy=cfg.policy)
         self._merger = merger = Merger(cfg.id_column, cfg.text_column, own_rows=self.predictor.writes_own_rows)
         self._ckpt = ckpt = self.store or Checkpoint(cfg, self.source, self.predictor)
         if ckpt.finished:
             return ckpt
         self._errors = ckpt.errors
+        self._determinism = Determinism.from_dict(getattr(ckpt, "determinism", None))
+        ckpt.determinism_state = self._determinism.to_dict
+        self._threads, notes = pin_numerics(ckpt, self.predictor, cfg)
+        for note in notes:
+            self._determinism.note(note)
         merger.next_seq = ckpt.resumed_records
         self._encoded = self.encode_in_workers and isinstance(ckpt.sink, JsonlSink)
         if self._encoded:
@@ -158,7 +166,7 @@ class RecordDriver:
         if cfg.executor == "local":
             warn_cores(self.num_workers, cfg.device, cores())
         try:
-            return start_workers(self.predictor, self.num_workers, cfg.threads_per_worker, cfg)
+            return start_workers(self.predictor, self.num_workers, self._threads, cfg)
         except BaseException:
             self._ckpt.sink.close()
             raise
@@ -182,7 +190,7 @@ class RecordDriver:
         self._workers = workers
         return workers
 
-    def _loop(self, records: Iterator[Record | RecordError], state: _State, stop: GracefulStop,
+    def _loop(self, records: WindowReader, state: _State, stop: GracefulStop,
               progress: Progress, t0: float) -> None:
         """The job loop until every record is written (``state.done``) or a stop request ends
         it; then the last rows are written and the checkpoint finished (or committed)."""
@@ -320,38 +328,48 @@ class RecordDriver:
         return (self._policy.pending() < 2 * self.num_workers * (self.config.prefetch + 1)
                 and self._merger.buffered < self.max_buffered)
 
-    def _create_tasks(self, records: Iterator[Record | RecordError], state: _State) -> None:
+    def _create_tasks(self, records: WindowReader, state: _State) -> None:
+        """Cut the next window of the input (``windows.WindowReader``: anchored at input
+        positions, so the same records make the same batches in every run) into tasks."""
         t = time.perf_counter()
         window: list[Record] = []
-        taken = 0
-        for item in itertools.islice(records, self.window):
-            taken += 1
+        resumed = self._ckpt.resumed_records
+        items = records.next()
+        for item in items:
             if isinstance(item, RecordError):
                 self._quarantine(item)
             else:
                 window.append(item)
-        self._report.records += taken
-        state.source_done = taken < self.window
+        self._report.records += sum(1 for item in items if item.seq >= resumed)
+        state.source_done = records.done
         if not self._encoded:
             self._merger.expect(window)
         elif window:
             self._merger.expect_encoded(window[-1].seq + 1)
-        if self.tuner:
-            self._builder.batch_size = self.tuner.current
         # The last windows are not grouped (a fine-grained tail keeps the workers' finish even,
         # a straggler's included): the input's last two full windows and what follows them,
         # where the number of records is known, else the last window.
         read = self._report.records + self._ckpt.resumed_records
         tail = state.source_done or (self._total is not None and self._total - read < TAIL_WINDOWS * self.window)
-        self._builder.group = 1 if tail else self.task_group
+        self._builder.group = 1 if tail else self._group()
         # Enough tasks a window to keep every worker's queue full: WINDOW_TASKS_PER_SLOT x workers
         # x (prefetch + 1).
         self._builder.min_tasks = WINDOW_TASKS_PER_SLOT * self.num_workers * (self.config.prefetch + 1)
         tasks = self._builder.build(window)
         for task in tasks:
+            if self.tuner:  # the tuner's size in records a task, judged by ``_on_result``
+                task.batch_size = self.tuner.current
             self._tasks[task.index] = task
         self._policy.add_tasks(tasks)
         self._report.t_create_s += time.perf_counter() - t
+
+    def _group(self) -> int:
+        """Most batches joined in one task: ``task_group``; under ``--batch-size auto`` the
+        tuner's current size (records a task) over the job's fixed batch size. Grouping never
+        changes the batches themselves (the worker runs each as its own call)."""
+        if self.tuner is None:
+            return self.task_group
+        return max(1, self.tuner.current // self._builder.batch_size)
 
     def _dispatch(self, state: _State) -> None:
         t = time.perf_counter()
@@ -371,6 +389,7 @@ class RecordDriver:
         t = time.perf_counter()
         if isinstance(event, WorkerReady):
             on_worker_ready(event, self._workers, self._report, state.ready_phases)
+            record_numerics(self._ckpt, event.info, self._executor.threads, self._determinism, self.predictor)
         elif isinstance(event, TaskResult):
             self._on_result(event, state)
         elif isinstance(event, WorkerFailed):
@@ -424,7 +443,10 @@ class RecordDriver:
         self._quarantine(RecordError(seq=seq, line=line, id=rid, reason=reason, text=task.texts[pos]))
 
     def _quarantine(self, err: RecordError) -> None:
-        """A record that failed: skipped in the output, written to the errors file."""
+        """A record that failed: skipped in the output, written to the errors file (not when a
+        resume computed it again: its seq is committed already, exactly once)."""
+        if err.seq < self._ckpt.resumed_records:
+            return
         self._merger.fail(err)
         self._errors.write([err])
 
@@ -438,6 +460,10 @@ class RecordDriver:
                 self._fail_record(task, pos, reason)
         for task in plan.requeue:
             self._policy.requeue(task)
+        for task in plan.rebatched:
+            for pos, seq in enumerate(task.seqs):
+                rec = self._merger.record(seq)
+                self._determinism.rebatch(seq, task.rows.ids[pos] if task.rows else rec.id if rec else None)
         self._report.retries += plan.retries
         self._report.extra["bisected_tasks"] = self._report.extra.get("bisected_tasks", 0) + plan.bisected
 
@@ -464,6 +490,7 @@ class RecordDriver:
                          "figures and the timeline are exact (counted by the workers)"}
         report.failed_records = merger.failed
         report.extra["data_path"] = "records"
+        self._determinism.fill(report)
         report.extra["scheduling"] = {**self._policy.stats, "cost_model": self._cost_summary()}
         report.batch_sizes = ([list(h) for h in self.tuner.history] if self.tuner
                               else [[0.0, self._builder.batch_size]])

@@ -116,12 +116,16 @@ class RecoveryPlan:
             the live-task table.
         retries: tasks given out again because they were the suspect (report counter).
         bisected: suspects split in two (report counter).
+        rebatched: suspects of one batch that were bisected: their records run in other batches
+            than the plan's (``report.Determinism``); a task of several batches splits into its
+            own batches, which changes none.
     """
 
     requeue: list[Task] = field(default_factory=list)
     failed: list[tuple[Task, str]] = field(default_factory=list)
     retries: int = 0
     bisected: int = 0
+    rebatched: list[Task] = field(default_factory=list)
 
 
 def split_task(task: Task, first_index: int, second_index: int) -> tuple[Task, Task]:
@@ -215,6 +219,8 @@ class TaskRecovery:
         triage = self.policy.plan(held, event.running)
         out = RecoveryPlan(requeue=[piece.task for piece in triage.requeue])
         for suspect, halves in triage.split:
+            if not (suspect.task.batches and len(suspect.task.batches) > 1):
+                out.rebatched.append(suspect.task)
             del tasks[suspect.index]
             for half in halves:
                 tasks[half.index] = half.task

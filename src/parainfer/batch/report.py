@@ -109,6 +109,63 @@ class TimingReport:
         }
 
 
+REBATCHED_IDS_SHOWN = 20  # ids of records computed outside their planned batch the report lists
+
+
+@dataclass
+class Determinism:
+    """Whether a run's output bytes are those of the clean plan (docs/batch.md, "Same bytes
+    whatever runs the job"): batches are a function of the input and the options, so they are,
+    unless something below happened. ``rebatched``: records computed in another batch than the
+    plan's (a batch bisected to isolate a record that killed its worker), key (seq, or line in
+    sharded mode) -> id; ``reasons``: other causes, one line each (a resume forced past
+    different library versions, workers that resolved different dtypes). A resume carries the
+    run before's (``from_dict``)."""
+
+    reasons: list[str] = field(default_factory=list)
+    rebatched: dict[int, Any] = field(default_factory=dict)
+
+    def note(self, reason: str) -> None:
+        """Add ``reason`` (once)."""
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+
+    def rebatch(self, key: int, record_id: Any) -> None:
+        """Record ``key`` (id ``record_id``) was computed in another batch than planned."""
+        self.rebatched[key] = record_id
+
+    @property
+    def deterministic(self) -> bool:
+        return not self.reasons and not self.rebatched
+
+    def to_dict(self) -> dict[str, Any]:
+        """{"deterministic", "why": [lines], "rebatched_records", "rebatched_ids": the first
+        ``REBATCHED_IDS_SHOWN`` by key}."""
+        why = list(self.reasons)
+        if self.rebatched:
+            why.insert(0, f"{len(self.rebatched)} record(s) computed in another batch than planned: a batch was "
+                          "bisected to isolate a record that killed its worker")
+        keys = sorted(self.rebatched)[:REBATCHED_IDS_SHOWN]
+        return {"deterministic": self.deterministic, "why": why, "rebatched_records": len(self.rebatched),
+                "rebatched_ids": [self.rebatched[k] for k in keys]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Determinism:
+        """The state a checkpoint kept (None: a clean start). Listed ids only: the count stays."""
+        out = cls()
+        if data:
+            out.reasons = [r for r in data.get("why", []) if "computed in another batch" not in r]
+            ids = data.get("rebatched_ids") or []
+            n = int(data.get("rebatched_records") or 0)
+            out.rebatched = {-(i + 1): (ids[i] if i < len(ids) else None) for i in range(n)}
+        return out
+
+    def fill(self, report: "TimingReport") -> None:
+        """Put ``deterministic`` and ``determinism`` in the report's extra fields."""
+        report.extra["deterministic"] = self.deterministic
+        report.extra["determinism"] = self.to_dict()
+
+
 def startup_parts(t0: float, t_spawn: float, ready: list[dict[str, float]], first_dispatch: float) -> dict[str, float]:
     """Split ``t_startup_s`` into its parts (seconds; the worker parts are the slowest worker's):
 
@@ -175,6 +232,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         nodes = ", ".join(f"{n['node']}: {n['workers']}" for n in executor.get("nodes", []))
         lines.append(f"executor ray at {executor.get('address')}: {len(executor.get('nodes', []))} nodes "
                      f"(workers per node {nodes})")
+    if "deterministic" in report:
+        why = (report.get("determinism") or {}).get("why") or []
+        lines.append("deterministic: " + ("true" if report["deterministic"] else "false (" + "; ".join(why) + ")"))
     model = report.get("model") or {}
     if model.get("dtype"):
         lines.append(f"model: {model.get('task', '?')} by {model.get('class', '?')}, {model['dtype']} "

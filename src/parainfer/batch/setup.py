@@ -22,6 +22,7 @@ from parainfer.executors import pool
 from parainfer.executors.base import WorkerReady
 from parainfer.executors.pool import Workers
 from parainfer.io.checkpoint import PARTS_SUFFIX, manifest_path
+from parainfer.io.numerics import record, resume_numerics
 from parainfer.io.guard import LOCK_SUFFIX, check_not_foreign, check_output_paths
 from parainfer.io.safe_files import check_own_dir, check_regular_or_absent
 from parainfer.io.shards.store import PARTS_SUFFIX as SHARDS_SUFFIX
@@ -37,6 +38,10 @@ from parainfer.scheduling.autobatch import BatchSizeTuner
 # Task groups (``tasks.group_tasks``): up to TASK_GROUP batches a task, as long as a window
 # still makes ``record_mode.WINDOW_TASKS_PER_SLOT`` tasks for each place in the workers' queues.
 TASK_GROUP = 8
+# ``--batch-size auto``: the fixed batch size (records a batch) of the whole job; the tuner sets
+# how many such batches go in one task, never the batches (so the output bytes never depend on
+# timing). The default ``--batch-size``.
+AUTO_BATCH_SIZE = 64
 # Modules a local worker imports in the background once its model is loaded, so that its first
 # shard does not wait for them (the shard runner's readers, sinks, merger).
 WARM_MODULES = (shard_runner.__name__,)
@@ -65,7 +70,8 @@ class JobSetup:
             ``config.output``, made by the driver; in-memory jobs pass ``io.memory.MemoryStore``).
         num_workers: workers asked for (a driver runs fewer when the replicas do not fit).
         tuner: ``--batch-size auto``'s ``BatchSizeTuner``, else None.
-        batch_size: the largest batch size (the tuner's maximum, or the fixed size).
+        batch_size: the job's batch size: ``--batch-size``, or ``AUTO_BATCH_SIZE`` (at most
+            ``--max-auto-batch-size``) for auto, whose tuner then sizes tasks, not batches.
         bucket: length bucketing on (``--bucket-window`` > 1). window: records read at once.
         max_buffered: most records the driver's reorder buffer holds.
         encode_in_workers: workers build and encode a JSONL output's rows (``executors.base.RowInfo``);
@@ -101,7 +107,7 @@ class JobSetup:
         num_workers = worker_count(config, predictor)
         predictor.max_batch_tokens = config.max_batch_tokens  # workers hold it exactly
         tuner = auto_batch_tuner(config, num_workers)
-        batch_size = tuner.max_size if tuner else int(config.batch_size)
+        batch_size = min(AUTO_BATCH_SIZE, tuner.max_size) if tuner else int(config.batch_size)
         bucket = config.bucket_window > 1
         window = config.bucket_window if bucket else batch_size
         max_buffered = config.max_buffered_records or max(
@@ -174,10 +180,13 @@ def worker_count(config: JobConfig, predictor: Predictor) -> int:
 
 
 def auto_batch_tuner(config: JobConfig, num_workers: int) -> BatchSizeTuner | None:
-    """``--batch-size auto``'s tuner (4 tasks per worker a trial), else None."""
+    """``--batch-size auto``'s tuner (4 tasks per worker a trial; sizes in records a task,
+    from the fixed batch size up), else None."""
     if config.batch_size != "auto":
         return None
-    return BatchSizeTuner(max_size=config.max_auto_batch_size, tasks_per_trial=4 * num_workers)
+    top = config.max_auto_batch_size
+    base = min(AUTO_BATCH_SIZE, top)
+    return BatchSizeTuner(start=base, max_size=max(top, base), tasks_per_trial=4 * num_workers)
 
 
 def start_workers(predictor: Predictor, num_workers: int, threads_per_worker: int | None = None,
@@ -198,3 +207,32 @@ def on_worker_ready(event: WorkerReady, workers: Workers, report: Any, ready_pha
     report.extra["model"] = event.info
     if len(ready_phases) < workers.num_workers:
         ready_phases.append({**event.phases, "ready_at": time.perf_counter()})
+
+
+def pin_numerics(store: Any, predictor: Predictor, config: JobConfig) -> tuple[int | None, list[str]]:
+    """Before a driver starts its workers: hold what the checkpoint ``store`` recorded
+    (``io.numerics.resume_numerics``): a recorded dtype replaces ``--dtype auto`` on the
+    predictor (decided once per job, not again on another machine). Returns (the threads per
+    worker to start with, notes for ``report.Determinism``). Raises UsageError as
+    ``resume_numerics`` does (exit 2)."""
+    dtype, threads, notes = resume_numerics(getattr(store, "numerics", None), config.threads_per_worker,
+                                            config.output)
+    if dtype and config.dtype == "auto" and getattr(predictor, "dtype", None) == "auto":
+        predictor.dtype = dtype  # type: ignore[attr-defined]
+    return threads, notes
+
+
+def record_numerics(store: Any, info: dict[str, Any] | None, threads: int | None, determinism: Any,
+                    predictor: Predictor | None = None) -> None:
+    """A worker is ready with the model as loaded (``info``: its resolved dtype): the first
+    one's dtype and the thread count go to ``store.numerics`` (kept in the manifest), and the
+    dtype replaces ``auto`` on ``predictor`` (a worker restarted later loads it, not deciding
+    again); a worker that resolved another dtype than the job's makes the run not deterministic."""
+    dtype = (info or {}).get("dtype")
+    if getattr(store, "numerics", None) is None:
+        store.numerics = record(dtype, threads)
+        if dtype is not None and getattr(predictor, "dtype", None) == "auto":
+            predictor.dtype = dtype  # type: ignore[union-attr]
+    elif dtype is not None and store.numerics.get("dtype") not in (None, dtype):
+        determinism.note(f"a worker computed in {dtype}, the job in {store.numerics['dtype']} (--dtype auto decided "
+                         "differently on its machine; pass --dtype to pin it)")

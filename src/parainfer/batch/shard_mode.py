@@ -20,16 +20,16 @@ from typing import Any
 from parainfer.errors import StorageError, storage_message
 from parainfer.executors.base import ShardResult, ShardTask, WorkerFailed, WorkerReady, WriteFailed
 from parainfer.executors.pool import Workers
-from parainfer.batch.setup import JobSetup, on_worker_ready, start_workers
+from parainfer.batch.setup import JobSetup, on_worker_ready, pin_numerics, record_numerics, start_workers
 from parainfer.batch.shard_runner import run_shard, timeout_note
 from parainfer.io.shards.reader import ShardInput, shard_records
 from parainfer.io.shards.store import ShardStore, remove_quietly
-from parainfer.io.shards.plan import Shard, ShardPlanner, data_start, shard_lines, split_shard
+from parainfer.io.shards.plan import Shard, ShardPlanner, data_start, shard_lines, split_at_window, split_shard
 from parainfer.io.safe_files import open_file
 from parainfer.io.sinks import ErrorSink
 from parainfer.batch.recovery import (GracefulStop, Interrupted, RecoveryPolicy, Triage, on_worker_failed,
                                       on_write_failed)
-from parainfer.batch.report import TimingReport, already_complete, close_run, startup_so_far, write_report
+from parainfer.batch.report import Determinism, TimingReport, already_complete, close_run, startup_so_far, write_report
 from parainfer.counts import TokenCounts
 
 MIN_SHARD_BYTES, MAX_SHARD_BYTES = 16 << 10, 256 << 20  # factoring makes the count logarithmic in the size
@@ -39,23 +39,31 @@ PREFETCH = 1  # shards queued on a worker behind the one it runs
 
 @dataclass(eq=False)
 class ShardPiece:
-    """A shard as recovery sees it (``recovery.Splittable``): bisected at a record end
-    (``io.shards.plan.split_shard``, which reads the input at ``path``), or None for a single
-    record. ``index``: its ShardTask's (-1 for a half not given out yet); ``attempt``: deaths of
-    workers running it alone; ``reason``: why its last worker died."""
+    """A shard as recovery sees it (``recovery.Splittable``): bisected at a window boundary
+    (``io.shards.plan.split_at_window``: the batches stay the plan's) while it holds several
+    windows, else at a record end (``split_shard``; ``rebatched`` then True: its records run in
+    other batches than planned), or None for a single record. ``index``: its ShardTask's (-1
+    for a half not given out yet); ``attempt``: deaths of workers running it alone; ``reason``:
+    why its last worker died; ``window``: the job's window size (input positions)."""
 
     shard: Shard
     path: str
     index: int = -1
     attempt: int = 0
     reason: str = ""
+    window: int = 1
+    rebatched: bool = False
 
     def __len__(self) -> int:  # a shard counts as one unit, as ShardTask does
         return 1
 
     def split(self) -> list[ShardPiece] | None:
+        halves = split_at_window(self.path, self.shard, self.window)
+        if halves is not None:
+            return [ShardPiece(half, self.path, window=self.window) for half in halves]
+        self.rebatched = True
         halves = split_shard(self.path, self.shard)
-        return None if halves is None else [ShardPiece(half, self.path) for half in halves]
+        return None if halves is None else [ShardPiece(half, self.path, window=self.window) for half in halves]
 
 
 class ShardDriver:
@@ -78,7 +86,7 @@ class ShardDriver:
         ext = os.path.splitext(cfg.input)[1].lower()
         self.input = ShardInput(cfg.input, cfg.text_column, cfg.id_column,
                                 allow_messages=cfg.task == "generate" and ext in (".jsonl", ".ndjson", ".parquet"))
-        self.batch = dict(batch_size=setup.batch_size, max_batch_tokens=cfg.max_batch_tokens, bucket_window=cfg.bucket_window,
+        self.batch = dict(batch_size=setup.batch_size, window=setup.window, max_batch_tokens=cfg.max_batch_tokens, bucket_window=cfg.bucket_window,
                           id_column=cfg.id_column, text_column=cfg.text_column,
                           own_rows=setup.predictor.writes_own_rows, task_timeout=cfg.task_timeout,
                           auto_max_batch=tuner.max_size if tuner else None)
@@ -92,7 +100,8 @@ class ShardDriver:
         env = os.environ
         lo, hi = ((int(env.get("PARAINFER_MIN_SHARD_ROWS", MIN_SHARD_ROWS)), MAX_SHARD_ROWS) if self.parquet else
                   (int(env.get("PARAINFER_MIN_SHARD_BYTES", MIN_SHARD_BYTES)), MAX_SHARD_BYTES))
-        return ShardPlanner(self.config.input, store.next_start, store.next_line, workers, lo, max(lo, hi))
+        return ShardPlanner(self.config.input, store.next_start, store.next_line, workers, lo, max(lo, hi),
+                            window=self.setup.window)
 
     def run(self, workers: Workers | None = None) -> dict[str, Any]:
         """Run the job to the end on ``workers`` (None: start them here and shut them down at
@@ -105,8 +114,9 @@ class ShardDriver:
         self.batch.update(format=store.format, header=store.header, with_header=store.keep_parts)
         t_spawn = time.perf_counter()
         own = workers is None
+        threads, self._numerics_notes = pin_numerics(store, setup.predictor, cfg)
         if own:
-            workers = start_workers(setup.predictor, setup.num_workers, cfg.threads_per_worker, cfg)
+            workers = start_workers(setup.predictor, setup.num_workers, threads, cfg)
         n = workers.num_workers
         cpu0 = time.process_time()  # the driver's own work from here on (as record mode counts it)
         self._begin(store, workers)
@@ -145,6 +155,10 @@ class ShardDriver:
         n = workers.num_workers
         self.store, self.executor, self.workers = store, workers.executor, workers
         self.report = TimingReport(workers=n, policy="factoring")
+        self.determinism = Determinism.from_dict(store.determinism)
+        store.determinism_state = self.determinism.to_dict
+        for note in self._numerics_notes:
+            self.determinism.note(note)
         self.planner = self._planner(store, n)
         self.pending = collections.deque(x for x in (self.planner.next() for _ in range(n)) if x is not None)
         self.idle: set[int] = set()  # ready workers with no shard in flight (served first)
@@ -240,6 +254,7 @@ class ShardDriver:
     def _handle(self, event: Any, ready_phases: list[dict[str, float]]) -> None:
         if isinstance(event, WorkerReady):
             on_worker_ready(event, self.workers, self.report, ready_phases)
+            record_numerics(self.store, event.info, self.executor.threads, self.determinism, self.setup.predictor)
             self._file(event.worker_id)
         elif isinstance(event, ShardResult):
             self._file(event.worker_id)
@@ -317,7 +332,7 @@ class ShardDriver:
             remove_quietly(task.part)
             remove_quietly(task.errors_part)
             held.append(ShardPiece(task.shard, self.config.input, task.index,
-                                   self.deaths.get(task.shard.start, 0), reason))
+                                   self.deaths.get(task.shard.start, 0), reason, self.setup.window))
         triage = self.recovery.plan(held, event.running)
         for piece in held:
             if piece not in triage.untouched:
@@ -331,6 +346,9 @@ class ShardDriver:
         halves = next((h for suspect, h in triage.split if suspect is piece), None)
         if halves is not None:
             self.report.extra["bisected_shards"] = self.report.extra.get("bisected_shards", 0) + 1
+            if piece.rebatched:  # cut inside a window: its records run in other batches than planned
+                for item in shard_records(self.input, piece.shard):
+                    self.determinism.rebatch(item.line, getattr(item, "id", None))
             for half in halves:
                 self.deaths[half.shard.start] = 0
             self.pending.extendleft(reversed([half.shard for half in halves]))
@@ -418,7 +436,8 @@ class ShardDriver:
                   executor=self.executor, resumed=store.resumed_records, resumed_failed=store.resumed_failed,
                   checkpoint=store.path)
         report.extra["data_path"] = "sharded"
-        report.extra["shards"] = {"planned": self.planner.planned, "run": len(report.timeline),
+        self.determinism.fill(report)
+        report.extra["shards"] = {"planned": self.planner.planned, "window": self.setup.window, "run": len(report.timeline),
                                   "committed": len(store.committed), "smallest_target": self.planner.plan.floor,
                                   "sizing": "factoring (Hummel et al. 1992), floor from the driver's cost per shard"}
         runs = max(1, len(report.timeline))

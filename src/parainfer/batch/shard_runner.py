@@ -5,8 +5,9 @@ shard's records, batches them with ``tasks.TaskBuilder``, runs each batch with t
 ``run_task``, puts the rows back in input order with a ``merger.Merger`` and writes the output
 and errors parts, fsynced before the ``ShardResult`` (sizes, SHA-256 digests) goes back (a part
 that cannot be written: a ``WriteFailed`` instead, and the driver stops the job).
-``worker_tuner`` holds the worker's ``--batch-size auto`` tuner across shards; ``BatchWatchdog``
-enforces ``--task-timeout`` per batch. How: docs/sharded.md, "The driver and the shard runner
+Windows are anchored at input positions (``batch.windows``), so a shard cut at window boundaries
+forms record mode's batches; ``--batch-size auto`` runs the job's fixed batch size (its tuner
+only sizes record mode's tasks). ``BatchWatchdog`` enforces ``--task-timeout`` per batch. How: docs/sharded.md, "The driver and the shard runner
 (code)" and "`--task-timeout` and `--batch-size auto`".
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import itertools
 import os
 import signal
 import threading
@@ -32,6 +32,7 @@ from parainfer.batch.length_estimate import LengthEstimator
 from parainfer.batch.merger import Merger
 from parainfer.records import Record, RecordError
 from parainfer.batch.tasks import TaskBuilder
+from parainfer.batch.windows import WindowReader
 from parainfer.counts import TokenCounts
 
 
@@ -78,22 +79,23 @@ def _run_shard(predictor: Any, task: ShardTask, worker_id: int, t_received: floa
     bucket = b["bucket_window"] > 1
     builder = TaskBuilder(estimate, predictor.window(), b["batch_size"], b["max_batch_tokens"], bucket,
                           max_chars=max_chars)
-    window = b["bucket_window"] if bucket else b["batch_size"]
+    window = b.get("window") or (b["bucket_window"] if bucket else b["batch_size"])
     merger = Merger(b["id_column"], b["text_column"], own_rows=b["own_rows"])
     counts = TokenCounts()
     with _writing(task.errors_part):
         errors = ErrorSink(task.errors_part)
         errors.resume(0)  # a stale errors part of an earlier attempt
-    records = shard_records(task.input, task.shard)
+    # Windows anchored at input positions (``windows.py``): a shard cut at window boundaries
+    # (``io.shards.plan``) forms exactly record mode's batches.
+    records = WindowReader(shard_records(task.input, task.shard), window)
     with _writing(task.part):
         sink = open_part(task.part, b.get("format", ".jsonl"), b["id_column"], b["text_column"], b.get("header"),
                          b.get("with_header", False))
     watchdog = BatchWatchdog(b.get("task_timeout"), timeout_note(task.part), worker_id)
-    batches = _BatchRunner(predictor, run_task, worker_id, builder, estimate, merger, counts,
-                           worker_tuner(b.get("auto_max_batch")), watchdog)
+    batches = _BatchRunner(predictor, run_task, worker_id, builder, estimate, merger, counts, watchdog)
     with watchdog:
         while True:
-            items = list(itertools.islice(records, window))
+            items = records.next()
             if not items:
                 break
             failed = batches.run_window(items)
@@ -119,17 +121,17 @@ def _run_shard(predictor: Any, task: ShardTask, worker_id: int, t_received: floa
 
 class _BatchRunner:
     """Runs one window of a shard's records batch by batch (``run_window``), feeding the merger,
-    the token counts, the length estimate and the worker's batch-size tuner."""
+    the token counts and the length estimate (reported; batches never use it)."""
 
     def __init__(self, predictor: Any, run_task: Callable[..., Any], worker_id: int, builder: TaskBuilder,
-                 estimate: LengthEstimator, merger: Merger, counts: TokenCounts, tuner: Any, watchdog: BatchWatchdog):
+                 estimate: LengthEstimator, merger: Merger, counts: TokenCounts, watchdog: BatchWatchdog):
         self.predictor, self.run_task, self.worker_id = predictor, run_task, worker_id
-        self.builder, self.estimate, self.merger, self.counts, self.tuner = builder, estimate, merger, counts, tuner
+        self.builder, self.estimate, self.merger, self.counts = builder, estimate, merger, counts
         self.watchdog = watchdog
 
     def run_window(self, items: list[Record | RecordError]) -> list[RecordError]:
         """Run the records of ``items``; returns the records that failed (read or run), not sorted."""
-        merger, builder, tuner, watchdog = self.merger, self.builder, self.tuner, self.watchdog
+        merger, builder, watchdog = self.merger, self.builder, self.watchdog
         failed: list[RecordError] = []
         good = [r for r in items if isinstance(r, Record)]
         for err in items:
@@ -137,15 +139,10 @@ class _BatchRunner:
                 merger.fail(err)
                 failed.append(err)
         merger.expect(good)
-        if tuner is not None:
-            builder.batch_size = tuner.current
         for batch in builder.build(good):
             watchdog.arm(batch.index)
             res = self.run_task(self.predictor, batch, self.worker_id, time.perf_counter())
             watchdog.disarm()
-            if tuner is not None:
-                tokens = res.counts.real if res.counts is not None else batch.tokens
-                tuner.observe(batch.batch_size, tokens, res.t_end - res.t_start, time.perf_counter())
             if res.counts is not None:
                 self.counts.add(res.counts)
                 self.estimate.observe(res.counts)
@@ -156,21 +153,6 @@ class _BatchRunner:
                 failed.append(err)
             merger.complete(batch.seqs, res.outputs)
         return failed
-
-
-_TUNER: list[Any] = [None, None]  # (max size, BatchSizeTuner) of this worker process
-
-
-def worker_tuner(max_size: int | None) -> Any:
-    """This worker's ``BatchSizeTuner`` for ``--batch-size auto`` (None: a fixed size), made on
-    the first shard and kept for the next ones (a new one when ``max_size`` changes: a new job)."""
-    if not max_size:
-        return None
-    if _TUNER[0] != max_size:
-        from parainfer.scheduling.autobatch import BatchSizeTuner
-
-        _TUNER[:] = [max_size, BatchSizeTuner(start=min(8, max_size), max_size=max_size)]
-    return _TUNER[1]
 
 
 def timeout_note(part: str) -> str:

@@ -146,6 +146,12 @@ class Checkpoint:
         self.resumed_records = self.resumed_failed = self.committed_records = 0
         self.finished = False
         self.sink: Sink | None = None
+        # Carried from run to run in the manifest: ``numerics`` (``io.numerics.record``; the
+        # driver sets it once the workers are up) and the determinism state (the driver sets
+        # ``determinism_state``, a callable returning the dict to keep).
+        self.numerics: dict[str, Any] | None = None
+        self.determinism: dict[str, Any] | None = None
+        self.determinism_state: Any = None
         errors_path = config.errors or default_errors_path(config.output)
         self.errors = OrderedErrors(ErrorSink(errors_path))
         self._last_commit = time.monotonic()
@@ -176,6 +182,7 @@ class Checkpoint:
             self.resumed_failed = old.get("failed_records", 0)
             return
         if old is not None and not old.get("finished") and self._resumable(old):
+            self.numerics, self.determinism = old.get("numerics"), old.get("determinism")
             self._resume(old, row_group_size)
         else:
             self._fresh(row_group_size)
@@ -299,5 +306,6 @@ class Checkpoint:
             "output_parts": getattr(self.sink, "parts", 0), "errors_bytes": self.errors.offset,
             "output_sha256": self.sink.final_digest() if finished else self.sink.digest.hexdigest(),
             "errors_sha256": self.errors.sink.digest.hexdigest(), "errors_file": os.path.abspath(self.errors.path),
-            "sink": sink_state, "finished": finished})
+            "sink": sink_state, "finished": finished, "numerics": self.numerics,
+            "determinism": self.determinism_state() if self.determinism_state else self.determinism})
         self.committed_records = next_seq

@@ -33,7 +33,7 @@ def simulate_sharded(workload: Any, workers: int, records: int, speed_sigma: flo
                      shard_driver_s: float = DEFAULT_SHARD_DRIVER_S, dispatch_share: float = 0.5,
                      shard_overhead_s: float = DEFAULT_SHARD_OVERHEAD_S, min_records: int = 128,
                      max_records: int = 2_000_000, start_lag_s: float = 0.0, prefetch: int = 1,
-                     seed: int = 0) -> dict[str, Any]:
+                     seed: int = 0, window: int = 1) -> dict[str, Any]:
     """One simulated sharded run of ``records`` records on ``workers`` workers.
 
     Returns the same keys as ``simulate.records.simulate`` (t_n_s, t1_s, speedup, efficiency,
@@ -42,6 +42,8 @@ def simulate_sharded(workload: Any, workers: int, records: int, speed_sigma: flo
     the one-worker compute of all records with one shard overhead. ``start_lag_s``: from the
     first hand-out to a worker starting its first shard, added once to every worker.
     ``prefetch``: shards queued on a worker behind the running one (``batch.shard_mode.PREFETCH``).
+    ``window``: the job's window (records); a shard is rounded up to whole windows, as the real
+    plan cuts them (``io.shards.plan.TextCutter``).
     Raises ValueError for a ``dispatch_share`` outside [0, 1].
     """
     if not 0.0 <= dispatch_share <= 1.0:
@@ -62,6 +64,7 @@ def simulate_sharded(workload: Any, workers: int, records: int, speed_sigma: flo
         """The driver gives worker ``w`` the plan's next shard; it starts when the worker has
         run the ones it holds (prefetched: it waits for nothing when the driver kept up)."""
         n = min(plan.next_size(), plan.left)
+        n = min(-(-n // window) * window, plan.left)  # shards end at window boundaries (io.shards.plan)
         if n <= 0:
             return
         plan.take(n)
@@ -137,7 +140,7 @@ def sharded_rows(report_path: str, workload: Any, counts: list[int], records: in
     lag = min((t[2] for t in report.get("timeline") or []), default=0.0) if sharded else 0.0
     rows = [simulate_sharded(workload, w, n, speed_sigma=speed_sigma, slowdown=slowdown, shard_driver_s=driver_s,
                              dispatch_share=share, shard_overhead_s=overhead, min_records=max(1, smallest), start_lag_s=max(0.0, lag),
-                             seed=seed) for w in counts]
+                             seed=seed, window=max(1, (report.get("shards") or {}).get("window", 1))) for w in counts]
     for row in rows:
         row.update(shard_driver_s=driver_s, dispatch_share=share, record_s=record_seconds(workload))
     return rows

@@ -162,17 +162,21 @@ def data_start(path: str) -> tuple[int, int]:
 
 
 class TextCutter:
-    """Cuts bytes ``[start, size)`` of a JSONL/CSV/TXT file into consecutive shards, one ``cut``
-    at a time, each cut moved forward to the next record end. ``start`` must be a record start
-    (``data_start`` or a committed shard's end), ``first_line`` its line number. Reads each
-    shard's range once, counting line ends (and for CSV quotes) at about memory speed, so every
-    shard knows its first line number: a JSONL row without an id gets its line number as its
-    id, as in record mode. Holds the file open until ``close``."""
+    """Cuts bytes ``[start, end)`` of a JSONL/CSV/TXT file (``end``: None, the file's size) into
+    consecutive shards, one ``cut`` at a time, each cut moved forward to the next record end that
+    is also a window boundary: after line ``k * window`` (1-based lines, the header's included;
+    CSV: the first record end from there on). ``start`` must be a record start (``data_start``
+    or a committed shard's end), ``first_line`` its line number. Windows (``batch.windows``)
+    then never straddle two shards, so every shard forms the batches record mode forms. Reads
+    each shard's range once, counting line ends (and for CSV quotes) at about memory speed, so
+    every shard knows its first line number: a JSONL row without an id gets its line number as
+    its id, as in record mode. Holds the file open until ``close``."""
 
-    def __init__(self, path: str, start: int, first_line: int):
+    def __init__(self, path: str, start: int, first_line: int, window: int = 1, end: int | None = None):
         self.csv = path.lower().endswith(".csv")
-        self.size = os.path.getsize(path)
+        self.size = os.path.getsize(path) if end is None else end
         self.pos, self.line = start, first_line
+        self.window = max(1, window)
         self._f = open(path, "rb")
 
     @property
@@ -181,7 +185,8 @@ class TextCutter:
         return max(0, self.size - self.pos)
 
     def cut(self, target: int) -> Shard | None:
-        """The next shard of about ``target`` bytes (>= 1), or None at the end of the file."""
+        """The next shard of about ``target`` bytes (>= 1) or more (up to the next window
+        boundary), or None at the end of the range."""
         f, pos, size = self._f, self.pos, self.size
         if pos >= size:
             return None
@@ -192,19 +197,56 @@ class TextCutter:
             if f.read(1) != b"\n" or (self.csv and quotes % 2):
                 cut, more, _ = _line_end(f, cut, size, quotes % 2 == 1, self.csv)
                 lines += more
+        if cut < size and self.window > 1 and self.line:
+            cut, more = self._to_window_end(cut, self.line + lines)
+            lines += more
         shard = Shard(pos, cut, self.line)
         self.pos, self.line = cut, self.line + lines
         return shard
+
+    def _to_window_end(self, cut: int, line: int) -> tuple[int, int]:
+        """From ``cut`` (a record end where line ``line`` starts), the first record end at or
+        after the end of line ``k * window`` (k >= 1); returns (offset, line ends passed)."""
+        need = (1 - line) % self.window
+        if need == 0:
+            return cut, 0
+        end, passed = _skip_lines(self._f, cut, self.size, need)
+        if self.csv and end < self.size and _count(self._f, cut, end)[1] % 2:
+            end, more, _ = _line_end(self._f, end, self.size, True, True)
+            passed += more
+        return end, passed
 
     def close(self) -> None:
         self._f.close()
 
 
+def _skip_lines(f, pos: int, end: int, n: int) -> tuple[int, int]:
+    """(the offset just after the ``n``-th line end from ``pos``, capped at ``end``; line ends passed)."""
+    f.seek(pos)
+    found = 0
+    while found < n and pos < end:
+        block = f.read(min(_BLOCK, end - pos))
+        if not block:
+            break
+        c = block.count(b"\n")
+        if found + c < n:
+            found += c
+            pos += len(block)
+            continue
+        i = -1
+        for _ in range(n - found):
+            i = block.index(b"\n", i + 1)
+        return pos + i + 1, n
+    return min(pos, end), found
+
+
 class ParquetCutter:
     """Cuts rows ``[start_row, num_rows)`` of a Parquet file into consecutive shards, each cut
-    moved forward to the next row-group boundary (a row group is never split)."""
+    moved forward to the next row-group boundary (``window`` 1: a row group is never split),
+    or with ``window`` > 1 to the next multiple of ``window`` rows (a window boundary,
+    ``batch.windows``; the reader slices a row group two shards share)."""
 
-    def __init__(self, path: str, start_row: int):
+    def __init__(self, path: str, start_row: int, window: int = 1):
         import pyarrow.parquet as pq
 
         meta = pq.ParquetFile(path).metadata
@@ -213,6 +255,7 @@ class ParquetCutter:
             row += meta.row_group(g).num_rows
             self.bounds.append(row)
         self.total, self.pos = row, start_row
+        self.window = max(1, window)
 
     @property
     def left(self) -> int:
@@ -224,7 +267,10 @@ class ParquetCutter:
         pos = self.pos
         if pos >= self.total:
             return None
-        self.pos = next((b for b in self.bounds if b >= pos + max(1, target)), self.total)
+        if self.window > 1:
+            self.pos = min(self.total, -(-(pos + max(1, target)) // self.window) * self.window)
+        else:
+            self.pos = next((b for b in self.bounds if b >= pos + max(1, target)), self.total)
         return Shard(pos, self.pos, pos + 1)
 
     def close(self) -> None:
@@ -236,11 +282,14 @@ class ShardPlanner:
     or ``ParquetCutter``) driven by a ``FactoringPlan`` over what is left. Used by the driver
     (``batch.shard_mode.ShardDriver``) so each round's sizes use the driver cost and worker speed
     measured so far (``observe``). ``first_line`` is ignored for Parquet (rows number
-    themselves). Raises ValueError as ``FactoringPlan`` does."""
+    themselves). ``window``: shards end at window boundaries (``TextCutter``, ``ParquetCutter``).
+    Raises ValueError as ``FactoringPlan`` does."""
 
-    def __init__(self, path: str, start: int, first_line: int, workers: int, min_size: int, max_size: int):
+    def __init__(self, path: str, start: int, first_line: int, workers: int, min_size: int, max_size: int,
+                 window: int = 1):
         parquet = path.lower().endswith(".parquet")
-        self.cutter = ParquetCutter(path, start) if parquet else TextCutter(path, start, first_line)
+        self.cutter = (ParquetCutter(path, start, window) if parquet
+                       else TextCutter(path, start, first_line, window))
         self.plan = FactoringPlan(self.cutter.left, workers, min_size, max_size)
         self.planned = 0
 
@@ -302,6 +351,30 @@ def split_shard(path: str, shard: Shard) -> tuple[Shard, Shard] | None:
             return None
     second = shard.first_line + lines + more if shard.first_line else 0
     return Shard(shard.start, cut, shard.first_line), Shard(cut, shard.end, second)
+
+
+def split_at_window(path: str, shard: Shard, window: int) -> tuple[Shard, Shard] | None:
+    """Bisect a shard at the window boundary (``TextCutter``, ``ParquetCutter``) nearest after
+    its middle, or its first one; None when no window boundary lies inside it (it holds one
+    window or part of one: only ``split_shard`` can cut it, and that changes its batches)."""
+    if window <= 1:
+        return None
+    if path.lower().endswith(".parquet"):
+        first = -(-(shard.start + 1) // window) * window
+        mid = -(-((shard.start + shard.end) // 2) // window) * window
+        cut = mid if mid < shard.end else first
+        return (Shard(shard.start, cut, shard.first_line), Shard(cut, shard.end, cut + 1)) if cut < shard.end else None
+    if not shard.first_line:
+        return None
+    for target in ((shard.end - shard.start) // 2, 1):
+        cutter = TextCutter(path, shard.start, shard.first_line, window, end=shard.end)
+        try:
+            first = cutter.cut(max(1, target))
+            if first is not None and first.end < shard.end:
+                return first, Shard(first.end, shard.end, cutter.line)
+        finally:
+            cutter.close()
+    return None
 
 
 def shard_lines(path: str, shard: Shard) -> int:

@@ -93,10 +93,15 @@ class ShardStore:
         self.header: Any = None  # the job's CSV header / Parquet schema bytes (io.shards.part_sinks)
         self.next_start, self.next_line = start
         self.finished = False
+        # As ``io.checkpoint.Checkpoint``'s: kept in the manifest from run to run.
+        self.numerics: dict[str, Any] | None = None
+        self.determinism: dict[str, Any] | None = None
+        self.determinism_state: Any = None
         if old is not None and old.get("mode") == MODE and old.get("finished") and self.keep_parts:
             self._resume(old, finished=True)  # verifies every part: "already complete"
             self.finished = True
         elif old is not None and old.get("mode") == MODE and not old.get("finished"):
+            self.numerics, self.determinism = old.get("numerics"), old.get("determinism")
             self._resume(old)
         else:
             remove_own(self.folder, _is_dir_own if self.keep_parts else _is_part)
@@ -216,7 +221,8 @@ class ShardStore:
             "output_sha256": out_sha, "errors_sha256": err_sha, "errors_file": os.path.abspath(self.errors_path),
             "sink": {}, "finished": True,
             "shards": len(self.committed), "header": self._header_json(),
-            "next_start": self.next_start, "next_line": self.next_line,
+            "next_start": self.next_start, "next_line": self.next_line, "numerics": self.numerics,
+            "determinism": self.determinism_state() if self.determinism_state else self.determinism,
             **({"committed": self.committed, "parts": [e["part"] for e in self.committed if e["out_bytes"]]}
                if self.keep_parts
                else {"output_ranges_sha256": ranges})},
@@ -238,7 +244,9 @@ class ShardStore:
             "version": VERSION, "mode": MODE, "job": self.job, "records_done": self.records_done,
             "failed_records": self.failed, "output_bytes": 0, "output_parts": 0, "errors_bytes": 0,
             "next_start": self.next_start, "next_line": self.next_line, "committed": self.committed,
-            "errors_file": os.path.abspath(self.errors_path), "header": self._header_json(), "finished": finished},
+            "errors_file": os.path.abspath(self.errors_path), "header": self._header_json(), "finished": finished,
+            "numerics": self.numerics,
+            "determinism": self.determinism_state() if self.determinism_state else self.determinism},
             compact=True)
         self.saved_records = self.records_done
 
