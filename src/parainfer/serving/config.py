@@ -68,6 +68,10 @@ class ServeConfig(BaseModel):
     batch_concurrency: int = Field(default=4, ge=1, description="most batch requests running at once per replica "
                                    "(x workers in all); they start only while no online request is in flight")
     trust: bool = Field(default=False, description="load model files holding types skops does not trust by default")
+    deterministic: bool = Field(default=True, description="embed/classify: a text's output bits do not depend on "
+                                "the requests batched with it, and equal a batch job's (`run`); generate: greedy "
+                                "tokens do not depend on the running batch (docs/serving.md, 'Deterministic "
+                                "outputs'); --no-deterministic: free batching, a little faster")
     # ---- token budget of embed/classify batches (see embed/batcher.py) ----
     max_batch_tokens: int | None = Field(default=8192, ge=1, description="most padded tokens (inputs x longest) "
                                          "per model batch; None: no budget")
