@@ -1,14 +1,11 @@
-"""Deterministic mode of the Hugging Face encoders: canonical widths and the load-time probe.
+"""Deterministic mode of the Hugging Face encoders: how texts are cut into forward passes.
 
 A text is computed at ``canonical_width`` of its own length, rows of different widths never
-share a forward pass, and the probe decides whether rows of one width may share one (mode
-canonical-width) or each text runs alone (per-text). Either way a text's embedding has the same
-bits whatever it is batched with: checked here on real texts, mixed lengths, in real batches.
+share a forward pass, and (mode per-text) each text runs alone. The bits themselves, served
+against a batch job's, are checked end to end in tests/serving/test_deterministic.py.
 """
 
 from __future__ import annotations
-
-import random
 
 import numpy as np
 import pytest
@@ -25,17 +22,13 @@ def test_canonical_width_rounds_up_to_the_step_and_stops_at_the_window():
 
 @pytest.fixture(scope="module")
 def embedder():
-    import torch
-
+    """The built-in embedder with its tokenizer loaded (no weights: grouping needs lengths only)."""
     from parainfer.models.hf_embed import HFEmbedPredictor, default_embed_model_dir
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     predictor = HFEmbedPredictor(default_embed_model_dir(), dtype="float32")
     predictor.max_batch_tokens = 8192
-    predictor.load()
-    yield predictor
-    torch.set_num_threads(before)
+    predictor._get_tokenizer()
+    return predictor
 
 
 @pytest.fixture(scope="module")
@@ -48,43 +41,36 @@ def texts() -> list[str]:
     return vader + [t[: 200 + 40 * i] for i, t in enumerate(bbc)]
 
 
-def test_probe_decides_a_deterministic_mode_and_says_why(embedder):
-    info = embedder.describe()["batch_invariance"]
-    assert info["deterministic"] is True and info["mode"] in ("canonical-width", "per-text")
-    assert info["mode"] == embedder.numerics_mode and info["reason"]
-    assert "invariance_probe_s" in embedder.load_phases
-
-
-def test_passes_never_mix_widths_and_stay_in_budget(embedder, texts):
-    lengths = sorted(embedder.token_lengths(texts))
-    lengths = [min(n, embedder.max_input_tokens) for n in lengths]
+@pytest.mark.parametrize("mode", ["canonical-width", "per-text"])
+def test_passes_never_mix_widths_and_stay_in_budget(embedder, texts, mode):
+    embedder.numerics_mode = mode
+    lengths = sorted(min(n, embedder.max_input_tokens) for n in embedder.token_lengths(texts))
     runs, widths = embedder._runs(lengths)
     assert [k for run in runs for k in run] == list(range(len(lengths)))
     for run in runs:
         assert len({widths[k] for k in run}) == 1  # one width per forward pass
         assert len(run) * widths[run.start] <= embedder.max_batch_tokens
+        assert mode == "canonical-width" or len(run) == 1
     assert widths == [canonical_width(n, embedder.max_input_tokens) for n in lengths]
+    assert len(runs) < len(lengths) or mode == "per-text"  # equal widths do share a pass
 
 
-def test_a_text_gets_the_same_bits_whatever_it_is_batched_with(embedder, texts):
-    alone = {t: embedder.encode([t])[0] for t in texts[::3]}
-    rng = random.Random(7)
-    for _ in range(4):
-        batch = rng.sample(texts, rng.randint(2, len(texts)))
-        got = embedder.encode(batch)
-        for text, row in zip(batch, got):
-            if text in alone:
-                assert row.dtype == np.float32 and row.tobytes() == alone[text].tobytes(), text[:60]
+def test_a_classifier_heads_score_of_a_row_does_not_depend_on_the_other_rows():
+    from parainfer.models.hf_classify import DEFAULT_HEAD, apply_head, load_head
+
+    weight, bias, labels, _ = load_head(DEFAULT_HEAD)
+    vectors = np.random.default_rng(0).standard_normal((33, weight.shape[1])).astype(np.float32)
+    together = apply_head(vectors, weight, bias, labels)
+    assert together == [apply_head(vectors[i:i + 1], weight, bias, labels)[0] for i in range(len(vectors))]
 
 
 def test_no_deterministic_means_free_groups_and_says_so(embedder, texts):
-    mode = embedder.numerics_mode
     embedder.deterministic = False
     try:
-        info = embedder.probe_batch_invariance(embedder._encode_with)
+        info = embedder.probe_batch_invariance(embedder._encode_with)  # returns before any forward
         assert info["deterministic"] is False and info["mode"] == "free" and "--no-deterministic" in info["reason"]
         lengths = sorted(min(n, embedder.max_input_tokens) for n in embedder.token_lengths(texts))
         runs, widths = embedder._runs(lengths)
         assert all(widths[k] == lengths[run.stop - 1] for run in runs for k in run)  # padded to the longest
     finally:
-        embedder.deterministic, embedder.numerics_mode = True, mode
+        embedder.deterministic = True
