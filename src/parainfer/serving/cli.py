@@ -75,10 +75,12 @@ def serve_command(
                                       help="generate: share the KV cache of common prompt prefixes (automatic "
                                       "prefix caching; outputs are the same either way)"),
     group_by_length: bool = typer.Option(True, help="sort waiting inputs by length before batching"),
-    deterministic: bool = typer.Option(True, "--deterministic/--no-deterministic",
-                                       help="a text's output bits (embed/classify) and a greedy request's tokens "
-                                       "(generate) do not depend on what they are batched with; embed/classify "
-                                       "equal `parainfer run`'s (docs/serving.md, 'Deterministic outputs')"),
+    deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic",
+                                                 help="a text's output bits (embed/classify) and a greedy "
+                                                 "request's tokens (generate) do not depend on what they are "
+                                                 "batched with; embed/classify equal `parainfer run`'s "
+                                                 "(default: on, except for generate, where it turns the prefix "
+                                                 "cache off; docs/serving.md, 'Deterministic outputs')"),
     data_dir: Optional[str] = typer.Option(None, help="files and batch state (default: user data dir/parainfer/serve)"),
     max_file_mb: float = typer.Option(200.0, help="larger uploads to /v1/files get 413"),
     max_batch_lines: int = typer.Option(50_000, help="batch input files with more requests get 400"),

@@ -50,7 +50,7 @@ class InferenceService:
 
     def __init__(self, config: ServeConfig, predictor: Predictor, metrics: ServingMetrics):
         self.config, self.predictor, self.metrics = config, predictor, metrics
-        predictor.deterministic = config.deterministic  # canonical widths (models.hf_common), shipped to workers
+        predictor.deterministic = bool(config.deterministic)  # canonical widths (models.hf_common), shipped to workers
         self.window = predictor.window()
         self._told_numerics = False
         executor = make_executor(config.executor, predictor, config.workers, config.threads_per_worker,
