@@ -55,11 +55,13 @@ CALIBRATION_TEXTS = [
 ]
 
 
-def canonical_width(length: int, window: int | None, step: int = CANONICAL_WIDTH_STEP) -> int:
+def canonical_width(length: int, window: int | None, step: int | None = None) -> int:
     """The padded width (tokens) a text of ``length`` tokens is computed at in deterministic
-    mode: ``length`` rounded up to a multiple of ``step``, at most ``window`` (None: no cap).
+    mode: ``length`` rounded up to a multiple of ``step`` (default ``CANONICAL_WIDTH_STEP``), at
+    most ``window`` (None: no cap).
 
     A function of the text alone, so the batch job and the server pad it alike."""
+    step = step or CANONICAL_WIDTH_STEP
     width = -(-max(length, 1) // step) * step
     return min(width, window) if window else width
 
