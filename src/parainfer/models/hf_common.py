@@ -29,8 +29,9 @@ FORWARD_OVERHEAD_TOKENS = {"cpu": 48.0}
 # Deterministic mode (``--deterministic``, the default): a text of n tokens is computed padded to
 # ``canonical_width(n)``, the next multiple of this step (capped at the window), whatever it is
 # batched with; rows of one width may share a forward pass, rows of different widths never do.
-# 16 measured cheapest of 8/16/32 on mixed serving traffic (docs/benchmarks.md, "Deterministic
-# embeddings"): finer steps add forward calls, coarser ones add padding.
+# 16: on mixed serving traffic in batches of 32 it computed 2% more padded tokens than free
+# groups at about the same speed; 8 made more, smaller forward calls (0.70x), 32 padded 10% more
+# (docs/benchmarks.md, "Deterministic mode").
 CANONICAL_WIDTH_STEP = 16
 # Batch sizes the invariance probe checks (against each text computed alone): at the narrowest
 # canonical width of the calibration texts, small, odd and up to the serve default (32); at
@@ -355,9 +356,14 @@ class HFModel(HFTokenizerMixin):
         Args:
             outputs: ``outputs(model, texts) -> array [B, ...]``, the predictor's forward.
 
+        The decision is remembered per model, dtype, threads and machine in the dtype cache
+        (``dtype_cache.lookup_json``; ``PARAINFER_DTYPE_CACHE=0`` turns it off): later loads
+        skip the probe ("decision": "cached").
+
         Returns:
             {"deterministic": bool, "mode": "canonical-width" | "per-text" | "free",
-            "reason": str, "probe_s": float}; also shown in describe() as "batch_invariance".
+            "reason": str, "decision": "checked" | "cached" (deterministic only),
+            "probe_s": float}; also shown in describe() as "batch_invariance".
         """
         import time
 
@@ -366,7 +372,15 @@ class HFModel(HFTokenizerMixin):
             return {"deterministic": False, "mode": "free", "probe_s": 0.0,
                     "reason": "--no-deterministic: a text's padded width and batch size follow its batch-mates, "
                               "and on some CPUs (oneDNN picks kernels by shape) so do its output bits"}
+        from parainfer.models import dtype_cache
+
         t = time.perf_counter()
+        key = self._probe_key()
+        known = dtype_cache.lookup_json(key)
+        if known and known.get("mode") in ("canonical-width", "per-text") and known.get("reason"):
+            self.numerics_mode = known["mode"]
+            return {"deterministic": True, "mode": known["mode"], "reason": known["reason"],
+                    "decision": "cached", "probe_s": round(time.perf_counter() - t, 3)}
         self.numerics_mode = "canonical-width"
         mismatch = self._first_mismatch(outputs)
         if mismatch is None:
@@ -375,8 +389,22 @@ class HFModel(HFTokenizerMixin):
         else:
             self.numerics_mode = "per-text"
             reason = f"{mismatch}; so each text is computed alone at its canonical width"
-        return {"deterministic": True, "mode": self.numerics_mode, "reason": reason,
+        dtype_cache.store_json(key, {"mode": self.numerics_mode, "reason": reason})
+        return {"deterministic": True, "mode": self.numerics_mode, "reason": reason, "decision": "checked",
                 "probe_s": round(time.perf_counter() - t, 3)}
+
+    def _probe_key(self) -> str:
+        """The probe's cache key: the dtype decision's (model files, class, device, CPU, torch)
+        plus the dtype, torch's thread count and the probe's own settings."""
+        import hashlib
+
+        import torch
+
+        from parainfer.models import dtype_cache
+
+        base = dtype_cache.decision_key(self.model_dir, type(self).__name__, self.device)
+        extra = f"invariance|{self.dtype}|{torch.get_num_threads()}|{CANONICAL_WIDTH_STEP}|{PROBE_BATCH_SIZES}"
+        return hashlib.sha256(f"{base}|{extra}".encode()).hexdigest()
 
     def _first_mismatch(self, outputs: Callable[[Any, list[str]], np.ndarray]) -> str | None:
         """The first calibration text whose output bits differ between alone and in a batch of
