@@ -115,6 +115,7 @@ class Pool:
         predictor = build_job_predictor(config)
         n = worker_count(config, predictor)
         predictor.max_batch_tokens = config.max_batch_tokens  # workers hold it exactly
+        predictor.deterministic = config.deterministic  # canonical widths (models.hf_common)
         self._predictor = predictor
         self._workers = start_workers(predictor, n, config.threads_per_worker, config)
         n = self._workers.num_workers  # fewer when N replicas do not fit in memory

@@ -53,6 +53,9 @@ class JobConfig(BaseModel):
     cpus_per_worker: float = Field(default=1.0, gt=0, description="ray: CPUs each worker actor asks for")
     gpus_per_worker: float = Field(default=0.0, ge=0, description="ray: GPUs each worker actor asks for")
     trust: bool = Field(default=False, description="load model files holding types skops does not trust by default")
+    deterministic: bool = Field(default=True, description="embed/classify: canonical padded widths, so a text's "
+                                "output bits do not depend on its batch-mates (docs/serving.md, 'Deterministic "
+                                "outputs')")
     dashboard: str | None = Field(default=None, description="[HOST:]PORT: serve a live dashboard of the job there "
                                   "(loopback by default; PARAINFER_API_KEY, when set, is its key; docs/dashboard.md)")
     @field_validator("batch_size")

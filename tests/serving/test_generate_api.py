@@ -62,6 +62,8 @@ def test_health_is_503_while_loading_then_200(gen_server):
     assert gen_server["first_health"].json()["status"] == "loading"
     body = httpx.get(gen_server["url"] + "/health").json()
     assert body["status"] == "ok" and body["max_model_len"] == 8192
+    # generate is not deterministic unless asked (it would turn the prefix cache off): /health says so
+    assert body["deterministic"] is False and body["batch_invariance"]["mode"] == "free"
 
 
 def test_completion_greedy_equals_the_engine_run_directly(client, engine):

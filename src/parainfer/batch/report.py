@@ -180,7 +180,7 @@ def startup_parts(t0: float, t_spawn: float, ready: list[dict[str, float]], firs
     starts = [p["started_at"] - t_spawn for p in ready if "started_at" in p]
     if starts:
         out["worker_process_s"] = max(starts)
-    for name in ("imports_s", "tokenizer_s", "weights_s", "dtype_check_s", "load_other_s"):
+    for name in ("imports_s", "tokenizer_s", "weights_s", "dtype_check_s", "invariance_probe_s", "load_other_s"):
         values = [p[name] for p in ready if name in p]
         if values:
             out[name] = max(values)
@@ -239,6 +239,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if model.get("dtype"):
         lines.append(f"model: {model.get('task', '?')} by {model.get('class', '?')}, {model['dtype']} "
                      f"on {model.get('device', 'cpu')}")
+    numerics = report.get("batch_invariance")
+    if numerics:  # a text's output bits independent of its batch-mates (docs/serving.md)
+        lines.append(f"batch invariance: deterministic {str(numerics['deterministic']).lower()}, mode "
+                     f"{numerics['mode']}: {numerics['reason']}")
     return lines
 
 

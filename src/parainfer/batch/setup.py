@@ -106,6 +106,7 @@ class JobSetup:
         predictor = predictor or build_job_predictor(config)
         num_workers = worker_count(config, predictor)
         predictor.max_batch_tokens = config.max_batch_tokens  # workers hold it exactly
+        predictor.deterministic = config.deterministic  # canonical widths (models.hf_common)
         tuner = auto_batch_tuner(config, num_workers)
         batch_size = min(AUTO_BATCH_SIZE, tuner.max_size) if tuner else int(config.batch_size)
         bucket = config.bucket_window > 1
@@ -205,6 +206,8 @@ def on_worker_ready(event: WorkerReady, workers: Workers, report: Any, ready_pha
     workers.model_info = event.info
     report.per_worker[event.worker_id].load_s = event.load_s
     report.extra["model"] = event.info
+    if "batch_invariance" in event.info:  # the model's numerics (models.hf_common.probe_batch_invariance)
+        report.extra["batch_invariance"] = event.info["batch_invariance"]
     if len(ready_phases) < workers.num_workers:
         ready_phases.append({**event.phases, "ready_at": time.perf_counter()})
 

@@ -32,6 +32,10 @@ class AttentionMetadata:
             at position 0).
         prefill_masks: per prefill chunk, its causal mask over the cached keys ([L, end] bool,
             built once per step instead of once per layer), or None (built in each layer).
+        decode_exact: deterministic mode: per decode row, (its block ids [ceil(length /
+            block_size)], its context length); each row then attends alone over exactly its own
+            keys, so its bits never depend on the other rows (``decode_block_tables`` and
+            ``decode_mask`` are None). None: all decode rows in one padded call.
     """
 
     slot_mapping: torch.Tensor
@@ -40,6 +44,7 @@ class AttentionMetadata:
     decode_mask: torch.Tensor | None
     prefill_bounds: list[tuple[int, int, int, torch.Tensor | None]]
     prefill_masks: list[torch.Tensor | None] | None = None
+    decode_exact: list[tuple[torch.Tensor, int]] | None = None
 
 
 def paged_attention(
@@ -66,7 +71,10 @@ def paged_attention(
     kv_cache[1].view(-1, num_kv, head_dim).index_copy_(0, meta.slot_mapping, v)
     parts = []
     bd = meta.num_decode
-    if bd:
+    if bd and meta.decode_exact is not None:
+        parts.extend(_decode_one(q[i:i + 1], kv_cache, blocks, length).reshape(1, num_heads * head_dim)
+                     for i, (blocks, length) in enumerate(meta.decode_exact))
+    elif bd:
         parts.append(_decode(q[:bd], kv_cache, meta).reshape(bd, num_heads * head_dim))
     masks = meta.prefill_masks or [None] * len(meta.prefill_bounds)
     for (start, end, first, blocks), mask in zip(meta.prefill_bounds, masks):
@@ -88,6 +96,15 @@ def _decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata) ->
     kv = kv.view(2, bd, -1, num_kv, head_dim).transpose(2, 3)
     q = q.view(bd, num_kv, num_heads // num_kv, head_dim)
     return F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=meta.decode_mask)
+
+
+def _decode_one(q: torch.Tensor, kv_cache: torch.Tensor, blocks: torch.Tensor, length: int) -> torch.Tensor:
+    """One decode row alone: q [1, H, D] over exactly its ``length`` cached keys/values (in
+    ``blocks``), no mask, no padding; returns [1, KV, G, D]. The same shapes whatever the batch."""
+    _, num_heads, head_dim = q.shape
+    num_kv = kv_cache.shape[3]
+    kv = _gather_blocks(kv_cache, blocks)[:, :length].transpose(1, 2).unsqueeze(1)  # [2, 1, KV, L, D]
+    return F.scaled_dot_product_attention(q.view(1, num_kv, num_heads // num_kv, head_dim), kv[0], kv[1])
 
 
 def _prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

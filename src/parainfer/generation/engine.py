@@ -29,6 +29,7 @@ from parainfer.errors import UsageError
 from parainfer.generation.detokenizer import IncrementalDetokenizer
 from parainfer.generation.engine_config import EngineConfig
 from parainfer.generation.grammar import GrammarCompiler, GrammarState
+from parainfer.generation.invariance import batch_invariance
 from parainfer.generation.kv_cache import BlockManager, KVCache
 from parainfer.generation.llama import LlamaForward
 from parainfer.generation.model_runner import ModelRunner
@@ -79,6 +80,8 @@ class LLMEngine:
 
     def _setup(self, hf_model: Any, tokenizer: Any, config: EngineConfig | None, overrides: dict) -> None:
         cfg = (config or EngineConfig()).replace(**overrides)
+        if cfg.deterministic and cfg.enable_prefix_caching:
+            cfg = cfg.replace(enable_prefix_caching=False)  # a cached prefix changes how the rest is computed
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         hf_cfg = hf_model.config
@@ -95,8 +98,10 @@ class LLMEngine:
         self.config = cfg
         kv = KVCache(m.num_layers, cfg.num_blocks, cfg.block_size, m.num_kv_heads, m.head_dim, cfg.torch_dtype)
         self.block_manager = BlockManager(cfg.num_blocks, cfg.block_size, cfg.enable_prefix_caching)
-        self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens)
-        self.runner = ModelRunner(m, kv)
+        self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens,
+                                   cfg.deterministic_chunk if cfg.deterministic else None)
+        self.runner = ModelRunner(m, kv, cfg.deterministic)
+        self.batch_invariance = batch_invariance(m, cfg)
         self.eos_token_ids = eos_token_ids(hf_model, tokenizer)
         self.grammars = GrammarCompiler(tokenizer, int(hf_cfg.vocab_size), self.eos_token_ids, cfg.grammar)
         self._compiling: list[Sequence] = []  # waiting for their grammar (seq.grammar_ticket)
@@ -358,3 +363,4 @@ class LLMEngine:
                 cb(exc)  # type: ignore[arg-type]
             except Exception:  # noqa: BLE001
                 log.exception("output callback of request %s failed", seq.request_id)
+

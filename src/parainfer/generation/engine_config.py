@@ -37,6 +37,14 @@ class EngineConfig:
             same either way; False recomputes every prompt (``--no-prefix-cache``).
         grammar: structured output: the compile time budget, the compiled-grammar cache's
             bytes, compile threads and schema limits (:class:`~parainfer.generation.grammar.GrammarSettings`).
+        deterministic: a sequence's computation does not depend on the rest of the running
+            batch: each decoding sequence attends over exactly its own keys (no padding to the
+            batch's longest context), prompts are prefilled in chunks that end at multiples of
+            ``deterministic_chunk`` (a function of the prompt alone, never of the budget others
+            left), prefix caching is off (a cached prefix changes how the rest of a prompt is
+            computed), and a load-time probe checks that the linear layers give a row the same
+            bits at every batch row count (``LLMEngine.batch_invariance``). Greedy tokens then do
+            not depend on the batch. Costs: docs/benchmarks.md, "Deterministic generation".
     """
 
     dtype: str = "float32"
@@ -50,6 +58,15 @@ class EngineConfig:
     threads: int | None = None
     enable_prefix_caching: bool = True
     grammar: GrammarSettings = field(default_factory=GrammarSettings)
+    deterministic: bool = False
+
+    @property
+    def deterministic_chunk(self) -> int:
+        """Prefill chunk length in deterministic mode: the step budget less a row for every
+        running sequence (so a whole chunk always fits beside the decode rows), rounded down to a
+        whole number of blocks, at least one block."""
+        room = self.max_num_batched_tokens - self.max_num_seqs
+        return max(self.block_size, room // self.block_size * self.block_size)
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:

@@ -26,10 +26,11 @@ class ModelRunner:
         kv_cache: the paged cache (its block ids come from the scheduler's BlockManager).
     """
 
-    def __init__(self, model: LlamaForward, kv_cache: KVCache) -> None:
+    def __init__(self, model: LlamaForward, kv_cache: KVCache, deterministic: bool = False) -> None:
         self.model = model
         self.kv_cache = kv_cache
         self.block_size = kv_cache.block_size
+        self.deterministic = deterministic  # decode rows attend one by one (AttentionMetadata.decode_exact)
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> list[int | Exception]:
@@ -63,7 +64,11 @@ class ModelRunner:
             bounds.append((row, row + last - first, first, blocks))
             if last == seq.num_tokens:
                 logit_rows.append(row + last - first - 1)
-        tables, mask = self._decode_tables(batch)
+        exact = None
+        if self.deterministic and batch.decode:
+            exact = [(torch.tensor(s.block_table[: -(-s.num_tokens // bs)], dtype=torch.long), s.num_tokens)
+                     for s in batch.decode]
+        tables, mask = self._decode_tables(batch) if exact is None else (None, None)
         meta = AttentionMetadata(
             slot_mapping=torch.tensor(slots, dtype=torch.long),
             num_decode=len(batch.decode),
@@ -71,6 +76,7 @@ class ModelRunner:
             decode_mask=mask,
             prefill_bounds=bounds,
             prefill_masks=[None if b[3] is None else chunk_mask(b[2], b[1] - b[0]) for b in bounds],
+            decode_exact=exact,
         )
         return (
             torch.tensor(ids, dtype=torch.long),

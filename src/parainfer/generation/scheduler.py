@@ -61,7 +61,8 @@ class Scheduler:
         max_num_batched_tokens: token budget of one step (decode tokens + prefill tokens).
     """
 
-    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 fixed_chunk: int | None = None) -> None:
         if max_num_seqs < 1 or max_num_batched_tokens < 1:
             raise ValueError(
                 f"max_num_seqs and max_num_batched_tokens must be >= 1, got {max_num_seqs}, "
@@ -70,6 +71,9 @@ class Scheduler:
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        # Deterministic mode: prefill chunks end at multiples of this (or at the prompt's end), and
+        # a chunk waits for a step with room for all of it (None: any piece the budget allows).
+        self.fixed_chunk = fixed_chunk
         self.waiting: deque[Sequence] = deque()
         self.running: deque[Sequence] = deque()
         self.num_preemptions = 0
@@ -137,12 +141,14 @@ class Scheduler:
         for seq in self.running:  # chunks of prefills already under way, oldest first
             if budget <= 0:
                 return
-            if seq.is_prefilling:
+            if seq.is_prefilling and self._chunk_end(seq, seq.num_computed_tokens, budget) is not None:
                 budget -= self._add_chunk(batch, seq, budget)
         while self.waiting and len(self.running) < self.max_num_seqs and budget > 0:
             seq = self.waiting[0]
             if not self.block_manager.can_allocate(seq):
                 break
+            if self.fixed_chunk and min(seq.num_tokens, self.fixed_chunk) > budget:
+                break  # its first chunk waits for a step with room for all of it
             seq.num_computed_tokens = self.block_manager.allocate(seq)
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
@@ -153,11 +159,20 @@ class Scheduler:
         """Schedule the next ``<= budget`` uncached tokens of ``seq`` (registering the full blocks
         they complete in the prefix cache); returns how many."""
         start = seq.num_computed_tokens
-        end = min(seq.num_tokens, start + budget)
+        end = self._chunk_end(seq, start, budget)
+        assert end is not None, "a chunk was scheduled without room for it"
         self.block_manager.cache_blocks(seq, end)
         batch.prefill.append(seq)
         batch.chunks.append((start, end))
         return end - start
+
+    def _chunk_end(self, seq: Sequence, start: int, budget: int) -> int | None:
+        """Where ``seq``'s next prefill chunk from ``start`` ends with ``budget`` tokens left;
+        None when (``fixed_chunk``) its whole fixed chunk does not fit this step."""
+        if not self.fixed_chunk:
+            return min(seq.num_tokens, start + budget)
+        end = min(seq.num_tokens, (start // self.fixed_chunk + 1) * self.fixed_chunk)
+        return end if end - start <= budget else None
 
     def _preempt(self, seq: Sequence, batch: ScheduledBatch) -> None:
         self.block_manager.free(seq)

@@ -1,4 +1,5 @@
-"""The ``--dtype auto`` decision, remembered per model and machine (a start-up cost).
+"""The ``--dtype auto`` decision, remembered per model and machine (a start-up cost); also the
+batch-invariance probe's (``hf_common.HFModel.probe_batch_invariance``), by ``lookup_json``.
 
 ``--dtype auto`` checks bf16 against float32 on calibration texts (``hf_common.pick_dtype``);
 the answer depends on the model files, the predictor class, the device, the CPU and the torch
@@ -53,26 +54,37 @@ def decision_key(model_dir: Path, predictor_class: str, device: str) -> str:
 
 def lookup(key: str) -> str | None:
     """The stored dtype ("bfloat16" | "float32") for ``key``, or None (unknown, unreadable, off)."""
-    folder = cache_folder()
-    if folder is None:
-        return None
-    try:
-        value = json.loads((folder / f"{key}.json").read_text()).get("dtype")
-    except (OSError, ValueError, AttributeError):
-        return None
+    value = (lookup_json(key) or {}).get("dtype")
     return value if value in ("bfloat16", "float32") else None
 
 
 def store(key: str, dtype: str) -> None:
-    """Remember ``dtype`` for ``key`` (atomic write; a failure to write is ignored: the cache
-    only saves time)."""
+    """Remember ``dtype`` for ``key`` (``store_json``)."""
+    store_json(key, {"dtype": dtype})
+
+
+def lookup_json(key: str) -> dict | None:
+    """The JSON object stored under ``key``, or None (unknown, unreadable, not an object, off)."""
+    folder = cache_folder()
+    if folder is None:
+        return None
+    try:
+        value = json.loads((folder / f"{key}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def store_json(key: str, value: dict) -> None:
+    """Remember ``value`` (a JSON-able dict) for ``key`` (atomic write; a failure to write is
+    ignored: the cache only saves time)."""
     folder = cache_folder()
     if folder is None:
         return
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{key}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"dtype": dtype}))
+        tmp.write_text(json.dumps(value))
         os.replace(tmp, folder / f"{key}.json")
     except OSError:
         pass

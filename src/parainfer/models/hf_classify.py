@@ -44,8 +44,12 @@ def load_head(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, list[str
 
 
 def apply_head(vectors: np.ndarray, weight: np.ndarray, bias: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
-    """Linear head on [B, hidden] vectors -> B dicts {"label", "score"} (score = P(label))."""
-    logits = vectors @ weight.T + bias
+    """Linear head on [B, hidden] vectors -> B dicts {"label", "score"} (score = P(label)).
+
+    The logits are elementwise products summed per row (numpy's pairwise sum over the hidden
+    axis), not a BLAS matmul, whose kernel and so whose bits may change with B: a row's score
+    never depends on the rows it is batched with."""
+    logits = (vectors[:, None, :] * weight[None, :, :]).sum(axis=-1) + bias
     if weight.shape[0] == 1:
         p1 = 1.0 / (1.0 + np.exp(-logits[:, 0]))
         probs = np.stack([1.0 - p1, p1], axis=1)
@@ -98,7 +102,7 @@ class HFSequenceClassifierPredictor(HFModel, Predictor):
             a, b = self._probs(fp32, CALIBRATION_TEXTS), self._probs(bf16, CALIBRATION_TEXTS)
             return bool((a.argmax(1) == b.argmax(1)).all() and np.abs(a - b).max() <= 0.02)
 
-        self._load(AutoModelForSequenceClassification, close_enough)
+        self._load(AutoModelForSequenceClassification, close_enough, self._probs)
 
     def _probs(self, model: Any, texts: list[str]) -> np.ndarray:
         import torch

@@ -26,6 +26,18 @@ from parainfer.counts import TokenCounts, split_by_padding, within_budget
 # input always gives the same batches and therefore the same output bits.
 FORWARD_OVERHEAD_TOKENS = {"cpu": 48.0}
 
+# Deterministic mode (``--deterministic``, the default): a text of n tokens is computed padded to
+# ``canonical_width(n)``, the next multiple of this step (capped at the window), whatever it is
+# batched with; rows of one width may share a forward pass, rows of different widths never do.
+# 16: on mixed serving traffic in batches of 32 it computed 2% more padded tokens than free
+# groups at about the same speed; 8 made more, smaller forward calls (0.70x), 32 padded 10% more
+# (docs/benchmarks.md, "Deterministic mode").
+CANONICAL_WIDTH_STEP = 16
+# Batch sizes the invariance probe checks (against each text computed alone): at the narrowest
+# canonical width of the calibration texts, small, odd and up to the serve default (32); at
+# each wider one, the first two (the probe must stay well under a second of a worker's load).
+PROBE_BATCH_SIZES = (2, 3, 8, 17, 32)
+
 # Calibration texts for the ``auto`` dtype check: varied length, sentiment and vocabulary.
 CALIBRATION_TEXTS = [
     "I loved this film, the acting was superb and the story moved me.",
@@ -42,6 +54,17 @@ CALIBRATION_TEXTS = [
     "He scored twice in the second half to secure the win for his team.",
     "I can't believe how boring and predictable this sequel turned out to be.",
 ]
+
+
+def canonical_width(length: int, window: int | None, step: int | None = None) -> int:
+    """The padded width (tokens) a text of ``length`` tokens is computed at in deterministic
+    mode: ``length`` rounded up to a multiple of ``step`` (default ``CANONICAL_WIDTH_STEP``), at
+    most ``window`` (None: no cap).
+
+    A function of the text alone, so the batch job and the server pad it alike."""
+    step = step or CANONICAL_WIDTH_STEP
+    width = -(-max(length, 1) // step) * step
+    return min(width, window) if window else width
 
 
 def read_window(model_dir: Path, tokenizer: Any, config: Any) -> int:
@@ -169,8 +192,8 @@ class HFTokenizerMixin:
 
     def _length_groups(self, texts: list[str]) -> Iterator[tuple[list[int], dict[str, Any]]]:
         """Tokenise B texts once (truncated to the window), sort them by length, cut them into
-        length groups (``split_by_padding`` with this device's per-call overhead) and yield
-        (row indices into ``texts``, padded torch tensors [b, longest of the group]) per group."""
+        forward passes (``_runs``) and yield (row indices into ``texts``, padded torch tensors
+        [b, width of the pass]) per pass."""
         import torch
 
         tokenizer = self._get_tokenizer()
@@ -178,18 +201,15 @@ class HFTokenizerMixin:
         counts = self._counts(texts, enc)
         lengths = [len(ids) for ids in enc["input_ids"]]
         order = sorted(range(len(texts)), key=lengths.__getitem__)
-        overhead = FORWARD_OVERHEAD_TOKENS.get(str(getattr(self, "device", "cpu")).split(":")[0], float("inf"))
         pad_values = {"input_ids": tokenizer.pad_token_id or 0, "token_type_ids": tokenizer.pad_token_type_id}
         left = tokenizer.padding_side == "left"
-        sorted_lengths = [lengths[i] for i in order]
-        runs = within_budget(split_by_padding(sorted_lengths, overhead), sorted_lengths,
-                             getattr(self, "max_batch_tokens", None))
-        # Padded tokens as computed: rows x longest, summed over the forward passes.
-        counts.padded = sum(len(run) * sorted_lengths[run.stop - 1] for run in runs)
+        runs, widths = self._runs([lengths[i] for i in order])
+        # Padded tokens as computed: rows x width, summed over the forward passes.
+        counts.padded = sum(len(run) * widths[run.stop - 1] for run in runs)
         self._last_counts = (texts, counts)
         for run in runs:
             rows = [order[k] for k in run]
-            width = lengths[rows[-1]]
+            width = widths[run.stop - 1]
             batch = {}
             for name, values in enc.items():
                 pad = pad_values.get(name, 0)
@@ -197,6 +217,29 @@ class HFTokenizerMixin:
                           for v in (values[r] for r in rows)]
                 batch[name] = torch.tensor(padded, dtype=torch.long)
             yield rows, batch
+
+    def _runs(self, sorted_lengths: list[int]) -> tuple[list[range], list[int]]:
+        """Cut ascending token lengths into forward passes; returns (runs, padded width per row).
+
+        ``numerics_mode`` (set at load by ``probe_batch_invariance``) decides:
+        None (not deterministic): the cheapest cut (``split_by_padding`` with this device's
+        per-call overhead), each pass padded to its longest; "canonical-width": each row padded
+        to ``canonical_width`` of its length, rows of equal width together; "per-text": every
+        row alone at its canonical width. Either way no pass exceeds ``max_batch_tokens``."""
+        mode = getattr(self, "numerics_mode", None)
+        budget = getattr(self, "max_batch_tokens", None)
+        if mode is None:
+            overhead = FORWARD_OVERHEAD_TOKENS.get(str(getattr(self, "device", "cpu")).split(":")[0], float("inf"))
+            runs = within_budget(split_by_padding(sorted_lengths, overhead), sorted_lengths, budget)
+            widths = [sorted_lengths[r.stop - 1] for r in runs for _ in r]
+            return runs, widths
+        widths = [canonical_width(n, self.max_input_tokens) for n in sorted_lengths]
+        if mode == "per-text":
+            return [range(k, k + 1) for k in range(len(widths))], widths
+        cuts = [k for k in range(1, len(widths)) if widths[k] != widths[k - 1]]
+        bounds = [0, *cuts, len(widths)]
+        runs = [range(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+        return within_budget(runs, widths, budget), widths
 
     def _forward_grouped(self, model: Any, texts: list[str], head: Callable[[Any, dict[str, Any]], Any]) -> np.ndarray:
         """Run ``head(model, batch) -> tensor [b, ...]`` over the length groups of ``texts``;
@@ -232,6 +275,10 @@ class HFModel(HFTokenizerMixin):
     """
 
     task = "custom"
+    #: The user's ``--deterministic`` (True) / ``--no-deterministic`` (False), set by the job or
+    #: server setup before the predictor is shipped; ``load`` turns it into ``numerics_mode``.
+    deterministic: bool = True
+    numerics_mode: str | None = None
     # Imported once by the local executor's forkserver, not by every worker (start-up time):
     # modeling_utils pulls in ~1,500 modules that ``from_pretrained`` would otherwise import.
     PRELOAD = ("torch", "transformers", "transformers.modeling_utils",
@@ -255,9 +302,11 @@ class HFModel(HFTokenizerMixin):
         self.max_input_tokens: int | None = None
         self._model: Any = None
 
-    def _load(self, auto_cls: Any, close_enough: Any) -> None:
+    def _load(self, auto_cls: Any, close_enough: Any, outputs: Callable[[Any, list[str]], np.ndarray]) -> None:
         """Load tokenizer and weights; for ``auto`` keep bf16 only if
-        ``close_enough(fp32_model, bf16_model)`` says its outputs are within tolerance."""
+        ``close_enough(fp32_model, bf16_model)`` says its outputs are within tolerance; then
+        decide ``numerics_mode`` (``probe_batch_invariance`` with ``outputs(model, texts) ->
+        array [B, ...]``, the predictor's forward)."""
         import time
 
         from parainfer.models import dtype_cache
@@ -288,6 +337,91 @@ class HFModel(HFTokenizerMixin):
                 self.dtype_decision = "checked"
                 dtype_cache.store(key, self.dtype)
             phases["dtype_check_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self.batch_invariance = self.probe_batch_invariance(outputs)
+        phases["invariance_probe_s"] = time.perf_counter() - t
+
+    def probe_batch_invariance(self, outputs: Callable[[Any, list[str]], np.ndarray]) -> dict[str, Any]:
+        """Decide how texts are batched (``numerics_mode``) and say whether outputs are
+        deterministic; run once in each worker after the model (and its dtype) is loaded.
+
+        Not deterministic (``--no-deterministic``): free length groups, no probe. Else every
+        text is computed at its ``canonical_width``, and the probe computes the calibration
+        texts alone and inside batches of ``PROBE_BATCH_SIZES`` rows of the same width: if
+        every row is bitwise equal to the text alone, batching across requests is kept
+        (mode "canonical-width"); else each text runs alone (mode "per-text", slower). The
+        probe is a sample of shapes, not a proof: a library that picks kernels by batch size
+        at sizes it did not try can still break the guarantee (docs/serving.md).
+
+        Args:
+            outputs: ``outputs(model, texts) -> array [B, ...]``, the predictor's forward.
+
+        The decision is remembered per model, dtype, threads and machine in the dtype cache
+        (``dtype_cache.lookup_json``; ``PARAINFER_DTYPE_CACHE=0`` turns it off): later loads
+        skip the probe ("decision": "cached").
+
+        Returns:
+            {"deterministic": bool, "mode": "canonical-width" | "per-text" | "free",
+            "reason": str, "decision": "checked" | "cached" (deterministic only),
+            "probe_s": float}; also shown in describe() as "batch_invariance".
+        """
+        import time
+
+        if not self.deterministic:
+            self.numerics_mode = None
+            return {"deterministic": False, "mode": "free", "probe_s": 0.0,
+                    "reason": "--no-deterministic: a text's padded width and batch size follow its batch-mates, "
+                              "and on some CPUs (oneDNN picks kernels by shape) so do its output bits"}
+        from parainfer.models import dtype_cache
+
+        t = time.perf_counter()
+        key = self._probe_key()
+        known = dtype_cache.lookup_json(key)
+        if known and known.get("mode") in ("canonical-width", "per-text") and known.get("reason"):
+            self.numerics_mode = known["mode"]
+            return {"deterministic": True, "mode": known["mode"], "reason": known["reason"],
+                    "decision": "cached", "probe_s": round(time.perf_counter() - t, 3)}
+        self.numerics_mode = "canonical-width"
+        mismatch = self._first_mismatch(outputs)
+        if mismatch is None:
+            reason = (f"every calibration text gave the same bits alone and in batches of up to "
+                      f"{max(PROBE_BATCH_SIZES)} rows at its canonical width")
+        else:
+            self.numerics_mode = "per-text"
+            reason = f"{mismatch}; so each text is computed alone at its canonical width"
+        dtype_cache.store_json(key, {"mode": self.numerics_mode, "reason": reason})
+        return {"deterministic": True, "mode": self.numerics_mode, "reason": reason, "decision": "checked",
+                "probe_s": round(time.perf_counter() - t, 3)}
+
+    def _probe_key(self) -> str:
+        """The probe's cache key: the dtype decision's (model files, class, device, CPU, torch)
+        plus the dtype, torch's thread count and the probe's own settings."""
+        import hashlib
+
+        import torch
+
+        from parainfer.models import dtype_cache
+
+        base = dtype_cache.decision_key(self.model_dir, type(self).__name__, self.device)
+        extra = f"invariance|{self.dtype}|{torch.get_num_threads()}|{CANONICAL_WIDTH_STEP}|{PROBE_BATCH_SIZES}"
+        return hashlib.sha256(f"{base}|{extra}".encode()).hexdigest()
+
+    def _first_mismatch(self, outputs: Callable[[Any, list[str]], np.ndarray]) -> str | None:
+        """The first calibration text whose output bits differ between alone and in a batch of
+        same-width rows (a sentence saying so), or None when all agree."""
+        texts = list(dict.fromkeys(CALIBRATION_TEXTS))
+        alone = {t: outputs(self._model, [t])[0].tobytes() for t in texts}
+        by_width: dict[int, list[str]] = {}
+        for text, n in zip(texts, self.token_lengths(texts)):
+            by_width.setdefault(canonical_width(min(n, self.max_input_tokens or n), self.max_input_tokens), []).append(text)
+        for k, (width, group) in enumerate(sorted(by_width.items())):
+            for size in PROBE_BATCH_SIZES if k == 0 else PROBE_BATCH_SIZES[:2]:
+                batch = (group * size)[:size]
+                for text, row in zip(batch, outputs(self._model, batch)):
+                    if row.tobytes() != alone[text]:
+                        return (f"a calibration text at width {width} gave other bits in a batch of {size} "
+                                "than alone (this CPU/library picks kernels by batch shape)")
+        return None
 
     def describe(self) -> dict[str, Any]:
         """Class, task, model path, dtype (as resolved after load) and window."""
@@ -295,6 +429,8 @@ class HFModel(HFTokenizerMixin):
                "dtype": self.dtype, "device": self.device, "max_input_tokens": self.max_input_tokens}
         if getattr(self, "dtype_decision", None):
             out["dtype_decision"] = self.dtype_decision  # "checked" (calibration run) or "cached"
+        if getattr(self, "batch_invariance", None):
+            out["batch_invariance"] = self.batch_invariance  # after load: probe_batch_invariance
         return out
 
 

@@ -53,7 +53,7 @@ class HFEncoder(HFModel):
             got = self._encode_with(bf16, CALIBRATION_TEXTS)
             return float(np.min(np.sum(ref * got, axis=1))) >= BF16_MIN_COSINE
 
-        self._load(AutoModel, close_enough)
+        self._load(AutoModel, close_enough, self._encode_with)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Embed B texts. Returns float32 array [B, hidden] with unit L2 norm rows."""

@@ -75,6 +75,12 @@ def serve_command(
                                       help="generate: share the KV cache of common prompt prefixes (automatic "
                                       "prefix caching; outputs are the same either way)"),
     group_by_length: bool = typer.Option(True, help="sort waiting inputs by length before batching"),
+    deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic",
+                                                 help="a text's output bits (embed/classify) and a greedy "
+                                                 "request's tokens (generate) do not depend on what they are "
+                                                 "batched with; embed/classify equal `parainfer run`'s "
+                                                 "(default: on, except for generate, where it turns the prefix "
+                                                 "cache off; docs/serving.md, 'Deterministic outputs')"),
     data_dir: Optional[str] = typer.Option(None, help="files and batch state (default: user data dir/parainfer/serve)"),
     max_file_mb: float = typer.Option(200.0, help="larger uploads to /v1/files get 413"),
     max_batch_lines: int = typer.Option(50_000, help="batch input files with more requests get 400"),
@@ -118,7 +124,7 @@ def serve_command(
                          request_timeout_s=request_timeout_s, api_key=api_key, api_keys_file=api_keys,
                          dtype=dtype, device=device,
                          max_inputs_per_request=max_inputs_per_request, max_body_bytes=max_body_bytes,
-                         threads_per_worker=threads_per_worker, group_by_length=group_by_length,
+                         threads_per_worker=threads_per_worker, group_by_length=group_by_length, deterministic=deterministic,
                          max_num_seqs=max_num_seqs, prefix_cache=prefix_cache, executor=executor, address=address,
                          cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
                          data_dir=data_dir, max_file_mb=max_file_mb,

@@ -68,6 +68,11 @@ class ServeConfig(BaseModel):
     batch_concurrency: int = Field(default=4, ge=1, description="most batch requests running at once per replica "
                                    "(x workers in all); they start only while no online request is in flight")
     trust: bool = Field(default=False, description="load model files holding types skops does not trust by default")
+    deterministic: bool | None = Field(default=None, description="embed/classify: a text's output bits do not "
+                                       "depend on the requests batched with it, and equal a batch job's (`run`); "
+                                       "generate: greedy tokens do not depend on the running batch, prefix cache "
+                                       "off (docs/serving.md, 'Deterministic outputs'); unset: on, except for "
+                                       "generate")
     # ---- token budget of embed/classify batches (see embed/batcher.py) ----
     max_batch_tokens: int | None = Field(default=8192, ge=1, description="most padded tokens (inputs x longest) "
                                          "per model batch; None: no budget")
@@ -94,9 +99,11 @@ class ServeConfig(BaseModel):
     @model_validator(mode="after")
     def _default_workers(self) -> ServeConfig:
         """``workers`` left unset (None): 1 for generate (one engine in the server process), else 2;
-        an int afterwards."""
+        an int afterwards. ``deterministic`` left unset: True, except for generate."""
         if self.workers is None:
             self.workers = 1 if self.task == "generate" else 2
+        if self.deterministic is None:  # generate: it would cost the prefix cache, so it is asked for
+            self.deterministic = self.task != "generate"
         return self
 
     def model_names(self) -> ModelNames:

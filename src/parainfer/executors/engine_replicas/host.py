@@ -43,6 +43,7 @@ class EngineSpec:
         threads: torch intra-op threads of the engine (None: torch's default).
         prefix_cache: automatic prefix caching in the engine (``--no-prefix-cache``: False).
         grammar: structured output's ``generation.grammar.GrammarSettings`` (None: its defaults).
+        deterministic: ``EngineConfig.deterministic`` (greedy tokens independent of the batch).
     """
 
     model: str | None
@@ -51,6 +52,7 @@ class EngineSpec:
     threads: int | None
     prefix_cache: bool = True
     grammar: Any = None
+    deterministic: bool = False
 
     def path(self) -> Path:
         from parainfer.generation import ensure_smollm2
@@ -64,7 +66,7 @@ class EngineSpec:
         dtype = "float32" if self.dtype == "auto" else self.dtype
         extra = {} if self.grammar is None else {"grammar": self.grammar}
         return LLMEngine(self.path(), dtype=dtype, max_num_seqs=self.max_num_seqs, threads=self.threads,
-                         enable_prefix_caching=self.prefix_cache, **extra)
+                         enable_prefix_caching=self.prefix_cache, deterministic=self.deterministic, **extra)
 
     def load_tokenizer(self) -> Any:
         """The model's tokenizer alone (the server tokenises; the workers hold the weights)."""

@@ -62,6 +62,7 @@ class ReplicaState:
     restarts: int = 0
     busy_s: float = 0.0
     load_s: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # the predictor's describe() as loaded
 
     @property
     def tokens(self) -> int:
@@ -182,7 +183,7 @@ class BatchRouter:
         for ev in events:
             if isinstance(ev, WorkerReady):
                 rep = self.replicas[ev.worker_id]
-                rep.ready, rep.load_s = True, ev.load_s
+                rep.ready, rep.load_s, rep.info = True, ev.load_s, ev.info
                 self.all_loaded_once = self.all_loaded_once or self.ready_count == len(self.replicas)
             elif isinstance(ev, TaskResult):
                 self._on_result(ev)
@@ -236,6 +237,10 @@ class BatchRouter:
             return
         batch.attempt += 1
         self._retry.append(batch)
+
+    def model_info(self) -> list[dict[str, Any]]:
+        """The loaded model's ``describe()`` of each replica that has loaded (in replica order)."""
+        return [r.info for r in self.replicas if r.info]
 
     def describe(self) -> list[dict[str, Any]]:
         """Per-replica state for /health."""

@@ -50,7 +50,9 @@ class InferenceService:
 
     def __init__(self, config: ServeConfig, predictor: Predictor, metrics: ServingMetrics):
         self.config, self.predictor, self.metrics = config, predictor, metrics
+        predictor.deterministic = bool(config.deterministic)  # canonical widths (models.hf_common), shipped to workers
         self.window = predictor.window()
+        self._told_numerics = False
         executor = make_executor(config.executor, predictor, config.workers, config.threads_per_worker,
                                  address=config.address, cpus_per_worker=config.cpus_per_worker,
                                  gpus_per_worker=config.gpus_per_worker)
@@ -110,7 +112,29 @@ class InferenceService:
         pool = self.pool
         return {"status": "ok" if self.ready else ("failed" if pool.all_dead else "loading"),
                 "replicas_ready": pool.ready_count, "replicas": len(pool.replicas),
-                "queue_depth": self.batcher.depth, "replica_state": pool.describe()}
+                "queue_depth": self.batcher.depth, **self.numerics(), "replica_state": pool.describe()}
+
+    def numerics(self) -> dict[str, Any]:
+        """``{"deterministic": bool, "batch_invariance": {...}}`` for /health: whether a text's output
+        bits are independent of its batch-mates (and equal to ``parainfer run``'s), from the
+        replicas' load-time probe (``HFModel.probe_batch_invariance``: mode canonical-width or
+        per-text, and why). False, with the reason, when not asked (``--no-deterministic``), when
+        the backend does not check it, or while no replica has loaded."""
+        infos = self.pool.model_info()
+        found = [info.get("batch_invariance") for info in infos]
+        if not infos:
+            body = {"deterministic": False, "reason": "no replica has loaded the model yet"}
+        elif any(f is None for f in found):
+            cls = next(info.get("class", "?") for info, f in zip(infos, found) if f is None)
+            body = {"deterministic": False, "reason": f"the {cls} backend does not check that its outputs are "
+                                                      "independent of their batch-mates"}
+        elif len({(f["deterministic"], f["mode"]) for f in found}) > 1:
+            body = {"deterministic": False, "reason": "replicas disagree: "
+                    + ", ".join(sorted({f["mode"] for f in found}))}
+        else:
+            body = dict(found[0])
+        return {"deterministic": bool(body.pop("deterministic")), "batch_invariance": body}
+
 
     def token_lengths(self, texts: list[str]) -> list[int]:
         """Model tokens per text, truncated to the window (the cost the model will pay)."""
@@ -198,6 +222,13 @@ class InferenceService:
 
     def _on_capacity(self) -> None:
         self.metrics.replicas_ready.set(self.pool.ready_count)
+        if not self._told_numerics and self.pool.all_loaded_once:
+            self._told_numerics = True
+            numerics = self.numerics()
+            # On uvicorn's logger, so the line shows with its start-up lines ("INFO: ...").
+            logging.getLogger("uvicorn.error").info("deterministic: %s (%s)", str(numerics["deterministic"]).lower(),
+                                                    ", ".join(f"{k} {v}" for k, v in
+                                                              numerics["batch_invariance"].items()))
         self.batcher.wake()
 
     def _on_batch_done(self, replica: int, size: int, busy_s: float, computed: int | None) -> None:

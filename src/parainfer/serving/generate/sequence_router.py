@@ -296,7 +296,7 @@ async def start_router(config: Any, **callbacks: Callable) -> SequenceRouter:
     from parainfer.executors.engine_replicas.host import EngineSpec
 
     spec = EngineSpec(config.model, config.dtype, config.max_num_seqs, config.threads_per_worker, config.prefix_cache,
-                      config.grammar_settings())
+                      config.grammar_settings(), deterministic=bool(config.deterministic))
     factory = make_replicas(config, spec)
     await asyncio.to_thread(factory.connect)
     tokenizer = await asyncio.to_thread(spec.load_tokenizer)

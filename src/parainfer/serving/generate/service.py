@@ -137,7 +137,8 @@ class GenerationService(Admission):
         dtype = "float32" if self.config.dtype == "auto" else self.config.dtype
         return LLMEngine(path, dtype=dtype, max_num_seqs=self.config.max_num_seqs,
                          threads=self.config.threads_per_worker,
-                         enable_prefix_caching=self.config.prefix_cache, grammar=self.config.grammar_settings())
+                         enable_prefix_caching=self.config.prefix_cache, grammar=self.config.grammar_settings(),
+                         deterministic=bool(self.config.deterministic))
 
     def _load(self) -> None:
         from parainfer.generation import EngineLoop
@@ -200,6 +201,12 @@ class GenerationService(Admission):
             engine = loop.engine
             body.update(max_model_len=engine.max_model_len, max_num_seqs=engine.config.max_num_seqs,
                         dtype=engine.config.dtype, engine_stats=dict(engine.stats))
+            numerics = dict(engine.batch_invariance)
+            body.update(deterministic=numerics.pop("deterministic"), batch_invariance=numerics)
+        elif self.replicas is not None and self.config.deterministic:  # each replica's engine probes itself
+            body.update(deterministic=True, batch_invariance={
+                "mode": "per-sequence-attention", "reason": "asked (--deterministic); each engine replica pins "
+                "attention, chunking and the prefix cache (its probe is in its own log)"})
         if self.replicas is not None:
             body.update(executor=self.config.executor, replicas=len(self.replicas.replicas),
                         replicas_ready=self.replicas.ready_count, replica_state=self.replicas.describe())
