@@ -229,9 +229,14 @@ class HFModel(HFTokenizerMixin):
         model_dir: local directory with config.json, tokenizer and weights.
         dtype: "auto" | "float32" | "bfloat16".
         device: "cpu" or "cuda[:i]".
+        backend: "torch" (the default here), "auto" (measured: ``models.backend.decide``, run
+            by the job's driver or, failing that, by ``load``), "onnx", "onnx-int8" or
+            "openvino"; only predictors with ``onnx_output`` run other paths than torch.
     """
 
     task = "custom"
+    #: What an exported ONNX graph outputs ("hidden": last_hidden_state, "logits"); None: torch only.
+    onnx_output: str | None = None
     # Imported once by the local executor's forkserver, not by every worker (start-up time):
     # modeling_utils pulls in ~1,500 modules that ``from_pretrained`` would otherwise import.
     PRELOAD = ("torch", "transformers", "transformers.modeling_utils",
@@ -248,12 +253,59 @@ class HFModel(HFTokenizerMixin):
             return self.PRELOAD
         return (*self.PRELOAD, f"transformers.models.{kind}.modeling_{kind}")
 
-    def __init__(self, model_dir: str | os.PathLike, dtype: str = "auto", device: str = "cpu"):
+    def __init__(self, model_dir: str | os.PathLike, dtype: str = "auto", device: str = "cpu",
+                 backend: str = "torch"):
+        from parainfer.models.backend import check_backend
+
         self.model_dir = check_model_dir(model_dir)
         self.dtype = dtype
         self.device = device
+        self.backend = check_backend(backend)
+        self.backend_choice: dict[str, Any] | None = None
         self.max_input_tokens: int | None = None
         self._model: Any = None
+
+    def calibration_module(self, path: str, threads: int | None = None, reference: Any = None) -> Any:
+        """A loaded model for ``backend.measure``: ``path`` "torch-float32", "torch-bfloat16"
+        (a bf16 copy of ``reference``, the fp32 torch model), "onnx-float32", "onnx-int8" or
+        "openvino-float32" (``accelerated.RuntimeModule`` with ``threads`` intra-op threads)."""
+        import copy
+
+        import torch
+
+        if path == "torch-float32":
+            return load_torch_model(self.model_dir, self._auto_cls(), "float32", self.device)[0]
+        if path == "torch-bfloat16":
+            return copy.deepcopy(reference).to(torch.bfloat16)
+        return self._runtime_module(path, threads)
+
+    def _runtime_name(self) -> str | None:
+        from parainfer.models.backend import RUNTIME_PATHS
+
+        return RUNTIME_PATHS.get(self.backend)
+
+    def _auto_cls(self) -> Any:
+        from transformers import AutoModel, AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification if self.onnx_output == "logits" else AutoModel
+
+    def runtime_path(self, path: str) -> Path:
+        """The ONNX file that runs ``path`` ("onnx-float32", "onnx-int8", "openvino-float32"):
+        ``accelerated.onnx_file`` (exported and quantised on first use, then cached)."""
+        from parainfer.models.accelerated import onnx_file
+
+        return onnx_file(self.model_dir, self.onnx_output or "hidden", int8=path == "onnx-int8")
+
+    def _runtime_module(self, path: str, threads: int | None = None) -> Any:
+        from transformers import AutoConfig
+
+        from parainfer.models.accelerated import RuntimeModule
+
+        made = getattr(self, "runtime_file", None)  # made by the driver's ``backend.decide``
+        file = Path(made) if made and Path(made).is_file() and path == self._runtime_name() else self.runtime_path(path)
+        engine = "openvino" if path.startswith("openvino") else "onnxruntime"
+        return RuntimeModule(file, self.onnx_output or "hidden", AutoConfig.from_pretrained(str(self.model_dir)),
+                             engine, threads)
 
     def _load(self, auto_cls: Any, close_enough: Any) -> None:
         """Load tokenizer and weights; for ``auto`` keep bf16 only if
@@ -270,7 +322,19 @@ class HFModel(HFTokenizerMixin):
         t = time.perf_counter()
         self._get_tokenizer()
         phases["tokenizer_s"] = time.perf_counter() - t
+        if self.backend == "auto":  # not decided by a driver (the Python API): decide here, once
+            from parainfer.models.backend import decide
+
+            t = time.perf_counter()
+            decide(self)
+            phases["backend_choice_s"] = time.perf_counter() - t
         t = time.perf_counter()
+        if self.backend not in ("torch", "auto"):
+            from parainfer.models.backend import RUNTIME_PATHS
+
+            self._model = self._runtime_module(RUNTIME_PATHS[self.backend])
+            phases["weights_s"] = time.perf_counter() - t
+            return
         model, _ = load_torch_model(self.model_dir, auto_cls, self.dtype, self.device)
         self._model = model
         phases["weights_s"] = time.perf_counter() - t
