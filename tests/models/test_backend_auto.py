@@ -143,3 +143,21 @@ def test_int8_export_of_a_directory_model_matches_float32(classifier_dir: Path, 
             assert backend.Guard().accepts({"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min())})
     assert predictor.runtime_path("onnx-int8").name == "model_int8.onnx"
     assert os.path.getsize(predictor.runtime_path("onnx-int8")) < os.path.getsize(predictor.runtime_path("onnx-float32"))
+
+
+def test_serve_decides_once_and_its_replicas_run_the_pick(encoder_dir: Path, decisions: Path) -> None:
+    import httpx
+
+    from tests.serving.conftest import running_server
+
+    apps = []
+    with running_server(task="embed", model=str(encoder_dir), workers=1, on_app=apps.append) as url:
+        got = httpx.post(f"{url}/v1/embeddings", json={"input": TEXTS[:5], "model": "tiny-encoder"}).json()
+    predictor = apps[0].state.service.predictor
+    choice = predictor.backend_choice
+    assert choice["decision"] == "measured" and predictor.backend in ("torch", "onnx", "onnx-int8", "openvino")
+    reference = build_predictor("embed", str(encoder_dir), backend="torch", dtype="float32")
+    reference.load()
+    want = np.array([r["embedding"] for r in reference.predict(TEXTS[:5])])
+    vectors = np.array([d["embedding"] for d in got["data"]])
+    assert backend.Guard().accepts({"min_cosine": float(np.min(np.sum(vectors * want, axis=1)))})
