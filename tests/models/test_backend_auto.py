@@ -114,6 +114,8 @@ def test_forcing_a_path_measures_nothing(encoder_dir: Path, decisions: Path, tmp
         backend.decide(build_predictor("embed", str(encoder_dir), dtype="bfloat16", backend="onnx"))
     with pytest.raises(UsageError, match="unknown backend 'tensorrt'; accepted: auto, torch"):
         build_predictor("embed", str(encoder_dir), backend="tensorrt")
+    with pytest.raises(UsageError, match="--backend onnx applies to Hugging Face embed and classify models"):
+        build_predictor("classify", "parainfer.testing:echo", backend="onnx")
 
 
 def test_a_too_strict_guard_rejects_int8(encoder_dir: Path, decisions: Path) -> None:

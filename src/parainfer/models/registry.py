@@ -56,13 +56,23 @@ def build_predictor(task: str = "classify", model: str | None = None, dtype: str
 
     Raises:
         UsageError: unknown task, unknown model name, a directory of the wrong kind, a language
-            pair the translation model does not offer.
+            pair the translation model does not offer, a ``backend`` other than auto or torch
+            for a model that has one path.
     """
-    from parainfer.models.backend import check_backend
+    from parainfer.models.backend import check_backend, supports_backends
+
+    predictor = _build(task, model, dtype, device, trust, check_backend(backend), **options)
+    if backend not in ("auto", "torch") and not supports_backends(predictor):
+        raise UsageError(f"--backend {backend} applies to Hugging Face embed and classify models; "
+                         f"{type(predictor).__name__} (--task {task}) has one path: use --backend auto")
+    return predictor
+
+
+def _build(task: str, model: str | None, dtype: str, device: str, trust: bool, backend: str,
+           **options: object) -> Predictor:
     from parainfer.models.dtype import check_dtype
 
     check_dtype(dtype)
-    check_backend(backend)
     if task not in TASKS:
         raise UsageError(f"unknown task {task!r}; accepted: {', '.join(TASKS)}")
     name = model or "default"
