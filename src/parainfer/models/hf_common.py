@@ -261,7 +261,8 @@ class HFModel(HFTokenizerMixin):
         self.dtype = dtype
         self.device = device
         self.backend = check_backend(backend)
-        self.backend_choice: dict[str, Any] | None = None
+        self.backend_choice: dict[str, Any] | None = None  # set by ``backend.decide``
+        self.runtime_file: str | None = None  # the ONNX file ``backend.decide`` made for the workers
         self.max_input_tokens: int | None = None
         self._model: Any = None
 
@@ -301,7 +302,7 @@ class HFModel(HFTokenizerMixin):
 
         from parainfer.models.accelerated import RuntimeModule
 
-        made = getattr(self, "runtime_file", None)  # made by the driver's ``backend.decide``
+        made = self.runtime_file
         file = Path(made) if made and Path(made).is_file() and path == self._runtime_name() else self.runtime_path(path)
         engine = "openvino" if path.startswith("openvino") else "onnxruntime"
         return RuntimeModule(file, self.onnx_output or "hidden", AutoConfig.from_pretrained(str(self.model_dir)),
