@@ -1,4 +1,4 @@
-"""The command line: ``parainfer run | datasets | train | train-head | export-onnx | report | simulate | serve``.
+"""The command line: ``parainfer run | datasets | train | train-head | export-onnx | backends | report | simulate | serve``.
 
 Bad input (a missing file, an unknown option value) prints one line naming the bad value and
 what is accepted, and exits with code 2; a job where some records failed exits with 1; a job
@@ -52,7 +52,11 @@ def run(
     max_batch_tokens: int = typer.Option(8192, help="most padded tokens (batch x longest) per task"),
     bucket_window: int = typer.Option(2048, help="records sorted by length together (1 = no bucketing)"),
     policy: str = typer.Option("dynamic", help="scheduling policy: static | dynamic | lpt | steal"),
-    dtype: str = typer.Option("auto", help="auto | float32 | bfloat16"),
+    dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 (float32/bfloat16 with --backend auto: "
+                              "torch in that dtype)"),
+    backend: str = typer.Option("auto", help="embed/classify: auto (the fastest accurate path, measured once per "
+                                "model and machine and cached) | torch | onnx | onnx-int8 | openvino"),
+    recalibrate: bool = typer.Option(False, help="--backend auto: measure the paths again (docs/models.md)"),
     device: str = typer.Option("cpu", help="cpu | cuda (replicas spread over the GPUs) | cuda:N | auto"),
     threads_per_worker: Optional[int] = typer.Option(None, help="threads per worker (default cores / workers)"),
     text_column: str = typer.Option("text", help="column holding the text"),
@@ -289,6 +293,33 @@ def export_onnx_command(
     manifest = export_onnx(output, head=head, encoder=encoder)
     how = manifest["preprocessing"].get("encoder_exporter", "")
     print(f"wrote {output} ({manifest['task']} model, encoder {encoder}: {how})")
+
+
+@app.command("backends")
+def backends_command(
+    task: str = typer.Option("embed", help="embed | classify"),
+    model: Optional[str] = typer.Option(None, help="built-in name or local Hugging Face directory"),
+    threads: int = typer.Option(1, help="intra-op threads while measuring (a worker's share)"),
+) -> None:
+    """Measure every numeric path of an embed/classify model on this machine (texts/s and
+    accuracy against torch float32), print them and cache the pick that `--backend auto` uses."""
+    from parainfer.models.backend import decide, summary
+    from parainfer.models.registry import build_predictor
+
+    if task not in ("embed", "classify"):
+        raise UsageError(f"--task {task!r}; accepted: embed, classify")
+    predictor = build_predictor(task, model, backend="auto")
+    choice = decide(predictor, recalibrate=True, threads=threads)
+    if choice is None:
+        raise UsageError(f"model {model!r} has one path only (not a Hugging Face embed/classify model)")
+    print(f"{'path':18} {'texts/s':>8}  accuracy vs torch float32")
+    for c in choice["candidates"]:
+        if "skipped" in c:
+            print(f"{c['path']:18} {'-':>8}  skipped: {c['skipped']}")
+            continue
+        acc = ", ".join(f"{k} {c[k]}" for k in ("mean_cosine", "min_cosine", "label_agreement") if k in c)
+        print(f"{c['path']:18} {c['texts_per_s']:8.1f}  {acc}{'' if c['accepted'] else '  (rejected)'}")
+    print(summary(choice).split(";")[0] + " - cached for --backend auto")
 
 
 @app.command("report")

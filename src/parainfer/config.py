@@ -23,6 +23,9 @@ class JobConfig(BaseModel):
     task: str = "classify"
     model: str | None = None
     dtype: str = "auto"
+    backend: str = Field(default="auto", description="auto | torch | onnx | onnx-int8 | openvino: the numeric "
+                         "path of an embed/classify model (auto: measured once per model and machine, cached)")
+    recalibrate: bool = Field(default=False, description="--backend auto: measure again even if a decision is cached")
     device: Device = Field(default="cpu", description="cpu | cuda | cuda:N | auto (see parainfer.platform.devices)")
     workers: int = Field(default=0, ge=0, description="worker processes; 0 = one per core (cuda: one per GPU)")
     threads_per_worker: int | None = Field(default=None, ge=1)

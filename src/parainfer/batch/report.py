@@ -243,6 +243,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if numerics:  # a text's output bits independent of its batch-mates (docs/serving.md)
         lines.append(f"batch invariance: deterministic {str(numerics['deterministic']).lower()}, mode "
                      f"{numerics['mode']}: {numerics['reason']}")
+    if report.get("backend"):
+        from parainfer.models.backend import summary
+
+        lines.append(summary(report["backend"]))
     return lines
 
 
@@ -311,6 +315,8 @@ def close_run(report: "TimingReport", *, t0: float, t_spawn: float, ready_phases
     report.real_tokens, report.padded_tokens = counts.real, counts.padded
     report.extra["driver_us_per_record"] = round(busy / report.records * 1e6, 3) if report.records else None
     report.extra.setdefault("model", predictor.describe())
+    if getattr(predictor, "backend_choice", None):  # models.backend.decide: the path, how, the measured ones
+        report.extra["backend"] = predictor.backend_choice
     report.extra["threads_per_worker"] = executor.threads
     report.extra["executor"] = executor.describe()
     report.extra.update(resumed_records=resumed, resumed_failed_records=resumed_failed, checkpoint=checkpoint)

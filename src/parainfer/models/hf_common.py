@@ -272,6 +272,9 @@ class HFModel(HFTokenizerMixin):
         model_dir: local directory with config.json, tokenizer and weights.
         dtype: "auto" | "float32" | "bfloat16".
         device: "cpu" or "cuda[:i]".
+        backend: "torch" (the default here), "auto" (measured: ``models.backend.decide``, run
+            by the job's driver or, failing that, by ``load``), "onnx", "onnx-int8" or
+            "openvino"; only predictors with ``onnx_output`` run other paths than torch.
     """
 
     task = "custom"
@@ -279,6 +282,8 @@ class HFModel(HFTokenizerMixin):
     #: server setup before the predictor is shipped; ``load`` turns it into ``numerics_mode``.
     deterministic: bool = True
     numerics_mode: str | None = None
+    #: What an exported ONNX graph outputs ("hidden": last_hidden_state, "logits"); None: torch only.
+    onnx_output: str | None = None
     # Imported once by the local executor's forkserver, not by every worker (start-up time):
     # modeling_utils pulls in ~1,500 modules that ``from_pretrained`` would otherwise import.
     PRELOAD = ("torch", "transformers", "transformers.modeling_utils",
@@ -295,12 +300,60 @@ class HFModel(HFTokenizerMixin):
             return self.PRELOAD
         return (*self.PRELOAD, f"transformers.models.{kind}.modeling_{kind}")
 
-    def __init__(self, model_dir: str | os.PathLike, dtype: str = "auto", device: str = "cpu"):
+    def __init__(self, model_dir: str | os.PathLike, dtype: str = "auto", device: str = "cpu",
+                 backend: str = "torch"):
+        from parainfer.models.backend import check_backend
+
         self.model_dir = check_model_dir(model_dir)
         self.dtype = dtype
         self.device = device
+        self.backend = check_backend(backend)
+        self.backend_choice: dict[str, Any] | None = None  # set by ``backend.decide``
+        self.runtime_file: str | None = None  # the ONNX file ``backend.decide`` made for the workers
         self.max_input_tokens: int | None = None
         self._model: Any = None
+
+    def calibration_module(self, path: str, threads: int | None = None, reference: Any = None) -> Any:
+        """A loaded model for ``backend.measure``: ``path`` "torch-float32", "torch-bfloat16"
+        (a bf16 copy of ``reference``, the fp32 torch model), "onnx-float32", "onnx-int8" or
+        "openvino-float32" (``accelerated.RuntimeModule`` with ``threads`` intra-op threads)."""
+        import copy
+
+        import torch
+
+        if path == "torch-float32":
+            return load_torch_model(self.model_dir, self._auto_cls(), "float32", self.device)[0]
+        if path == "torch-bfloat16":
+            return copy.deepcopy(reference).to(torch.bfloat16)
+        return self._runtime_module(path, threads)
+
+    def _runtime_name(self) -> str | None:
+        from parainfer.models.backend import RUNTIME_PATHS
+
+        return RUNTIME_PATHS.get(self.backend)
+
+    def _auto_cls(self) -> Any:
+        from transformers import AutoModel, AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification if self.onnx_output == "logits" else AutoModel
+
+    def runtime_path(self, path: str) -> Path:
+        """The ONNX file that runs ``path`` ("onnx-float32", "onnx-int8", "openvino-float32"):
+        ``accelerated.onnx_file`` (exported and quantised on first use, then cached)."""
+        from parainfer.models.accelerated import onnx_file
+
+        return onnx_file(self.model_dir, self.onnx_output or "hidden", int8=path == "onnx-int8")
+
+    def _runtime_module(self, path: str, threads: int | None = None) -> Any:
+        from transformers import AutoConfig
+
+        from parainfer.models.accelerated import RuntimeModule
+
+        made = self.runtime_file
+        file = Path(made) if made and Path(made).is_file() and path == self._runtime_name() else self.runtime_path(path)
+        engine = "openvino" if path.startswith("openvino") else "onnxruntime"
+        return RuntimeModule(file, self.onnx_output or "hidden", AutoConfig.from_pretrained(str(self.model_dir)),
+                             engine, threads)
 
     def _load(self, auto_cls: Any, close_enough: Any, outputs: Callable[[Any, list[str]], np.ndarray]) -> None:
         """Load tokenizer and weights; for ``auto`` keep bf16 only if
@@ -309,7 +362,6 @@ class HFModel(HFTokenizerMixin):
         array [B, ...]``, the predictor's forward)."""
         import time
 
-        from parainfer.models import dtype_cache
 
         t = time.perf_counter()
         import torch  # noqa: F401 - timed on its own: imports are a large part of start-up
@@ -319,6 +371,30 @@ class HFModel(HFTokenizerMixin):
         t = time.perf_counter()
         self._get_tokenizer()
         phases["tokenizer_s"] = time.perf_counter() - t
+        if self.backend == "auto":  # not decided by a driver (the Python API): decide here, once
+            from parainfer.models.backend import decide
+
+            t = time.perf_counter()
+            decide(self)
+            phases["backend_choice_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if self.backend not in ("torch", "auto"):
+            from parainfer.models.backend import RUNTIME_PATHS
+
+            self._model = self._runtime_module(RUNTIME_PATHS[self.backend])
+            phases["weights_s"] = time.perf_counter() - t
+        else:
+            self._load_torch(auto_cls, close_enough, phases)
+        t = time.perf_counter()
+        self.batch_invariance = self.probe_batch_invariance(outputs)
+        phases["invariance_probe_s"] = time.perf_counter() - t
+
+    def _load_torch(self, auto_cls: Any, close_enough: Any, phases: dict[str, float]) -> None:
+        """The torch path of ``_load``: weights, then ``--dtype auto``'s decision (cached)."""
+        import time
+
+        from parainfer.models import dtype_cache
+
         t = time.perf_counter()
         model, _ = load_torch_model(self.model_dir, auto_cls, self.dtype, self.device)
         self._model = model
@@ -337,9 +413,6 @@ class HFModel(HFTokenizerMixin):
                 self.dtype_decision = "checked"
                 dtype_cache.store(key, self.dtype)
             phases["dtype_check_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        self.batch_invariance = self.probe_batch_invariance(outputs)
-        phases["invariance_probe_s"] = time.perf_counter() - t
 
     def probe_batch_invariance(self, outputs: Callable[[Any, list[str]], np.ndarray]) -> dict[str, Any]:
         """Decide how texts are batched (``numerics_mode``) and say whether outputs are
@@ -357,7 +430,7 @@ class HFModel(HFTokenizerMixin):
             outputs: ``outputs(model, texts) -> array [B, ...]``, the predictor's forward.
 
         The decision is remembered per model, dtype, threads and machine in the dtype cache
-        (``dtype_cache.lookup_json``; ``PARAINFER_DTYPE_CACHE=0`` turns it off): later loads
+        (``dtype_cache.lookup_entry``; ``PARAINFER_DTYPE_CACHE=0`` turns it off): later loads
         skip the probe ("decision": "cached").
 
         Returns:
@@ -376,7 +449,7 @@ class HFModel(HFTokenizerMixin):
 
         t = time.perf_counter()
         key = self._probe_key()
-        known = dtype_cache.lookup_json(key)
+        known = dtype_cache.lookup_entry(key)
         if known and known.get("mode") in ("canonical-width", "per-text") and known.get("reason"):
             self.numerics_mode = known["mode"]
             return {"deterministic": True, "mode": known["mode"], "reason": known["reason"],
@@ -389,13 +462,13 @@ class HFModel(HFTokenizerMixin):
         else:
             self.numerics_mode = "per-text"
             reason = f"{mismatch}; so each text is computed alone at its canonical width"
-        dtype_cache.store_json(key, {"mode": self.numerics_mode, "reason": reason})
+        dtype_cache.store_entry(key, {"mode": self.numerics_mode, "reason": reason})
         return {"deterministic": True, "mode": self.numerics_mode, "reason": reason, "decision": "checked",
                 "probe_s": round(time.perf_counter() - t, 3)}
 
     def _probe_key(self) -> str:
         """The probe's cache key: the dtype decision's (model files, class, device, CPU, torch)
-        plus the dtype, torch's thread count and the probe's own settings."""
+        plus the backend, the dtype, torch's thread count and the probe's own settings."""
         import hashlib
 
         import torch
@@ -403,7 +476,7 @@ class HFModel(HFTokenizerMixin):
         from parainfer.models import dtype_cache
 
         base = dtype_cache.decision_key(self.model_dir, type(self).__name__, self.device)
-        extra = f"invariance|{self.dtype}|{torch.get_num_threads()}|{CANONICAL_WIDTH_STEP}|{PROBE_BATCH_SIZES}"
+        extra = f"invariance|{self.backend}|{self.dtype}|{torch.get_num_threads()}|{CANONICAL_WIDTH_STEP}|{PROBE_BATCH_SIZES}"
         return hashlib.sha256(f"{base}|{extra}".encode()).hexdigest()
 
     def _first_mismatch(self, outputs: Callable[[Any, list[str]], np.ndarray]) -> str | None:

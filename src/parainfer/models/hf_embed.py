@@ -42,7 +42,10 @@ class HFEncoder(HFModel):
         model_dir: local directory with config.json, tokenizer and weights.
         dtype: "auto" | "float32" | "bfloat16".
         device: "cpu" or "cuda[:i]".
+        backend: see ``HFModel``.
     """
+
+    onnx_output = "hidden"
 
     def load(self) -> None:
         """Load tokenizer and weights; resolve ``auto`` dtype by the cosine check."""
@@ -58,6 +61,10 @@ class HFEncoder(HFModel):
     def encode(self, texts: list[str]) -> np.ndarray:
         """Embed B texts. Returns float32 array [B, hidden] with unit L2 norm rows."""
         return self._encode_with(self._model, texts)
+
+    def calibration_outputs(self, model: Any, texts: list[str]) -> dict[str, np.ndarray]:
+        """What ``backend.compare`` checks: {"embedding": [B, hidden] unit rows} of ``model``."""
+        return {"embedding": self._encode_with(model, texts)}
 
     def _encode_with(self, model: Any, texts: list[str]) -> np.ndarray:
         return self._forward_grouped(model, texts, mean_pool_normalised)

@@ -37,12 +37,13 @@ def mean_pool_np(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
 
 
-def ort_session(path: str | os.PathLike) -> Any:
-    """A CPU InferenceSession with intra-op threads = OMP_NUM_THREADS (set by the worker) or ORT's default."""
+def ort_session(path: str | os.PathLike, threads: int | None = None) -> Any:
+    """A CPU InferenceSession with intra-op threads = ``threads``, else OMP_NUM_THREADS (set by
+    the worker), else ORT's default."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    threads = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

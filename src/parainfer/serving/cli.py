@@ -65,6 +65,9 @@ def serve_command(
                                         "('#' starts a comment line); every key is accepted and owns its own "
                                         "files and batches (with --api-key too: both)"),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 (generate: auto = float32)"),
+    backend: str = typer.Option("auto", help="embed/classify: auto (the fastest accurate path, measured once per "
+                                "model and machine and cached) | torch | onnx | onnx-int8 | openvino"),
+    recalibrate: bool = typer.Option(False, help="--backend auto: measure the paths again (docs/models.md)"),
     device: str = typer.Option("cpu", help="cpu | cuda (replicas spread over the GPUs) | cuda:N | auto"),
     max_inputs_per_request: int = typer.Option(2048, help="more inputs in one request get 413"),
     max_body_bytes: int = typer.Option(8 << 20, help="larger request bodies get 413"),
@@ -122,7 +125,7 @@ def serve_command(
                          host=host, port=port,
                          max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          request_timeout_s=request_timeout_s, api_key=api_key, api_keys_file=api_keys,
-                         dtype=dtype, device=device,
+                         dtype=dtype, backend=backend, recalibrate=recalibrate, device=device,
                          max_inputs_per_request=max_inputs_per_request, max_body_bytes=max_body_bytes,
                          threads_per_worker=threads_per_worker, group_by_length=group_by_length, deterministic=deterministic,
                          max_num_seqs=max_num_seqs, prefix_cache=prefix_cache, executor=executor, address=address,

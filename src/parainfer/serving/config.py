@@ -46,6 +46,9 @@ class ServeConfig(BaseModel):
     api_keys_file: str | None = Field(default=None, description="a file of API keys, one 'KEY [NAME]' a line "
                                       "(# comments); each key owns its own files and batches")
     dtype: str = Field(default="auto", description="auto | float32 | bfloat16 (generate: auto = float32)")
+    backend: str = Field(default="auto", description="embed/classify: auto | torch | onnx | onnx-int8 | openvino "
+                         "(auto: measured once per model and machine, cached; models.backend)")
+    recalibrate: bool = Field(default=False, description="--backend auto: measure again even if cached")
     device: Device = Field(default="cpu", description="cpu | cuda | cuda:N | auto; cuda spreads replicas over the GPUs")
     threads_per_worker: int | None = Field(default=None, ge=1, description="default: cores // workers "
                                            "(generate: the engine's torch threads; default torch's)")
