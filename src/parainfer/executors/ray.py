@@ -27,6 +27,7 @@ from parainfer.executors.base import (Event, Executor, ShardResult, ShardTask, T
 from parainfer.executors.local import MAX_DEATHS_WHILE_LOADING, default_threads
 from parainfer.executors.ray_cluster import (PASSED_ENV_PREFIXES, NodeWatch, check_room, connect, load_error,
                                              pick_node, raylet_ports, room_for, running_task)
+from parainfer.executors.ray_ship import Shipment, check_modules, module_sources, plan, ship_error
 from parainfer.executors.ray_shards import Probe, place_shard_result, shared_path_error
 from parainfer.models.base import Predictor
 from parainfer.executors.base import Task
@@ -104,6 +105,8 @@ class RayExecutor(Executor):
         self._ports: dict[str, int] = {}  # node address -> its raylet's port (for NodeWatch)
         self._lost: set[str] = set()  # node addresses found lost
         self._left_out: set[int] = set()  # workers of lost nodes not restarted: no room left
+        self._shipment = Shipment()  # what the actors need from the driver's disk (ray_ship)
+        self._fetched: dict[str, list[str]] = {}  # node -> shipped paths its actors fetched
         self.restarts = 0
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -125,9 +128,14 @@ class RayExecutor(Executor):
 
         from parainfer.executors.ray_actor import RayWorker
 
-        self._owns_ray = connect(self.address, math.ceil(self.num_workers * self.cpus))
+        # A Ray the job starts for itself runs on this machine only: nothing to ship.
+        modules = module_sources(self.predictor) if self.address else []
+        check_modules(modules)
+        self._owns_ray = connect(self.address, math.ceil(self.num_workers * self.cpus),
+                                 {"py_modules": modules} if modules else None)
         try:
             check_room(self.address, self.num_workers, self.cpus, self.gpus)
+            self._shipment = plan(self.predictor, modules) if self.address else Shipment()
         except UsageError:
             self.shutdown()
             raise
@@ -140,12 +148,14 @@ class RayExecutor(Executor):
         node = pick_node(w, first, self.cpus, self.gpus, [s.node for s in self._slots if s is not None], avoid,
                          self._lost)
         strategy = NodeAffinitySchedulingStrategy(node, soft=True) if node else "SPREAD"
+        runtime_env: dict[str, Any] = {"env_vars": self.env}  # one env for all actors: Ray may reuse idle processes
         actor = self._actor_class.options(
             num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0, max_task_retries=0, scheduling_strategy=strategy,
-            runtime_env={"env_vars": self.env},  # one env for all actors: Ray may reuse idle processes
+            runtime_env=runtime_env,
         ).remote(w, self.threads)
         with self._lock:
-            self._slots[w] = _Slot(actor, actor.load.remote(self.predictor), actor.watch.remote())
+            self._slots[w] = _Slot(actor, actor.load.remote(self.predictor, self._shipment.paths),
+                                   actor.watch.remote())
 
     def restart(self, worker_id: int) -> None:
         """Replace a worker with a fresh actor (placed wherever the cluster has room); a worker
@@ -258,6 +268,9 @@ class RayExecutor(Executor):
                 self._died(w, slot, e, events)
                 return
             except Exception as e:  # noqa: BLE001 - ModelLoadError (wrapped by Ray): fatal
+                message = ship_error(e)
+                if message:  # a node lacks the model's files and they are too large to ship
+                    raise UsageError(message) from None
                 events.append(WorkerFailed(w, load_error(e), [], fatal=True))
                 self._slots[w] = None
                 return
@@ -266,6 +279,8 @@ class RayExecutor(Executor):
             slot.free_since = time.perf_counter()
             self._load_deaths[w] = 0
             self._placements[w].append(loaded["node"])
+            if loaded.get("fetched"):
+                self._fetched.setdefault(loaded["node"], []).extend(loaded["fetched"])
             events.append(WorkerReady(w, loaded["load_s"], loaded["info"], loaded.get("phases", {})))
         for index, (ref, task, submitted) in list(slot.held.items()):
             if ref not in done:
@@ -401,4 +416,5 @@ class RayExecutor(Executor):
                 "gpus_per_worker": self.gpus,
                 "nodes": [{"node": n, "workers": last.count(n)} for n in nodes],
                 "worker_nodes": last, "placements": self._placements, "lost_nodes": sorted(self._lost),
-                "left_out_workers": sorted(self._left_out)}
+                "left_out_workers": sorted(self._left_out),
+                "shipped": {**self._shipment.describe(), "fetched": self._fetched}}

@@ -30,10 +30,12 @@ NODE_CONNECT_S = 1.0
 NODE_LOST_S = 10.0
 
 
-def connect(address: str | None, cpus_needed: int) -> bool:
+def connect(address: str | None, cpus_needed: int, runtime_env: dict[str, Any] | None = None) -> bool:
     """Connect this process to the cluster at ``address``, or start a local Ray when None (with
     at least ``cpus_needed`` logical CPUs, as many processes as the local executor would run).
     Returns True when this call connected (the caller should ``ray.shutdown()`` at the end).
+    ``runtime_env``: the job's Ray runtime environment (``ray_ship``: the user's modules as
+    ``py_modules``, which Ray uploads from local paths only at this job level).
 
     With no address the job always starts a Ray of its own (``address="local"``), even when
     another Ray runs on this machine (``ray.init()`` would attach to that one). With an address,
@@ -52,7 +54,7 @@ def connect(address: str | None, cpus_needed: int) -> bool:
     if address:
         check_head(address)
         try:
-            ray.init(address=address, **quiet)
+            ray.init(address=address, runtime_env=runtime_env or None, **quiet)
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as e:
             raise UsageError(head_error(address, e)) from e
     else:
