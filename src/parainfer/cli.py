@@ -46,8 +46,10 @@ def run(
                                                           "sharded mode's parts in a folder (docs/sharded.md)"),
     task: str = typer.Option("classify", help="classify | embed | generate | translate"),
     model: Optional[str] = typer.Option(None, help="built-in name, local HF directory, or module:function"),
-    workers: int = typer.Option(0, help="worker processes (0 = one per core; with --device cuda one per GPU; "
-                                "translate: one worker with a thread per core)"),
+    workers: str = typer.Option("0", metavar="N|MIN:MAX|auto", help="worker processes N (0 or auto = one per core; with --device cuda one per "
+                                "GPU; translate: one worker with a thread per core), or MIN:MAX: elastic on "
+                                "--executor ray (start with room for MIN, grow to MAX as nodes join, retire "
+                                "workers of drained nodes; auto there = 1:one per core); local processes start MAX"),
     batch_size: str = typer.Option("64", help="most records per task, or 'auto' to tune it from measured throughput"),
     max_batch_tokens: int = typer.Option(8192, help="most padded tokens (batch x longest) per task"),
     bucket_window: int = typer.Option(2048, help="records sorted by length together (1 = no bucketing)"),
@@ -122,6 +124,7 @@ def _job_config(*, task: str, batch_size: str, checkpoint_every: float, max_toke
 
     if same.get("dashboard") is not None:  # a bad address is refused before any model is built
         parse_address(same["dashboard"])
+    same["workers"], same["min_workers"] = parse_workers(same["workers"])
     return JobConfig(task=task, batch_size=_batch_size(batch_size),
                      generation=dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                      seed=seed, stop=list(stop or []), chat=chat,
@@ -130,6 +133,27 @@ def _job_config(*, task: str, batch_size: str, checkpoint_every: float, max_toke
                      checkpoint_every_s=checkpoint_every,
                      translation=dict(source_lang=source_lang, target_lang=target_lang) if task == "translate" else {},
                      **same)
+
+
+def parse_workers(value: str) -> tuple[int, int | None]:
+    """``--workers``: "N" -> (N, None); "auto" -> (0, 1): the default count, elastic from 1 on
+    Ray; "MIN:MAX" -> (MAX, MIN).
+
+    Raises:
+        UsageError: anything else, or not 1 <= MIN <= MAX.
+    """
+    text = value.strip().lower()
+    if text == "auto":
+        return 0, 1
+    low, sep, high = text.partition(":")
+    try:
+        numbers = (int(low), int(high)) if sep else (int(low),)
+    except ValueError:
+        numbers = ()
+    if not numbers or any(n < 0 for n in numbers) or (sep and not 1 <= numbers[0] <= numbers[1]):
+        raise UsageError(f"--workers {value!r}: expected a count N (0 = one per core), auto, or MIN:MAX with "
+                         "1 <= MIN <= MAX (elastic workers on --executor ray)")
+    return (numbers[1], numbers[0]) if sep else (numbers[0], None)
 
 
 def _tell_result(result: dict[str, Any], output: str, quiet: bool) -> int:

@@ -203,6 +203,21 @@ def room_for(cpus: float, gpus: float, placed: list[str | None], lost: set[str])
     return max(0, room - placed.count(None))
 
 
+def draining_nodes() -> set[str]:
+    """Addresses of the live nodes Ray is draining (``ray drain-node``, a preemption notice, the
+    autoscaler scaling in): the GCS's draining list (Ray's private ``GcsClient.get_draining_nodes``,
+    as Ray Serve reads it), mapped to addresses by ``ray.nodes()``. Empty when the GCS cannot say."""
+    import ray
+
+    try:
+        ids = ray._private.worker.global_worker.gcs_client.get_draining_nodes(timeout=2)
+    except Exception:  # noqa: BLE001 - no such call in this Ray, or the GCS is busy: none known
+        logging.getLogger("parainfer.ray").debug("draining nodes unknown", exc_info=True)
+        return set()
+    hexes = {k.hex() if isinstance(k, bytes) else str(k) for k in ids}
+    return {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"] and n["NodeID"] in hexes} if hexes else set()
+
+
 def raylet_ports() -> dict[str, int]:
     """{node address: its raylet's port} of the live nodes (``ray.nodes()``)."""
     import ray
