@@ -348,6 +348,8 @@ def simulate_command(
     shard_dispatch_share: Optional[float] = typer.Option(None, help="sharded: share of the driver's per-shard "
                                                          "cost spent handing a shard out (default: from a "
                                                          "sharded report, else 0.5)"),
+    churn: Optional[str] = typer.Option(None, help="record mode with nodes joining, lost and preempted while the job "
+                                        "runs: joins=R,losses=R,preemptions=R per hour[,notice=S][,load=S][,max=N]"),
 ) -> None:
     """Predict T_N, speedup, efficiency and imbalance at many worker counts (discrete-event)."""
     import json
@@ -367,6 +369,8 @@ def simulate_command(
     workload = sim.Workload.from_report(cost_from)
     if worker_speedup != 1.0:
         workload = workload.faster(worker_speedup)
+    if churn is not None and data_path != "records":
+        raise UsageError(f"--churn models record mode only; got --data-path {data_path}")
     if data_path == "sharded":
         from parainfer.simulate.shards import sharded_rows
 
@@ -381,13 +385,22 @@ def simulate_command(
               f"{', '.join(str(r['smallest_shard']) for r in rows)} records")
     elif data_path != "records":
         raise UsageError(f"--data-path {data_path!r} is not one of records, sharded")
+    elif churn is not None:
+        from parainfer.simulate.churn import Churn, churn_table, simulate_churn
+
+        model = Churn.parse(churn)
+        rows = [simulate_churn(workload, n, model, p, records=records, dispatch_latency_s=dispatch_latency_ms / 1e3,
+                               seed=seed) for p in policies for n in counts]
     else:
         rows = [sim.simulate(workload, n, p, records=records, speed_sigma=speed_sigma, slowdown=slowdown,
                              dispatch_latency_s=dispatch_latency_ms / 1e3, seed=seed)
                 for p in policies for n in counts]
     print(f"fitted task cost: {workload.overhead_s * 1e3:.3f} ms + {workload.s_per_token * 1e6:.3f} ms per 1k "
           f"padded tokens; driver {workload.driver_s * 1e3:.3f} ms per task (serial)")
-    print(sim.table(rows))
+    if churn is not None:
+        print(churn_table(rows))
+    else:
+        print(sim.table(rows))
     for name in policies:
         print(f"{name}: Amdahl serial fraction {sim.amdahl_fraction([r for r in rows if r['policy'] == name]):.5f}")
     if out:
