@@ -16,7 +16,7 @@ from pathlib import Path
 from tests.cluster.test_ray_cluster import FAST, write_input
 from tests.cluster.test_ray_node_lost import timed_lines
 
-SLOW = {"PARAINFER_TEST_MS_PER_TOKEN": "0.6"}  # about 30 s of compute for the 2,000 records: time for a node to join
+MODEL = ["--model", "tests.cluster.gate_model:gated"]  # 0.5 s a task until the test removes the gate file
 DRAIN = """
 import sys, time, ray
 from ray.core.generated import autoscaler_pb2
@@ -45,17 +45,18 @@ def sha256(path: Path) -> str:
 
 def test_workers_1_to_2_grow_when_a_node_joins_and_retire_when_it_is_drained(ray_cluster, tmp_path: Path) -> None:
     head_ip, node_ip = ray_cluster.node_ips
-    src = write_input(tmp_path / "in.jsonl")
+    src = write_input(tmp_path / "in.jsonl", records=4000)  # 250 tasks: 125 s on one worker while gated
     local = subprocess.run([sys.executable, "-m", "parainfer.cli", "run", str(src), "-o", str(tmp_path / "local.jsonl"),
-                            "--model", "parainfer.testing:sleepy", "--workers", "2", *FAST], capture_output=True,
-                           text=True, timeout=120)
+                            *MODEL, "--workers", "2", *FAST], capture_output=True, text=True, timeout=120,
+                           env=ray_cluster.env())
     assert local.returncode == 0, local.stderr
     ray_cluster.node_down()  # the head alone (its 1 CPU: room for one worker)
     time.sleep(3.0)  # Ray's shortened health checks declare it dead
-    out, report = tmp_path / "o.jsonl", tmp_path / "r.json"
-    proc = ray_cluster.start("run", str(src), "-o", str(out), "--report", str(report), "--model",
-                             "parainfer.testing:sleepy", "--executor", "ray", "--address", ray_cluster.address,
-                             "--workers", "1:2", "--cpus-per-worker", "1", *FAST, env=SLOW)
+    out, report, gate = tmp_path / "o.jsonl", tmp_path / "r.json", tmp_path / "gate"
+    gate.touch()
+    proc = ray_cluster.start("run", str(src), "-o", str(out), "--report", str(report), *MODEL, "--executor", "ray",
+                             "--address", ray_cluster.address, "--workers", "1:2", "--cpus-per-worker", "1", *FAST,
+                             env={"PARAINFER_TEST_GATE": str(gate)})
     lines = timed_lines(proc)
     try:
         assert ray_cluster.wait_actors(1) and len(ray_cluster.actor_pids()) == 1
@@ -69,6 +70,7 @@ def test_workers_1_to_2_grow_when_a_node_joins_and_retire_when_it_is_drained(ray
         assert drain.returncode == 0, drain.stderr
         retired = wait_line(lines, "worker 1 retired ")
         assert retired == f"worker 1 retired (node {node_ip} is being drained): 1 of 2 workers", retired
+        gate.unlink()  # the rest at full speed on the head
         assert proc.wait(timeout=300) == 0, lines
     finally:
         if proc.poll() is None:
@@ -79,7 +81,7 @@ def test_workers_1_to_2_grow_when_a_node_joins_and_retire_when_it_is_drained(ray
     rep = json.loads(report.read_text())
     ex = rep["executor"]
     assert rep["failed_records"] == 0 and rep["restarts"] == 0 and rep["retries"] == 0
-    assert sum(w["records"] for w in rep["per_worker"]) == 2000 and rep["per_worker"][1]["records"] > 0
+    assert sum(w["records"] for w in rep["per_worker"]) == 4000 and rep["per_worker"][1]["records"] > 0
     assert ex["min_workers"] == 1 and ex["max_workers"] == 2 and ex["placements"] == [[head_ip], [node_ip]]
     assert [(c["worker"], c["node"], c["event"]) for c in ex["worker_changes"]] == [(1, node_ip, "joined"),
                                                                                    (1, node_ip, "retired")]

@@ -69,13 +69,12 @@ class RayExecutor(Executor):
             needs room for MIN actors to start; as many as have room start at once (at least
             MIN), and a free slot is filled whenever room appears (a node joins). None: MIN = N.
 
-    Elastic workers (every job, growth beyond the start only with ``min_workers``): every
-    ``TEND_S`` the executor asks Ray for the nodes being drained; a worker on one gets no new
-    task (``in_flight`` reads as full) and, once it has finished the tasks it holds, is stopped
-    and reported as ``WorkerRetired`` (one stderr line). A free slot (never started, retired,
-    or left out after a lost node) is filled, one actor each, while the live nodes that are not
-    draining have room for it (this job's actors counted, ``room_for``); a stderr line says so
-    when it is ready.
+    Elastic workers: every ``TEND_S`` the executor asks Ray for the nodes being drained; a
+    worker on one gets no new task (``in_flight`` reads as full) and, once it has finished the
+    tasks it holds, is stopped and reported as ``WorkerRetired`` (one stderr line). A free slot
+    (not started yet with ``min_workers``, retired, or left out after a lost node) is filled, one
+    actor each, while the live nodes that are not draining have room for it (this job's actors
+    counted, ``room_for``); a stderr line says so when it is ready.
 
     ``start`` raises UsageError when the cluster has fewer CPUs or GPUs in all than the
     actors ask for (they would wait forever). A node found lost (``NodeWatch``: its raylet
@@ -175,10 +174,9 @@ class RayExecutor(Executor):
         node = pick_node(w, first, self.cpus, self.gpus, [s.node for s in self._slots if s is not None], avoid,
                          self._lost | self._draining)
         strategy = NodeAffinitySchedulingStrategy(node, soft=True) if node else "SPREAD"
-        runtime_env: dict[str, Any] = {"env_vars": self.env}  # one env for all actors: Ray may reuse idle processes
         actor = self._actor_class.options(
             num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0, max_task_retries=0, scheduling_strategy=strategy,
-            runtime_env=runtime_env,
+            runtime_env={"env_vars": self.env},  # one env for all actors: Ray may reuse idle processes
         ).remote(w, self.threads)
         with self._lock:
             self._slots[w] = _Slot(actor, actor.load.remote(self.predictor, self._shipment.paths),
