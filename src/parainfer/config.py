@@ -62,7 +62,8 @@ class JobConfig(BaseModel):
     def _elastic(self) -> "JobConfig":
         if self.min_workers is not None and self.workers and self.min_workers > self.workers:
             raise ValueError(f"--workers {self.min_workers}:{self.workers}: MIN:MAX needs MIN <= MAX")
-        if self.min_workers is not None and self.executor == "ray" and self.policy == "static":
+        elastic = self.min_workers is not None and (not self.workers or self.min_workers < self.workers)
+        if elastic and self.executor == "ray" and self.policy == "static":
             raise ValueError("--policy static gives every worker its share of the tasks up front, so a worker that "
                              "starts late or retires would hold tasks nobody runs; elastic --workers MIN:MAX (or "
                              "auto) on Ray needs --policy dynamic, lpt or steal")
