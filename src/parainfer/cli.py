@@ -46,8 +46,10 @@ def run(
                                                           "sharded mode's parts in a folder (docs/sharded.md)"),
     task: str = typer.Option("classify", help="classify | embed | generate | translate"),
     model: Optional[str] = typer.Option(None, help="built-in name, local HF directory, or module:function"),
-    workers: int = typer.Option(0, help="worker processes (0 = one per core; with --device cuda one per GPU; "
-                                "translate: one worker with a thread per core)"),
+    workers: str = typer.Option("0", metavar="N|MIN:MAX|auto", help="worker processes N (0 or auto = one per core; with --device cuda one per "
+                                "GPU; translate: one worker with a thread per core), or MIN:MAX: elastic on "
+                                "--executor ray (start with room for MIN, grow to MAX as nodes join, retire "
+                                "workers of drained nodes; auto there = 1:one per core); local processes start MAX"),
     batch_size: str = typer.Option("64", help="most records per task, or 'auto' to tune it from measured throughput"),
     max_batch_tokens: int = typer.Option(8192, help="most padded tokens (batch x longest) per task"),
     bucket_window: int = typer.Option(2048, help="records sorted by length together (1 = no bucketing)"),
@@ -130,6 +132,7 @@ def _job_config(*, task: str, batch_size: str, checkpoint_every: float, max_toke
 
     if same.get("dashboard") is not None:  # a bad address is refused before any model is built
         parse_address(same["dashboard"])
+    same["workers"], same["min_workers"] = parse_workers(same["workers"])
     return JobConfig(task=task, batch_size=_batch_size(batch_size),
                      generation=dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                      seed=seed, stop=list(stop or []), chat=chat,
@@ -138,6 +141,27 @@ def _job_config(*, task: str, batch_size: str, checkpoint_every: float, max_toke
                      checkpoint_every_s=checkpoint_every,
                      translation=dict(source_lang=source_lang, target_lang=target_lang) if task == "translate" else {},
                      **same)
+
+
+def parse_workers(value: str) -> tuple[int, int | None]:
+    """``--workers``: "N" -> (N, None); "auto" -> (0, 1): the default count, elastic from 1 on
+    Ray; "MIN:MAX" -> (MAX, MIN).
+
+    Raises:
+        UsageError: anything else, or not 1 <= MIN <= MAX.
+    """
+    text = value.strip().lower()
+    if text == "auto":
+        return 0, 1
+    low, sep, high = text.partition(":")
+    try:
+        numbers = (int(low), int(high)) if sep else (int(low),)
+    except ValueError:
+        numbers = ()
+    if not numbers or any(n < 0 for n in numbers) or (sep and not 1 <= numbers[0] <= numbers[1]):
+        raise UsageError(f"--workers {value!r}: expected a count N (0 = one per core), auto, or MIN:MAX with "
+                         "1 <= MIN <= MAX (elastic workers on --executor ray)")
+    return (numbers[1], numbers[0]) if sep else (numbers[0], None)
 
 
 def _tell_result(result: dict[str, Any], output: str, quiet: bool) -> int:
@@ -359,6 +383,8 @@ def simulate_command(
     shard_dispatch_share: Optional[float] = typer.Option(None, help="sharded: share of the driver's per-shard "
                                                          "cost spent handing a shard out (default: from a "
                                                          "sharded report, else 0.5)"),
+    churn: Optional[str] = typer.Option(None, help="record mode with nodes joining, lost and preempted while the job "
+                                        "runs: joins=R,losses=R,preemptions=R per hour[,notice=S][,load=S][,max=N]"),
 ) -> None:
     """Predict T_N, speedup, efficiency and imbalance at many worker counts (discrete-event)."""
     import json
@@ -378,6 +404,8 @@ def simulate_command(
     workload = sim.Workload.from_report(cost_from)
     if worker_speedup != 1.0:
         workload = workload.faster(worker_speedup)
+    if churn is not None and data_path != "records":
+        raise UsageError(f"--churn models record mode only; got --data-path {data_path}")
     if data_path == "sharded":
         from parainfer.simulate.shards import sharded_rows
 
@@ -392,13 +420,22 @@ def simulate_command(
               f"{', '.join(str(r['smallest_shard']) for r in rows)} records")
     elif data_path != "records":
         raise UsageError(f"--data-path {data_path!r} is not one of records, sharded")
+    elif churn is not None:
+        from parainfer.simulate.churn import Churn, churn_table, simulate_churn
+
+        model = Churn.parse(churn)
+        rows = [simulate_churn(workload, n, model, p, records=records, dispatch_latency_s=dispatch_latency_ms / 1e3,
+                               seed=seed) for p in policies for n in counts]
     else:
         rows = [sim.simulate(workload, n, p, records=records, speed_sigma=speed_sigma, slowdown=slowdown,
                              dispatch_latency_s=dispatch_latency_ms / 1e3, seed=seed)
                 for p in policies for n in counts]
     print(f"fitted task cost: {workload.overhead_s * 1e3:.3f} ms + {workload.s_per_token * 1e6:.3f} ms per 1k "
           f"padded tokens; driver {workload.driver_s * 1e3:.3f} ms per task (serial)")
-    print(sim.table(rows))
+    if churn is not None:
+        print(churn_table(rows))
+    else:
+        print(sim.table(rows))
     for name in policies:
         print(f"{name}: Amdahl serial fraction {sim.amdahl_fraction([r for r in rows if r['policy'] == name]):.5f}")
     if out:

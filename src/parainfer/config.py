@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from parainfer.platform.devices import Device
 
@@ -28,6 +28,9 @@ class JobConfig(BaseModel):
     recalibrate: bool = Field(default=False, description="--backend auto: measure again even if a decision is cached")
     device: Device = Field(default="cpu", description="cpu | cuda | cuda:N | auto (see parainfer.platform.devices)")
     workers: int = Field(default=0, ge=0, description="worker processes; 0 = one per core (cuda: one per GPU)")
+    min_workers: int | None = Field(default=None, ge=1, description="elastic workers (--workers MIN:MAX or auto): "
+                                    "on Ray the job starts with room for MIN and grows to ``workers`` as room "
+                                    "appears; local processes start all ``workers`` at once (docs/cluster.md)")
     threads_per_worker: int | None = Field(default=None, ge=1)
     batch_size: int | Literal["auto"] = Field(default=64, description="most records per task, or auto")
     max_auto_batch_size: int = Field(default=256, ge=1, description="largest size --batch-size auto tries")
@@ -61,6 +64,17 @@ class JobConfig(BaseModel):
                                 "outputs')")
     dashboard: str | None = Field(default=None, description="[HOST:]PORT: serve a live dashboard of the job there "
                                   "(loopback by default; PARAINFER_API_KEY, when set, is its key; docs/dashboard.md)")
+    @model_validator(mode="after")
+    def _elastic(self) -> "JobConfig":
+        if self.min_workers is not None and self.workers and self.min_workers > self.workers:
+            raise ValueError(f"--workers {self.min_workers}:{self.workers}: MIN:MAX needs MIN <= MAX")
+        elastic = self.min_workers is not None and (not self.workers or self.min_workers < self.workers)
+        if elastic and self.executor == "ray" and self.policy == "static":
+            raise ValueError("--policy static gives every worker its share of the tasks up front, so a worker that "
+                             "starts late or retires would hold tasks nobody runs; elastic --workers MIN:MAX (or "
+                             "auto) on Ray needs --policy dynamic, lpt or steal")
+        return self
+
     @field_validator("batch_size")
     @classmethod
     def _positive_batch(cls, value: int | str) -> int | str:

@@ -79,7 +79,7 @@ def test_help_in_a_pipe_names_every_option_whole(words: list[str]) -> None:
 def test_run_help_names_values_as_click_does() -> None:
     out = subprocess.run([sys.executable, "-m", "parainfer.cli", "run", "--help"], capture_output=True, text=True,
                          timeout=60, env=_env()).stdout
-    for shown in ("-o, --output PATH", "--workers INTEGER", "--task TEXT", "--max-batch-tokens INTEGER",
+    for shown in ("-o, --output PATH", "--workers N|MIN:MAX|auto", "--task TEXT", "--max-batch-tokens INTEGER",
                   "--task-timeout FLOAT", "--report PATH", "--stop TEXT"):
         assert shown in out, out
     assert re.search(r"^\s+--overwrite / --no-overwrite\s", out, re.M)  # a flag takes no value

@@ -43,6 +43,10 @@ def files(tmp_path: Path) -> Path:
     (["run", "in.jsonl", "-o", "/proc/out.jsonl", "--model", "parainfer.testing:echo"], "system folder 'proc'"),
     (["run", "in.jsonl", "-o", "out.jsonl", "--model", "parainfer.testing:echo", "--id-column", "ID"],
      "no id column 'ID'"),
+    (["run", "in.jsonl", "-o", "out.jsonl", "--model", "parainfer.testing:echo", "--workers", "3:2"],
+     "--workers '3:2': expected a count N (0 = one per core), auto, or MIN:MAX with 1 <= MIN <= MAX"),
+    (["run", "in.jsonl", "-o", "out.jsonl", "--model", "parainfer.testing:echo", "--workers", "1:2", "--executor",
+      "ray", "--policy", "static"], "elastic --workers MIN:MAX (or auto) on Ray needs --policy dynamic, lpt or steal"),
 ])
 def test_slips_are_one_line_exit_2(files: Path, args: list[str], needle: str) -> None:
     one_line(parainfer(*args, cwd=files), 2, needle)
@@ -126,3 +130,11 @@ def test_replicas_that_do_not_fit_in_memory_are_capped_before_all_load(tmp_path:
     assert ("3 workers on" in err) == (cores() < 3)  # the warning when workers outnumber the cores
     assert report["workers"] == 1 and len(report["per_worker"]) == 1 and report["failed_records"] == 0
     assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 200
+
+
+def test_workers_min_max_on_local_processes_starts_max(files: Path) -> None:
+    """Locally MIN:MAX means MAX processes started at once (the job begins with the first ready)."""
+    proc = parainfer("run", "in.jsonl", "-o", "o.jsonl", "--model", "parainfer.testing:echo", "--workers", "1:2",
+                     "--report", "r2.json", "-q", cwd=files)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((files / "r2.json").read_text())["workers"] == 2

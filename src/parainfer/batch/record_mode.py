@@ -27,7 +27,7 @@ from parainfer.batch.tasks import TaskBuilder
 from parainfer.batch.windows import WindowReader, from_window_start
 from parainfer.counts import TokenCounts
 from parainfer.errors import StorageError, storage_message
-from parainfer.executors.base import Task, TaskResult, WorkerFailed, WorkerReady
+from parainfer.executors.base import Task, TaskResult, WorkerFailed, WorkerReady, WorkerRetired
 from parainfer.executors.pool import Workers
 from parainfer.io.checkpoint import Checkpoint
 from parainfer.io.sinks import JsonlSink, write_rows_each
@@ -394,6 +394,8 @@ class RecordDriver:
             self._on_result(event, state)
         elif isinstance(event, WorkerFailed):
             on_worker_failed(event, self._workers, self._report, self._recover)
+        elif isinstance(event, WorkerRetired):  # an elastic executor's worker left; it held no task
+            self._workers.ready.discard(event.worker_id)
         self._report.t_schedule_s += time.perf_counter() - t
 
     def _on_result(self, res: TaskResult, state: _State) -> None:

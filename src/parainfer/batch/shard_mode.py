@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from parainfer.errors import StorageError, storage_message
-from parainfer.executors.base import ShardResult, ShardTask, WorkerFailed, WorkerReady, WriteFailed
+from parainfer.executors.base import ShardResult, ShardTask, WorkerFailed, WorkerReady, WorkerRetired, WriteFailed
 from parainfer.executors.pool import Workers
 from parainfer.batch.setup import JobSetup, on_worker_ready, pin_numerics, record_numerics, start_workers
 from parainfer.batch.shard_runner import run_shard, timeout_note
@@ -256,6 +256,10 @@ class ShardDriver:
             on_worker_ready(event, self.workers, self.report, ready_phases)
             record_numerics(self.store, event.info, self.executor.threads, self.determinism, self.setup.predictor)
             self._file(event.worker_id)
+        elif isinstance(event, WorkerRetired):  # an elastic executor's worker left; it held no shard
+            self.workers.ready.discard(event.worker_id)
+            self.idle.discard(event.worker_id)
+            self.room.discard(event.worker_id)
         elif isinstance(event, ShardResult):
             self._file(event.worker_id)
             entry = self.running.pop(event.task_index, None)

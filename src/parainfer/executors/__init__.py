@@ -33,7 +33,7 @@ def check_executor(name: str) -> None:
 
 def make_executor(name: str, predictor: Any, num_workers: int, threads_per_worker: int | None = None,
                   env: dict[str, str] | None = None, address: str | None = None, cpus_per_worker: float = 1.0,
-                  gpus_per_worker: float = 0.0) -> Executor:
+                  gpus_per_worker: float = 0.0, min_workers: int | None = None) -> Executor:
     """Create the executor called ``name`` (not started) for ``num_workers`` replicas of ``predictor``.
 
     Args:
@@ -43,7 +43,8 @@ def make_executor(name: str, predictor: Any, num_workers: int, threads_per_worke
         threads_per_worker: intra-op threads per worker (default: usable cores // N; on Ray,
             cpus_per_worker rounded up when given as more than 1).
         env: extra environment variables for the workers.
-        address, cpus_per_worker, gpus_per_worker: Ray only (see RayExecutor); ignored by local.
+        address, cpus_per_worker, gpus_per_worker, min_workers: Ray only (see RayExecutor; min_workers:
+            elastic, ``--workers MIN:MAX``); ignored by local, which starts all ``num_workers``.
 
     Raises:
         UsageError: unknown name, or ``ray`` without Ray installed.
@@ -53,7 +54,7 @@ def make_executor(name: str, predictor: Any, num_workers: int, threads_per_worke
         from parainfer.executors.ray import RayExecutor
 
         return RayExecutor(predictor, num_workers, threads_per_worker, env, address=address,
-                           cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker)
+                           cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, min_workers=min_workers)
     from parainfer.executors.local import LocalExecutor
 
     return LocalExecutor(predictor, num_workers, threads_per_worker, env)

@@ -89,6 +89,22 @@ class WorkerFailed:
 
 
 @dataclass(slots=True)
+class WorkerRetired:
+    """A worker left the job without failing: its node is being drained (``ray drain-node``, a
+    preemption notice, an autoscaler scaling in). It holds no task: the executor gave it no new
+    one once the drain was seen (``in_flight`` reads as full meanwhile) and let it finish those it
+    had, so nothing is requeued and nothing is blamed. The driver stops dispatching to it; a
+    fresh worker may come back in the same slot later (a ``WorkerReady``) when a node has room.
+
+    Attributes:
+        worker_id: which worker. reason: one line, e.g. "node 10.0.0.2 is being drained".
+    """
+
+    worker_id: int
+    reason: str
+
+
+@dataclass(slots=True)
 class WriteFailed:
     """A worker could not write a task's output (sharded mode: its part), a full disk, a file
     size limit or an I/O error: the storage's fault, not the records'. The worker lives on; the
@@ -178,14 +194,14 @@ class ShardResult:
     batch_size: int = 0
 
 
-Event = WorkerReady | TaskResult | ShardResult | WriteFailed | WorkerFailed
+Event = WorkerReady | TaskResult | ShardResult | WriteFailed | WorkerFailed | WorkerRetired
 
 
 class Executor(ABC):
     """Starts, feeds and watches N workers. Implementations: ``local`` (processes), ``ray``
     (Ray core actors); create one by name with ``parainfer.executors.make_executor``."""
 
-    num_workers: int
+    num_workers: int  # worker slots (ids 0 .. num_workers - 1); an elastic executor fills them as room appears
     runs_shards: bool = False  # True when submit takes ShardTask (the workers see the input file)
 
     @abstractmethod

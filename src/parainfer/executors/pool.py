@@ -71,7 +71,7 @@ def start_workers(predictor: Any, num_workers: int, threads_per_worker: int | No
     """
     name = config.executor if config else "local"
     options = dict(address=config.address, cpus_per_worker=config.cpus_per_worker,
-                   gpus_per_worker=config.gpus_per_worker) if config else {}
+                   gpus_per_worker=config.gpus_per_worker, min_workers=getattr(config, "min_workers", None)) if config else {}
     from parainfer.executors import make_executor
 
     env = {WARM_ENV: ",".join(warm)} if warm else None

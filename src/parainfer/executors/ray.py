@@ -23,16 +23,18 @@ from typing import Any
 
 from parainfer.errors import UsageError
 from parainfer.executors.base import (Event, Executor, ShardResult, ShardTask, TaskResult, WorkerFailed, WorkerReady,
-                                      WriteFailed)
+                                      WorkerRetired, WriteFailed)
 from parainfer.executors.local import MAX_DEATHS_WHILE_LOADING, default_threads
-from parainfer.executors.ray_cluster import (PASSED_ENV_PREFIXES, NodeWatch, check_room, connect, load_error,
-                                             pick_node, raylet_ports, room_for, running_task)
+from parainfer.executors.ray_cluster import (PASSED_ENV_PREFIXES, NodeWatch, check_room, connect, draining_nodes,
+                                             load_error, pick_node, raylet_ports, room_for, running_task)
+from parainfer.executors.ray_ship import Shipment, check_modules, module_sources, plan, ship_error
 from parainfer.executors.ray_shards import Probe, place_shard_result, shared_path_error
 from parainfer.models.base import Predictor
 from parainfer.executors.base import Task
 
 ACTOR_THREADS = 16  # most calls in flight per actor (record mode keeps prefetch + 1, the server 1)
 SETTLE_S = 10.0  # longest wait for a dead actor's calls to resolve (they do once Ray knows it died)
+TEND_S = 1.0  # how often the executor looks for drained nodes and for room to fill free worker slots
 
 
 @dataclass
@@ -63,6 +65,16 @@ class RayExecutor(Executor):
         address: the cluster ("HOST:PORT"); None: RAY_ADDRESS, else a local Ray started for
             the job (and stopped after it).
         cpus_per_worker, gpus_per_worker: Ray resources each actor asks for (> 0 / >= 0).
+        min_workers: elastic (``--workers MIN:MAX``, ``num_workers`` being MAX): the cluster
+            needs room for MIN actors to start; as many as have room start at once (at least
+            MIN), and a free slot is filled whenever room appears (a node joins). None: MIN = N.
+
+    Elastic workers: every ``TEND_S`` the executor asks Ray for the nodes being drained; a
+    worker on one gets no new task (``in_flight`` reads as full) and, once it has finished the
+    tasks it holds, is stopped and reported as ``WorkerRetired`` (one stderr line). A free slot
+    (not started yet with ``min_workers``, retired, or left out after a lost node) is filled, one
+    actor each, while the live nodes that are not draining have room for it (this job's actors
+    counted, ``room_for``); a stderr line says so when it is ready.
 
     ``start`` raises UsageError when the cluster has fewer CPUs or GPUs in all than the
     actors ask for (they would wait forever). A node found lost (``NodeWatch``: its raylet
@@ -80,13 +92,16 @@ class RayExecutor(Executor):
 
     def __init__(self, predictor: Predictor, num_workers: int, threads_per_worker: int | None = None,
                  env: dict[str, str] | None = None, address: str | None = None, cpus_per_worker: float = 1.0,
-                 gpus_per_worker: float = 0.0):
+                 gpus_per_worker: float = 0.0, min_workers: int | None = None):
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        if min_workers is not None and not 1 <= min_workers <= num_workers:
+            raise UsageError(f"--workers MIN:MAX needs 1 <= MIN <= MAX, got {min_workers}:{num_workers}")
         if cpus_per_worker <= 0 or gpus_per_worker < 0:
             raise UsageError(f"--cpus-per-worker must be > 0 and --gpus-per-worker >= 0, got "
                              f"{cpus_per_worker} and {gpus_per_worker}")
         self.predictor, self.num_workers = predictor, num_workers
+        self.min_workers = min_workers or num_workers
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.cpus, self.gpus = cpus_per_worker, gpus_per_worker
         self.threads = threads_per_worker or (math.ceil(cpus_per_worker) if self.address
@@ -104,13 +119,27 @@ class RayExecutor(Executor):
         self._ports: dict[str, int] = {}  # node address -> its raylet's port (for NodeWatch)
         self._lost: set[str] = set()  # node addresses found lost
         self._left_out: set[int] = set()  # workers of lost nodes not restarted: no room left
+        self._shipment = Shipment()  # what the actors need from the driver's disk (ray_ship)
+        self._fetched: dict[str, list[str]] = {}  # node -> shipped paths its actors fetched
+        self._free: set[int] = set()  # slots without an actor that room may fill (never started, retired, left out)
+        self._joining: set[int] = set()  # slots filled after the start, not yet ready
+        self._retiring: dict[int, str] = {}  # worker -> address of its draining node
+        self._draining: set[str] = set()  # addresses of nodes being drained
+        self._changes: list[dict[str, Any]] = []  # {"worker", "node", "event": joined|retired, "at_s"}
+        self._t_start = time.perf_counter()
+        self._next_tend = 0.0
         self.restarts = 0
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
         self._connect()
-        for w in range(self.num_workers):
+        self._t_start = time.perf_counter()
+        count = self.num_workers
+        if self.min_workers < self.num_workers:  # elastic: as many as have room now, at least MIN
+            count = max(self.min_workers, min(self.num_workers, room_for(self.cpus, self.gpus, [], self._lost)))
+        for w in range(count):
             self._spawn(w)
+        self._free = set(range(count, self.num_workers))
         self._watch = NodeWatch(self._watched)
         self._watch.start()
 
@@ -125,9 +154,14 @@ class RayExecutor(Executor):
 
         from parainfer.executors.ray_actor import RayWorker
 
-        self._owns_ray = connect(self.address, math.ceil(self.num_workers * self.cpus))
+        # A Ray the job starts for itself runs on this machine only: nothing to ship.
+        modules = module_sources(self.predictor) if self.address else []
+        check_modules(modules)
+        self._owns_ray = connect(self.address, math.ceil(self.num_workers * self.cpus),
+                                 {"py_modules": modules} if modules else None)
         try:
-            check_room(self.address, self.num_workers, self.cpus, self.gpus)
+            check_room(self.address, self.min_workers, self.cpus, self.gpus)
+            self._shipment = plan(self.predictor, modules) if self.address else Shipment()
         except UsageError:
             self.shutdown()
             raise
@@ -138,14 +172,15 @@ class RayExecutor(Executor):
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         node = pick_node(w, first, self.cpus, self.gpus, [s.node for s in self._slots if s is not None], avoid,
-                         self._lost)
+                         self._lost | self._draining)
         strategy = NodeAffinitySchedulingStrategy(node, soft=True) if node else "SPREAD"
         actor = self._actor_class.options(
             num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0, max_task_retries=0, scheduling_strategy=strategy,
             runtime_env={"env_vars": self.env},  # one env for all actors: Ray may reuse idle processes
         ).remote(w, self.threads)
         with self._lock:
-            self._slots[w] = _Slot(actor, actor.load.remote(self.predictor), actor.watch.remote())
+            self._slots[w] = _Slot(actor, actor.load.remote(self.predictor, self._shipment.paths),
+                                   actor.watch.remote())
 
     def restart(self, worker_id: int) -> None:
         """Replace a worker with a fresh actor (placed wherever the cluster has room); a worker
@@ -154,7 +189,9 @@ class RayExecutor(Executor):
             slot, self._slots[worker_id] = self._slots[worker_id], None
         if slot is not None:
             self._kill_actor(slot.actor)
-        if worker_id in self._left_out:
+        self._joining.discard(worker_id)
+        if worker_id in self._left_out or self._retiring.pop(worker_id, None) is not None:
+            self._free.add(worker_id)  # filled again when a node has room (``_tend``)
             return
         self.restarts += 1
         last = self._placements[worker_id]  # its slot is gone already when it died: where it last loaded
@@ -203,6 +240,9 @@ class RayExecutor(Executor):
             slot.held[task.index] = (slot.actor.run.remote(task, slot.turns, check), task, time.perf_counter())
 
     def in_flight(self, worker_id: int) -> int:
+        """Tasks it holds; ``ACTOR_THREADS`` (full) while it retires, so it is given no more."""
+        if worker_id in self._retiring:
+            return ACTOR_THREADS
         slot = self._slots[worker_id]
         return len(slot.held) if slot is not None else 0
 
@@ -222,6 +262,10 @@ class RayExecutor(Executor):
         if self._watch is not None:
             for address, why in self._watch.take_lost().items():
                 self._lose_node(address, why, events)
+        if time.perf_counter() >= self._next_tend and self._actor_class is not None:
+            self._tend()
+            self._next_tend = time.perf_counter() + TEND_S
+        self._retire_idle(events)
         if events:
             timeout = 0.0
         with self._lock:
@@ -258,6 +302,9 @@ class RayExecutor(Executor):
                 self._died(w, slot, e, events)
                 return
             except Exception as e:  # noqa: BLE001 - ModelLoadError (wrapped by Ray): fatal
+                message = ship_error(e)
+                if message:  # a node lacks the model's files and they are too large to ship
+                    raise UsageError(message) from None
                 events.append(WorkerFailed(w, load_error(e), [], fatal=True))
                 self._slots[w] = None
                 return
@@ -266,6 +313,14 @@ class RayExecutor(Executor):
             slot.free_since = time.perf_counter()
             self._load_deaths[w] = 0
             self._placements[w].append(loaded["node"])
+            if w in self._joining:
+                self._joining.discard(w)
+                self._changes.append({"worker": w, "node": loaded["node"], "event": "joined",
+                                      "at_s": round(time.perf_counter() - self._t_start, 3)})
+                print(f"worker {w} joined on node {loaded['node']} (room there): {self._live()} of "
+                      f"{self.num_workers} workers", file=sys.stderr, flush=True)
+            if loaded.get("fetched"):
+                self._fetched.setdefault(loaded["node"], []).extend(loaded["fetched"])
             events.append(WorkerReady(w, loaded["load_s"], loaded["info"], loaded.get("phases", {})))
         for index, (ref, task, submitted) in list(slot.held.items()):
             if ref not in done:
@@ -356,6 +411,47 @@ class RayExecutor(Executor):
         self._slots[w] = None
         return event
 
+    def _live(self) -> int:
+        return sum(1 for s in self._slots if s is not None)
+
+    def _tend(self) -> None:
+        """Retire the workers of nodes being drained and fill free slots where there is room
+        (``TEND_S``; class docstring, "Elastic workers")."""
+        self._draining = draining_nodes() - self._lost
+        with self._lock:
+            for w, slot in enumerate(self._slots):
+                if slot is not None and slot.node in self._draining and w not in self._retiring:
+                    self._retiring[w] = slot.node
+                    print(f"node {slot.node} is being drained: worker {w} takes no new task and leaves once its "
+                          f"{len(slot.held)} task{'s' if len(slot.held) != 1 else ''} are done", file=sys.stderr,
+                          flush=True)
+            placed = [s.node for s in self._slots if s is not None]
+        if not self._free:
+            return
+        room = room_for(self.cpus, self.gpus, placed, self._lost | self._draining)
+        for w in sorted(self._free)[:room]:
+            self._free.discard(w)
+            self._left_out.discard(w)
+            self._joining.add(w)
+            self._spawn(w, first=False)
+
+    def _retire_idle(self, events: list[Event]) -> None:
+        """Stop each retiring worker that holds no task (or has not loaded yet): a WorkerRetired."""
+        for w, node in list(self._retiring.items()):
+            with self._lock:
+                slot = self._slots[w]
+                if slot is None or slot.held:
+                    continue
+                self._slots[w] = None
+            self._kill_actor(slot.actor)
+            del self._retiring[w]
+            self._free.add(w)
+            self._changes.append({"worker": w, "node": node, "event": "retired",
+                                  "at_s": round(time.perf_counter() - self._t_start, 3)})
+            events.append(WorkerRetired(w, f"node {node} is being drained"))
+            print(f"worker {w} retired (node {node} is being drained): {self._live()} of {self.num_workers} workers",
+                  file=sys.stderr, flush=True)
+
     def _lose_node(self, address: str, why: str, events: list[Event]) -> None:
         """Node ``address`` is lost: fail each worker on it (one ``WorkerFailed`` each, appended
         to ``events``), count the room the other live nodes have for them (``room_for``), leave
@@ -401,4 +497,6 @@ class RayExecutor(Executor):
                 "gpus_per_worker": self.gpus,
                 "nodes": [{"node": n, "workers": last.count(n)} for n in nodes],
                 "worker_nodes": last, "placements": self._placements, "lost_nodes": sorted(self._lost),
-                "left_out_workers": sorted(self._left_out)}
+                "left_out_workers": sorted(self._left_out),
+                "min_workers": self.min_workers, "max_workers": self.num_workers, "worker_changes": self._changes,
+                "shipped": {**self._shipment.describe(), "fetched": self._fetched}}

@@ -73,20 +73,26 @@ class RayWorker:
             self._turn += 1
             self._cond.notify_all()
 
-    def load(self, predictor: Predictor) -> dict[str, Any]:
-        """Load the replica (turn 0); returns {"load_s", "info" (predictor.describe()), "node", "pid"}.
+    def load(self, predictor: Predictor, shipped: list[Any] = ()) -> dict[str, Any]:
+        """Load the replica (turn 0); returns {"load_s", "info" (predictor.describe()), "node", "pid",
+        "fetched"}. ``shipped``: the ``ray_ship.ShippedPath``s the model reads; those this node
+        lacks are fetched first (``ray_ship.receive``; "fetched" lists them).
 
         Raises:
             ModelLoadError: the predictor raised (restarting will not help).
+            ray_ship.ShipError: this node lacks a path too large to ship.
         """
         self._wait_turn(0)
         try:
-            return self._load(predictor)
+            return self._load(predictor, list(shipped))
         finally:
             self._next_turn()
 
-    def _load(self, predictor: Predictor) -> dict[str, Any]:
+    def _load(self, predictor: Predictor, shipped: list[Any]) -> dict[str, Any]:
+        from parainfer.executors.ray_ship import receive
+
         t0 = time.perf_counter()
+        fetched = receive(predictor, shipped, ray.util.get_node_ip_address()) if shipped else []
         place_predictor(predictor, self.worker_id, self.threads)
         try:
             predictor.load()
@@ -99,7 +105,7 @@ class RayWorker:
         phases = dict(getattr(predictor, "load_phases", {}))  # no started_at: another node's clock
         phases["load_other_s"] = max(0.0, load_s - sum(phases.values()))
         return {"load_s": load_s, "info": predictor.describe(), "phases": phases,
-                "node": ray.util.get_node_ip_address(), "pid": os.getpid()}
+                "node": ray.util.get_node_ip_address(), "pid": os.getpid(), "fetched": fetched}
 
     def run(self, task: Task | ShardTask, turn: int, check: Any = None) -> Any:
         """Run one task when its ``turn`` (1, 2, ...) comes; returns (task index, outputs, errors,

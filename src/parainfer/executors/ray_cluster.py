@@ -30,10 +30,12 @@ NODE_CONNECT_S = 1.0
 NODE_LOST_S = 10.0
 
 
-def connect(address: str | None, cpus_needed: int) -> bool:
+def connect(address: str | None, cpus_needed: int, runtime_env: dict[str, Any] | None = None) -> bool:
     """Connect this process to the cluster at ``address``, or start a local Ray when None (with
     at least ``cpus_needed`` logical CPUs, as many processes as the local executor would run).
     Returns True when this call connected (the caller should ``ray.shutdown()`` at the end).
+    ``runtime_env``: the job's Ray runtime environment (``ray_ship``: the user's modules as
+    ``py_modules``, which Ray uploads from local paths only at this job level).
 
     With no address the job always starts a Ray of its own (``address="local"``), even when
     another Ray runs on this machine (``ray.init()`` would attach to that one). With an address,
@@ -52,7 +54,7 @@ def connect(address: str | None, cpus_needed: int) -> bool:
     if address:
         check_head(address)
         try:
-            ray.init(address=address, **quiet)
+            ray.init(address=address, runtime_env=runtime_env or None, **quiet)
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as e:
             raise UsageError(head_error(address, e)) from e
     else:
@@ -199,6 +201,21 @@ def room_for(cpus: float, gpus: float, placed: list[str | None], lost: set[str])
             fit = min(fit, math.floor((n["Resources"].get("GPU", 0.0) - mine * gpus) / gpus + 1e-9))
         room += max(0, fit)
     return max(0, room - placed.count(None))
+
+
+def draining_nodes() -> set[str]:
+    """Addresses of the live nodes Ray is draining (``ray drain-node``, a preemption notice, the
+    autoscaler scaling in): the GCS's draining list (Ray's private ``GcsClient.get_draining_nodes``,
+    as Ray Serve reads it), mapped to addresses by ``ray.nodes()``. Empty when the GCS cannot say."""
+    import ray
+
+    try:
+        ids = ray._private.worker.global_worker.gcs_client.get_draining_nodes(timeout=2)
+    except Exception:  # noqa: BLE001 - no such call in this Ray, or the GCS is busy: none known
+        logging.getLogger("parainfer.ray").debug("draining nodes unknown", exc_info=True)
+        return set()
+    hexes = {k.hex() if isinstance(k, bytes) else str(k) for k in ids}
+    return {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"] and n["NodeID"] in hexes} if hexes else set()
 
 
 def raylet_ports() -> dict[str, int]:

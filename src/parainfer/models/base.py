@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from parainfer.counts import TokenCounts
@@ -119,3 +120,29 @@ class Predictor(ABC):
     def describe(self) -> dict[str, Any]:
         """A JSON-able description (name, path, dtype) for reports and fingerprints."""
         return {"class": type(self).__name__, "task": self.task}
+
+    # -- what a worker on another machine needs (``executors.ray_ship``) --------------------
+    def local_paths(self) -> list[Path]:
+        """The files and directories of this machine that ``load`` reads (weights, tokenizer,
+        vocabulary), for an executor whose workers run on other machines to send them there.
+        Cheap; runs in the driver. The default: every ``pathlib.Path`` attribute of the
+        predictor (the backends keep their paths as ``Path``s)."""
+        return [v for v in vars(self).values() if isinstance(v, Path)]
+
+    def relocate(self, moved: dict[Path, Path]) -> None:
+        """Point the predictor at copies of its local paths, before ``load`` (worker side):
+        every ``Path`` attribute equal to, or under, a key of ``moved`` (a path of
+        ``local_paths``) is rewritten to the same place under that key's value."""
+        for name, value in list(vars(self).items()):
+            if not isinstance(value, Path):
+                continue
+            for old, new in moved.items():
+                if value == old or old in value.parents:
+                    setattr(self, name, new / value.relative_to(old))
+                    break
+
+    def code_modules(self) -> list[str]:
+        """Names of the modules ``load`` imports by name that may be the user's own code rather
+        than an installed package's (``--model module:function``'s module); an executor on other
+        machines sends those that no installed distribution holds. Default: none."""
+        return []

@@ -95,5 +95,10 @@ class CallablePredictor(Predictor):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_fn": None}
 
+    def code_modules(self) -> list[str]:
+        """The spec's module (``__main__``: the function travels by value, but the modules of
+        the script's folder that it calls are named by ``executors.ray_ship``)."""
+        return [self.spec.partition(":")[0]]
+
     def describe(self) -> dict[str, Any]:
         return {"class": "CallablePredictor", "task": self.task, "model": self.spec}
