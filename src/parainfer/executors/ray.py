@@ -107,9 +107,11 @@ class RayExecutor(Executor):
         self.restarts = 0
 
     # -- lifecycle --------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, count: int | None = None) -> None:
+        """Start actors 0 .. ``count - 1`` (default: all ``num_workers``; the others are started
+        later with ``restart``, by a server's autoscaler)."""
         self._connect()
-        for w in range(self.num_workers):
+        for w in range(self.num_workers if count is None else count):
             self._spawn(w)
         self._watch = NodeWatch(self._watched)
         self._watch.start()
