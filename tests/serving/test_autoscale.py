@@ -84,40 +84,72 @@ def reference() -> np.ndarray:
     return np.stack([np.asarray(o["embedding"], dtype=np.float32) for o in predictor.predict(TEXTS)])
 
 
-def test_embed_server_scales_1_2_1_under_a_stepped_load_without_losing_a_request(reference):
-    with running_server(task="embed", dtype="float32", **FAST) as url:
-        assert autoscaling(url)["replicas"] == 1 and autoscaling(url)["enabled"] is True
-        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+def step_1_16_1(url: str, send) -> tuple[SteppedLoad, list[dict], dict, str]:
+    """1 client, then 16 until the second replica is routed to (and a second more), then 1 until
+    the server is back to one replica; returns (the load, /health states seen while scaling
+    down, the last /health autoscaling state, /metrics)."""
+    assert autoscaling(url)["replicas"] == 1 and autoscaling(url)["enabled"] is True
+    load = SteppedLoad(url, send)
+    try:
+        load.clients(1)
+        time.sleep(1.5)
+        assert autoscaling(url)["replicas"] == 1  # 1 client: at most 1 unit of work per replica
+        load.clients(16)
+        wait_for(url, lambda s: s["ready"] == 2, 120)  # the second replica loaded and routed to
+        time.sleep(1.0)  # both take work
+        load.clients(1)
+        seen = wait_for(url, lambda s: s["replicas"] == 1 and s["draining"] == 0 and s["ready"] == 1, 60)
+        time.sleep(0.5)
+    finally:
+        load.close()
+    return load, seen, autoscaling(url), httpx.get(url + "/metrics").text
 
-        def send(i: int) -> np.ndarray:
-            got = client.embeddings.create(model="m", input=TEXTS[i], encoding_format="float")
-            return np.asarray(got.data[0].embedding, dtype=np.float32)
 
-        load = SteppedLoad(url, send)
-        try:
-            load.clients(1)
-            time.sleep(1.5)
-            assert autoscaling(url)["replicas"] == 1  # 1 client: at most 1 input per replica
-            load.clients(16)
-            wait_for(url, lambda s: s["ready"] == 2, 90)  # the second replica loaded and routed to
-            time.sleep(1.0)  # both take work
-            load.clients(1)
-            seen = wait_for(url, lambda s: s["replicas"] == 1 and s["draining"] == 0 and s["ready"] == 1, 60)
-            time.sleep(0.5)
-        finally:
-            load.close()
-        final = autoscaling(url)
-        metrics = httpx.get(url + "/metrics").text
+def check_scaled_once_each_way(load: SteppedLoad, seen: list[dict], final: dict, metrics: str) -> None:
     assert not load.failures, load.failures[:3]
     assert final["scale_ups"] == 1 and final["scale_downs"] == 1, final
     assert any(s["draining"] == 1 or s["replicas"] == 2 for s in seen), "the replica was removed without draining"
     assert 'parainfer_autoscaler_scale_ups_total{reason="load_above_target"} 1.0' in metrics
     assert 'parainfer_autoscaler_scale_downs_total{reason="load_below_target"} 1.0' in metrics
     assert 'parainfer_replicas{state="ready"} 1.0' in metrics
+
+
+def test_embed_server_scales_1_2_1_under_a_stepped_load_without_losing_a_request(reference):
+    with running_server(task="embed", dtype="float32", **FAST) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+        def send(i: int) -> np.ndarray:
+            got = client.embeddings.create(model="m", input=TEXTS[i], encoding_format="float")
+            return np.asarray(got.data[0].embedding, dtype=np.float32)
+
+        load, seen, final, metrics = step_1_16_1(url, send)
+    check_scaled_once_each_way(load, seen, final, metrics)
     assert len(load.answers) > 50
     for i, got in load.answers:  # every answer is the text's own embedding, whichever replica ran it
         cosine = float(got @ reference[i] / np.linalg.norm(got) / np.linalg.norm(reference[i]))
         assert cosine >= 1 - 1e-4, (i, cosine)
+
+
+def test_generate_server_scales_1_2_1_and_every_completion_equals_one_engine():
+    from parainfer.generation import LLMEngine, SamplingParams, ensure_smollm2
+
+    prompts = [f"Count from {i} to {i + 5}:" for i in range(len(TEXTS))]
+    engine = LLMEngine(ensure_smollm2(), threads=1, kv_cache_gb=0.1)
+    want = [(w.text, w.finish_reason) for w in engine.generate([engine.tokenizer.encode(p) for p in prompts],
+                                                                SamplingParams(max_tokens=6))]
+    del engine
+    with running_server(task="generate", max_num_seqs=16, request_timeout_s=120, **FAST) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
+
+        def send(i: int) -> tuple[str, str]:
+            got = client.completions.create(model="m", prompt=prompts[i], max_tokens=6, temperature=0)
+            return got.choices[0].text, got.choices[0].finish_reason
+
+        load, seen, final, metrics = step_1_16_1(url, send)
+    check_scaled_once_each_way(load, seen, final, metrics)
+    assert len(load.answers) > 30
+    assert all(got == want[i] for i, got in load.answers), [(i, got, want[i]) for i, got in load.answers
+                                                            if got != want[i]][:3]
 
 
 @pytest.mark.parametrize("options, message", [
