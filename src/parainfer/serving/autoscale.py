@@ -205,6 +205,7 @@ class Autoscaler:
         for state in ("starting", "ready", "draining"):
             self.metrics.replicas.labels(state).set(getattr(counts, state))
         self.metrics.replicas_desired.set(self.target)
+        self.metrics.replicas_ready.set(counts.ready)
 
     def describe(self, counts: ReplicaCounts) -> dict[str, Any]:
         """The /health ``autoscaling`` key."""
