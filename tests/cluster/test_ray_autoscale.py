@@ -1,6 +1,7 @@
 """``parainfer serve --executor ray --min-replicas 1 --max-replicas 2`` on the two-node cluster: the
 autoscaler adds a replica actor under a stepped load and removes it (drained, then killed) when
-the load goes; every request answers 200 with the right content."""
+the load goes; every request answers 200 with the right content. Each request carries 3 inputs,
+so 1 client is 3 ongoing inputs (under the target of 4) and 16 clients up to 48."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ def test_serve_on_ray_scales_1_2_1_without_a_failed_request(ray_cluster) -> None
     port = "18614"
     server = ray_cluster.start("serve", "--task", "classify", "--model", "parainfer.testing:echo", "--port", port,
                                "--executor", "ray", "--address", ray_cluster.address, "--cpus-per-worker", "0.5",
-                               "--min-replicas", "1", "--max-replicas", "2", "--upscale-delay-s", "0.5",
+                               "--min-replicas", "1", "--max-replicas", "2", "--target-ongoing", "4", "--upscale-delay-s", "0.5",
                                "--downscale-delay-s", "2", "--autoscale-look-back-s", "1", "--log-level", "warning")
     try:
         client = subprocess.run(["ip", "netns", "exec", ray_cluster.head_ns, sys.executable,
