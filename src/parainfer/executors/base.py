@@ -205,8 +205,9 @@ class Executor(ABC):
     runs_shards: bool = False  # True when submit takes ShardTask (the workers see the input file)
 
     @abstractmethod
-    def start(self) -> None:
-        """Start all workers (non-blocking); WorkerReady events follow as each loads."""
+    def start(self, count: int | None = None) -> None:
+        """Start workers 0 .. ``count - 1`` (default: all; non-blocking); WorkerReady events follow
+        as each loads. The others can be started later with ``restart``."""
 
     @abstractmethod
     def submit(self, worker_id: int, task: Task | ShardTask) -> None:
@@ -234,6 +235,12 @@ class Executor(ABC):
     def kill(self, worker_id: int) -> None:
         """Kill a worker at once (a hung task); the next ``poll`` reports its death."""
         raise NotImplementedError
+
+    def retire(self, worker_id: int) -> None:
+        """Stop a worker that holds no task, for good (the server's autoscaler removing a drained
+        replica); the next polls report its end as a ``WorkerFailed`` with no tasks, which the
+        caller expects. ``restart`` starts the slot again later. Default: ``kill``."""
+        self.kill(worker_id)
 
     def running(self, worker_id: int) -> tuple[int, float] | None:
         """(Task.index, perf_counter start on the driver's clock) of the task it runs, or None."""

@@ -151,6 +151,13 @@ class LocalExecutor(Executor):
         if slot is not None and slot.proc.is_alive():
             slot.proc.kill()
 
+    def retire(self, worker_id: int) -> None:
+        """Ask a worker that holds no task to exit (its end of queue); the next polls report
+        the exit as a ``WorkerFailed`` (exit code 0)."""
+        slot = self._slots[worker_id]
+        if slot is not None:
+            slot.inbox.put(None)
+
     def alive(self, worker_id: int) -> bool:
         """True while the worker's process is running."""
         slot = self._slots[worker_id]

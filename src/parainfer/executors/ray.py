@@ -131,15 +131,21 @@ class RayExecutor(Executor):
         self.restarts = 0
 
     # -- lifecycle --------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, count: int | None = None) -> None:
+        """Start actors 0 .. ``count - 1`` (default: all ``num_workers``; the others are started
+        later with ``restart``, by a server's autoscaler)."""
         self._connect()
         self._t_start = time.perf_counter()
-        count = self.num_workers
-        if self.min_workers < self.num_workers:  # elastic: as many as have room now, at least MIN
-            count = max(self.min_workers, min(self.num_workers, room_for(self.cpus, self.gpus, [], self._lost)))
+        given = count is not None
+        if count is None:
+            count = self.num_workers
+            if self.min_workers < self.num_workers:  # elastic: as many as have room now, at least MIN
+                count = max(self.min_workers, min(self.num_workers, room_for(self.cpus, self.gpus, [], self._lost)))
         for w in range(count):
             self._spawn(w)
-        self._free = set(range(count, self.num_workers))
+        # Elastic slots not started yet are filled as room appears; a server's autoscaler (``count``
+        # given) starts its own with ``restart``.
+        self._free = set() if given else set(range(count, self.num_workers))
         self._watch = NodeWatch(self._watched)
         self._watch.start()
 

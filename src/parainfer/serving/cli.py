@@ -50,6 +50,18 @@ def serve_command(
     workers: Optional[int] = typer.Option(None, help="worker processes, one model replica each; default 2 "
                                           "(generate: 1 = the engine in the server process; N > 1 = N engine "
                                           "replicas in workers, routed by outstanding tokens)"),
+    min_replicas: Optional[int] = typer.Option(None, help="autoscaling: fewest replicas (default 1; needs "
+                                               "--max-replicas)"),
+    max_replicas: Optional[int] = typer.Option(None, help="autoscaling: most replicas; the server adds replicas "
+                                               "while the work per replica stays above --target-ongoing and removes "
+                                               "them (drained first) when it stays below (instead of --workers)"),
+    target_ongoing: float = typer.Option(2.0, help="autoscaling: inputs (generate: sequences) waiting or running "
+                                         "per replica to aim for (Ray Serve's target_ongoing_requests)"),
+    upscale_delay_s: float = typer.Option(30.0, help="autoscaling: seconds more replicas must be wanted before "
+                                          "one is added"),
+    downscale_delay_s: float = typer.Option(600.0, help="autoscaling: seconds fewer replicas must be wanted "
+                                            "before one is removed"),
+    autoscale_look_back_s: float = typer.Option(30.0, help="autoscaling: seconds over which the work is averaged"),
     host: str = typer.Option("127.0.0.1", help="interface to bind (loopback by default)"),
     port: int = typer.Option(8000, help="TCP port"),
     max_batch_size: int = typer.Option(32, help="most inputs per model batch (1 = batching off)"),
@@ -122,6 +134,9 @@ def serve_command(
 
     check_executor(executor)
     config = ServeConfig(task=task, model=model, served_model_names=served_model_name or None, workers=workers,
+                         min_replicas=min_replicas, max_replicas=max_replicas, target_ongoing=target_ongoing,
+                         upscale_delay_s=upscale_delay_s, downscale_delay_s=downscale_delay_s,
+                         autoscale_look_back_s=autoscale_look_back_s,
                          host=host, port=port,
                          max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          request_timeout_s=request_timeout_s, api_key=api_key, api_keys_file=api_keys,

@@ -6,7 +6,7 @@ Raises pydantic.ValidationError naming the field on a bad value.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -31,6 +31,18 @@ class ServeConfig(BaseModel):
     workers: int | None = Field(default=None, ge=1,
                          description="worker processes, one model replica each; default 2 (generate: 1, the "
                          "engine in the server process; N > 1 runs N engine replicas in workers)")
+    min_replicas: int | None = Field(default=None, description="autoscaling: fewest replicas (default 1; needs "
+                                     "max_replicas); unset with max_replicas unset: workers, fixed")
+    max_replicas: int | None = Field(default=None, description="autoscaling: most replicas; set: the server adds "
+                                     "and removes replicas by load (``serving.autoscale``) and ``workers`` is it")
+    target_ongoing: float = Field(default=2.0, gt=0, description="autoscaling: inputs (generate: sequences) waiting "
+                                  "or running per replica the autoscaler aims for")
+    upscale_delay_s: float = Field(default=30.0, ge=0, description="autoscaling: how long more replicas must be "
+                                   "wanted before one is added")
+    downscale_delay_s: float = Field(default=600.0, ge=0, description="autoscaling: how long fewer replicas must "
+                                     "be wanted before one is removed")
+    autoscale_look_back_s: float = Field(default=30.0, gt=0, description="autoscaling: the ongoing work is "
+                                         "averaged over this many seconds")
     host: str = Field(default="127.0.0.1", description="interface to bind; loopback unless told otherwise")
     port: int = Field(default=8000, ge=0, le=65535)
     max_batch_size: int = Field(default=32, ge=1, description="most inputs per model batch")
@@ -102,12 +114,55 @@ class ServeConfig(BaseModel):
     @model_validator(mode="after")
     def _default_workers(self) -> ServeConfig:
         """``workers`` left unset (None): 1 for generate (one engine in the server process), else 2;
-        an int afterwards. ``deterministic`` left unset: True, except for generate."""
-        if self.workers is None:
-            self.workers = 1 if self.task == "generate" else 2
+        an int afterwards. ``deterministic`` left unset: True, except for generate. Then the replica range: with ``max_replicas`` set (autoscaling),
+        ``workers`` becomes it (the replica slots) and ``min_replicas`` defaults to 1; without it,
+        ``min_replicas = max_replicas = workers`` (a fixed count).
+
+        Raises:
+            UsageError: (wrapped by pydantic) ``min_replicas`` or ``max_replicas`` below 1, min above
+                max, ``min_replicas`` without ``max_replicas``, or ``workers`` given with them.
+        """
+        from parainfer.errors import UsageError
+
         if self.deterministic is None:  # generate: it would cost the prefix cache, so it is asked for
             self.deterministic = self.task != "generate"
+
+        for name in ("min_replicas", "max_replicas"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1 (a server keeps at least one replica; "
+                                 f"scaling to zero is not supported), got {value}")
+        if self.max_replicas is None:
+            if self.min_replicas is not None:
+                raise UsageError(f"--min-replicas {self.min_replicas} needs --max-replicas (autoscaling between "
+                                 "the two); for a fixed count use --workers N")
+            if self.workers is None:
+                self.workers = 1 if self.task == "generate" else 2
+            self.min_replicas = self.max_replicas = self.workers
+            return self
+        if self.workers is not None and self.workers != self.max_replicas:
+            raise UsageError(f"--workers {self.workers} is a fixed replica count; with --min-replicas/--max-replicas "
+                             "leave it out")
+        self.min_replicas = 1 if self.min_replicas is None else self.min_replicas
+        if self.min_replicas > self.max_replicas:
+            raise UsageError(f"--min-replicas {self.min_replicas} is above --max-replicas {self.max_replicas}; "
+                             "accepted: 1 <= min <= max")
+        self.workers = self.max_replicas
         return self
+
+    @property
+    def autoscaling(self) -> bool:
+        """True when the replica count may change (``min_replicas < max_replicas``)."""
+        return (self.min_replicas or 0) < (self.max_replicas or 0)
+
+    def autoscale_policy(self) -> Any:
+        """The ``serving.autoscale.AutoscalePolicy`` of these settings (min and max replicas,
+        target ongoing work per replica, delays, look-back)."""
+        from parainfer.serving.autoscale import AutoscalePolicy
+
+        return AutoscalePolicy(min_replicas=self.min_replicas, max_replicas=self.max_replicas,
+                               target_ongoing=self.target_ongoing, upscale_delay_s=self.upscale_delay_s,
+                               downscale_delay_s=self.downscale_delay_s, look_back_s=self.autoscale_look_back_s)
 
     def model_names(self) -> ModelNames:
         """The names requests may give as ``model`` and the rule for them (``openai.requests.ModelNames``)."""

@@ -2,7 +2,7 @@
 
 ``ServingMetrics`` holds every metric (all prefixed ``parainfer_``): HTTP requests and latency,
 queue depth, batch sizes and tokens (real, padded, computed), replica busy time, restarts and
-readiness, and for ``--task generate`` time to first token, inter-token latency, generated
+readiness, replicas by state and the autoscaler's scale-ups and -downs, and for ``--task generate`` time to first token, inter-token latency, generated
 tokens, sequences by finish reason and per replica. ``EngineStatsCollector`` reads the engine's
 prefill and prefix-cache counters at scrape time, ``GrammarStatsCollector`` its structured-output
 compiles and compiled-grammar cache. Every name and what it counts:
@@ -45,6 +45,17 @@ class ServingMetrics:
         self.restarts = Counter("parainfer_replica_restarts", "replica restarts after a crash", ["replica"],
                                 registry=r)
         self.replicas_ready = Gauge("parainfer_replicas_ready", "replicas that can take batches", registry=r)
+        self.replicas = Gauge("parainfer_replicas", "replicas by state: starting (loading, not routed to), "
+                              "ready (routed to), draining (finishing their work before they stop)", ["state"],
+                              registry=r)
+        self.replicas_desired = Gauge("parainfer_replicas_desired", "replicas the autoscaler aims for now "
+                                      "(min = max without --max-replicas)", registry=r)
+        self.scale_ups = Counter("parainfer_autoscaler_scale_ups", "replicas added by the autoscaler, by reason",
+                                 ["reason"], registry=r)
+        self.scale_downs = Counter("parainfer_autoscaler_scale_downs", "replicas removed (drained, then stopped) "
+                                   "by the autoscaler, by reason", ["reason"], registry=r)
+        self.scale_ups.labels("load_above_target")
+        self.scale_downs.labels("load_below_target")
         self.ttft = Histogram("parainfer_time_to_first_token_seconds", "request arrival to first generated token (s)",
                               buckets=LATENCY_BUCKETS, registry=r)
         self.itl = Histogram("parainfer_inter_token_latency_seconds", "time between tokens of one sequence (s)",

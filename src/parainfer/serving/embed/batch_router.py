@@ -6,7 +6,9 @@ to the ready replica with the least outstanding work, resolves the items' future
 results (``InputFailed`` for a record the model raised on), and restarts dead replicas, running
 their batches once more before failing them with ``ReplicaUnavailable``. A poll thread feeds
 executor events to the event loop, where all routing state lives. Rules: docs/serving.md, "The
-path of a request", step 4.
+path of a request", step 4. The replica set may change (``serving.autoscale``): ``add_replica``
+starts a slot on the executor's restart path (routed to once loaded), ``remove_replica`` stops
+routing to one, lets its batches finish, then retires it (``Executor.retire``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from parainfer.executors.base import Event, Executor, TaskResult, WorkerFailed, WorkerReady
+from parainfer.serving.autoscale import ReplicaCounts
 from parainfer.serving.embed.batcher import Item
 from parainfer.executors.base import Task
 
@@ -58,6 +61,9 @@ class ReplicaState:
 
     ready: bool = False
     dead: bool = False  # its model failed to load: never restarted
+    active: bool = True  # False: a slot the autoscaler has not started (or has stopped)
+    draining: bool = False  # removed: takes no new batch; retired once it holds none
+    retiring: bool = False  # retire sent: its end (a WorkerFailed) turns the slot off
     batches: dict[int, _Batch] = field(default_factory=dict)  # task index -> batch in flight
     restarts: int = 0
     busy_s: float = 0.0
@@ -82,16 +88,19 @@ class BatchRouter:
             result; tokens computed: padded tokens over the worker's forward passes (after its
             length groups, ``TokenCounts.padded``), None when the worker did not count them.
         on_restart: called with the replica id when it is restarted.
+        initial: replicas started by ``start`` (default all of the executor's ``num_workers``;
+            fewer under autoscaling, the other slots are started by ``add_replica``).
     """
 
     def __init__(self, executor: Executor, max_in_flight: int = 1, retries: int = 1,
                  on_capacity: Callable[[], None] = lambda: None,
                  on_batch_done: Callable[[int, int, float, int | None], None] = lambda w, n, s, t: None,
-                 on_restart: Callable[[int], None] = lambda w: None):
+                 on_restart: Callable[[int], None] = lambda w: None, initial: int | None = None):
         self.executor = executor
         self.max_in_flight, self.retries = max_in_flight, retries
         self.on_capacity, self.on_batch_done, self.on_restart = on_capacity, on_batch_done, on_restart
-        self.replicas = [ReplicaState() for _ in range(executor.num_workers)]
+        self.initial = executor.num_workers if initial is None else initial
+        self.replicas = [ReplicaState(active=w < self.initial) for w in range(executor.num_workers)]
         self._task_ids = itertools.count()
         self._retry: collections.deque[_Batch] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -103,7 +112,10 @@ class BatchRouter:
     def start(self) -> None:
         """Start the workers (they load in the background) and the poll thread. Call on the loop."""
         self._loop = asyncio.get_running_loop()
-        self.executor.start()
+        if self.initial < self.executor.num_workers:
+            self.executor.start(count=self.initial)
+        else:
+            self.executor.start()
         self._thread = threading.Thread(target=self._poll_forever, name="parainfer-serve-poll", daemon=True)
         self._thread.start()
 
@@ -130,20 +142,77 @@ class BatchRouter:
     # -- state seen by the app -------------------------------------------------------------
     @property
     def ready_count(self) -> int:
-        return sum(r.ready for r in self.replicas)
+        """Replicas routed to now (loaded, not draining)."""
+        return sum(self._routable(r) for r in self.replicas)
 
     @property
     def all_dead(self) -> bool:
-        return all(r.dead for r in self.replicas)
+        return all(r.dead for r in self.replicas if r.active)
+
+    @staticmethod
+    def _routable(r: ReplicaState) -> bool:
+        return r.ready and r.active and not r.draining
 
     def idle_replicas(self) -> int:
         """Ready replicas that hold no batch (the batcher spreads waiting inputs over them)."""
-        return sum(1 for r in self.replicas if r.ready and not r.batches)
+        return sum(1 for r in self.replicas if self._routable(r) and not r.batches)
 
     def free_slots(self) -> int:
         """Batches the batcher may dispatch now (retries waiting go first)."""
-        free = sum(self.max_in_flight - len(r.batches) for r in self.replicas if r.ready)
+        free = sum(self.max_in_flight - len(r.batches) for r in self.replicas if self._routable(r))
         return max(0, free - len(self._retry))
+
+    # -- the replica set (``serving.autoscale.Scalable``; on the loop) ------------------------
+    def ongoing(self) -> int:
+        """Inputs in batches on replicas or waiting for a retry (the batcher's queue is apart)."""
+        held = sum(len(b.items) for r in self.replicas for b in r.batches.values())
+        return held + sum(len(b.items) for b in self._retry)
+
+    def replica_counts(self) -> ReplicaCounts:
+        """Replicas by state (dead ones, given up on, are in none)."""
+        live = [r for r in self.replicas if r.active and not r.dead]
+        return ReplicaCounts(starting=sum(not r.ready and not r.draining for r in live),
+                             ready=sum(self._routable(r) for r in live),
+                             draining=sum(r.draining for r in live))
+
+    def add_replica(self) -> int | None:
+        """Start the first slot not in use (``Executor.restart``: the same start path as after a
+        crash); routed to once its WorkerReady arrives. None when every slot is in use."""
+        free = [w for w, r in enumerate(self.replicas) if not r.active]
+        if not free:
+            return None
+        w = free[0]
+        try:
+            self.executor.restart(w)
+        except (EOFError, OSError) as exc:  # no process could start now: the next tick tries again
+            log.error("replica %d could not be started (%s: %s)", w, type(exc).__name__, exc)
+            return None
+        self.replicas[w] = ReplicaState(restarts=self.replicas[w].restarts, busy_s=self.replicas[w].busy_s)
+        return w
+
+    def remove_replica(self) -> int | None:
+        """Take the ready replica holding the least work out of routing and retire it once its
+        batches are done. None when that would leave no replica routed to while another is
+        still loading, or none is ready."""
+        ready = [w for w, r in enumerate(self.replicas) if self._routable(r)]
+        starting = self.replica_counts().starting
+        if not ready or (len(ready) == 1 and starting):
+            return None
+        w = min(ready, key=lambda v: (len(self.replicas[v].batches), self.replicas[v].tokens, -v))
+        self.replicas[w].draining = True
+        self._retire_if_drained(w)
+        return w
+
+    def _retire_if_drained(self, w: int) -> None:
+        rep = self.replicas[w]
+        if not rep.draining or rep.batches or rep.retiring:
+            return
+        rep.retiring = True
+        try:
+            self.executor.retire(w)
+        except Exception as exc:  # noqa: BLE001 - gone already: its WorkerFailed (or none) follows
+            log.warning("replica %d could not be retired (%s); it is left off", w, exc)
+            rep.active = rep.ready = False
 
     # -- routing ---------------------------------------------------------------------------
     def dispatch(self, items: list[Item]) -> None:
@@ -151,7 +220,7 @@ class BatchRouter:
         self._send(_Batch(items, sum(it.tokens for it in items)))
 
     def _pick(self) -> int | None:
-        room = [w for w, r in enumerate(self.replicas) if r.ready and len(r.batches) < self.max_in_flight]
+        room = [w for w, r in enumerate(self.replicas) if self._routable(r) and len(r.batches) < self.max_in_flight]
         if not room:
             return None
         # ties (idle replicas) go to the one that has worked least, so that work is spread over all
@@ -184,7 +253,8 @@ class BatchRouter:
             if isinstance(ev, WorkerReady):
                 rep = self.replicas[ev.worker_id]
                 rep.ready, rep.load_s, rep.info = True, ev.load_s, ev.info
-                self.all_loaded_once = self.all_loaded_once or self.ready_count == len(self.replicas)
+                wanted = sum(r.active and not r.draining for r in self.replicas)
+                self.all_loaded_once = self.all_loaded_once or self.ready_count == wanted
             elif isinstance(ev, TaskResult):
                 self._on_result(ev)
             elif isinstance(ev, WorkerFailed):
@@ -208,13 +278,16 @@ class BatchRouter:
             else:
                 item.future.set_result(out)
         self.on_batch_done(res.worker_id, len(batch.items), busy, res.counts.padded if res.counts else None)
+        self._retire_if_drained(res.worker_id)
 
     def _on_failed(self, ev: WorkerFailed) -> None:
         w = ev.worker_id
         rep = self.replicas[w]
         rep.ready = False
         held, rep.batches = list(rep.batches.values()), {}
-        if ev.fatal:
+        if rep.draining or not rep.active:  # retired (or died while draining): the slot is off
+            rep.active = rep.draining = rep.retiring = False
+        elif ev.fatal:
             rep.dead = True
         elif not self._stop.is_set():
             rep.restarts += 1
@@ -245,8 +318,9 @@ class BatchRouter:
     def describe(self) -> list[dict[str, Any]]:
         """Per-replica state for /health."""
         return [{"replica": w, "ready": r.ready, "dead": r.dead, "in_flight": len(r.batches),
-                 "restarts": r.restarts, "busy_s": round(r.busy_s, 3), "load_s": r.load_s}
-                for w, r in enumerate(self.replicas)]
+                 "restarts": r.restarts, "busy_s": round(r.busy_s, 3), "load_s": r.load_s,
+                 **({"draining": True} if r.draining else {})}
+                for w, r in enumerate(self.replicas) if r.active]
 
 
 def _fail(batch: _Batch, reason: str, detail: str = "") -> None:

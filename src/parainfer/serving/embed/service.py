@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from parainfer.executors import make_executor
 from parainfer.models.base import Predictor
+from parainfer.serving.autoscale import Autoscaler
 from parainfer.serving.embed.batcher import DynamicBatcher, Item, QueueFull
 from parainfer.serving.config import ServeConfig
 from parainfer.openai.errors import ApiError
@@ -58,7 +59,9 @@ class InferenceService:
                                  gpus_per_worker=config.gpus_per_worker)
         self.pool = BatchRouter(executor, config.max_in_flight_per_replica, config.retries,
                                 on_capacity=self._on_capacity, on_batch_done=self._on_batch_done,
-                                on_restart=lambda w: metrics.restarts.labels(str(w)).inc())
+                                on_restart=lambda w: metrics.restarts.labels(str(w)).inc(),
+                                initial=config.min_replicas)
+        self.autoscaler = Autoscaler(self.pool, config.autoscale_policy(), metrics, ongoing=lambda: self.batcher.depth)
         self.batcher = DynamicBatcher(self._dispatch, self.pool.free_slots, config.max_batch_size,
                                       config.max_wait_ms / 1000.0, config.max_queue, config.group_by_length,
                                       max_batch_tokens=config.max_batch_tokens, idle_replicas=self.pool.idle_replicas)
@@ -76,6 +79,7 @@ class InferenceService:
         """Start the workers (they load in the background), the batching loop, and the loading of
         the server's own tokenizer in the CPU thread (``ready`` waits for it)."""
         self.pool.start()
+        self.autoscaler.start()
         self._task = asyncio.create_task(self.batcher.run(), name="parainfer-batcher")
         self._tokenizer_task = asyncio.get_running_loop().run_in_executor(self._cpu, self._load_tokenizer)
 
@@ -91,6 +95,7 @@ class InferenceService:
 
     async def stop(self) -> None:
         """Fail what is still queued, stop the loop, stop the workers."""
+        await self.autoscaler.stop()
         self.batcher.fail_all(ReplicaUnavailable("server is shutting down"))
         if self._task is not None:
             self._task.cancel()
@@ -108,11 +113,14 @@ class InferenceService:
         return self.batcher.depth
 
     def health(self) -> dict[str, Any]:
-        """The /health body: status ok | loading | failed, replica counts and details."""
+        """The /health body: status ok | loading | failed, replica counts and details, and
+        ``autoscaling`` (``Autoscaler.describe``: replicas by state, desired, range, events)."""
         pool = self.pool
+        counts = pool.replica_counts()
         return {"status": "ok" if self.ready else ("failed" if pool.all_dead else "loading"),
-                "replicas_ready": pool.ready_count, "replicas": len(pool.replicas),
-                "queue_depth": self.batcher.depth, **self.numerics(), "replica_state": pool.describe()}
+                "replicas_ready": pool.ready_count, "replicas": sum(r.active for r in pool.replicas),
+                "queue_depth": self.batcher.depth, **self.numerics(), "replica_state": pool.describe(),
+                "autoscaling": self.autoscaler.describe(counts)}
 
     def numerics(self) -> dict[str, Any]:
         """``{"deterministic": bool, "batch_invariance": {...}}`` for /health: whether a text's output

@@ -6,7 +6,9 @@ outstanding tokens (the embed/classify server's ``embed.batch_router`` routes mo
 the one-engine server has its ``EngineLoop``: it picks a replica per sequence, streams its
 outputs back, restarts replicas that die (:class:`ReplicaDied` for the requests they held) and
 gives up on those that cannot load. Routing rule and faults: docs/serving.md, "Generation"
-("Engine replicas" and "How the router and the replicas talk").
+("Engine replicas" and "How the router and the replicas talk"). The replica set may change
+(``serving.autoscale``): ``add_replica`` starts a slot as a restart does (routed to once loaded),
+``remove_replica`` stops routing to one, lets its sequences finish, then closes it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from parainfer.executors.engine_replicas.handles import (
     SequenceFailed,
     SequenceOutput,
 )
+from parainfer.serving.autoscale import ReplicaCounts
 from parainfer.serving.generate.engine_view import EngineView
 from parainfer.openai.errors import ApiError
 
@@ -63,6 +66,8 @@ class _Replica:
     ready: bool = False
     loaded_once: bool = False
     dead: bool = False  # given up: never restarted
+    active: bool = True  # False: a slot the autoscaler has not started (or has stopped)
+    draining: bool = False  # removed: takes no new sequence; closed once it holds none
     info: dict[str, Any] = field(default_factory=dict)
     requests: dict[str, _Request] = field(default_factory=dict)
     routed: int = 0
@@ -86,14 +91,17 @@ class SequenceRouter:
         on_failed: called (on the loop) with the reason when every replica is given up.
         on_restart: called with the replica index when it is started again.
         on_route: called with the replica index each time a sequence is sent to it.
+        initial: replicas ``start`` starts (default ``num_workers``; fewer under autoscaling: the
+            other slots are started by ``add_replica``).
     """
 
     def __init__(self, factory: ReplicaLauncher, num_workers: int, tokenizer: Any, on_ready: Callable[[], None],
                  on_failed: Callable[[str], None], on_restart: Callable[[int], None] = lambda w: None,
-                 on_route: Callable[[int], None] = lambda w: None) -> None:
+                 on_route: Callable[[int], None] = lambda w: None, initial: int | None = None) -> None:
         self.factory, self.tokenizer = factory, tokenizer
         self.on_ready, self.on_failed, self.on_restart, self.on_route = on_ready, on_failed, on_restart, on_route
-        self.replicas = [_Replica() for _ in range(num_workers)]
+        initial = num_workers if initial is None else initial
+        self.replicas = [_Replica(active=w < initial) for w in range(num_workers)]
         self.engine: EngineView | None = None
         self.error: BaseException | None = None
         self._ids = itertools.count()
@@ -103,8 +111,9 @@ class SequenceRouter:
     def start(self) -> None:
         """Start every replica (they load in the background). Call on the event loop."""
         self._loop = asyncio.get_running_loop()
-        for w in range(len(self.replicas)):
-            self._spawn(w)
+        for w, rep in enumerate(self.replicas):
+            if rep.active:
+                self._spawn(w)
 
     def stop(self) -> None:
         """Stop every replica and fail what they hold (blocking: run it in a thread)."""
@@ -116,14 +125,65 @@ class SequenceRouter:
 
     @property
     def ready_count(self) -> int:
-        return sum(r.ready for r in self.replicas)
+        """Replicas routed to now (loaded, not draining)."""
+        return sum(self._routable(r) for r in self.replicas)
+
+    @staticmethod
+    def _routable(r: _Replica) -> bool:
+        return r.ready and r.active and not r.draining
+
+    # ---- the replica set (``serving.autoscale.Scalable``; on the loop) ---------------------------
+
+    def ongoing(self) -> int:
+        """Sequences on the replicas (waiting or running in their engines)."""
+        return sum(len(r.requests) for r in self.replicas)
+
+    def replica_counts(self) -> ReplicaCounts:
+        """Replicas by state (those given up on are in none)."""
+        live = [r for r in self.replicas if r.active and not r.dead]
+        return ReplicaCounts(starting=sum(not r.ready and not r.draining for r in live),
+                             ready=sum(self._routable(r) for r in live), draining=sum(r.draining for r in live))
+
+    def add_replica(self) -> int | None:
+        """Start the first slot not in use, as a restart does; routed to once its ReplicaReady
+        arrives. None when every slot is in use."""
+        free = [w for w, r in enumerate(self.replicas) if not r.active]
+        if not free or self._stopped:
+            return None
+        w = free[0]
+        old = self.replicas[w]
+        self.replicas[w] = _Replica(incarnation=old.incarnation, routed=old.routed, restarts=old.restarts)
+        self._spawn(w)
+        return w
+
+    def remove_replica(self) -> int | None:
+        """Take the ready replica with the least outstanding work out of routing; it is closed
+        once its sequences have finished. None when that would leave no replica routed to while
+        another is still loading, or none is ready."""
+        ready = [w for w, r in enumerate(self.replicas) if self._routable(r)]
+        if not ready or (len(ready) == 1 and self.replica_counts().starting):
+            return None
+        w = min(ready, key=lambda v: (len(self.replicas[v].requests), self.replicas[v].outstanding, -v))
+        self.replicas[w].draining = True
+        self._retire_if_drained(w)
+        return w
+
+    def _retire_if_drained(self, w: int) -> None:
+        rep = self.replicas[w]
+        if not rep.draining or rep.requests or not rep.active:
+            return
+        rep.incarnation += 1  # what the closed replica still sends is dropped
+        rep.active = rep.ready = rep.draining = False
+        if rep.handle is not None:
+            rep.handle.close()
 
     def describe(self) -> list[dict[str, Any]]:
         """Per-replica state for /health."""
         return [{"replica": w, "ready": r.ready, "dead": r.dead, "running": len(r.requests),
                  "outstanding_tokens": r.outstanding, "requests_routed": r.routed, "restarts": r.restarts,
-                 "pid": r.info.get("pid"), "node": r.info.get("node"), "load_s": r.info.get("load_s")}
-                for w, r in enumerate(self.replicas)]
+                 "pid": r.info.get("pid"), "node": r.info.get("node"), "load_s": r.info.get("load_s"),
+                 **({"draining": True} if r.draining else {})}
+                for w, r in enumerate(self.replicas) if r.active]
 
     # ---- requests (on the loop) -------------------------------------------------------------
 
@@ -152,7 +212,7 @@ class SequenceRouter:
                 return
             except ReplicaDied as exc:
                 tried.add(w)
-                if started or not any(r.ready for i, r in enumerate(self.replicas) if i not in tried):
+                if started or not any(self._routable(r) for i, r in enumerate(self.replicas) if i not in tried):
                     raise
                 log.warning("generation replica %d lost a sequence before its first token (%s); sending it "
                             "to another replica", w, exc)
@@ -180,9 +240,11 @@ class SequenceRouter:
             rep.requests.pop(rid, None)
             if not finished and rep.incarnation == incarnation and rep.ready:
                 handle.abort(rid)
+            if rep.incarnation == incarnation:
+                self._retire_if_drained(w)
 
     def _pick(self, exclude: set[int] = frozenset()) -> int:
-        ready = [w for w, r in enumerate(self.replicas) if r.ready and w not in exclude]
+        ready = [w for w, r in enumerate(self.replicas) if self._routable(r) and w not in exclude]
         if not ready:
             raise ApiError(503, "no generation replica is ready (restarting after a fault); retry shortly",
                            code="replica_unavailable", headers={"Retry-After": "2"})
@@ -220,7 +282,7 @@ class SequenceRouter:
                 rep.info, rep.load_deaths = info, 0
                 if self.engine is None:
                     self.engine = EngineView(self.tokenizer, info, self)
-                if all(r.loaded_once or r.dead for r in self.replicas):
+                if all(r.loaded_once or r.dead for r in self.replicas if r.active):
                     self.on_ready()
             case ReplicaFailed(reason):
                 log.error("generation replica %d: %s", w, reason)
@@ -257,6 +319,10 @@ class SequenceRouter:
         was_ready, rep.ready = rep.ready, False
         rep.handle.close()
         self._fail_requests(rep, ReplicaDied(reason))
+        if rep.draining:  # it was being removed: not restarted
+            rep.incarnation += 1
+            rep.active = rep.draining = False
+            return None
         if not was_ready:
             rep.load_deaths += 1
             if rep.load_deaths >= MAX_DEATHS_WHILE_LOADING:
@@ -271,10 +337,10 @@ class SequenceRouter:
         rep.ready, rep.dead = False, True
         rep.handle.close()
         self._fail_requests(rep, ReplicaDied(reason))
-        if all(r.dead for r in self.replicas):
+        if all(r.dead for r in self.replicas if r.active):
             self.error = RuntimeError(reason)
             self.on_failed(reason)
-        elif all(r.loaded_once or r.dead for r in self.replicas) and self.ready_count:
+        elif all(r.loaded_once or r.dead for r in self.replicas if r.active) and self.ready_count:
             self.on_ready()
 
     @staticmethod
@@ -285,7 +351,8 @@ class SequenceRouter:
 
 
 async def start_router(config: Any, **callbacks: Callable) -> SequenceRouter:
-    """Connect (Ray: to the cluster), load the tokenizer, and start ``config.workers`` replicas of
+    """Connect (Ray: to the cluster), load the tokenizer, and start ``config.min_replicas`` of the
+    ``config.workers`` replica slots of
     ``config``'s engine on ``config.executor`` behind a router; ``callbacks`` are SequenceRouter's
     ``on_ready``, ``on_failed``, ``on_restart``, ``on_route``. Call on the event loop.
 
@@ -300,6 +367,6 @@ async def start_router(config: Any, **callbacks: Callable) -> SequenceRouter:
     factory = make_replicas(config, spec)
     await asyncio.to_thread(factory.connect)
     tokenizer = await asyncio.to_thread(spec.load_tokenizer)
-    router = SequenceRouter(factory, config.workers, tokenizer, **callbacks)
+    router = SequenceRouter(factory, config.workers, tokenizer, initial=config.min_replicas, **callbacks)
     router.start()
     return router

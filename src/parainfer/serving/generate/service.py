@@ -26,6 +26,7 @@ from starlette.requests import Request
 from parainfer.errors import UsageError
 from parainfer.openai.bodies import Choice
 from parainfer.openai.requests import grammar_error
+from parainfer.serving.autoscale import Autoscaler
 from parainfer.serving.config import ServeConfig
 from parainfer.openai.errors import ApiError
 from parainfer.serving.http.errors import request_id
@@ -71,6 +72,7 @@ class GenerationService(Admission):
         self._done_times: list[float] = []  # recent sequence ends, for Retry-After
         self._cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parainfer-gen-cpu")
         self.replicas: SequenceRouter | None = None  # when the engines run in workers (uses_replicas)
+        self.autoscaler: Autoscaler | None = None  # with the replicas
         for reason in ("stop", "length", "abort", "error"):
             metrics.sequences.labels(reason)
         metrics.registry.register(EngineStatsCollector(self._engine_stats))
@@ -100,6 +102,8 @@ class GenerationService(Admission):
         self.replicas = await start_router(self.config, on_ready=self._replicas_ready,
                                            on_failed=self._replicas_failed, on_restart=self._replica_restarted,
                                            on_route=lambda w: self.metrics.replica_requests.labels(str(w)).inc())
+        self.autoscaler = Autoscaler(self.replicas, self.config.autoscale_policy(), self.metrics)
+        self.autoscaler.start()
 
     def _replicas_ready(self) -> None:
         if self.state in ("loading", "rebuilding", "ok"):
@@ -120,6 +124,8 @@ class GenerationService(Admission):
         waited for the requests in flight)."""
         self.state = "stopped"
         self._cpu.shutdown(wait=False, cancel_futures=True)
+        if self.autoscaler is not None:
+            await self.autoscaler.stop()
         if self.replicas is not None:
             self.replicas.fail_all(ConnectionAbortedError("server is shutting down"))
             await asyncio.to_thread(self.replicas.stop)
@@ -208,8 +214,11 @@ class GenerationService(Admission):
                 "mode": "per-sequence-attention", "reason": "asked (--deterministic); each engine replica pins "
                 "attention, chunking and the prefix cache (its probe is in its own log)"})
         if self.replicas is not None:
-            body.update(executor=self.config.executor, replicas=len(self.replicas.replicas),
+            counts = self.replicas.replica_counts()
+            body.update(executor=self.config.executor, replicas=sum(r.active for r in self.replicas.replicas),
                         replicas_ready=self.replicas.ready_count, replica_state=self.replicas.describe())
+            if self.autoscaler is not None:
+                body["autoscaling"] = self.autoscaler.describe(counts)
             if self.state == "ok" and not self.replicas.ready_count:
                 body["status"] = "rebuilding"
         return body
