@@ -199,9 +199,11 @@ class BatchRouter:
         busy = res.t_end - res.t_start
         rep.busy_s += busy
         errors = dict(res.errors)
+        now = time.monotonic()
         for pos, (item, out) in enumerate(zip(batch.items, res.outputs)):
             if item.future.done():
                 continue
+            item.compute_s, item.t_done = busy, now
             if out is None:
                 item.future.set_exception(InputFailed(errors.get(pos, "model error")))
             else:
