@@ -52,6 +52,8 @@ class Item:
         t_dispatched: ``time.monotonic()`` when its batch was handed to the router (0: not yet).
         compute_s: seconds its batch computed on the replica (set with its result).
         t_done: ``time.monotonic()`` when its future was resolved on the loop (0: not yet).
+        batch: the number of the batch it went in (batches are numbered 1, 2, ... in the order
+            the batcher cut them; 0: not yet).
     """
 
     text: str
@@ -62,6 +64,7 @@ class Item:
     t_dispatched: float = 0.0
     compute_s: float = 0.0
     t_done: float = 0.0
+    batch: int = 0
 
 
 def take_batches(waiting: list[Item], max_batch_size: int, slots: int, window: int,
@@ -107,9 +110,7 @@ def take_batches(waiting: list[Item], max_batch_size: int, slots: int, window: i
         taken = {id(it) for it in batch}
         head = [it for it in head if id(it) not in taken]
         batches.append(sorted(batch, key=lambda it: (length_group(it.tokens), it.key)))
-    batches = spread_runs(batches, min(spread, slots))
-    batches.sort(key=lambda batch: min(it.key for it in batch))  # the oldest input's batch first
-    return batches[:slots]
+    return spread_runs(batches, min(spread, slots))[:slots]  # halves of a batch go out together
 
 
 def length_group(tokens: int) -> int:
@@ -248,6 +249,7 @@ class DynamicBatcher:
         self.window = max(1, window_batches) * max_batch_size
         self._waiting: dict[int, Item] = {}  # insertion order = arrival order; O(1) removal
         self._keys = itertools.count()
+        self._batch_numbers = itertools.count(1)
         self._wakeup = asyncio.Event()
         self.items_per_second = 0.0  # recent dispatch rate, for Retry-After (set by the owner)
         self._arrivals: collections.deque[tuple[float, int]] = collections.deque()  # (monotonic s, inputs)
@@ -357,7 +359,9 @@ class DynamicBatcher:
                                self.window, self.group_by_length, self.max_batch_tokens, self.idle_replicas(),
                                now, self.max_age_s)
         for batch in batches:
+            number = next(self._batch_numbers)
             for item in batch:
+                item.batch = number
                 del self._waiting[item.key]
                 self._waiting_tokens -= item.tokens
                 item.t_dispatched = now

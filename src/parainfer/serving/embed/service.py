@@ -221,14 +221,15 @@ def server_timing(items: list[Item]) -> str:
     """The ``Server-Timing`` header (W3C Server Timing) of a request whose inputs are ``items``
     (all answered), in milliseconds, each the slowest of its inputs: ``queue`` (queued until its
     batch was cut), ``compute`` (its batch on the replica), ``hop`` (cut until answered, less
-    compute: the trip to and from the replica and any wait there); ``desc`` of ``batch`` is the
-    arrival number of the request's first input (the batcher's ``Item.key``), so a client can
-    tell which of two requests arrived first."""
+    compute: the trip to and from the replica and any wait there). Two descriptions order
+    requests: ``arrival`` is the arrival number of the request's first input in the batcher's
+    queue (``Item.key``), ``batch`` the number of the last batch its inputs went in
+    (``Item.batch``, in the order batches were cut)."""
     queue = max(it.t_dispatched - it.t_enqueued for it in items)
     compute = max(it.compute_s for it in items)
     hop = max(it.t_done - it.t_dispatched - it.compute_s for it in items)
     return (f"queue;dur={1000 * queue:.1f}, compute;dur={1000 * compute:.1f}, hop;dur={1000 * max(0.0, hop):.1f}, "
-            f'arrival;desc="{items[0].key}"')
+            f'arrival;desc="{items[0].key}", batch;desc="{max(it.batch for it in items)}"')
 
 
 async def _disconnected(request: Request) -> None:
