@@ -14,16 +14,25 @@ POST /v1/embeddings with one real text per request (base64 embeddings); then eac
 
 Each point runs ``--duration`` seconds. Mean batch size, the batcher's real-token share (real /
 B x longest) and the computed share (real / tokens the workers computed after their length
-groups) come from the server's /metrics before and after the point. Prints a markdown table
-with each point's requests/s as a fraction of the ceiling.
+groups) come from the server's /metrics before and after the point; where each request's time
+went (``queue``: waiting for its batch, ``compute``: its batch on the replica) from the
+``Server-Timing`` header of each answer (p50 / p99 over the point; blank for a peer); the load
+client's own CPU per request from ``time.process_time`` over the point (``--decode``: the
+client also parses each answer and decodes its embedding, as a real client does). ``--src``
+(repeatable) serves each mode from each source tree in turn, so an old tree and a new one are
+measured side by side in one run. Prints a markdown table with each point's requests/s as a
+fraction of the ceiling.
 
     python bench/bench_serving.py --duration 10 --texts $(parainfer datasets fetch mixed) --peers litserve
+    python bench/bench_serving.py --texts mixed.jsonl --modes default --src /work/main/src --src src \
+        --concurrency 1,8,32,64 --rates '' --no-ceiling     # an old tree vs this one
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -39,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import httpx
+import numpy as np
 
 from serving_ceiling import offline_ceiling
 
@@ -71,6 +81,7 @@ class Point:
     computed_share: float = 1.0  # real tokens / tokens the workers computed (after length groups)
     ceiling: float = 0.0  # the offline job's texts/s on the same texts (0: not measured)
     encoding: str = "base64"  # the requests' encoding_format
+    decode: bool = False  # parse each answer and decode its embedding (client CPU as a real client's)
     client_cpu_s: float = 0.0  # the load client's CPU seconds over the point (time.process_time)
     # per answered request, from the server's Server-Timing header (ms; absent for a peer)
     timings: list[dict[str, float]] = field(default_factory=list)
@@ -184,8 +195,8 @@ class Connection:
         self.writer: asyncio.StreamWriter | None = None
         self.last_used = 0.0
 
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        """(status, response head) of one POST."""
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes, bytes]:
+        """(status, response head, response body) of one POST."""
         if self.writer is not None and time.monotonic() - self.last_used > self.IDLE_S:
             self.close()  # the server may have closed it: a request on it would fail as a "conn" error
         self.last_used = time.monotonic()
@@ -197,11 +208,11 @@ class Connection:
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
         length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
-        await self.reader.readexactly(length)
+        content = await self.reader.readexactly(length)
         self.last_used = time.monotonic()
         if re.search(rb"(?i)connection: *close", head):
             self.close()
-        return status, head
+        return status, head, content
 
     def close(self) -> None:
         if self.writer is not None:
@@ -217,12 +228,23 @@ def server_timing(head: bytes) -> dict[str, float]:
     return {m.group(1).decode(): float(m.group(2)) for m in re.finditer(rb"([\w-]+);dur=([\d.]+)", found.group(1))}
 
 
+def decode_embedding(content: bytes) -> np.ndarray:
+    """What a client does with an answer: parse the JSON, turn the embedding into float32
+    (base64: its little-endian bytes; float: the list of numbers)."""
+    vector = json.loads(content)["data"][0]["embedding"]
+    if isinstance(vector, str):
+        return np.frombuffer(base64.b64decode(vector), dtype="<f4")
+    return np.asarray(vector, dtype=np.float32)
+
+
 async def one_request(conn: Connection, texts: list[str], point: Point, rng: random.Random) -> None:
     text = rng.choice(texts)
     body = json.dumps({"model": "bench", "input": [text], "encoding_format": point.encoding}).encode()
     t = time.perf_counter()
     try:
-        code, head = await asyncio.wait_for(conn.post("/v1/embeddings", body), 60)
+        code, head, content = await asyncio.wait_for(conn.post("/v1/embeddings", body), 60)
+        if code == 200 and point.decode:
+            decode_embedding(content)
     except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
         conn.close()
         code, head = -1, b""
@@ -301,6 +323,8 @@ def main() -> None:
                         "/work/main/src --src src)")
     parser.add_argument("--encoding", default="base64", choices=["base64", "float"], help="the requests' "
                         "encoding_format")
+    parser.add_argument("--decode", action="store_true", help="parse each answer and decode its embedding, as "
+                        "a client would (the client CPU column then includes it)")
     parser.add_argument("--dump", default=None, help="write one JSON line per answered request here (latency, "
                         "text length, Server-Timing parts)")
     args = parser.parse_args()
@@ -323,7 +347,7 @@ def main() -> None:
             loads += [("open", float(r)) for r in rates.split(",") if r]
             for kind, x in loads:
                 label = f"closed c={x:g}" if kind == "closed" else f"open {x:g}/s"
-                point = Point(name, label, ceiling=ceiling, encoding=args.encoding)
+                point = Point(name, label, ceiling=ceiling, encoding=args.encoding, decode=args.decode)
                 asyncio.run(run_point(url, texts, point, args.duration, clients=int(x) if kind == "closed" else 0,
                                       rate=x if kind == "open" else 0.0))
                 rows.append(point.row())
@@ -359,7 +383,7 @@ def ceiling_of(args: argparse.Namespace, texts: list[str], model: str | None) ->
     return found["texts_per_s"]
 
 
-MODES = {"default": [], "b2k": ["--max-batch-tokens", "2048"], "on": ["--max-batch-size", "32", "--max-batch-tokens", "0"], "off": ["--max-batch-size", "1"],
+MODES = {"default": [], "on": ["--max-batch-size", "32", "--max-batch-tokens", "0"], "off": ["--max-batch-size", "1"],
          "unsorted": ["--max-batch-size", "32", "--no-group-by-length", "--max-batch-tokens", "0"],
          "tokens": ["--max-batch-size", "128", "--max-batch-tokens", "8192"],
          "int8": ["--max-batch-size", "128", "--max-batch-tokens", "8192", "--model", "all-MiniLM-L6-v2-onnx-int8"]}
