@@ -11,7 +11,7 @@ docs/serving.md, "Metrics (`GET /metrics`)".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -60,7 +60,7 @@ class ServingMetrics:
                                         "generation replica (--workers N > 1 or --executor ray)", ["replica"],
                                         registry=r)
 
-    def observe_batch(self, tokens: list[int], waited_s: list[float] = ()) -> None:
+    def observe_batch(self, tokens: list[int], waited_s: Sequence[float] = ()) -> None:
         """Count one model batch of inputs with these token lengths, and the seconds each waited
         in the queue (``waited_s``, in the same order; empty: not known)."""
         for waited in waited_s:
