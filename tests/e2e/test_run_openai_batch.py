@@ -84,6 +84,9 @@ def test_a_mixed_batch_file_gets_openai_result_lines_in_input_order(tmp_path: Pa
     assert np.allclose(emb.data[0].embedding, want, atol=1e-5)
     b64 = np.frombuffer(base64.b64decode(body["b64"]["data"][0]["embedding"]), dtype="<f4")
     assert np.allclose(b64, want, atol=1e-5)
+    # the same text in the same encoder call: float (shortest float32 text) and base64 give the same bits
+    floats = np.asarray(body["emb"]["data"][0]["embedding"], dtype=np.float32)
+    assert np.array_equal(floats.view(np.uint32), b64.view(np.uint32))
     assert body["gpt"]["model"] == "SmolLM2-135M-Instruct" and body["b64"]["model"] == "all-MiniLM-L6-v2"
     assert (body["empty"]["error"]["code"], body["empty"]["error"]["param"]) == ("empty_input", "input")
     assert "empty list" in body["none"]["error"]["message"]

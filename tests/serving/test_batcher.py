@@ -54,7 +54,7 @@ def test_idle_replicas_share_the_waiting_inputs():
     never more batches than idle replicas or free slots, and one input cannot be split."""
     waiting = items([9, 2, 8, 3])
     assert [texts(b) for b in take_batches(waiting, 32, slots=2, window=64)] == [["t1", "t3", "t2", "t0"]]
-    assert [texts(b) for b in take_batches(waiting, 32, slots=2, window=64, spread=2)] == [["t2", "t0"], ["t1", "t3"]]
+    assert [texts(b) for b in take_batches(waiting, 32, slots=2, window=64, spread=2)] == [["t1", "t3"], ["t2", "t0"]]
     assert len(take_batches(waiting, 32, slots=1, window=64, spread=2)) == 1  # one free slot: one batch
     assert sorted(len(b) for b in take_batches(items([5] * 7), 32, slots=3, window=64, spread=3)) == [2, 2, 3]
     assert len(take_batches(items([5]), 32, slots=3, window=64, spread=3)) == 1
@@ -232,3 +232,59 @@ def test_cancel_drops_queued_inputs():
         assert batcher.depth == 2 and all(it.future.cancelled() for it in drop)
         assert not any(it.future.done() for it in keep)
     asyncio.run(main())
+
+
+# -- properties of take_batches over random queues (hypothesis) ------------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from parainfer.serving.embed.batcher import length_group  # noqa: E402
+
+queues = st.lists(st.tuples(st.integers(1, 600), st.floats(0, 0.2)), min_size=1, max_size=80)
+
+
+def queued(spec: list[tuple[int, float]]) -> list[Item]:
+    """Items in arrival order from (tokens, gap since the previous arrival in s)."""
+    loop = asyncio.new_event_loop()
+    out, t = [], 0.0
+    for i, (tokens, gap) in enumerate(spec):
+        t += gap
+        out.append(Item(f"t{i}", tokens, loop.create_future(), t_enqueued=t, key=i))
+    loop.close()
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(spec=queues, size=st.integers(1, 40), slots=st.integers(1, 4), spread=st.integers(1, 4),
+       budget=st.one_of(st.none(), st.integers(64, 8192)), window=st.integers(1, 100),
+       age=st.one_of(st.none(), st.floats(0, 1)), late=st.floats(0, 2))
+def test_take_batches_keeps_arrival_order_in_a_length_group_and_serves_the_oldest(
+        spec, size, slots, spread, budget, window, age, late):
+    waiting = queued(spec)
+    now = waiting[-1].t_enqueued + late
+    window = max(window, size)
+    batches = take_batches(waiting, size, slots, window, True, budget, spread, now, age)
+    where = {it.key: b for b, batch in enumerate(batches) for it in batch}
+    assert 1 <= len(batches) <= slots
+    assert len(where) == sum(map(len, batches))  # no item twice
+    assert where.get(0) == 0 or (spread > 1 and 0 in where)  # the oldest input: first batch (or its halves)
+    for batch in batches:
+        assert len(batch) <= size
+        assert budget is None or len(batch) == 1 or len(batch) * max(it.tokens for it in batch) <= budget
+    # within a length group an input goes only with or after every older one: a group's dispatched
+    # inputs are its oldest, and their batches are in arrival order
+    groups: dict[int, list[Item]] = {}
+    for item in waiting:
+        groups.setdefault(length_group(item.tokens), []).append(item)
+    for members in groups.values():
+        sent = [where[it.key] for it in members if it.key in where]
+        assert [it.key in where for it in members] == [True] * len(sent) + [False] * (len(members) - len(sent))
+        assert sent == sorted(sent), members
+    # the age limit: the overdue inputs (in the window), in arrival order, go in this dispatch
+    # (the first batch, unless it was split over idle replicas) while they fit one batch
+    if age is not None and now - waiting[0].t_enqueued >= age:
+        longest = 0
+        for n, item in enumerate(it for it in waiting[:window] if now - it.t_enqueued >= age):
+            longest = max(longest, item.tokens)
+            if n + 1 > size or (budget is not None and n > 0 and (n + 1) * longest > budget):
+                break
+            assert where.get(item.key) == 0 or (spread > 1 and item.key in where), (item, batches)

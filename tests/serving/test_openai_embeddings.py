@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -45,13 +46,23 @@ def test_openai_client_embeddings_match_the_model_run_directly(embed_url, refere
     assert result.model == "all-MiniLM-L6-v2"
 
 
-def test_float_and_base64_encodings_agree(embed_url):
+def test_float_and_base64_encodings_decode_to_the_same_float32_bits(embed_url):
     client = openai.OpenAI(base_url=embed_url + "/v1", api_key="unused", max_retries=0)
-    floats = client.embeddings.create(model="m", input="hello world", encoding_format="float").data[0].embedding
-    raw = client.with_raw_response.embeddings.create(model="m", input="hello world", encoding_format="base64")
-    b64 = raw.http_response.json()["data"][0]["embedding"]
-    decoded = np.frombuffer(base64.b64decode(b64), dtype="<f4")
-    assert np.allclose(decoded, np.array(floats, dtype=np.float32), atol=1e-6)
+    floats = client.with_raw_response.embeddings.create(model="m", input=TEXTS, encoding_format="float")
+    b64 = client.with_raw_response.embeddings.create(model="m", input=TEXTS, encoding_format="base64")
+    default = client.embeddings.create(model="m", input=TEXTS)  # the client asks base64 and decodes it itself
+    from_b64 = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4")
+                         for d in b64.http_response.json()["data"]])
+    from_floats = np.array([d.embedding for d in floats.parse().data], dtype=np.float32)
+    from_default = np.array([d.embedding for d in default.data], dtype=np.float32)
+    assert from_b64.shape == (len(TEXTS), 384)
+    assert np.array_equal(from_floats.view(np.uint32), from_b64.view(np.uint32))
+    assert np.array_equal(from_default.view(np.uint32), from_b64.view(np.uint32))
+    # each float is written in its shortest float32 form (at most 9 significant digits), not as a
+    # 17-digit double, and the answer has a Content-Length (no chunked encoding)
+    numbers = re.findall(rb"-?\d+\.\d+(?:e[-+]?\d+)?", floats.http_response.content)
+    assert len(numbers) >= len(TEXTS) * 384 and max(len(n.lstrip(b"-0.").split(b"e")[0]) for n in numbers) <= 10
+    assert int(floats.http_response.headers["content-length"]) == len(floats.http_response.content)
 
 
 def test_openai_client_sees_errors_as_typed_exceptions(embed_url):

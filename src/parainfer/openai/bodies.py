@@ -70,8 +70,17 @@ def embeddings_body(data: list[dict[str, Any]], model: str, tokens: int) -> dict
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
-def encode_vector(out: dict[str, Any], encoding: str, index: int, dimensions: int | None = None) -> list[float] | str:
-    """An embedding as floats, or base64 of its little-endian float32 bytes (OpenAI's encoding).
+def encode_vector(out: dict[str, Any], encoding: str, index: int,
+                  dimensions: int | None = None) -> np.ndarray | str:
+    """An embedding as float32 numbers, or base64 of its little-endian float32 bytes (OpenAI's
+    encoding).
+
+    "float" returns the float32 array itself: the JSON writers of every caller (orjson with
+    ``OPT_SERIALIZE_NUMPY``: ``embed.service.render``, ``io.sinks.dumps_bytes``) write each value
+    in its shortest float32 form (``-0.09443894``, not the 17-digit ``-0.09443894028663635`` of
+    the same value widened to a Python float: ~2x fewer bytes for the client to read and parse),
+    and that text parses back to the same float32 bits. base64 is 4 bytes a value (~1.37 x 4 in
+    text), and decodes to the same bits exactly.
 
     Args:
         out: one model output, with ``embedding`` (a vector of floats).
@@ -98,4 +107,4 @@ def encode_vector(out: dict[str, Any], encoding: str, index: int, dimensions: in
         vector = (vector / norm if norm > 0 else vector).astype("<f4")
     if encoding == "base64":
         return base64.b64encode(vector.tobytes()).decode("ascii")
-    return vector.tolist()
+    return np.ascontiguousarray(vector, dtype=np.float32)  # native order: orjson writes only native arrays

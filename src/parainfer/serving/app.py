@@ -175,7 +175,7 @@ def _v1_routes(config: ServeConfig, service: InferenceService | None) -> APIRout
         outputs, tokens = got
         return await service.render(lambda: {
             "object": "list", "data": [item(i, out) for i, out in enumerate(outputs)],
-            "model": name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}, len(outputs))
+            "model": name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}, len(outputs), request)
 
     @router.post("/v1/embeddings", response_model=EmbeddingResponse)
     async def embeddings(body: EmbeddingRequest, request: Request) -> Any:

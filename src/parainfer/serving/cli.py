@@ -113,6 +113,8 @@ def serve_command(
     max_batch_tokens: Optional[int] = typer.Option(8192, help="embed/classify: most padded tokens (inputs x "
                                                    "longest) per model batch; long inputs go a few to a batch, "
                                                    "short ones many (0 = no budget)"),
+    max_queue_age_ms: float = typer.Option(500.0, help="embed/classify: an input queued this long goes in the "
+                                           "next batch whatever its length, oldest first (0 = no limit)"),
     grammar_compile_timeout_s: float = typer.Option(10.0, help="generate: a request whose JSON schema has not "
                                                     "compiled by then gets 408 (the others are not delayed)"),
     grammar_cache_mb: float = typer.Option(128.0, help="generate: memory for compiled grammars (LRU)"),
@@ -148,6 +150,7 @@ def serve_command(
                          data_dir=data_dir, max_file_mb=max_file_mb,
                          max_batch_lines=max_batch_lines, batch_concurrency=batch_concurrency, trust=trust,
                          max_batch_tokens=max_batch_tokens or None,
+                         max_queue_age_ms=max_queue_age_ms or None,
                          grammar_compile_timeout_s=grammar_compile_timeout_s, grammar_cache_mb=grammar_cache_mb,
                          grammar_compile_threads=grammar_compile_threads,
                          grammar_compile_niceness=grammar_compile_niceness, max_schema_bytes=max_schema_bytes,

@@ -91,6 +91,8 @@ class ServeConfig(BaseModel):
     # ---- token budget of embed/classify batches (see embed/batcher.py) ----
     max_batch_tokens: int | None = Field(default=8192, ge=1, description="most padded tokens (inputs x longest) "
                                          "per model batch; None: no budget")
+    max_queue_age_ms: float | None = Field(default=500.0, gt=0, description="an input queued this long goes in "
+                                           "the next batch whatever its length (oldest first); None: no limit")
     # ---- generate: structured output (response_format; see docs/serving.md, "Structured output: limits") ----
     grammar_compile_timeout_s: float = Field(default=10.0, gt=0, description="a request whose JSON schema has not "
                                              "compiled by then gets 408 (the others are not delayed)")

@@ -11,7 +11,7 @@ docs/serving.md, "Metrics (`GET /metrics`)".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -36,6 +36,8 @@ class ServingMetrics:
         self.queue_depth = Gauge("parainfer_queue_depth", "inputs waiting for a model batch", registry=r)
         self.batch_size = Histogram("parainfer_batch_size", "inputs per model batch", buckets=BATCH_BUCKETS,
                                     registry=r)
+        self.queue_wait = Histogram("parainfer_queue_wait_seconds", "seconds an input waited in the batcher's "
+                                    "queue until its batch was cut", buckets=LATENCY_BUCKETS, registry=r)
         self.batch_tokens = Counter("parainfer_batch_tokens", "tokens in model batches: real, or padded "
                                     "(batch size x longest)", ["kind"], registry=r)
         for kind in ("real", "padded", "computed"):  # exported as 0 before the first batch, so scrapers see both
@@ -69,8 +71,11 @@ class ServingMetrics:
                                         "generation replica (--workers N > 1 or --executor ray)", ["replica"],
                                         registry=r)
 
-    def observe_batch(self, tokens: list[int]) -> None:
-        """Count one model batch of inputs with these token lengths."""
+    def observe_batch(self, tokens: list[int], waited_s: Sequence[float] = ()) -> None:
+        """Count one model batch of inputs with these token lengths, and the seconds each waited
+        in the queue (``waited_s``, in the same order; empty: not known)."""
+        for waited in waited_s:
+            self.queue_wait.observe(waited)
         self.batch_size.observe(len(tokens))
         self.batch_tokens.labels("real").inc(sum(tokens))
         self.batch_tokens.labels("padded").inc(len(tokens) * max(tokens))

@@ -270,9 +270,11 @@ class BatchRouter:
         busy = res.t_end - res.t_start
         rep.busy_s += busy
         errors = dict(res.errors)
+        now = time.monotonic()
         for pos, (item, out) in enumerate(zip(batch.items, res.outputs)):
             if item.future.done():
                 continue
+            item.compute_s, item.t_done = busy, now
             if out is None:
                 item.future.set_exception(InputFailed(errors.get(pos, "model error")))
             else:
@@ -313,7 +315,7 @@ class BatchRouter:
 
     def model_info(self) -> list[dict[str, Any]]:
         """The loaded model's ``describe()`` of each replica that has loaded (in replica order)."""
-        return [r.info for r in self.replicas if r.info]
+        return [r.info for r in self.replicas if r.info and r.active]
 
     def describe(self) -> list[dict[str, Any]]:
         """Per-replica state for /health."""

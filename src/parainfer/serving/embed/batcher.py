@@ -4,10 +4,12 @@ Each request puts its B inputs into one shared waiting queue (one :class:`Item` 
 per input) and awaits the futures; :class:`DynamicBatcher`'s loop cuts batches (``take_batches``)
 while a replica has a free slot, once the queue holds a full batch, its oldest input waited
 ``max_wait_s``, or waiting is not worth it (at the last second's arrival rate fewer than one
-more input is expected: ``rate x max_wait_s < 1``). It sorts the oldest ``window`` inputs by
-length, cuts runs under ``max_batch_size`` and ``max_batch_tokens`` and dispatches them oldest
-first to ``dispatch`` (the replica router), which resolves the futures. Rules, reasons and a
-worked example: docs/serving.md, "The path of a request", steps 2-3.
+more input is expected: ``rate x max_wait_s < 1``). Each batch is built around the oldest
+input left: its length group and the nearest ones, oldest first within each group, under
+``max_batch_size`` and ``max_batch_tokens``; once the oldest input has waited ``max_age_s``
+the overdue inputs go first in arrival order, whatever their lengths. Batches go to
+``dispatch`` (the replica router), which resolves the futures. Rules, reasons and a worked
+example: docs/serving.md, "The path of a request", steps 2-3.
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ class Item:
         tokens: its length in model tokens (truncated to the window); the sort key and cost.
         future: resolves to the model's output dict for this text, or raises.
         t_enqueued: ``time.monotonic()`` when it was queued.
+        key: its arrival number (unique, increasing) in the batcher's queue.
+        t_dispatched: ``time.monotonic()`` when its batch was handed to the router (0: not yet).
+        compute_s: seconds its batch computed on the replica (set with its result).
+        t_done: ``time.monotonic()`` when its future was resolved on the loop (0: not yet).
+        batch: the number of the batch it went in (batches are numbered 1, 2, ... in the order
+            the batcher cut them; 0: not yet).
     """
 
     text: str
@@ -53,35 +61,123 @@ class Item:
     future: asyncio.Future = field(repr=False)
     t_enqueued: float = field(default_factory=time.monotonic)
     key: int = 0
+    t_dispatched: float = 0.0
+    compute_s: float = 0.0
+    t_done: float = 0.0
+    batch: int = 0
 
 
 def take_batches(waiting: list[Item], max_batch_size: int, slots: int, window: int,
-                 group_by_length: bool = True, max_batch_tokens: int | None = None, spread: int = 1) -> list[list[Item]]:
+                 group_by_length: bool = True, max_batch_tokens: int | None = None, spread: int = 1,
+                 now: float = 0.0, max_age_s: float | None = None) -> list[list[Item]]:
     """Cut up to ``slots`` batches from ``waiting`` (oldest first); see the module docstring.
+
+    Each batch is built around the oldest input left (``anchor_batch``), or, once that input has
+    waited ``max_age_s``, from the overdue inputs in arrival order (``overdue_batch``). Either way
+    a batch takes from each length group (``length_group``) its oldest inputs, so inside a group
+    inputs are dispatched in arrival order.
 
     Args:
         waiting: queued items in arrival order.
         max_batch_size: most items per batch (>= 1).
         slots: most batches to return (free replica slots).
-        window: how many of the oldest items are sorted together (>= max_batch_size).
-        group_by_length: False keeps arrival order (no sorting).
-        max_batch_tokens: most padded tokens (items x longest) per batch (``cut_runs``); None: no budget.
-        spread: idle replicas (at most ``slots``): while the window makes fewer runs than that,
-            the largest run is halved (``spread_runs``), so that idle replicas share the inputs
-            waiting instead of one taking them all while the others wait.
+        window: how many of the oldest items are looked at (>= max_batch_size).
+        group_by_length: False cuts batches in arrival order (no grouping).
+        max_batch_tokens: most padded tokens (items x longest) per batch; None: no budget. An
+            item over the budget alone makes a batch of its own.
+        spread: idle replicas (at most ``slots``): while fewer batches than that were cut, the
+            largest is halved (``spread_runs``), so that idle replicas share the inputs waiting
+            instead of one taking them all while the others wait.
+        now: the current ``time.monotonic()`` (the clock of ``Item.t_enqueued``).
+        max_age_s: an item queued at least this long (``now - t_enqueued``) is overdue; None:
+            no age limit.
 
     Returns:
-        Batches in dispatch order; inside a batch items are sorted by tokens (when grouping).
-        The caller removes the returned items from its queue.
+        Batches in dispatch order; inside a batch items are sorted by (length group, arrival)
+        when grouping. The caller removes the returned items from its queue.
     """
     if slots < 1 or not waiting:
         return []
-    head = waiting[:window]
-    arrival = {id(item): i for i, item in enumerate(head)}
-    ordered = sorted(head, key=lambda it: it.tokens) if group_by_length else head
-    runs = spread_runs(cut_runs(ordered, max_batch_size, max_batch_tokens), min(spread, slots))
-    runs.sort(key=lambda run: min(arrival[id(it)] for it in run))
-    return runs[:slots]
+    head = list(waiting[:window])
+    if not group_by_length:
+        runs = cut_runs(head, max_batch_size, max_batch_tokens)
+        return spread_runs(runs, min(spread, slots))[:slots]
+    batches: list[list[Item]] = []
+    while head and len(batches) < slots:
+        overdue = max_age_s is not None and now - head[0].t_enqueued >= max_age_s
+        batch = (overdue_batch(head, max_batch_size, max_batch_tokens, now - max_age_s) if overdue  # type: ignore[operator]
+                 else anchor_batch(head, max_batch_size, max_batch_tokens))
+        taken = {id(it) for it in batch}
+        head = [it for it in head if id(it) not in taken]
+        batches.append(sorted(batch, key=lambda it: (length_group(it.tokens), it.key)))
+    return spread_runs(batches, min(spread, slots))[:slots]  # halves of a batch go out together
+
+
+def length_group(tokens: int) -> int:
+    """The length group of an input of ``tokens`` tokens: its length itself below 16, then eight
+    groups to an octave (16-17, 18-19, ... 32-35, ... 64-71, ... 128-143, ...), so the inputs of
+    one group differ by at most 12.5% in length."""
+    if tokens < 16:
+        return tokens
+    octave = tokens.bit_length() - 1  # 2**octave <= tokens
+    return 16 + 8 * (octave - 4) + (tokens >> (octave - 3)) - 8
+
+
+def _fits(count: int, longest: int, max_batch_size: int, max_batch_tokens: int | None) -> bool:
+    """Whether a batch of ``count`` items padded to ``longest`` tokens is within the limits."""
+    return count <= max_batch_size and (max_batch_tokens is None or count * longest <= max_batch_tokens)
+
+
+def anchor_batch(head: list[Item], max_batch_size: int, max_batch_tokens: int | None) -> list[Item]:
+    """The batch of the oldest item of ``head`` (arrival order): its length group first, then the
+    nearest groups (shorter first on a tie), each group's items oldest first, while the batch keeps
+    within ``max_batch_size``, ``max_batch_tokens`` (padded: items x longest) and a length spread
+    of longest <= 2 x shortest + 16 tokens (wider would be mostly padding). A group stops at its
+    first item that does not fit, so a younger item never passes an older one of its group."""
+    groups: dict[int, list[Item]] = {}
+    for item in head:
+        groups.setdefault(length_group(item.tokens), []).append(item)
+    home = length_group(head[0].tokens)
+    batch = [head[0]]
+    shortest = longest = head[0].tokens
+    for g in sorted(groups, key=lambda g: (abs(g - home), g)):
+        for item in groups[g][1:] if g == home else groups[g]:
+            low, high = min(shortest, item.tokens), max(longest, item.tokens)
+            if high > 2 * low + 16 or not _fits(len(batch) + 1, high, max_batch_size, max_batch_tokens):
+                break
+            batch.append(item)
+            shortest, longest = low, high
+        if len(batch) >= max_batch_size:
+            break
+    return batch
+
+
+def overdue_batch(head: list[Item], max_batch_size: int, max_batch_tokens: int | None, cutoff: float) -> list[Item]:
+    """The next batch once the oldest of ``head`` (arrival order) was queued at or before
+    ``cutoff``: the overdue items (queued at or before ``cutoff``) in arrival order, whatever their
+    lengths, while the batch keeps within ``max_batch_size`` and ``max_batch_tokens`` (padded:
+    items x longest; the oldest always goes, alone if it fills the budget); then, while there is
+    room, younger items no longer than the batch's longest (oldest first: they add no padding),
+    never one whose length group has an older item left behind. So an input waits about the age
+    limit plus the batches in flight at most, whatever its length: a long input among a stream of
+    short ones is not left behind by length grouping (TEI's queue is FIFO for the same reason;
+    this keeps grouping until the limit)."""
+    batch: list[Item] = []
+    blocked: set[int] = set()  # groups with an item left behind
+    longest = 0
+    for item in head:
+        group = length_group(item.tokens)
+        overdue = item.t_enqueued <= cutoff
+        high = max(longest, item.tokens)
+        if group in blocked or (not overdue and item.tokens > longest) or (
+                batch and not _fits(len(batch) + 1, high, max_batch_size, max_batch_tokens)):
+            blocked.add(group)
+            if overdue and batch and not _fits(len(batch) + 1, longest, max_batch_size, max_batch_tokens):
+                break  # full
+            continue
+        batch.append(item)
+        longest = high
+    return batch
 
 
 def spread_runs(runs: list[list[Item]], at_least: int) -> list[list[Item]]:
@@ -134,6 +230,8 @@ class DynamicBatcher:
         window_batches: the sorting window, in batches (window = this x max_batch_size).
         max_batch_tokens: most padded tokens (inputs x longest) per batch; None: no budget.
         idle_replicas: how many replicas hold no batch now (``take_batches``' ``spread``).
+        max_age_s: an input queued this long goes in the next batch, whatever its length
+            (``take_batches``' ``max_age_s``); None: no age limit.
 
     Call ``wake()`` whenever ``free_slots()`` may have grown. All methods run on one event loop.
     """
@@ -141,16 +239,17 @@ class DynamicBatcher:
     def __init__(self, dispatch: Callable[[list[Item]], None], free_slots: Callable[[], int],
                  max_batch_size: int = 32, max_wait_s: float = 0.005, max_queue: int = 1024,
                  group_by_length: bool = True, window_batches: int = 8, max_batch_tokens: int | None = None,
-                 idle_replicas: Callable[[], int] = lambda: 1):
+                 idle_replicas: Callable[[], int] = lambda: 1, max_age_s: float | None = None):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.dispatch, self.free_slots, self.idle_replicas = dispatch, free_slots, idle_replicas
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_s, max_queue
-        self.group_by_length, self.max_batch_tokens = group_by_length, max_batch_tokens
+        self.group_by_length, self.max_batch_tokens, self.max_age_s = group_by_length, max_batch_tokens, max_age_s
         self._waiting_tokens = 0  # tokens of the inputs in self._waiting
         self.window = max(1, window_batches) * max_batch_size
         self._waiting: dict[int, Item] = {}  # insertion order = arrival order; O(1) removal
         self._keys = itertools.count()
+        self._batch_numbers = itertools.count(1)
         self._wakeup = asyncio.Event()
         self.items_per_second = 0.0  # recent dispatch rate, for Retry-After (set by the owner)
         self._arrivals: collections.deque[tuple[float, int]] = collections.deque()  # (monotonic s, inputs)
@@ -255,12 +354,17 @@ class DynamicBatcher:
     def _dispatch_now(self) -> None:
         for key in [k for k, it in self._waiting.items() if it.future.done()]:
             self._waiting_tokens -= self._waiting.pop(key).tokens  # cancelled without cancel()
+        now = time.monotonic()
         batches = take_batches(list(self._waiting.values()), self.max_batch_size, self.free_slots(),
-                               self.window, self.group_by_length, self.max_batch_tokens, self.idle_replicas())
+                               self.window, self.group_by_length, self.max_batch_tokens, self.idle_replicas(),
+                               now, self.max_age_s)
         for batch in batches:
+            number = next(self._batch_numbers)
             for item in batch:
+                item.batch = number
                 del self._waiting[item.key]
                 self._waiting_tokens -= item.tokens
+                item.t_dispatched = now
             self.dispatch(batch)
 
     async def _wait_until(self, ready: Callable[[], bool], deadline: float | None = None) -> None:

@@ -64,7 +64,8 @@ class InferenceService:
         self.autoscaler = Autoscaler(self.pool, config.autoscale_policy(), metrics, ongoing=lambda: self.batcher.depth)
         self.batcher = DynamicBatcher(self._dispatch, self.pool.free_slots, config.max_batch_size,
                                       config.max_wait_ms / 1000.0, config.max_queue, config.group_by_length,
-                                      max_batch_tokens=config.max_batch_tokens, idle_replicas=self.pool.idle_replicas)
+                                      max_batch_tokens=config.max_batch_tokens, idle_replicas=self.pool.idle_replicas,
+                                      max_age_s=config.max_queue_age_ms / 1000 if config.max_queue_age_ms else None)
         self._task: asyncio.Task | None = None
         self.tokenizer_loaded = False  # set by _load_tokenizer (CPU thread) once counting is cheap
         # One thread for the CPU work of requests (tokenising, encoding replies): off the event
@@ -185,6 +186,7 @@ class InferenceService:
         finally:
             if self.batcher.cancel(items):
                 self.metrics.queue_depth.set(self.batcher.depth)
+        request.state.server_timing = server_timing(items)
         return outputs, sum(tokens)
 
     def _prepare(self, texts: list[str]) -> tuple[list[str], list[int]]:
@@ -192,15 +194,19 @@ class InferenceService:
         texts = capped_texts(texts, self.window)
         return texts, self.token_lengths(texts)
 
-    async def render(self, build: Callable[[], Any], items: int) -> Response:
+    async def render(self, build: Callable[[], Any], items: int, request: Request | None = None) -> Response:
         """A JSON response of ``build()`` (``items`` outputs), built and encoded with orjson; in the
-        CPU thread when large: a reply of 1,024 x 384 floats must not hold the event loop."""
+        CPU thread when large: a reply of 1,024 x 384 floats must not hold the event loop.
+        ``request``: the one ``infer`` answered; its ``server_timing`` becomes the
+        ``Server-Timing`` header."""
         def encode() -> bytes:
             return orjson.dumps(build(), option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS, default=str)
+        timing = getattr(request.state, "server_timing", None) if request is not None else None
+        headers = {"Server-Timing": timing} if timing else None
         if items <= INLINE_OUTPUTS:
-            return Response(encode(), media_type="application/json")
+            return Response(encode(), media_type="application/json", headers=headers)
         body = await asyncio.get_running_loop().run_in_executor(self._cpu, encode)
-        return Response(body, media_type="application/json")
+        return Response(body, media_type="application/json", headers=headers)
 
     async def _wait(self, items: list[Item], request: Request) -> list[dict[str, Any]]:
         results = asyncio.gather(*(it.future for it in items), return_exceptions=True)
@@ -224,7 +230,7 @@ class InferenceService:
 
     # -- callbacks from the batcher and the pool (on the loop) --------------------------------
     def _dispatch(self, batch: list[Item]) -> None:
-        self.metrics.observe_batch([it.tokens for it in batch])
+        self.metrics.observe_batch([it.tokens for it in batch], [it.t_dispatched - it.t_enqueued for it in batch])
         self.metrics.queue_depth.set(self.batcher.depth)
         self.pool.dispatch(batch)
 
@@ -248,6 +254,21 @@ class InferenceService:
         self._done_times = [t for t in self._done_times[-64:] if now - t < 10.0]
         span = now - self._done_times[0] if len(self._done_times) > 1 else 0.0
         self.batcher.items_per_second = size * len(self._done_times) / span if span > 0 else 0.0
+
+
+def server_timing(items: list[Item]) -> str:
+    """The ``Server-Timing`` header (W3C Server Timing) of a request whose inputs are ``items``
+    (all answered), in milliseconds, each the slowest of its inputs: ``queue`` (queued until its
+    batch was cut), ``compute`` (its batch on the replica), ``hop`` (cut until answered, less
+    compute: the trip to and from the replica and any wait there). Two descriptions order
+    requests: ``arrival`` is the arrival number of the request's first input in the batcher's
+    queue (``Item.key``), ``batch`` the number of the last batch its inputs went in
+    (``Item.batch``, in the order batches were cut)."""
+    queue = max(it.t_dispatched - it.t_enqueued for it in items)
+    compute = max(it.compute_s for it in items)
+    hop = max(it.t_done - it.t_dispatched - it.compute_s for it in items)
+    return (f"queue;dur={1000 * queue:.1f}, compute;dur={1000 * compute:.1f}, hop;dur={1000 * max(0.0, hop):.1f}, "
+            f'arrival;desc="{items[0].key}", batch;desc="{max(it.batch for it in items)}"')
 
 
 async def _disconnected(request: Request) -> None:
