@@ -148,7 +148,7 @@ def test_the_built_in_embedder_gives_the_same_bytes_in_both_modes_and_after_a_re
     """The real default embedder (``--task embed``): record mode, sharded mode and a driver
     SIGKILL then resume write the same bytes; the checkpoint records the numerics."""
     src = tmp_path / "in.jsonl"
-    src.write_text("".join(vader_sample.read_text().splitlines(keepends=True)[:150]))
+    src.write_text("".join(vader_sample.read_text().splitlines(keepends=True)[:100]))
     opts = ["--task", "embed", "--batch-size", "8", "--bucket-window", "32", "-q", "--checkpoint-every", "0.05"]
 
     def cmd(out: Path, *extra: str) -> list[str]:
@@ -159,13 +159,14 @@ def test_the_built_in_embedder_gives_the_same_bytes_in_both_modes_and_after_a_re
     numerics = json.loads(Path(str(record) + ".parainfer-checkpoint.json").read_text())["numerics"]
     assert numerics["dtype"] in ("float32", "bfloat16") and numerics["threads_per_worker"] >= 1
     assert "torch" in numerics["versions"] and "parainfer" in numerics["versions"]
-    run(cmd(sharded, "--shard-mode", "on", "--workers", "2"))
-    kill_driver(cmd(resumed, "--workers", "2"), resumed, 40, total=150)
+    run(cmd(sharded, "--shard-mode", "on", "--workers", "1"))  # 1 worker, several shards (ENV: small ones)
+    kill_driver(cmd(resumed, "--workers", "1"), resumed, 30, total=100)
     report = tmp_path / "report.json"
-    run(cmd(resumed, "--workers", "2", "--report", str(report)))
+    run(cmd(resumed, "--workers", "1", "--report", str(report)))
+    assert json.loads(Path(str(sharded) + ".parainfer-checkpoint.json").read_text())["shards"] > 1
     assert sha(record) == sha(sharded) == sha(resumed)
     rep = json.loads(report.read_text())
-    assert rep["deterministic"] is True and rep["resumed_records"] >= 40
+    assert rep["deterministic"] is True and rep["resumed_records"] >= 30
 
 
 def test_a_resume_holds_the_recorded_numerics_or_refuses_in_one_line(tmp_path: Path) -> None:

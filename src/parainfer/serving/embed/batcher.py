@@ -105,7 +105,7 @@ def take_batches(waiting: list[Item], max_batch_size: int, slots: int, window: i
     batches: list[list[Item]] = []
     while head and len(batches) < slots:
         overdue = max_age_s is not None and now - head[0].t_enqueued >= max_age_s
-        batch = (overdue_batch(head, max_batch_size, max_batch_tokens, now - max_age_s) if overdue  # type: ignore[operator]
+        batch = (overdue_batch(head, max_batch_size, max_batch_tokens, now, max_age_s) if overdue  # type: ignore[arg-type]
                  else anchor_batch(head, max_batch_size, max_batch_tokens))
         taken = {id(it) for it in batch}
         head = [it for it in head if id(it) not in taken]
@@ -152,9 +152,10 @@ def anchor_batch(head: list[Item], max_batch_size: int, max_batch_tokens: int | 
     return batch
 
 
-def overdue_batch(head: list[Item], max_batch_size: int, max_batch_tokens: int | None, cutoff: float) -> list[Item]:
-    """The next batch once the oldest of ``head`` (arrival order) was queued at or before
-    ``cutoff``: the overdue items (queued at or before ``cutoff``) in arrival order, whatever their
+def overdue_batch(head: list[Item], max_batch_size: int, max_batch_tokens: int | None, now: float,
+                  max_age_s: float) -> list[Item]:
+    """The next batch once the oldest of ``head`` (arrival order) has waited ``max_age_s``: the
+    overdue items (``now - t_enqueued >= max_age_s``; the oldest always) in arrival order, whatever their
     lengths, while the batch keeps within ``max_batch_size`` and ``max_batch_tokens`` (padded:
     items x longest; the oldest always goes, alone if it fills the budget); then, while there is
     room, younger items no longer than the batch's longest (oldest first: they add no padding),
@@ -167,7 +168,7 @@ def overdue_batch(head: list[Item], max_batch_size: int, max_batch_tokens: int |
     longest = 0
     for item in head:
         group = length_group(item.tokens)
-        overdue = item.t_enqueued <= cutoff
+        overdue = item is head[0] or now - item.t_enqueued >= max_age_s
         high = max(longest, item.tokens)
         if group in blocked or (not overdue and item.tokens > longest) or (
                 batch and not _fits(len(batch) + 1, high, max_batch_size, max_batch_tokens)):
