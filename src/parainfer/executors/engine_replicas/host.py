@@ -82,7 +82,7 @@ def engine_info(engine: Any) -> dict[str, Any]:
     return {"max_model_len": engine.max_model_len, "num_blocks": cfg.num_blocks, "block_size": cfg.block_size,
             "max_num_seqs": cfg.max_num_seqs, "dtype": cfg.dtype, "pid": os.getpid(),
             "vocab_size": engine.grammars.vocab_size, "eos_token_ids": list(engine.grammars.eos_ids),
-            "grammar": engine.grammars.settings}
+            "grammar": engine.grammars.settings, "batch_invariance": dict(engine.batch_invariance)}
 
 
 class EngineHost:

@@ -15,7 +15,8 @@ class EngineView:
     """The parts of an ``LLMEngine`` the server's admission and /health read, for engines that
     live in workers: ``tokenizer``, ``max_model_len``, ``config`` (max_num_seqs, dtype,
     num_blocks, block_size of one replica), ``grammars`` (to reject a response_format the
-    replicas could not compile, at admission), ``stats``, ``format_chat``, ``check_fits``."""
+    replicas could not compile, at admission), ``stats``, ``format_chat``, ``check_fits``, and
+    ``batch_invariance`` (the first replica's load-time probe: ``LLMEngine.batch_invariance``)."""
 
     def __init__(self, tokenizer: Any, info: dict[str, Any], router: Any) -> None:
         self.tokenizer, self.router = tokenizer, router
@@ -23,6 +24,8 @@ class EngineView:
         self.grammars = GrammarCompiler(tokenizer, int(info["vocab_size"]), set(info["eos_token_ids"]),
                                         info.get("grammar"))
         self.grammars.warm_up()
+        self.batch_invariance = dict(info.get("batch_invariance") or {
+            "deterministic": False, "mode": "unknown", "reason": "the replica did not report its probe"})
         self.config = SimpleNamespace(**{k: info[k] for k in ("max_num_seqs", "dtype", "num_blocks", "block_size")})
 
     @property

@@ -209,10 +209,6 @@ class GenerationService(Admission):
                         dtype=engine.config.dtype, engine_stats=dict(engine.stats))
             numerics = dict(engine.batch_invariance)
             body.update(deterministic=numerics.pop("deterministic"), batch_invariance=numerics)
-        elif self.replicas is not None and self.config.deterministic:  # each replica's engine probes itself
-            body.update(deterministic=True, batch_invariance={
-                "mode": "per-sequence-attention", "reason": "asked (--deterministic); each engine replica pins "
-                "attention, chunking and the prefix cache (its probe is in its own log)"})
         if self.replicas is not None:
             counts = self.replicas.replica_counts()
             body.update(executor=self.config.executor, replicas=sum(r.active for r in self.replicas.replicas),
