@@ -2,7 +2,7 @@
 
 A text is computed at ``canonical_width`` of its own length, rows of different widths never
 share a forward pass, and (mode per-text) each text runs alone. The bits themselves, served
-against a batch job's, are checked end to end in tests/serving/test_deterministic.py.
+against a batch job's, are checked end to end in tests/serving/test_deterministic_serving.py.
 """
 
 from __future__ import annotations
