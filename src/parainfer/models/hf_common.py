@@ -31,9 +31,9 @@ FORWARD_OVERHEAD_TOKENS = {"cpu": 48.0}
 # may share a forward pass, rows of different widths never do. Widths are multiples of 8 up to
 # 64 tokens, of 16 up to 128, of 32 beyond: (up to, step) pairs, the last for any length. Padding
 # per row (real / padded tokens, 2,000 texts): VADER 0.86 (a uniform step of 16: 0.74), the mixed
-# corpus 0.94 (16: 0.92) with as many distinct widths (16) as a step of 16; a uniform step of 8
-# made twice the widths and so more, smaller forward calls (0.70x in batches of 32 on mixed
-# traffic). docs/benchmarks.md, "Deterministic mode".
+# corpus 0.94 (16: 0.92) with as many distinct widths (16) as a step of 16 (a step of 8: twice
+# as many, so fewer rows share a pass). In batches of 32 of mixed traffic it ran at 0.99x free
+# length groups (docs/benchmarks.md, "Deterministic mode").
 CANONICAL_WIDTH_STEPS: tuple[tuple[int | None, int], ...] = ((64, 8), (128, 16), (None, 32))
 # A uniform step instead of the schedule above (None: the schedule); for benchmarks.
 CANONICAL_WIDTH_STEP: int | None = None
