@@ -4,8 +4,8 @@
 
 Three parts, each side by side (alternating order), on the same texts:
 
-1. step: the padded-width step of deterministic mode (``CANONICAL_WIDTH_STEP`` 8, 16, 32) against
-   free length groups, in-process: the default embedder (float32, 1 thread) encodes the texts
+1. step: the padded widths of deterministic mode (the default schedule, multiples of 8 up to 64,
+   16 up to 128, 32 beyond; and uniform steps of 8, 16, 32) against free length groups, in-process: the default embedder (float32, 1 thread) encodes the texts
    in arrival-order batches of 32, as the server's batcher would see them; texts/s and the
    padded tokens computed.
 2. batch job and server: ``parainfer run --task embed`` (whole command, 2 workers) and
@@ -47,8 +47,8 @@ def step_costs(texts: list[str], repeats: int) -> None:
     predictor = HFEmbedPredictor(default_embed_model_dir(), dtype="float32")
     predictor.load()
     batches = [texts[i:i + 32] for i in range(0, len(texts), 32)]
-    variants = {"free": (None, 16), "step 8": ("canonical-width", 8), "step 16": ("canonical-width", 16),
-                "step 32": ("canonical-width", 32)}
+    variants = {"free": (None, None), "steps 8/16/32": ("canonical-width", None), "step 8": ("canonical-width", 8),
+                "step 16": ("canonical-width", 16), "step 32": ("canonical-width", 32)}
     times: dict[str, list[float]] = {v: [] for v in variants}
     padded: dict[str, int] = {}
     for r in range(repeats):
@@ -132,6 +132,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--duration", type=float, default=20.0, help="seconds of each serve point")
     ap.add_argument("--gen-tokens", type=int, default=16)
+    ap.add_argument("--step-texts", type=int, default=400, help="texts of the step part")
     ap.add_argument("--parts", default="step,run,serve,generate")
     args = ap.parse_args()
     texts = load_texts(args.texts, args.limit)
@@ -140,7 +141,7 @@ def main() -> None:
     parts = args.parts.split(",")
     print(f"load average at start: {os.getloadavg()}", flush=True)
     if "step" in parts:
-        step_costs(texts[:400], args.repeats)
+        step_costs(texts[:args.step_texts], args.repeats)
     if "run" in parts:
         job_costs(data, args.repeats, args.workers)
     if "serve" in parts:

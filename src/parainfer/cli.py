@@ -101,7 +101,7 @@ def run(
                                    "(auto: splittable inputs of 64 MiB and more; docs/sharded.md)"),
     deterministic: bool = typer.Option(True, "--deterministic/--no-deterministic",
                                        help="embed/classify: compute each text at a padded width of its own "
-                                       "(length rounded up to 16 tokens), so its output bits never depend on "
+                                       "(its length rounded up to a multiple of 8, 16 or 32), so its output bits never depend on "
                                        "the records batched with it (equal to `serve`'s; docs/serving.md)"),
     dashboard: Optional[str] = typer.Option(None, metavar="[HOST:]PORT", help="serve a live dashboard of the job "
                                             "at http://HOST:PORT/dashboard (HOST default 127.0.0.1; with "

@@ -2,7 +2,7 @@
 
 A text is computed at ``canonical_width`` of its own length, rows of different widths never
 share a forward pass, and (mode per-text) each text runs alone. The bits themselves, served
-against a batch job's, are checked end to end in tests/serving/test_deterministic.py.
+against a batch job's, are checked end to end in tests/serving/test_deterministic_serving.py.
 """
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from parainfer.models.hf_common import CANONICAL_WIDTH_STEP, canonical_width
+from parainfer.models.hf_common import canonical_width
 from parainfer.platform import datasets
 
 
-def test_canonical_width_rounds_up_to_the_step_and_stops_at_the_window():
-    assert [canonical_width(n, 256) for n in (1, 15, 16, 17, 250, 256, 300)] == [16, 16, 16, 32, 256, 256, 256]
-    assert canonical_width(0, None) == CANONICAL_WIDTH_STEP  # an empty encoding still has a width
+def test_canonical_width_rounds_up_to_the_step_of_its_length_and_stops_at_the_window():
+    lengths = (1, 15, 17, 64, 65, 128, 129, 250, 256, 300)
+    assert [canonical_width(n, 256) for n in lengths] == [8, 16, 24, 64, 80, 128, 160, 256, 256, 256]
+    assert canonical_width(0, None) == 8  # an empty encoding still has a width
     assert canonical_width(9, 10, step=8) == 10  # a window that is not a multiple of the step caps it
 
 

@@ -18,10 +18,13 @@ def test_second_load_reads_the_decision_and_computes_the_same(tmp_path: Path, mo
     first = HFEmbedPredictor(default_embed_model_dir(), dtype="auto")
     first.load()
     assert first.describe()["dtype_decision"] == "checked" and "dtype_check_s" in first.load_phases
-    assert len(list(tmp_path.glob("*.json"))) == 1
+    assert len(list(tmp_path.glob("*.json"))) == 2  # the dtype decision and the batch-invariance probe's
+    assert first.describe()["batch_invariance"]["decision"] == "checked"
     second = HFEmbedPredictor(default_embed_model_dir(), dtype="auto")
     second.load()
     assert second.describe()["dtype_decision"] == "cached" and second.dtype == first.dtype
+    assert second.describe()["batch_invariance"]["decision"] == "cached"
+    assert second.numerics_mode == first.numerics_mode
     a = np.stack([r["embedding"] for r in first.predict(texts)])
     b = np.stack([r["embedding"] for r in second.predict(texts)])
     assert np.array_equal(a, b)
