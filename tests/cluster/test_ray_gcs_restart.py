@@ -60,6 +60,10 @@ def test_gcs_killed_and_restarted_mid_job_the_job_goes_on_exactly_once(ft_cluste
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
     assert sha(out) == sha(ref)
+    head = [line for line in err.splitlines() if line.startswith("the Ray head's GCS")]
+    assert len(head) == 2, err[-3000:]  # one line when it went quiet, one when it was back
+    assert head[0].startswith(f"the Ray head's GCS at {cluster.address} does not answer (connection refused): ")
+    assert head[1].startswith(f"the Ray head's GCS at {cluster.address} answers again after "), head
     rep = json.loads(report.read_text())
     assert rep["restarts"] == 0 and rep["failed_records"] == 0
     # a new job after the restart: the restarted GCS creates actors again

@@ -146,7 +146,7 @@ class RayExecutor(Executor):
         # Elastic slots not started yet are filled as room appears; a server's autoscaler (``count``
         # given) starts its own with ``restart``.
         self._free = set() if given else set(range(count, self.num_workers))
-        self._watch = NodeWatch(self._watched)
+        self._watch = NodeWatch(self._watched, head=self.address)
         self._watch.start()
 
     def _watched(self) -> dict[str, int]:
@@ -266,6 +266,8 @@ class RayExecutor(Executor):
 
         events: list[Event] = []
         if self._watch is not None:
+            for note in self._watch.take_notes():
+                print(note, file=sys.stderr, flush=True)
             for address, why in self._watch.take_lost().items():
                 self._lose_node(address, why, events)
         if time.perf_counter() >= self._next_tend and self._actor_class is not None:
