@@ -4,7 +4,8 @@ tolerance (``GCS_FT=1``: the GCS keeps its tables in a Redis in the head's names
 What Ray 2.x does, and so what this asserts: the raylets, the actors and the driver wait for the
 GCS to come back (``RAY_gcs_rpc_server_reconnect_timeout_s``, default 60 s) and reconnect to the
 restarted one, which reloads its tables from Redis; running actors are not touched. So the job
-goes on with the same two actors, no restart, and writes exactly what one local worker writes
+goes on with the same two actors, no restart (the driver says when the GCS went quiet and when it
+was back, one line each), and writes exactly what one local worker writes
 (sha256). A new job then runs on the restarted GCS (actor creation works again).
 """
 
