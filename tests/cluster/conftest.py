@@ -96,9 +96,11 @@ class Cluster:
         """SIGKILL the head's GCS server (``raycluster.sh gcs-kill``; the rest of the head runs on)."""
         subprocess.run([str(SCRIPT), "gcs-kill", self.tag], check=True, timeout=60)
 
-    def gcs_restart(self) -> None:
-        """Start the killed GCS server again, same command line; returns once its port answers."""
-        subprocess.run([str(SCRIPT), "gcs-restart", self.tag], check=True, timeout=60)
+    def gcs_restart(self, fresh: bool = False) -> None:
+        """Start the killed GCS server again, same command line (``fresh``: without its Redis, a
+        new empty cluster); returns once its port answers."""
+        env = {**os.environ, "FRESH": "1" if fresh else "0"}
+        subprocess.run([str(SCRIPT), "gcs-restart", self.tag], check=True, timeout=60, env=env)
 
     def node_up(self) -> None:
         """Start the second node again (after ``node_down``), its link up."""

@@ -13,7 +13,8 @@
 #                                  are kept in $TEMP for gcs-restart)
 #   raycluster.sh gcs-restart TAG  start that gcs_server again, same command line and environment
 #                                  (what a supervisor such as KubeRay does; `ray start` does not
-#                                  restart it); waits until its port answers
+#                                  restart it); waits until its port answers. FRESH=1: without
+#                                  its Redis arguments (an in-memory GCS: a new, empty cluster)
 #   raycluster.sh info TAG   print its KEY=VALUE lines again
 #   raycluster.sh down-all   tear down every cluster this script made (CI's exit trap)
 #
@@ -135,6 +136,11 @@ gcs_restart() {
   [[ -z $(gcs_pid) ]] || { echo "a gcs_server already runs in $ns1" >&2; exit 1; }
   local args envs
   mapfile -d '' args <"$temp/gcs_cmdline"; mapfile -d '' envs <"$temp/gcs_environ"
+  if [[ ${FRESH:-0} == 1 ]]; then
+    local kept=() a
+    for a in "${args[@]}"; do [[ $a == --redis_address=* || $a == --redis_port=* ]] || kept+=("$a"); done
+    args=("${kept[@]}")
+  fi
   ip netns exec "$ns1" setsid env -i "${envs[@]}" "${args[@]}" >>"$temp/gcs_restart.log" 2>&1 </dev/null &
   for _ in $(seq 300); do
     ip netns exec "$ns1" bash -c "exec 3<>/dev/tcp/$ip1/$port" 2>/dev/null && return 0
