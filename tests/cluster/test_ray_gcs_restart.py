@@ -6,7 +6,7 @@ GCS to come back (``RAY_gcs_rpc_server_reconnect_timeout_s``, default 60 s) and 
 restarted one, which reloads its tables from Redis; running actors are not touched. So the job
 goes on with the same two actors, no restart (the driver says when the GCS went quiet and when it
 was back, one line each), and writes exactly what one local worker writes
-(sha256). A new job then runs on the restarted GCS (actor creation works again).
+(sha256).
 
 Then the GCS restarted without its Redis (a new, empty cluster: what a head without GCS fault
 tolerance comes back as): the job stops (exit 3 with the line that says to restart the cluster
@@ -76,13 +76,6 @@ def test_gcs_killed_and_restarted_mid_job_the_job_goes_on_exactly_once(ft_cluste
     assert head[1].startswith(f"the Ray head's GCS at {cluster.address} answers again after "), head
     rep = json.loads(report.read_text())
     assert rep["restarts"] == 0 and rep["failed_records"] == 0
-    # a new job after the restart: the restarted GCS creates actors again
-    small = write_input(tmp_path / "small.jsonl", records=100)
-    again = cluster.run("run", str(small), "-o", str(tmp_path / "small.out.jsonl"), "--model",
-                        "parainfer.testing:sleepy", "--executor", "ray", "--address", cluster.address,
-                        "--workers", "2", *FAST, timeout=120)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert len((tmp_path / "small.out.jsonl").read_text().splitlines()) == 100
 
 
 def test_gcs_restarted_without_its_state_stops_the_job_and_a_rerun_resumes(ft_cluster, tmp_path: Path) -> None:
