@@ -4,7 +4,8 @@
 the outcome; the driver (``parainfer run`` / ``serve``) runs in the head's namespace with the
 cluster's token. Node failure detection is shortened (GCS health checks every 0.5 s, dead after
 3 misses) so Ray itself notices a lost node in seconds, not the default ~15-65 s;
-``cluster_up`` makes one with other settings (``test_ray_node_lost.py``: Ray's defaults).
+``cluster_up`` makes one with other settings (``test_ray_node_lost.py``: Ray's defaults;
+``test_ray_gcs_restart.py``: ``GCS_FT=1``, the GCS backed by a Redis).
 """
 
 from __future__ import annotations
@@ -90,6 +91,16 @@ class Cluster:
     def node_cut(self) -> None:
         """Take the second node off the network (its processes run on, unreachable)."""
         subprocess.run([str(SCRIPT), "node-cut", self.tag], check=True, timeout=60)
+
+    def gcs_kill(self) -> None:
+        """SIGKILL the head's GCS server (``raycluster.sh gcs-kill``; the rest of the head runs on)."""
+        subprocess.run([str(SCRIPT), "gcs-kill", self.tag], check=True, timeout=60)
+
+    def gcs_restart(self, fresh: bool = False) -> None:
+        """Start the killed GCS server again, same command line (``fresh``: without its Redis, a
+        new empty cluster); returns once its port answers."""
+        env = {**os.environ, "FRESH": "1" if fresh else "0"}
+        subprocess.run([str(SCRIPT), "gcs-restart", self.tag], check=True, timeout=60, env=env)
 
     def node_up(self) -> None:
         """Start the second node again (after ``node_down``), its link up."""

@@ -9,6 +9,12 @@
 #   raycluster.sh node-up TAG     start (or restart) the second node, its link up again (NODES=1 up
 #                                 starts the head only; NODES=0 up makes the namespaces and their
 #                                 network, no Ray)
+#   raycluster.sh gcs-kill TAG     SIGKILL the head's gcs_server (its command line and environment
+#                                  are kept in $TEMP for gcs-restart)
+#   raycluster.sh gcs-restart TAG  start that gcs_server again, same command line and environment
+#                                  (what a supervisor such as KubeRay does; `ray start` does not
+#                                  restart it); waits until its port answers. FRESH=1: without
+#                                  its Redis arguments (an in-memory GCS: a new, empty cluster)
 #   raycluster.sh info TAG   print its KEY=VALUE lines again
 #   raycluster.sh down-all   tear down every cluster this script made (CI's exit trap)
 #
@@ -19,9 +25,12 @@
 # its own address). Both nodes and the driver use RAY_AUTH_MODE=token with a fresh random token
 # in $TEMP/auth_token (RAY_AUTH_TOKEN_PATH), so ~/.ray is not touched.
 # Environment: RAY_CPUS (logical CPUs per node, default 1), RAY_PORT (default 6379),
-# NET (third octet, default 1..250 from TAG).
+# NET (third octet, default 1..250 from TAG), GCS_FT=1 (GCS fault tolerance: `up` starts the OS's
+# redis-server in the head's namespace on HEAD_IP:REDIS_PORT (default 6380, no persistence: it
+# outlives the GCS, not the cluster) and the head with RAY_REDIS_ADDRESS pointing at it and
+# RAY_external_storage_namespace=pirc$TAG; prints REDIS_ADDRESS too; `down` stops it with the rest).
 set -euo pipefail
-cmd=${1:?usage: raycluster.sh up|down|node-down|node-cut|node-up TAG, or down-all}
+cmd=${1:?usage: raycluster.sh up|down|node-down|node-cut|node-up|gcs-kill|gcs-restart|info TAG, or down-all}
 if [[ $cmd == down-all ]]; then
   for ns in $(ip netns list | awk '{print $1}' | grep -E '^pirc[a-z0-9]{1,6}[12b]$' || true); do
     pids=$(ip netns pids "$ns" 2>/dev/null || true)
@@ -36,7 +45,7 @@ tag=${2:?usage: raycluster.sh up|down|node-down TAG}
 br=pirc${tag}b; ns1=pirc${tag}1; ns2=pirc${tag}2
 net=${NET:-$(( $(printf '%s' "$tag" | cksum | cut -d' ' -f1) % 250 + 1 ))}
 ip1=10.212.$net.1; ip2=10.212.$net.2
-port=${RAY_PORT:-6379}; cpus=${RAY_CPUS:-1}
+port=${RAY_PORT:-6379}; cpus=${RAY_CPUS:-1}; redis_port=${REDIS_PORT:-6380}
 temp=/tmp/pirc${tag}-ray
 RAY=${RAY:-ray}
 auth="RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$temp/auth_token"
@@ -75,8 +84,19 @@ up() {
   head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$temp/auth_token"
   chmod 600 "$temp/auth_token"
   if [[ ${NODES:-2} == 0 ]]; then info; return 0; fi
-  local t0=$SECONDS
-  ip netns exec "$ns1" env $auth "$RAY" start --head --node-ip-address "$ip1" --port "$port" \
+  local t0=$SECONDS ft=""
+  if [[ ${GCS_FT:-0} == 1 ]]; then
+    command -v redis-server >/dev/null || { echo "GCS_FT=1 needs redis-server (apt-get install redis-server)" >&2; exit 1; }
+    ip netns exec "$ns1" setsid redis-server --bind "$ip1" --port "$redis_port" --save '' --appendonly no \
+      --protected-mode no --dir "$temp" >"$temp/redis.log" 2>&1 </dev/null &
+    for _ in $(seq 100); do
+      ip netns exec "$ns1" redis-cli -h "$ip1" -p "$redis_port" ping 2>/dev/null | grep -q PONG && break; sleep 0.1
+    done
+    ip netns exec "$ns1" redis-cli -h "$ip1" -p "$redis_port" ping | grep -q PONG || { cat "$temp/redis.log" >&2; exit 1; }
+    echo "$ip1:$redis_port" >"$temp/redis_address"
+    ft="RAY_REDIS_ADDRESS=$ip1:$redis_port RAY_external_storage_namespace=pirc$tag"
+  fi
+  ip netns exec "$ns1" env $auth $ft "$RAY" start --head --node-ip-address "$ip1" --port "$port" \
     --num-cpus "$cpus" --include-dashboard false --disable-usage-stats --temp-dir "$temp/head" >"$temp/head.log" 2>&1 \
     || { cat "$temp/head.log" >&2; exit 1; }
   [[ ${NODES:-2} == 1 ]] || node_up
@@ -93,6 +113,40 @@ node_up() {
 info() {
   echo "HEAD_NS=$ns1"; echo "NODE_NS=$ns2"; echo "ADDRESS=$ip1:$port"; echo "NODE_IPS=$ip1,$ip2"
   echo "TOKEN_PATH=$temp/auth_token"; echo "TEMP=$temp"
+  if [[ -e $temp/redis_address ]]; then echo "REDIS_ADDRESS=$(cat "$temp/redis_address")"; fi
+}
+
+gcs_pid() {  # the head's gcs_server process id (empty when none runs)
+  local pid
+  for pid in $(ip netns pids "$ns1" 2>/dev/null || true); do
+    if [[ $(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -1) == */gcs_server ]]; then echo "$pid"; return 0; fi
+  done
+}
+
+gcs_kill() {
+  local pid; pid=$(gcs_pid)
+  [[ -n $pid ]] || { echo "no gcs_server runs in $ns1" >&2; exit 1; }
+  cp "/proc/$pid/cmdline" "$temp/gcs_cmdline"; cp "/proc/$pid/environ" "$temp/gcs_environ"
+  kill -9 "$pid"
+  for _ in $(seq 50); do [[ -e /proc/$pid ]] || return 0; sleep 0.1; done
+}
+
+gcs_restart() {
+  [[ -s $temp/gcs_cmdline ]] || { echo "no gcs_server was killed by gcs-kill $tag" >&2; exit 1; }
+  [[ -z $(gcs_pid) ]] || { echo "a gcs_server already runs in $ns1" >&2; exit 1; }
+  local args envs
+  mapfile -d '' args <"$temp/gcs_cmdline"; mapfile -d '' envs <"$temp/gcs_environ"
+  if [[ ${FRESH:-0} == 1 ]]; then
+    local kept=() a
+    for a in "${args[@]}"; do [[ $a == --redis_address=* || $a == --redis_port=* ]] || kept+=("$a"); done
+    args=("${kept[@]}")
+  fi
+  ip netns exec "$ns1" setsid env -i "${envs[@]}" "${args[@]}" >>"$temp/gcs_restart.log" 2>&1 </dev/null &
+  for _ in $(seq 300); do
+    ip netns exec "$ns1" bash -c "exec 3<>/dev/tcp/$ip1/$port" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "the restarted gcs_server does not answer on $ip1:$port" >&2; cat "$temp/gcs_restart.log" >&2; exit 1
 }
 
 case $cmd in
@@ -101,6 +155,8 @@ case $cmd in
   node-down) kill_ns "$ns2" ;;
   node-cut) ip -n "$ns2" link set eth0 down ;;
   node-up) node_up ;;
+  gcs-kill) gcs_kill ;;
+  gcs-restart) gcs_restart ;;
   info) info ;;
-  *) echo "unknown command '$cmd'; accepted: up, down, node-down, node-cut, node-up, info, down-all" >&2; exit 2 ;;
+  *) echo "unknown command '$cmd'; accepted: up, down, node-down, node-cut, node-up, gcs-kill, gcs-restart, info, down-all" >&2; exit 2 ;;
 esac

@@ -86,3 +86,36 @@ def test_a_node_that_stops_answering_is_lost_after_lost_after() -> None:
         for c in fillers:
             c.close()
         server.close()
+
+
+def test_head_gcs_going_quiet_and_coming_back_gives_one_line_each() -> None:
+    head = listening()
+    port = head.getsockname()[1]
+    watch = NodeWatch(dict, period=0.05, connect_s=0.5, head=f"127.0.0.1:{port}")
+    watch.start()
+    try:
+        time.sleep(0.3)
+        assert watch.take_notes() == []  # it answers
+        head.close()  # the GCS killed: its port refuses
+        time.sleep(0.3)
+        notes = watch.take_notes()
+        assert len(notes) == 1 and notes[0].startswith(f"the Ray head's GCS at 127.0.0.1:{port} does not answer "
+                                                       f"(connection refused): "), notes
+        assert "rerun the same command" in notes[0]
+        time.sleep(0.3)
+        assert watch.take_notes() == []  # said once
+        again = socket.socket()
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))
+        again.listen(16)
+        time.sleep(0.3)
+        assert [n.rpartition(" after ")[0] for n in watch.take_notes()] == [
+            f"the Ray head's GCS at 127.0.0.1:{port} answers again"]
+        again.close()
+    finally:
+        watch.stop()
+
+
+def test_no_head_watched_for_a_local_ray_or_a_ray_url() -> None:
+    assert NodeWatch(dict).head is None and NodeWatch(dict, head="ray://10.0.0.1:10001").head is None
+    assert NodeWatch(dict, head="auto").head is None and NodeWatch(dict, head="10.0.0.1:6379").head == ("10.0.0.1", 6379)

@@ -21,12 +21,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from parainfer.errors import UsageError
+from parainfer.errors import JobError, UsageError
 from parainfer.executors.base import (Event, Executor, ShardResult, ShardTask, TaskResult, WorkerFailed, WorkerReady,
                                       WorkerRetired, WriteFailed)
 from parainfer.executors.local import MAX_DEATHS_WHILE_LOADING, default_threads
-from parainfer.executors.ray_cluster import (PASSED_ENV_PREFIXES, NodeWatch, check_room, connect, draining_nodes,
-                                             load_error, pick_node, raylet_ports, room_for, running_task)
+from parainfer.executors.ray_cluster import (PASSED_ENV_PREFIXES, NodeWatch, check_room, cluster_id, connect,
+                                             draining_nodes, load_error, pick_node, raylet_ports, room_for, running_task)
 from parainfer.executors.ray_ship import Shipment, check_modules, module_sources, plan, ship_error
 from parainfer.executors.ray_shards import Probe, place_shard_result, shared_path_error
 from parainfer.models.base import Predictor
@@ -146,7 +146,7 @@ class RayExecutor(Executor):
         # Elastic slots not started yet are filled as room appears; a server's autoscaler (``count``
         # given) starts its own with ``restart``.
         self._free = set() if given else set(range(count, self.num_workers))
-        self._watch = NodeWatch(self._watched)
+        self._watch = NodeWatch(self._watched, head=self.address, cluster_id=cluster_id())
         self._watch.start()
 
     def _watched(self) -> dict[str, int]:
@@ -266,6 +266,10 @@ class RayExecutor(Executor):
 
         events: list[Event] = []
         if self._watch is not None:
+            for note in self._watch.take_notes():
+                print(note, file=sys.stderr, flush=True)
+            if self._watch.head_reset:
+                raise JobError(self._watch.head_reset)
             for address, why in self._watch.take_lost().items():
                 self._lose_node(address, why, events)
         if time.perf_counter() >= self._next_tend and self._actor_class is not None:

@@ -249,14 +249,32 @@ class NodeWatch:
     (a machine off the network) is lost too. ``take_lost()`` hands the driver each lost node
     once: {address: why, e.g. "its raylet (port 40123) refuses connections"}.
 
+    With ``head`` (the cluster's HOST:PORT) it also probes the head's GCS port: when the GCS
+    stops answering (killed, restarting, its machine gone) and when it answers again,
+    ``take_notes()`` hands the driver one line each (``head_down_note``, ``head_back_note``).
+    Ray itself waits for a GCS that went away (``RAY_gcs_rpc_server_reconnect_timeout_s``,
+    60 s by default); whether the job survives depends on the GCS keeping its tables in Redis
+    (docs/cluster.md, "What survives which fault"), which the driver cannot see from here.
+
     Args:
         targets: called in the thread; returns {address: port} of the nodes to watch.
+        head: "HOST:PORT" of the head's GCS, or None (a local Ray, ``auto``, ``ray://``: not watched).
+        cluster_id: hex id of the cluster this driver joined (``cluster_id()``): a GCS that answers
+            again under another id came back without its tables (no Redis); ``head_reset`` then
+            holds the line for the driver's error, and Ray itself ends the driver soon after.
         period, connect_s, lost_after: seconds (defaults NODE_CHECK_S, NODE_CONNECT_S, NODE_LOST_S).
     """
 
     def __init__(self, targets: Callable[[], dict[str, int]], period: float = NODE_CHECK_S,
-                 connect_s: float = NODE_CONNECT_S, lost_after: float = NODE_LOST_S):
+                 connect_s: float = NODE_CONNECT_S, lost_after: float = NODE_LOST_S, head: str | None = None,
+                 cluster_id: str | None = None):
         self.targets, self.period, self.connect_s, self.lost_after = targets, period, connect_s, lost_after
+        host, sep, port = (head or "").rpartition(":")
+        self.head = (host.strip("[]"), int(port)) if sep and host and port.isdigit() and "://" not in head else None
+        self._head_down: float | None = None  # when the head's GCS stopped answering
+        self.cluster_id = cluster_id
+        self.head_reset: str | None = None
+        self._notes: list[str] = []
         self._lost: dict[str, str] = {}
         self._told: set[tuple[str, int]] = set()
         self._failing: dict[str, float] = {}  # address -> when it first did not answer
@@ -280,6 +298,33 @@ class NodeWatch:
             lost, self._lost = self._lost, {}
         return lost
 
+    def take_notes(self) -> list[str]:
+        """Lines about the head's GCS since the last call (gone quiet, back), oldest first."""
+        if not self._notes:
+            return []
+        with self._lock:
+            notes, self._notes = self._notes, []
+        return notes
+
+    def _check_head(self) -> None:
+        host, port = self.head  # type: ignore[misc]
+        why = probe_raylet(host, port, self.connect_s)
+        now = time.monotonic()
+        note = None
+        if why is not None and self._head_down is None:
+            self._head_down = now
+            note = head_down_note(f"{host}:{port}", "connection refused" if why == "refused" else why)
+        elif why is None and self._head_down is not None:
+            now_id = gcs_cluster_id(f"{host}:{port}") if self.cluster_id else None
+            if now_id and now_id != self.cluster_id:
+                self.head_reset = head_reset_error(f"{host}:{port}")
+            else:
+                note = head_back_note(f"{host}:{port}", now - self._head_down)
+            self._head_down = None
+        if note:
+            with self._lock:
+                self._notes.append(note)
+
     def verdict(self, address: str, port: int | None) -> str | None:
         """Probe one node now (the driver asks when Ray reports an actor dead): why it is lost,
         or None when its raylet answers (or its port is unknown)."""
@@ -298,6 +343,8 @@ class NodeWatch:
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):
+            if self.head is not None:
+                self._check_head()
             try:
                 targets = self.targets()
             except Exception:  # the driver is shutting down
@@ -316,6 +363,47 @@ class NodeWatch:
                     with self._lock:
                         self._lost[address] = self._why(port, why, silent + self.connect_s)
                     self._told.add((address, port))
+
+
+def head_down_note(address: str, why: str) -> str:
+    """The driver's line when the head's GCS at ``address`` stops answering (``why``)."""
+    return (f"the Ray head's GCS at {address} does not answer ({why}): running workers go on and Ray waits for it "
+            f"(RAY_gcs_rpc_server_reconnect_timeout_s, 60 s by default); with GCS fault tolerance (Redis) the job "
+            f"goes on once it is back; if the job fails instead, restart the cluster and rerun the same command: it "
+            f"resumes from its checkpoint (docs/cluster.md, \"What survives which fault\")")
+
+
+def head_reset_error(address: str) -> str:
+    """The driver's error when the head's GCS at ``address`` came back as another cluster."""
+    return (f"the Ray head's GCS at {address} restarted without its state (a new cluster: no GCS fault tolerance, "
+            f"its tables were not kept in Redis), so this job's workers are gone: restart every node of the cluster "
+            f"(`ray stop`, `ray start`) and rerun the same command: it resumes from its checkpoint (docs/cluster.md, "
+            f"\"What survives which fault\")")
+
+
+def cluster_id() -> str | None:
+    """Hex id of the cluster this driver is connected to (Ray's private GCS client), or None."""
+    import ray
+
+    try:
+        return ray._private.worker.global_worker.gcs_client.cluster_id.hex()
+    except Exception:  # noqa: BLE001 - not connected, or no such attribute in this Ray
+        return None
+
+
+def gcs_cluster_id(address: str) -> str | None:
+    """Hex id of the cluster whose GCS answers at ``address`` now (a fresh client), or None."""
+    try:
+        from ray._raylet import GcsClient
+
+        return GcsClient(address=address, cluster_id=None).cluster_id.hex()
+    except Exception:  # noqa: BLE001 - it does not answer after all, or no such call in this Ray
+        return None
+
+
+def head_back_note(address: str, down_s: float) -> str:
+    """The driver's line when the head's GCS at ``address`` answers again after ``down_s`` seconds."""
+    return f"the Ray head's GCS at {address} answers again after {down_s:.0f} s"
 
 
 def load_error(error: BaseException) -> str:
