@@ -200,6 +200,7 @@ def run_on_pool(config: JobConfig, name: str) -> dict[str, Any]:
     from parainfer.batch.mode import choose_mode
     from parainfer.executors.pool import Workers
     from parainfer.executors.remote import PoolBusy, RemoteExecutor, connect
+    from parainfer.io.shards.store import is_dir_output
 
     folder = pool_dir(name)
     state = _read_state(folder)
@@ -220,11 +221,14 @@ def run_on_pool(config: JobConfig, name: str) -> dict[str, Any]:
     if config.workers not in (0, None, state["workers"]):
         raise UsageError(f"pool {name} has {state['workers']} workers; this job asks --workers {config.workers} "
                          "(leave --workers out with --pool)")
-    config = config.model_copy(update={"workers": state["workers"], "min_workers": None})
+    update: dict[str, Any] = {"workers": state["workers"], "min_workers": None}
+    if config.shard_mode == "auto" and not is_dir_output(config.output):
+        update["shard_mode"] = "off"  # record mode: the same output bytes (docs/sharded.md)
+    config = config.model_copy(update=update)
+    if choose_mode(config) == "sharded":
+        raise UsageError("--pool runs jobs in record mode; this job asks for sharded mode (--shard-mode on, or an "
+                         "output folder): drop it, or run without --pool")
     job = Job(config)
-    if job.setup.store is None and choose_mode(job.config) == "sharded":
-        raise UsageError(f"--pool runs jobs in record mode; this job would run in sharded mode (a large input or "
-                         f"an output folder): add --shard-mode off, or run without --pool")
     try:
         conn, hello = connect(str(folder / "sock"), (folder / "token").read_bytes())
     except PoolBusy as e:
