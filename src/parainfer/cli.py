@@ -1,4 +1,4 @@
-"""The command line: ``parainfer run | datasets | train | train-head | export-onnx | backends | report | simulate | serve``.
+"""The command line: ``parainfer run | datasets | train | train-head | export-onnx | backends | report | simulate | serve | pool``.
 
 Bad input (a missing file, an unknown option value) prints one line naming the bad value and
 what is accepted, and exits with code 2; a job where some records failed exits with 1; a job
