@@ -18,6 +18,8 @@ Messages (pickled tuples): driver -> pool ``("hello", pid)``, ``("submit", worke
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 from multiprocessing.connection import Client, Connection, wait
 from typing import Any, Callable
@@ -155,6 +157,11 @@ def relay(executor: Any, conn: Connection, hello: dict[str, Any], stop: Callable
     (the pool restarts it): the next job never sees a result of this one."""
     held: dict[int, set[int]] = {w: set() for w in range(executor.num_workers)}
     conn.send(("hello", hello))
+    # Events go out from their own thread, so this loop keeps reading the driver's calls while a
+    # send waits for the driver to read (two full socket buffers would otherwise deadlock).
+    outbox: queue.Queue[Any] = queue.Queue()
+    sender = threading.Thread(target=_send_all, args=(conn, outbox), name="parainfer-pool-relay", daemon=True)
+    sender.start()
     try:
         while not stop():
             handles = [conn, *executor.wait_handles()] if hasattr(executor, "wait_handles") else [conn]
@@ -176,11 +183,22 @@ def relay(executor: Any, conn: Connection, hello: dict[str, Any], stop: Callable
                     held[ev.worker_id].clear()
                 on_event(ev)
             if events:
-                conn.send(("events", events))
+                outbox.put(("events", events))
     except (EOFError, OSError):
         pass  # the driver disconnected (its job ended, or it died)
     finally:
+        outbox.put(None)
+        sender.join(timeout=5)
         conn.close()
         for worker, tasks in held.items():
             if tasks:
                 executor.kill(worker)
+
+
+def _send_all(conn: Connection, outbox: queue.Queue[Any]) -> None:
+    """Send each message of ``outbox`` on ``conn`` until None (or the driver is gone)."""
+    while (message := outbox.get()) is not None:
+        try:
+            conn.send(message)
+        except (OSError, EOFError):
+            return
