@@ -113,6 +113,23 @@ def test_slips_are_one_line_exit_2(pool) -> None:
     assert "asks for task=classify" in mismatch.stderr
     one_line(parainfer(env, "pool", "down", "nosuchpool"), "no pool named nosuchpool")
     one_line(parainfer(env, "pool", "up", POOL, *OPTIONS), f"pool {POOL} is already up (pid {pid})")
+    one_line(parainfer(env, "pool", "up", "bad", "--model", str(work / "no-such-model")), "unknown model")
+    assert not (work / "state" / "bad").exists()
+
+
+def test_a_pool_whose_daemon_is_gone_is_refused_then_cleared(pool) -> None:
+    """A daemon that died (SIGKILL, a reboot) leaves its state with a pid that no longer runs."""
+    env, work, _ = pool
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = work / "state" / "stale"
+    stale.mkdir(mode=0o700)
+    state = json.loads((work / "state" / POOL / "pool.json").read_text())
+    (stale / "pool.json").write_text(json.dumps({**state, "name": "stale", "pid": dead.pid}))
+    one_line(parainfer(env, "run", str(work / "in.jsonl"), "-o", str(work / "s.jsonl"), *OPTIONS, "--pool", "stale"),
+             f"pool stale is gone (pid {dead.pid} is not running)")
+    down = parainfer(env, "pool", "down", "stale")
+    assert down.returncode == 0 and "already gone" in down.stdout and not stale.exists(), down.stderr
 
 
 def test_pool_down_leaves_no_process(pool) -> None:

@@ -103,7 +103,8 @@ def pool_up(name: str, config: JobConfig, wait_s: float = UP_TIMEOUT_S) -> dict[
     in a background process that outlives this one; returns once every worker has loaded its
     model, with the pool's state (``pool.json``).
 
-    Raises UsageError when a pool of that name is up, JobError when the workers cannot load the
+    Raises UsageError when a pool of that name is up or the daemon refused an option (an unknown
+    model), JobError when the workers cannot load the
     model (the daemon's last log lines say why) or are not ready within ``wait_s`` seconds."""
     folder = pool_dir(name)
     state = _read_state(folder)
@@ -129,6 +130,8 @@ def pool_up(name: str, config: JobConfig, wait_s: float = UP_TIMEOUT_S) -> dict[
         if proc.poll() is not None:
             tail = (folder / "log").read_text(errors="replace").strip().splitlines()[-5:]
             shutil.rmtree(folder, ignore_errors=True)
+            if proc.returncode == 2 and tail:  # a bad option the daemon found (an unknown model): its one line
+                raise UsageError(tail[-1].removeprefix("error: "))
             raise JobError(f"pool {name} did not start (exit code {proc.returncode}): " + " | ".join(tail))
         time.sleep(0.1)
     _stop(proc.pid)
@@ -333,8 +336,13 @@ class _Daemon:
 
 
 def main(argv: list[str]) -> None:
-    """The daemon's entry point: ``python -m parainfer.batch.pools STATE_FOLDER``."""
-    _Daemon(Path(argv[0])).main()
+    """The daemon's entry point: ``python -m parainfer.batch.pools STATE_FOLDER``. A bad option
+    (UsageError: an unknown model) ends it with its one line and exit code 2, which ``pool_up`` says."""
+    try:
+        _Daemon(Path(argv[0])).main()
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
