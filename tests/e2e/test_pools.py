@@ -142,3 +142,36 @@ def test_pool_down_leaves_no_process(pool) -> None:
     assert not (work / "state" / POOL).exists()
     one_line(parainfer(env, "run", str(work / "in.jsonl"), "-o", str(work / "g.jsonl"), *OPTIONS, "--pool", POOL),
              f"no pool named {POOL}")
+
+
+def test_a_worker_killed_in_the_pool_is_recovered_by_the_driver(tmp_path: Path) -> None:
+    """A pool worker SIGKILLed mid-job: the driver sees WorkerFailed through the pool, requeues
+    its tasks and has the pool restart it; every record is written once, in input order."""
+    env = {**os.environ, "PARAINFER_POOLS_DIR": str(tmp_path / "state"), "PARAINFER_TEST_MS_PER_TOKEN": "2"}
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "text": f"record {i} with some words, about forty chars"}) + "\n"
+                           for i in range(500)))
+    model = ["--task", "classify", "--model", "parainfer.testing:sleepy"]
+    pid = None
+    try:
+        up = parainfer(env, "pool", "up", "s1", *model, "--workers", "2")
+        assert up.returncode == 0, up.stderr
+        pid = json.loads((tmp_path / "state" / "s1" / "pool.json").read_text())["pid"]
+        job = subprocess.Popen([sys.executable, "-m", "parainfer.cli", "run", str(src), "-o", str(tmp_path / "o.jsonl"),
+                                *model, "--pool", "s1", "-q", "--report", str(tmp_path / "r.json"),
+                                "--checkpoint-every", "0.3"], env=env, stderr=subprocess.PIPE, text=True)
+        out, deadline = tmp_path / "o.jsonl", time.monotonic() + 60
+        while not (out.exists() and out.stat().st_size) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the first commit: tasks are running
+        workers = [w for c in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+                   for w in subprocess.run(["pgrep", "-P", c], capture_output=True, text=True).stdout.split()]
+        assert len(workers) == 2, workers  # the forkserver's two children
+        os.kill(int(workers[0]), signal.SIGKILL)
+        assert job.wait(timeout=120) == 0, job.stderr.read()
+        report = json.loads((tmp_path / "r.json").read_text())
+        assert report["restarts"] >= 1, {k: report.get(k) for k in ("restarts", "retries", "wall_s", "per_worker")}
+        assert [r["id"] for r in read_jsonl(tmp_path / "o.jsonl")] == list(range(500))
+    finally:
+        parainfer(env, "pool", "down", "s1")
+        if daemon_alive(pid):
+            os.killpg(pid, signal.SIGKILL)
