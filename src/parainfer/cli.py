@@ -1,4 +1,4 @@
-"""The command line: ``parainfer run | datasets | train | train-head | export-onnx | backends | report | simulate | serve``.
+"""The command line: ``parainfer run | datasets | train | train-head | export-onnx | backends | report | simulate | serve | pool``.
 
 Bad input (a missing file, an unknown option value) prints one line naming the bad value and
 what is accepted, and exits with code 2; a job where some records failed exits with 1; a job
@@ -106,14 +106,23 @@ def run(
     dashboard: Optional[str] = typer.Option(None, metavar="[HOST:]PORT", help="serve a live dashboard of the job "
                                             "at http://HOST:PORT/dashboard (HOST default 127.0.0.1; with "
                                             "PARAINFER_API_KEY set it needs that key; docs/dashboard.md)"),
+    pool: Optional[str] = typer.Option(None, metavar="NAME", help="run on the warm workers of pool NAME "
+                                       "(`parainfer pool up`; docs/pools.md) instead of starting workers"),
 ) -> None:
     """Run a batch job: every input record's result, in input order, computed by N workers."""
-    config = _job_config(**locals())
+    options = dict(locals())
+    pool_name = options.pop("pool")
+    config = _job_config(**options)
     from parainfer.batch.job import Job
     from parainfer.batch.recovery import Interrupted
 
     try:
-        result = Job(config).run()
+        if pool_name is not None:
+            from parainfer.batch.pools import run_on_pool
+
+            result = run_on_pool(config, pool_name)
+        else:
+            result = Job(config).run()
     except Interrupted as e:
         print(str(e), file=sys.stderr)
         raise typer.Exit(130) from None
@@ -444,6 +453,57 @@ def simulate_command(
                                     "driver_s": workload.driver_s}, "rows": rows}, f, indent=1)
 
 
+pool_app = typer.Typer(no_args_is_help=True, help="Warm worker pools: workers with the model loaded, kept "
+                       "between jobs (`run --pool NAME`; docs/pools.md).", rich_markup_mode=_help_markup())
+app.add_typer(pool_app, name="pool")
+
+
+@pool_app.command("up")
+def pool_up(
+    name: str = typer.Argument(..., help="the pool's name (letters, digits, _ . -)"),
+    task: str = typer.Option("embed", help="classify | embed | generate | translate"),
+    model: Optional[str] = typer.Option(None, help="built-in name, local HF directory, or module:function"),
+    workers: int = typer.Option(1, help="worker processes N >= 1"),
+    executor: str = typer.Option("local", help="local (worker processes; the only one pools support yet)"),
+    dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 (as run's)"),
+    backend: str = typer.Option("auto", help="as run's --backend"),
+    device: str = typer.Option("cpu", help="as run's --device"),
+    threads_per_worker: Optional[int] = typer.Option(None, help="threads per worker (default cores / workers)"),
+) -> None:
+    """Start pool NAME in the background: N workers with the model loaded, until `pool down NAME`."""
+    from parainfer.batch.pools import pool_up as up
+    from parainfer.config import JobConfig
+
+    if executor != "local":
+        raise UsageError(f"pool up --executor {executor!r}: pools run local workers only (accepted: local)")
+    if workers < 1:
+        raise UsageError(f"--workers {workers}: a pool needs N >= 1 workers")
+    config = JobConfig(input="-", output="-", task=task, model=model, workers=workers, dtype=dtype, backend=backend,
+                       device=device, threads_per_worker=threads_per_worker, quiet=True)
+    state = up(name, config)
+    print(f"pool {name} up: {state['workers']} workers of {state['task']} {state['model']} (pid {state['pid']})")
+
+
+@pool_app.command("down")
+def pool_down(name: str = typer.Argument(..., help="the pool's name")) -> None:
+    """Stop pool NAME (its workers end with it)."""
+    from parainfer.batch.pools import pool_down as down
+
+    print(down(name))
+
+
+@pool_app.command("ls")
+def pool_ls() -> None:
+    """List the pools: name, task, model, workers, pid, uptime, status."""
+    from parainfer.batch.pools import pool_list
+
+    print(f"{'NAME':<16} {'TASK':<9} {'MODEL':<28} {'WORKERS':>7} {'PID':>8} {'UPTIME':>9}  STATUS")
+    for p in pool_list():
+        uptime = f"{p['uptime_s']:.0f}s" if p["uptime_s"] is not None else "-"
+        print(f"{p['name']:<16} {p['task']:<9} {p['model']:<28} {p['workers']:>7} {p['pid'] or '-':>8} "
+              f"{uptime:>9}  {p['status']}")
+
+
 from parainfer.serving.cli import serve_command  # noqa: E402
 
 app.command("serve")(serve_command)
@@ -478,7 +538,7 @@ def name_metavars(*typer_apps: typer.Typer) -> None:
                     info.metavar = METAVARS[kind]
 
 
-name_metavars(app, datasets_app)
+name_metavars(app, datasets_app, pool_app)
 
 
 def main() -> None:

@@ -106,9 +106,7 @@ class JobSetup:
             guard_output_paths(config)
         predictor = predictor or build_job_predictor(config)
         num_workers = worker_count(config, predictor)
-        decide_backend(predictor, config.recalibrate, config.threads_per_worker or default_threads(num_workers))
-        predictor.max_batch_tokens = config.max_batch_tokens  # workers hold it exactly
-        predictor.deterministic = config.deterministic  # canonical widths (models.hf_common)
+        prepare_predictor(config, predictor, num_workers)
         tuner = auto_batch_tuner(config, num_workers)
         batch_size = min(AUTO_BATCH_SIZE, tuner.max_size) if tuner else int(config.batch_size)
         bucket = config.bucket_window > 1
@@ -175,6 +173,15 @@ def build_job_predictor(config: JobConfig) -> Predictor:
         return batch_file_predictor(config, build_predictor)
     return build_predictor(config.task, config.model, config.dtype, config.device, trust=config.trust,
                            backend=config.backend, **config.generation, **config.translation)
+
+
+def prepare_predictor(config: JobConfig, predictor: Predictor, num_workers: int) -> None:
+    """Settle what a predictor computes with before workers load it: the backend (``--backend
+    auto`` decides once per model and machine, cached), ``max_batch_tokens`` and the
+    deterministic widths, from ``config``. Jobs and warm pools (``batch.pools``) alike."""
+    decide_backend(predictor, config.recalibrate, config.threads_per_worker or default_threads(num_workers))
+    predictor.max_batch_tokens = config.max_batch_tokens  # workers hold it exactly
+    predictor.deterministic = config.deterministic  # canonical widths (models.hf_common)
 
 
 def worker_count(config: JobConfig, predictor: Predictor) -> int:

@@ -189,6 +189,11 @@ class LocalExecutor(Executor):
         slot = self._slots[worker_id]
         return slot.proc.pid if slot is not None else None
 
+    def wait_handles(self) -> list[Any]:
+        """What ``poll`` waits on (each live worker's result pipe and process sentinel), for a caller
+        that waits on them together with its own connections (``executors.remote.relay``)."""
+        return [h for s in self._slots if s is not None for h in (s.results, s.proc.sentinel)]
+
     def poll(self, timeout: float) -> list[Event]:
         live = {w: s for w, s in enumerate(self._slots) if s is not None}
         handles: dict[Any, int] = {}
