@@ -5,8 +5,8 @@ Reads the weights of a Hugging Face ``*ForCausalLM`` of one of the architectures
 config.json, see :class:`Arch`) and computes exactly what HF computes (Touvron et al.
 2023, https://arxiv.org/abs/2302.13971): token embedding; per layer RMSNorm -> attention
 (Qwen2: q/k/v biases; Qwen3: a per-head RMSNorm on q and k before rotation; Mistral: a sliding
-window over the keys) with rotary position embeddings (cos/sin tables taken from HF's own rotary module, so rope_theta
-and any rope scaling match) and grouped-query heads -> residual -> RMSNorm -> SiLU-gated MLP
+window over the keys) with rotary position embeddings (cos/sin tables taken from HF's own
+rotary module, so rope_theta and any rope scaling match) and grouped-query heads -> residual -> RMSNorm -> SiLU-gated MLP
 -> residual; final RMSNorm; tied or separate LM head. Two fusions cut per-layer op count:
 q/k/v projections are one matmul, gate/up projections are one matmul; weights are prepacked
 for oneDNN (:mod:`parainfer.generation.linear`).
@@ -26,13 +26,13 @@ from parainfer.generation.kv_cache import KVCache
 from parainfer.generation.linear import Linear
 
 
-
 @dataclass(frozen=True)
 class Arch:
     """What one architecture (a config.json ``model_type``) changes in the shared forward.
 
     Attributes:
-        qkv_bias: q/k/v projections may carry biases (read from the weights: Qwen2 has them).
+        qkv_bias: q/k/v projections may carry biases (loaded when the weights have them: Qwen2
+            always, Llama and Qwen3 with ``attention_bias=True``).
         qk_norm: a per-head RMSNorm (over head_dim, own weights per layer) on queries and keys
             before the rotary embedding (Qwen3, https://arxiv.org/abs/2505.09388).
         sliding_window: the config's ``sliding_window`` limits attention to the last W keys
@@ -109,7 +109,7 @@ class DecoderForward:
     def _layer(self, layer: Any, w: Any, pack: bool) -> _Layer:
         att, mlp = layer.self_attn, layer.mlp
         qkv_bias = None
-        if att.q_proj.bias is not None:
+        if self.arch.qkv_bias and att.q_proj.bias is not None:
             qkv_bias = w(torch.cat([att.q_proj.bias, att.k_proj.bias, att.v_proj.bias]))
         o_bias = None if att.o_proj.bias is None else w(att.o_proj.bias)
         q_norm = k_norm = None
