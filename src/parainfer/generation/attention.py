@@ -5,8 +5,10 @@ sequence's tokens back to back, unpadded. Every row's keys/values are first writ
 cache at ``slot_mapping``; then decode rows attend, all in one ``scaled_dot_product_attention``
 call, to their cached keys/values gathered through their block tables (grouped-query heads in
 the query-length axis, no copy), and each prefill chunk attends causally to its own
-keys/values (a first chunk) or to its cached prefix plus itself (a later chunk). The layout
-and masks: docs/generation.md, "Attention over a mixed batch".
+keys/values (a first chunk) or to its cached prefix plus itself (a later chunk). With a
+sliding window W (Mistral) every query sees only the keys of its last W positions: the decode
+mask and the chunk masks also hide older keys. The layout and masks: docs/generation.md,
+"Attention over a mixed batch".
 """
 
 from __future__ import annotations
@@ -31,11 +33,16 @@ class AttentionMetadata:
             position, block ids [ceil(end position / block_size)] or None when the chunk starts
             at position 0).
         prefill_masks: per prefill chunk, its causal mask over the cached keys ([L, end] bool,
-            built once per step instead of once per layer), or None (built in each layer).
+            built once per step instead of once per layer), or None (built in each layer; a
+            first chunk then uses SDPA's ``is_causal``, so a first chunk longer than the sliding
+            window must carry its mask).
         decode_exact: deterministic mode: per decode row, (its block ids [ceil(length /
             block_size)], its context length); each row then attends alone over exactly its own
             keys, so its bits never depend on the other rows (``decode_block_tables`` and
             ``decode_mask`` are None). None: all decode rows in one padded call.
+        sliding_window: W, a query at position p attends to keys p - W + 1 .. p (HF's
+            ``sliding_window_overlay``: kv_idx > q_idx - W); None: to all keys 0 .. p. The
+            masks above must already apply it; ``decode_exact`` rows apply it here.
     """
 
     slot_mapping: torch.Tensor
@@ -45,6 +52,7 @@ class AttentionMetadata:
     prefill_bounds: list[tuple[int, int, int, torch.Tensor | None]]
     prefill_masks: list[torch.Tensor | None] | None = None
     decode_exact: list[tuple[torch.Tensor, int]] | None = None
+    sliding_window: int | None = None
 
 
 def paged_attention(
@@ -72,14 +80,15 @@ def paged_attention(
     parts = []
     bd = meta.num_decode
     if bd and meta.decode_exact is not None:
-        parts.extend(_decode_one(q[i:i + 1], kv_cache, blocks, length).reshape(1, num_heads * head_dim)
+        parts.extend(_decode_one(q[i:i + 1], kv_cache, blocks, length, meta.sliding_window)
+                     .reshape(1, num_heads * head_dim)
                      for i, (blocks, length) in enumerate(meta.decode_exact))
     elif bd:
         parts.append(_decode(q[:bd], kv_cache, meta).reshape(bd, num_heads * head_dim))
     masks = meta.prefill_masks or [None] * len(meta.prefill_bounds)
     for (start, end, first, blocks), mask in zip(meta.prefill_bounds, masks):
         if blocks is None:
-            parts.append(_prefill(q[start:end], k[start:end], v[start:end]))
+            parts.append(_prefill(q[start:end], k[start:end], v[start:end], mask))
         else:
             parts.append(_prefill_chunk(q[start:end], kv_cache, blocks, first, mask))
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
@@ -98,31 +107,40 @@ def _decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata) ->
     return F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=meta.decode_mask)
 
 
-def _decode_one(q: torch.Tensor, kv_cache: torch.Tensor, blocks: torch.Tensor, length: int) -> torch.Tensor:
+def _decode_one(q: torch.Tensor, kv_cache: torch.Tensor, blocks: torch.Tensor, length: int,
+                window: int | None = None) -> torch.Tensor:
     """One decode row alone: q [1, H, D] over exactly its ``length`` cached keys/values (in
-    ``blocks``), no mask, no padding; returns [1, KV, G, D]. The same shapes whatever the batch."""
+    ``blocks``; only the last ``window`` of them with a sliding window), no mask, no padding;
+    returns [1, KV, G, D]. The same shapes whatever the batch."""
     _, num_heads, head_dim = q.shape
     num_kv = kv_cache.shape[3]
-    kv = _gather_blocks(kv_cache, blocks)[:, :length].transpose(1, 2).unsqueeze(1)  # [2, 1, KV, L, D]
+    first = max(0, length - window) if window else 0
+    kv = _gather_blocks(kv_cache, blocks)[:, first:length].transpose(1, 2).unsqueeze(1)  # [2, 1, KV, L, D]
     return F.scaled_dot_product_attention(q.view(1, num_kv, num_heads // num_kv, head_dim), kv[0], kv[1])
 
 
-def _prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal attention of one sequence from position 0: q [L, H, D], k/v [L, KV, D] -> [L, H*D]."""
+def _prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal attention of one sequence from position 0: q [L, H, D], k/v [L, KV, D] -> [L, H*D].
+    ``mask``: [L, L] bool (``chunk_mask(0, L, window)``), or None for plain causal attention."""
     length, num_heads, head_dim = q.shape
     out = F.scaled_dot_product_attention(
         q.transpose(0, 1).unsqueeze(0),
         k.transpose(0, 1).unsqueeze(0),
         v.transpose(0, 1).unsqueeze(0),
-        is_causal=True,
+        attn_mask=mask,
+        is_causal=mask is None,
         enable_gqa=num_heads != k.shape[1],
     )
     return out[0].transpose(0, 1).reshape(length, num_heads * head_dim)
 
 
-def chunk_mask(first: int, length: int) -> torch.Tensor:
-    """[length, first + length] bool: the query at position first + i sees keys 0 .. first + i."""
-    return torch.arange(first + length).unsqueeze(0) <= (first + torch.arange(length)).unsqueeze(1)
+def chunk_mask(first: int, length: int, window: int | None = None) -> torch.Tensor:
+    """[length, first + length] bool: the query at position first + i sees keys 0 .. first + i
+    (with a sliding ``window`` W only keys first + i - W + 1 .. first + i)."""
+    keys = torch.arange(first + length).unsqueeze(0)
+    queries = (first + torch.arange(length)).unsqueeze(1)
+    mask = keys <= queries
+    return mask if window is None else mask & (keys > queries - window)
 
 
 def _prefill_chunk(q: torch.Tensor, kv_cache: torch.Tensor, blocks: torch.Tensor, first: int,

@@ -31,7 +31,7 @@ from parainfer.generation.engine_config import EngineConfig
 from parainfer.generation.grammar import GrammarCompiler, GrammarState
 from parainfer.generation.invariance import batch_invariance
 from parainfer.generation.kv_cache import BlockManager, KVCache
-from parainfer.generation.llama import LlamaForward
+from parainfer.generation.llama import DecoderForward
 from parainfer.generation.model_runner import ModelRunner
 from parainfer.generation.outputs import GenerationResult, RequestOutput
 from parainfer.generation.postprocess import append_token, eos_token_ids, make_output, make_result
@@ -47,7 +47,7 @@ class LLMEngine:
     """Generates text for many requests at once; requests join and leave at every step.
 
     Args:
-        model: a local HF causal-LM directory (Llama, Mistral or Qwen2 layout).
+        model: a local HF causal-LM directory of a type in ``llama.ARCHS`` (Llama, Mistral, Qwen2, Qwen3).
         config: engine settings; keyword arguments override its fields
             (``LLMEngine(path, dtype="bfloat16", max_num_seqs=32)``).
 
@@ -89,7 +89,7 @@ class LLMEngine:
         self.max_model_len = min(cfg.max_model_len or window, window)
         self.tokenizer = tokenizer
         with torch.inference_mode():
-            self.model = LlamaForward(hf_model, cfg.torch_dtype, self.max_model_len, pack=cfg.onednn)
+            self.model = DecoderForward(hf_model, cfg.torch_dtype, self.max_model_len, pack=cfg.onednn)
         m = self.model
         cfg = cfg.with_num_blocks(
             KVCache.bytes_per_token(m.num_layers, m.num_kv_heads, m.head_dim, cfg.torch_dtype),

@@ -12,14 +12,14 @@ from typing import Any
 import torch
 
 from parainfer.generation.engine_config import EngineConfig
-from parainfer.generation.llama import LlamaForward
+from parainfer.generation.llama import DecoderForward
 
 # Row counts the generation probe runs the row-wise layers at (a step's rows: 1 decode row up to a
 # prefill chunk); each row must get the same bits at every count.
 PROBE_ROWS = (1, 2, 3, 8, 17, 64)
 
 
-def batch_invariance(model: LlamaForward, config: EngineConfig) -> dict[str, Any]:
+def batch_invariance(model: DecoderForward, config: EngineConfig) -> dict[str, Any]:
     """Whether a greedy request's tokens are independent of the running batch, and why (for
     /health and the engine's users): {"deterministic": bool, "mode": str, "reason": str}.
 

@@ -13,7 +13,7 @@ import torch
 
 from parainfer.generation.attention import AttentionMetadata, chunk_mask
 from parainfer.generation.kv_cache import KVCache
-from parainfer.generation.llama import LlamaForward
+from parainfer.generation.llama import DecoderForward
 from parainfer.generation.sampler import sample
 from parainfer.generation.scheduler import ScheduledBatch
 
@@ -22,14 +22,15 @@ class ModelRunner:
     """Owns the model forward and the KV cache tensors.
 
     Args:
-        model: the :class:`LlamaForward` weights.
+        model: the :class:`DecoderForward` weights (its ``sliding_window`` shapes the masks).
         kv_cache: the paged cache (its block ids come from the scheduler's BlockManager).
     """
 
-    def __init__(self, model: LlamaForward, kv_cache: KVCache, deterministic: bool = False) -> None:
+    def __init__(self, model: DecoderForward, kv_cache: KVCache, deterministic: bool = False) -> None:
         self.model = model
         self.kv_cache = kv_cache
         self.block_size = kv_cache.block_size
+        self.window = getattr(model, "sliding_window", None)
         self.deterministic = deterministic  # decode rows attend one by one (AttentionMetadata.decode_exact)
 
     @torch.inference_mode()
@@ -75,8 +76,9 @@ class ModelRunner:
             decode_block_tables=tables,
             decode_mask=mask,
             prefill_bounds=bounds,
-            prefill_masks=[None if b[3] is None else chunk_mask(b[2], b[1] - b[0]) for b in bounds],
+            prefill_masks=[self._chunk_mask(b) for b in bounds],
             decode_exact=exact,
+            sliding_window=self.window,
         )
         return (
             torch.tensor(ids, dtype=torch.long),
@@ -84,6 +86,14 @@ class ModelRunner:
             meta,
             torch.tensor(logit_rows, dtype=torch.long),
         )
+
+    def _chunk_mask(self, bound: tuple) -> torch.Tensor | None:
+        """A chunk's mask (``chunk_mask``); None for a first chunk that plain causal attention
+        covers (no window, or the chunk fits in it)."""
+        row, end, first, blocks = bound
+        if blocks is None and (self.window is None or end - row <= self.window):
+            return None
+        return chunk_mask(first, end - row, self.window)
 
     def _decode_tables(self, batch: ScheduledBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Block tables padded to the longest one [Bd, MB], and the key mask [Bd, 1, 1, MB * bs]:
@@ -94,6 +104,9 @@ class ModelRunner:
         width = max(len(s.block_table) for s in batch.decode)
         tables = torch.tensor([s.block_table + [0] * (width - len(s.block_table)) for s in batch.decode])
         lengths = torch.tensor([s.num_tokens for s in batch.decode])
-        past_end = torch.arange(width * self.block_size).unsqueeze(0) >= lengths.unsqueeze(1)
+        keys = torch.arange(width * self.block_size).unsqueeze(0)
+        past_end = keys >= lengths.unsqueeze(1)
+        if self.window is not None:  # the query at position length - 1 sees keys > length - 1 - window
+            past_end |= keys < (lengths - self.window).unsqueeze(1)
         mask = torch.zeros(past_end.shape, dtype=self.kv_cache.tensor.dtype).masked_fill_(past_end, float("-inf"))
         return tables, mask[:, None, None, :]
