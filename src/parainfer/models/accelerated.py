@@ -36,6 +36,20 @@ OPSET = 17
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
+def ort_session(path: str | os.PathLike, threads: int | None = None) -> Any:
+    """A CPU InferenceSession with intra-op threads = ``threads``, else OMP_NUM_THREADS (set by
+    the worker), else ORT's default."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    threads = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags from /proc/cpuinfo (empty where unreadable)."""
     try:
@@ -188,8 +202,6 @@ class RuntimeModule:
             self._compiled = core.compile_model(str(path), "CPU", cfg)
             self.inputs = {i.get_any_name() for i in self._compiled.inputs}
         else:
-            from parainfer.models.onnx_model import ort_session
-
             self._session = ort_session(path, threads)
             self.inputs = {i.name for i in self._session.get_inputs()}
 

@@ -184,7 +184,7 @@ def _available(path: str) -> str | None:
 def calibration_texts() -> list[str]:
     """The dtype check's 12 texts at three lengths (each alone, in pairs, in fours joined by a
     space): 24 texts of about 5 to 120 tokens, the length mix of short reviews and news."""
-    from parainfer.models.hf_common import CALIBRATION_TEXTS as T
+    from parainfer.models.calibration import CALIBRATION_TEXTS as T
 
     pairs = [f"{T[i]} {T[i + 1]}" for i in range(0, len(T), 2)]
     fours = [" ".join(T[i:i + 4]) for i in range(0, len(T), 2)]

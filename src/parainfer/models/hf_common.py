@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from parainfer.errors import UsageError
+from parainfer.models.calibration import CALIBRATION_TEXTS  # noqa: F401 - re-exported
 from parainfer.models.dtype import check_dtype, resolve_dtype
 from parainfer.counts import MAX_CHARS_PER_TOKEN
 from parainfer.counts import TokenCounts, split_by_padding, within_budget
@@ -42,22 +43,6 @@ CANONICAL_WIDTH_STEP: int | None = None
 # each wider one, the first two (the probe must stay well under a second of a worker's load).
 PROBE_BATCH_SIZES = (2, 3, 8, 17, 32)
 
-# Calibration texts for the ``auto`` dtype check: varied length, sentiment and vocabulary.
-CALIBRATION_TEXTS = [
-    "I loved this film, the acting was superb and the story moved me.",
-    "Terrible service. We waited an hour and the food was cold.",
-    "The committee will meet on Tuesday to discuss the budget proposal.",
-    "not bad at all :)",
-    "Shares of the company fell 4% after the quarterly earnings report missed estimates.",
-    "What a waste of money, it broke after two days and support never answered.",
-    "The quick brown fox jumps over the lazy dog.",
-    "Honestly? Best purchase I've made all year. Works perfectly, battery lasts for days.",
-    "The government announced new measures to curb inflation, but critics say they come too late "
-    "and will hurt the poorest households the most, while doing little for growth.",
-    "meh",
-    "He scored twice in the second half to secure the win for his team.",
-    "I can't believe how boring and predictable this sequel turned out to be.",
-]
 
 
 def canonical_width(length: int, window: int | None, step: int | None = None) -> int:

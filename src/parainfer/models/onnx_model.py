@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from parainfer.models.accelerated import ort_session
 from parainfer.models.base import Predictor
 from parainfer.models.hf_common import HFTokenizerMixin
 
@@ -35,20 +36,6 @@ def mean_pool_np(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     m = mask[..., None].astype(np.float32)
     pooled = (hidden.astype(np.float32) * m).sum(1) / np.clip(m.sum(1), 1e-9, None)
     return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
-
-
-def ort_session(path: str | os.PathLike, threads: int | None = None) -> Any:
-    """A CPU InferenceSession with intra-op threads = ``threads``, else OMP_NUM_THREADS (set by
-    the worker), else ORT's default."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    threads = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 class OnnxPredictor(HFTokenizerMixin, Predictor):
