@@ -105,7 +105,7 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str, tmp_path
 
 @pytest.mark.parametrize("args, needle", [
     (["in.jsonl"], "Missing option '--output'"),
-    (["in.jsonl", "-o", "o.jsonl", "--workers", "two"], "Invalid value for '--workers'"),
+    (["in.jsonl", "-o", "o.jsonl", "--workers", "two"], "--workers 'two': expected a count N"),
     (["in.jsonl", "-o", "o.jsonl", "--bogus"], "No such option: --bogus"),
 ])
 def test_command_line_syntax_errors_exit_2_without_a_traceback(args: list[str], needle: str, tmp_path: Path,
