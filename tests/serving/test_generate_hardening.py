@@ -26,8 +26,10 @@ QUEUE = 8
 @pytest.fixture(scope="module")
 def url():
     threads = int(os.environ.get("PARAINFER_TEST_THREADS", "1"))
+    # A fuzzed chat without max_tokens generates 256 tokens: ~32 s at batch 1 on one loaded core,
+    # past the default 30 s request timeout (a 504 by design); these tests are about bad input.
     with running_server(wait_ready=False, task="generate", api_key="k", max_queue=QUEUE, max_num_seqs=QUEUE,
-                        threads_per_worker=threads) as base:
+                        threads_per_worker=threads, request_timeout_s=300) as base:
         deadline = time.monotonic() + 300
         while httpx.get(base + "/health").status_code != 200:
             assert time.monotonic() < deadline, "engine did not load"
