@@ -25,21 +25,21 @@ def predictor_from_manifest(task: str, path: Path, dtype: str = "auto", device: 
     from parainfer.models.manifest import read_manifest
 
     m = read_manifest(path)
-    backend, files = m["backend"], m.get("files", {})
+    kind, files = m["backend"], m.get("files", {})  # the manifest's backend: which predictor module
     if m.get("task", "classify") != task:
-        raise UsageError(f"model directory {str(path)!r} is a {m.get('task')} model (backend {backend}); "
+        raise UsageError(f"model directory {str(path)!r} is a {m.get('task')} model (backend {kind}); "
                          f"use --task {m.get('task')}")
-    if backend == "sklearn":
+    if kind == "sklearn":
         from parainfer.models.sklearn_model import SklearnPredictor
 
         return SklearnPredictor(path / files["model"], m.get("labels"), trust=trust)
-    if backend == "head":
+    if kind == "head":
         from parainfer.models.hf_classify import HeadClassifierPredictor
 
         encoder = m.get("preprocessing", {}).get("encoder_dir")
         return HeadClassifierPredictor(path / files["head"], model_dir=encoder or None, dtype=dtype, device=device,
                                        backend=backend)
-    if backend == "keras":
+    if kind == "keras":
         from parainfer.models.keras_model import KerasPredictor
 
         return KerasPredictor(path, m)
