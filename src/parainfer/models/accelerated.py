@@ -23,7 +23,6 @@ Files, per model:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -79,13 +78,9 @@ def files_folder(model_dir: Path, kind: str) -> Path:
 
     from parainfer.platform.user_cache import user_cache_folder
 
-    h = hashlib.sha256()
-    root = Path(model_dir).resolve()
-    h.update(str(root).encode())
-    for p in sorted(root.iterdir()):
-        if p.is_file():
-            st = p.stat()
-            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    from parainfer.models.dtype_cache import model_files_hash
+
+    h = model_files_hash(model_dir)
     h.update(f"{kind}|{torch.__version__}|{onnxruntime.__version__}|{sorted(cpu_flags() & VNNI_FLAGS)}".encode())
     base = user_cache_folder("onnx", "PARAINFER_ONNX_CACHE") or Path(tempfile.gettempdir()) / "parainfer-onnx"
     return base / h.hexdigest()[:32]

@@ -40,10 +40,10 @@ def _cpu_identity() -> str:
         return platform.processor()
 
 
-def decision_key(model_dir: Path, predictor_class: str, device: str) -> str:
-    """Hex SHA-256 naming one (model files, predictor class, device, CPU, torch) combination."""
-    import torch
-
+def model_files_hash(model_dir: Path) -> "hashlib._Hash":
+    """A SHA-256 object fed with ``model_dir``'s resolved path and the name, size and mtime (ns)
+    of each file in it (sorted): a model changed on disk gives another key. Callers add their own
+    parts and take ``hexdigest()``."""
     h = hashlib.sha256()
     root = Path(model_dir).resolve()
     h.update(str(root).encode())
@@ -51,6 +51,14 @@ def decision_key(model_dir: Path, predictor_class: str, device: str) -> str:
         if p.is_file():
             st = p.stat()
             h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h
+
+
+def decision_key(model_dir: Path, predictor_class: str, device: str) -> str:
+    """Hex SHA-256 naming one (model files, predictor class, device, CPU, torch) combination."""
+    import torch
+
+    h = model_files_hash(model_dir)
     h.update(f"{predictor_class}|{device.split(':')[0]}|{torch.__version__}|".encode())
     h.update(_cpu_identity().encode())
     return h.hexdigest()
