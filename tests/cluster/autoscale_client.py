@@ -17,7 +17,7 @@ import time
 
 import httpx
 
-from serve_client import wait_ready
+from serve_client import post_classify, wait_ready
 
 
 def main(url: str) -> None:
@@ -26,15 +26,7 @@ def main(url: str) -> None:
     wrong, wanted, seen = [0], [1], []
 
     def client(k: int) -> None:
-        with httpx.Client(timeout=60) as http:
-            i = 0
-            while k < wanted[0]:
-                texts = ["x" * (1 + (k * 7 + i + j) % 50) for j in range(3)]
-                r = http.post(url + "/v1/classify", json={"input": texts})
-                codes[r.status_code] += 1
-                if r.status_code == 200 and [d["length"] for d in r.json()["data"]] != [len(t) for t in texts]:
-                    wrong[0] += 1
-                i += 1
+        post_classify(url, k, lambda: k < wanted[0], codes, wrong)
 
     def until(what, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -11,6 +11,7 @@ import json
 import sys
 import threading
 import time
+from typing import Callable
 
 import httpx
 
@@ -28,6 +29,20 @@ def wait_ready(url: str, seconds: float) -> None:
         time.sleep(0.1)
 
 
+def post_classify(url: str, k: int, going: Callable[[], bool], codes: collections.Counter, wrong: list[int]) -> None:
+    """Client ``k``: post /v1/classify (3 texts of 1-50 "x"s each) while ``going()``; count each
+    status code in ``codes`` and each 200 whose lengths do not match its texts in ``wrong[0]``."""
+    with httpx.Client(timeout=60) as http:
+        i = 0
+        while going():
+            texts = ["x" * (1 + (k * 7 + i + j) % 50) for j in range(3)]
+            r = http.post(url + "/v1/classify", json={"input": texts})
+            codes[r.status_code] += 1
+            if r.status_code == 200 and [d["length"] for d in r.json()["data"]] != [len(t) for t in texts]:
+                wrong[0] += 1
+            i += 1
+
+
 def main(url: str, seconds: float) -> None:
     wait_ready(url, 120)
     print("READY", flush=True)
@@ -35,18 +50,8 @@ def main(url: str, seconds: float) -> None:
     wrong = [0]
     end = time.monotonic() + seconds
 
-    def client(k: int) -> None:
-        with httpx.Client(timeout=60) as http:
-            i = 0
-            while time.monotonic() < end:
-                texts = ["x" * (1 + (k * 7 + i + j) % 50) for j in range(3)]
-                r = http.post(url + "/v1/classify", json={"input": texts})
-                codes[r.status_code] += 1
-                if r.status_code == 200 and [d["length"] for d in r.json()["data"]] != [len(t) for t in texts]:
-                    wrong[0] += 1
-                i += 1
-
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    threads = [threading.Thread(target=post_classify, args=(url, k, lambda: time.monotonic() < end, codes, wrong))
+               for k in range(4)]
     for t in threads:
         t.start()
     for t in threads:
