@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from bench_serving import BUILTIN_TEXTS, Connection, Point, load_texts, one_request, server
+from bench_serving import BUILTIN_TEXTS, Point, closed_loop, load_texts, server
 
 
 @dataclass
@@ -81,13 +81,7 @@ async def stepped(url: str, texts: list[str], name: str, phases: list[tuple[int,
         point = Point(name, f"{clients} client{'s' if clients > 1 else ''}, {duration:g} s")
         start = time.perf_counter()
         end = start + duration
-
-        async def loop() -> None:
-            conn = Connection(host, int(port))
-            while time.perf_counter() < end:
-                await one_request(conn, texts, point, rng)
-            conn.close()
-        await asyncio.gather(*(loop() for _ in range(clients)))
+        await closed_loop(host, port, clients, end, texts, point, rng)
         point.wall_s = time.perf_counter() - start
         results.append((point, start - t0, time.perf_counter() - t0))
     await asyncio.sleep(1.0)

@@ -237,6 +237,18 @@ def decode_embedding(content: bytes) -> np.ndarray:
     return np.asarray(vector, dtype=np.float32)
 
 
+async def closed_loop(host: str, port: int | str, clients: int, end: float, texts: list[str], point: Point,
+                      rng: random.Random) -> None:
+    """``clients`` closed-loop clients, each on its own connection, sending requests (``one_request``)
+    until ``time.perf_counter()`` passes ``end``."""
+    async def loop() -> None:
+        conn = Connection(host, int(port))
+        while time.perf_counter() < end:
+            await one_request(conn, texts, point, rng)
+        conn.close()
+    await asyncio.gather(*(loop() for _ in range(clients)))
+
+
 async def one_request(conn: Connection, texts: list[str], point: Point, rng: random.Random) -> None:
     text = rng.choice(texts)
     body = json.dumps({"model": "bench", "input": [text], "encoding_format": point.encoding}).encode()
@@ -266,12 +278,7 @@ async def run_point(url: str, texts: list[str], point: Point, duration: float, c
         t0 = time.perf_counter()
         end = t0 + duration
         if clients:
-            async def loop() -> None:
-                conn = Connection(host, int(port))
-                while time.perf_counter() < end:
-                    await one_request(conn, texts, point, rng)
-                conn.close()
-            await asyncio.gather(*(loop() for _ in range(clients)))
+            await closed_loop(host, port, clients, end, texts, point, rng)
         else:
             idle: list[Connection] = []
 
