@@ -9,7 +9,6 @@ handle) and exit when the driver process is gone (no orphans after a driver SIGK
 
 from __future__ import annotations
 
-import os
 import queue
 import time
 import traceback
@@ -18,7 +17,7 @@ from typing import Any
 from parainfer.executors.base import WARM_ENV, ShardTask, Task, TaskResult, WorkerFailed, WorkerReady
 from parainfer.models.base import Predictor, RecordFailure
 from parainfer.counts import TokenCounts
-from parainfer.executors.worker_env import enter_worker_process, pin_torch_threads, place_predictor
+from parainfer.executors.worker_env import driver_gone, enter_worker_process, pin_torch_threads, place_predictor
 
 
 def _describe_error(e: BaseException) -> str:
@@ -130,12 +129,11 @@ def worker_main(worker_id: int, predictor: Predictor, inbox: Any, outbox: Any, t
     phases["started_at"] = started_at
     outbox.send(WorkerReady(worker_id, load_s, predictor.describe(), phases))
     _warm(env.get(WARM_ENV, ""))
-    parent = os.getppid()
     while True:
         try:
             task = inbox.get(timeout=1.0)
         except queue.Empty:
-            if os.getppid() != parent:  # the driver died (SIGKILL): nobody will read our results
+            if driver_gone():  # the driver died (SIGKILL): nobody will read our results
                 return
             continue
         if task is None:

@@ -66,7 +66,41 @@ def enter_worker_process(worker_id: int, threads: int | None, env: dict[str, str
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if env.get(DIE_WITH_PARENT) == "1":
         die_with_parent()
+        if driver_gone():  # it died before the kernel could be asked: nobody would ever stop us
+            os._exit(0)
     prepare_worker_env(worker_id, threads, env)
+
+
+_driver_fd: int | None = None
+_driver_ppid: int | None = None
+
+
+def driver_gone() -> bool:
+    """True once this process's driver (multiprocessing's ``parent_process()``: the process
+    that started it, also when the OS parent is a forkserver) has exited, a zombie not yet
+    reaped included. Linux: a pidfd on the driver, opened at the first call (readable once the
+    driver exits, whatever its pid is reused for); elsewhere, or outside multiprocessing: the
+    OS parent pid seen at the first call changed. Why not ``os.getppid()`` alone: a worker
+    forked by the forkserver just as the driver died is re-parented before it could ask for
+    the parent-death signal, and would wait for tasks forever (holding the driver's stderr)."""
+    global _driver_fd, _driver_ppid
+    if _driver_fd is None and _driver_ppid is None:
+        import multiprocessing
+
+        parent = multiprocessing.parent_process()
+        _driver_ppid = os.getppid()
+        if parent is not None and parent.pid and hasattr(os, "pidfd_open"):
+            try:
+                _driver_fd = os.pidfd_open(parent.pid)
+            except ProcessLookupError:
+                return True
+            except OSError:  # no pidfd support in this kernel
+                pass
+    if _driver_fd is not None:
+        import select
+
+        return bool(select.select([_driver_fd], [], [], 0)[0])
+    return os.getppid() != _driver_ppid
 
 
 def die_with_parent() -> None:

@@ -29,7 +29,7 @@ from parainfer.executors.engine_replicas.handles import (
     SequenceFailed,
     SequenceOutput,
 )
-from parainfer.executors.worker_env import enter_worker_process
+from parainfer.executors.worker_env import driver_gone, enter_worker_process
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,6 @@ def replica_process_main(worker_id: int, spec: EngineSpec, commands: Any, events
 
 
 def _send_forever(host: EngineHost, events: Any, done: threading.Event) -> None:
-    parent = os.getppid()
     while not done.is_set():
         messages = host.drain(0.5)
         try:
@@ -193,5 +192,5 @@ def _send_forever(host: EngineHost, events: Any, done: threading.Event) -> None:
                 events.send(messages)
         except (BrokenPipeError, EOFError, OSError):
             os._exit(0)  # the server is gone
-        if os.getppid() != parent:
+        if driver_gone():
             os._exit(0)
