@@ -18,7 +18,8 @@ from conftest import running_server
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 MESSAGES = [{"role": "user", "content": "Tell me a short story."}]
 WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 16}}, "required": ["city"]}
-TIME = {"type": "object", "properties": {"zone": {"enum": ["UTC", "CET", "PST"]}}, "required": ["zone"]}
+TIME = {"type": "object", "properties": {"zone": {"$ref": "#/$defs/zone"}}, "required": ["zone"],
+        "$defs": {"zone": {"enum": ["UTC", "CET", "PST"]}}}  # its ref resolves in the tool-call schema too
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
                                            "parameters": WEATHER}},
          {"type": "function", "function": {"name": "get_time", "description": "Time in a zone", "parameters": TIME}}]

@@ -202,11 +202,13 @@ def tool_choice(body: Any) -> tuple[str, str | None]:
 def tool_call_format(body: Any) -> dict | None:
     """The ``response_format`` that forces a tool call (tool_choice "required" or named): a JSON
     object ``{"name": <a function's name>, "arguments": <its parameters schema>}``, compiled and
-    enforced by the same grammar machinery as a ``json_schema`` response_format. None when no
-    call is forced.
+    enforced by the same grammar machinery as a ``json_schema`` response_format (each schema's
+    ``$defs`` move to the root, where its ``#/$defs/...`` refs resolve). None when no call is
+    forced.
 
     Raises:
-        ApiError: 400 ``invalid_tool_choice`` when ``response_format`` is set too.
+        ApiError: 400 ``invalid_tool_choice`` when ``response_format`` is set too;
+            ``invalid_tools`` when two tools define one ``$defs`` name differently.
     """
     if not hasattr(body, "messages"):
         return None
@@ -216,11 +218,20 @@ def tool_call_format(body: Any) -> dict | None:
     if body.response_format is not None and body.response_format.get("type") != "text":
         raise ApiError(400, f"tool_choice={body.tool_choice!r} and response_format cannot both constrain the "
                             "output; leave one out", param="response_format", code="invalid_tool_choice")
-    branches = [{"type": "object", "properties": {"name": {"const": fn["name"]},
-                                                  "arguments": fn.get("parameters") or {"type": "object"}},
-                 "required": ["name", "arguments"], "additionalProperties": False}
-                for fn in (t["function"] for t in body.tools) if mode == "required" or fn["name"] == name]
+    branches, defs = [], {}
+    for fn in (t["function"] for t in body.tools):
+        if mode == "named" and fn["name"] != name:
+            continue
+        params = dict(fn.get("parameters") or {"type": "object"})
+        for key, value in params.pop("$defs", {}).items():  # "#/$defs/X" refs resolve from the root
+            if defs.setdefault(key, value) != value:
+                raise ApiError(400, f"tools define $defs/{key} differently; give the definitions distinct names",
+                               param="tools", code="invalid_tools")
+        branches.append({"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": params},
+                         "required": ["name", "arguments"], "additionalProperties": False})
     schema = branches[0] if len(branches) == 1 else {"anyOf": branches}
+    if defs:
+        schema = {**schema, "$defs": defs}
     return {"type": "json_schema", "json_schema": {"name": "tool_call", "schema": schema}}
 
 
