@@ -34,7 +34,8 @@ LINES = [
     ("empty", "/v1/embeddings", {"input": ""}),
     ("none", "/v1/embeddings", {"input": []}),
     ("dims", "/v1/embeddings", {"input": "hello world", "dimensions": 64}),
-    ("n2", "/v1/chat/completions", {**CHAT, "n": 2}),
+    ("n2", "/v1/chat/completions", {**SAMPLED, "n": 2}),
+    ("n99", "/v1/chat/completions", {**CHAT, "n": 99}),
     ("bad-temp", "/v1/chat/completions", {**CHAT, "temperature": "hot"}),
     ("bad-max", "/v1/chat/completions", {**CHAT, "max_tokens": "many"}),
     ("emb", "/v1/embeddings", {"input": "duplicate id"}),
@@ -67,7 +68,7 @@ def test_a_mixed_batch_file_gets_openai_result_lines_in_input_order(tmp_path: Pa
         assert r["response"]["request_id"].startswith("req_")
     status = {c: r["response"]["status_code"] for c, r in by_id.items()}
     assert status == {"chat": 200, "emb": 200, "text": 200, "seed-a": 200, "seed-b": 200, "b64": 200, "gpt": 200,
-                      "empty": 400, "none": 400, "dims": 400, "n2": 400, "bad-temp": 422, "bad-max": 422}
+                      "empty": 400, "none": 400, "dims": 400, "n2": 200, "n99": 400, "bad-temp": 422, "bad-max": 422}
     body = {c: r["response"]["body"] for c, r in by_id.items()}
     chat = ChatCompletionResponse.model_validate(body["chat"])
     assert chat.model == "SmolLM2-135M-Instruct" and 1 <= chat.usage.completion_tokens <= 4
@@ -91,9 +92,13 @@ def test_a_mixed_batch_file_gets_openai_result_lines_in_input_order(tmp_path: Pa
     assert (body["empty"]["error"]["code"], body["empty"]["error"]["param"]) == ("empty_input", "input")
     assert "empty list" in body["none"]["error"]["message"]
     assert body["dims"]["error"]["code"] == "invalid_dimensions" and "matryoshka" in body["dims"]["error"]["message"]
-    assert body["n2"]["error"]["param"] == "n" and body["bad-temp"]["error"]["param"] == "temperature"
+    assert body["n99"]["error"]["param"] == "n" and body["bad-temp"]["error"]["param"] == "temperature"
+    # n choices: choice i samples with seed + i (choice 0 is the n=1 answer), the prompt counted once
+    assert [c["index"] for c in body["n2"]["choices"]] == [0, 1]
+    assert body["n2"]["choices"][0]["message"] == body["seed-a"]["choices"][0]["message"]
+    assert body["n2"]["usage"]["prompt_tokens"] == body["seed-a"]["usage"]["prompt_tokens"]
     errors = read_jsonl(tmp_path / "results.errors.jsonl")
-    assert [e["line"] for e in errors] == [4, 15]
+    assert [e["line"] for e in errors] == [4, 16]
     assert "not valid JSON" in errors[0]["reason"] and "duplicate custom_id 'emb'" in errors[1]["reason"]
     again = run_cli(str(src), "--output", str(out), "--workers", "1")
     assert again.returncode == 1 and "already complete" in again.stderr

@@ -115,10 +115,12 @@ class LLMEngine:
 
     # ---- requests -------------------------------------------------------------------------
 
-    def format_chat(self, messages: list[dict[str, str]]) -> list[int]:
+    def format_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
         """Prompt token ids for chat ``messages`` ([{"role": ..., "content": ...}]) with the
-        model's chat template and the assistant generation prompt appended."""
-        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        model's chat template and the assistant generation prompt appended; ``tools`` (OpenAI's
+        function specs) go to the template, which renders them if it knows how."""
+        extra = {"tools": tools} if tools else {}
+        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **extra)
         if isinstance(out, dict) or hasattr(out, "keys"):
             out = out["input_ids"]
         return list(out)

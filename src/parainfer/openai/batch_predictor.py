@@ -29,7 +29,8 @@ from parainfer.openai.logprobs import chat_logprobs, completion_logprobs
 from parainfer.openai.protocol import CHAT_DEFAULT_MAX_TOKENS, COMPLETION_DEFAULT_MAX_TOKENS
 from parainfer.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from parainfer.openai.requests import ModelNames, chat_messages, check_dimensions, check_prompts_fit
-from parainfer.openai.requests import check_supported, embedding_inputs, sampling_params
+from parainfer.openai.requests import apply_tool_calls, check_supported, embedding_inputs, expand_choices
+from parainfer.openai.requests import sampling_params
 
 CHAT, TEXT, EMBED = ENDPOINTS
 SCHEMAS: dict[str, type[BaseModel]] = {CHAT: ChatCompletionRequest, TEXT: CompletionRequest, EMBED: EmbeddingRequest}
@@ -192,12 +193,15 @@ class OpenAIBatchPredictor(Predictor):
 
 @dataclass
 class _Generation:
-    """One generation request, prepared: its prompts and shared SamplingParams."""
+    """One generation request, prepared: one sequence per choice (``n`` per prompt,
+    ``requests.expand_choices``), each with its prompt and SamplingParams."""
 
     pos: int
     url: str
     prompts: list[list[int]]
-    params: Any
+    params: list[Any]
+    body: Any = None
+    n: int = 1
     choices: list[Choice] = field(default_factory=list)
 
 
@@ -233,7 +237,7 @@ def _prepare_generation(predictor: OpenAIBatchPredictor, pos: int, url: str, bod
     engine = predictor.sub("generate").engine
     if url == CHAT:
         try:
-            prompts = [engine.format_chat(chat_messages(body))]
+            prompts = [engine.format_chat(chat_messages(body), body.tools)]
         except ApiError:
             raise
         except Exception as exc:  # a template that rejects the roles/order given
@@ -245,7 +249,7 @@ def _prepare_generation(predictor: OpenAIBatchPredictor, pos: int, url: str, bod
         prompts = _completion_prompts(engine, body.prompt)
     params = sampling_params(engine, body, prompts)
     check_prompts_fit(engine, prompts, params.max_tokens)
-    return _Generation(pos, url, prompts, params)
+    return _Generation(pos, url, *expand_choices(prompts, params, body.n), body, body.n)
 
 
 def _completion_prompts(engine: Any, prompt: Any) -> list[list[int]]:
@@ -271,7 +275,7 @@ def _run_generation(predictor: OpenAIBatchPredictor, gens: list[_Generation], re
     generator = predictor.sub("generate")
     engine = generator.engine
     flat = [(g, i, ids) for g in gens for i, ids in enumerate(g.prompts)]
-    results = engine.generate([ids for _, _, ids in flat], [g.params for g, _, _ in flat])
+    results = engine.generate([ids for _, _, ids in flat], [g.params[i] for g, i, _ in flat])
     for (g, i, _), res in zip(flat, results):
         g.choices.append(Choice(i, res.text, res.finish_reason, res.prompt_tokens, res.completion_tokens))
         if res.logprobs is not None:
@@ -280,12 +284,13 @@ def _run_generation(predictor: OpenAIBatchPredictor, gens: list[_Generation], re
     name = predictor.names["generate"]
     for g in gens:
         if g.url == CHAT:
-            body = chat_completion_body(completion_head("chat", name), g.choices)
+            apply_tool_calls(g.body, g.choices)
+            body = chat_completion_body(completion_head("chat", name), g.choices, g.n)
         else:
-            body = completion_body(completion_head("text", name), g.choices)
+            body = completion_body(completion_head("text", name), g.choices, g.n)
         lines[g.pos] = result_line(requests[g.pos]["custom_id"], 200, body)
     counts = generator.token_counts([])  # the engine's prefill figures since the last task
-    prompts = TokenCounts.from_lengths([requests[g.pos] for g in gens], [sum(map(len, g.prompts)) for g in gens],
+    prompts = TokenCounts.from_lengths([requests[g.pos] for g in gens], [sum(map(len, g.prompts[::g.n])) for g in gens],
                                        [False] * len(gens))
     prompts.padded = prompts.real  # continuous batching: sequences are not padded to each other
     counts.add(prompts)

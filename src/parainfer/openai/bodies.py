@@ -31,6 +31,7 @@ class Choice:
     completion_tokens: int = 0
     logprobs: dict[str, Any] | None = None  # OpenAI's logprobs object, shaped by openai.logprobs
     token_logprobs: list[Any] | None = None  # the engine's TokenLogprobs, before shaping
+    tool_calls: list[dict[str, Any]] | None = None  # a chat choice's tool call (``requests.apply_tool_calls``)
 
 
 def completion_head(kind: str, model: str) -> dict[str, Any]:
@@ -42,25 +43,52 @@ def completion_head(kind: str, model: str) -> dict[str, Any]:
             "model": model}
 
 
-def usage(choices: Sequence[Choice]) -> dict[str, int]:
-    """OpenAI's completion usage summed over the choices."""
-    prompt = sum(c.prompt_tokens for c in choices)
+def usage(choices: Sequence[Choice], n: int = 1) -> dict[str, int]:
+    """OpenAI's completion usage: completion tokens summed over the choices, each prompt's tokens
+    once (choices ``p * n .. p * n + n - 1`` share prompt ``p``)."""
+    prompt = sum(c.prompt_tokens for c in choices if c.index % n == 0)
     completion = sum(c.completion_tokens for c in choices)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def chat_completion_body(head: dict[str, Any], choices: Sequence[Choice]) -> dict[str, Any]:
-    """A ``chat.completion`` object (protocol.ChatCompletionResponse)."""
-    return {**head, "usage": usage(choices),
-            "choices": [{"index": c.index, "message": {"role": "assistant", "content": c.text},
+def chat_message(c: Choice) -> dict[str, Any]:
+    """The assistant ``message`` of a chat choice: its text, or its tool calls (content null)."""
+    if c.tool_calls:
+        return {"role": "assistant", "content": None, "tool_calls": c.tool_calls}
+    return {"role": "assistant", "content": c.text}
+
+
+def chat_completion_body(head: dict[str, Any], choices: Sequence[Choice], n: int = 1) -> dict[str, Any]:
+    """A ``chat.completion`` object (protocol.ChatCompletionResponse); ``n`` choices per prompt."""
+    return {**head, "usage": usage(choices, n),
+            "choices": [{"index": c.index, "message": chat_message(c),
                          "logprobs": c.logprobs, "finish_reason": c.finish_reason} for c in choices]}
 
 
-def completion_body(head: dict[str, Any], choices: Sequence[Choice]) -> dict[str, Any]:
-    """A ``text_completion`` object (protocol.CompletionResponse)."""
-    return {**head, "usage": usage(choices),
+def completion_body(head: dict[str, Any], choices: Sequence[Choice], n: int = 1) -> dict[str, Any]:
+    """A ``text_completion`` object (protocol.CompletionResponse); ``n`` choices per prompt."""
+    return {**head, "usage": usage(choices, n),
             "choices": [{"index": c.index, "text": c.text, "logprobs": c.logprobs,
                          "finish_reason": c.finish_reason} for c in choices]}
+
+
+def response_body(model: str, choice: Choice, body: Any) -> dict[str, Any]:
+    """A Responses API ``response`` object for one chat choice: ``output[0]`` is the assistant
+    message with one ``output_text`` part; ``status`` "incomplete" (reason
+    ``max_output_tokens``) when the length limit cut it; ``body`` is the ResponsesRequest."""
+    cut = choice.finish_reason == "length"
+    return {"id": f"resp_{uuid.uuid4().hex}", "object": "response", "created_at": int(time.time()),
+            "status": "incomplete" if cut else "completed",
+            "incomplete_details": {"reason": "max_output_tokens"} if cut else None, "error": None, "model": model,
+            "instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
+            "temperature": body.temperature, "top_p": body.top_p, "tools": [], "tool_choice": "auto",
+            "parallel_tool_calls": False, "metadata": {}, "text": {"format": {"type": "text"}},
+            "output": [{"type": "message", "id": f"msg_{uuid.uuid4().hex}", "role": "assistant",
+                        "status": "incomplete" if cut else "completed",
+                        "content": [{"type": "output_text", "text": choice.text, "annotations": []}]}],
+            "usage": {"input_tokens": choice.prompt_tokens, "output_tokens": choice.completion_tokens,
+                      "total_tokens": choice.prompt_tokens + choice.completion_tokens,
+                      "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}}
 
 
 def embeddings_body(data: list[dict[str, Any]], model: str, tokens: int) -> dict[str, Any]:

@@ -142,6 +142,7 @@ class ErrorResponse(BaseModel):
 # ---- generation (--task generate): OpenAI's completions and chat completions ----------------
 
 MAX_STOP_STRINGS = 16  # each is searched at every step of the sequence (OpenAI allows 4)
+MAX_CHOICES = 16  # most choices (``n``) per prompt: each is its own sequence in the engine (OpenAI allows 128)
 CHAT_DEFAULT_MAX_TOKENS = 256  # chat without max_tokens: this many, or the rest of the context window if less
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
@@ -153,7 +154,7 @@ Prompt = Annotated[str | Annotated[list[str], Field(min_length=1)] | Annotated[l
 class SamplingFields(BoundedBody):
     """The sampling fields both generation routes share (OpenAI's names and defaults, except
     ``max_tokens``: 16 for completions as OpenAI's, 256 for chat). Unknown fields are ignored;
-    fields that ask for something not supported (``n`` > 1, ``echo``) get 400."""
+    fields that ask for something not supported (``echo``, ``n`` over MAX_CHOICES) get 400."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -172,7 +173,8 @@ class SamplingFields(BoundedBody):
                                                   "last chunk with usage")
     ignore_eos: bool = Field(default=False, description="keep going past the end-of-sequence token (vLLM's "
                              "extension; benchmarks use it for fixed output lengths)")
-    n: int = Field(default=1, description="only 1 is supported")
+    n: int = Field(default=1, description=f"choices per prompt, 1..{MAX_CHOICES}, each its own sequence; with "
+                   "`seed`, choice i samples with seed + i")
     logprobs: Any = Field(default=None, description="chat: true/false; completions: how many top logprobs "
                           "per token (0..20)")
     user: str | None = None
@@ -193,8 +195,11 @@ class ChatMessage(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, Any]] | None = Field(default=None, description="an assistant's earlier tool calls")
+    tool_call_id: str | None = Field(default=None, description="a tool message: the call it answers")
+    name: str | None = None
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -203,6 +208,12 @@ class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: int | None = Field(default=None, ge=1, description="newer name of max_tokens")
     top_logprobs: Any = Field(default=None, description="0..20 most likely tokens per position (needs logprobs)")
+    tools: list[dict[str, Any]] | None = Field(default=None, description='[{"type": "function", "function": '
+                                               '{"name", "description", "parameters": JSON schema}}]')
+    tool_choice: str | dict[str, Any] | None = Field(default=None, description='"none", "auto" (default with '
+                                                     'tools), "required", or {"type": "function", "function": '
+                                                     '{"name": ...}}')
+    parallel_tool_calls: bool | None = Field(default=None, description="accepted; at most one call is made")
 
 
 class CompletionUsage(BaseModel):
@@ -229,14 +240,15 @@ class CompletionResponse(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: dict[str, Any] | None = None
-    finish_reason: Literal["stop", "length"] | None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -246,3 +258,20 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: CompletionUsage
+
+
+class ResponsesRequest(BoundedBody):
+    """POST /v1/responses, the minimal subset: ``input`` (a string, or messages whose content is
+    a string or ``input_text`` / ``output_text`` parts), ``instructions`` (a system message
+    first), ``max_output_tokens``, ``temperature``, ``top_p``; answered through the chat
+    completions path (``requests.chat_request_of``). Other fields are ignored; ``stream`` is 400."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(default="", description=MODEL_FIELD)
+    input: str | Annotated[list[dict[str, Any]], Field(min_length=1)]
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0, le=2)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    stream: bool = False

@@ -24,6 +24,7 @@ from parainfer.errors import UsageError
 from parainfer.openai.errors import ApiError
 from parainfer.openai.requests import (
     check_prompts_fit,
+    expand_choices,
     grammar_error,
     sampling_params,
     start_grammar,
@@ -48,11 +49,14 @@ class Reservation:
 
 @dataclass
 class Admitted:
-    """A request past admission: its prompt ids, SamplingParams and reservation."""
+    """A request past admission: one sequence per choice (``n`` per prompt, choice ``p * n + i``:
+    ``requests.expand_choices``), each with its prompt ids and SamplingParams, and the
+    reservation (room for every sequence)."""
 
     prompts: list[list[int]]
-    params: Any
+    params: list[Any]
     reservation: Reservation
+    n: int = 1
 
 
 class Admission:
@@ -73,20 +77,21 @@ class Admission:
         engine = self._engine()
         prompt = body.prompt
         prompt = [prompt] if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)) else prompt
-        self._check_count(len(prompt))
+        self._check_count(len(prompt) * body.n)
         for i, p in enumerate(prompt):
             if isinstance(p, str):
                 check_prompt_chars(len(p), engine.max_model_len, f"prompt.{i}" if len(prompt) > 1 else "prompt")
         return await self._admit(len(prompt), lambda: self.prompts_from_completion(prompt), body)
 
-    async def admit_chat(self, body: Any, messages: list[dict[str, str]]) -> Admitted:
-        """Admit a /v1/chat/completions body with its ``messages`` as plain dicts."""
+    async def admit_chat(self, body: Any, messages: list[dict[str, Any]]) -> Admitted:
+        """Admit a /v1/chat/completions body with its ``messages`` as plain dicts (its ``tools``
+        go to the chat template)."""
         engine = self._engine()
         check_prompt_chars(sum(len(m["content"]) for m in messages), engine.max_model_len, "messages")
-        return await self._admit(1, lambda: [self.prompt_from_chat(messages)], body)
+        return await self._admit(1, lambda: [self.prompt_from_chat(messages, body.tools)], body)
 
     async def _admit(self, count: int, tokenize: Callable[[], list[list[int]]], body: Any) -> Admitted:
-        reservation = self.reserve(count)
+        reservation = self.reserve(count * body.n)
         try:
             prompts, params, grammar = await asyncio.get_running_loop().run_in_executor(
                 self._cpu, lambda: self._prepare(tokenize, body))
@@ -98,11 +103,13 @@ class Admission:
         except BaseException:
             reservation.release()
             raise
-        return Admitted(prompts, params, reservation)
+        prompts, per_choice = expand_choices(prompts, params, body.n)
+        return Admitted(prompts, per_choice, reservation, body.n)
 
     def _prepare(self, tokenize: Callable[[], list[list[int]]], body: Any) -> tuple[list[list[int]], Any, Any]:
-        """Tokenise, build the SamplingParams, check every prompt fits and the response_format's
-        schema, and start its compile (the CPU thread); returns the compile's ticket too."""
+        """Tokenise, build the SamplingParams, check every prompt fits and the output format's
+        schema (``response_format`` or a forced tool call), and start its compile (the CPU
+        thread); returns the compile's ticket too."""
         prompts = tokenize()
         engine = self._engine()
         params = sampling_params(engine, body, prompts, compile_grammar=False)
@@ -155,12 +162,14 @@ class Admission:
             prompts.append(ids)
         return prompts
 
-    def prompt_from_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of ``messages`` with the model's chat template and the assistant prompt."""
+    def prompt_from_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+                         ) -> list[int]:
+        """Token ids of ``messages`` with the model's chat template (given ``tools``) and the
+        assistant prompt."""
         for i, m in enumerate(messages):
             check_text(m["content"], f"messages.{i}.content")
         try:
-            return self._engine().format_chat(messages)
+            return self._engine().format_chat(messages, tools)
         except ApiError:
             raise
         except Exception as exc:  # a template that rejects the roles/order given

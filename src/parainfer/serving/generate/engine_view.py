@@ -39,11 +39,11 @@ class EngineView:
                     total[key] = total.get(key, 0) + value
         return {**total, "requests_routed": [r.routed for r in self.router.replicas]}
 
-    def format_chat(self, messages: list[dict[str, str]]) -> list[int]:
+    def format_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
         """Prompt token ids of chat ``messages`` (as ``LLMEngine.format_chat``)."""
         from parainfer.generation import LLMEngine
 
-        return LLMEngine.format_chat(self, messages)  # type: ignore[arg-type] - it reads .tokenizer only
+        return LLMEngine.format_chat(self, messages, tools)  # type: ignore[arg-type] - it reads .tokenizer only
 
     def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
         """Raise UsageError unless the request fits one replica's window and KV cache."""

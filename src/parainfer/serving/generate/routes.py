@@ -1,4 +1,5 @@
-"""POST /v1/completions and POST /v1/chat/completions (OpenAI's schema), plain or streamed.
+"""POST /v1/completions and POST /v1/chat/completions (OpenAI's schema), plain or streamed, and a
+minimal non-streaming POST /v1/responses over the chat path.
 
 ``generation_routes`` builds both routes over a ``GenerationService``: plain answers, or
 server-sent events in OpenAI's chunk format for ``stream: true`` (a client that leaves
@@ -18,14 +19,15 @@ from typing import Any, AsyncIterator, Callable
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from parainfer.openai.bodies import chat_completion_body, completion_body, completion_head
+from parainfer.openai.bodies import chat_completion_body, completion_body, completion_head, response_body
 from parainfer.serving.config import ServeConfig
 from parainfer.serving.http.json_body import OrjsonRoute
 from parainfer.openai.logprobs import chat_logprobs, completion_logprobs
 from parainfer.openai.errors import ApiError, error_body
 from parainfer.serving.http.errors import request_id
 from parainfer.errors import UsageError
-from parainfer.openai.requests import chat_messages, check_supported, grammar_error
+from parainfer.openai.requests import apply_tool_calls, chat_messages, chat_request_of, check_supported
+from parainfer.openai.requests import grammar_error, tool_choice
 from parainfer.serving.generate.service import Admitted, GenerationService, Reservation
 from parainfer.serving.embed.service import ClientGone
 from parainfer.openai.protocol import (
@@ -34,6 +36,7 @@ from parainfer.openai.protocol import (
     CompletionRequest,
     CompletionResponse,
     ErrorResponse,
+    ResponsesRequest,
     SamplingFields,
 )
 
@@ -70,16 +73,17 @@ def generation_routes(config: ServeConfig, service: GenerationService | None) ->
         if body.stream:
             return _sse(_completion_events(gen.stream(got.prompts, got.params, got.reservation), head,
                                            _include_usage(body), got.prompts, request,
-                                           _chunk_logprobs(gen, got.params, chat=False)), got.reservation)
+                                           _chunk_logprobs(gen, got.params[0], chat=False), got.n), got.reservation)
         choices = await _complete(gen, got, request)
         if isinstance(choices, Response):
             return choices
         _shape_logprobs(choices, gen, chat=False)
-        return JSONResponse(completion_body(head, choices))
+        return JSONResponse(completion_body(head, choices, got.n))
 
     @router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-        """Answer a conversation with the model's chat template (one choice)."""
+        """Answer a conversation with the model's chat template (``n`` choices; with ``tools``,
+        a choice may be a tool call)."""
         gen = need("/v1/chat/completions")
         names.check(body.model)
         check_supported(body)
@@ -87,14 +91,31 @@ def generation_routes(config: ServeConfig, service: GenerationService | None) ->
         head = completion_head("chat", name)
         if body.stream:
             head["object"] = "chat.completion.chunk"
+            if tool_choice(body)[0] != "none":  # whether the text is a call is known at its end only
+                return _sse(_buffered_chat_events(gen, got, head, _include_usage(body), request, body),
+                            got.reservation)
             return _sse(_chat_events(gen.stream(got.prompts, got.params, got.reservation), head,
                                      _include_usage(body), got.prompts, request,
-                                     _chunk_logprobs(gen, got.params, chat=True)), got.reservation)
+                                     _chunk_logprobs(gen, got.params[0], chat=True), got.n), got.reservation)
         choices = await _complete(gen, got, request)
         if isinstance(choices, Response):
             return choices
         _shape_logprobs(choices, gen, chat=True)
-        return JSONResponse(chat_completion_body(head, choices))
+        apply_tool_calls(body, choices)
+        return JSONResponse(chat_completion_body(head, choices, got.n))
+
+    @router.post("/v1/responses")
+    async def responses(body: ResponsesRequest, request: Request) -> Any:
+        """OpenAI's Responses API, the minimal non-streaming subset, answered as a chat
+        completion of the same messages (``requests.chat_request_of``)."""
+        gen = need("/v1/responses")
+        names.check(body.model)
+        chat = chat_request_of(body)
+        got = await gen.admit_chat(chat, chat_messages(chat))
+        choices = await _complete(gen, got, request)
+        if isinstance(choices, Response):
+            return choices
+        return JSONResponse(response_body(name, choices[0], body))
 
     return router
 
@@ -161,9 +182,10 @@ def _sse(events: AsyncIterator[dict[str, Any]], reservation: Reservation) -> Str
 
 
 async def _events(outputs: AsyncIterator[tuple[int, Any]], head: dict[str, Any], include_usage: bool,
-                  prompts: list[list[int]], request: Request, choice: Callable[[int, Any], dict[str, Any] | None]
-                  ) -> AsyncIterator[dict[str, Any]]:
+                  prompts: list[list[int]], request: Request, choice: Callable[[int, Any], dict[str, Any] | None],
+                  n: int = 1) -> AsyncIterator[dict[str, Any]]:
     """Chunks from engine outputs; ``choice(index, out)`` shapes one choice (None: nothing to send).
+    ``prompts`` has one entry per choice, ``n`` per prompt: usage counts each prompt once.
     An engine failure mid-stream becomes an ``{"error": ...}`` event (the openai client raises it)
     with a generic message and the request id; the exception goes to the server log."""
     completion = [0] * len(prompts)
@@ -191,25 +213,25 @@ async def _events(outputs: AsyncIterator[tuple[int, Any]], head: dict[str, Any],
                          code="engine_error")
         return
     if include_usage:
-        prompt = sum(len(p) for p in prompts)
+        prompt = sum(len(p) for p in prompts[::n])
         yield {**head, "choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": sum(completion),
                                                 "total_tokens": prompt + sum(completion)}}
 
 
 def _completion_events(outputs: AsyncIterator[tuple[int, Any]], head: dict[str, Any], include_usage: bool,
                        prompts: list[list[int]], request: Request,
-                       logprobs: Callable[[int, Any], Any] | None = None) -> AsyncIterator[dict[str, Any]]:
+                       logprobs: Callable[[int, Any], Any] | None = None, n: int = 1) -> AsyncIterator[dict[str, Any]]:
     def choice(i: int, out: Any) -> dict[str, Any] | None:
         if not out.new_text and not out.finished and not (logprobs and out.new_logprobs):
             return None
         return {"index": i, "text": out.new_text, "logprobs": logprobs(i, out) if logprobs else None,
                 "finish_reason": out.finish_reason if out.finished else None}
-    return _events(outputs, head, include_usage, prompts, request, choice)
+    return _events(outputs, head, include_usage, prompts, request, choice, n)
 
 
 def _chat_events(outputs: AsyncIterator[tuple[int, Any]], head: dict[str, Any], include_usage: bool,
                  prompts: list[list[int]], request: Request,
-                 logprobs: Callable[[int, Any], Any] | None = None) -> AsyncIterator[dict[str, Any]]:
+                 logprobs: Callable[[int, Any], Any] | None = None, n: int = 1) -> AsyncIterator[dict[str, Any]]:
     async def with_role() -> AsyncIterator[tuple[int, Any]]:
         for i in range(len(prompts)):  # the role delta goes first, before any text
             yield i, None
@@ -226,4 +248,27 @@ def _chat_events(outputs: AsyncIterator[tuple[int, Any]], head: dict[str, Any], 
             return {"index": i, "delta": delta, "logprobs": lp, "finish_reason": out.finish_reason}
         return {"index": i, "delta": {"content": out.new_text}, "logprobs": lp, "finish_reason": None} \
             if out.new_text or lp else None
-    return _events(with_role(), head, include_usage, prompts, request, choice)
+    return _events(with_role(), head, include_usage, prompts, request, choice, n)
+
+
+def _buffered_chat_events(gen: GenerationService, got: Admitted, head: dict[str, Any], include_usage: bool,
+                          request: Request, body: Any) -> AsyncIterator[dict[str, Any]]:
+    """The stream of a chat request with tools: each choice's role delta first, then, once the
+    choices are complete, one chunk each with its whole content or its tool call
+    (``delta.tool_calls``) and its finish_reason."""
+    async def outputs() -> AsyncIterator[tuple[int, Any]]:
+        for i in range(len(got.prompts)):
+            yield i, None
+        choices = await gen.complete(got.prompts, got.params, request, got.reservation)
+        _shape_logprobs(choices, gen, chat=True)
+        apply_tool_calls(body, choices)
+        for c in choices:
+            yield c.index, c
+
+    def choice(i: int, c: Any) -> dict[str, Any]:
+        if c is None:
+            return {"index": i, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}
+        delta = ({"tool_calls": [{"index": k, **call} for k, call in enumerate(c.tool_calls)]} if c.tool_calls
+                 else {"content": c.text})
+        return {"index": i, "delta": delta, "logprobs": c.logprobs, "finish_reason": c.finish_reason}
+    return _events(outputs(), head, include_usage, got.prompts, request, choice, got.n)

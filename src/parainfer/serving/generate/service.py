@@ -40,6 +40,9 @@ REBUILD_RETRY_AFTER_S = 10
 __all__ = ["Admitted", "Choice", "GenerationService", "Reservation", "uses_replicas"]
 
 
+def _per_prompt(params: Any, prompts: list[list[int]]) -> list[Any]:
+    """``params`` as a list with one SamplingParams per prompt (one given: shared by all)."""
+    return list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)
 
 
 def uses_replicas(config: ServeConfig) -> bool:
@@ -241,6 +244,7 @@ class GenerationService(Admission):
         """Generate every prompt; returns one Choice each, in order.
 
         Args:
+            params: one SamplingParams for every prompt, or a list with one per prompt.
             reservation: the request's room from admission (released here when done); None
                 takes room now without a check (callers that used ``admit``).
 
@@ -252,7 +256,8 @@ class GenerationService(Admission):
         reservation = reservation or self._take(len(prompts))
         t0 = time.perf_counter()
         try:
-            work = asyncio.gather(*(self._collect(i, ids, params, t0) for i, ids in enumerate(prompts)))
+            work = asyncio.gather(*(self._collect(i, ids, p, t0)
+                                    for i, (ids, p) in enumerate(zip(prompts, _per_prompt(params, prompts)))))
             await wait_or_give_up(work, request, self.config.request_timeout_s, "; or stream it")
             try:
                 return work.result()
@@ -271,8 +276,8 @@ class GenerationService(Admission):
     async def stream(self, prompts: list[list[int]], params: Any,
                      reservation: Reservation | None = None) -> AsyncIterator[tuple[int, Any]]:
         """Yield ``(prompt index, RequestOutput)`` as the engine produces them, all prompts
-        interleaved. Closing the iterator early aborts every sequence still running; the
-        reservation (see ``complete``) is released when it ends.
+        interleaved (``params`` as in ``complete``). Closing the iterator early aborts every
+        sequence still running; the reservation (see ``complete``) is released when it ends.
 
         Raises:
             Exception: what the engine raised (its loop failed or shut down).
@@ -281,16 +286,17 @@ class GenerationService(Admission):
         t0 = time.perf_counter()
         queue: asyncio.Queue = asyncio.Queue()
 
-        async def pump(i: int, ids: list[int]) -> None:
+        async def pump(i: int, ids: list[int], seq_params: Any) -> None:
             try:
-                async with aclosing(self._sequence(ids, params, t0)) as outs:
+                async with aclosing(self._sequence(ids, seq_params, t0)) as outs:
                     async for out in outs:
                         queue.put_nowait((i, out))
             except Exception as exc:  # noqa: BLE001 - handed to the consumer
                 queue.put_nowait((i, exc))
             queue.put_nowait((i, None))
 
-        tasks = [asyncio.create_task(pump(i, ids)) for i, ids in enumerate(prompts)]
+        tasks = [asyncio.create_task(pump(i, ids, p))
+                 for i, (ids, p) in enumerate(zip(prompts, _per_prompt(params, prompts)))]
         try:
             for _ in range(len(tasks)):
                 while True:
