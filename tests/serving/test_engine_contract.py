@@ -56,3 +56,23 @@ def test_two_echo_replicas_serve_chat_completions_and_streams():
             client.chat.completions.create(model="m", messages=messages, response_format={"type": "json_object"})
         metrics = httpx.get(url + "/metrics").text
         assert "parainfer" in metrics
+
+
+def test_an_engine_whose_package_is_missing_fails_in_one_line(tmp_path):
+    """``run --engine llamacpp`` with llama_cpp hidden (as if not installed) and ``serve --engine vllm``
+    (not installed on a CPU machine): exit 2, one line saying what to install."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": 1, "text": "hi"}\n')
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")  # never read: the engine is refused first
+    hide = "import sys; sys.modules['llama_cpp'] = None; from parainfer.cli import main; sys.argv[0] = 'parainfer'; main()"
+    runs = {"llama-cpp-python": [sys.executable, "-c", hide, "run", str(src), "-o", str(tmp_path / "o.jsonl"),
+                                 "--task", "generate", "--model", str(tmp_path / "m.gguf"), "--engine", "llamacpp"],
+            "pip install vllm": [sys.executable, "-m", "parainfer.cli", "serve", "--task", "generate",
+                                 "--engine", "vllm"]}
+    for hint, cmd in runs.items():
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and hint in lines[0], proc.stderr
