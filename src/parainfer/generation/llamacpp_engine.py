@@ -19,7 +19,6 @@ sequence's cells are removed (``llama_memory_seq_rm``). Not supported here: stru
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -158,7 +157,7 @@ class LlamaCppRunner:
         n_ctx: KV cells of the context (shared by all sequences: a unified cache).
         max_num_seqs: sequences at once (``n_seq_max``).
         max_num_batched_tokens: the most tokens of one step (``n_batch``).
-        threads: llama.cpp threads (None: all cores).
+        threads: llama.cpp threads (None: ``torch.get_num_threads()``, which a worker sets to its share).
     """
 
     def __init__(self, model: Any, n_ctx: int, max_num_seqs: int, max_num_batched_tokens: int,
@@ -177,7 +176,7 @@ class LlamaCppRunner:
         params.n_seq_max = max_num_seqs
         params.kv_unified = True  # one pool of cells, as the BlockManager counts them
         params.swa_full = True  # sliding-window layers keep every cell: a shared pool never runs short
-        params.n_threads = params.n_threads_batch = threads or os.cpu_count() or 1
+        params.n_threads = params.n_threads_batch = threads or torch.get_num_threads()
         params.no_perf = True
         self.ctx = LlamaContext(model=model, params=params, verbose=False)
         self.n_vocab = int(model.n_vocab())
