@@ -22,12 +22,34 @@ from conftest import running_server
 from parainfer.batch.job import Job
 from parainfer.config import JobConfig
 from parainfer.generation import SamplingParams
-from parainfer.generation.engines import build_engine
+from parainfer.generation.engines import build_engine, resolve_engine
 
 THREADS = int(os.environ.get("PARAINFER_TEST_THREADS", "1"))
-PROMPTS = ["The capital of France is", "Water boils at", "1, 2, 3, 4,", "The opposite of hot is",
-           "My favourite fruit is"]
-MAX_TOKENS = 10
+PROMPTS = ["The capital of France is", "Water boils at", "The opposite of hot is"]
+MAX_TOKENS = 8
+
+
+def sequential_llama(path: Path, threads: int) -> object:
+    """llama-cpp-python's high-level ``Llama`` with weight repacking as parainfer's engine has it
+    (``llamacpp_engine.repack_enabled``; the high-level API has no argument for it, so its default
+    model parameters are read through a wrapper while it loads)."""
+    import llama_cpp
+    from llama_cpp import Llama
+
+    from parainfer.generation.llamacpp_engine import repack_enabled
+
+    defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+    def same_repack():
+        params = defaults()
+        params.use_extra_bufts = repack_enabled()
+        return params
+
+    llama_cpp.llama_cpp.llama_model_default_params = same_repack
+    try:
+        return Llama(str(path), n_ctx=256, n_threads=threads, n_threads_batch=threads, verbose=False)
+    finally:
+        llama_cpp.llama_cpp.llama_model_default_params = defaults
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +62,7 @@ def gguf() -> Path:
 @pytest.fixture(scope="module")
 def baseline(gguf: Path) -> list[str]:
     """llama-cpp-python's high-level API, one prompt after the other, greedy."""
-    from llama_cpp import Llama
-
-    llm = Llama(str(gguf), n_ctx=512, n_threads=THREADS, verbose=False)
+    llm = sequential_llama(gguf, THREADS)
     texts = [llm.create_completion(p, max_tokens=MAX_TOKENS, temperature=0.0, repeat_penalty=1.0)["choices"][0]["text"]
              for p in PROMPTS]
     llm.close()
@@ -65,6 +85,7 @@ def test_run_generate_llamacpp_equals_sequential_create_completion(tmp_path: Pat
 
 
 def test_engine_streams_stops_and_samples_with_seeds(gguf: Path, baseline: list[str]):
+    assert resolve_engine("auto", gguf) == "llamacpp" and resolve_engine("auto", gguf.parent) == "parainfer"
     engine = build_engine("llamacpp", gguf, max_num_seqs=4, threads=THREADS)
     try:
         assert engine.name == "llamacpp" and engine.config.max_num_seqs == 4
@@ -74,8 +95,8 @@ def test_engine_streams_stops_and_samples_with_seeds(gguf: Path, baseline: list[
         word = baseline[0].split()[0]
         [cut] = engine.generate([PROMPTS[0]], SamplingParams(max_tokens=MAX_TOKENS, stop=[word]))
         assert cut.finish_reason == "stop" and word not in cut.text
-        hot = SamplingParams(max_tokens=8, temperature=0.9, top_p=0.9, seed=11)
-        a, b, _ = engine.generate([PROMPTS[1]] * 3, [hot, hot, SamplingParams(max_tokens=8, temperature=0.9, seed=12)])
+        hot = SamplingParams(max_tokens=4, temperature=0.9, top_p=0.9, seed=11)
+        a, b, _ = engine.generate([PROMPTS[1]] * 3, [hot, hot, SamplingParams(max_tokens=4, temperature=0.9, seed=12)])
         assert a.token_ids == b.token_ids and a.completion_tokens >= 1  # a seed gives its tokens, whatever the batch
         assert engine.stats["decode_tokens"] > 0 and not engine.has_unfinished()
     finally:
@@ -91,9 +112,9 @@ def test_serve_llamacpp_answers_the_openai_client(gguf: Path, baseline: list[str
         got = client.completions.create(model="m", prompt=PROMPTS[:2], max_tokens=MAX_TOKENS, temperature=0)
         assert [c.text for c in got.choices] == baseline[:2]
         messages = [{"role": "user", "content": "Name one colour."}]
-        chat = client.chat.completions.create(model="m", messages=messages, max_tokens=12, temperature=0)
+        chat = client.chat.completions.create(model="m", messages=messages, max_tokens=6, temperature=0)
         assert chat.choices[0].message.content.strip()
-        chunks = list(client.chat.completions.create(model="m", messages=messages, max_tokens=12, temperature=0,
+        chunks = list(client.chat.completions.create(model="m", messages=messages, max_tokens=6, temperature=0,
                                                      stream=True))
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == chat.choices[0].message.content
         with pytest.raises(openai.BadRequestError, match="not supported by --engine llamacpp"):

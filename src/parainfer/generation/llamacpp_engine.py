@@ -19,6 +19,7 @@ sequence's cells are removed (``llama_memory_seq_rm``). Not supported here: stru
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -54,23 +55,26 @@ def import_llama_cpp() -> Any:
         raise UsageError(LLAMACPP_HINT) from None
     with _backend_lock:
         if not _backend_ready:
-            llama_cpp.llama_log_set(_SILENT_LOG(llama_cpp), ctypes.c_void_p(0))
+            from llama_cpp._logger import set_verbose
+
+            set_verbose(False)  # llama.cpp's own log: errors only
             llama_cpp.llama_backend_init()
             _backend_ready = True
     return llama_cpp
 
 
-def _SILENT_LOG(llama_cpp: Any) -> Any:  # noqa: N802 - a ctypes callback kept alive at module level
-    global _log_callback
-    _log_callback = llama_cpp.ggml_log_callback(lambda level, text, user_data: None)
-    return _log_callback
-
-
-_log_callback: Any = None
+def repack_enabled() -> bool:
+    """Whether llama.cpp may repack the weights into its CPU "extra buffer" layouts
+    (``use_extra_bufts``): only with ``PARAINFER_LLAMACPP_REPACK=1``. Off by default: the
+    llama-cpp-python 0.3.36 build of this project (GGML_NATIVE on an AVX-512/AMX Xeon) segfaults
+    in ``llama_decode`` on Gemma 3's Q4_K weights with it on, in llama-cpp-python's own
+    ``Llama.create_completion`` as well."""
+    return os.environ.get("PARAINFER_LLAMACPP_REPACK", "0") == "1"
 
 
 def load_model(path: str | Path, vocab_only: bool = False) -> Any:
-    """Load a GGUF file with llama.cpp (``llama_cpp._internals.LlamaModel``).
+    """Load a GGUF file with llama.cpp (``llama_cpp._internals.LlamaModel``; weight repacking as
+    ``repack_enabled`` says).
 
     Raises:
         UsageError: not a readable .gguf file, or llama.cpp could not load it.
@@ -83,6 +87,7 @@ def load_model(path: str | Path, vocab_only: bool = False) -> Any:
         raise UsageError(f"--engine llamacpp needs a .gguf model file, got {str(path)!r}")
     params = llama_cpp.llama_model_default_params()
     params.vocab_only = vocab_only
+    params.use_extra_bufts = repack_enabled()
     try:
         return LlamaModel(path_model=str(path), params=params, verbose=False)
     except ValueError as exc:
@@ -130,23 +135,48 @@ class LlamaCppTokenizer:
 
     def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True,
                             tokenize: bool = True) -> list[int] | str:
-        """The GGUF's chat template over ``messages``: token ids (``tokenize``) or the text.
+        """The GGUF's chat template over ``messages`` (jinja2, as llama-cpp-python renders it); for
+        a GGUF without one, llama.cpp's built-in template of its architecture family (``gemma``
+        for gemma3). Returns token ids (``tokenize``) or the text.
 
         Raises:
-            UsageError: the GGUF has no chat template.
+            UsageError: no template in the GGUF and none built into llama.cpp for its architecture.
         """
-        if not self.chat_template:
-            raise UsageError("this GGUF file has no tokenizer.chat_template; send raw prompts (--no-chat, "
-                             "/v1/completions)")
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        if self.chat_template:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        fmt = Jinja2ChatFormatter(self.chat_template, eos_token=self.decode([self.eos_token_id], False),
-                                  bos_token=self.decode([self.bos_token_id], False),
-                                  add_generation_prompt=add_generation_prompt)
-        text = fmt(messages=messages).prompt
+            fmt = Jinja2ChatFormatter(self.chat_template, eos_token=self.decode([self.eos_token_id], False),
+                                      bos_token=self.decode([self.bos_token_id], False),
+                                      add_generation_prompt=add_generation_prompt)
+            text, add_bos = fmt(messages=messages).prompt, False  # the template writes the BOS
+        else:
+            text, add_bos = self._builtin_chat(messages, add_generation_prompt), self._add_bos
         if not tokenize:
             return text
-        return list(self.model.tokenize(text.encode("utf-8"), False, True))  # the template writes the BOS
+        return list(self.model.tokenize(text.encode("utf-8"), add_bos, True))
+
+    def _builtin_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        import llama_cpp
+
+        arch = self.model.metadata().get("general.architecture", "")
+        family = arch.rstrip("0123456789")
+        chat = (llama_cpp.llama_chat_message * len(messages))()
+        keep = []
+        for i, m in enumerate(messages):
+            keep += [str(m["role"]).encode("utf-8"), str(m["content"]).encode("utf-8")]
+            chat[i].role, chat[i].content = keep[-2], keep[-1]
+        for name in dict.fromkeys((arch, family)):
+            size = 4096 + sum(len(k) for k in keep) * 2
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_chat_apply_template(name.encode(), chat, len(messages), add_generation_prompt, buf, size)
+            if n > size:
+                buf = ctypes.create_string_buffer(n + 1)
+                n = llama_cpp.llama_chat_apply_template(name.encode(), chat, len(messages), add_generation_prompt,
+                                                        buf, n + 1)
+            if n >= 0:
+                return buf.raw[:n].decode("utf-8")
+        raise UsageError(f"this GGUF file has no tokenizer.chat_template and llama.cpp has no built-in template "
+                         f"for architecture {arch!r}; send raw prompts (--no-chat, /v1/completions)")
 
 
 class LlamaCppRunner:
