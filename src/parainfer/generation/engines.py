@@ -15,11 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from parainfer.errors import UsageError
+from parainfer.generation.engine_contract import LLAMACPP_HINT, VLLM_HINT
 
 ENGINES = ("parainfer", "llamacpp", "vllm", "auto")
-LLAMACPP_HINT = ("--engine llamacpp needs llama-cpp-python: pip install 'parainfer[llamacpp]' "
-                 "(it compiles llama.cpp; see docs/generation.md, \"Engines\")")
-VLLM_HINT = "--engine vllm needs vLLM on a CUDA machine: pip install vllm (docs/generation.md, \"Engines\")"
 _PACKAGES = {"llamacpp": ("llama_cpp", LLAMACPP_HINT), "vllm": ("vllm", VLLM_HINT)}
 
 

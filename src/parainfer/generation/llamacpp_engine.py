@@ -30,8 +30,7 @@ import torch
 from parainfer.errors import UsageError
 from parainfer.generation.engine import LLMEngine
 from parainfer.generation.engine_config import EngineConfig
-from parainfer.generation.engine_contract import NoGrammars
-from parainfer.generation.engines import LLAMACPP_HINT
+from parainfer.generation.engine_contract import LLAMACPP_HINT, NoGrammars
 from parainfer.generation.kv_cache import BlockManager
 from parainfer.generation.sampler import sample
 from parainfer.generation.scheduler import ScheduledBatch, Scheduler

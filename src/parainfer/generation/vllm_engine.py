@@ -19,8 +19,7 @@ from typing import Any
 
 from parainfer.errors import UsageError
 from parainfer.generation.engine_config import EngineConfig
-from parainfer.generation.engine_contract import NoGrammars, OutputCallback
-from parainfer.generation.engines import VLLM_HINT
+from parainfer.generation.engine_contract import VLLM_HINT, NoGrammars, OutputCallback
 from parainfer.generation.outputs import GenerationResult, RequestOutput
 from parainfer.generation.sampling_params import SamplingParams
 
