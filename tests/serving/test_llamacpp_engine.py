@@ -119,3 +119,14 @@ def test_serve_llamacpp_answers_the_openai_client(gguf: Path, baseline: list[str
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == chat.choices[0].message.content
         with pytest.raises(openai.BadRequestError, match="not supported by --engine llamacpp"):
             client.chat.completions.create(model="m", messages=messages, response_format={"type": "json_object"})
+
+
+def test_serve_llamacpp_on_a_ray_replica(gguf: Path, baseline: list[str]):
+    """The same engine as a Ray actor replica (``--executor ray``): the spec carries ``--engine``."""
+    with running_server(task="generate", engine="llamacpp", model=str(gguf), executor="ray", workers=1,
+                        max_num_seqs=4, threads_per_worker=THREADS) as url:
+        health = httpx.get(url + "/health").json()
+        assert health["engine"] == "llamacpp" and health["executor"] == "ray" and health["replicas_ready"] == 1
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        got = client.completions.create(model="m", prompt=PROMPTS, max_tokens=MAX_TOKENS, temperature=0)
+        assert [c.text for c in got.choices] == baseline
