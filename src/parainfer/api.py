@@ -26,7 +26,7 @@ from parainfer.io.tables import describe
 
 ERROR_POLICIES = ("raise", "return")
 GENERATION_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "chat", "response_format",
-                      "logprobs", "prefix_cache")
+                      "logprobs", "prefix_cache", "engine")
 _INDEX, _TEXT = "__parainfer_index__", "__parainfer_text__"  # internal row keys of in-memory jobs
 
 

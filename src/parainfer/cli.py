@@ -86,6 +86,8 @@ def run(
     prefix_cache: bool = typer.Option(True, "--prefix-cache/--no-prefix-cache",
                                       help="generate: share the KV cache of common prompt prefixes (automatic "
                                       "prefix caching; outputs are the same either way)"),
+    engine: str = typer.Option("auto", help="generate: parainfer (own engine) | llamacpp (a .gguf file through "
+                               "llama.cpp) | vllm (GPU) | auto (llamacpp for .gguf when installed, else parainfer)"),
     source_lang: str = typer.Option("en", help="translate: language of the input texts (en | pt)"),
     target_lang: str = typer.Option("pt", help="translate: language to translate into (pt | en)"),
     executor: str = typer.Option("local", help="local (worker processes) | ray (actors on a Ray cluster)"),
@@ -131,7 +133,7 @@ def run(
 
 def _job_config(*, task: str, batch_size: str, checkpoint_every: float, max_tokens: int, temperature: float,
                 top_p: float, top_k: int, seed: Optional[int], stop: Optional[list[str]], chat: bool,
-                json_schema: Optional[str], logprobs: Optional[int], prefix_cache: bool, source_lang: str,
+                json_schema: Optional[str], logprobs: Optional[int], prefix_cache: bool, engine: str, source_lang: str,
                 target_lang: str, **same: Any) -> Any:
     """The ``JobConfig`` of ``parainfer run``'s options (its parameters, by name): the generate and
     translate options grouped, ``same``: the options that are JobConfig fields of the same name.
@@ -145,7 +147,7 @@ def _job_config(*, task: str, batch_size: str, checkpoint_every: float, max_toke
     return JobConfig(task=task, batch_size=_batch_size(batch_size),
                      generation=dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                      seed=seed, stop=list(stop or []), chat=chat,
-                                     prefix_cache=prefix_cache, **_structured_options(json_schema, logprobs))
+                                     prefix_cache=prefix_cache, engine=engine, **_structured_options(json_schema, logprobs))
                      if task == "generate" else {},
                      checkpoint_every_s=checkpoint_every,
                      translation=dict(source_lang=source_lang, target_lang=target_lang) if task == "translate" else {},

@@ -237,8 +237,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append("deterministic: " + ("true" if report["deterministic"] else "false (" + "; ".join(why) + ")"))
     model = report.get("model") or {}
     if model.get("dtype"):
+        engine = f", engine {model['engine']}" if model.get("engine") else ""  # --task generate: --engine
         lines.append(f"model: {model.get('task', '?')} by {model.get('class', '?')}, {model['dtype']} "
-                     f"on {model.get('device', 'cpu')}")
+                     f"on {model.get('device', 'cpu')}{engine}")
     numerics = report.get("batch_invariance")
     if numerics:  # a text's output bits independent of its batch-mates (docs/serving.md)
         lines.append(f"batch invariance: deterministic {str(numerics['deterministic']).lower()}, mode "

@@ -19,7 +19,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence as SequenceABC
+from collections.abc import Iterator, Sequence as SequenceABC
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import torch
 from parainfer.errors import UsageError
 from parainfer.generation.detokenizer import IncrementalDetokenizer
 from parainfer.generation.engine_config import EngineConfig
+from parainfer.generation.engine_contract import OutputCallback
 from parainfer.generation.grammar import GrammarCompiler, GrammarState
 from parainfer.generation.invariance import batch_invariance
 from parainfer.generation.kv_cache import BlockManager, KVCache
@@ -39,8 +40,20 @@ from parainfer.generation.sampling_params import SamplingParams
 from parainfer.generation.scheduler import Scheduler
 from parainfer.generation.sequence import Sequence
 
-OutputCallback = Callable[[RequestOutput], None]
 log = logging.getLogger(__name__)
+
+
+def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, Any]],
+                    tools: list[dict[str, Any]] | None = None) -> list[int]:
+    """Prompt token ids of chat ``messages`` through ``tokenizer``'s chat template (an HF
+    tokenizer or the GGUF tokenizer of the llama.cpp engine), the assistant generation prompt
+    appended; ``tools`` (OpenAI function specs) go to the template, which renders them if it
+    knows how."""
+    extra = {"tools": tools} if tools else {}
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **extra)
+    if isinstance(out, dict) or hasattr(out, "keys"):
+        out = out["input_ids"]
+    return list(out)
 
 
 class LLMEngine:
@@ -58,7 +71,12 @@ class LLMEngine:
         stats: counters: steps, prefill_tokens (computed), decode_tokens, preemptions, busy_s;
             prefix_cache_queried_tokens, prefix_cache_hit_tokens (prefill skipped: read from the
             prefix cache), prefix_cache_evictions (blocks).
+
+    It satisfies ``engine_contract.GenerationEngine`` (``name`` "parainfer"); the other engines
+    are built by ``engines.build_engine``.
     """
+
+    name = "parainfer"
 
     def __init__(self, model: str | Path, config: EngineConfig | None = None, **overrides: Any) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -104,6 +122,10 @@ class LLMEngine:
         self.batch_invariance = batch_invariance(m, cfg)
         self.eos_token_ids = eos_token_ids(hf_model, tokenizer)
         self.grammars = GrammarCompiler(tokenizer, int(hf_cfg.vocab_size), self.eos_token_ids, cfg.grammar)
+        self._init_queues()
+
+    def _init_queues(self) -> None:
+        """The request inbox, callbacks and counters (after ``block_manager`` and ``grammars`` exist)."""
         self._compiling: list[Sequence] = []  # waiting for their grammar (seq.grammar_ticket)
         self._wakeup = threading.Event()  # set by new requests, aborts and finished compiles
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -119,11 +141,7 @@ class LLMEngine:
         """Prompt token ids for chat ``messages`` ([{"role": ..., "content": ...}]) with the
         model's chat template and the assistant generation prompt appended; ``tools`` (OpenAI's
         function specs) go to the template, which renders them if it knows how."""
-        extra = {"tools": tools} if tools else {}
-        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **extra)
-        if isinstance(out, dict) or hasattr(out, "keys"):
-            out = out["input_ids"]
-        return list(out)
+        return chat_prompt_ids(self.tokenizer, messages, tools)
 
     def add_request(
         self,

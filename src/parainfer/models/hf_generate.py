@@ -1,6 +1,7 @@
-"""``--task generate``: text generation with parainfer's continuous-batching engine.
+"""``--task generate``: text generation with a continuous-batching engine.
 
-Each worker holds one ``generation.LLMEngine``; a task's prompts are added to it at once and
+Each worker holds one engine built by ``generation.engines.build_engine`` (``--engine``: the own
+``generation.LLMEngine``, llama.cpp for a .gguf file, or vLLM); a task's prompts are added to it at once and
 decoded together, sequences leaving the batch as they finish. The default model is
 SmolLM2-135M-Instruct (``generation.ensure_smollm2``); any local Hugging Face Llama-layout
 causal-LM directory works too. A prompt gets the chat template as one user message
@@ -21,7 +22,7 @@ from parainfer.errors import UsageError
 from parainfer.models.base import Predictor, RecordFailure
 
 GENERATION_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "chat", "max_num_seqs",
-                      "response_format", "logprobs", "prefix_cache")
+                      "response_format", "logprobs", "prefix_cache", "engine")
 
 
 class GeneratePredictor(Predictor):
@@ -44,6 +45,9 @@ class GeneratePredictor(Predictor):
             and ``cumulative_logprob``.
         prefix_cache: automatic prefix caching in the engine (prompts sharing a prefix, such as
             the chat template's system prompt, reuse its keys/values; outputs are the same).
+        engine: ``--engine``: "parainfer" | "llamacpp" (``model_dir`` a .gguf file) | "vllm" |
+            "auto", resolved here, in the driver (``generation.engines.resolve_engine``); the
+            run report's predictor says which ran.
 
     Output per record: ``generated_text``, ``prompt_tokens``, ``completion_tokens``,
     ``finish_reason`` ("stop" | "length"); with ``logprobs``: ``logprobs``, a list with one
@@ -57,7 +61,7 @@ class GeneratePredictor(Predictor):
                  max_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
                  seed: int | None = None, stop: list[str] | None = None, chat: bool = True,
                  max_num_seqs: int = 64, response_format: dict | None = None, logprobs: int | None = None,
-                 prefix_cache: bool = True):
+                 prefix_cache: bool = True, engine: str = "auto"):
         if device != "cpu":
             raise UsageError(f"--task generate runs on the CPU only for now; got device {device!r}")
         if max_tokens < 1:
@@ -68,6 +72,9 @@ class GeneratePredictor(Predictor):
         self.options = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k,
                         "seed": seed, "stop": list(stop or []), "chat": chat, "max_num_seqs": max_num_seqs,
                         "response_format": response_format, "logprobs": logprobs, "prefix_cache": prefix_cache}
+        from parainfer.generation.engines import resolve_engine
+
+        self.engine_name = resolve_engine(engine, model_dir, device)
         self.max_input_tokens: int | None = None
         self._tokenizer: Any = None
         self._engine: Any = None
@@ -75,7 +82,7 @@ class GeneratePredictor(Predictor):
 
     @property
     def engine(self) -> Any:
-        """The loaded ``LLMEngine`` (None before ``load()``): the OpenAI batch runner admits
+        """The loaded engine, a ``generation.engine_contract.GenerationEngine`` (None before ``load()``): the OpenAI batch runner admits
         requests against it as the server does."""
         return self._engine
 
@@ -105,11 +112,14 @@ class GeneratePredictor(Predictor):
 
     def _get_tokenizer(self) -> Any:
         if self._tokenizer is None:
-            from transformers import AutoConfig, AutoTokenizer
+            from parainfer.generation.engines import load_tokenizer
 
             path = self._resolve_dir()
-            self._tokenizer = AutoTokenizer.from_pretrained(str(path))
-            self.max_input_tokens = int(AutoConfig.from_pretrained(str(path)).max_position_embeddings)
+            self._tokenizer = load_tokenizer(self.engine_name, path)
+            if (path / "config.json").is_file():
+                from transformers import AutoConfig
+
+                self.max_input_tokens = int(AutoConfig.from_pretrained(str(path)).max_position_embeddings)
         return self._tokenizer
 
     def window(self) -> int | None:
@@ -136,11 +146,12 @@ class GeneratePredictor(Predictor):
         return [len(ids) + self.options["max_tokens"] for ids in self._prompt_ids(texts)]
 
     def load(self) -> None:
-        from parainfer.generation import LLMEngine
+        from parainfer.generation.engines import build_engine
 
         self._get_tokenizer()
-        self._engine = LLMEngine(self._resolve_dir(), dtype=self.dtype, max_num_seqs=self.options["max_num_seqs"],
-                                 enable_prefix_caching=self.options["prefix_cache"])
+        self._engine = build_engine(self.engine_name, self._resolve_dir(), dtype=self.dtype,
+                                    max_num_seqs=self.options["max_num_seqs"],
+                                    enable_prefix_caching=self.options["prefix_cache"])
         self._stats_seen = dict(self._engine.stats)
 
     def _params(self, text: str | list[dict[str, str]]) -> Any:
@@ -191,7 +202,7 @@ class GeneratePredictor(Predictor):
 
     def describe(self) -> dict[str, Any]:
         return {"class": "GeneratePredictor", "task": self.task,
-                "model": self.model_name,
+                "model": self.model_name, "engine": self.engine_name,
                 "dtype": self.dtype, **self.options}
 
 

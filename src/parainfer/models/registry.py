@@ -89,6 +89,10 @@ def _build(task: str, model: str | None, dtype: str, device: str, trust: bool, b
         return predictor_from_manifest(task, path, dtype, device, trust=trust, backend=backend)
     if path.is_dir():
         return _from_directory(task, path, dtype, device, backend, **options)
+    if task == "generate" and path.is_file() and path.suffix == ".gguf":  # --engine picks who runs it
+        from parainfer.models.hf_generate import GeneratePredictor
+
+        return GeneratePredictor(path, dtype=dtype, device=device, **options)
     if ":" in name and not path.exists():
         from parainfer.models.python_callable import CallablePredictor
 

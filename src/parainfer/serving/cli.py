@@ -89,6 +89,9 @@ def serve_command(
     prefix_cache: bool = typer.Option(True, "--prefix-cache/--no-prefix-cache",
                                       help="generate: share the KV cache of common prompt prefixes (automatic "
                                       "prefix caching; outputs are the same either way)"),
+    engine: str = typer.Option("auto", help="generate: parainfer (own engine) | llamacpp (a .gguf file through "
+                               "llama.cpp) | vllm (GPU) | auto (llamacpp for .gguf when installed, else parainfer; "
+                               "vllm on a GPU when installed)"),
     group_by_length: bool = typer.Option(True, help="sort waiting inputs by length before batching"),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic",
                                                  help="a text's output bits (embed/classify) and a greedy "
@@ -145,7 +148,7 @@ def serve_command(
                          dtype=dtype, backend=backend, recalibrate=recalibrate, device=device,
                          max_inputs_per_request=max_inputs_per_request, max_body_bytes=max_body_bytes,
                          threads_per_worker=threads_per_worker, group_by_length=group_by_length, deterministic=deterministic,
-                         max_num_seqs=max_num_seqs, prefix_cache=prefix_cache, executor=executor, address=address,
+                         max_num_seqs=max_num_seqs, prefix_cache=prefix_cache, engine=engine, executor=executor, address=address,
                          cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
                          data_dir=data_dir, max_file_mb=max_file_mb,
                          max_batch_lines=max_batch_lines, batch_concurrency=batch_concurrency, trust=trust,

@@ -70,6 +70,8 @@ class ServeConfig(BaseModel):
     max_num_seqs: int = Field(default=64, ge=1, description="generate: most sequences in the engine's running batch")
     prefix_cache: bool = Field(default=True, description="generate: automatic prefix caching in the engine "
                                "(--no-prefix-cache turns it off)")
+    engine: str = Field(default="auto", description="generate: parainfer | llamacpp | vllm | auto "
+                        "(generation.engines; docs/generation.md, 'Engines')")
     executor: Literal["local", "ray"] = Field(default="local", description="replicas as local processes or "
                                               "ray actors (generate: ray runs every engine as an actor)")
     address: str | None = Field(default=None, description="ray: cluster HOST:PORT (default RAY_ADDRESS, else local)")
@@ -126,6 +128,10 @@ class ServeConfig(BaseModel):
         """
         from parainfer.errors import UsageError
 
+        from parainfer.generation.engines import check_engine, resolve_engine
+
+        self.engine = resolve_engine(self.engine, self.model, self.device) if self.task == "generate" else \
+            check_engine(self.engine)
         if self.deterministic is None:  # generate: it would cost the prefix cache, so it is asked for
             self.deterministic = self.task != "generate"
 

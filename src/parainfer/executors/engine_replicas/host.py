@@ -1,7 +1,8 @@
 """One generation engine replica inside a worker (``serve --task generate --workers N``).
 
 A worker (a local process, or the Ray actor of ``ray_actor.py``) holds one :class:`EngineHost`:
-an :class:`~parainfer.generation.LLMEngine` stepped by an :class:`~parainfer.generation.EngineLoop`
+an engine (``generation.engine_contract.GenerationEngine``: the own LLMEngine, llama.cpp or vLLM,
+built by ``generation.engines.build_engine``) stepped by an :class:`~parainfer.generation.EngineLoop`
 thread. The server sends it requests (``add``) and aborts; the host hands back, in batches, the
 messages of every step (``handles``). ``replica_process_main`` is the local process's entry
 point (commands on one pipe, events on another). The protocol: docs/serving.md, "Generation",
@@ -16,7 +17,6 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from parainfer.errors import UsageError
@@ -44,6 +44,7 @@ class EngineSpec:
         prefix_cache: automatic prefix caching in the engine (``--no-prefix-cache``: False).
         grammar: structured output's ``generation.grammar.GrammarSettings`` (None: its defaults).
         deterministic: ``EngineConfig.deterministic`` (greedy tokens independent of the batch).
+        engine: ``--engine`` (``generation.engines.ENGINES``): which engine the worker builds.
     """
 
     model: str | None
@@ -53,33 +54,32 @@ class EngineSpec:
     prefix_cache: bool = True
     grammar: Any = None
     deterministic: bool = False
-
-    def path(self) -> Path:
-        from parainfer.generation import ensure_smollm2
-
-        return ensure_smollm2() if self.model in (None, "default") else Path(self.model)
+    engine: str = "auto"
 
     def build(self) -> Any:
-        """Load the model and build the engine (raises what loading raises)."""
-        from parainfer.generation import LLMEngine
+        """Load the model and build the engine (``generation.engines.build_engine``; raises what
+        loading raises)."""
+        from parainfer.generation.engines import build_engine
 
         dtype = "float32" if self.dtype == "auto" else self.dtype
         extra = {} if self.grammar is None else {"grammar": self.grammar}
-        return LLMEngine(self.path(), dtype=dtype, max_num_seqs=self.max_num_seqs, threads=self.threads,
-                         enable_prefix_caching=self.prefix_cache, deterministic=self.deterministic, **extra)
+        return build_engine(self.engine, self.model, dtype=dtype, max_num_seqs=self.max_num_seqs,
+                            threads=self.threads, enable_prefix_caching=self.prefix_cache,
+                            deterministic=self.deterministic, **extra)
 
     def load_tokenizer(self) -> Any:
         """The model's tokenizer alone (the server tokenises; the workers hold the weights)."""
-        from transformers import AutoTokenizer
+        from parainfer.generation.engines import load_tokenizer
 
-        return AutoTokenizer.from_pretrained(self.path())
+        return load_tokenizer(self.engine, self.model)
 
 
 def engine_info(engine: Any) -> dict[str, Any]:
-    """What the server needs to admit requests for this engine without holding it (its grammar
-    settings too: the server checks and compiles each schema first, with the same limits)."""
+    """What the server needs to admit requests for this engine (an ``engine_contract.GenerationEngine``)
+    without holding it (its grammar settings too: the server checks and compiles each schema first,
+    with the same limits)."""
     cfg = engine.config
-    return {"max_model_len": engine.max_model_len, "num_blocks": cfg.num_blocks, "block_size": cfg.block_size,
+    return {"engine": engine.name, "max_model_len": engine.max_model_len, "num_blocks": cfg.num_blocks, "block_size": cfg.block_size,
             "max_num_seqs": cfg.max_num_seqs, "dtype": cfg.dtype, "pid": os.getpid(),
             "vocab_size": engine.grammars.vocab_size, "eos_token_ids": list(engine.grammars.eos_ids),
             "grammar": engine.grammars.settings, "batch_invariance": dict(engine.batch_invariance)}
@@ -89,7 +89,7 @@ class EngineHost:
     """An engine and its loop thread, with an outbox of messages (see the module docstring).
 
     Args:
-        engine: a loaded LLMEngine (the host starts its loop).
+        engine: a loaded ``engine_contract.GenerationEngine`` (the host starts its loop).
     """
 
     def __init__(self, engine: Any) -> None:

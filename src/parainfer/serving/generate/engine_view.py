@@ -13,16 +13,22 @@ from parainfer.generation.grammar import GrammarCompiler
 
 class EngineView:
     """The parts of an ``LLMEngine`` the server's admission and /health read, for engines that
-    live in workers: ``tokenizer``, ``max_model_len``, ``config`` (max_num_seqs, dtype,
+    live in workers: ``name`` (the engine's), ``tokenizer``, ``max_model_len``, ``config`` (max_num_seqs, dtype,
     num_blocks, block_size of one replica), ``grammars`` (to reject a response_format the
     replicas could not compile, at admission), ``stats``, ``format_chat``, ``check_fits``, and
     ``batch_invariance`` (the first replica's load-time probe: ``LLMEngine.batch_invariance``)."""
 
     def __init__(self, tokenizer: Any, info: dict[str, Any], router: Any) -> None:
         self.tokenizer, self.router = tokenizer, router
+        self.name = info.get("engine", "parainfer")
         self.max_model_len = int(info["max_model_len"])
-        self.grammars = GrammarCompiler(tokenizer, int(info["vocab_size"]), set(info["eos_token_ids"]),
-                                        info.get("grammar"))
+        if self.name == "parainfer":
+            self.grammars = GrammarCompiler(tokenizer, int(info["vocab_size"]), set(info["eos_token_ids"]),
+                                            info.get("grammar"))
+        else:  # the other engines have no structured output: refused at admission
+            from parainfer.generation.engine_contract import NoGrammars
+
+            self.grammars = NoGrammars(tokenizer, int(info["vocab_size"]), set(info["eos_token_ids"]), self.name)
         self.grammars.warm_up()
         self.batch_invariance = dict(info.get("batch_invariance") or {
             "deterministic": False, "mode": "unknown", "reason": "the replica did not report its probe"})
@@ -41,9 +47,9 @@ class EngineView:
 
     def format_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
         """Prompt token ids of chat ``messages`` (as ``LLMEngine.format_chat``)."""
-        from parainfer.generation import LLMEngine
+        from parainfer.generation.engine import chat_prompt_ids
 
-        return LLMEngine.format_chat(self, messages, tools)  # type: ignore[arg-type] - it reads .tokenizer only
+        return chat_prompt_ids(self.tokenizer, messages, tools)
 
     def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
         """Raise UsageError unless the request fits one replica's window and KV cache."""

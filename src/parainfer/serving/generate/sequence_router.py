@@ -363,7 +363,7 @@ async def start_router(config: Any, **callbacks: Callable) -> SequenceRouter:
     from parainfer.executors.engine_replicas.host import EngineSpec
 
     spec = EngineSpec(config.model, config.dtype, config.max_num_seqs, config.threads_per_worker, config.prefix_cache,
-                      config.grammar_settings(), deterministic=bool(config.deterministic))
+                      config.grammar_settings(), deterministic=bool(config.deterministic), engine=config.engine)
     factory = make_replicas(config, spec)
     await asyncio.to_thread(factory.connect)
     tokenizer = await asyncio.to_thread(spec.load_tokenizer)

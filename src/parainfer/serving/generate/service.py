@@ -18,7 +18,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
-from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from starlette.requests import Request
@@ -59,8 +58,9 @@ class GenerationService(Admission):
         config: the server settings (``model``, ``dtype``, ``max_num_seqs``, ``max_queue``,
             ``request_timeout_s``, ``threads_per_worker``).
         metrics: where time to first token, inter-token latency and token counts go.
-        engine_factory: builds the engine (runs in a loader thread); default loads
-            ``config.model`` or SmolLM2-135M-Instruct. Also used to rebuild a broken engine.
+        engine_factory: builds the engine, any ``generation.engine_contract.GenerationEngine``
+            (runs in a loader thread); default ``config.engine`` over ``config.model`` or
+            SmolLM2-135M-Instruct. Also used to rebuild a broken engine.
     """
 
     def __init__(self, config: ServeConfig, metrics: ServingMetrics,
@@ -140,14 +140,14 @@ class GenerationService(Admission):
         loop.engine.fail_all(ConnectionAbortedError("server is shutting down"))
 
     def _build_engine(self) -> Any:
-        from parainfer.generation import LLMEngine, ensure_smollm2
+        """``config.engine`` over ``config.model`` (``generation.engines.build_engine``)."""
+        from parainfer.generation.engines import build_engine
 
-        path = ensure_smollm2() if self.config.model in (None, "default") else Path(self.config.model)
         dtype = "float32" if self.config.dtype == "auto" else self.config.dtype
-        return LLMEngine(path, dtype=dtype, max_num_seqs=self.config.max_num_seqs,
-                         threads=self.config.threads_per_worker,
-                         enable_prefix_caching=self.config.prefix_cache, grammar=self.config.grammar_settings(),
-                         deterministic=bool(self.config.deterministic))
+        return build_engine(self.config.engine, self.config.model, dtype=dtype,
+                            max_num_seqs=self.config.max_num_seqs, threads=self.config.threads_per_worker,
+                            enable_prefix_caching=self.config.prefix_cache, grammar=self.config.grammar_settings(),
+                            deterministic=bool(self.config.deterministic))
 
     def _load(self) -> None:
         from parainfer.generation import EngineLoop
@@ -208,7 +208,7 @@ class GenerationService(Admission):
         loop = self.loop
         if loop is not None:
             engine = loop.engine
-            body.update(max_model_len=engine.max_model_len, max_num_seqs=engine.config.max_num_seqs,
+            body.update(engine=engine.name, max_model_len=engine.max_model_len, max_num_seqs=engine.config.max_num_seqs,
                         dtype=engine.config.dtype, engine_stats=dict(engine.stats))
             numerics = dict(engine.batch_invariance)
             body.update(deterministic=numerics.pop("deterministic"), batch_invariance=numerics)
