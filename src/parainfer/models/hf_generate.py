@@ -2,8 +2,9 @@
 
 Each worker holds one ``generation.LLMEngine``; a task's prompts are added to it at once and
 decoded together, sequences leaving the batch as they finish. The default model is
-SmolLM2-135M-Instruct (``generation.ensure_smollm2``); any local Hugging Face Llama-layout
-causal-LM directory works too. A prompt gets the chat template as one user message
+SmolLM2-135M-Instruct (``generation.ensure_smollm2``); any local Hugging Face causal-LM
+directory or GGUF file of an architecture the engine runs works too (``generation.resolve_model``:
+a GGUF is dequantised once into a cached directory). A prompt gets the chat template as one user message
 (``chat=True``) or is fed as is (``chat=False``); a chat conversation (OpenAI-style messages)
 always gets the template. A prompt that does not fit the context window with ``max_tokens``
 fails alone (quarantined with both numbers).
@@ -28,7 +29,7 @@ class GeneratePredictor(Predictor):
     """Generates a completion per text.
 
     Args:
-        model_dir: local causal-LM directory; None = SmolLM2-135M-Instruct.
+        model_dir: local causal-LM directory or .gguf file; None = SmolLM2-135M-Instruct.
         dtype: "auto" (= float32, exact against Hugging Face), "float32" or "bfloat16".
         max_tokens: most new tokens per record.
         temperature, top_p, top_k: sampling (temperature 0 = greedy).
@@ -97,10 +98,10 @@ class GeneratePredictor(Predictor):
                              f"({window} tokens, prompt included); accepted: 1 to {window - 1}")
 
     def _resolve_dir(self) -> Path:
-        if self.model_dir is None:
-            from parainfer.generation import ensure_smollm2
+        if self.model_dir is None or self.model_dir.suffix.lower() == ".gguf":
+            from parainfer.generation import resolve_model
 
-            self.model_dir = ensure_smollm2()
+            self.model_dir = resolve_model(self.model_dir)
         return self.model_dir
 
     def _get_tokenizer(self) -> Any:

@@ -37,7 +37,8 @@ class EngineSpec:
     """How a worker builds its engine (sent to each worker, built there).
 
     Attributes:
-        model: a local HF Llama-family directory; None or "default": SmolLM2-135M-Instruct.
+        model: a local HF directory or a .gguf file of an architecture in ``llama.ARCHS``; None
+            or "default": SmolLM2-135M-Instruct (``generation.resolve_model``).
         dtype: "auto" (float32 here) | "float32" | "bfloat16".
         max_num_seqs: most sequences in the engine's running batch.
         threads: torch intra-op threads of the engine (None: torch's default).
@@ -55,9 +56,9 @@ class EngineSpec:
     deterministic: bool = False
 
     def path(self) -> Path:
-        from parainfer.generation import ensure_smollm2
+        from parainfer.generation import resolve_model
 
-        return ensure_smollm2() if self.model in (None, "default") else Path(self.model)
+        return resolve_model(self.model)
 
     def build(self) -> Any:
         """Load the model and build the engine (raises what loading raises)."""

@@ -18,7 +18,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
-from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from starlette.requests import Request
@@ -137,9 +136,9 @@ class GenerationService(Admission):
         loop.engine.fail_all(ConnectionAbortedError("server is shutting down"))
 
     def _build_engine(self) -> Any:
-        from parainfer.generation import LLMEngine, ensure_smollm2
+        from parainfer.generation import LLMEngine, resolve_model
 
-        path = ensure_smollm2() if self.config.model in (None, "default") else Path(self.config.model)
+        path = resolve_model(self.config.model)
         dtype = "float32" if self.config.dtype == "auto" else self.config.dtype
         return LLMEngine(path, dtype=dtype, max_num_seqs=self.config.max_num_seqs,
                          threads=self.config.threads_per_worker,
