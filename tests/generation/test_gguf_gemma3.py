@@ -19,8 +19,8 @@ from parainfer.errors import UsageError
 from parainfer.generation import LLMEngine, SamplingParams
 from parainfer.generation.model_store import default_cache_dir, gguf_architecture, resolve_model
 
-PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,"]
-NEW_TOKENS = 16
+PROMPTS = ["The capital of France is", "def fibonacci(n):"]
+NEW_TOKENS = 12  # each token reads the 262k x 640 fp32 LM head (671 MB): kept short
 
 
 @pytest.fixture(scope="module")
@@ -55,21 +55,21 @@ def test_gguf_gemma3_greedy_equals_hf_and_cli_chat(gemma, gguf_file, tmp_path):
             out = hf_model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=NEW_TOKENS,
                                     do_sample=False)
         expected = out[0, len(ids):].tolist()
-        assert len(set(expected)) > 3
+        assert len(set(expected)) > 3, "degenerate reference: the test would not see a wrong token"
         assert res.token_ids == expected, tok.decode(ids)
     assert "france" in tok.decode(results[0].token_ids).lower()  # real weights, not noise
 
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text(json.dumps({"id": 0, "text": "What is the capital of France?"}) + "\n")
     proc = subprocess.run([sys.executable, "-m", "parainfer.cli", "run", str(src), "-o", str(out), "--task",
-                           "generate", "--model", str(gguf_file), "--workers", "1", "--max-tokens", "8", "-q"],
+                           "generate", "--model", str(gguf_file), "--workers", "1", "--max-tokens", "4", "-q"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     ids = engine.format_chat([{"role": "user", "content": "What is the capital of France?"}])
     assert tok.decode(ids).startswith("<bos><start_of_turn>user\nWhat is the capital of France?<end_of_turn>\n"
                                       "<start_of_turn>model\n")
-    (expected,) = engine.generate([ids], SamplingParams(max_tokens=8))
+    (expected,) = engine.generate([ids], SamplingParams(max_tokens=4))
     assert row["prompt_tokens"] == len(ids) and row["generated_text"] == expected.text and expected.text
 
 
