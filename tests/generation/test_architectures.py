@@ -1,4 +1,4 @@
-"""Qwen2, Qwen3 and Mistral in the engine's own forward: greedy tokens equal HF ``generate``.
+"""Qwen2, Qwen3, Mistral and Gemma 3 in the engine's own forward: greedy tokens equal HF ``generate``.
 
 Each architecture is a tiny seeded random-weight HF model (2 layers, hidden 64, SmolLM2's
 tokenizer and vocabulary) saved to a temporary directory and loaded back, so the config.json
@@ -37,6 +37,13 @@ def _config(arch: str, tok):
         return tf.Qwen2Config(**TINY, **ids, tie_word_embeddings=True, rope_theta=1e6, rms_norm_eps=1e-6)
     if arch == "qwen3":
         return tf.Qwen3Config(**TINY, **ids, head_dim=32, tie_word_embeddings=False, rope_theta=5e5)
+    if arch == "gemma3_text":
+        return tf.Gemma3TextConfig(
+            **TINY, **ids, head_dim=32, query_pre_attn_scalar=24, sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=False,
+            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+                             "full_attention": {"rope_type": "default", "rope_theta": 1e6}},
+            attn_logit_softcapping=5.0, final_logit_softcapping=30.0)  # tied: random weights repeat one token
     return tf.MistralConfig(**TINY, **ids, sliding_window=8, rope_theta=1e4, rms_norm_eps=1e-5)
 
 
@@ -58,6 +65,11 @@ def saved(tmp_path_factory, tokenizer):
         if arch not in cache:
             torch.manual_seed(0)
             model = AutoModelForCausalLM.from_config(_config(arch, tokenizer), dtype=torch.float32)
+            if arch == "gemma3_text":  # HF initialises Gemma's norms to 0, which (1 + w) would not test
+                with torch.no_grad():
+                    for name, param in model.named_parameters():
+                        if "norm" in name:
+                            param.normal_(0.0, 0.3)
             path = tmp_path_factory.mktemp(arch)
             model.save_pretrained(path)
             tokenizer.save_pretrained(path)
@@ -82,12 +94,14 @@ def _hf_greedy(model, ids: list[int]) -> list[int]:
 
 
 @pytest.mark.parametrize("arch,deterministic", [("qwen2", False), ("qwen3", False), ("mistral", False),
-                                                ("mistral", True)])
+                                                ("mistral", True), ("gemma3_text", False), ("gemma3_text", True)])
 def test_batched_chunked_greedy_equals_hf(arch, deterministic, saved, tokenizer, record_chunks):
     path, hf_model = saved(arch)
     engine = LLMEngine(path, num_blocks=64, block_size=4, max_num_batched_tokens=12, deterministic=deterministic)
     assert engine.model.model_type == arch
-    assert engine.model.sliding_window == (8 if arch == "mistral" else None)
+    assert engine.model.sliding_window == (8 if arch in ("mistral", "gemma3_text") else None)
+    if arch == "gemma3_text":
+        assert engine.model.layer_windows == (8, None)
     chunks = record_chunks(engine)
     prompts = _prompts()
     results = engine.generate(prompts, SamplingParams(max_tokens=MAX_TOKENS))
@@ -103,7 +117,7 @@ def test_unsupported_model_type_names_it_and_the_supported_ones(tokenizer):
     import transformers as tf
 
     model = tf.AutoModelForCausalLM.from_config(tf.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100))
-    with pytest.raises(UsageError, match=r"'gpt2'.*llama, mistral, qwen2, qwen3"):
+    with pytest.raises(UsageError, match=r"'gpt2'.*llama, mistral, qwen2, qwen3, gemma3_text"):
         LLMEngine.from_hf(model, tokenizer, num_blocks=8)
 
 

@@ -4,13 +4,14 @@ Files, one idea each: ``sequence`` (a request's state), ``sampling`` (SamplingPa
 sampler), ``kv_cache`` (blocks and the cache tensor), ``scheduler`` (who prefills, who decodes,
 preemption), ``attention`` + ``llama`` (the model forward over the paged cache),
 ``model_runner`` (batch -> inputs -> forward -> tokens), ``engine`` (the step loop and the
-public API), ``loop`` (a background thread for servers), ``model_store`` (SmolLM2 offline).
+public API), ``loop`` (a background thread for servers), ``model_store`` (SmolLM2 offline, GGUF files:
+``resolve_model``, ``load_gguf``).
 """
 
 from parainfer.generation.engine import LLMEngine
 from parainfer.generation.engine_config import EngineConfig
 from parainfer.generation.loop import EngineLoop
-from parainfer.generation.model_store import ensure_smollm2
+from parainfer.generation.model_store import ensure_smollm2, load_gguf, resolve_model
 from parainfer.generation.outputs import GenerationResult, RequestOutput
 from parainfer.generation.sampling_params import SamplingParams
 
@@ -22,4 +23,6 @@ __all__ = [
     "RequestOutput",
     "SamplingParams",
     "ensure_smollm2",
+    "load_gguf",
+    "resolve_model",
 ]

@@ -6,8 +6,9 @@ cache at ``slot_mapping``; then decode rows attend, all in one ``scaled_dot_prod
 call, to their cached keys/values gathered through their block tables (grouped-query heads in
 the query-length axis, no copy), and each prefill chunk attends causally to its own
 keys/values (a first chunk) or to its cached prefix plus itself (a later chunk). With a
-sliding window W (Mistral) every query sees only the keys of its last W positions: the decode
-mask and the chunk masks also hide older keys. The layout and masks: docs/generation.md,
+sliding window W (Mistral, Gemma 3's local layers) every query sees only the keys of its last W
+positions: the decode mask and the chunk masks also hide older keys. A model may set the
+softmax scale (Gemma 3: ``query_pre_attn_scalar ** -0.5``). The layout and masks: docs/generation.md,
 "Attention over a mixed batch".
 """
 
@@ -43,6 +44,8 @@ class AttentionMetadata:
         sliding_window: W, a query at position p attends to keys p - W + 1 .. p (HF's
             ``sliding_window_overlay``: kv_idx > q_idx - W); None: to all keys 0 .. p. The
             masks above must already apply it; ``decode_exact`` rows apply it here.
+        global_layers: for a model that interleaves windowed and global layers (Gemma 3), the
+            same step's metadata without the window, used by the global layers; else None.
     """
 
     slot_mapping: torch.Tensor
@@ -53,6 +56,7 @@ class AttentionMetadata:
     prefill_masks: list[torch.Tensor | None] | None = None
     decode_exact: list[tuple[torch.Tensor, int]] | None = None
     sliding_window: int | None = None
+    global_layers: AttentionMetadata | None = None
 
 
 def paged_attention(
@@ -61,6 +65,7 @@ def paged_attention(
     v: torch.Tensor,
     kv_cache: torch.Tensor,
     meta: AttentionMetadata,
+    scale: float | None = None,
 ) -> torch.Tensor:
     """Write this step's keys/values into the cache and attend.
 
@@ -69,6 +74,7 @@ def paged_attention(
         k, v: [T, KV, D] keys (rotary applied) and values of the step's tokens.
         kv_cache: [2, num_blocks, block_size, KV, D] this layer's keys and values (written in place).
         meta: the step's :class:`AttentionMetadata`.
+        scale: softmax scale (None: SDPA's 1 / sqrt(D)).
 
     Returns:
         [T, H * D] attention output, rows in the order of ``q``.
@@ -80,21 +86,22 @@ def paged_attention(
     parts = []
     bd = meta.num_decode
     if bd and meta.decode_exact is not None:
-        parts.extend(_decode_one(q[i:i + 1], kv_cache, blocks, length, meta.sliding_window)
+        parts.extend(_decode_one(q[i:i + 1], kv_cache, blocks, length, meta.sliding_window, scale)
                      .reshape(1, num_heads * head_dim)
                      for i, (blocks, length) in enumerate(meta.decode_exact))
     elif bd:
-        parts.append(_decode(q[:bd], kv_cache, meta).reshape(bd, num_heads * head_dim))
+        parts.append(_decode(q[:bd], kv_cache, meta, scale).reshape(bd, num_heads * head_dim))
     masks = meta.prefill_masks or [None] * len(meta.prefill_bounds)
     for (start, end, first, blocks), mask in zip(meta.prefill_bounds, masks):
         if blocks is None:
-            parts.append(_prefill(q[start:end], k[start:end], v[start:end], mask))
+            parts.append(_prefill(q[start:end], k[start:end], v[start:end], mask, scale))
         else:
-            parts.append(_prefill_chunk(q[start:end], kv_cache, blocks, first, mask))
+            parts.append(_prefill_chunk(q[start:end], kv_cache, blocks, first, mask, scale))
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
 
-def _decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+def _decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata,
+            scale: float | None = None) -> torch.Tensor:
     """q [Bd, H, D] -> [Bd, KV, G, D], attending to each sequence's cached context.
 
     Keys and values are gathered together, whole blocks at a time (``_gather_blocks``).
@@ -104,11 +111,11 @@ def _decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata) ->
     kv = _gather_blocks(kv_cache, meta.decode_block_tables.flatten())
     kv = kv.view(2, bd, -1, num_kv, head_dim).transpose(2, 3)
     q = q.view(bd, num_kv, num_heads // num_kv, head_dim)
-    return F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=meta.decode_mask)
+    return F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=meta.decode_mask, scale=scale)
 
 
 def _decode_one(q: torch.Tensor, kv_cache: torch.Tensor, blocks: torch.Tensor, length: int,
-                window: int | None = None) -> torch.Tensor:
+                window: int | None = None, scale: float | None = None) -> torch.Tensor:
     """One decode row alone: q [1, H, D] over exactly its ``length`` cached keys/values (in
     ``blocks``; only the last ``window`` of them with a sliding window), no mask, no padding;
     returns [1, KV, G, D]. The same shapes whatever the batch."""
@@ -116,10 +123,12 @@ def _decode_one(q: torch.Tensor, kv_cache: torch.Tensor, blocks: torch.Tensor, l
     num_kv = kv_cache.shape[3]
     first = max(0, length - window) if window else 0
     kv = _gather_blocks(kv_cache, blocks)[:, first:length].transpose(1, 2).unsqueeze(1)  # [2, 1, KV, L, D]
-    return F.scaled_dot_product_attention(q.view(1, num_kv, num_heads // num_kv, head_dim), kv[0], kv[1])
+    return F.scaled_dot_product_attention(q.view(1, num_kv, num_heads // num_kv, head_dim), kv[0], kv[1],
+                                          scale=scale)
 
 
-def _prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def _prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+             scale: float | None = None) -> torch.Tensor:
     """Causal attention of one sequence from position 0: q [L, H, D], k/v [L, KV, D] -> [L, H*D].
     ``mask``: [L, L] bool (``chunk_mask(0, L, window)``), or None for plain causal attention."""
     length, num_heads, head_dim = q.shape
@@ -130,6 +139,7 @@ def _prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tens
         attn_mask=mask,
         is_causal=mask is None,
         enable_gqa=num_heads != k.shape[1],
+        scale=scale,
     )
     return out[0].transpose(0, 1).reshape(length, num_heads * head_dim)
 
@@ -144,7 +154,7 @@ def chunk_mask(first: int, length: int, window: int | None = None) -> torch.Tens
 
 
 def _prefill_chunk(q: torch.Tensor, kv_cache: torch.Tensor, blocks: torch.Tensor, first: int,
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
+                   mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
     """A prefill chunk at positions first .. first + L - 1: q [L, H, D] attends to the cached
     keys/values of positions 0 .. first + L - 1 (``blocks`` holds them); returns [L, H*D].
     ``mask``: ``chunk_mask(first, L)``, built here when None."""
@@ -160,6 +170,7 @@ def _prefill_chunk(q: torch.Tensor, kv_cache: torch.Tensor, blocks: torch.Tensor
         kv[1].transpose(0, 1).unsqueeze(0),
         attn_mask=mask,
         enable_gqa=num_heads != num_kv,
+        scale=scale,
     )
     return out[0].transpose(0, 1).reshape(length, num_heads * head_dim)
 

@@ -37,7 +37,9 @@ def check_engine(name: str) -> str:
 
 def is_gguf(model: str | Path | None) -> bool:
     """True for a path to a ``.gguf`` file."""
-    return model is not None and str(model).endswith(".gguf") and Path(model).is_file()
+    from parainfer.generation.model_store import is_gguf_path
+
+    return model is not None and is_gguf_path(model) and Path(model).is_file()
 
 
 def resolve_engine(name: str, model: str | Path | None, device: str = "cpu") -> str:
@@ -67,10 +69,12 @@ def resolve_engine(name: str, model: str | Path | None, device: str = "cpu") -> 
 
 
 def model_path(model: str | Path | None) -> Path:
-    """``model`` as a path; None or "default": the built-in SmolLM2-135M-Instruct directory."""
-    from parainfer.generation.model_store import ensure_smollm2
+    """The HF directory the own engine (or vLLM) loads for ``model``
+    (``model_store.resolve_model``: None or "default" the built-in SmolLM2-135M-Instruct, a
+    .gguf file its dequantised directory)."""
+    from parainfer.generation.model_store import resolve_model
 
-    return ensure_smollm2() if model in (None, "default") else Path(model)
+    return resolve_model(model)
 
 
 def build_engine(name: str, model: str | Path | None, device: str = "cpu", **settings: Any) -> Any:

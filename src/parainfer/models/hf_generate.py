@@ -3,8 +3,9 @@
 Each worker holds one engine built by ``generation.engines.build_engine`` (``--engine``: the own
 ``generation.LLMEngine``, llama.cpp for a .gguf file, or vLLM); a task's prompts are added to it at once and
 decoded together, sequences leaving the batch as they finish. The default model is
-SmolLM2-135M-Instruct (``generation.ensure_smollm2``); any local Hugging Face Llama-layout
-causal-LM directory works too. A prompt gets the chat template as one user message
+SmolLM2-135M-Instruct (``generation.ensure_smollm2``); any local Hugging Face causal-LM
+directory or GGUF file of an architecture the engine runs works too (``generation.resolve_model``:
+a GGUF is dequantised once into a cached directory). A prompt gets the chat template as one user message
 (``chat=True``) or is fed as is (``chat=False``); a chat conversation (OpenAI-style messages)
 always gets the template. A prompt that does not fit the context window with ``max_tokens``
 fails alone (quarantined with both numbers).
@@ -29,7 +30,7 @@ class GeneratePredictor(Predictor):
     """Generates a completion per text.
 
     Args:
-        model_dir: local causal-LM directory; None = SmolLM2-135M-Instruct.
+        model_dir: local causal-LM directory or .gguf file; None = SmolLM2-135M-Instruct.
         dtype: "auto" (= float32, exact against Hugging Face), "float32" or "bfloat16".
         max_tokens: most new tokens per record.
         temperature, top_p, top_k: sampling (temperature 0 = greedy).
@@ -104,10 +105,19 @@ class GeneratePredictor(Predictor):
                              f"({window} tokens, prompt included); accepted: 1 to {window - 1}")
 
     def _resolve_dir(self) -> Path:
-        if self.model_dir is None:
-            from parainfer.generation import ensure_smollm2
+        """What the engine loads: the model directory; for the own engine (and vLLM) the built-in
+        model for None and a .gguf file's dequantised directory; llama.cpp reads the file.
 
-            self.model_dir = ensure_smollm2()
+        Raises:
+            UsageError: llama.cpp without a model file (it has no built-in model)."""
+        if self.engine_name == "llamacpp":
+            if self.model_dir is None:
+                raise UsageError("--engine llamacpp needs --model FILE.gguf (a GGUF model file)")
+            return self.model_dir
+        if self.model_dir is None or self.model_dir.suffix.lower() == ".gguf":
+            from parainfer.generation import resolve_model
+
+            self.model_dir = resolve_model(self.model_dir)
         return self.model_dir
 
     def _get_tokenizer(self) -> Any:

@@ -89,10 +89,8 @@ def _build(task: str, model: str | None, dtype: str, device: str, trust: bool, b
         return predictor_from_manifest(task, path, dtype, device, trust=trust, backend=backend)
     if path.is_dir():
         return _from_directory(task, path, dtype, device, backend, **options)
-    if task == "generate" and path.is_file() and path.suffix == ".gguf":  # --engine picks who runs it
-        from parainfer.models.hf_generate import GeneratePredictor
-
-        return GeneratePredictor(path, dtype=dtype, device=device, **options)
+    if name.lower().endswith(".gguf"):
+        return _from_gguf(task, path, dtype, device, **options)
     if ":" in name and not path.exists():
         from parainfer.models.python_callable import CallablePredictor
 
@@ -100,7 +98,7 @@ def _build(task: str, model: str | None, dtype: str, device: str, trust: bool, b
     accepted = ", ".join(BUILTIN_MODELS[task])
     raise UsageError(
         f"unknown model {name!r} for task {task!r}; accepted: a built-in name ({accepted}), "
-        "a local Hugging Face model directory, or module:function"
+        "a local Hugging Face model directory, a .gguf file (--task generate), or module:function"
     )
 
 
@@ -122,6 +120,24 @@ def _builtin(task: str, dtype: str, device: str, backend: str, **options: object
     from parainfer.models.hf_generate import GeneratePredictor
 
     return GeneratePredictor(None, dtype=dtype, device=device, **options)
+
+
+def _from_gguf(task: str, path: Path, dtype: str, device: str, **options: object) -> Predictor:
+    """A GGUF file runs in the generation engine ``--engine`` picks: llama.cpp reads the file, the
+    own engine a directory it is dequantised into once (``generation.resolve_model``), its
+    header checked here so a bad or unsupported file fails before any worker starts."""
+    if task != "generate":
+        raise UsageError(f"a GGUF file ({str(path)!r}) is a model for --task generate, not --task {task}")
+    from parainfer.generation.engines import resolve_engine
+    from parainfer.generation.model_store import gguf_architecture
+    from parainfer.models.hf_generate import GeneratePredictor
+
+    if resolve_engine(str(options.get("engine", "auto")), path, device) == "llamacpp":
+        if not path.is_file():  # llama.cpp checks the rest of the file when it loads it
+            raise UsageError(f"GGUF file {str(path)!r} does not exist")
+    else:
+        gguf_architecture(path)  # the own engine's architectures
+    return GeneratePredictor(path, dtype=dtype, device=device, **options)
 
 
 def _from_directory(task: str, path: Path, dtype: str, device: str, backend: str, **options: object) -> Predictor:

@@ -111,9 +111,13 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
 
 
 def _make_service(config: ServeConfig, predictor: Predictor | None, metrics: ServingMetrics) -> Service:
-    """A ``GenerationService`` for ``--task generate``, else an ``InferenceService`` over
+    """A ``GenerationService`` for ``--task generate`` (a ``.gguf`` model's header checked first), else an ``InferenceService`` over
     ``predictor`` (default: the registry's predictor for the task; translate: both directions)."""
     if config.task == "generate":
+        from parainfer.generation.model_store import gguf_architecture, is_gguf_path
+
+        if config.model and is_gguf_path(config.model):
+            gguf_architecture(config.model)  # a bad or unsupported file: a one-line error now, not at load
         return GenerationService(config, metrics)
     both_directions = {"source_lang": None, "target_lang": None} if config.task == "translate" else {}
     predictor = predictor or build_predictor(config.task, config.model, config.dtype, config.device,

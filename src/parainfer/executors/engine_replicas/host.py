@@ -37,7 +37,8 @@ class EngineSpec:
     """How a worker builds its engine (sent to each worker, built there).
 
     Attributes:
-        model: a local HF Llama-family directory; None or "default": SmolLM2-135M-Instruct.
+        model: a local HF directory or a .gguf file of an architecture in ``llama.ARCHS``; None
+            or "default": SmolLM2-135M-Instruct (``generation.resolve_model``).
         dtype: "auto" (float32 here) | "float32" | "bfloat16".
         max_num_seqs: most sequences in the engine's running batch.
         threads: torch intra-op threads of the engine (None: torch's default).
