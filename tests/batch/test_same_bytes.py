@@ -145,8 +145,11 @@ def test_a_bisected_batch_is_reported_with_its_records(reference, tmp_path: Path
 
 def test_the_built_in_embedder_gives_the_same_bytes_in_both_modes_and_after_a_resume(vader_sample: Path,
                                                                                      tmp_path: Path) -> None:
-    """The real default embedder (``--task embed``): record mode, sharded mode and a driver
-    SIGKILL then resume write the same bytes; the checkpoint records the numerics."""
+    """The real default embedder (``--task embed``): record mode, and sharded mode with a driver
+    SIGKILL then the resume, write the same bytes; the checkpoint records the numerics. (One
+    sharded run, killed and resumed, instead of a clean sharded run plus a killed record-mode
+    one: the batchmates matrix above already checks a killed record-mode run byte for byte with
+    a model that sees batch composition, and every model load here is seconds of CI.)"""
     src = tmp_path / "in.jsonl"
     src.write_text("".join(vader_sample.read_text().splitlines(keepends=True)[:100]))
     opts = ["--task", "embed", "--batch-size", "8", "--bucket-window", "32", "-q", "--checkpoint-every", "0.05"]
@@ -154,17 +157,17 @@ def test_the_built_in_embedder_gives_the_same_bytes_in_both_modes_and_after_a_re
     def cmd(out: Path, *extra: str) -> list[str]:
         return [sys.executable, "-m", "parainfer.cli", "run", str(src), "-o", str(out), *opts, *extra]
 
-    record, sharded, resumed = tmp_path / "record.jsonl", tmp_path / "sharded.jsonl", tmp_path / "resumed.jsonl"
+    record, sharded = tmp_path / "record.jsonl", tmp_path / "sharded.jsonl"
     run(cmd(record, "--shard-mode", "off", "--workers", "1"))
     numerics = json.loads(Path(str(record) + ".parainfer-checkpoint.json").read_text())["numerics"]
     assert numerics["dtype"] in ("float32", "bfloat16") and numerics["threads_per_worker"] >= 1
     assert "torch" in numerics["versions"] and "parainfer" in numerics["versions"]
-    run(cmd(sharded, "--shard-mode", "on", "--workers", "1"))  # 1 worker, several shards (ENV: small ones)
-    kill_driver(cmd(resumed, "--workers", "1"), resumed, 30, total=100)
+    sharded_cmd = cmd(sharded, "--shard-mode", "on", "--workers", "1")  # 1 worker, several shards (ENV: small ones)
+    kill_driver(sharded_cmd, sharded, 30, total=100)
     report = tmp_path / "report.json"
-    run(cmd(resumed, "--workers", "1", "--report", str(report)))
+    run(sharded_cmd + ["--report", str(report)])
     assert json.loads(Path(str(sharded) + ".parainfer-checkpoint.json").read_text())["shards"] > 1
-    assert sha(record) == sha(sharded) == sha(resumed)
+    assert sha(record) == sha(sharded)
     rep = json.loads(report.read_text())
     assert rep["deterministic"] is True and rep["resumed_records"] >= 30
 

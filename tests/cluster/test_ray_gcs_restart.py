@@ -43,25 +43,46 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def local_reference(cluster: Cluster, src: Path, ref: Path) -> None:
+@pytest.fixture(scope="module")
+def job(ft_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(input, sha256 of what one local worker writes for it): the same 2,000 records for both
+    tests, so the local reference run is made once."""
+    tmp = tmp_path_factory.mktemp("gcs")
+    src, ref = write_input(tmp / "in.jsonl"), tmp / "ref.jsonl"
     local = subprocess.run([sys.executable, "-m", "parainfer.cli", "run", str(src), "-o", str(ref), "--model",
                             "parainfer.testing:sleepy", "--workers", "1", *FAST], capture_output=True, text=True,
-                           env=cluster.env(), cwd=REPO, timeout=120)
+                           env=ft_cluster.env(), cwd=REPO, timeout=120)
     assert local.returncode == 0, local.stderr
+    return src, sha(ref)
 
 
-def test_gcs_killed_and_restarted_mid_job_the_job_goes_on_exactly_once(ft_cluster, tmp_path: Path) -> None:
+def wait_committed(out: Path, proc, timeout: float = 120.0) -> int:
+    """Wait until the job writing ``out`` has committed records (its checkpoint says so): it is
+    mid-job, its actors running tasks. Returns the count; fails if the job ends first or none
+    is committed within ``timeout``."""
+    manifest, deadline = Path(str(out) + ".parainfer-checkpoint.json"), time.monotonic() + timeout
+    while True:
+        try:
+            done = json.loads(manifest.read_text()).get("records_done", 0)
+        except (OSError, ValueError):
+            done = 0
+        if done:
+            return done
+        assert proc.poll() is None, "the job ended before it committed anything"
+        assert time.monotonic() < deadline, f"nothing committed within {timeout} s"
+        time.sleep(0.05)
+
+
+def test_gcs_killed_and_restarted_mid_job_the_job_goes_on_exactly_once(ft_cluster, job, tmp_path: Path) -> None:
     cluster = ft_cluster
-    src = write_input(tmp_path / "in.jsonl")
-    ref = tmp_path / "ref.jsonl"
-    local_reference(cluster, src, ref)
+    src, want = job
     out, report = tmp_path / "o.jsonl", tmp_path / "r.json"
     args = ("run", str(src), "-o", str(out), "--report", str(report), "--model", "parainfer.testing:sleepy",
             "--executor", "ray", "--address", cluster.address, "--workers", "2", *FAST)
     proc = cluster.start(*args, env=SLOW)
     actors = cluster.wait_actors(2)
     assert sorted(actors.values()) == [cluster.head_ns, cluster.node_ns]
-    time.sleep(1.0)
+    wait_committed(out, proc)  # mid-job (was a fixed 1 s, which under load could be before any task ran)
     cluster.gcs_kill()
     time.sleep(GCS_DOWN_S)
     assert proc.poll() is None, "the job ended while the GCS was down"
@@ -69,7 +90,7 @@ def test_gcs_killed_and_restarted_mid_job_the_job_goes_on_exactly_once(ft_cluste
     assert set(actors) <= set(cluster.actor_pids()), "the actors did not outlive the GCS restart"
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
-    assert sha(out) == sha(ref)
+    assert sha(out) == want
     head = [line for line in err.splitlines() if line.startswith("the Ray head's GCS")]
     assert len(head) == 2, err[-3000:]  # one line when it went quiet, one when it was back
     assert head[0].startswith(f"the Ray head's GCS at {cluster.address} does not answer (connection refused): ")
@@ -78,19 +99,17 @@ def test_gcs_killed_and_restarted_mid_job_the_job_goes_on_exactly_once(ft_cluste
     assert rep["restarts"] == 0 and rep["failed_records"] == 0
 
 
-def test_gcs_restarted_without_its_state_stops_the_job_and_a_rerun_resumes(ft_cluster, tmp_path: Path) -> None:
+def test_gcs_restarted_without_its_state_stops_the_job_and_a_rerun_resumes(ft_cluster, job, tmp_path: Path) -> None:
     """Last: it starts the cluster again (the fixture tears it down)."""
     cluster = ft_cluster
-    src = write_input(tmp_path / "in.jsonl")
-    ref = tmp_path / "ref.jsonl"
-    local_reference(cluster, src, ref)
+    src, want = job
     out, report = tmp_path / "o.jsonl", tmp_path / "r.json"
     args = ("run", str(src), "-o", str(out), "--model", "parainfer.testing:sleepy", "--executor", "ray",
             "--address", cluster.address, "--workers", "2", *FAST)
     manifest = Path(str(out) + ".parainfer-checkpoint.json")
     proc = cluster.start(*args, env=SLOW)
     cluster.wait_actors(2)
-    time.sleep(1.0)
+    wait_committed(out, proc)  # some records committed before the GCS goes: the resume has a prefix to keep
     cluster.gcs_kill()
     time.sleep(GCS_DOWN_S)
     cluster.gcs_restart(fresh=True)
@@ -110,4 +129,4 @@ def test_gcs_restarted_without_its_state_stops_the_job_and_a_rerun_resumes(ft_cl
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rep = json.loads(report.read_text())
     assert rep["resumed_records"] == committed and rep["records"] == 2000 - committed
-    assert sha(out) == sha(ref)
+    assert sha(out) == want

@@ -21,6 +21,7 @@ from tests.conftest import read_jsonl
 
 POOL = "t1"
 OPTIONS = ["--task", "embed", "--dtype", "float32"]
+RECORDS = 24  # one task, as 60 were: the bytes and the start-up are the point, not the size
 
 
 def parainfer(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -63,7 +64,7 @@ def pool(vader_sample: Path, tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("pools")
     env = {**os.environ, "PARAINFER_POOLS_DIR": str(work / "state"), "HF_HUB_OFFLINE": "1"}
     src = work / "in.jsonl"
-    src.write_text("".join(vader_sample.read_text().splitlines(keepends=True)[:60]))
+    src.write_text("".join(vader_sample.read_text().splitlines(keepends=True)[:RECORDS]))
     pid = None
     try:
         up = parainfer(env, "pool", "up", POOL, *OPTIONS, "--workers", "1")
@@ -87,14 +88,15 @@ def test_runs_on_pool_equal_a_cold_run_without_model_load(pool) -> None:
                          "--report", str(work / f"warm{n}.json"))
         assert warm.returncode == 0, warm.stderr
         assert sha256(work / f"warm{n}.jsonl") == sha256(work / "cold.jsonl")
-    assert len(read_jsonl(work / "warm2.jsonl")) == 60
+    assert len(read_jsonl(work / "warm2.jsonl")) == RECORDS
     cold_report = json.loads((work / "cold.json").read_text())
     warm_report = json.loads((work / "warm2.json").read_text())
     assert "weights_s" in cold_report["startup"] and "worker_process_s" in cold_report["startup"]
     load = {"worker_process_s", "imports_s", "tokenizer_s", "weights_s", "load_other_s", "first_ready_s"}
     assert not load & set(warm_report["startup"]), warm_report["startup"]  # no worker started, no model loaded
     assert warm_report["executor"]["name"] == "pool" and warm_report["executor"]["pool"] == POOL
-    assert warm_report["records"] == 60 and warm_report["failed_records"] == 0
+    assert cold_report["tasks"] == warm_report["tasks"] == 1
+    assert warm_report["records"] == RECORDS and warm_report["failed_records"] == 0
 
 
 def test_pool_ls_lists_the_pool(pool) -> None:

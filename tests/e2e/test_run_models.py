@@ -55,8 +55,19 @@ def test_default_classifier_beats_chance_on_vader(classify_runs: dict, vader_sam
     assert accuracy > 0.7, accuracy
 
 
-def test_embed_two_workers_within_1e5_of_one_worker(vader_sample: Path, tmp_path: Path) -> None:
-    one, _ = run_job(vader_sample, tmp_path / "e1.jsonl", task="embed", workers=1, dtype="float32")
+@pytest.fixture(scope="module")
+def embed_one_worker_fp32(vader_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """The rows of ``--task embed --workers 1 --dtype float32`` on the sample: the reference of
+    both embedding tests below (run once, not once each)."""
+    rows, rep = run_job(vader_sample, tmp_path_factory.mktemp("embed") / "e1.jsonl", task="embed", workers=1,
+                        dtype="float32")
+    assert rep["model"]["dtype"] == "float32"
+    return rows
+
+
+def test_embed_two_workers_within_1e5_of_one_worker(embed_one_worker_fp32: list[dict], vader_sample: Path,
+                                                    tmp_path: Path) -> None:
+    one = embed_one_worker_fp32
     two, rep = run_job(vader_sample, tmp_path / "e2.jsonl", task="embed", workers=2, dtype="float32")
     a = np.array([r["embedding"] for r in one])
     b = np.array([r["embedding"] for r in two])
@@ -66,8 +77,9 @@ def test_embed_two_workers_within_1e5_of_one_worker(vader_sample: Path, tmp_path
     assert rep["model"]["dtype"] == "float32"
 
 
-def test_auto_dtype_stays_within_tolerance_of_float32(vader_sample: Path, tmp_path: Path) -> None:
-    ref, _ = run_job(vader_sample, tmp_path / "fp32.jsonl", task="embed", workers=1, dtype="float32")
+def test_auto_dtype_stays_within_tolerance_of_float32(embed_one_worker_fp32: list[dict], vader_sample: Path,
+                                                      tmp_path: Path) -> None:
+    ref = embed_one_worker_fp32
     auto, rep = run_job(vader_sample, tmp_path / "auto.jsonl", task="embed", workers=1, dtype="auto")
     a = np.array([r["embedding"] for r in ref])
     b = np.array([r["embedding"] for r in auto])

@@ -62,3 +62,23 @@ def echo_server() -> Iterator[str]:
     """One replica of the cheap echo model (task classify): outputs {"length": n}."""
     with running_server(task="classify", model="parainfer.testing:echo", workers=1) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def reference_engine():
+    """``reference_engine(threads) -> LLMEngine``: SmolLM2 run directly in this process (the
+    reference a generate server's greedy answers must equal), loaded once per thread count for
+    the whole session instead of once per module. 0.1 GiB of KV cache: the references are short.
+    No prefix cache: a reference is computed from its prompt alone, whatever ran before it in the
+    session."""
+    from parainfer.generation import LLMEngine, ensure_smollm2
+
+    engines: dict[int, LLMEngine] = {}
+
+    def get(threads: int = 1) -> LLMEngine:
+        if threads not in engines:
+            engines[threads] = LLMEngine(ensure_smollm2(), threads=threads, kv_cache_gb=0.1,
+                                        enable_prefix_caching=False)
+        return engines[threads]
+
+    return get

@@ -130,14 +130,13 @@ def test_embed_server_scales_1_2_1_under_a_stepped_load_without_losing_a_request
         assert cosine >= 1 - 1e-4, (i, cosine)
 
 
-def test_generate_server_scales_1_2_1_and_every_completion_equals_one_engine():
-    from parainfer.generation import LLMEngine, SamplingParams, ensure_smollm2
+def test_generate_server_scales_1_2_1_and_every_completion_equals_one_engine(reference_engine):
+    from parainfer.generation import SamplingParams
 
     prompts = [f"Count from {i} to {i + 5}:" for i in range(len(TEXTS))]
-    engine = LLMEngine(ensure_smollm2(), threads=1, kv_cache_gb=0.1)
+    engine = reference_engine(1)
     want = [(w.text, w.finish_reason) for w in engine.generate([engine.tokenizer.encode(p) for p in prompts],
                                                                 SamplingParams(max_tokens=6))]
-    del engine
     with running_server(task="generate", max_num_seqs=16, request_timeout_s=120, **FAST) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
 

@@ -38,11 +38,9 @@ def gen_server():
 
 
 @pytest.fixture(scope="module")
-def engine():
-    """The same model run directly, for the exactness checks."""
-    from parainfer.generation import LLMEngine, ensure_smollm2
-
-    return LLMEngine(ensure_smollm2(), threads=int(os.environ.get("PARAINFER_TEST_THREADS", "1")))
+def engine(reference_engine):
+    """The same model run directly, for the exactness checks (conftest's, shared)."""
+    return reference_engine(int(os.environ.get("PARAINFER_TEST_THREADS", "1")))
 
 
 @pytest.fixture()

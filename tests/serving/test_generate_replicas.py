@@ -42,11 +42,9 @@ def replicas():
 
 
 @pytest.fixture(scope="module")
-def engine():
+def engine(reference_engine):
     """The same model as one engine run directly (the reference the one-engine server equals)."""
-    from parainfer.generation import LLMEngine, ensure_smollm2
-
-    return LLMEngine(ensure_smollm2(), threads=1, kv_cache_gb=0.1)
+    return reference_engine(1)
 
 
 def client(url: str) -> openai.OpenAI:
