@@ -73,8 +73,8 @@ class EchoEngine:
     def load_tokenizer(model: Any) -> ByteTokenizer:
         return ByteTokenizer()
 
-    def format_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        return self.tokenizer.apply_chat_template(messages)  # type: ignore[return-value]
+    def format_chat(self, messages: list[dict[str, str]], tools: list[dict] | None = None) -> list[int]:
+        return self.tokenizer.apply_chat_template(messages)  # type: ignore[return-value] - no tool syntax
 
     def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
         if num_prompt_tokens + max_tokens > self.max_model_len:

@@ -35,7 +35,7 @@ class GenerationEngine(Protocol):
             the run report.
         tokenizer: the model's tokenizer, with the Hugging Face calls the server makes:
             ``encode(text) -> list[int]``, ``decode(ids) -> str``, ``len(tokenizer)`` (vocabulary
-            size) and ``apply_chat_template(messages, add_generation_prompt=True, tokenize=True)``.
+            size) and ``apply_chat_template(messages, add_generation_prompt=True, tokenize=True, tools=None)``.
         max_model_len: context window in tokens (prompt + max_tokens must fit).
         config: settings the server reports and admits against: ``max_num_seqs``, ``dtype``,
             ``num_blocks`` and ``block_size`` (the KV cache: ``num_blocks * block_size`` tokens).
@@ -83,8 +83,9 @@ class GenerationEngine(Protocol):
         """Raise UsageError unless a request of this size fits the window and the cache."""
         ...
 
-    def format_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        """Prompt token ids of chat ``messages`` with the model's template and generation prompt."""
+    def format_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """Prompt token ids of chat ``messages`` with the model's template and generation prompt;
+        ``tools`` (OpenAI function specs) go to the template (``engine.chat_prompt_ids``)."""
         ...
 
     def generate(self, prompts: SequenceABC[str | list[int]],

@@ -67,10 +67,11 @@ class VllmEngine:
         self._prompt_len: dict[str, int] = {}
         self._ids = itertools.count()
 
-    def format_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        """Prompt token ids of chat ``messages`` (the tokenizer's chat template)."""
-        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(out["input_ids"] if hasattr(out, "keys") else out)
+    def format_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """Prompt token ids of chat ``messages`` (the tokenizer's chat template, ``tools`` passed on)."""
+        from parainfer.generation.engine import chat_prompt_ids
+
+        return chat_prompt_ids(self.tokenizer, messages, tools)
 
     def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
         """Raise UsageError unless prompt + max_tokens fits the context window."""
