@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from parainfer.models.hf_common import canonical_width
+from parainfer.models.hf_common import FIXED_ROWS, canonical_width
 from parainfer.platform import datasets
 
 
@@ -42,18 +42,26 @@ def texts() -> list[str]:
     return vader + [t[: 200 + 40 * i] for i, t in enumerate(bbc)]
 
 
-@pytest.mark.parametrize("mode", ["canonical-width", "per-text"])
+@pytest.mark.parametrize("mode", ["canonical-width", "fixed-rows", "per-text"])
 def test_passes_never_mix_widths_and_stay_in_budget(embedder, texts, mode):
     embedder.numerics_mode = mode
-    lengths = sorted(min(n, embedder.max_input_tokens) for n in embedder.token_lengths(texts))
-    runs, widths = embedder._runs(lengths)
-    assert [k for run in runs for k in run] == list(range(len(lengths)))
-    for run in runs:
-        assert len({widths[k] for k in run}) == 1  # one width per forward pass
-        assert len(run) * widths[run.start] <= embedder.max_batch_tokens
-        assert mode == "canonical-width" or len(run) == 1
-    assert widths == [canonical_width(n, embedder.max_input_tokens) for n in lengths]
-    assert len(runs) < len(lengths) or mode == "per-text"  # equal widths do share a pass
+    try:
+        lengths = sorted(min(n, embedder.max_input_tokens) for n in embedder.token_lengths(texts))
+        runs, widths = embedder._runs(lengths)
+        assert [k for run in runs for k in run] == list(range(len(lengths)))
+        for run in runs:
+            assert len({widths[k] for k in run}) == 1  # one width per forward pass
+            assert max(len(run), FIXED_ROWS if mode == "fixed-rows" else 1) * widths[run.start] <= embedder.max_batch_tokens
+            assert {"canonical-width": len(run) >= 1, "fixed-rows": len(run) <= FIXED_ROWS, "per-text": len(run) == 1}[mode]
+        assert widths == [canonical_width(n, embedder.max_input_tokens) for n in lengths]
+        assert len(runs) < len(lengths) or mode == "per-text"  # equal widths do share a pass
+        if mode == "fixed-rows":  # every pass is computed at exactly FIXED_ROWS rows; results map back 1:1
+            groups = list(embedder._length_groups(texts))
+            assert sorted(r for rows, _ in groups for r in rows) == list(range(len(texts)))
+            assert all(batch["input_ids"].shape[0] == FIXED_ROWS for _, batch in groups)
+            assert any(len(rows) < FIXED_ROWS for rows, _ in groups)  # some were filled
+    finally:
+        embedder.numerics_mode = None
 
 
 def test_a_classifier_heads_score_of_a_row_does_not_depend_on_the_other_rows():

@@ -42,6 +42,11 @@ CANONICAL_WIDTH_STEP: int | None = None
 # canonical width of the calibration texts, small, odd and up to the serve default (32); at
 # each wider one, the first two (the probe must stay well under a second of a worker's load).
 PROBE_BATCH_SIZES = (2, 3, 8, 17, 32)
+# Mode "fixed-rows" (where equal widths alone are not enough: the library picks kernels by the
+# batch's row count, as oneDNN with AMX does): every forward pass has exactly this many rows of
+# one canonical width, a short pass filled with copies of its first row, so every pass of a
+# width has one shape and one kernel. Cost on an AMX Xeon: docs/benchmarks.md, "Deterministic mode".
+FIXED_ROWS = 8
 
 
 
@@ -195,17 +200,19 @@ class HFTokenizerMixin:
         pad_values = {"input_ids": tokenizer.pad_token_id or 0, "token_type_ids": tokenizer.pad_token_type_id}
         left = tokenizer.padding_side == "left"
         runs, widths = self._runs([lengths[i] for i in order])
+        fill = FIXED_ROWS if getattr(self, "numerics_mode", None) == "fixed-rows" else 0
         # Padded tokens as computed: rows x width, summed over the forward passes.
-        counts.padded = sum(len(run) * widths[run.stop - 1] for run in runs)
+        counts.padded = sum(max(len(run), fill) * widths[run.stop - 1] for run in runs)
         self._last_counts = (texts, counts)
         for run in runs:
             rows = [order[k] for k in run]
             width = widths[run.stop - 1]
+            computed = rows + [rows[0]] * (fill - len(rows))  # mode fixed-rows: copies of the first row
             batch = {}
             for name, values in enc.items():
                 pad = pad_values.get(name, 0)
                 padded = [[pad] * (width - len(v)) + v if left else v + [pad] * (width - len(v))
-                          for v in (values[r] for r in rows)]
+                          for v in (values[r] for r in computed)]
                 batch[name] = torch.tensor(padded, dtype=torch.long)
             yield rows, batch
 
@@ -215,8 +222,10 @@ class HFTokenizerMixin:
         ``numerics_mode`` (set at load by ``probe_batch_invariance``) decides:
         None (not deterministic): the cheapest cut (``split_by_padding`` with this device's
         per-call overhead), each pass padded to its longest; "canonical-width": each row padded
-        to ``canonical_width`` of its length, rows of equal width together; "per-text": every
-        row alone at its canonical width. Either way no pass exceeds ``max_batch_tokens``."""
+        to ``canonical_width`` of its length, rows of equal width together; "fixed-rows": as
+        canonical-width, in passes of at most ``FIXED_ROWS`` rows (``_length_groups`` fills each
+        to exactly that); "per-text": every row alone at its canonical width. No pass exceeds
+        ``max_batch_tokens`` (a fixed-rows pass's fill aside)."""
         mode = getattr(self, "numerics_mode", None)
         budget = getattr(self, "max_batch_tokens", None)
         if mode is None:
@@ -227,7 +236,11 @@ class HFTokenizerMixin:
         widths = [canonical_width(n, self.max_input_tokens) for n in sorted_lengths]
         if mode == "per-text":
             return [range(k, k + 1) for k in range(len(widths))], widths
-        cuts = [k for k in range(1, len(widths)) if widths[k] != widths[k - 1]]
+        cuts, start = [], 0
+        for k in range(1, len(widths)):
+            if widths[k] != widths[k - 1] or (mode == "fixed-rows" and k - start == FIXED_ROWS):
+                cuts.append(k)
+                start = k
         bounds = [0, *cuts, len(widths)]
         runs = [range(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
         return within_budget(runs, widths, budget), widths
@@ -241,7 +254,7 @@ class HFTokenizerMixin:
         for rows, batch in self._length_groups(texts):
             batch = {k: v.to(getattr(self, "device", "cpu")) for k, v in batch.items()}
             with torch.inference_mode():
-                got = head(model, batch).float().cpu().numpy()
+                got = head(model, batch).float().cpu().numpy()[:len(rows)]  # fixed-rows: drop the fill
             if out is None:
                 out = np.empty((len(texts), *got.shape[1:]), dtype=got.dtype)
             out[rows] = got
@@ -413,7 +426,9 @@ class HFModel(HFTokenizerMixin):
         text is computed at its ``canonical_width``, and the probe computes the calibration
         texts alone and inside batches of ``PROBE_BATCH_SIZES`` rows of the same width: if
         every row is bitwise equal to the text alone, batching across requests is kept
-        (mode "canonical-width"); else each text runs alone (mode "per-text", slower). The
+        (mode "canonical-width"); else every pass is filled to exactly ``FIXED_ROWS`` rows (one
+        shape per width) and probed again (mode "fixed-rows"); else each text runs alone (mode
+        "per-text", slower). The
         probe is a sample of shapes, not a proof: a library that picks kernels by batch size
         at sizes it did not try can still break the guarantee (docs/serving.md).
 
@@ -425,7 +440,7 @@ class HFModel(HFTokenizerMixin):
         skip the probe ("decision": "cached").
 
         Returns:
-            {"deterministic": bool, "mode": "canonical-width" | "per-text" | "free",
+            {"deterministic": bool, "mode": "canonical-width" | "fixed-rows" | "per-text" | "free",
             "reason": str, "decision": "checked" | "cached" (deterministic only),
             "probe_s": float}; also shown in describe() as "batch_invariance".
         """
@@ -441,7 +456,7 @@ class HFModel(HFTokenizerMixin):
         t = time.perf_counter()
         key = self._probe_key()
         known = dtype_cache.lookup_entry(key)
-        if known and known.get("mode") in ("canonical-width", "per-text") and known.get("reason"):
+        if known and known.get("mode") in ("canonical-width", "fixed-rows", "per-text") and known.get("reason"):
             self.numerics_mode = known["mode"]
             return {"deterministic": True, "mode": known["mode"], "reason": known["reason"],
                     "decision": "cached", "probe_s": round(time.perf_counter() - t, 3)}
@@ -451,8 +466,15 @@ class HFModel(HFTokenizerMixin):
             reason = (f"every calibration text gave the same bits alone and in batches of up to "
                       f"{max(PROBE_BATCH_SIZES)} rows at its canonical width")
         else:
-            self.numerics_mode = "per-text"
-            reason = f"{mismatch}; so each text is computed alone at its canonical width"
+            self.numerics_mode = "fixed-rows"
+            second = self._first_mismatch(outputs)
+            if second is None:
+                reason = (f"{mismatch}; so every forward pass has exactly {FIXED_ROWS} rows of one width (copies "
+                          f"of its first row fill a short one), which gave every calibration text its bits alone")
+            else:
+                self.numerics_mode = "per-text"
+                reason = (f"{mismatch}, and in passes of {FIXED_ROWS} rows too; so each text is computed alone at "
+                          "its canonical width")
         dtype_cache.store_entry(key, {"mode": self.numerics_mode, "reason": reason})
         return {"deterministic": True, "mode": self.numerics_mode, "reason": reason, "decision": "checked",
                 "probe_s": round(time.perf_counter() - t, 3)}
@@ -468,7 +490,7 @@ class HFModel(HFTokenizerMixin):
 
         base = dtype_cache.decision_key(self.model_dir, type(self).__name__, self.device)
         extra = (f"invariance|{self.backend}|{self.dtype}|{torch.get_num_threads()}|{CANONICAL_WIDTH_STEP}|"
-                 f"{CANONICAL_WIDTH_STEPS}|{PROBE_BATCH_SIZES}")
+                 f"{CANONICAL_WIDTH_STEPS}|{PROBE_BATCH_SIZES}|fixed-rows {FIXED_ROWS}")
         return hashlib.sha256(f"{base}|{extra}".encode()).hexdigest()
 
     def _first_mismatch(self, outputs: Callable[[Any, list[str]], np.ndarray]) -> str | None:
