@@ -128,13 +128,15 @@ def test_forcing_a_path_measures_nothing(encoder_dir: Path, decisions: Path, tmp
 
 
 def test_a_too_strict_guard_rejects_int8(encoder_dir: Path, decisions: Path) -> None:
-    # ONNX Runtime fp32 agrees with torch fp32 to ~1e-7; the int8 weights move the vectors by ~1e-6.
-    strict = backend.Guard(min_mean_cosine=0.9999995, min_cosine=0.9999995)
+    # A bound no measured path can meet (cosines are rounded to 6 decimals, and on an AMX Xeon this
+    # tiny encoder's int8 vectors round to a cosine of 1.0): every path but the reference itself,
+    # torch fp32, is rejected, int8 included, and the pick falls back to the reference.
+    strict = backend.Guard(min_mean_cosine=1.5, min_cosine=1.5)
     predictor = build_predictor("embed", str(encoder_dir))
     choice = backend.decide(predictor, recalibrate=True, guard=strict)
     int8 = next(c for c in choice["candidates"] if c["path"] == "onnx-int8")
-    assert not int8["accepted"] and int8["mean_cosine"] < 0.9999995
-    assert choice["path"] in ("torch-float32", "onnx-float32", "torch-bfloat16", "openvino-float32")
+    assert not int8["accepted"] and int8["mean_cosine"] < 1.5
+    assert choice["path"] == "torch-float32"
     assert "onnx-int8" in backend.summary(choice) and "REJECTED" in backend.summary(choice)
 
 
