@@ -125,7 +125,9 @@ def test_an_openai_embeddings_file_runs_as_fast_as_task_embed_on_the_same_texts(
         assert proc.returncode == 0, proc.stderr
     got, want = (json.loads(reports[n].read_text()) for n in ("batch", "embed"))
     assert got["real_tokens"] == want["real_tokens"] > 0 and got["tasks"] == want["tasks"]
-    assert got["padding_efficiency"] >= 0.95 * want["padding_efficiency"] and got["padding_efficiency"] > 0.8
+    # > 0.5: 0.25 was the bug; canonical widths give ~0.86 on VADER, and where the CPU needs mode
+    # fixed-rows (an AMX Xeon) the rows filling each pass to 8 count as computed padding (~0.67)
+    assert got["padding_efficiency"] >= 0.95 * want["padding_efficiency"] and got["padding_efficiency"] > 0.5
     assert got["model"]["loaded_at_start"] == ["embed"] and got["startup"]["weights_s"] > 0
     results = {r["custom_id"]: r["response"] for r in read_jsonl(tmp_path / "batch.out.jsonl")}
     vectors = {r["id"]: r["embedding"] for r in read_jsonl(tmp_path / "embed.out.jsonl")}
