@@ -28,7 +28,7 @@ import torch
 from parainfer.errors import UsageError
 from parainfer.generation.detokenizer import IncrementalDetokenizer
 from parainfer.generation.engine_config import EngineConfig
-from parainfer.generation.engine_contract import OutputCallback
+from parainfer.generation.engine_contract import OutputCallback, deliver_outputs
 from parainfer.generation.grammar import GrammarCompiler, GrammarState
 from parainfer.generation.invariance import batch_invariance
 from parainfer.generation.kv_cache import BlockManager, KVCache
@@ -358,18 +358,7 @@ class LLMEngine:
         self._wakeup.wait(min(1.0, max(0.0, nearest - time.monotonic())))
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
-        for out in outputs:
-            cb = self._callbacks.get(out.request_id)
-            if cb is not None:
-                if out.finished:
-                    del self._callbacks[out.request_id]
-                try:
-                    cb(out)
-                except Exception:  # noqa: BLE001 - a broken consumer loses its request, no one else's
-                    log.exception("output callback of request %s failed; aborting it", out.request_id)
-                    self._callbacks.pop(out.request_id, None)
-                    if not out.finished:
-                        self.abort_request(out.request_id)
+        deliver_outputs(self._callbacks, outputs, self.abort_request)
 
     def _fail_sequence(self, seq: Sequence, exc: Exception) -> None:
         """End ``seq`` alone (finish reason "error"), free its blocks, hand ``exc`` to its callback."""

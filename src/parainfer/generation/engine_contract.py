@@ -9,6 +9,7 @@ the sequence router, admission, the OpenAI routes, the batch predictor, metrics)
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence as SequenceABC
 from typing import Any, Protocol, runtime_checkable
 
@@ -24,6 +25,29 @@ VLLM_HINT = "--engine vllm needs vLLM on a CUDA machine: pip install vllm (docs/
 #: Called, in the thread running ``step``, with each RequestOutput of a request, or with the
 #: exception that ended it alone.
 OutputCallback = Callable[[RequestOutput], None]
+
+log = logging.getLogger("parainfer.generation.engine")
+
+
+def deliver_outputs(callbacks: dict[str, OutputCallback], outputs: list[RequestOutput],
+                    abort: Callable[[str], None]) -> None:
+    """Hand each of a step's ``outputs`` to its request's callback in ``callbacks`` (dropped from
+    it with the request's last output). A callback that raises loses its own request alone: it
+    is logged, dropped, and the request aborted through ``abort(request_id)`` unless finished.
+    Every engine's ``step`` delivers through this."""
+    for out in outputs:
+        cb = callbacks.get(out.request_id)
+        if cb is None:
+            continue
+        if out.finished:
+            del callbacks[out.request_id]
+        try:
+            cb(out)
+        except Exception:  # noqa: BLE001 - a broken consumer loses its request, no one else's
+            log.exception("output callback of request %s failed; aborting it", out.request_id)
+            callbacks.pop(out.request_id, None)
+            if not out.finished:
+                abort(out.request_id)
 
 
 @runtime_checkable

@@ -19,7 +19,7 @@ from typing import Any
 
 from parainfer.errors import UsageError
 from parainfer.generation.engine_config import EngineConfig
-from parainfer.generation.engine_contract import VLLM_HINT, NoGrammars, OutputCallback
+from parainfer.generation.engine_contract import VLLM_HINT, NoGrammars, OutputCallback, deliver_outputs
 from parainfer.generation.outputs import GenerationResult, RequestOutput
 from parainfer.generation.sampling_params import SamplingParams
 
@@ -191,9 +191,4 @@ class VllmEngine:
                              len(completion.token_ids))
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
-        for out in outputs:
-            cb = self._callbacks.get(out.request_id)
-            if cb is not None:
-                if out.finished:
-                    del self._callbacks[out.request_id]
-                cb(out)
+        deliver_outputs(self._callbacks, outputs, self.abort_request)
