@@ -77,6 +77,17 @@ def model_path(model: str | Path | None) -> Path:
     return resolve_model(model)
 
 
+def llamacpp_model(model: str | Path | None) -> str | Path:
+    """``model`` for ``--engine llamacpp``, which reads the file itself.
+
+    Raises:
+        UsageError: no model given (llama.cpp has no built-in model).
+    """
+    if model in (None, "default"):
+        raise UsageError("--engine llamacpp needs --model FILE.gguf (a GGUF model file)")
+    return model
+
+
 def build_engine(name: str, model: str | Path | None, device: str = "cpu", **settings: Any) -> Any:
     """Load ``model`` into the engine ``name`` (resolved by ``resolve_engine``).
 
@@ -100,9 +111,7 @@ def build_engine(name: str, model: str | Path | None, device: str = "cpu", **set
     if engine == "llamacpp":
         from parainfer.generation.llamacpp_engine import LlamaCppEngine
 
-        if model in (None, "default"):
-            raise UsageError("--engine llamacpp needs --model FILE.gguf (a GGUF model file)")
-        return LlamaCppEngine(model, **settings)
+        return LlamaCppEngine(llamacpp_model(model), **settings)
     if engine == "vllm":
         from parainfer.generation.vllm_engine import VllmEngine
 
@@ -126,9 +135,7 @@ def load_tokenizer(name: str, model: str | Path | None, device: str = "cpu") -> 
     if engine == "llamacpp":
         from parainfer.generation.llamacpp_engine import LlamaCppTokenizer, load_model
 
-        if model in (None, "default"):
-            raise UsageError("--engine llamacpp needs --model FILE.gguf (a GGUF model file)")
-        return LlamaCppTokenizer(load_model(model, vocab_only=True))
+        return LlamaCppTokenizer(load_model(llamacpp_model(model), vocab_only=True))
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_path(model))

@@ -111,10 +111,12 @@ class GeneratePredictor(Predictor):
         Raises:
             UsageError: llama.cpp without a model file (it has no built-in model)."""
         if self.engine_name == "llamacpp":
-            if self.model_dir is None:
-                raise UsageError("--engine llamacpp needs --model FILE.gguf (a GGUF model file)")
-            return self.model_dir
-        if self.model_dir is None or self.model_dir.suffix.lower() == ".gguf":
+            from parainfer.generation.engines import llamacpp_model
+
+            return Path(llamacpp_model(self.model_dir))
+        from parainfer.generation.model_store import is_gguf_path
+
+        if self.model_dir is None or is_gguf_path(self.model_dir):
             from parainfer.generation import resolve_model
 
             self.model_dir = resolve_model(self.model_dir)
